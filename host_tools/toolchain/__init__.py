@@ -1,0 +1,80 @@
+"""Where the toolchain lives: the pinned MicroPython unix port, Mosquitto, and the project paths.
+
+`host_tools/toolchain/setup.sh` (run by `make setup`) installs everything; this module only
+finds it and fails loudly, naming the fix, when something is missing or the wrong release.
+The versions are recorded once, in `versions.env` beside this file.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from functools import cache
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+FIRMWARE_DIR = ROOT / "firmware"
+DRIVERS_DIR = ROOT / "drivers"
+VBOARD_DIR = ROOT / "host_tools" / "vboard" / "mpy"
+CACHE_DIR = ROOT / ".cache"
+
+
+class ToolchainError(RuntimeError):
+    """A tool the project needs is missing or is the wrong version."""
+
+
+def _read_versions() -> dict[str, str]:
+    out = {}
+    for line in (HERE / "versions.env").read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, _, value = line.partition("=")
+            out[key.strip()] = value.strip()
+    return out
+
+
+VERSIONS = _read_versions()
+MICROPYTHON_VERSION = VERSIONS["MICROPYTHON_VERSION"]
+
+
+@cache
+def micropython() -> str:
+    """Path of the MicroPython unix port to run, checked to be the pinned release.
+
+    `$MICROPYTHON` overrides; otherwise the link `make setup` leaves in `.cache/bin`.
+    """
+    candidate = os.environ.get("MICROPYTHON") or str(CACHE_DIR / "bin" / "micropython")
+    if not Path(candidate).exists():
+        raise ToolchainError(f"MicroPython unix port not found at {candidate}: run `make setup`")
+    try:
+        got = subprocess.run(
+            [candidate, "-c", 'import sys; print("%d.%d.%d" % sys.implementation.version[:3])'],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise ToolchainError(f"{candidate} does not run: {exc}") from exc
+    if got != MICROPYTHON_VERSION:
+        raise ToolchainError(
+            f"{candidate} is MicroPython {got}, the project pins {MICROPYTHON_VERSION} "
+            f"(host_tools/toolchain/versions.env): run `make setup`"
+        )
+    return candidate
+
+
+@cache
+def mosquitto() -> str:
+    """Path of the Mosquitto broker binary (Debian installs it in /usr/sbin)."""
+    found = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
+    if not found:
+        raise ToolchainError("mosquitto not found: run `make setup` (installs Debian's mosquitto)")
+    return found
+
+
+def micropypath(*extra: str | os.PathLike) -> str:
+    """MICROPYPATH for a node: the virtual board's hardware modules first (they stand in for the
+    ESP32 port's `machine`, `network`, `esp32`), then the firmware and drivers exactly as they
+    ship, then the frozen modules (asyncio)."""
+    parts = [str(p) for p in extra] + [str(VBOARD_DIR), str(FIRMWARE_DIR), str(DRIVERS_DIR), ".frozen"]
+    return ":".join(parts)
