@@ -1,0 +1,26 @@
+"""Channel ids of wire format v1 (the fleet-wide table is gateway/channels.json; a test checks
+that these constants agree with it). A value's key on the wire is id + 64 * instance."""
+
+from micropython import const
+
+TEMPERATURE = const(1)  # 0.01 degC
+HUMIDITY = const(2)  # 0.01 %RH
+PRESSURE = const(3)  # Pa
+WATER_VOLUME = const(4)  # L
+WATER_FLOW = const(5)  # mL/s
+GAS_VOLUME = const(6)  # 0.001 m3
+BATTERY_VOLTAGE = const(7)  # mV
+RSSI = const(8)  # dBm
+PM1 = const(9)  # ug/m3
+PM2_5 = const(10)  # ug/m3
+PM10 = const(11)  # ug/m3
+PH = const(12)  # 0.01 pH
+CONDUCTIVITY = const(13)  # uS/cm
+FREE_CHLORINE = const(14)  # 0.01 mg/L
+WATER_PRESSURE = const(15)  # hPa
+
+INSTANCE_STRIDE = const(64)
+
+
+def key(channel_id, instance=0):
+    return channel_id + INSTANCE_STRIDE * instance

@@ -1,0 +1,4 @@
+# Runs after boot.py on every reset: the node runtime (firmware/node.py).
+import node
+
+node.main()

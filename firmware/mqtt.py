@@ -1,0 +1,321 @@
+"""MQTT 3.1.1 client for the node, on asyncio streams.
+
+Why not micropython-lib's umqtt.simple / umqtt.robust: their socket calls block, so one slow
+broker stalls every sensor task on the node; they have no retransmission of unacknowledged
+QoS 1 messages (a PUBLISH lost in a dropped TCP connection is simply gone), and no session
+resume (umqtt.robust reconnects but forgets what was in flight). Meter readings are billing
+data: a reading may leave the node's queue only after the broker's PUBACK for it.
+
+This client does CONNECT/CONNACK, PUBLISH QoS 0/1 with PUBACK, PINGREQ keepalive, DISCONNECT,
+with a deadline on every network wait so no call blocks the scheduler. It is the protocol
+layer only: the caller owns reconnection and backoff, and after a reconnect re-sends what was
+not acknowledged with `dup=True`.
+
+    c = MQTTClient("node-01", "192.168.1.10", 1883, keepalive=60)
+    await c.connect()
+    await c.publish("m/node-01/r", payload, qos=1)   # returns after PUBACK, or raises OSError
+    await c.disconnect()
+
+Errors: OSError for anything on the link (including timeouts, ETIMEDOUT), MQTTError for a
+protocol refusal (CONNACK return code, malformed packet from the broker).
+"""
+
+import asyncio
+import errno
+import time
+
+from micropython import const
+
+_CONNECT = const(0x10)
+_CONNACK = const(0x20)
+_PUBLISH = const(0x30)
+_PUBACK = const(0x40)
+_SUBSCRIBE = const(0x82)
+_SUBACK = const(0x90)
+_PINGREQ = const(0xC0)
+_PINGRESP = const(0xD0)
+_DISCONNECT = const(0xE0)
+
+CONNACK_REASONS = {
+    1: "unacceptable protocol version",
+    2: "client identifier rejected",
+    3: "server unavailable",
+    4: "bad user name or password",
+    5: "not authorized",
+}
+
+
+class MQTTError(Exception):
+    """The broker refused us or spoke something we cannot parse."""
+
+
+def _encode_length(buf, n):
+    # MQTT "remaining length": 7 bits per byte, high bit = more.
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            buf.append(b | 0x80)
+        else:
+            buf.append(b)
+            return
+
+
+def _str(buf, s):
+    b = s.encode() if isinstance(s, str) else s
+    buf.append(len(b) >> 8)
+    buf.append(len(b) & 0xFF)
+    buf.extend(b)
+
+
+class MQTTClient:
+    def __init__(self, client_id, host, port=1883, *, user=None, password=None, keepalive=60,
+                 clean_session=True, timeout_ms=10000, will=None):
+        self.client_id = client_id
+        self.host = host
+        self.port = port
+        self.user = user
+        self.password = password
+        self.keepalive = keepalive
+        self.clean_session = clean_session
+        self.timeout_ms = timeout_ms
+        self.will = will  # (topic, payload, qos, retain) or None
+        self.on_message = None  # callback(topic: str, payload: bytes, retained: bool)
+        self._reader = None
+        self._writer = None
+        self._pid = 0
+        self._acks = {}  # packet id -> asyncio.Event, set when its PUBACK/SUBACK arrives
+        self._lock = asyncio.Lock()
+        self._rx_task = None
+        self._ka_task = None
+        self._last_tx = 0
+        self._last_rx = 0
+        self.connected = False
+
+    # ------------------------------------------------------------------ connection
+    async def connect(self):
+        """Opens the TCP connection and the MQTT session. Returns the CONNACK's
+        session-present flag."""
+        await self.close()
+        try:
+            return await self._connect()
+        except EOFError:
+            await self.close()
+            raise OSError(errno.ECONNRESET)
+        except asyncio.TimeoutError:
+            await self.close()
+            raise OSError(errno.ETIMEDOUT)
+        except Exception:
+            await self.close()
+            raise
+
+    async def _connect(self):
+        t = self.timeout_ms
+        self._reader, self._writer = await asyncio.wait_for_ms(
+            asyncio.open_connection(self.host, self.port), t)
+        pkt = bytearray()
+        flags = 0x02 if self.clean_session else 0
+        if self.will:
+            wt, wp, wq, wr = self.will
+            flags |= 0x04 | (wq << 3) | (0x20 if wr else 0)
+        if self.user is not None:
+            flags |= 0x80
+            if self.password is not None:
+                flags |= 0x40
+        body = bytearray(b"\x00\x04MQTT\x04")
+        body.append(flags)
+        body.append(self.keepalive >> 8)
+        body.append(self.keepalive & 0xFF)
+        _str(body, self.client_id)
+        if self.will:
+            _str(body, wt)
+            _str(body, wp)
+        if self.user is not None:
+            _str(body, self.user)
+            if self.password is not None:
+                _str(body, self.password)
+        pkt.append(_CONNECT)
+        _encode_length(pkt, len(body))
+        pkt.extend(body)
+        await self._send(pkt)
+        head, data = await asyncio.wait_for_ms(self._read_packet(), t)
+        if head != _CONNACK or len(data) != 2:
+            raise MQTTError("expected CONNACK, got packet type 0x%02x" % head)
+        if data[1]:
+            raise MQTTError("connection refused: %s" % CONNACK_REASONS.get(data[1], data[1]))
+        self.connected = True
+        self._last_rx = time.ticks_ms()
+        self._rx_task = asyncio.create_task(self._receiver())
+        if self.keepalive:
+            self._ka_task = asyncio.create_task(self._keepalive())
+        return bool(data[0] & 1)
+
+    async def disconnect(self):
+        if self.connected:
+            try:
+                await self._send(bytearray((_DISCONNECT, 0)))
+            except OSError:
+                pass
+        await self.close()
+
+    async def close(self):
+        """Drops the connection without DISCONNECT (the broker then sends the Last Will)."""
+        self.connected = False
+        for task in (self._rx_task, self._ka_task):
+            if task is not None:
+                task.cancel()
+        self._rx_task = self._ka_task = None
+        w = self._writer
+        self._reader = self._writer = None
+        if w is not None:
+            try:
+                w.close()
+                await w.wait_closed()
+            except OSError:
+                pass
+        for ev in self._acks.values():
+            ev.set()  # wake waiters; they see connected == False
+        self._acks = {}
+
+    # ------------------------------------------------------------------ publishing
+    def next_pid(self):
+        self._pid = self._pid % 65535 + 1
+        return self._pid
+
+    async def publish(self, topic, payload, qos=1, retain=False, *, dup=False, pid=None):
+        """Publishes and, for QoS 1, waits for the PUBACK. Raises OSError on a link failure or
+        when no PUBACK arrives within the timeout (the message may or may not have arrived: the
+        caller keeps it and re-sends with dup=True)."""
+        if not self.connected:
+            raise OSError(errno.ENOTCONN)
+        pkt = bytearray()
+        pkt.append(_PUBLISH | (qos << 1) | (0x08 if dup else 0) | (1 if retain else 0))
+        tb = topic.encode() if isinstance(topic, str) else topic
+        _encode_length(pkt, 2 + len(tb) + (2 if qos else 0) + len(payload))
+        _str(pkt, tb)
+        if qos == 0:
+            await self._send(pkt, payload)
+            return None
+        if pid is None:
+            pid = self.next_pid()
+        pkt.append(pid >> 8)
+        pkt.append(pid & 0xFF)
+        ev = asyncio.Event()
+        self._acks[pid] = ev
+        try:
+            await self._send(pkt, payload)
+            await asyncio.wait_for_ms(ev.wait(), self.timeout_ms)
+        except asyncio.TimeoutError:
+            raise OSError(errno.ETIMEDOUT)
+        finally:
+            self._acks.pop(pid, None)
+        if not self.connected:
+            raise OSError(errno.ECONNRESET)
+        return pid
+
+    async def subscribe(self, topic, qos=1):
+        if not self.connected:
+            raise OSError(errno.ENOTCONN)
+        pid = self.next_pid()
+        body = bytearray((pid >> 8, pid & 0xFF))
+        _str(body, topic)
+        body.append(qos)
+        pkt = bytearray((_SUBSCRIBE,))
+        _encode_length(pkt, len(body))
+        pkt.extend(body)
+        ev = asyncio.Event()
+        self._acks[pid] = ev
+        try:
+            await self._send(pkt)
+            await asyncio.wait_for_ms(ev.wait(), self.timeout_ms)
+        except asyncio.TimeoutError:
+            raise OSError(errno.ETIMEDOUT)
+        finally:
+            self._acks.pop(pid, None)
+        if not self.connected:
+            raise OSError(errno.ECONNRESET)
+
+    # ------------------------------------------------------------------ internals
+    async def _send(self, head, payload=None):
+        w = self._writer
+        if w is None:
+            raise OSError(errno.ENOTCONN)
+        async with self._lock:
+            w.write(head)
+            if payload:
+                w.write(payload if isinstance(payload, bytes) else bytes(payload))
+            await asyncio.wait_for_ms(w.drain(), self.timeout_ms)
+        self._last_tx = time.ticks_ms()
+
+    async def _read_packet(self):
+        r = self._reader
+        if r is None:
+            raise OSError(errno.ENOTCONN)
+        head = (await r.readexactly(1))[0]
+        n = 0
+        shift = 0
+        while True:
+            b = (await r.readexactly(1))[0]
+            n |= (b & 0x7F) << shift
+            if not b & 0x80:
+                break
+            shift += 7
+            if shift > 21:
+                raise MQTTError("malformed remaining length")
+        data = await r.readexactly(n) if n else b""
+        return head, data
+
+    async def _receiver(self):
+        try:
+            while True:
+                head, data = await self._read_packet()
+                self._last_rx = time.ticks_ms()
+                kind = head & 0xF0
+                if kind == _PUBACK or kind == _SUBACK:
+                    pid = (data[0] << 8) | data[1]
+                    ev = self._acks.get(pid)
+                    if ev is not None:
+                        ev.set()
+                elif kind == _PUBLISH:
+                    await self._incoming(head, data)
+                elif kind == _PINGRESP:
+                    pass
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # EOF, reset, malformed: the link is gone
+            self.connected = False
+            for ev in self._acks.values():
+                ev.set()
+
+    async def _incoming(self, head, data):
+        tl = (data[0] << 8) | data[1]
+        topic = bytes(data[2:2 + tl]).decode()
+        pos = 2 + tl
+        qos = (head >> 1) & 3
+        if qos:
+            pid = (data[pos] << 8) | data[pos + 1]
+            pos += 2
+            await self._send(bytearray((_PUBACK, 2, pid >> 8, pid & 0xFF)))
+        if self.on_message is not None:
+            self.on_message(topic, bytes(data[pos:]), bool(head & 1))
+
+    async def _keepalive(self):
+        period = self.keepalive * 1000
+        try:
+            while self.connected:
+                await asyncio.sleep_ms(period // 4)
+                now = time.ticks_ms()
+                if time.ticks_diff(now, self._last_rx) > period * 3 // 2:
+                    # no PINGRESP (or anything) for 1.5 keepalives: the link is dead
+                    self.connected = False
+                    for ev in self._acks.values():
+                        ev.set()
+                    return
+                if time.ticks_diff(now, self._last_tx) >= period // 2:
+                    try:
+                        await self._send(bytearray((_PINGREQ, 0)))
+                    except OSError:
+                        self.connected = False
+                        return
+        except asyncio.CancelledError:
+            pass

@@ -1,0 +1,169 @@
+"""Runs a virtual node: the real `firmware/` and `drivers/` in the MicroPython unix port, with
+the virtual board's hardware modules (`host_tools/vboard/mpy`) standing in for the ESP32's.
+
+A node lives in one folder:
+
+    <root>/flash/         the node's filesystem (cwd of the process): config.json, seq.dat, ...
+    <root>/board.json     the hardware: chip, I2C buses and the parts on them
+    <root>/env.json       the physical environment the parts measure (rewritten atomically)
+    <root>/console.log    everything the node printed (its serial console)
+
+    node = VirtualNode(tmp / "node-01", node_id="node-01", broker=("127.0.0.1", 1883))
+    node.set_environment(temperature_c=21.5, humidity_pct=40.0, pressure_pa=101325)
+    node.start()
+    ...
+    node.stop()
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from host_tools import toolchain
+
+DEFAULT_HEAP = "96K"
+BOOT = "import boot\nimport main\n"
+
+
+def default_board(*, chip: str = "esp32", bme280_address: int = 0x76) -> dict:
+    """An ESP32-DevKitC with a BME280 on I2C bus 0 (SCL 22, SDA 21)."""
+    return {
+        "board": "esp32-devkitc",
+        "chip": chip,
+        "unique_id": os.urandom(6).hex(),
+        "i2c": {"0": {"scl": 22, "sda": 21, "devices": [{"model": "bme280", "address": bme280_address}]}},
+        "wifi": {"ssid": "meterlink-lab", "rssi": -61},
+    }
+
+
+def default_config(node_id: str, host: str, port: int, *, interval_s: int = 10,
+                   prefix: str = "m") -> dict:
+    return {
+        "node_id": node_id,
+        "prefix": prefix,
+        "wifi": {"ssid": "meterlink-lab", "password": "lab-only"},
+        "broker": {"host": host, "port": port, "keepalive": 30},
+        "i2c": {"0": {"scl": 22, "sda": 21}},
+        "sensors": [{"driver": "bme280", "bus": "i2c0", "address": 0x76, "interval_s": interval_s}],
+    }
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+class VirtualNode:
+    """One virtual ESP32 running the real firmware."""
+
+    def __init__(self, root: str | Path, *, node_id: str, broker: tuple[str, int],
+                 interval_s: int = 10, config: dict | None = None, board: dict | None = None,
+                 heap: str = DEFAULT_HEAP) -> None:
+        self.root = Path(root)
+        self.node_id = node_id
+        self.flash = self.root / "flash"
+        self.flash.mkdir(parents=True, exist_ok=True)
+        self.heap = heap
+        self.proc: subprocess.Popen | None = None
+        self._console = None
+        cfg = config or default_config(node_id, broker[0], broker[1], interval_s=interval_s)
+        write_json_atomic(self.flash / "config.json", cfg)
+        if not (self.root / "board.json").exists() or board is not None:
+            write_json_atomic(self.root / "board.json", board or default_board())
+        if not (self.root / "env.json").exists():
+            self.set_environment()
+
+    def __repr__(self) -> str:
+        return f"VirtualNode({self.node_id!r}, running={self.running})"
+
+    @property
+    def console_path(self) -> Path:
+        return self.root / "console.log"
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def set_environment(self, *, temperature_c: float = 20.0, humidity_pct: float = 50.0,
+                        pressure_pa: float = 101325.0, **extra) -> None:
+        """What the node's sensors measure from now on (the models re-read it on each
+        measurement)."""
+        env = {"temperature_c": temperature_c, "humidity_pct": humidity_pct,
+               "pressure_pa": pressure_pa, **extra}
+        write_json_atomic(self.root / "env.json", env)
+
+    def command(self) -> list[str]:
+        return [toolchain.micropython(), "-X", f"heapsize={self.heap}", "-c", BOOT]
+
+    def environ(self) -> dict[str, str]:
+        return {
+            "PATH": "/usr/bin:/bin",
+            "MICROPYPATH": toolchain.micropypath(),
+            "VBOARD_DIR": str(self.root),
+            # The node's console is a file: line-buffering is what a serial console gives.
+            "PYTHONUNBUFFERED": "1",
+        }
+
+    def start(self) -> "VirtualNode":
+        if self.running:
+            return self
+        self._console = open(self.console_path, "ab", buffering=0)
+        self.proc = subprocess.Popen(
+            self.command(), cwd=self.flash, env=self.environ(),
+            stdin=subprocess.DEVNULL, stdout=self._console, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        return self
+
+    def stop(self, timeout: float = 5.0) -> int | None:
+        """Stops the node like pulling its power (SIGTERM, then SIGKILL)."""
+        rc = None
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    self.proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+            rc = self.proc.returncode
+            self.proc = None
+        if self._console is not None:
+            self._console.close()
+            self._console = None
+        return rc
+
+    def kill(self) -> None:
+        """SIGKILL: the process dies at whatever instruction it was on."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.stop()
+
+    def console(self) -> str:
+        try:
+            return self.console_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def wait_for_console(self, text: str, timeout: float = 10.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.console():
+                return True
+            if self.proc is not None and self.proc.poll() is not None:
+                return text in self.console()
+            time.sleep(0.05)
+        return False
+
+    def __enter__(self) -> "VirtualNode":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

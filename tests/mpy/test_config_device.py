@@ -1,0 +1,63 @@
+# The node's config validation: every problem names the field, the rule and the value.
+import config
+
+
+def good():
+    return {
+        "node_id": "node-01",
+        "broker": {"host": "127.0.0.1", "port": 1883},
+        "i2c": {"0": {"scl": 22, "sda": 21}},
+        "sensors": [{"driver": "bme280", "bus": "i2c0", "address": 118, "interval_s": 10}],
+    }
+
+
+def errors_of(cfg):
+    try:
+        config.validate(cfg)
+    except config.ConfigError as exc:
+        return str(exc)
+    raise AssertionError("accepted a bad config: %r" % cfg)
+
+
+def test_good_config_gets_defaults():
+    c = config.validate(good())
+    assert c["prefix"] == "m"
+    assert c["broker"]["keepalive"] == 60
+    assert c["i2c"]["0"]["freq"] == 400000
+    assert c["sensors"][0]["instance"] == 0
+
+
+def test_bad_fields_are_named_with_rule_and_value():
+    cfg = good()
+    cfg["node_id"] = "Node 1"
+    cfg["broker"]["port"] = "1883"
+    cfg["sensors"][0]["interval_s"] = 0
+    cfg["sensors"][0]["driver"] = "bme281"
+    msg = errors_of(cfg)
+    assert 'node_id must be 1-32 characters' in msg and '"Node 1"' in msg, msg
+    assert 'broker.port must be an integer 1-65535: got "1883"' in msg, msg
+    assert "sensors[0].interval_s must be an integer >= 1: got 0" in msg, msg
+    assert 'sensors[0].driver must be one of bme280: got "bme281"' in msg, msg
+
+
+def test_missing_required_fields():
+    msg = errors_of({"broker": {}})
+    assert "node_id is required" in msg, msg
+    assert "broker.host is required" in msg, msg
+
+
+def test_sensor_on_unconfigured_bus():
+    cfg = good()
+    cfg["sensors"][0]["bus"] = "i2c1"
+    assert 'sensors[0].bus must name a configured bus such as "i2c0": got "i2c1"' in errors_of(cfg)
+
+
+def test_not_json():
+    with open("config.json", "w") as f:
+        f.write("{node_id: ")
+    try:
+        config.load("config.json")
+    except config.ConfigError as exc:
+        assert "not valid JSON" in str(exc)
+        return
+    raise AssertionError("accepted broken JSON")
