@@ -1,0 +1,29 @@
+"""The meterlink gateway: MQTT reading messages in, validated and deduplicated, SenML out.
+
+Modules, one job each:
+
+    channels   the channel table (gateway/channels.json) and its Markdown rendering
+    wire       wire format v1: decode_reading, resolve (SenML), parse_topic
+    config     the TOML config file (gateway/sample.toml documents every key)
+    sink       the JSONL sink: durable append, dedup by (node, seq)
+    stats      counters and the stats file
+    daemon     Gateway: the MQTT client tying it together (imports paho)
+    cli        the `meterlink gateway` command
+    errors     every error, with the hierarchy drawn in its docstring
+    logfmt     key=value log lines
+
+The names below are the stable API; `Gateway` is imported from `gateway.daemon` so that the
+decoder can be used without loading the MQTT client.
+"""
+
+from gateway.channels import Channel, ChannelTable, default_table
+from gateway.config import Config, load_config
+from gateway.errors import (ConfigError, MeterlinkError, RejectedInput, SinkError, TopicError,
+                            WireError)
+from gateway.wire import Reading, Record, decode_reading, parse_topic, resolve
+
+__all__ = [
+    "Channel", "ChannelTable", "Config", "ConfigError", "MeterlinkError", "Reading", "Record",
+    "RejectedInput", "SinkError", "TopicError", "WireError", "decode_reading", "default_table",
+    "load_config", "parse_topic", "resolve",
+]

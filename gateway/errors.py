@@ -1,0 +1,113 @@
+"""Every error meterlink raises on purpose, in one place.
+
+    MeterlinkError                  base: an expected failure with a message meant for a person
+     ├── ConfigError                a config file or option is invalid (key, rule, value got)
+     ├── ChannelTableError          gateway/channels.json is malformed
+     ├── RejectedInput              an input from the network is malformed; has a reason class
+     │    ├── WireError             a reading payload breaks wire format v1 (reason, byte offset)
+     │    └── TopicError            an MQTT topic breaks the topic rules (reason "topic")
+     ├── SinkError                  the sink cannot be opened or written (wraps OSError)
+     └── UserError                  a command-line failure: `meterlink: msg` (+ hint), exit code
+
+Errors from the libraries underneath (cbor2, tomllib, OS calls) are translated into these at
+the boundary that calls the library, with `raise ... from exc`, so callers catch one hierarchy.
+Anything else that escapes is a bug, not an input problem.
+"""
+
+from __future__ import annotations
+
+# Exit codes of the `meterlink` command, shared by every subcommand.
+EXIT_OK = 0
+EXIT_ERROR = 1  # the command could not do its job (I/O, device, broker, ...)
+EXIT_INPUT = 2  # the input was invalid: usage, config file, payload
+
+
+class MeterlinkError(Exception):
+    """Base of every error meterlink raises on purpose."""
+
+
+class ConfigError(MeterlinkError):
+    """A config file or option is invalid; names the key, the rule and the value received.
+
+    `ConfigError("mqtt.port", "must be an integer 1-65535", got='"abc"')` reads
+    `mqtt.port must be an integer 1-65535: got "abc"`. `source` (the file) is prefixed when set.
+    """
+
+    def __init__(self, key: str | None, rule: str, *, got: str | None = None,
+                 source: str | None = None) -> None:
+        self.key = key
+        self.rule = rule
+        self.got = got
+        self.source = source
+        super().__init__(self._text())
+
+    def _text(self) -> str:
+        text = f"{self.key} {self.rule}" if self.key else self.rule
+        if self.got is not None:
+            text += f": got {self.got}"
+        if self.source:
+            text = f"{self.source}: {text}"
+        return text
+
+    def with_source(self, source: str) -> "ConfigError":
+        """The same error, naming the file it came from."""
+        return ConfigError(self.key, self.rule, got=self.got, source=source)
+
+
+class ChannelTableError(MeterlinkError):
+    """The channel table file is malformed (ids, names, units or scales)."""
+
+
+class RejectedInput(MeterlinkError):
+    """A network input is malformed. `reason` is a short class used as a counter name."""
+
+    reason: str
+
+
+class WireError(RejectedInput):
+    """A payload breaks wire format v1.
+
+    `reason` is the class of fault (see `gateway.wire.REASONS`), `offset` the byte offset of
+    the offending CBOR item in the payload, `detail` the human sentence. `str()` reads
+    `offset 14: record 1: channel key 7 value must be an integer, got float`.
+    """
+
+    def __init__(self, reason: str, offset: int, detail: str) -> None:
+        self.reason = reason
+        self.offset = offset
+        self.detail = detail
+        super().__init__(f"offset {offset}: {detail}")
+
+
+class TopicError(RejectedInput):
+    """An MQTT topic breaks the topic rules; `offset` is the character index of the fault."""
+
+    reason = "topic"
+
+    def __init__(self, topic: str, offset: int, detail: str) -> None:
+        self.topic = topic
+        self.offset = offset
+        self.detail = detail
+        super().__init__(f"topic {topic!r}: offset {offset}: {detail}")
+
+
+class SinkError(MeterlinkError):
+    """The sink could not be opened or written; the message is not acknowledged."""
+
+
+class UserError(MeterlinkError):
+    """A command-line failure, printed as `meterlink: msg` plus an optional hint.
+
+    Raised by command handlers only; library code raises the specific errors above and the
+    handler translates them, choosing the exit code (`EXIT_ERROR` unless the input was bad).
+    """
+
+    def __init__(self, message: str, *, hint: str | None = None,
+                 exit_code: int = EXIT_ERROR) -> None:
+        self.message = message
+        self.hint = hint
+        self.exit_code = exit_code
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message

@@ -1,0 +1,80 @@
+"""`meterlink`: the command line of the project, for technicians and operators.
+
+    meterlink COMMAND [options]        meterlink --help lists the commands
+
+Commands dispatch from `COMMANDS`: name -> (handler, parser builder, one-line help). Each
+command lives in its own module; adding one is one import and one row here. A handler takes
+the parsed arguments and returns the exit status; for anything the user must read it raises
+`UserError`, which is printed as `meterlink: message (hint)` on stderr, never as a traceback.
+
+Exit status: 0 done; 1 the command failed (`UserError`); 2 invalid input (usage error,
+invalid config, a payload the gateway rejects); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib import metadata
+from typing import Callable, Sequence
+
+from gateway import cli as cmd_gateway
+from gateway.errors import EXIT_INPUT, UserError
+from host_tools import cmd_decode
+
+Handler = Callable[[argparse.Namespace], int]
+ParserBuilder = Callable[[argparse.ArgumentParser], None]
+
+PROG = "meterlink"
+EXIT_INTERRUPTED = 130
+
+COMMANDS: dict[str, tuple[Handler, ParserBuilder, str]] = {
+    "decode": (cmd_decode.run, cmd_decode.build_parser, cmd_decode.HELP),
+    "gateway": (cmd_gateway.run, cmd_gateway.build_parser, cmd_gateway.HELP),
+}
+
+__all__ = ["COMMANDS", "UserError", "main"]
+
+
+def _version() -> str:
+    try:
+        return metadata.version("meterlink")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="meterlink: ESP32 meter nodes, CBOR over MQTT, and their gateway.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    for name, (handler, build, help_line) in COMMANDS.items():
+        command = sub.add_parser(name, help=help_line, description=help_line)
+        build(command)
+        command.set_defaults(handler=handler)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)  # usage errors exit 2 from argparse
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_INPUT
+    try:
+        return args.handler(args)
+    except UserError as exc:
+        sys.stdout.flush()
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # the reader of our output went away (`meterlink decode ... | head -1`)
+        sys.stderr.close()
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
