@@ -131,7 +131,7 @@ class Node:
                 self.errors[label] = 0
                 self.record(values)
                 log.info("sensor", "%s seq=%d %s", label, self.seq.peek() - 1, values)
-            except OSError as exc:
+            except Exception as exc:  # OSError from the bus, MemoryError, a driver bug: never fatal
                 sensor = None  # re-probe the part on the next slot
                 self.errors[label] = self.errors.get(label, 0) + 1
                 log.error("sensor", "%s failed (%d in a row): %r", label, self.errors[label], exc)

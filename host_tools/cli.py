@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 from gateway import cli as cmd_gateway
 from gateway.errors import EXIT_INPUT, UserError
-from host_tools import cmd_decode
+from host_tools import cmd_decode, demo
 
 Handler = Callable[[argparse.Namespace], int]
 ParserBuilder = Callable[[argparse.ArgumentParser], None]
@@ -31,6 +31,7 @@ EXIT_INTERRUPTED = 130
 COMMANDS: dict[str, tuple[Handler, ParserBuilder, str]] = {
     "decode": (cmd_decode.run, cmd_decode.build_parser, cmd_decode.HELP),
     "gateway": (cmd_gateway.run, cmd_gateway.build_parser, cmd_gateway.HELP),
+    "demo": (demo.run_args, demo.build_parser, demo.HELP),
 }
 
 __all__ = ["COMMANDS", "UserError", "main"]

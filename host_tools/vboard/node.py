@@ -1,5 +1,7 @@
 """Runs a virtual node: the real `firmware/` and `drivers/` in the MicroPython unix port, with
-the virtual board's hardware modules (`host_tools/vboard/mpy`) standing in for the ESP32's.
+the virtual board's hardware modules (`host_tools/vboard/mpy`, frozen into the build) standing
+in for the ESP32's. The node runs what a device runs: the .mpy files mpy-cross makes for the
+board's architecture, in a 96 KB heap.
 
 A node lives in one folder:
 
@@ -17,14 +19,16 @@ A node lives in one folder:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
 from pathlib import Path
 
-from host_tools import toolchain
+from host_tools import firmware_build, toolchain
 
 DEFAULT_HEAP = "96K"
 BOOT = "import boot\nimport main\n"
@@ -51,6 +55,25 @@ def default_config(node_id: str, host: str, port: int, *, interval_s: int = 10,
         "i2c": {"0": {"scl": 22, "sda": 21}},
         "sensors": [{"driver": "bme280", "bus": "i2c0", "address": 0x76, "interval_s": interval_s}],
     }
+
+
+def compiled_firmware(arch: str) -> Path:
+    """Compiles firmware/ + drivers/ for `arch` into .cache/firmware/<arch>-<hash>/ unless that
+    exact source was compiled already; returns the folder."""
+    digest = hashlib.sha256()
+    for src in firmware_build.sources():
+        digest.update(src.name.encode() + b"\0" + src.read_bytes())
+    out = toolchain.CACHE_DIR / "firmware" / f"{arch}-{digest.hexdigest()[:16]}"
+    if not (out / ".complete").exists():
+        tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        firmware_build.build(arch, tmp)
+        (tmp / ".complete").touch()
+        try:
+            os.rename(tmp, out)
+        except OSError:  # another process finished the same build first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
@@ -98,13 +121,23 @@ class VirtualNode:
                "pressure_pa": pressure_pa, **extra}
         write_json_atomic(self.root / "env.json", env)
 
+    def firmware_dir(self) -> Path:
+        """The firmware as a device gets it: firmware/ + drivers/ compiled with mpy-cross for
+        the board's architecture (cached by content), boot.py and main.py as source."""
+        return compiled_firmware(self.arch)
+
+    @property
+    def arch(self) -> str:
+        board = json.loads((self.root / "board.json").read_text())
+        return "rv32imc" if board.get("chip") == "esp32c3" else "xtensawin"
+
     def command(self) -> list[str]:
         return [toolchain.micropython(), "-X", f"heapsize={self.heap}", "-c", BOOT]
 
     def environ(self) -> dict[str, str]:
         return {
             "PATH": "/usr/bin:/bin",
-            "MICROPYPATH": toolchain.micropypath(),
+            "MICROPYPATH": f".frozen:{self.firmware_dir()}",
             "VBOARD_DIR": str(self.root),
             # The node's console is a file: line-buffering is what a serial console gives.
             "PYTHONUNBUFFERED": "1",
