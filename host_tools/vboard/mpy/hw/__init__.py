@@ -1,0 +1,183 @@
+"""Virtual board core: the board description (board.json), the physical environment
+(env.json), the I2C buses and the device models on them. `machine`, `network` and `esp32` are
+thin ESP32-port faces on top of this; the files and the in-process API are described below."""
+
+# A node's folder (`$VBOARD_DIR`, the parent of its flash folder) holds:
+#
+#     board.json        the hardware, read once per boot (first use):
+#                       {"board": "esp32-devkitc", "chip": "esp32", "unique_id": "a1b2c3d4e5f6",
+#                        "i2c": {"0": {"scl": 22, "sda": 21,
+#                                      "devices": [{"model": "bme280", "address": 118}]}},
+#                        "wifi": {"ssid": "meterlink-lab", "rssi": -61}}
+#                       chip: esp32 | esp32s2 | esp32s3 | esp32c3 | esp32c6 (default esp32).
+#                       unique_id: 12 hex digits (default 240ac4000001). A device entry is
+#                       {"model": name, "address": int, ...}; the other keys go to the model's
+#                       constructor (bme280: "calibration": "datasheet" or a dict of dig_*).
+#                       wifi: ssid (absent: any ssid connects), key (absent: any key works),
+#                       rssi (dBm, default -60), channel (default 6), connect_ms (default 200).
+#     env.json          the physical world, rewritten by the launcher at any time (temp + rename):
+#                       {"temperature_c": 21.5, "humidity_pct": 45.0, "pressure_pa": 101325.0,
+#                        "rssi_dbm": -70, "faults": {"i2c0:0x76": "absent"}}
+#                       Missing file or key: 20.0 C, 50.0 %RH, 101325 Pa, no faults.
+#                       Faults: "i2c<bus>:0x<addr>" -> "absent" (the part NACKs: ENODEV) or
+#                       "timeout" (the transfer times out: ETIMEDOUT); "i2c<bus>" -> "timeout"
+#                       (bus held low); "wifi" -> "down" (the access point is gone); models add
+#                       their own (bme280: "busy", the conversion never finishes).
+#     rtc_memory.bin    RTC slow memory (machine.RTC().memory()); survives every restart of the
+#                       process like RTC memory survives deep sleep and resets; the launcher
+#                       deletes it to model a power cycle.
+#     rtc.json          RTC offset from the host clock, set by machine.RTC().datetime(tuple).
+#     nvs.json          esp32.NVS contents (committed values only).
+#     reset_cause.json  {"cause": machine.*_RESET, "wake": machine.*_WAKE}: written by the process
+#                       as it resets or sleeps, consumed by the next boot (absent: power-on).
+#     deepsleep.json    {"ms": int or null, "ext0": ..., "ext1": ...}: written by deepsleep().
+#
+# Changes to env.json are detected with os.stat (inode, size, mtime): the file is read again
+# only when one of them changed, and models refresh it at most once per measurement trigger.
+# A rewrite by temp + rename always gets a new inode, so same-second rewrites are seen.
+#
+# In-process boards (tests; the functions are re-exported by `machine`):
+#
+#     import machine
+#     machine.vboard_configure("vb", {"i2c": {"0": {"scl": 22, "sda": 21, "devices": [
+#         {"model": "bme280", "address": 0x76}]}}})      # folder "vb" (created), board in code
+#     machine.vboard_set_env(temperature_c=-12.5)          # rewrites vb/env.json atomically
+#     bme = machine.vboard().i2c[0].devices[0x76]         # the model, for register-level checks
+#     machine.vboard_attach(0, SomeModel(0x40))           # add a part to a bus
+#
+# vboard_configure(None) with no board goes back to $VBOARD_DIR (or the empty default board).
+#
+# (Documentation is in comments: loaded from source instead of frozen, these modules compile
+# on the node's heap, where a docstring costs memory and a comment does not.)
+
+import json
+import os
+
+# Wake-up sources armed by esp32.wake_on_*() and Pin.irq(wake=...): read by machine.deepsleep().
+wake = {}
+
+_board = None
+_hooks = []
+
+
+def vboard_path():
+    """The node's folder: the one given to configure(), else $VBOARD_DIR, else None."""
+    if _board is not None:
+        return _board.dir
+    return os.getenv("VBOARD_DIR") or None
+
+
+def board():
+    """The current board, loaded from $VBOARD_DIR/board.json on first use."""
+    global _board
+    if _board is None:
+        from hw.core import Board
+
+        path = os.getenv("VBOARD_DIR") or None
+        _board = Board(path, read_json(_join(path, "board.json")) or {})
+    return _board
+
+
+def env():
+    return board().env
+
+
+def configure(path=None, spec=None):
+    """Starts a fresh board (a power-on): `path` is the node folder (None: $VBOARD_DIR), `spec`
+    a board.json-shaped dict used instead of the file. Per-board state in machine/network/esp32
+    (pins, Wi-Fi, NVS, reset cause) is reset through the hooks they registered."""
+    global _board
+    from hw.core import Board
+
+    if path is None:
+        path = os.getenv("VBOARD_DIR") or None
+    elif not _exists(path):
+        os.mkdir(path)
+    if spec is None:
+        spec = read_json(_join(path, "board.json")) or {}
+    _board = None  # a board that fails to load leaves none behind
+    b = _board = Board(path, spec)
+    wake.clear()
+    for fn in _hooks:
+        fn(b)
+    return b
+
+
+def on_configure(fn):
+    """Registers fn(board) to run at every new board (a module's power-on reset)."""
+    _hooks.append(fn)
+
+
+def attach(bus_id, model):
+    """Puts a device model on I2C bus `bus_id` (created, with any pins, if the board has none)."""
+    b = board()
+    bus = b.i2c.get(bus_id)
+    if bus is None:
+        from hw.core import Bus
+
+        bus = b.i2c[bus_id] = Bus(bus_id)
+    bus.attach(model)
+    return model
+
+
+def set_env(**values):
+    """Updates the environment (merged into env.json, written atomically, like the launcher)."""
+    e = env()
+    e.refresh()
+    data = dict(e.data)
+    data.update(values)
+    if e.path is None:
+        e.apply(data)
+    else:
+        write_json(e.path, data)
+        e.invalidate()
+
+
+# ---------------------------------------------------------------------------------- files
+def _join(path, name):
+    return None if path is None else path + "/" + name
+
+
+def _exists(path):
+    try:
+        os.stat(path)
+        return True
+    except OSError:
+        return False
+
+
+def read_json(path):
+    """The parsed file, or None if it does not exist. A malformed file raises ValueError
+    naming it: the launcher wrote something wrong and the node should say so at once."""
+    if path is None:
+        return None
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise ValueError("virtual board: %s is not valid JSON" % path)
+
+
+def write_json(path, obj):
+    """Writes atomically (temp file + rename), as the launcher does."""
+    write_file(path, json.dumps(obj))
+
+
+def write_file(path, data):
+    tmp = path + ".tmp"
+    with open(tmp, "wb" if isinstance(data, (bytes, bytearray)) else "w") as f:
+        f.write(data)
+    os.rename(tmp, path)
+
+
+def remove(path):
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
