@@ -58,7 +58,7 @@ stats_file = "{stats}"
 
 def weather(site: Site, t: float) -> dict[str, float]:
     """A slow, smooth drift around the site's values, so readings visibly change."""
-    phase = t / 30.0 + hash(site.node_id) % 7
+    phase = t / 30.0 + 2.0 * SITES.index(site)
     return {
         "temperature_c": round(site.temperature_c + 0.8 * math.sin(phase), 2),
         "humidity_pct": round(min(100.0, max(0.0, site.humidity_pct + 2.0 * math.cos(phase))), 2),
@@ -110,6 +110,7 @@ class SinkTail:
 
 
 def run(duration: float, out: Path, interval_s: int) -> int:
+    out = out.resolve()  # the gateway resolves relative paths against its config's folder
     out.mkdir(parents=True, exist_ok=True)
     sink = out / "readings.jsonl"
     stats_path = out / "gateway-stats.json"
