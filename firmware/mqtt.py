@@ -200,17 +200,7 @@ class MQTTClient:
             pid = self.next_pid()
         pkt.append(pid >> 8)
         pkt.append(pid & 0xFF)
-        ev = asyncio.Event()
-        self._acks[pid] = ev
-        try:
-            await self._send(pkt, payload)
-            await asyncio.wait_for_ms(ev.wait(), self.timeout_ms)
-        except asyncio.TimeoutError:
-            raise OSError(errno.ETIMEDOUT)
-        finally:
-            self._acks.pop(pid, None)
-        if not self.connected:
-            raise OSError(errno.ECONNRESET)
+        await self._exchange(pid, pkt, payload)
         return pid
 
     async def subscribe(self, topic, qos=1):
@@ -223,10 +213,15 @@ class MQTTClient:
         pkt = bytearray((_SUBSCRIBE,))
         _encode_length(pkt, len(body))
         pkt.extend(body)
+        await self._exchange(pid, pkt)
+
+    # ------------------------------------------------------------------ internals
+    async def _exchange(self, pid, pkt, payload=None):
+        """Sends a packet and waits for the PUBACK/SUBACK carrying `pid`."""
         ev = asyncio.Event()
         self._acks[pid] = ev
         try:
-            await self._send(pkt)
+            await self._send(pkt, payload)
             await asyncio.wait_for_ms(ev.wait(), self.timeout_ms)
         except asyncio.TimeoutError:
             raise OSError(errno.ETIMEDOUT)
@@ -235,7 +230,6 @@ class MQTTClient:
         if not self.connected:
             raise OSError(errno.ECONNRESET)
 
-    # ------------------------------------------------------------------ internals
     async def _send(self, head, payload=None):
         w = self._writer
         if w is None:

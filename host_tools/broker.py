@@ -10,6 +10,7 @@ nothing depends on a system service or a fixed port.
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import time
@@ -73,6 +74,10 @@ class Mosquitto:
             anonymous="true" if self.anonymous else "false",
             persistence="true" if self.persistence else "false",
         ) + self.extra_conf
+        if os.geteuid() == 0:
+            # Run as root, mosquitto drops to the `mosquitto` user, which cannot read the
+            # private temp folders tests and the demo use: stay the invoking user instead.
+            conf += "user root\n"
         self.conf_path.write_text(conf)
         self.proc = subprocess.Popen(
             [toolchain.mosquitto(), "-c", str(self.conf_path)],
