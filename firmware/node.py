@@ -212,8 +212,9 @@ class Node:
                 continue
             del self.queue[:n]
             self.sent += n
-            log.info("pub", "seq=%d..%d acked (%d records, %d bytes)", seq, seq + n - 1, n, len(payload))
             gc.collect()
+            log.info("pub", "seq=%d..%d acked (%d records, %d bytes, heap free %d)",
+                     seq, seq + n - 1, n, len(payload), gc.mem_free())
 
     async def run(self):
         log.info("node", "%s starting: %d sensor(s), broker %s:%d", self.node_id,
