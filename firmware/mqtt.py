@@ -160,7 +160,7 @@ class MQTTClient:
 
     async def close(self):
         """Drops the connection without DISCONNECT (the broker then sends the Last Will)."""
-        self.connected = False
+        self._link_down()
         for task in (self._rx_task, self._ka_task):
             if task is not None:
                 task.cancel()
@@ -173,8 +173,6 @@ class MQTTClient:
                 await w.wait_closed()
             except OSError:
                 pass
-        for ev in self._acks.values():
-            ev.set()  # wake waiters; they see connected == False
         self._acks = {}
 
     # ------------------------------------------------------------------ publishing
@@ -241,6 +239,13 @@ class MQTTClient:
             await asyncio.wait_for_ms(w.drain(), self.timeout_ms)
         self._last_tx = time.ticks_ms()
 
+    def _link_down(self):
+        """Marks the link dead and wakes everyone waiting for an ack; they see
+        `connected == False` and raise."""
+        self.connected = False
+        for ev in self._acks.values():
+            ev.set()
+
     async def _read_packet(self):
         r = self._reader
         if r is None:
@@ -277,9 +282,7 @@ class MQTTClient:
         except asyncio.CancelledError:
             raise
         except Exception:  # EOF, reset, malformed: the link is gone
-            self.connected = False
-            for ev in self._acks.values():
-                ev.set()
+            self._link_down()
 
     async def _incoming(self, head, data):
         tl = (data[0] << 8) | data[1]
@@ -301,15 +304,13 @@ class MQTTClient:
                 now = time.ticks_ms()
                 if time.ticks_diff(now, self._last_rx) > period * 3 // 2:
                     # no PINGRESP (or anything) for 1.5 keepalives: the link is dead
-                    self.connected = False
-                    for ev in self._acks.values():
-                        ev.set()
+                    self._link_down()
                     return
                 if time.ticks_diff(now, self._last_tx) >= period // 2:
                     try:
                         await self._send(bytearray((_PINGREQ, 0)))
                     except OSError:
-                        self.connected = False
+                        self._link_down()
                         return
         except asyncio.CancelledError:
             pass
