@@ -16,7 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from host_tools import toolchain
+from host_tools import process, toolchain
 
 # Debian's default max_queued_messages (1000) drops messages for an offline persistent
 # session under load; a gateway that is down for a while must find every reading queued.
@@ -100,13 +100,7 @@ class Mosquitto:
         """Stops the broker (SIGTERM: it saves its persistence file first)."""
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        process.stop(self.proc, timeout)
         self.proc = None
 
     def __enter__(self) -> "Mosquitto":

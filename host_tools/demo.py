@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from host_tools import process
 from host_tools.broker import Mosquitto
 from host_tools.vboard import VirtualNode
 
@@ -168,13 +169,8 @@ def run(duration: float, out: Path, interval_s: int) -> int:
     finally:
         for node in nodes:
             node.stop()
-        if gateway is not None and gateway.poll() is None:
-            gateway.terminate()
-            try:
-                gateway.wait(10)
-            except subprocess.TimeoutExpired:
-                gateway.kill()
-                gateway.wait()
+        if gateway is not None:
+            process.stop(gateway, 10)
         broker.stop()
         for s, handler in old.items():
             signal.signal(s, handler)

@@ -17,7 +17,6 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 FIRMWARE_DIR = ROOT / "firmware"
 DRIVERS_DIR = ROOT / "drivers"
-VBOARD_DIR = ROOT / "host_tools" / "vboard" / "mpy"
 CACHE_DIR = ROOT / ".cache"
 
 
@@ -80,9 +79,9 @@ def mosquitto() -> str:
 
 
 def micropypath(*extra: str | os.PathLike) -> str:
-    """MICROPYPATH for a node: the virtual board's hardware modules first (they stand in for the
-    ESP32 port's `machine`, `network`, `esp32`), then the firmware and drivers exactly as they
-    ship, then the frozen modules (asyncio and the virtual board, frozen so that they take
-    no heap, like the C modules they stand in for)."""
+    """MICROPYPATH for running firmware and drivers from source (MicroPython-side tests): any
+    `extra` folders, then the frozen modules (asyncio, and the virtual board's `machine`,
+    `network`, `esp32` and `hw`, frozen so that they take no heap, like the C modules they
+    stand in for), then `firmware/` and `drivers/`."""
     parts = [str(p) for p in extra] + [".frozen", str(FIRMWARE_DIR), str(DRIVERS_DIR)]
     return ":".join(parts)

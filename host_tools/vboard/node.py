@@ -23,12 +23,11 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import subprocess
-import time
 from pathlib import Path
 
-from host_tools import firmware_build, toolchain
+from gateway.stats import write_json_atomic
+from host_tools import firmware_build, process, toolchain
 
 DEFAULT_HEAP = "96K"
 BOOT = "import boot\nimport main\n"
@@ -74,12 +73,6 @@ def compiled_firmware(arch: str) -> Path:
         except OSError:  # another process finished the same build first
             shutil.rmtree(tmp, ignore_errors=True)
     return out
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
 
 
 class VirtualNode:
@@ -139,8 +132,6 @@ class VirtualNode:
             "PATH": "/usr/bin:/bin",
             "MICROPYPATH": f".frozen:{self.firmware_dir()}",
             "VBOARD_DIR": str(self.root),
-            # The node's console is a file: line-buffering is what a serial console gives.
-            "PYTHONUNBUFFERED": "1",
         }
 
     def start(self) -> "VirtualNode":
@@ -158,14 +149,7 @@ class VirtualNode:
         """Stops the node like pulling its power (SIGTERM, then SIGKILL)."""
         rc = None
         if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-                try:
-                    self.proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait()
-            rc = self.proc.returncode
+            rc = process.stop(self.proc, timeout)
             self.proc = None
         if self._console is not None:
             self._console.close()
@@ -184,16 +168,6 @@ class VirtualNode:
             return self.console_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
-
-    def wait_for_console(self, text: str, timeout: float = 10.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if text in self.console():
-                return True
-            if self.proc is not None and self.proc.poll() is not None:
-                return text in self.console()
-            time.sleep(0.05)
-        return False
 
     def __enter__(self) -> "VirtualNode":
         return self.start()
