@@ -17,7 +17,7 @@ without reading code. `load()` raises ConfigError listing all problems found.
 
 import json
 
-DRIVERS = ("bme280",)
+import sensors
 
 
 class ConfigError(Exception):
@@ -93,43 +93,7 @@ def validate(cfg):
         "keepalive": c.get(broker, "keepalive", "broker", int, "must be an integer 5-3600 (s)",
                            default=60, required=False, check=lambda v: 5 <= v <= 3600),
     }
-    buses = c.get(cfg, "i2c", "", dict, "must be an object of bus id -> pins", default={},
-                  required=False)
-    out["i2c"] = {}
-    for bid in buses:
-        p = "i2c." + bid
-        b = buses[bid]
-        if bid not in ("0", "1") or not isinstance(b, dict):
-            c.fail(p, "must be bus \"0\" or \"1\" with an object of pins", b)
-            continue
-        out["i2c"][bid] = {
-            "scl": c.get(b, "scl", p, int, "must be a GPIO number 0-48",
-                         check=lambda v: 0 <= v <= 48),
-            "sda": c.get(b, "sda", p, int, "must be a GPIO number 0-48",
-                         check=lambda v: 0 <= v <= 48),
-            "freq": c.get(b, "freq", p, int, "must be an integer 10000-1000000 (Hz)",
-                          default=400000, required=False, check=lambda v: 10000 <= v <= 1000000),
-        }
-    sensors = c.get(cfg, "sensors", "", list, "must be a list", default=[], required=False)
-    out["sensors"] = []
-    for i, s in enumerate(sensors):
-        p = "sensors[%d]" % i
-        if not isinstance(s, dict):
-            c.fail(p, "must be an object", s)
-            continue
-        spec = {
-            "driver": c.get(s, "driver", p, str, "must be one of " + ", ".join(DRIVERS),
-                            check=lambda v: v in DRIVERS),
-            "bus": c.get(s, "bus", p, str, "must name a configured bus such as \"i2c0\"",
-                         check=lambda v: v[:3] == "i2c" and v[3:] in buses),
-            "address": c.get(s, "address", p, int, "must be an I2C address 0x08-0x77",
-                             check=lambda v: 0x08 <= v <= 0x77),
-            "interval_s": c.get(s, "interval_s", p, int, "must be an integer >= 1",
-                                default=60, required=False, check=lambda v: v >= 1),
-            "instance": c.get(s, "instance", p, int, "must be an integer 0-15", default=0,
-                              required=False, check=lambda v: 0 <= v <= 15),
-        }
-        out["sensors"].append(spec)
+    sensors.validate_hw(c, cfg, out)
     if c.errors:
         raise ConfigError("; ".join(c.errors))
     return out

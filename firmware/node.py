@@ -19,10 +19,10 @@ import gc
 import time
 
 import cbor
-import channels
 import config
 import log
 import mqtt
+import sensors
 import seqno
 import wire
 
@@ -48,31 +48,6 @@ def _jitter_ms(limit):
     return time.ticks_us() % limit
 
 
-class Bme280Sensor:
-    """Adapter from the BME280 driver to channel values."""
-
-    def __init__(self, spec, bus):
-        import bme280
-
-        self.dev = bme280.BME280(bus, address=spec["address"])
-        inst = spec["instance"]
-        self.keys = (channels.key(channels.TEMPERATURE, inst),
-                     channels.key(channels.PRESSURE, inst),
-                     channels.key(channels.HUMIDITY, inst))
-
-    async def sample(self):
-        wait_ms = self.dev.start()
-        await asyncio.sleep_ms(wait_ms)
-        values = {}
-        for k, v in zip(self.keys, self.dev.read()):
-            if v is not None:
-                values[k] = v
-        return values
-
-
-SENSORS = {"bme280": Bme280Sensor}
-
-
 class Node:
     def __init__(self, cfg):
         self.cfg = cfg
@@ -88,7 +63,7 @@ class Node:
         self.sent = 0
         self.wake = asyncio.Event()
         self.enc = cbor.Encoder(_MAX_PAYLOAD)
-        self._buses = {}
+        self.hw = sensors.Hardware(cfg)
 
     # ------------------------------------------------------------------ readings
     def record(self, values):
@@ -106,26 +81,15 @@ class Node:
             log.warn("queue", "full: dropped the oldest reading (%d dropped)", self.dropped)
         self.wake.set()
 
-    def _bus(self, name):
-        bus = self._buses.get(name)
-        if bus is None:
-            import machine
-
-            pins = self.cfg["i2c"][name[3:]]
-            bus = machine.I2C(int(name[3:]), scl=machine.Pin(pins["scl"]),
-                              sda=machine.Pin(pins["sda"]), freq=pins["freq"])
-            self._buses[name] = bus
-        return bus
-
     async def sensor_task(self, spec):
-        label = "%s@%s:0x%02x" % (spec["driver"], spec["bus"], spec["address"])
+        label = sensors.label(spec)
         interval = spec["interval_s"] * 1000
         sensor = None
         due = time.ticks_ms()
         while True:
             try:
                 if sensor is None:
-                    sensor = SENSORS[spec["driver"]](spec, self._bus(spec["bus"]))
+                    sensor = sensors.create(spec, self.hw)
                     log.info("sensor", "%s ready", label)
                 values = await sensor.sample()
                 self.errors[label] = 0

@@ -131,8 +131,9 @@ class ChannelTable:
                 raise ChannelTableError(f"{where}.id must be an integer 1-63: got {cid!r}")
             if not isinstance(name, str) or not _NAME_RE.match(name):
                 raise ChannelTableError(f"{where}.name must be a snake_case name: got {name!r}")
-            if not isinstance(unit, str) or not unit:
-                raise ChannelTableError(f"{where}.unit must be a SenML unit: got {unit!r}")
+            if not isinstance(unit, str):
+                raise ChannelTableError(
+                    f"{where}.unit must be a SenML unit, or \"\" for none: got {unit!r}")
             if type(scale) is not int or not -18 <= scale <= 18:
                 raise ChannelTableError(f"{where}.scale must be an integer -18..18: got {scale!r}")
             if not isinstance(description, str) or not description or "|" in description:
@@ -166,5 +167,6 @@ def render_markdown(table: ChannelTable) -> str:
     """The Markdown table `docs/wire-format.md` holds between its channel-table markers."""
     lines = ["| id | name | unit | scale | meaning |", "|---|---|---|---|---|"]
     for ch in table:
-        lines.append(f"| {ch.id} | `{ch.name}` | `{ch.unit}` | {ch.scale} | {ch.description} |")
+        unit = f"`{ch.unit}`" if ch.unit else "-"
+        lines.append(f"| {ch.id} | `{ch.name}` | {unit} | {ch.scale} | {ch.description} |")
     return "\n".join(lines) + "\n"

@@ -346,8 +346,11 @@ def resolve_records(node_id: str, reading: Reading, table: ChannelTable, *,
         senml = []
         for key, value in record.values.items():
             channel, instance = table.lookup(key)
-            senml.append({"n": senml_name(node_id, channel.name, instance), "u": channel.unit,
-                          "v": senml_value(value, channel.scale), "t": t})
+            rec = {"n": senml_name(node_id, channel.name, instance), "u": channel.unit,
+                   "v": senml_value(value, channel.scale), "t": t}
+            if not channel.unit:  # a unitless channel (the alarm bits): SenML omits "u"
+                del rec["u"]
+            senml.append(rec)
         out.append((record, senml))
     return out
 

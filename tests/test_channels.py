@@ -76,7 +76,7 @@ def test_lookup_rejects_bad_keys(key, words):
     ({"id": 64}, "id must be an integer 1-63"),
     ({"name": "Temp"}, "name must be a snake_case name"),
     ({"scale": 1.5}, "scale must be an integer"),
-    ({"unit": ""}, "unit must be a SenML unit"),
+    ({"unit": 3}, "unit must be a SenML unit"),
     ({"description": "a | b"}, "description must be a non-empty string without '|'"),
     ({"extra": 1}, "unknown fields"),
 ])
@@ -101,3 +101,14 @@ def test_load_table_errors_name_the_file(tmp_path):
     bad.write_text("{")
     with pytest.raises(ChannelTableError, match="not valid JSON"):
         load_table(bad)
+
+
+def test_unitless_channel_resolves_without_u():
+    """The alarm bits have no unit: their SenML record carries no "u" (RFC 8428 allows that)."""
+    from gateway.wire import decode_reading, resolve
+
+    table = default_table()
+    alarms = next(ch for ch in table if ch.name == "alarms")
+    payload = bytes([0x84, 0x01, 0x00, 0x00, 0xA1, alarms.id, 0x05])  # [1, 0, 0, {16: 5}]
+    senml = resolve("node-01", decode_reading(payload, table), table, received_at=100)
+    assert senml == [{"n": "node-01:alarms", "v": 5, "t": 0}]
