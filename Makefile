@@ -3,7 +3,7 @@
 #   make demo [DURATION=20]   the product on one machine: broker, gateway, three virtual nodes
 #   make test                 the whole suite (MicroPython side, gateway, end to end)
 #   make firmware             .mpy builds of firmware/ + drivers/ for xtensawin and rv32imc
-#   make bench                payload size and decode speed against baselines
+#   make bench                every tests/bench/bench_*.py: figures against baselines measured in the same run
 #   make setup                venv, Mosquitto, MicroPython unix port (see host_tools/toolchain)
 
 VENV      := .venv
@@ -26,7 +26,7 @@ firmware: setup
 	$(PY) -m host_tools.firmware_build --out build/firmware
 
 bench: setup
-	$(PY) tests/bench/bench_wire.py
+	@set -e; for b in tests/bench/bench_*.py; do echo "== $$b"; $(PY) $$b; done
 
 clean:
 	rm -rf build demo-out .pytest_cache
