@@ -88,3 +88,39 @@ def test_streaming_encoder_overflows_cleanly():
     except OverflowError:
         return
     raise AssertionError("a full buffer must raise OverflowError")
+
+
+# ------------------------------------------------------------------ decoder (downlink, queue)
+def test_decoder_reads_the_rfc_vectors_back():
+    from binascii import unhexlify
+
+    for value, hx in INTEGERS + STRINGS + ARRAYS + MAPS + SIMPLE:
+        got = cbor.decode(unhexlify(hx))
+        assert got == value, "%s: got %r, want %r" % (hx, got, value)
+
+
+def expect_error(hx, offset, words):
+    from binascii import unhexlify
+
+    try:
+        cbor.decode(unhexlify(hx))
+    except cbor.DecodeError as exc:
+        msg = str(exc)
+        assert msg.startswith("offset %d:" % offset) and words in msg, "%s: %s" % (hx, msg)
+        return
+    raise AssertionError("%s decoded without error" % hx)
+
+
+def test_decoder_rejects_with_offset():
+    expect_error("", 0, "truncated")
+    expect_error("a2616101", 4, "truncated")  # {"a": 1, <missing>
+    expect_error("1a0001", 0, "4-byte argument")
+    expect_error("9f01ff", 0, "indefinite")  # [_ 1]
+    expect_error("f93c00", 0, "floats")  # 1.0 as half float
+    expect_error("c1 1a 5bc8e6a0".replace(" ", ""), 0, "tags")
+    expect_error("0102", 1, "1 trailing bytes")
+    expect_error("a2616101616102", 4, "duplicate map key")
+    expect_error("a1800a", 1, "map key must be")
+    expect_error("62c328", 0, "UTF-8")
+    expect_error("9affffffff", 0, "4294967295 elements")
+    expect_error("8181818181818181818101", 8, "deeper than 8")
