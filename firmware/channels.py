@@ -19,6 +19,7 @@ CONDUCTIVITY = const(13)  # uS/cm
 FREE_CHLORINE = const(14)  # 0.01 mg/L
 WATER_PRESSURE = const(15)  # hPa
 ALARMS = const(16)  # bits: 1 leak, 2 backflow, 4 tamper, 8 sensor fault
+NIGHT_FLOW = const(17)  # uL/s
 
 INSTANCE_STRIDE = const(64)
 

@@ -37,7 +37,7 @@ def test_bad_fields_are_named_with_rule_and_value():
     assert 'node_id must be 1-32 characters' in msg and '"Node 1"' in msg, msg
     assert 'broker.port must be an integer 1-65535: got "1883"' in msg, msg
     assert "sensors[0].interval_s must be an integer 1-86400: got 0" in msg, msg
-    assert 'sensors[0].driver must be one of bme280: got "bme281"' in msg, msg
+    assert 'sensors[0].driver must be one of bme280, ' in msg and 'got "bme281"' in msg, msg
 
 
 def test_missing_required_fields():

@@ -13,6 +13,8 @@ firmware uses."""
 #   program; only commit() writes them to $VBOARD_DIR/nvs.json, so a reset before commit()
 #   loses them, which is the guarantee ESP-IDF documents.
 #   NVS and Partition live in hw/flash.py, loaded on first use.
+# - PCNT (hw/pcnt.py, loaded on first use): the pulse counter units, edges counted as the pad
+#   changes; absent (AttributeError) on the ESP32-C3, which has no PCNT peripheral.
 # - Partition: the running app in the 4 MiB single-app layout (factory at 0x10000);
 #   Partition(Partition.RUNNING).info(), Partition.find(), get_next_update() raises
 #   OSError(ENOENT) (no OTA slots), mark_app_valid_cancel_rollback() does nothing.
@@ -96,4 +98,9 @@ def __getattr__(name):
         import hw.flash
 
         return getattr(hw.flash, name)
+    if name == "PCNT":
+        from hw.pcnt import PCNT, available
+
+        if available():
+            return PCNT
     raise AttributeError(name)

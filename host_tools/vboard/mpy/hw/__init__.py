@@ -47,6 +47,16 @@ thin ESP32-port faces on top of this; the files and the in-process API are descr
 #
 # vboard_configure(None) with no board goes back to $VBOARD_DIR (or the empty default board).
 #
+# GPIO-level parts are models a test holds in-process (they drive pins through
+# hw.pin.drive(gpio, level); after a vboard_configure(), which resets the GPIO matrix, call
+# their reattach()):
+#
+#     from hw.meter import PulseMeter      # reed / quadrature pulse meter with bounce and a
+#     m = PulseMeter(a=25, b=26, tamper=27)  # tamper loop, on its own virtual clock
+#     m.run(10); m.run(2, reverse=True); m.tamper(True); m.step_ms(3600000)
+#
+# esp32.PCNT (hw/pcnt.py) counts edges of a pad as hw.pin.drive() changes it.
+#
 # (Documentation is in comments: loaded from source instead of frozen, these modules compile
 # on the node's heap, where a docstring costs memory and a comment does not.)
 

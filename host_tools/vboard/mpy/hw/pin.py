@@ -7,10 +7,17 @@ import hw
 
 _pins = {}  # GPIO number -> Pin: one object per GPIO, as on the port
 _irq = {"off": 0, "deferred": []}  # machine.disable_irq() nesting, events held meanwhile
+_watch = {}  # GPIO -> [fn(new_level)]: peripherals wired to the pad (esp32.PCNT), run at once
 
 
 def power_on():
     _pins.clear()
+    _watch.clear()
+
+
+def watch(gpio, fn):
+    """Routes the pad of `gpio` to a peripheral input: fn(level) runs on every level change."""
+    _watch.setdefault(gpio, []).append(fn)
 
 
 def schedule(handler, pin):
@@ -106,8 +113,11 @@ class Pin:
         old = self._level()
         self._out, self._ext = out, ext
         new = self._level()
-        if new != old and self._handler is not None and self._trigger & (1 if new else 2):
-            schedule(self._handler, self)
+        if new != old:
+            for fn in _watch.get(self._id, ()):
+                fn(new)
+            if self._handler is not None and self._trigger & (1 if new else 2):
+                schedule(self._handler, self)
 
     def irq(self, handler=None, trigger=3, *, wake=None):
         if trigger in (4, 5) and wake is not None:
@@ -136,6 +146,14 @@ class _PinIRQ:
 
 
 def drive(pin, level):
-    """Drives GPIO `pin` from outside the chip: 1, 0, or None to release the line."""
+    """Drives GPIO `pin` from outside the chip: 1, 0, or None to release the line. Soft IRQ
+    handlers of the edge run before this returns (the loop below is a backward jump, where the
+    VM runs scheduled callbacks), as an idle ESP32 runs them within microseconds of the edge;
+    a model that moves its clock after drive() has the handler read the edge's time."""
     p = Pin(pin)
     p._change(p._out, None if level is None else (1 if level else 0))
+    for _ in _ONE:
+        pass
+
+
+_ONE = (0,)

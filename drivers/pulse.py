@@ -1,0 +1,285 @@
+"""Pulse-output water and gas meters: debounced, direction-aware counting and a total that
+survives resets, deep sleep, power loss and firmware updates; leak, backflow, tamper alarms."""
+
+# Pulse-output water and gas meters: a debounced, direction-aware pulse count, persisted so
+# the meter total survives resets, deep sleep, power loss and firmware updates, plus the leak,
+# backflow and tamper alarms of docs/wire-format.md.
+#
+#     from pulse import PulseMeter
+#     m = PulseMeter(kind="water", pin_a=25, pin_b=26, tamper_pin=27, litres_per_pulse=10,
+#                    slot=0)
+#     m.poll()            # hour bookkeeping, alarms; call at least hourly (the adapter's sample())
+#     m.total_l           # the meter total in litres (water L, gas 0.001 m3 = 1 L)
+#     m.save()            # before deep sleep or reset: RTC memory, and the flash journal
+#     m.wake_pins()       # ((gpio, level), ...) that must wake the node from deep sleep
+#
+# Counting. A reed contact (or open collector) closes the input to GND; the internal pull-up
+# holds it high while open. Each edge runs `_edge` (a Pin IRQ, soft as on the ESP32 port): it
+# reads the clock and the line and counts a closing edge only if the line had been open for at
+# least `debounce_ms` (default 10 ms; contact bounce is up to ~5 ms). Chatter after either
+# transition is therefore ignored, and a handler that runs late (soft IRQs coalesce) still sees
+# the settled level. The handler allocates nothing: it updates small-int attributes created in
+# the constructor. With a second contact in quadrature (`pin_b`, water meters), the level of B
+# at A's closing edge gives the direction: B open = forward (+1), B closed = reverse (-1, and
+# the backflow alarm).
+#
+# PCNT: the ESP32/ESP32-S3 pulse counter's glitch filter stops at 1023 APB cycles (12.8 us), far
+# too short for reed bounce, so reed contacts are counted with the Pin IRQ above on every chip.
+# `esp32.PCNT` is used (counter "pcnt", or "auto" on a board with PCNT units) for bounce-free
+# electronic outputs with debounce_ms 0: PCNT channel 0 counts A's closing (falling) edges, B is
+# its control input (B high: count up; B low: count down reversed), so quadrature decoding runs
+# in hardware; the IRQ on the unit's min/max limits folds the 16-bit hardware count into a
+# small-int accumulator.
+#
+# Persistence (drivers/pulselog.py; why hand-written: no flash-journal library fits the heap,
+# and the layout must be readable by every later firmware):
+# - RTC slow memory, bytes 64..255 of machine.RTC().memory() (the runtime owns 0..63): one
+#   96-byte slot per pulse meter (slot 0 at 64, slot 1 at 160), rewritten by save(). It holds
+#   the exact count, the debounced contact state and the hour history, and survives deep
+#   sleep, resets and firmware updates (not power loss). Layout, little-endian:
+#   magic "P1" u16 0x3150, version u8, pin_a u8, seq u32, net i64, reverse i32, hour u32,
+#   hour_start i64 (moves at the hour's start), flags u8 (bit0 contact closed, bit1 B closed,
+#   bit2 counted while closed), hist_n u8, last_alarms u8, pad u8, hist 24 x u16 (litres per
+#   completed hour, newest first), last_reverse u32 (time), crc32 u32 over all before it.
+# - Flash journal `pulse<slot>a.log` / `pulse<slot>b.log`: 24-byte records appended, magic u16
+#   0x4A50, version u8, pin_a u8, seq u32, net i64, reverse i32, crc32 u32. A file takes 170
+#   records (one 4 KB flash sector), then the other file is truncated and continues: the
+#   older file stays valid until the new one holds a good record. A torn or corrupted record
+#   fails its CRC and is skipped, so the total falls back to the record before; it never takes
+#   a value that was not written whole. A damaged file is never appended to again (the next
+#   write starts the other file).
+# - At start the RTC slot wins when its CRC holds and its seq is not older than the journal's;
+#   otherwise (power loss, first boot after flashing a new layout) the journal's last good
+#   record is used. The journal is written before a changed total is reported (poll(report=
+#   True)) and by save(), so a total the gateway has seen is never lost: after a power loss the
+#   total restarts at the last reported value or later, never lower.
+# - Deep sleep: the chip counts nothing while asleep, so wake_pins() asks to be woken when
+#   contact A changes from its saved state (closing when open, opening when closed). At start,
+#   a contact that is closed while the saved state says open is a new pulse; woken by pin A
+#   (EXT0) with the contact already open again (a pulse shorter than the boot) also counts one.
+#
+# Alarms (bits of the `alarms` channel, docs/wire-format.md):
+# - leak (1): every one of the last 24 completed hours had flow; clears with an hour of no flow.
+# - backflow (2): a reverse pulse was counted; clears after 3600 s without reverse pulses.
+# - tamper (4): the tamper loop is open (cut cable, meter-head tamper contact such as the
+#   IN-Z61's, or a magnet sensor output), or it opened since the last poll; clears when the
+#   loop is closed again at a poll.
+# The minimum night flow is the smallest hourly volume of the last 24 completed hours, as a
+# flow rate in uL/s (after 24 hours of history).
+#
+# Hours are Unix hours of the node's clock (time.time()); pulses that arrive across a gap of
+# several hours between polls are spread evenly over those hours. A jump of the clock backwards
+# or more than 48 hours ahead (the clock being set) restarts the current hour and keeps the
+# history.
+#
+# (Documentation is in comments: compiled from source on a 96 KB heap, a long docstring is
+# one large string while the module compiles; a comment costs nothing.)
+
+
+import time
+
+import pulselog
+
+from micropython import const
+
+_HOURS = const(24)
+_BACKFLOW_CLEAR_S = const(3600)
+_MAX_GAP_H = const(48)  # a longer jump between polls is the clock being set, not time passing
+_PCNT_LIM = const(32000)
+
+LEAK = const(1)
+BACKFLOW = const(2)
+TAMPER = const(4)
+
+class PulseMeter:
+    def __init__(self, *, kind="water", pin_a, pin_b=None, tamper_pin=None,
+                 litres_per_pulse=1, debounce_ms=10, counter="irq", slot=0,
+                 ticks_ms=None, clock=None, journal_dir=""):
+        import machine
+
+        if kind not in ("water", "gas"):
+            raise ValueError("kind must be water or gas: got %r" % (kind,))
+        self.kind = kind
+        self.lpp = litres_per_pulse
+        self._deb = debounce_ms
+        self._ticks = ticks_ms or time.ticks_ms
+        self._clock = clock or time.time
+        self._slot = slot
+        self._pin_no = pin_a
+        self._t_pin = tamper_pin
+        self._jpath = "%spulse%d" % (journal_dir, slot)
+        self._a = machine.Pin(pin_a, machine.Pin.IN, machine.Pin.PULL_UP)
+        self._b = None if pin_b is None else machine.Pin(pin_b, machine.Pin.IN,
+                                                         machine.Pin.PULL_UP)
+        self._t = None if tamper_pin is None else machine.Pin(tamper_pin, machine.Pin.IN,
+                                                              machine.Pin.PULL_UP)
+        # counting state, touched by the IRQ handler: small ints only
+        self.net = 0  # forward minus reverse pulses
+        self.rev = 0  # reverse pulses ever
+        self._closed = 0  # line level seen at the last edge: 1 closed
+        self._counted = 0  # the current closure was counted
+        # an input found open at start counts as open long enough: the next closing counts
+        self._last_ms = time.ticks_add(self._ticks(), -debounce_ms - 1)
+        self._tamper_events = 0
+        self._pcnt = None
+        self._pcnt_rev = None
+        self._praw = 0
+        self._rraw = 0
+        # bookkeeping
+        self.seq = 0
+        self.hour = 0
+        self.hour_start = 0
+        self.hist = [0] * _HOURS
+        self.hist_n = 0
+        self.last_alarms = 0
+        self.last_reverse = 0
+        self._rev_seen = 0
+        self._jnet = None  # (net, rev) of the newest journal record
+        self._jfile = 0  # 0: "a", 1: "b"
+        self._jcount = pulselog.J_PER_FILE  # records in the current file (full: start the other)
+        self._flow = None  # (time, net) of the previous report
+
+        pulselog.restore(self, machine)
+        if counter == "pcnt":
+            self._start_pcnt()
+        else:
+            self._a.irq(self._edge, machine.Pin.IRQ_FALLING | machine.Pin.IRQ_RISING)
+        if self._t is not None:
+            self._t.irq(self._tamper_edge, machine.Pin.IRQ_RISING)
+        self._rev_seen = self.rev
+        if not self.hour:
+            self.hour = self._clock() // 3600
+            self.hour_start = self.moves()
+
+    # ------------------------------------------------------------------ counting (IRQ)
+    def _edge(self, pin):
+        t = self._ticks()
+        closed = 1 - pin.value()
+        if closed and not self._closed and time.ticks_diff(t, self._last_ms) >= self._deb:
+            if self._b is not None and not self._b.value():
+                self.net -= 1
+                self.rev += 1
+            else:
+                self.net += 1
+            self._counted = 1
+        elif not closed:
+            self._counted = 0
+        self._closed = closed
+        self._last_ms = t
+
+    def _tamper_edge(self, pin):
+        self._tamper_events += 1
+
+    def _start_pcnt(self):
+        import esp32
+
+        P = esp32.PCNT
+        kw = {"channel": 0, "pin": self._a, "falling": P.INCREMENT, "rising": P.IGNORE,
+              "min": -_PCNT_LIM, "max": _PCNT_LIM, "value": 0}
+        if self._b is not None:
+            # B open (high): forward, count up; B closed (low): reverse, count down
+            kw.update(mode_pin=self._b, mode_low=P.REVERSE, mode_high=P.NORMAL)
+        self._pcnt = P(2 * self._slot, **kw)
+        self._pcnt.irq(self._pcnt_limit, P.IRQ_MIN | P.IRQ_MAX)
+        self._pcnt.start()
+        if self._b is not None:
+            # a second unit counts reverse pulses alone (held while B is open)
+            kw.update(mode_low=P.NORMAL, mode_high=P.HOLD)
+            self._pcnt_rev = P(2 * self._slot + 1, **kw)
+            self._pcnt_rev.irq(self._pcnt_rev_limit, P.IRQ_MAX)
+            self._pcnt_rev.start()
+
+    def _pcnt_limit(self, pcnt):
+        # the unit went back to 0 on reaching a limit: shift the last raw value with it
+        self._praw += -_PCNT_LIM if pcnt.irq().flags() & pcnt.IRQ_MAX else _PCNT_LIM
+
+    def _pcnt_rev_limit(self, pcnt):
+        self._rraw -= _PCNT_LIM
+
+    def _pcnt_fold(self):
+        # never reset the hardware count (read-and-reset is not atomic and could drop a
+        # pulse): take the difference from the previous read
+        raw = self._pcnt.value()
+        self.net += raw - self._praw
+        self._praw = raw
+        if self._pcnt_rev is not None:
+            raw = self._pcnt_rev.value()
+            self.rev += raw - self._rraw
+            self._rraw = raw
+
+    # ------------------------------------------------------------------ figures
+    def moves(self):
+        """Pulses through the meter in either direction (for the flow history)."""
+        return self.net + 2 * self.rev
+
+    @property
+    def total_l(self):
+        return self.net * self.lpp
+
+    def tamper_open(self):
+        return self._t is not None and self._t.value() == 1
+
+    def poll(self, report=False):
+        """Hour bookkeeping and alarms; with report=True also journals a changed total first
+        (so a reported total is on flash). Returns the alarm bits."""
+        if self._pcnt is not None:
+            self._pcnt_fold()
+        now = self._clock()
+        h = now // 3600
+        if self.hour < h <= self.hour + _MAX_GAP_H:
+            m = self.moves()
+            vol = (m - self.hour_start) * self.lpp
+            gap = h - self.hour
+            for i in range(max(0, gap - _HOURS), gap):
+                share = vol // gap + (1 if i < vol % gap else 0)
+                self.hist.insert(0, min(share, 0xFFFF))
+                self.hist.pop()
+            self.hist_n = min(_HOURS, self.hist_n + gap)
+            self.hour = h
+            self.hour_start = m
+        elif h != self.hour:  # the clock was set (back, or days ahead): start the hour again
+            self.hour = h
+            self.hour_start = self.moves()
+        alarms = 0
+        if self.rev != self._rev_seen:
+            self._rev_seen = self.rev
+            self.last_reverse = now
+        if self.last_reverse and now - self.last_reverse < _BACKFLOW_CLEAR_S:
+            alarms |= BACKFLOW
+        if self.hist_n >= _HOURS and min(self.hist) > 0:
+            alarms |= LEAK
+        if self._tamper_events or self.tamper_open():
+            self._tamper_events = 0
+            alarms |= TAMPER
+        if report:
+            pulselog.journal(self)
+        pulselog.save_rtc(self)  # cheap (no flash wear): a crash reset loses nothing counted so far
+        return alarms
+
+    def night_flow_ul_s(self):
+        """Smallest hourly volume of the last 24 h as uL/s, or None before 24 h of history."""
+        if self.hist_n < _HOURS:
+            return None
+        return (min(self.hist) * 2500 + 4) // 9  # L/h * 1e6 / 3600
+
+    def flow_ml_s(self):
+        """Mean flow since the previous call, mL/s (None on the first call)."""
+        now = self._clock()
+        prev, self._flow = self._flow, (now, self.net)
+        if prev is None or now <= prev[0]:
+            return None
+        return (self.net - prev[1]) * self.lpp * 1000 // (now - prev[0])
+
+    # ------------------------------------------------------------------ persistence
+    def wake_pins(self):
+        out = [(self._pin_no, 1 if self._closed else 0)]
+        if self._t is not None:
+            out.append((self._t_pin, 1))
+        return tuple(out)
+
+    def save(self):
+        """Persists the count: RTC memory always, the flash journal if the count changed."""
+        if self._pcnt is not None:
+            self._pcnt_fold()
+        pulselog.journal(self)
+        pulselog.save_rtc(self)

@@ -1,0 +1,116 @@
+"""Pulse-output water and gas meters (reed contacts with bounce, quadrature, tamper loop)."""
+
+# A reed or open-collector pulse output is a switch to GND: closed drives the GPIO low, open
+# releases it (the input's pull-up reads 1). The model owns a virtual clock (microseconds) and
+# moves the contacts at exact timestamps, so a test drives 10 000 bounced pulses in seconds:
+#
+#     m = PulseMeter(a=25, b=26, tamper=27, seed=1)
+#     m.run(3, period_ms=200)            # 3 forward pulses, 200 ms apart, contacts bouncing
+#     m.run(2, reverse=True)             # backflow: contact B leads contact A
+#     m.step_ms(3600 * 1000)             # an hour without flow
+#     m.tamper(True)                     # loop opened (cut cable, IN-Z61 tamper, magnet sensor)
+#     m.ticks_ms(), m.time()             # the clock, as time.ticks_ms() / time.time()
+#
+# Quadrature (two contacts a quarter turn apart): forward, A closes while B is open, then B
+# closes, A opens, B opens; in reverse B leads. So the level of B at A's closing edge gives
+# the direction. Every contact transition bounces: `bounce_ms` (default 5) after a transition
+# the contact chatters 1-5 extra times at pseudo-random instants inside that window, ending
+# in its new state. `forward`, `reverse` count the pulses generated (the truth for tests).
+# With b=None the meter has a single contact (gas meters, simple water meters).
+
+import hw.pin
+
+_T0 = 1763712000  # time() at t = 0: 2025-11-21 08:00 UTC
+
+
+class PulseMeter:
+    def __init__(self, a, b=None, tamper=None, bounce_ms=5, seed=1, t0=_T0):
+        self.a, self.b, self.tamper_pin = a, b, tamper
+        self.bounce_us = bounce_ms * 1000
+        self.t_us = 0
+        self.t0 = t0
+        self._seed = seed or 1
+        self.forward = 0
+        self.reverse = 0
+        self._lines = {}  # GPIO -> what the meter drives: 0 (closed to GND) or None (open)
+        for p in (a, b):
+            if p is not None:
+                self._drive(p, None)  # contacts open
+        if tamper is not None:
+            self._drive(tamper, 0)  # loop closed
+
+    def _drive(self, pin, level):
+        self._lines[pin] = level
+        hw.pin.drive(pin, level)
+
+    def reattach(self):
+        """Drives the lines again after a board power-on (machine.vboard_configure() resets
+        the GPIO matrix; the meter's contacts stay where they were)."""
+        for pin, level in self._lines.items():
+            hw.pin.drive(pin, level)
+
+    # -- clock
+    def ticks_ms(self):
+        return (self.t_us // 1000) & 0x3FFFFFFF
+
+    def time(self):
+        return self.t0 + self.t_us // 1000000
+
+    def step_ms(self, ms):
+        self.t_us += ms * 1000
+
+    # -- contacts
+    def _rand(self, n):
+        # xorshift32: repeatable bounce patterns without the random module
+        x = self._seed
+        x ^= (x << 13) & 0xFFFFFFFF
+        x ^= x >> 17
+        x ^= (x << 5) & 0xFFFFFFFF
+        self._seed = x
+        return x % n
+
+    def _set(self, pin, closed, bounce=True):
+        level = 0 if closed else None
+        if bounce and self.bounce_us:
+            chatter = 1 + self._rand(5)
+            t = self.t_us
+            for i in range(chatter):
+                # alternate: new state, old state, ..., at increasing instants in the window
+                t += 1 + self._rand(self.bounce_us // (chatter + 1))
+                self.t_us = t
+                hw.pin.drive(pin, level if i % 2 == 0 else (None if closed else 0))
+            self.t_us = t + 1
+        self._drive(pin, level)
+
+    def pulse(self, reverse=False, period_ms=100):
+        """One pulse, taking `period_ms`, each contact transition a quarter of it apart."""
+        q = period_ms * 250  # a quarter period in us
+        first, second = (self.b, self.a) if reverse and self.b is not None else (self.a, self.b)
+        start = self.t_us
+        self._set(first, True)
+        if second is not None:
+            self.t_us = max(self.t_us, start + q)
+            self._set(second, True)
+        self.t_us = max(self.t_us, start + 2 * q)
+        self._set(first, False)
+        if second is not None:
+            self.t_us = max(self.t_us, start + 3 * q)
+            self._set(second, False)
+        self.t_us = max(self.t_us, start + 4 * q)
+        if reverse:
+            self.reverse += 1
+        else:
+            self.forward += 1
+
+    def run(self, n, reverse=False, period_ms=100):
+        for _ in range(n):
+            self.pulse(reverse, period_ms)
+
+    def hold(self, pin, closed):
+        """Leaves one contact closed (True) or open (False), without bounce: a meter that stopped
+        with its magnet over the reed, or a pulse in progress."""
+        self._drive(pin, 0 if closed else None)
+
+    def tamper(self, opened):
+        """Opens (True) or closes the tamper loop."""
+        self._drive(self.tamper_pin, None if opened else 0)
