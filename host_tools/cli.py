@@ -20,7 +20,8 @@ from typing import Callable, Sequence
 
 from gateway import cli as cmd_gateway
 from gateway.errors import EXIT_INPUT, UserError
-from host_tools import cmd_decode, demo
+from host_tools import (cmd_check, cmd_decode, cmd_deploy, cmd_flash, cmd_monitor, cmd_ports,
+                        cmd_provision, cmd_simulate, cmd_status, cmd_vboard, demo)
 
 Handler = Callable[[argparse.Namespace], int]
 ParserBuilder = Callable[[argparse.ArgumentParser], None]
@@ -32,6 +33,15 @@ COMMANDS: dict[str, tuple[Handler, ParserBuilder, str]] = {
     "decode": (cmd_decode.run, cmd_decode.build_parser, cmd_decode.HELP),
     "gateway": (cmd_gateway.run, cmd_gateway.build_parser, cmd_gateway.HELP),
     "demo": (demo.run_args, demo.build_parser, demo.HELP),
+    "ports": (cmd_ports.run, cmd_ports.build_parser, cmd_ports.HELP),
+    "flash": (cmd_flash.run, cmd_flash.build_parser, cmd_flash.HELP),
+    "deploy": (cmd_deploy.run, cmd_deploy.build_parser, cmd_deploy.HELP),
+    "provision": (cmd_provision.run, cmd_provision.build_parser, cmd_provision.HELP),
+    "status": (cmd_status.run, cmd_status.build_parser, cmd_status.HELP),
+    "monitor": (cmd_monitor.run, cmd_monitor.build_parser, cmd_monitor.HELP),
+    "check": (cmd_check.run, cmd_check.build_parser, cmd_check.HELP),
+    "simulate": (cmd_simulate.run, cmd_simulate.build_parser, cmd_simulate.HELP),
+    "vboard": (cmd_vboard.run, cmd_vboard.build_parser, cmd_vboard.HELP),
 }
 
 __all__ = ["COMMANDS", "UserError", "main"]

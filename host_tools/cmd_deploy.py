@@ -1,0 +1,203 @@
+"""`meterlink deploy`: puts the firmware on a node over its USB serial port.
+
+    meterlink deploy --board esp32-devkitc [--port /dev/ttyUSB0] [--dry-run]
+
+1. compiles `firmware/` and the board's drivers (`drivers` in the board file) with mpy-cross
+   for the board's architecture (cached by content in .cache/firmware/);
+2. stops the node (Ctrl-C, soft reset into the raw REPL: a clean heap, main.py not running),
+   checks the chip against the board file, and asks the node for the SHA-256 of every file
+   it has under those names (hashlib on the device: nothing is read back over the wire);
+3. copies only the files whose hash differs: each is written to `NAME.new`, its hash checked
+   on the device, then renamed over the old one, so a cut cable or a power loss mid-copy leaves
+   the old file whole; modules that an earlier deploy put there and this one no longer has are
+   removed (the list is kept on the device in `.deploy.json`; nothing else is ever deleted:
+   config.json, the queue and counters stay);
+4. soft-resets the node: boot.py, main.py, the node runs the new firmware.
+
+`--dry-run` stops after step 2 and lists what would change. Exit status 0 when the node has
+exactly the built firmware.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+from gateway.errors import UserError
+from host_tools import device, toolchain
+from host_tools.device import Device, DeviceError, say
+
+HELP = "compile the firmware for a board and copy what changed to the node (--dry-run lists it)"
+MANIFEST = ".deploy.json"
+CHUNK = 2048  # bytes per exec: 2.7 KB of base64 source, well inside a 96 KB heap
+
+_HASHES = """\
+import os, hashlib, binascii
+def _h(p):
+    try:
+        f = open(p, 'rb')
+    except OSError:
+        return None
+    h = hashlib.sha256()
+    b = bytearray(512)
+    m = memoryview(b)
+    while True:
+        n = f.readinto(b)
+        if not n:
+            break
+        h.update(m[:n])
+    f.close()
+    return binascii.hexlify(h.digest()).decode()
+def _man():
+    try:
+        with open('%(manifest)s') as f:
+            return f.read()
+    except OSError:
+        return ''
+def _free():
+    try:
+        s = os.statvfs('/')
+    except (AttributeError, OSError):
+        s = os.statvfs('.')
+    return s[0] * s[4]
+"""
+
+
+def _remote_state(dev: Device, names: list[str]) -> tuple[list, str, int]:
+    """(sha256 hex or None per name, the manifest text, free bytes) from the node."""
+    dev.exec(_HASHES % {"manifest": MANIFEST})
+    return dev.eval(f"([_h(n) for n in {names!r}], _man(), _free())")
+
+
+def build_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--board", required=True, metavar="NAME",
+                        help="board file in boards/ (esp32-devkitc, esp32s3-devkitc, ...)")
+    parser.add_argument("--port", metavar="PORT",
+                        help="serial port (default: the only USB serial port connected)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="list what would be copied and removed; change nothing")
+    parser.add_argument("--no-reset", action="store_true",
+                        help="leave the node stopped at the REPL afterwards")
+
+
+def firmware_files(board: device.Board) -> dict[str, bytes]:
+    """Device file name -> contents of the build for this board."""
+    from host_tools.vboard.node import compiled_firmware
+
+    try:
+        out = compiled_firmware(board.mpy_arch)
+    except Exception as exc:  # CalledProcessError from mpy-cross, naming the file
+        detail = getattr(exc, "stderr", "") or str(exc)
+        raise UserError(f"mpy-cross failed for {board.mpy_arch}: {detail.strip()}") from exc
+    drivers = {p.stem for p in toolchain.DRIVERS_DIR.glob("*.py")}
+    files = {}
+    for path in sorted(out.iterdir()):  # what was compiled, even if sources changed since
+        if path.suffix not in (".mpy", ".py"):
+            continue
+        if path.stem in drivers and board.drivers is not None and path.stem not in board.drivers:
+            continue
+        files[path.name] = path.read_bytes()
+    return files
+
+
+def _no_space(exc: DeviceError) -> bool:
+    """OSError ENOSPC: `OSError: [Errno 28] ENOSPC` on the ESP32 port, `OSError: 28` on unix."""
+    return re.search(r"OSError: (\[Errno )?28\b|ENOSPC", exc.output) is not None
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _progress(name: str, done: int, total: int, tty: bool) -> None:
+    if not tty:
+        return
+    width = 24
+    fill = width * done // max(total, 1)
+    sys.stdout.write(f"\r  {name:<20} [{'#' * fill}{'-' * (width - fill)}] {done * 100 // max(total, 1):3d}%")
+    sys.stdout.flush()
+
+
+def _write_file(dev: Device, name: str, data: bytes, tty: bool) -> None:
+    tmp = name + ".new"
+    dev.exec(f"import binascii, os\n_f = open({tmp!r}, 'wb')")
+    done = 0
+    for i in range(0, len(data), CHUNK):
+        chunk = base64.b64encode(data[i:i + CHUNK]).decode()
+        dev.exec(f"_f.write(binascii.a2b_base64({chunk!r}))")
+        done = min(i + CHUNK, len(data))
+        _progress(name, done, len(data), tty)
+    dev.exec("_f.close()\ndel _f")
+    got = dev.eval(f"_h({tmp!r})")
+    if got != _sha(data):
+        raise UserError(f"{name}: the copy on the node does not match (sha256 {got}, expected "
+                        f"{_sha(data)}): check the cable and deploy again")
+    # littlefs renames over a file; FAT needs the old one removed first
+    dev.exec(f"try:\n os.rename({tmp!r}, {name!r})\nexcept OSError:\n os.remove({name!r})\n"
+             f" os.rename({tmp!r}, {name!r})")
+
+
+def run(args: argparse.Namespace) -> int:
+    board = device.load_board(args.board)
+    files = firmware_files(board)
+    port = device.pick_port(args.port)
+    names = sorted(files)
+    started = time.monotonic()
+    with Device(port, soft_reset=True) as dev:
+        dev.check_chip(board)
+        try:
+            remote, manifest, free = _remote_state(dev, names)
+        except DeviceError as exc:
+            raise UserError(f"the node could not list its files: {exc}") from exc
+        try:
+            previous = set(json.loads(manifest)) if manifest else set()
+        except ValueError:
+            previous = set()
+        changed = [n for n, h in zip(names, remote) if h != _sha(files[n])]
+        stale = sorted(previous - set(names))
+        need = sum(len(files[n]) for n in changed)
+        size = sum(len(v) for v in files.values())
+        say(f"{board.name} ({board.chip}, {board.mpy_arch}) on {port}: {len(names)} files, "
+            f"{size} bytes; {len(changed)} to copy ({need} bytes), {len(stale)} to remove")
+        for n in changed:
+            state = "new" if remote[names.index(n)] is None else "changed"
+            say(f"  {'would copy' if args.dry_run else 'copy'} {n} ({len(files[n])} bytes, {state})")
+        for n in stale:
+            say(f"  {'would remove' if args.dry_run else 'remove'} {n}")
+        if args.dry_run:
+            return 0
+        if need > free:
+            raise UserError(device.ERR_NO_SPACE.format(
+                detail=f"{need} bytes to copy, {free} free", port=port))
+        tty = sys.stdout.isatty()
+        for n in changed:
+            try:
+                _write_file(dev, n, files[n], tty)
+            except DeviceError as exc:
+                if _no_space(exc):
+                    dev.exec(f"import os\ntry:\n os.remove({n + '.new'!r})\nexcept OSError:\n pass")
+                    raise UserError(device.ERR_NO_SPACE.format(
+                        detail=f"writing {n} failed (ENOSPC)", port=port)) from exc
+                raise UserError(f"copying {n} failed on the node: {exc}") from exc
+            if tty:
+                sys.stdout.write("\r" + " " * 60 + "\r")
+            say(f"  ok {n} sha256 {_sha(files[n])[:16]}")
+        for n in stale:
+            dev.exec(f"import os\ntry:\n os.remove({n!r})\nexcept OSError:\n pass")
+        dev.exec(f"with open({MANIFEST!r}, 'w') as _m:\n _m.write({json.dumps(names)!r})")
+        # verify: every file of the build is on the node with the right hash
+        final, _, _ = _remote_state(dev, names)
+        bad = [n for n, h in zip(names, final) if h != _sha(files[n])]
+        if bad:
+            raise UserError(f"verification failed for {', '.join(bad)}: deploy again")
+        say(f"verified {len(names)} files in {time.monotonic() - started:.1f} s"
+            + ("" if args.no_reset else "; soft reset: the node starts the new firmware"))
+        if not args.no_reset:
+            dev.run_main()
+    return 0

@@ -1,0 +1,93 @@
+"""`meterlink flash`: writes MicroPython (or any ESP32 image) to a node with esptool.
+
+    meterlink flash --board esp32-devkitc --firmware ESP32_GENERIC-v1.25.0.bin [--erase]
+
+Runs esptool (the pinned release, as `python -m esptool`) with the chip and flash offset of
+the board file:
+
+    esptool --chip esp32 --port PORT --baud 460800 write-flash [--erase-all] 0x1000 FILE.bin
+
+esptool prints its own progress and checks the written data against a hash computed by the
+chip (every write-flash is verified). Before that, the image is checked here: an ESP32 image
+starts with 0xE9 and names its chip in its extended header (byte 12), so a file built for
+another chip is refused before anything is erased. After flashing, the board resets into
+MicroPython; `meterlink deploy` and `meterlink provision` come next.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+from gateway.errors import EXIT_INPUT, UserError
+from host_tools import device
+from host_tools.device import say
+
+HELP = "write a MicroPython .bin to the node with esptool (chip and offset from the board file)"
+BAUD = 460800
+IMAGE_MAGIC = 0xE9
+# esptool's chip ids (image extended header, byte 12)
+CHIP_IDS = {0: "esp32", 2: "esp32s2", 5: "esp32c3", 9: "esp32s3", 12: "esp32c2", 13: "esp32c6",
+            16: "esp32h2"}
+
+
+def build_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--board", required=True, metavar="NAME", help="board file in boards/")
+    parser.add_argument("--firmware", required=True, type=Path, metavar="FILE.bin",
+                        help="the image to write (MicroPython's ESP32_GENERIC*.bin)")
+    parser.add_argument("--erase", action="store_true",
+                        help="erase the whole flash first (removes the node's files and config)")
+    parser.add_argument("--port", metavar="PORT", help="serial port (default: the only one)")
+    parser.add_argument("--baud", type=int, default=BAUD, help=f"default {BAUD}")
+
+
+def image_chip(path: Path) -> str:
+    """The chip an ESP image is built for; UserError when it is not an ESP image."""
+    try:
+        head = path.read_bytes()[:16]
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror}", exit_code=EXIT_INPUT) from exc
+    if len(head) < 16 or head[0] != IMAGE_MAGIC:
+        got = f"0x{head[0]:02x}" if head else "an empty file"
+        raise UserError(f"{path} is not an ESP32 firmware image (it starts with {got}, an image "
+                        f"starts with 0xe9): download the .bin for your board from "
+                        f"micropython.org/download", exit_code=EXIT_INPUT)
+    chip_id = head[12] | head[13] << 8
+    return CHIP_IDS.get(chip_id, f"chip id {chip_id}")
+
+
+def esptool_argv(board: device.Board, port: str, firmware: Path, *, erase: bool,
+                 baud: int = BAUD) -> list[str]:
+    argv = ["--chip", board.chip, "--port", port, "--baud", str(baud), "write-flash"]
+    if erase:
+        argv.append("--erase-all")
+    return argv + [f"0x{board.flash_offset:x}", str(firmware)]
+
+
+def run(args: argparse.Namespace) -> int:
+    board = device.load_board(args.board)
+    chip = image_chip(args.firmware)
+    if chip != board.chip:
+        raise UserError(f"wrong chip: {args.firmware} is built for {chip.upper()} but board file "
+                        f"{board.path.name} is for {board.chip.upper()}: download the image "
+                        f"for this chip, or use the right board file", exit_code=EXIT_INPUT)
+    port = device.pick_port(args.port)
+    device.open_serial(port).close()  # missing, permission, busy: the technician's message
+    argv = esptool_argv(board, port, args.firmware, erase=args.erase, baud=args.baud)
+    say("esptool " + " ".join(argv))
+    done = subprocess.run([sys.executable, "-m", "esptool", *argv], capture_output=False,
+                          stdout=None, stderr=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        err = done.stderr or ""
+        sys.stderr.write(err)
+        if "Wrong --chip" in err or "is not" in err and "chip" in err.lower():
+            raise UserError(device.ERR_WRONG_CHIP.format(port=port, found="other chip",
+                                                         board=board.path.name,
+                                                         expected=board.chip.upper()))
+        raise UserError("esptool failed (above): hold the board's BOOT button while it "
+                        "connects, or try a lower --baud such as 115200")
+    say(f"flashed {args.firmware.name} to {port} at 0x{board.flash_offset:x} (verified by "
+        f"esptool); next: meterlink deploy --board {board.name}")
+    return 0

@@ -1,0 +1,299 @@
+"""`meterlink provision`: gives a node its identity, MQTT credentials and configuration.
+
+    meterlink provision --board esp32-devkitc --node-id park-01 --broker 192.168.1.10:1883 \\
+        --wifi-ssid utility-iot --wifi-password '...' \\
+        --password-file /etc/mosquitto/meterlink.passwd --acl-file /etc/mosquitto/meterlink.acl \\
+        [--gateway http://127.0.0.1:8080] [--group park] [--interval 60] [--port PORT]
+
+1. The configuration: what the node already has in `config.json` (re-provisioning keeps its
+   Wi-Fi and sensors), else the board's defaults (its I2C pins, and a BME280 at 0x76 on i2c0
+   when the board carries the bme280 driver); `--config FILE` (JSON) is merged over it, then
+   the options. Identity: `node_id` (also the MQTT client id and user name).
+2. A new random MQTT password (24 URL-safe characters, `secrets`) on every run: provisioning
+   a node again rotates its credentials.
+3. Validation with the firmware's own rules: `firmware/config.py`'s `validate()` runs in the
+   MicroPython unix port (the interpreter and the source the device runs, not a CPython
+   re-implementation), so a config that passes here boots there. Every problem is listed.
+4. The config goes to the device as `config.json` (written to `config.json.new`, then renamed)
+   and the board file as `board.json` (the runtime reads its pin map); the node soft-resets.
+5. Broker side: the Mosquitto `password_file` line (hashed by Debian's `mosquitto_passwd`) and
+   the ACL block that lets the node write only its own `r`, `s`, `a` topics and read only its
+   own `c`, `k` (`{prefix}/{node_id}/...`). With `--password-file`/`--acl-file` they replace
+   the node's previous entries in those files (the rest is kept); without, they are printed.
+   Mosquitto reads both files again on SIGHUP (`systemctl reload mosquitto`).
+6. With `--gateway URL`, the node is registered: `PUT URL/api/nodes/{node_id}` with
+   {"board", "sensors", "interval_s", "group"}.
+
+The password appears only in the device's config.json and, hashed, in the password file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from gateway.errors import EXIT_INPUT, UserError
+from host_tools import device, toolchain
+from host_tools.cmd_deploy import _no_space
+from host_tools.device import Device, DeviceError, say
+
+HELP = "give a node its id, MQTT credentials and validated config; emit Mosquitto auth lines"
+PASSWORD_BYTES = 18  # 24 characters of URL-safe base64
+ACL_BEGIN = "# meterlink node {node} (meterlink provision)"
+ACL_END = "# end meterlink node {node}"
+
+_VALIDATE = """\
+import sys, json, config
+try:
+    out = config.validate(json.loads(sys.stdin.read()))
+    print("OK " + json.dumps(out))
+except config.ConfigError as e:
+    print("ERR " + str(e))
+"""
+
+
+def build_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--board", required=True, metavar="NAME", help="board file in boards/")
+    parser.add_argument("--node-id", required=True, metavar="ID",
+                        help="1-32 characters a-z 0-9 - _ (the MQTT client id and user)")
+    parser.add_argument("--broker", metavar="HOST:PORT",
+                        help="MQTT broker the node connects to (default: keep the node's)")
+    parser.add_argument("--prefix", metavar="P", help="topic prefix (default: keep, or m)")
+    parser.add_argument("--wifi-ssid", metavar="SSID")
+    parser.add_argument("--wifi-password", metavar="KEY")
+    parser.add_argument("--interval", type=int, metavar="S",
+                        help="reading interval of every sensor, seconds")
+    parser.add_argument("--config", type=Path, metavar="FILE",
+                        help="JSON merged over the node's config before the options")
+    parser.add_argument("--password-file", type=Path, metavar="FILE",
+                        help="Mosquitto password_file to update (created if missing)")
+    parser.add_argument("--acl-file", type=Path, metavar="FILE",
+                        help="Mosquitto acl_file to update (created if missing)")
+    parser.add_argument("--gateway", metavar="URL",
+                        help="register the node with the gateway's HTTP API at URL")
+    parser.add_argument("--group", metavar="NAME", help="group for the gateway registry")
+    parser.add_argument("--port", metavar="PORT", help="serial port (default: the only one)")
+    parser.add_argument("--no-reset", action="store_true",
+                        help="leave the node stopped at the REPL afterwards")
+
+
+# ------------------------------------------------------------------------------ config
+def _parse_broker(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise UserError(f"--broker must be HOST:PORT with a port 1-65535: got {text!r}",
+                        exit_code=EXIT_INPUT)
+    return host, int(port)
+
+
+def default_config(board: device.Board) -> dict:
+    cfg: dict = {"prefix": "m", "wifi": {}, "broker": {"port": 1883, "keepalive": 60}}
+    i2c = board.raw.get("i2c") or {}
+    if i2c:
+        cfg["i2c"] = {bus: {"scl": p["scl"], "sda": p["sda"]} for bus, p in i2c.items()}
+    if i2c and (board.drivers is None or "bme280" in board.drivers) and "0" in i2c:
+        cfg["sensors"] = [{"driver": "bme280", "bus": "i2c0", "address": 0x76, "interval_s": 60}]
+    return cfg
+
+
+def _merge(base: dict, patch: dict) -> dict:
+    out = dict(base)
+    for k, v in patch.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def build_config(board: device.Board, current: dict | None, args: argparse.Namespace,
+                 password: str) -> dict:
+    cfg = current if isinstance(current, dict) else default_config(board)
+    if args.config is not None:
+        try:
+            cfg = _merge(cfg, json.loads(args.config.read_text()))
+        except (OSError, ValueError) as exc:
+            raise UserError(f"--config {args.config}: {exc}", exit_code=EXIT_INPUT) from exc
+    cfg = json.loads(json.dumps(cfg))  # a private copy
+    cfg["node_id"] = args.node_id
+    if args.prefix:
+        cfg["prefix"] = args.prefix
+    broker = cfg.setdefault("broker", {})
+    if args.broker:
+        broker["host"], broker["port"] = _parse_broker(args.broker)
+    broker["user"] = args.node_id
+    broker["password"] = password
+    wifi = cfg.setdefault("wifi", {})
+    if args.wifi_ssid is not None:
+        wifi["ssid"] = args.wifi_ssid
+    if args.wifi_password is not None:
+        wifi["password"] = args.wifi_password
+    if args.interval is not None:
+        for s in cfg.get("sensors") or []:
+            if isinstance(s, dict):
+                s["interval_s"] = args.interval
+    return cfg
+
+
+def validate(cfg: dict) -> dict:
+    """firmware/config.py's validate() in the MicroPython unix port: the config with defaults,
+    or UserError listing every problem."""
+    done = subprocess.run(
+        [toolchain.micropython(), "-X", "heapsize=96K", "-c", _VALIDATE],
+        input=json.dumps(cfg), capture_output=True, text=True, timeout=30,
+        env={"PATH": "/usr/bin:/bin", "MICROPYPATH": f"{toolchain.FIRMWARE_DIR}:.frozen"},
+        cwd=toolchain.FIRMWARE_DIR)
+    out = done.stdout.strip()
+    if out.startswith("OK "):
+        return json.loads(out[3:])
+    if out.startswith("ERR "):
+        raise UserError(f"the config is invalid: {out[4:]}", exit_code=EXIT_INPUT)
+    raise UserError(f"validating the config failed: {(done.stdout + done.stderr).strip()[-400:]}")
+
+
+# ------------------------------------------------------------------------------ broker files
+def password_line(user: str, password: str) -> str:
+    """One `password_file` line, hashed by mosquitto_passwd (Debian's mosquitto package)."""
+    exe = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+    if not Path(exe).exists():
+        raise UserError("mosquitto_passwd not found: install Debian's mosquitto package "
+                        "(`sudo apt-get install mosquitto`)")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "passwd"
+        done = subprocess.run([exe, "-c", "-b", str(path), user, password],
+                              capture_output=True, text=True, timeout=30)
+        if done.returncode != 0:
+            raise UserError(f"mosquitto_passwd failed: {(done.stdout + done.stderr).strip()}")
+        return path.read_text().strip()
+
+
+def acl_block(node: str, prefix: str) -> str:
+    base = f"{prefix}/{node}"
+    return "\n".join([
+        ACL_BEGIN.format(node=node),
+        f"user {node}",
+        f"topic write {base}/r",
+        f"topic write {base}/s",
+        f"topic write {base}/a",
+        f"topic read {base}/c",
+        f"topic read {base}/k",
+        ACL_END.format(node=node),
+    ]) + "\n"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    if path.exists():
+        shutil.copymode(path, tmp)
+    os.replace(tmp, path)
+
+
+def update_password_file(path: Path, user: str, line: str) -> None:
+    old = path.read_text().splitlines() if path.exists() else []
+    kept = [ln for ln in old if ln.split(":", 1)[0] != user]
+    _write_atomic(path, "\n".join(kept + [line]) + "\n")
+
+
+def update_acl_file(path: Path, node: str, block: str) -> None:
+    text = path.read_text() if path.exists() else ""
+    begin, end = re.escape(ACL_BEGIN.format(node=node)), re.escape(ACL_END.format(node=node))
+    text = re.sub(rf"(?ms)^{begin}\n.*?^{end}\n?", "", text)
+    if text and not text.endswith("\n"):
+        text += "\n"
+    _write_atomic(path, text + block)
+
+
+# ------------------------------------------------------------------------------ gateway
+def register(url: str, node: str, body: dict) -> None:
+    req = urllib.request.Request(
+        f"{url.rstrip('/')}/api/nodes/{node}", data=json.dumps(body).encode(), method="PUT",
+        headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            resp.read()
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace")[:300]
+        raise UserError(f"the gateway refused the registration ({exc.code}): {detail}") from exc
+    except (urllib.error.URLError, OSError) as exc:
+        raise UserError(f"cannot reach the gateway at {url} ({exc}): is it running, and is "
+                        f"[api] enabled in its config?") from exc
+
+
+# ------------------------------------------------------------------------------ the command
+_READ_CONFIG = """\
+try:
+    with open('config.json') as _f:
+        print(_f.read())
+except OSError:
+    print('null')
+"""
+
+
+def run(args: argparse.Namespace) -> int:
+    board = device.load_board(args.board)
+    port = device.pick_port(args.port)
+    password = secrets.token_urlsafe(PASSWORD_BYTES)
+    with Device(port, soft_reset=True) as dev:
+        dev.check_chip(board)
+        try:
+            current = json.loads(dev.exec(_READ_CONFIG) or "null")
+        except ValueError:
+            current = None  # an unreadable config is replaced
+        raw = build_config(board, current, args, password)
+        cfg = validate(raw)  # the file keeps what was given; the firmware fills the defaults
+        text = json.dumps(raw, separators=(",", ":"), sort_keys=True)
+        board_text = json.dumps(board.raw, separators=(",", ":"))
+        try:
+            for name, body in (("config.json", text), ("board.json", board_text)):
+                dev.exec(f"import os\nwith open({name + '.new'!r}, 'w') as _f:\n"
+                         f" _f.write({body!r})\n"
+                         f"try:\n os.rename({name + '.new'!r}, {name!r})\nexcept OSError:\n"
+                         f" os.remove({name!r})\n os.rename({name + '.new'!r}, {name!r})")
+            back = dev.exec("with open('config.json') as _f:\n print(_f.read())").strip()
+        except DeviceError as exc:
+            if _no_space(exc):
+                raise UserError(device.ERR_NO_SPACE.format(
+                    detail="writing config.json failed (ENOSPC)", port=port)) from exc
+            raise
+        if back != text:
+            raise UserError("config.json on the node does not read back as written: "
+                            "provision again")
+        say(f"{args.node_id}: config written to {port} (broker {cfg['broker']['host']}:"
+            f"{cfg['broker']['port']}, {len(cfg.get('sensors') or [])} sensor(s), "
+            f"new MQTT password)")
+        if not args.no_reset:
+            dev.run_main()
+    line = password_line(args.node_id, password)
+    acl = acl_block(args.node_id, cfg["prefix"])
+    if args.password_file:
+        update_password_file(args.password_file, args.node_id, line)
+        say(f"password_file {args.password_file}: entry for {args.node_id} replaced")
+    else:
+        say("\n# add to the broker's password_file:\n" + line)
+    if args.acl_file:
+        update_acl_file(args.acl_file, args.node_id, acl)
+        say(f"acl_file {args.acl_file}: block for {args.node_id} replaced")
+    else:
+        say("\n# add to the broker's acl_file:\n" + acl, end="")
+    if args.password_file or args.acl_file:
+        say("reload Mosquitto to apply: `sudo systemctl reload mosquitto` (SIGHUP)")
+    if args.gateway:
+        sensors = cfg.get("sensors") or []
+        body = {"board": board.name, "sensors": sensors,
+                "interval_s": min([s["interval_s"] for s in sensors] or [60])}
+        if args.group:
+            body["group"] = args.group
+        register(args.gateway, args.node_id, body)
+        say(f"registered {args.node_id} with the gateway at {args.gateway}")
+    return 0

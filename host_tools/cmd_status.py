@@ -1,0 +1,134 @@
+"""`meterlink status`: the node's diagnostics over its serial port, as a table.
+
+    meterlink status [--port PORT] [--json] [--no-resume]
+
+Stops the node's main loop (Ctrl-C, raw REPL: the node keeps its state), runs
+`import node; node.diagnostics()` (the status keys of docs/wire-format.md plus `last`, the
+latest reading of each sensor), prints them, and soft-resets the node so it runs again
+(`--no-resume` leaves it at the REPL). Keys the firmware does not report are left out; a node
+in safe mode prints its table, then the safe-mode error (exit status 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+
+from gateway.channels import default_table
+from gateway.errors import UserError
+from host_tools import device
+from host_tools.device import Device, DeviceError, say
+
+HELP = "show the node's diagnostics (heap, queue, last readings, errors) over the serial port"
+
+# key -> what it means, in the order shown (docs/wire-format.md, Status)
+FIELDS = (
+    ("fw", "firmware version"),
+    ("on", "connected to the broker"),
+    ("mode", "power mode"),
+    ("boot", "boot count"),
+    ("rst", "cause of the last reset"),
+    ("up", "seconds since boot"),
+    ("t", "node time (Unix s)"),
+    ("clock", "time source"),
+    ("cv", "configuration version"),
+    ("iv", "shortest reading interval (s)"),
+    ("seq", "next sequence number"),
+    ("q", "readings queued on flash"),
+    ("queue_bytes", "flash used by the queue (bytes)"),
+    ("qd", "readings dropped, queue full (ever)"),
+    ("sent", "readings sent since boot"),
+    ("heap", "free heap (bytes)"),
+    ("heap_peak", "peak heap used (bytes)"),
+    ("rssi", "Wi-Fi RSSI (dBm)"),
+    ("bat", "battery / supply (mV)"),
+    ("err", "failed readings per sensor since boot"),
+    ("cfg_err", "configuration problem"),
+    ("safe", "SAFE MODE"),
+)
+
+_DIAG = """\
+import node
+print(repr(node.diagnostics() if hasattr(node, 'diagnostics') else 'NO-DIAGNOSTICS'))
+"""
+
+
+def build_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--port", metavar="PORT", help="serial port (default: the only one)")
+    parser.add_argument("--json", action="store_true", help="print the diagnostics as JSON")
+    parser.add_argument("--no-resume", action="store_true",
+                        help="leave the node stopped at the REPL afterwards")
+
+
+def channel_text(key, value) -> str:
+    """`temperature 21.53 Cel` for a channel key and its scaled integer."""
+    table = default_table()
+    try:
+        ch, inst = table.lookup(int(key))
+    except (KeyError, ValueError, TypeError):
+        return f"channel {key} = {value}"
+    name = ch.name + (f":{inst}" if inst else "")
+    if not isinstance(value, int):
+        return f"{name} {value!r}"
+    if ch.scale < 0:
+        text = f"{value / 10 ** -ch.scale:.{-ch.scale}f}"
+    else:
+        text = str(value * 10 ** ch.scale)
+    return f"{name} {text} {ch.unit}".rstrip()
+
+
+def read_diagnostics(dev: Device) -> dict:
+    """node.diagnostics() of the stopped node; UserError when the firmware has none."""
+    text = dev.exec(_DIAG).strip()
+    if text == "'NO-DIAGNOSTICS'":
+        raise UserError(device.ERR_NO_DIAGNOSTICS)
+    try:
+        d = ast.literal_eval(text)
+    except (ValueError, SyntaxError) as exc:
+        raise UserError(f"unexpected diagnostics from the node: {text[:200]!r}") from exc
+    if not isinstance(d, dict):
+        raise UserError(f"unexpected diagnostics from the node: {text[:200]!r}")
+    return d
+
+
+def format_table(d: dict) -> list[str]:
+    rows = []
+    for key, meaning in FIELDS:
+        if key not in d or d[key] is None:
+            continue
+        v = d[key]
+        if isinstance(v, dict):
+            v = ", ".join(f"{k}: {x}" for k, x in v.items()) or "-"
+        rows.append((meaning, str(v)))
+    last = d.get("last") or {}
+    for label, values in last.items():
+        if isinstance(values, dict):
+            text = "  ".join(channel_text(k, v) for k, v in sorted(values.items()))
+        else:
+            text = str(values)
+        rows.append((f"last {label}", text))
+    width = max((len(r[0]) for r in rows), default=0)
+    return [f"{m:<{width}}  {v}" for m, v in rows]
+
+
+def run(args: argparse.Namespace) -> int:
+    port = device.pick_port(args.port)
+    with Device(port, soft_reset=False) as dev:
+        try:
+            dev.exec("import node")
+        except DeviceError as exc:
+            raise UserError(f"the node has no firmware ({exc.output.strip().splitlines()[-1]}):"
+                            f" install it with `meterlink deploy --board NAME`") from exc
+        d = read_diagnostics(dev)
+        if not args.no_resume:
+            dev.run_main()
+    if args.json:
+        say(json.dumps(d, sort_keys=True, default=str))
+    else:
+        say(f"node on {port}")
+        for line in format_table(d):
+            say("  " + line)
+    if d.get("safe"):
+        raise UserError(device.ERR_SAFE_MODE.format(reason=d["safe"]))
+    return 0

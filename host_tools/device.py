@@ -1,0 +1,247 @@
+"""A node on a serial port, for the technician commands: finding the port, the board files,
+and a REPL session that runs code on the device.
+
+    port = pick_port(args.port)               # --port, or the only USB serial port there is
+    with Device(port) as dev:                 # raw REPL; the node's main loop is interrupted
+        dev.exec("import os")
+        print(dev.eval("os.listdir()"))
+
+The session is mpremote's own `SerialTransport` (the same code `mpremote` runs, so what
+works here works with `mpremote` by hand and the other way round); this module adds the
+technician's errors. Every failure a technician meets on site becomes one `UserError` line
+that says what is wrong and how to fix it (the `ERR_*` texts below); tests assert them.
+"""
+
+from __future__ import annotations
+
+import ast
+import errno
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import serial
+import serial.tools.list_ports
+
+from gateway.errors import EXIT_INPUT, UserError
+from host_tools import toolchain
+
+BOARDS_DIR = toolchain.ROOT / "boards"
+
+# USB-serial bridges on ESP32 boards: (vid, pid) -> what it is
+USB_BRIDGES: dict[tuple[int, int], str] = {
+    (0x10C4, 0xEA60): "CP210x (ESP32-DevKitC and most ESP32 boards)",
+    (0x1A86, 0x7523): "CH340 (low-cost ESP32 boards)",
+    (0x1A86, 0x55D4): "CH9102 (newer ESP32 boards)",
+    (0x0403, 0x6001): "FTDI FT232R",
+    (0x0403, 0x6015): "FTDI FT231X",
+    (0x303A, 0x1001): "Espressif USB-JTAG/serial (ESP32-S3 / ESP32-C3 native USB)",
+}
+
+ERR_NO_PORT = ("no serial port found: plug the node in with a data USB cable (charge-only "
+               "cables have no data lines) and check `meterlink ports`")
+ERR_MANY_PORTS = "several serial ports found ({ports}): choose one with --port"
+ERR_PORT_MISSING = "{port} does not exist: check the cable and `meterlink ports`"
+ERR_PERMISSION = ("permission denied on {port}: add yourself to the dialout group "
+                  "(`sudo usermod -aG dialout $USER`, then log out and back in)")
+ERR_BUSY = ("{port} is busy: another program has it open (mpremote, a serial monitor, "
+            "`meterlink monitor`, an IDE); close it and try again")
+ERR_NOT_MICROPYTHON = ("no MicroPython REPL on {port}: the board runs other firmware or sits "
+                       "in its bootloader; install MicroPython with `meterlink flash --board "
+                       "NAME --firmware FILE.bin`, then press the board's EN/RESET button")
+ERR_WRONG_CHIP = ("wrong chip: {port} is an {found} but board file {board} is for an "
+                  "{expected}; use the board file for this node (`meterlink ports` and "
+                  "boards/*.json)")
+ERR_SAFE_MODE = ("the node is in safe mode ({reason}): it stopped its sensors after crashing "
+                 "at boot; see why with `meterlink monitor`, fix it (`meterlink deploy`, "
+                 "`meterlink provision`), then reboot it")
+ERR_NO_SPACE = ("out of flash space on the node: {detail}; remove old files (`mpremote "
+                "connect {port} fs ls`, `fs rm`) or erase and re-flash it (`meterlink flash "
+                "--erase`)")
+ERR_NO_DIAGNOSTICS = ("the node's firmware has no diagnostics (node.diagnostics() is missing): "
+                      "update it with `meterlink deploy --board NAME`")
+
+
+# ------------------------------------------------------------------------------ boards
+@dataclass(frozen=True)
+class Board:
+    name: str
+    chip: str
+    mpy_arch: str
+    flash_offset: int
+    drivers: tuple[str, ...] | None
+    path: Path
+    raw: dict
+
+    @property
+    def esptool_chip(self) -> str:
+        return self.chip
+
+
+def load_board(name: str) -> Board:
+    """boards/NAME.json (or a path to a board file)."""
+    path = Path(name) if name.endswith(".json") else BOARDS_DIR / f"{name}.json"
+    if not path.exists():
+        known = ", ".join(sorted(p.stem for p in BOARDS_DIR.glob("*.json")))
+        raise UserError(f"no board file {name!r}: the boards are {known}", exit_code=EXIT_INPUT)
+    try:
+        raw = json.loads(path.read_text())
+        offset = raw["flash_offset"]
+        return Board(
+            name=raw.get("name", path.stem), chip=raw["chip"], mpy_arch=raw["mpy_arch"],
+            flash_offset=int(offset, 0) if isinstance(offset, str) else int(offset),
+            drivers=tuple(raw["drivers"]) if "drivers" in raw else None, path=path, raw=raw)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"board file {path} is invalid: {exc!r} (needs chip, mpy_arch, "
+                        f"flash_offset)", exit_code=EXIT_INPUT) from exc
+
+
+# ------------------------------------------------------------------------------ ports
+def bridge_name(vid: int | None, pid: int | None) -> str:
+    if vid is None or pid is None:
+        return ""
+    return USB_BRIDGES.get((vid, pid), "")
+
+
+def list_ports() -> list:
+    """The serial ports that can be a node: USB ones (with a VID/PID), ESP32 bridges first."""
+    ports = [p for p in serial.tools.list_ports.comports() if p.vid is not None]
+    return sorted(ports, key=lambda p: (not bridge_name(p.vid, p.pid), p.device))
+
+
+def pick_port(port: str | None) -> str:
+    """--port as given, else the only USB serial port on the machine."""
+    if port:
+        return port
+    ports = list_ports()
+    if not ports:
+        raise UserError(ERR_NO_PORT)
+    known = [p for p in ports if bridge_name(p.vid, p.pid)]
+    if len(known) == 1:
+        return known[0].device
+    if len(ports) == 1:
+        return ports[0].device
+    raise UserError(ERR_MANY_PORTS.format(ports=", ".join(p.device for p in ports)))
+
+
+def open_serial(port: str, baudrate: int = 115200, timeout: float | None = 1.0) -> serial.Serial:
+    """Opens the port exclusively, or raises the technician's error for what went wrong."""
+    try:
+        return serial.Serial(port, baudrate, timeout=timeout, exclusive=True)
+    except serial.SerialException as exc:
+        raise port_error(port, exc) from exc
+
+
+def port_error(port: str, exc: OSError) -> UserError:
+    code = exc.errno
+    text = str(exc)
+    if code == errno.ENOENT or "No such file" in text:
+        return UserError(ERR_PORT_MISSING.format(port=port))
+    if code in (errno.EACCES, errno.EPERM) or "Permission denied" in text:
+        return UserError(ERR_PERMISSION.format(port=port))
+    if code in (errno.EAGAIN, errno.EBUSY) or "exclusively lock" in text or "busy" in text:
+        return UserError(ERR_BUSY.format(port=port))
+    return UserError(f"cannot open {port}: {text}")
+
+
+# ------------------------------------------------------------------------------ REPL session
+class DeviceError(UserError):
+    """Code run on the device raised; `.output` is its traceback text."""
+
+    def __init__(self, output: str) -> None:
+        self.output = output
+        last = output.strip().splitlines()[-1] if output.strip() else "error"
+        super().__init__(f"the node answered with an error: {last}")
+
+
+class Device:
+    """A raw-REPL session with a node. Entering it stops whatever the node runs (Ctrl-C);
+    `soft_reset=True` also restarts MicroPython first (a clean heap, boot.py only), which is
+    what a deployment wants; `status` keeps the node's state (False)."""
+
+    def __init__(self, port: str, *, soft_reset: bool = False, timeout: float = 5.0) -> None:
+        from mpremote.transport import TransportError
+        from mpremote.transport_serial import SerialTransport
+
+        self.port = port
+        open_serial(port).close()  # the precise error: missing, permission, busy
+        try:
+            self.transport = SerialTransport(port, baudrate=115200)
+        except TransportError as exc:
+            raise UserError(ERR_BUSY.format(port=port)) from exc
+        try:
+            self.transport.enter_raw_repl(soft_reset=soft_reset, timeout_overall=timeout)
+        except TransportError as exc:
+            self.transport.close()
+            raise UserError(ERR_NOT_MICROPYTHON.format(port=port)) from exc
+        except OSError as exc:
+            self.transport.close()
+            raise port_error(port, exc) from exc
+
+    def __enter__(self) -> "Device":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            try:
+                if self.transport.in_raw_repl:
+                    self.transport.exit_raw_repl()
+            except OSError:
+                pass
+            self.transport.close()
+            self.transport = None
+
+    def exec(self, code: str | bytes, timeout: float = 30.0) -> str:
+        from mpremote.transport import TransportError
+
+        try:
+            out, err = self.transport.exec_raw(code, timeout=timeout)
+        except TransportError as exc:
+            raise UserError(f"the node on {self.port} stopped answering ({exc}): check the "
+                            f"cable, then press the board's EN/RESET button") from exc
+        if err:
+            raise DeviceError(err.decode(errors="replace"))
+        return out.decode(errors="replace")
+
+    def eval(self, expr: str, timeout: float = 30.0):
+        text = self.exec(f"print(repr({expr}))", timeout=timeout).strip()
+        try:
+            return ast.literal_eval(text)
+        except (ValueError, SyntaxError) as exc:
+            raise UserError(f"unexpected answer from the node: {text[:200]!r}") from exc
+
+    def chip(self) -> str:
+        """The chip, from what MicroPython reports (`sys.implementation._machine` ends
+        `with ESP32S3`);
+        a virtual board reports the chip of its board.json."""
+        text = self.eval(
+            "(lambda m: __import__('machine').vboard().chip if m.startswith('linux') else m)"
+            "(__import__('sys').implementation._machine)")
+        t = text.lower().replace("-", "")
+        for chip in ("esp32s3", "esp32s2", "esp32c3", "esp32c6", "esp32"):
+            if t.endswith(chip) or t.endswith("with " + chip):
+                return chip
+        return t
+
+    def check_chip(self, board: Board) -> None:
+        found = self.chip()
+        if found != board.chip:
+            raise UserError(ERR_WRONG_CHIP.format(port=self.port, found=found.upper(),
+                                                  board=board.path.name,
+                                                  expected=board.chip.upper()))
+
+    def run_main(self) -> None:
+        """Leaves the REPL with a soft reset in friendly mode: boot.py, then main.py (the
+        node runs again)."""
+        self.transport.exit_raw_repl()
+        self.transport.serial.write(b"\x04")
+        self.transport.serial.flush()
+
+
+def say(text: str = "", *, end: str = "\n") -> None:
+    sys.stdout.write(text + end)
+    sys.stdout.flush()

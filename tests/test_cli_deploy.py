@@ -1,0 +1,83 @@
+"""`meterlink deploy` against the virtual board on a pty, through mpremote's serial transport:
+files land byte for byte, hashes verify, a second deploy copies nothing, only changed files
+are copied, stale modules go, and the technician's errors (wrong chip, out of flash)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from host_tools import cli, cmd_deploy, device
+from host_tools.vboard.node import default_board
+from host_tools.vboard.pty_repl import PtyBoard
+
+pytestmark = pytest.mark.slow
+BOARD = "esp32-devkitc"
+
+
+@pytest.fixture
+def board(tmp_path):
+    with PtyBoard(tmp_path / "node") as b:
+        yield b
+
+
+def deploy(capsys, port, *extra):
+    rc = cli.main(["deploy", "--board", BOARD, "--port", port, *extra])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_deploy_copies_the_build_then_nothing_then_only_what_changed(board, capsys):
+    build = cmd_deploy.firmware_files(device.load_board(BOARD))
+    assert "node.mpy" in build and "main.py" in build and "bme280.mpy" in build
+
+    rc, out, err = deploy(capsys, board.port)
+    assert rc == 0, err
+    assert f"{len(build)} to copy" in out and f"verified {len(build)} files" in out
+    for name, data in build.items():
+        assert (board.flash / name).read_bytes() == data, name
+    assert sorted(json.loads((board.flash / ".deploy.json").read_text())) == sorted(build)
+    assert not list(board.flash.glob("*.new"))
+
+    rc, out, err = deploy(capsys, board.port)
+    assert rc == 0, err
+    assert "0 to copy (0 bytes), 0 to remove" in out
+
+    # a file changed on the node, and a module an older deploy left behind
+    (board.flash / "wire.mpy").write_bytes(b"corrupt")
+    (board.flash / "old_driver.mpy").write_bytes(b"stale")
+    (board.flash / ".deploy.json").write_text(json.dumps(sorted(build) + ["old_driver.mpy"]))
+    (board.flash / "config.json").write_text("{}")  # not the firmware's: never touched
+
+    rc, out, err = deploy(capsys, board.port, "--dry-run")
+    assert rc == 0, err
+    assert "1 to copy" in out and "would copy wire.mpy" in out and "would remove old_driver.mpy" in out
+    assert (board.flash / "wire.mpy").read_bytes() == b"corrupt"  # dry run changed nothing
+
+    rc, out, err = deploy(capsys, board.port)
+    assert rc == 0, err
+    assert "1 to copy" in out and "ok wire.mpy" in out
+    assert (board.flash / "wire.mpy").read_bytes() == build["wire.mpy"]
+    assert not (board.flash / "old_driver.mpy").exists()
+    assert (board.flash / "config.json").read_text() == "{}"
+
+
+def test_deploy_refuses_a_board_file_for_another_chip(tmp_path, capsys):
+    with PtyBoard(tmp_path / "s3", board=default_board(chip="esp32s3")) as b:
+        rc, out, err = deploy(capsys, b.port)
+    assert rc == 1
+    assert ("wrong chip: " + b.port + " is an ESP32S3 but board file esp32-devkitc.json is for "
+            "an ESP32") in err
+    assert not list((tmp_path / "s3" / "flash").iterdir())
+
+
+def test_deploy_reports_out_of_flash_space(board, capsys):
+    # the kernel's ENOSPC, as a full flash filesystem gives it: the file being written is
+    # /dev/full
+    os.symlink("/dev/full", board.flash / "boot.py.new")
+    rc, out, err = deploy(capsys, board.port)
+    assert rc == 1
+    assert "out of flash space on the node: writing boot.py failed (ENOSPC)" in err
+    assert "erase and re-flash" in err
