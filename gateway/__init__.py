@@ -5,10 +5,16 @@ Modules, one job each:
     channels   the channel table (gateway/channels.json) and its Markdown rendering
     wire       wire format v1: decode_reading, resolve (SenML), parse_topic
     config     the TOML config file (gateway/sample.toml documents every key)
-    sink       the JSONL sink: durable append, dedup by (node, seq)
+    outbox     the SQLite store: outbox, dedup, gaps, registry, quarantine, dead letters
+    ingest     messages -> validated, deduplicated, committed (one transaction per batch)
+    registry   nodes, status, alarms (raised once, cleared once, forwarded as events)
+    batcher    one thread per sink: outbox -> batch -> sink -> confirm, retries, dead letters
+    sinks/     sink plugins: file (JSONL), http (SenML), ngsi-ld, mqtt (bridge)
+    downlink   config updates and commands to nodes, acknowledgements
+    api        the local HTTP API; metrics renders /metrics (Prometheus)
     stats      counters and the stats file
-    daemon     Gateway: the MQTT client tying it together (imports paho)
-    cli        the `meterlink gateway` command
+    daemon     Gateway: the threads and the MQTT client tying it together (imports paho)
+    cli        the `meterlink gateway` and `meterlink gateway send` commands
     errors     every error, with the hierarchy drawn in its docstring
     logfmt     key=value log lines
 

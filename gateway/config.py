@@ -32,6 +32,7 @@ DEFAULT_LOG_LEVEL = "INFO"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 SAMPLE_PATH = Path(__file__).with_name("sample.toml")
+SECRET_KEYS = frozenset({"password", "token"})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,25 +47,85 @@ class MqttConfig:
     password: str | None = None
     keepalive: int = DEFAULT_KEEPALIVE
     qos: int = MQTT_QOS
+    shared_group: str | None = None
 
     @property
     def subscription(self) -> str:
-        """The topic filter the gateway subscribes: reading messages of every node."""
-        return f"{self.prefix}/+/r"
+        """The topic filter for reading messages of every node (shared when a group is set)."""
+        plain = f"{self.prefix}/+/r"
+        return f"$share/{self.shared_group}/{plain}" if self.shared_group else plain
+
+    @property
+    def subscriptions(self) -> list[str]:
+        """Every filter the gateway subscribes: readings, status and acknowledgements.
+
+        Status and acks are never shared: every instance keeps the whole registry, and
+        Mosquitto does not send retained messages to shared subscriptions.
+        """
+        return [self.subscription, f"{self.prefix}/+/s", f"{self.prefix}/+/a"]
 
     def __repr__(self) -> str:
         password = None if self.password is None else "***"
         return (f"MqttConfig(host={self.host!r}, port={self.port}, "
                 f"client_id={self.client_id!r}, prefix={self.prefix!r}, "
                 f"username={self.username!r}, password={password!r}, "
-                f"keepalive={self.keepalive}, qos={self.qos})")
+                f"keepalive={self.keepalive}, qos={self.qos}, "
+                f"shared_group={self.shared_group!r})")
 
 
 @dataclass(frozen=True, kw_only=True)
 class SinkConfig:
-    """`[sink]`: where accepted readings go (a JSONL file for now)."""
+    """One `[sinks.NAME]` section: the sink's own keys in `options`, batching and retry."""
+
+    name: str
+    options: Mapping[str, Any]
+    batch_max_records: int
+    batch_max_bytes: int
+    batch_max_age_s: float
+    backoff_initial_s: float
+    backoff_max_s: float
+    events: bool
+
+    @property
+    def path(self) -> Path:
+        """The file sink's readings file (only for the `file` sink)."""
+        return self.options["path"]
+
+    def __repr__(self) -> str:
+        shown = {k: ("***" if k in SECRET_KEYS and v is not None else v)
+                 for k, v in self.options.items()}
+        return (f"SinkConfig({self.name!r}, {shown}, batch_max_records={self.batch_max_records},"
+                f" batch_max_age_s={self.batch_max_age_s})")
+
+
+@dataclass(frozen=True, kw_only=True)
+class IngestConfig:
+    """`[ingest]`: input limits and how many messages share one outbox transaction."""
+
+    max_payload_bytes: int = 4096
+    max_topic_length: int = 128
+    batch_messages: int = 256
+    batch_wait_ms: int = 5
+
+
+@dataclass(frozen=True, kw_only=True)
+class OutboxConfig:
+    """`[outbox]`: the SQLite store."""
 
     path: Path
+    max_bytes: int = 1 << 30
+    warn_percent: int = 80
+    quarantine_keep: int = 10000
+    dedup_days: int = 400
+
+
+@dataclass(frozen=True, kw_only=True)
+class ApiConfig:
+    """`[api]`: the local HTTP API (health, registry, metrics, downlink)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 9480
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,6 +134,10 @@ class GatewaySettings:
 
     stats_file: Path | None = None
     log_level: str = DEFAULT_LOG_LEVEL
+    require_registration: bool = False
+    low_battery_mv: int = 3300
+    stale_intervals: int = 3
+    ack_timeout_s: float = 60.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -80,8 +145,19 @@ class Config:
     """The whole gateway configuration."""
 
     mqtt: MqttConfig
-    sink: SinkConfig
+    sinks: tuple[SinkConfig, ...]
+    outbox: OutboxConfig
+    ingest: IngestConfig = IngestConfig()
+    api: ApiConfig = ApiConfig()
     gateway: GatewaySettings = GatewaySettings()
+
+    @property
+    def sink(self) -> SinkConfig:
+        """The file sink (the embedded default), for code that only knows one sink."""
+        for s in self.sinks:
+            if s.name == "file":
+                return s
+        raise AttributeError("no [sinks.file] configured")
 
 
 # ---- checking -----------------------------------------------------------------------------
@@ -123,6 +199,34 @@ def _text(*, allow_empty: bool = False) -> Checker:
             raise ConfigError(key, rule, got=show(value))
         return value
     return check
+
+
+def _number(low: float, high: float) -> Checker:
+    def check(key: str, value: Any, base: Path) -> float:
+        if type(value) not in (int, float) or not low <= value <= high:
+            raise ConfigError(key, f"must be a number {low:g}-{high:g}", got=show(value))
+        return float(value)
+    return check
+
+
+def _bool(key: str, value: Any, base: Path) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(key, "must be true or false", got=show(value))
+    return value
+
+
+def _url(key: str, value: Any, base: Path) -> str:
+    if not isinstance(value, str) or not value.startswith(("http://", "https://")) \
+            or len(value) < 10:
+        raise ConfigError(key, "must be an http:// or https:// URL", got=show(value))
+    return value.rstrip("/")
+
+
+def _group(key: str, value: Any, base: Path) -> str:
+    if not isinstance(value, str) or not PREFIX_RE.match(value):
+        raise ConfigError(key, "must be 1-16 characters a-z 0-9 _ - (MQTT share group)",
+                          got=show(value))
+    return value
 
 
 def _prefix(key: str, value: Any, base: Path) -> str:
@@ -169,45 +273,164 @@ SCHEMA: dict[str, dict[str, tuple[Checker, Any]]] = {
         "password": (_text(allow_empty=True), None),
         "keepalive": (_integer(1, 65535), DEFAULT_KEEPALIVE),
         "qos": (_qos, MQTT_QOS),
+        "shared_group": (_group, None),
     },
-    "sink": {
-        "path": (_path, REQUIRED),
+    "ingest": {
+        "max_payload_bytes": (_integer(16, 1 << 20), 4096),
+        "max_topic_length": (_integer(8, 65535), 128),
+        "batch_messages": (_integer(1, 100000), 256),
+        "batch_wait_ms": (_integer(0, 10000), 5),
+    },
+    "outbox": {
+        "path": (_path, "outbox.db"),
+        "max_bytes": (_integer(1 << 20, 1 << 50), 1 << 30),
+        "warn_percent": (_integer(1, 100), 80),
+        "quarantine_keep": (_integer(0, 1 << 31), 10000),
+        "dedup_days": (_integer(1, 100000), 400),
+    },
+    "api": {
+        "enabled": (_bool, True),
+        "host": (_text(), "127.0.0.1"),
+        "port": (_integer(0, 65535), 9480),
     },
     "gateway": {
         "stats_file": (_path, None),
         "log_level": (_log_level, DEFAULT_LOG_LEVEL),
+        "require_registration": (_bool, False),
+        "low_battery_mv": (_integer(0, 100000), 3300),
+        "stale_intervals": (_integer(1, 1000), 3),
+        "ack_timeout_s": (_number(1, 86400), 60.0),
+    },
+    # Short form of [sinks.file] path, kept for configs written before sinks had sections.
+    "sink": {
+        "path": (_path, REQUIRED),
     },
 }
 
-_REQUIRED_WHY = {"sink.path": "(the JSONL file accepted readings are appended to)"}
+# Keys every sink section has, with per-sink defaults in SINK_DEFAULTS.
+SINK_COMMON: dict[str, tuple[Checker, Any]] = {
+    "batch_max_records": (_integer(1, 100000), 500),
+    "batch_max_bytes": (_integer(1024, 1 << 30), 1 << 20),
+    "batch_max_age_s": (_number(0, 3600), 1.0),
+    "backoff_initial_s": (_number(0.01, 3600), 1.0),
+    "backoff_max_s": (_number(0.01, 86400), 300.0),
+    "events": (_bool, True),
+}
+
+SINK_SCHEMAS: dict[str, dict[str, tuple[Checker, Any]]] = {
+    "file": {
+        "path": (_path, "readings.jsonl"),
+        "events_path": (_path, "events.jsonl"),
+        "rotate_bytes": (_integer(0, 1 << 50), 100 << 20),
+        "keep": (_integer(1, 1000), 10),
+    },
+    "http": {
+        "url": (_url, REQUIRED),
+        "token": (_text(), None),
+        "gzip": (_bool, True),
+        "verify_tls": (_bool, True),
+        "ca_file": (_path, None),
+        "timeout_s": (_number(0.1, 600), 10.0),
+    },
+    "ngsi-ld": {
+        "url": (_url, REQUIRED),
+        "token": (_text(), None),
+        "tenant": (_text(), None),
+        "context": (_text(), "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context.jsonld"),
+        "gzip": (_bool, False),
+        "verify_tls": (_bool, True),
+        "ca_file": (_path, None),
+        "timeout_s": (_number(0.1, 600), 10.0),
+    },
+    "mqtt": {
+        "host": (_text(), REQUIRED),
+        "port": (_integer(1, 65535), 1883),
+        "client_id": (_text(), "meterlink-bridge"),
+        "username": (_text(), None),
+        "password": (_text(allow_empty=True), None),
+        "topic_prefix": (_text(), "meterlink"),
+        "tls": (_bool, False),
+        "ca_file": (_path, None),
+        "keepalive": (_integer(1, 65535), 30),
+        "timeout_s": (_number(0.1, 600), 10.0),
+    },
+}
+SINK_DEFAULTS: dict[str, dict[str, Any]] = {
+    "file": {"batch_max_age_s": 0.05, "backoff_max_s": 30.0},
+}
+
+_REQUIRED_WHY = {"sink.path": "(the JSONL file accepted readings are appended to)",
+                 "sinks.http.url": "(the platform endpoint SenML packs are POSTed to)",
+                 "sinks.ngsi-ld.url": "(the NGSI-LD broker, e.g. http://orion:1026)",
+                 "sinks.mqtt.host": "(the upstream broker)"}
+
+
+def _section(name: str, raw: Any, options: Mapping[str, tuple[Checker, Any]], base: Path,
+             defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise ConfigError(name, f"must be a table [{name}]", got=show(raw))
+    for key in raw:
+        if key not in options:
+            raise ConfigError(f"{name}.{key}", f"is not a known key of [{name}] "
+                                               f"(known: {', '.join(options)})")
+    out: dict[str, Any] = {}
+    for key, (check, default) in options.items():
+        full = f"{name}.{key}"
+        if defaults and key in defaults:
+            default = defaults[key]
+        if key in raw:
+            out[key] = check(full, raw[key], base)
+        elif default is REQUIRED:
+            raise ConfigError(full, f"is required {_REQUIRED_WHY.get(full, '')}".rstrip())
+        elif isinstance(default, str) and check is _path:
+            out[key] = check(full, default, base)
+        else:
+            out[key] = default
+    return out
 
 
 def parse_config(data: Mapping[str, Any], *, base_dir: str | Path = ".") -> Config:
     """Checks a parsed TOML document against `SCHEMA` and builds the Config."""
     base = Path(base_dir)
+    known = [*SCHEMA, "sinks"]
     for section in data:
-        if section not in SCHEMA:
-            raise ConfigError(section, f"is not a known section (known: {', '.join(SCHEMA)})")
-    values: dict[str, dict[str, Any]] = {}
-    for section, options in SCHEMA.items():
-        raw = data.get(section, {})
-        if not isinstance(raw, dict):
-            raise ConfigError(section, f"must be a table [{section}]", got=show(raw))
-        for key in raw:
-            if key not in options:
-                raise ConfigError(f"{section}.{key}", f"is not a known key of [{section}] "
-                                                      f"(known: {', '.join(options)})")
-        out: dict[str, Any] = {}
-        for key, (check, default) in options.items():
-            name = f"{section}.{key}"
-            if key in raw:
-                out[key] = check(name, raw[key], base)
-            elif default is REQUIRED:
-                raise ConfigError(name, f"is required {_REQUIRED_WHY.get(name, '')}".rstrip())
-            else:
-                out[key] = default
-        values[section] = out
-    return Config(mqtt=MqttConfig(**values["mqtt"]), sink=SinkConfig(**values["sink"]),
+        if section not in known:
+            raise ConfigError(section, f"is not a known section (known: {', '.join(known)})")
+    values = {name: _section(name, data.get(name, {}), options, base)
+              for name, options in SCHEMA.items() if name != "sink"}
+    raw_sinks = data.get("sinks", {})
+    if not isinstance(raw_sinks, dict):
+        raise ConfigError("sinks", "must hold tables [sinks.NAME]", got=show(raw_sinks))
+    sinks: list[SinkConfig] = []
+    for name, raw in raw_sinks.items():
+        if name not in SINK_SCHEMAS:
+            raise ConfigError(f"sinks.{name}", f"is not a known sink "
+                                               f"(known: {', '.join(SINK_SCHEMAS)})")
+        own = SINK_SCHEMAS[name]
+        merged = _section(f"sinks.{name}", raw, {**own, **SINK_COMMON}, base,
+                          SINK_DEFAULTS.get(name))
+        common = {k: merged.pop(k) for k in SINK_COMMON}
+        if common["backoff_max_s"] < common["backoff_initial_s"]:
+            raise ConfigError(f"sinks.{name}.backoff_max_s",
+                              "must be >= backoff_initial_s", got=show(common["backoff_max_s"]))
+        sinks.append(SinkConfig(name=name, options=merged, **common))
+    if "sink" in data:
+        legacy = _section("sink", data["sink"], SCHEMA["sink"], base)
+        if any(s.name == "file" for s in sinks):
+            raise ConfigError("sink", "cannot be used together with [sinks.file]: "
+                                      "move sink.path to sinks.file.path")
+        file_opts = _section("sinks.file", {}, {**SINK_SCHEMAS["file"], **SINK_COMMON}, base,
+                             SINK_DEFAULTS["file"])
+        file_opts["path"] = legacy["path"]
+        file_opts["events_path"] = legacy["path"].with_name("events.jsonl")
+        common = {k: file_opts.pop(k) for k in SINK_COMMON}
+        sinks.insert(0, SinkConfig(name="file", options=file_opts, **common))
+    if not sinks:
+        raise ConfigError("sinks", "must configure at least one sink, e.g. [sinks.file] "
+                                   "(or the short form [sink] path = \"readings.jsonl\")")
+    return Config(mqtt=MqttConfig(**values["mqtt"]), sinks=tuple(sinks),
+                  outbox=OutboxConfig(**values["outbox"]),
+                  ingest=IngestConfig(**values["ingest"]), api=ApiConfig(**values["api"]),
                   gateway=GatewaySettings(**values["gateway"]))
 
 

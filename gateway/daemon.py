@@ -1,58 +1,65 @@
-"""The gateway daemon: MQTT in, decode and validate, dedup, JSONL sink out.
+"""The gateway daemon: MQTT in, outbox (SQLite) in the middle, sinks out.
 
     gateway = Gateway(load_config("gateway.toml"))
     sys.exit(gateway.run())          # blocks until SIGINT or SIGTERM
 
-Flow of one message (paho's network thread, `_on_message`):
+Threads, one job each:
 
-    topic -> parse_topic -> decode_reading -> resolve_records -> sink.store (fsync) -> PUBACK
+    paho network thread   receives messages and puts them on the ingest queue (no I/O)
+    ingest                takes up to `batch_messages` messages (waiting `batch_wait_ms` for
+                          more), commits them in one outbox transaction (gateway.ingest), then
+                          acknowledges them to the broker; once a second: stale nodes, gauges
+    sink-NAME             one per sink (gateway.batcher): outbox -> batch -> sink -> confirm
+    api                   the local HTTP API and /metrics (gateway.api)
+    stats-writer          the stats file
 
-Delivery: the client has a persistent session (clean session off, fixed client id) and
-subscribes `{prefix}/+/r` at QoS 1 on every connect, so the broker queues readings while the
-gateway is away. Acknowledgements are manual (`manual_ack=True`): a message is acknowledged
-only after its records are synced to the sink, or after it was rejected as malformed (a
-malformed message never becomes valid; it is logged with its reason and offset, counted, and
-acknowledged so it does not block the session). If the sink cannot be written, the message is
-not acknowledged and the gateway stops with exit status 1: the broker keeps the message for
-the session and delivers it again when the gateway is back. Manual acks rather than paho's
-automatic ack-after-callback make that last case safe: with automatic acks a failed write
-would either be acknowledged anyway or have to raise through paho's network thread.
+Delivery: a persistent session (clean session off, fixed client id) with QoS 1 subscriptions
+renewed on every connect, and manual acknowledgements: a message is acknowledged (PUBACK) only
+after the transaction holding its records committed. If the outbox cannot be written the
+gateway acknowledges nothing more and exits with status 1; the broker redelivers everything
+unacknowledged to the next gateway process, and (node, seq) dedup drops what was committed.
 
-Nothing raised while handling a message escapes the callback: an unexpected exception is
-logged with its traceback and the payload, counted under reason "internal", and acknowledged.
+Bounded disk: when the outbox database reaches `[outbox] max_bytes` the ingest thread stops
+taking messages (the broker keeps them: they are not acknowledged) until the sinks drained
+it below the limit; the `outbox_full` alarm is raised then, with a warning log line at
+`warn_percent`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import queue
 import signal
 import threading
 import time
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from gateway.batcher import SinkWorker
 from gateway.channels import ChannelTable, default_table
 from gateway.config import Config
-from gateway.errors import EXIT_ERROR, EXIT_OK, RejectedInput, SinkError, TopicError
+from gateway.downlink import Pending, new_request_id
+from gateway.errors import EXIT_ERROR, EXIT_OK, SinkError
+from gateway.ingest import Ingestor, Message, Outcome
 from gateway.logfmt import kv
-from gateway.sink import JsonlSink
+from gateway.outbox import Outbox
+from gateway.sinks import make_sink
 from gateway.stats import DEFAULT_INTERVAL, Stats, StatsWriter
-from gateway.wire import decode_reading, parse_topic, resolve_records
 
 log = logging.getLogger("meterlink.gateway")
 mqtt_log = logging.getLogger("meterlink.gateway.mqtt")
 
 RECONNECT_MIN_DELAY = 1
 RECONNECT_MAX_DELAY = 30
-READING_KIND = "r"
-
-Outcome = Literal["accepted", "rejected", "internal"]
+PERIODIC_S = 1.0
+GATEWAY_NODE = "-gateway"  # registry/alarm key for gateway-level alarms (outbox_full)
 
 
 class Gateway:
-    """One gateway process: an MQTT client, the channel table, the sink and the counters."""
+    """One gateway process: MQTT client, outbox, ingest thread, sink workers, API."""
 
     def __init__(self, config: Config, *, table: ChannelTable | None = None,
                  clock: Callable[[], float] = time.time,
@@ -61,7 +68,11 @@ class Gateway:
         self.table = table if table is not None else default_table()
         self._clock = clock
         self.stats = Stats(clock=clock, extra={"channel_table_version": self.table.version})
-        self.sink = JsonlSink(config.sink.path)
+        self.box: Outbox | None = None
+        self.ingestor: Ingestor | None = None
+        self.workers: list[SinkWorker] = []
+        self.api = None
+        self._queue: queue.Queue[Message] = queue.Queue()
         self._stats_writer = (StatsWriter(self.stats, config.gateway.stats_file,
                                           interval=stats_interval)
                               if config.gateway.stats_file else None)
@@ -69,12 +80,16 @@ class Gateway:
         self._exit_code = EXIT_OK
         self._failed = False
         self._started = False
+        self._ingest_thread: threading.Thread | None = None
+        self._pending: dict[tuple[str, str], Pending] = {}
+        self._pending_lock = threading.Lock()
+        self._outbox_full = False
         self.client = self._make_client()
 
     def __repr__(self) -> str:
-        mqtt_cfg = self.config.mqtt
-        return (f"Gateway({mqtt_cfg.host}:{mqtt_cfg.port}, sub={mqtt_cfg.subscription!r}, "
-                f"sink={str(self.sink.path)!r})")
+        m = self.config.mqtt
+        return (f"Gateway({m.host}:{m.port}, sub={m.subscription!r}, "
+                f"sinks={[s.name for s in self.config.sinks]})")
 
     # ---- lifecycle --------------------------------------------------------------------------
 
@@ -85,8 +100,6 @@ class Gateway:
         if cfg.username is not None:
             client.username_pw_set(cfg.username, cfg.password)
         client.reconnect_delay_set(min_delay=RECONNECT_MIN_DELAY, max_delay=RECONNECT_MAX_DELAY)
-        # A bug in a callback must not end paho's network thread: paho logs it (on_log) and
-        # carries on. Its other messages are protocol chatter, kept for DEBUG.
         client.suppress_exceptions = True
         client.on_log = self._on_log
         client.on_connect = self._on_connect
@@ -96,20 +109,49 @@ class Gateway:
         client.on_message = self._on_message
         return client
 
+    def open_storage(self) -> None:
+        """Opens the outbox and builds the ingestor (no threads, no network)."""
+        if self.box is None:
+            self.box = Outbox(self.config.outbox.path, sinks=[s.name for s in self.config.sinks],
+                              clock=self._clock)
+            self.ingestor = Ingestor(self.config, self.table, self.box, self.stats,
+                                     on_ack=self._on_node_ack)
+
     def start(self) -> None:
-        """Opens the sink, starts the stats writer and the MQTT network thread; returns at once.
+        """Opens the outbox, starts the sinks, ingest, API and the MQTT network thread.
 
         The broker need not be up: the client keeps trying to connect.
-        SinkError when the sink cannot be opened (nothing is connected then).
+        SinkError when the outbox or a sink cannot be opened (nothing is connected then).
         """
         if self._started:
             return
-        self.sink.open()
+        self.open_storage()
+        for sink_cfg in self.config.sinks:
+            worker = SinkWorker(make_sink(sink_cfg), sink_cfg, self.config.outbox.path,
+                                self.stats, clock=self._clock)
+            worker.start()
+            self.workers.append(worker)
+        if self.config.api.enabled:
+            from gateway.api import ApiServer
+            try:
+                self.api = ApiServer(self)
+            except OSError as exc:
+                log.error("api_bind_failed", extra=kv(host=self.config.api.host,
+                                                      port=self.config.api.port,
+                                                      error=exc.strerror or str(exc),
+                                                      action="running without the API"))
+            else:
+                self.stats.set_state(api_port=self.api.start())
         if self._stats_writer:
             self._stats_writer.start()
+        self._ingest_thread = threading.Thread(target=self._ingest_loop, name="ingest",
+                                               daemon=True)
+        self._ingest_thread.start()
         cfg = self.config.mqtt
         log.info("starting", extra=kv(host=cfg.host, port=cfg.port, client_id=cfg.client_id,
-                                      subscription=cfg.subscription, sink=str(self.sink.path),
+                                      subscriptions=",".join(cfg.subscriptions),
+                                      outbox=str(self.config.outbox.path),
+                                      sinks=",".join(s.name for s in self.config.sinks),
                                       channel_table_version=self.table.version))
         self.client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive)
         self.client.loop_start()
@@ -122,13 +164,21 @@ class Gateway:
         self._stop.set()
 
     def shutdown(self) -> None:
-        """Disconnects cleanly, closes the sink and writes the final stats."""
+        """Disconnects, finishes the ingest batch in hand, stops sinks and API, final stats."""
         if not self._started:
             return
         self._started = False
+        self._stop.set()
         self.client.disconnect()
         self.client.loop_stop()
-        self.sink.close()
+        if self._ingest_thread is not None:
+            self._ingest_thread.join(10)
+        for worker in self.workers:
+            worker.stop()
+        if self.api is not None:
+            self.api.stop()
+        if self.box is not None:
+            self.box.close()
         self.stats.set_state(connected=False, subscribed=False, running=False)
         if self._stats_writer:
             self._stats_writer.stop()
@@ -137,7 +187,7 @@ class Gateway:
     def run(self) -> int:
         """Runs until SIGINT or SIGTERM (or `stop()`); returns the exit status.
 
-        0 after a clean stop, 1 when the sink failed (the unacknowledged message stays with
+        0 after a clean stop, 1 when the outbox failed (unacknowledged messages stay with
         the broker).
         """
         handlers: dict[int, Any] = {}
@@ -164,6 +214,88 @@ class Gateway:
         snap = self.stats.snapshot()
         return {k: snap[k] for k in ("received", "accepted_records", "duplicates", "rejected")}
 
+    @property
+    def ready(self) -> bool:
+        """Subscribed, the outbox writable (not full), and ingest running."""
+        snap = self.stats.snapshot()
+        return bool(snap.get("subscribed")) and not self._failed and not self._outbox_full \
+            and self._ingest_thread is not None and self._ingest_thread.is_alive()
+
+    # ---- ingest thread ----------------------------------------------------------------------
+
+    def _take(self, timeout: float) -> list[Message]:
+        limits = self.config.ingest
+        try:
+            first = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return []
+        batch = [first]
+        deadline = time.monotonic() + limits.batch_wait_ms / 1000
+        while len(batch) < limits.batch_messages:
+            try:
+                batch.append(self._queue.get_nowait())
+                continue
+            except queue.Empty:
+                pass
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                batch.append(self._queue.get(timeout=left))
+            except queue.Empty:
+                break
+        return batch
+
+    def _check_outbox_size(self) -> None:
+        assert self.box is not None
+        size = self.box.size_bytes()
+        self.stats.set_state(outbox_bytes=size)
+        limit = self.config.outbox.max_bytes
+        full = size >= limit
+        if full != self._outbox_full:
+            self._outbox_full = full
+            with self.box.transaction():
+                self.ingestor.registry.set_alarm(
+                    GATEWAY_NODE, "outbox_full", full, self._clock(),
+                    f"outbox {size} bytes, limit {limit}")
+        elif size >= limit * self.config.outbox.warn_percent / 100 and not full:
+            log.warning("outbox_filling", extra=kv(bytes=size, limit=limit))
+
+    def _ingest_loop(self) -> None:
+        assert self.ingestor is not None
+        next_periodic = 0.0
+        try:
+            while True:
+                now = time.monotonic()
+                if now >= next_periodic:
+                    next_periodic = now + PERIODIC_S
+                    self._check_outbox_size()
+                    self.ingestor.periodic(self._clock())
+                    self._expire_pending()
+                if self._outbox_full:
+                    if self._stop.wait(PERIODIC_S):
+                        break
+                    continue
+                batch = self._take(0.2)
+                if not batch:
+                    if self._stop.is_set() and self._queue.empty():
+                        break
+                    continue
+                self.ingestor.handle_batch(batch)
+                for msg in batch:
+                    self.client.ack(msg.mid, msg.qos)
+                for worker in self.workers:
+                    worker.wake()
+        except SinkError as exc:
+            self._failed = True
+            log.error("outbox_failed", extra=kv(error=str(exc), acknowledged=False,
+                                                action="stopping"))
+            self.stop(EXIT_ERROR)
+        except Exception:  # noqa: BLE001 - a bug must stop the gateway loudly, not silently
+            self._failed = True
+            log.exception("ingest_crashed", extra=kv(action="stopping"))
+            self.stop(EXIT_ERROR)
+
     # ---- MQTT callbacks (paho network thread) -----------------------------------------------
 
     def _on_log(self, client: mqtt.Client, userdata: Any, level: int, text: str) -> None:
@@ -184,20 +316,20 @@ class Gateway:
             return
         self.stats.add(connects=1)
         self.stats.set_state(connected=True, subscribed=False)
-        topic = self.config.mqtt.subscription
-        result, mid = client.subscribe(topic, qos=self.config.mqtt.qos)
+        subs = self.config.mqtt.subscriptions
+        result, mid = client.subscribe([(t, self.config.mqtt.qos) for t in subs])
         log.info("connected", extra=kv(session_present=bool(flags.session_present),
-                                       subscribe=topic, mid=mid))
+                                       subscribe=",".join(subs), mid=mid))
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int,
                       reason_codes: list[Any], properties: Any) -> None:
         failed = [rc for rc in reason_codes if rc.is_failure]
         if failed:
-            log.error("subscribe_refused", extra=kv(subscription=self.config.mqtt.subscription,
-                                                    reason=str(failed[0])))
+            log.error("subscribe_refused", extra=kv(
+                subscriptions=",".join(self.config.mqtt.subscriptions), reason=str(failed[0])))
             return
         self.stats.set_state(subscribed=True)
-        log.info("subscribed", extra=kv(subscription=self.config.mqtt.subscription,
+        log.info("subscribed", extra=kv(subscriptions=",".join(self.config.mqtt.subscriptions),
                                         qos=[rc.value for rc in reason_codes]))
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any,
@@ -212,62 +344,64 @@ class Gateway:
     def _on_message(self, client: mqtt.Client, userdata: Any,
                     message: mqtt.MQTTMessage) -> None:
         if self._failed:
-            return  # the sink failed: acknowledge nothing more, the broker keeps it all
+            return  # the outbox failed: acknowledge nothing more, the broker keeps it all
         try:
             topic = message.topic
         except UnicodeDecodeError:
             topic = message._topic.decode("utf-8", "replace")  # broker let bad UTF-8 through
-        try:
-            self.handle_message(topic, message.payload, received_at=int(self._clock()))
-        except SinkError as exc:
-            self._failed = True
-            log.error("sink_failed", extra=kv(error=str(exc), topic=topic, mid=message.mid,
-                                              acknowledged=False, action="stopping"))
-            self.stop(EXIT_ERROR)
-            return
-        client.ack(message.mid, message.qos)
+        self._queue.put(Message(topic, message.payload, message.mid, message.qos,
+                                self._clock(), bool(message.retain)))
 
-    # ---- processing (no MQTT here: testable on its own) -------------------------------------
+    # ---- synchronous processing (tests, tools) ----------------------------------------------
 
-    def handle_message(self, topic: str, payload: bytes, *, received_at: int) -> Outcome:
-        """Processes one message from the reading subscription.
+    def handle_message(self, topic: str, payload: bytes, *, received_at: float) -> Outcome:
+        """Processes and commits one message now, without MQTT (raises only SinkError)."""
+        self.open_storage()
+        return self.ingestor.handle_batch([Message(topic, payload, 0, 1, received_at)])[0]
 
-        Returns how it ended; raises only SinkError (nothing was acknowledged then).
-        """
-        self.stats.add(received=1)
-        node_id = "-"
-        try:
-            node_id, kind = parse_topic(topic, self.config.mqtt.prefix)
-            if kind != READING_KIND:
-                raise TopicError(topic, len(topic) - 1, f"kind must be {READING_KIND!r} on the "
-                                                        f"reading subscription, got {kind!r}")
-            reading = decode_reading(payload, self.table)
-            records = resolve_records(node_id, reading, self.table, received_at=received_at)
-            result = self.sink.store(node_id, [(rec.seq, senml) for rec, senml in records])
-        except RejectedInput as exc:
-            self.stats.reject(exc.reason)
-            log.warning("rejected", extra=kv(node=node_id, topic=topic, reason=exc.reason,
-                                             offset=getattr(exc, "offset", None),
-                                             detail=getattr(exc, "detail", str(exc)),
-                                             bytes=len(payload)))
-            return "rejected"
-        except SinkError:
-            raise
-        except Exception:
-            self.stats.reject("internal")
-            log.exception("internal_error", extra=kv(node=node_id, topic=topic,
-                                                     payload=_payload_hex(payload)))
-            return "internal"
-        self.stats.add(accepted_messages=1, accepted_records=result.stored,
-                       duplicates=result.duplicates, senml_records=result.lines)
-        log.debug("accepted", extra=kv(node=node_id, seq=reading.seq, last_seq=reading.last_seq,
-                                       records=len(reading.records), stored=result.stored,
-                                       duplicates=result.duplicates))
-        return "accepted"
+    # ---- downlink ---------------------------------------------------------------------------
 
+    def _on_node_ack(self, node: str, ack: dict) -> None:
+        with self._pending_lock:
+            p = self._pending.pop((node, str(ack.get("id"))), None)
+        if p is not None:
+            p.ack = ack
+            p.done.set()
 
-def _payload_hex(payload: object) -> str:
-    """The payload for an error log line, so the message can be reprocessed by hand."""
-    if isinstance(payload, (bytes, bytearray, memoryview)):
-        return bytes(payload).hex()
-    return f"<{type(payload).__name__}>"
+    def _expire_pending(self) -> None:
+        limit = self._clock() - self.config.gateway.ack_timeout_s * 2
+        with self._pending_lock:
+            for key in [k for k, p in self._pending.items() if p.sent_at < limit]:
+                self._pending.pop(key).done.set()
+
+    def send(self, box: Outbox, nodes: list[str], kind: str,
+             build: Callable[[str], bytes], *, timeout: float,
+             wait: bool = True, lock: Any = None) -> list[dict[str, Any]]:
+        """Publishes a config (`kind` "config", retained on `c`) or command (`k`) to each
+        node, records it in `downlinks`, and waits up to `timeout` for the acknowledgements."""
+        prefix = self.config.mqtt.prefix
+        topic_kind = "c" if kind == "config" else "k"
+        now = self._clock()
+        pendings = []
+        for node in nodes:
+            rid = new_request_id()
+            payload = build(rid)
+            p = Pending(node, rid, kind, now)
+            with self._pending_lock:
+                self._pending[(node, rid)] = p
+            with lock or contextlib.nullcontext(), box.transaction():
+                box.db.execute("INSERT INTO downlinks(node, kind, request_id, body, sent_at, "
+                               "deadline) VALUES (?, ?, ?, ?, ?, ?)",
+                               (node, kind, rid, payload.hex(), now, now + timeout))
+            self.client.publish(f"{prefix}/{node}/{topic_kind}", payload, qos=1,
+                                retain=(kind == "config"))
+            log.info("downlink_sent", extra=kv(node=node, kind=kind, id=rid,
+                                               bytes=len(payload)))
+            pendings.append(p)
+        if wait:
+            deadline = time.monotonic() + timeout
+            for p in pendings:
+                p.done.wait(max(0.0, deadline - time.monotonic()))
+        reports = [p.report() if (p.ack or wait) else {**p.report(), "result": "sent"}
+                   for p in pendings]
+        return reports

@@ -6,7 +6,10 @@
      ├── RejectedInput              an input from the network is malformed; has a reason class
      │    ├── WireError             a reading payload breaks wire format v1 (reason, byte offset)
      │    └── TopicError            an MQTT topic breaks the topic rules (reason "topic")
-     ├── SinkError                  the sink cannot be opened or written (wraps OSError)
+     ├── SinkError                  the outbox or a sink cannot be opened or written
+     ├── DeliveryError              a sink could not deliver a batch upstream
+     │    ├── DeliveryFailed        transient (5xx, timeout, connection): retry, same key
+     │    └── DeliveryRejected      permanent (4xx): the batch goes to dead letters
      └── UserError                  a command-line failure: `meterlink: msg` (+ hint), exit code
 
 Errors from the libraries underneath (cbor2, tomllib, OS calls) are translated into these at
@@ -93,6 +96,30 @@ class TopicError(RejectedInput):
 
 class SinkError(MeterlinkError):
     """The sink could not be opened or written; the message is not acknowledged."""
+
+
+class DeliveryError(MeterlinkError):
+    """A sink could not deliver a batch upstream."""
+
+
+class DeliveryFailed(DeliveryError):
+    """Transient: the batch stays in the outbox and is retried under the same key.
+
+    `retry_after` (seconds) when the upstream said when to come back (HTTP Retry-After).
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class DeliveryRejected(DeliveryError):
+    """Permanent: the upstream refused the batch (HTTP 4xx); `status` and `reply` kept."""
+
+    def __init__(self, message: str, *, status: int | None, reply: str) -> None:
+        self.status = status
+        self.reply = reply
+        super().__init__(message)
 
 
 class UserError(MeterlinkError):

@@ -13,7 +13,21 @@ Keys of the stats file (JSON object):
     duplicates          reading records dropped because their (node, seq) was already stored
     senml_records       SenML lines written to the sink
     rejected            messages rejected (malformed topic or payload, or an internal error)
-    rejected_by_reason  {reason: count}; reasons are gateway.wire.REASONS, "topic", "internal"
+    rejected_by_reason  {reason: count}; reasons are gateway.wire.REASONS, "topic", "internal",
+                        "too_large" (payload over [ingest] max_payload_bytes), "topic_length",
+                        "unregistered", "status", "ack", "outbox_full"
+    status_messages     status (`s`) messages processed
+    ack_messages        acknowledgements (`a`) processed
+    events              alarm events raised or cleared
+    gaps_missing        {node: missing seq count} (only nodes with gaps)
+    outbox_bytes        size of the outbox database (with its WAL)
+    sink_batches, sink_items, sink_records   {sink: count} delivered
+    sink_errors         {"sink:transient|rejected|internal": count}
+    sink_deadletters    {sink: batches dead-lettered}
+    sink_backlog        {sink: items waiting}
+    sink_backlog_age_seconds   {sink: age of the oldest waiting item}
+    sink_latency_seconds       {sink: {"count", "sum", "max"}} of confirmed deliveries
+    api_port            the port the HTTP API listens on (null when off)
     connects            successful connections to the broker
     connected           connected to the broker now
     subscribed          the reading subscription is granted on the current connection
@@ -36,7 +50,7 @@ from gateway.logfmt import kv
 log = logging.getLogger("meterlink.gateway.stats")
 
 COUNTERS = ("received", "accepted_messages", "accepted_records", "duplicates", "senml_records",
-            "rejected", "connects")
+            "rejected", "connects", "status_messages", "ack_messages", "events")
 DEFAULT_INTERVAL = 1.0
 
 
@@ -52,6 +66,7 @@ class Stats:
         self._counts = dict.fromkeys(COUNTERS, 0)
         self._by_reason: dict[str, int] = {}
         self._state: dict[str, Any] = {"connected": False, "subscribed": False, "running": True}
+        self._labeled: dict[str, dict[str, Any]] = {}
         self._extra = dict(extra or {})
         self.started_at = clock()
 
@@ -76,6 +91,33 @@ class Stats:
             self._by_reason[reason] = self._by_reason.get(reason, 0) + 1
             self._bump()
 
+    def labeled(self, name: str, label: str, n: int = 1) -> None:
+        """Adds to a counter with a label: `stats.labeled("sink_batches", "http", 1)`."""
+        with self._lock:
+            group = self._labeled.setdefault(name, {})
+            group[label] = group.get(label, 0) + n
+            self._bump()
+
+    def gauge(self, name: str, label: str, value: Any) -> None:
+        """Sets a labelled value; no wake-up (gauges are polled)."""
+        with self._lock:
+            self._labeled.setdefault(name, {})[label] = value
+
+    def set_group(self, name: str, values: dict[str, Any]) -> None:
+        """Replaces a whole labelled group: `stats.set_group("gaps_missing", {...})`."""
+        with self._lock:
+            self._labeled[name] = dict(values)
+
+    def observe(self, name: str, label: str, seconds: float) -> None:
+        """Records one duration (count, sum, max)."""
+        with self._lock:
+            cell = self._labeled.setdefault(name, {}).setdefault(
+                label, {"count": 0, "sum": 0.0, "max": 0.0})
+            cell["count"] += 1
+            cell["sum"] += seconds
+            cell["max"] = max(cell["max"], seconds)
+            self._bump()
+
     def set_state(self, **state: Any) -> None:
         """Sets state flags: `stats.set_state(connected=True)`."""
         with self._lock:
@@ -88,7 +130,10 @@ class Stats:
             return self._snapshot()
 
     def _snapshot(self) -> dict[str, Any]:
+        labeled = {k: (dict(v) if not isinstance(next(iter(v.values()), 0), dict)
+                       else {a: dict(b) for a, b in v.items()}) for k, v in self._labeled.items()}
         return {**self._counts, "rejected_by_reason": dict(sorted(self._by_reason.items())),
+                **labeled,
                 **self._state, "pid": os.getpid(), "started_at": round(self.started_at, 3),
                 "updated_at": round(self._clock(), 3), **self._extra}
 

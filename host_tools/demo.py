@@ -49,11 +49,14 @@ port = {port}
 client_id = "meterlink-demo-gateway"
 prefix = "m"
 
-[sink]
+[sinks.file]
 path = "{sink}"
 
 [gateway]
 stats_file = "{stats}"
+
+[api]
+port = 0
 """
 
 

@@ -32,7 +32,8 @@ class GatewayProcess:
         self.conf = self.dir / "gateway.toml"
         self.conf.write_text(
             f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\nclient_id = "{client_id}"\n'
-            f'[sink]\npath = "{self.sink}"\n[gateway]\nstats_file = "{self.stats}"\n')
+            f'[sinks.file]\npath = "{self.sink}"\n[gateway]\nstats_file = "{self.stats}"\n'
+            f'[api]\nport = 0\n')
         self.proc: subprocess.Popen | None = None
         if start:
             self.start()

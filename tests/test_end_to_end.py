@@ -75,7 +75,8 @@ def test_bme280_values_reach_the_sink_exactly_once(tmp_path, broker):
 
         recs = by_name(read_sink(sink), "node-e2e")
         assert recs["temperature"][0] == {"n": "node-e2e:temperature", "u": "Cel", "v": 23.45,
-                                          "t": t0, "node": "node-e2e", "seq": 0}, recs
+                                          "t": t0, "node": "node-e2e", "seq": 0,
+                                          "rid": "node-e2e/0/temperature"}, recs
         assert abs(recs["humidity"][0]["v"] - 41.5) <= 0.01 and recs["humidity"][0]["u"] == "%RH"
         assert abs(recs["pressure"][0]["v"] - 98765) <= 1 and recs["pressure"][0]["u"] == "Pa"
 

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import (DEFAULT_CLIENT_ID, REQUIRED, SAMPLE_PATH, SCHEMA, Config, MqttConfig,
-                            load_config, parse_config)
+from gateway.config import (DEFAULT_CLIENT_ID, REQUIRED, SAMPLE_PATH, SCHEMA, SINK_COMMON,
+                            SINK_DEFAULTS, SINK_SCHEMAS, Config, MqttConfig, load_config,
+                            parse_config)
 from gateway.errors import ConfigError
 
 
@@ -24,6 +25,31 @@ def test_minimal_config_takes_the_defaults(tmp_path):
     assert config.mqtt.subscription == "m/+/r"
     assert config.sink.path == tmp_path / "out" / "readings.jsonl"  # relative to the file
     assert config.gateway.stats_file is None and config.gateway.log_level == "INFO"
+    assert config.outbox.path == tmp_path / "outbox.db"
+    assert [s.name for s in config.sinks] == ["file"]
+    assert config.gateway.require_registration is False
+
+
+def test_sink_sections_shared_subscription_and_secrets(tmp_path):
+    config = load_config(write(tmp_path, """
+[mqtt]
+shared_group = "gw"
+[sinks.file]
+path = "r.jsonl"
+[sinks.http]
+url = "https://platform.example/ingest/"
+token = "t0ken"
+batch_max_records = 50
+[sinks.ngsi-ld]
+url = "http://orion:1026"
+"""))
+    assert config.mqtt.subscriptions == ["$share/gw/m/+/r", "m/+/s", "m/+/a"]
+    http = config.sinks[1]
+    assert (http.name, http.options["url"], http.batch_max_records) == \
+        ("http", "https://platform.example/ingest", 50)
+    assert http.options["gzip"] is True and http.backoff_initial_s == 1.0
+    assert config.sinks[0].batch_max_age_s == SINK_DEFAULTS["file"]["batch_max_age_s"]
+    assert "t0ken" not in repr(config)
 
 
 def test_full_config(tmp_path):
@@ -64,11 +90,18 @@ log_level = "debug"
      "mqtt.qos must be 1 (a reading is acknowledged only once it is stored): got 0"),
     ("[mqtt]\nkeepalive = 1.5", "mqtt.keepalive must be an integer 1-65535: got 1.5"),
     ("[mqtt]\nhots = 1", "mqtt.hots is not a known key of [mqtt] (known: host, port, client_id, "
-                         "prefix, username, password, keepalive, qos)"),
+                         "prefix, username, password, keepalive, qos, shared_group)"),
+    ("[gateway]\nrequire_registration = 1",
+     "gateway.require_registration must be true or false: got 1"),
+    ('[sinks.http]\nurl = "http://h.example"\nbackoff_initial_s = "1s"',
+     'sinks.http.backoff_initial_s must be a number 0.01-3600: got "1s"'),
+    ('[sinks.kafka]\nurl = 1', "sinks.kafka is not a known sink (known: file, http, ngsi-ld, mqtt)"),
+    ('[sinks.mqtt]\nport = 1', "sinks.mqtt.host is required (the upstream broker)"),
     ('[gateway]\nlog_level = "verbose"',
      'gateway.log_level must be one of DEBUG, INFO, WARNING, ERROR: got "verbose"'),
     ("[gateway]\nstats_file = 3", "gateway.stats_file must be a non-empty path string: got 3"),
-    ("[extra]\na = 1", "extra is not a known section (known: mqtt, sink, gateway)"),
+    ("[extra]\na = 1", "extra is not a known section (known: mqtt, ingest, outbox, api, gateway, "
+                      "sink, sinks)"),
     ('mqtt = "x"', 'mqtt must be a table [mqtt]: got "x"'),
 ])
 def test_errors_name_key_rule_and_value(tmp_path, text, message):
@@ -78,12 +111,13 @@ def test_errors_name_key_rule_and_value(tmp_path, text, message):
     assert str(info.value) == f"{path}: {message}"
 
 
-def test_sink_path_is_required(tmp_path):
-    path = write(tmp_path, "[mqtt]\n")
-    with pytest.raises(ConfigError, match=r"sink\.path is required"):
-        load_config(path)
+def test_a_sink_is_required_and_the_short_form_cannot_mix(tmp_path):
+    with pytest.raises(ConfigError, match=r"sinks must configure at least one sink"):
+        load_config(write(tmp_path, "[mqtt]\n"))
     with pytest.raises(ConfigError, match=r"sink\.path must be a non-empty path string"):
         load_config(write(tmp_path, '[sink]\npath = ""\n'))
+    with pytest.raises(ConfigError, match=r"sink cannot be used together with \[sinks.file\]"):
+        load_config(write(tmp_path, '[sink]\npath = "a"\n[sinks.file]\npath = "b"\n'))
 
 
 def test_unreadable_and_invalid_files(tmp_path):
@@ -95,17 +129,27 @@ def test_unreadable_and_invalid_files(tmp_path):
 
 def test_sample_documents_every_key_with_its_default(tmp_path):
     text = SAMPLE_PATH.read_text()
-    uncommented = re.sub(r"^# (\w+ = )", r"\1", text, flags=re.M)
+    uncommented = re.sub(r"^# (\[sinks\.[a-z-]+\]|\w+ = )", r"\1", text, flags=re.M)
     shown = tomllib.loads(uncommented)
     for section, options in SCHEMA.items():
+        if section == "sink":
+            continue  # the short form of [sinks.file], mentioned but not shown
         assert f"[{section}]" in text
         for key, (_, default) in options.items():
             assert key in shown.get(section, {}), f"sample.toml lacks {section}.{key}"
             if default is not None and default is not REQUIRED:
                 assert shown[section][key] == default, f"{section}.{key} default differs"
-    # as shipped (keys commented out) the sample is a valid config
+    for name, options in SINK_SCHEMAS.items():
+        section = shown["sinks"][name]
+        for key, (_, default) in {**options, **SINK_COMMON}.items():
+            default = SINK_DEFAULTS.get(name, {}).get(key, default)
+            assert key in section, f"sample.toml lacks sinks.{name}.{key}"
+            if default is not None and default is not REQUIRED:
+                assert section[key] == default, f"sinks.{name}.{key} default differs"
+    # as shipped (only the file sink on) the sample is a valid config
     config = parse_config(tomllib.loads(text), base_dir=tmp_path)
     assert isinstance(config, Config)
     assert config.mqtt == MqttConfig()
+    assert [s.name for s in config.sinks] == ["file"]
     # and with every key uncommented too
-    parse_config(shown, base_dir=tmp_path)
+    assert len(parse_config(shown, base_dir=tmp_path).sinks) == len(SINK_SCHEMAS)

@@ -16,8 +16,9 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway.config import Config, GatewaySettings, MqttConfig, SinkConfig
+from gateway.config import parse_config
 from gateway.daemon import Gateway
+from gateway.sinks import record_id
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 
@@ -55,7 +56,8 @@ class GatewayProcess:
             f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\n'
             f'client_id = "gw-test"\n'
             f'[sink]\npath = "{self.sink.name}"\n'
-            f'[gateway]\nstats_file = "{self.stats_file.name}"\nlog_level = "DEBUG"\n')
+            f'[gateway]\nstats_file = "{self.stats_file.name}"\nlog_level = "DEBUG"\n'
+            f'[api]\nport = 0\n')
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "GatewayProcess":
@@ -133,8 +135,11 @@ def expected_lines(name: str, node: str) -> list[dict]:
     v = vector(name)
     seqs = [v["input"]["seq"] + i for i, rec in enumerate(v["input"]["records"])
             for _ in rec["values"]]
-    return [dict(r, n=r["n"].replace(f"{v['node_id']}:", f"{node}:", 1), node=node, seq=seq)
-            for r, seq in zip(v["senml"], seqs)]
+    out = []
+    for r, seq in zip(v["senml"], seqs):
+        name = r["n"].replace(f"{v['node_id']}:", f"{node}:", 1)
+        out.append(dict(r, n=name, node=node, seq=seq, rid=record_id(node, seq, name)))
+    return out
 
 
 def without_t(lines: list[dict]) -> list[dict]:
@@ -227,32 +232,34 @@ def test_gateway_reconnects_after_the_broker_restarts(gateway, publisher, broker
     assert gateway.stop() == 0
 
 
-def test_sink_failure_leaves_the_message_with_the_broker(tmp_path, broker, publisher):
-    """A message whose write fails is not acknowledged: the gateway stops with status 1 and
+def test_outbox_failure_leaves_the_message_with_the_broker(tmp_path, broker, publisher):
+    """A message whose commit fails is not acknowledged: the gateway stops with status 1 and
     the broker delivers the message again to the next gateway process."""
-    config = Config(mqtt=MqttConfig(host=broker.host, port=broker.port, client_id="gw-sink"),
-                    sink=SinkConfig(path=tmp_path / "r.jsonl"), gateway=GatewaySettings())
+    config = parse_config({"mqtt": {"host": broker.host, "port": broker.port,
+                                    "client_id": "gw-sink"},
+                           "sink": {"path": "r.jsonl"}, "api": {"enabled": False}},
+                          base_dir=tmp_path)
     first = Gateway(config)
     status: list[int] = []
     thread = threading.Thread(target=lambda: status.append(first.run()))
     thread.start()
     try:
         wait_for("the first gateway to subscribe", lambda: first.stats.snapshot()["subscribed"])
-        first.sink._fp = open(first.sink.path, "rb")  # from now on every write fails
+        first.box.db.execute("PRAGMA query_only=1")  # from now on every commit fails
         publisher("m/node-01/r", bytes.fromhex(vector("bme280")["hex"]))
         wait_for("the first gateway to stop", lambda: status)
     finally:
         first.stop()
         thread.join(DEADLINE)
     assert status == [1]
-    assert (tmp_path / "r.jsonl").read_text() == ""
+    assert not (tmp_path / "r.jsonl").exists()
 
     second = Gateway(config)
     thread = threading.Thread(target=second.run)
     thread.start()
     try:
-        wait_for("the redelivered message", lambda: (tmp_path / "r.jsonl").read_text()
-                 .count("\n") == 3)
+        wait_for("the redelivered message", lambda: (tmp_path / "r.jsonl").exists() and
+                 (tmp_path / "r.jsonl").read_text().count("\n") == 3)
         wait_for("the accept", lambda: second.stats.snapshot()["accepted_records"] == 1)
     finally:
         second.stop()
@@ -263,7 +270,11 @@ def test_sink_failure_leaves_the_message_with_the_broker(tmp_path, broker, publi
     ('[mqtt]\nport = "abc"\n[sink]\npath = "r.jsonl"\n',
      'mqtt.port must be an integer 1-65535: got "abc"'),
     ('[mqtt]\nhots = "x"\n[sink]\npath = "r.jsonl"\n', "mqtt.hots is not a known key"),
-    ("[mqtt]\n", "sink.path is required"),
+    ("[mqtt]\n", "sinks must configure at least one sink"),
+    ('[sinks.http]\ngzip = true\n', "sinks.http.url is required"),
+    ('[sinks.http]\nurl = "ftp://x"\n', 'sinks.http.url must be an http:// or https:// URL'),
+    ('[sink]\npath = "r.jsonl"\n[outbox]\nmax_bytes = "big"\n',
+     'outbox.max_bytes must be an integer'),
     ("[mqtt\n", "is not valid TOML"),
 ])
 def test_bad_config_exits_2_naming_the_key(tmp_path, text, words):

@@ -1,0 +1,293 @@
+"""The gateway's local HTTP API and Prometheus metrics (stdlib `http.server` in a thread).
+
+    GET  /healthz                 200 while the process runs
+    GET  /readyz                  200 when subscribed and the outbox takes messages, else 503
+    GET  /metrics                 Prometheus text format
+    GET  /api/nodes               the registry (every node seen or registered)
+    GET  /api/nodes/{id}          one node, with its gap ranges
+    PUT  /api/nodes/{id}          register a node: {"board", "sensors", "interval_s", "group"?}
+    GET  /api/alarms              active alarms
+    GET  /api/quarantine          rejected messages (?reason=&limit=, newest first)
+    GET  /api/deadletters         batches sinks rejected (?sink=&limit=, newest first)
+    POST /api/send                downlink: {"node"|"nodes"|"group", "config"+"version" |
+                                  "cmd"+"args", "timeout_s"?, "wait"?}
+
+It listens on `[api] host` (default 127.0.0.1) and has no authentication: keep it on
+localhost or behind a reverse proxy that adds it. Bodies are JSON; errors are
+`{"error": "..."}` naming the field.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
+
+from gateway.downlink import command_message, config_message
+from gateway.logfmt import kv
+from gateway.outbox import Outbox
+from gateway.registry import NODE_COLUMNS, node_row
+from gateway.wire import node_id_problem
+
+if TYPE_CHECKING:
+    from gateway.daemon import Gateway
+
+log = logging.getLogger("meterlink.gateway.api")
+
+MAX_BODY = 1 << 20
+NODE_PATH = re.compile(r"^/api/nodes/([^/]+)$")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+class ApiServer:
+    """Runs the API for one Gateway on its own thread and outbox connection."""
+
+    def __init__(self, gateway: "Gateway") -> None:
+        self.gateway = gateway
+        cfg = gateway.config.api
+        self.box = Outbox(gateway.config.outbox.path)
+        self.lock = threading.Lock()
+        handler = type("Handler", (_Handler,), {"api": self})
+        self.server = ThreadingHTTPServer((cfg.host, cfg.port), handler)
+        self.server.daemon_threads = True
+        self.thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return self.server.server_address[1]
+
+    def start(self) -> int:
+        self.thread = threading.Thread(target=self.server.serve_forever, name="api",
+                                       daemon=True)
+        self.thread.start()
+        log.info("api_listening", extra=kv(host=self.gateway.config.api.host, port=self.port))
+        return self.port
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.box.close()
+
+    # ---- handlers ---------------------------------------------------------------------------
+
+    def nodes(self) -> list[dict[str, Any]]:
+        with self.lock:
+            rows = self.box.query(f"SELECT {', '.join(NODE_COLUMNS)} FROM nodes "
+                                  "WHERE node NOT LIKE '-%' ORDER BY node")
+            missing = self.box.missing()
+            alarms = self._alarms_by_node()
+        return [node_row(r, missing=missing.get(r["node"], 0), alarms=alarms.get(r["node"]))
+                for r in rows]
+
+    def _alarms_by_node(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for node, alarm in self.box.db.execute("SELECT node, alarm FROM alarms WHERE active=1 "
+                                               "ORDER BY node, alarm"):
+            out.setdefault(node, []).append(alarm)
+        return out
+
+    def node(self, node: str) -> dict[str, Any]:
+        with self.lock:
+            rows = self.box.query(f"SELECT {', '.join(NODE_COLUMNS)} FROM nodes WHERE node=?",
+                                  (node,))
+            if not rows:
+                raise ApiError(404, f"node {node!r} is not known")
+            gaps = [(a, b) for _, a, b in self.box.gaps(node)]
+            alarms = self._alarms_by_node().get(node)
+        return node_row(rows[0], missing=sum(b - a + 1 for a, b in gaps), gaps=gaps,
+                        alarms=alarms)
+
+    def register(self, node: str, body: Any) -> tuple[int, dict[str, Any]]:
+        problem = node_id_problem(node)
+        if problem:
+            raise ApiError(400, f"node_id: {problem[1]}")
+        if not isinstance(body, dict):
+            raise ApiError(400, "body must be a JSON object")
+        unknown = set(body) - {"board", "sensors", "interval_s", "group"}
+        if unknown:
+            raise ApiError(400, f"unknown field {sorted(unknown)[0]!r} (known: board, sensors, "
+                                "interval_s, group)")
+        board, sensors, interval = body.get("board"), body.get("sensors"), body.get("interval_s")
+        group = body.get("group")
+        if not isinstance(board, str) or not board:
+            raise ApiError(400, "board must be a non-empty string")
+        if not isinstance(sensors, list):
+            raise ApiError(400, "sensors must be a list")
+        if type(interval) is not int or not 1 <= interval <= 86400:
+            raise ApiError(400, f"interval_s must be an integer 1-86400: got {interval!r}")
+        if group is not None and (not isinstance(group, str) or not group):
+            raise ApiError(400, "group must be a non-empty string when given")
+        with self.lock, self.box.transaction():
+            existed = self.box.db.execute("SELECT registered FROM nodes WHERE node=?",
+                                          (node,)).fetchone()
+            self.box.db.execute(
+                "INSERT INTO nodes(node, registered, board, sensors, grp, interval_s) "
+                "VALUES (?, 1, ?, ?, ?, ?) ON CONFLICT(node) DO UPDATE SET registered=1, "
+                "board=excluded.board, sensors=excluded.sensors, grp=excluded.grp, "
+                "interval_s=excluded.interval_s",
+                (node, board, json.dumps(sensors), group, interval))
+        log.info("node_registered", extra=kv(node=node, board=board, group=group,
+                                             interval_s=interval))
+        return (200 if existed and existed[0] else 201), self.node(node)
+
+    def listing(self, table: str, query: dict[str, list[str]], filter_key: str) -> list[dict]:
+        try:
+            limit = min(1000, max(1, int(query.get("limit", ["100"])[0])))
+        except ValueError:
+            raise ApiError(400, "limit must be an integer") from None
+        where, args = "", []
+        if filter_key in query:
+            where, args = f"WHERE {filter_key}=?", [query[filter_key][0]]
+        with self.lock:
+            rows = self.box.query(f"SELECT * FROM {table} {where} ORDER BY id DESC LIMIT ?",
+                                  (*args, limit))
+        for r in rows:
+            if isinstance(r.get("payload"), bytes):
+                r["payload"] = r["payload"].hex()
+            if table == "deadletters":
+                r["body"] = json.loads(r["body"])
+        return rows
+
+    def alarms(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return self.box.query("SELECT node, alarm, raised_at, detail FROM alarms "
+                                  "WHERE active=1 ORDER BY node, alarm")
+
+    def send(self, body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict):
+            raise ApiError(400, "body must be a JSON object")
+        targets = resolve_targets(self.box, self.lock, body)
+        timeout = body.get("timeout_s", self.gateway.config.gateway.ack_timeout_s)
+        if type(timeout) not in (int, float) or not 0 <= timeout <= 3600:
+            raise ApiError(400, "timeout_s must be a number 0-3600")
+        try:
+            kind, build = message_builder(body)
+            build("gw-check")  # size and type problems surface now, as a 400
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from None
+        reports = self.gateway.send(self.box, targets, kind, build, timeout=float(timeout),
+                                    wait=bool(body.get("wait", True)), lock=self.lock)
+        return {"kind": kind, "results": reports,
+                "ok": all(r["result"] == "ok" for r in reports)}
+
+
+def resolve_targets(box: Outbox, lock: Any, body: dict[str, Any]) -> list[str]:
+    """The node ids a downlink request names: `node`, `nodes` or `group` (registry)."""
+    given = [k for k in ("node", "nodes", "group") if k in body]
+    if len(given) != 1:
+        raise ApiError(400, "give exactly one of node, nodes, group")
+    if "node" in body:
+        nodes = [body["node"]]
+    elif "nodes" in body:
+        nodes = body["nodes"]
+        if not isinstance(nodes, list) or not nodes:
+            raise ApiError(400, "nodes must be a non-empty list")
+    else:
+        with lock:
+            nodes = [r[0] for r in box.db.execute("SELECT node FROM nodes WHERE grp=? "
+                                                  "ORDER BY node", (body["group"],))]
+        if not nodes:
+            raise ApiError(404, f"group {body['group']!r} has no registered nodes")
+    for n in nodes:
+        if not isinstance(n, str) or node_id_problem(n):
+            raise ApiError(400, f"node id {n!r} is not valid")
+    return nodes
+
+
+def message_builder(body: dict[str, Any]):
+    """(kind, build(request_id) -> bytes) for a send request; ValueError when invalid."""
+    if ("config" in body) == ("cmd" in body):
+        raise ValueError("give exactly one of config (with version) or cmd (with args)")
+    now = time.time()
+    if "config" in body:
+        patch, version = body["config"], body.get("version")
+        config_message(patch, version=version, request_id="x")
+        return "config", lambda rid: config_message(patch, version=version, request_id=rid,
+                                                    now=now)
+    cmd, args = body["cmd"], body.get("args", {})
+    if not isinstance(args, dict):
+        raise ValueError("args must be a JSON object")
+    command_message(cmd, args, request_id="x")
+    return cmd, lambda rid: command_message(cmd, args, request_id=rid, now=now)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    api: ApiServer
+    server_version = "meterlink-gateway"
+
+    def log_message(self, fmt: str, *args: Any) -> None:
+        log.debug("http", extra=kv(client=self.client_address[0], line=fmt % args))
+
+    def _reply(self, status: int, body: Any, content_type: str = "application/json") -> None:
+        data = (body if isinstance(body, str) else json.dumps(body, default=str) + "\n").encode()
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _body(self) -> Any:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY:
+            raise ApiError(413, f"body over {MAX_BODY} bytes")
+        try:
+            return json.loads(self.rfile.read(length) or b"null")
+        except ValueError as exc:
+            raise ApiError(400, f"body is not JSON: {exc}") from None
+
+    def _dispatch(self, method: str) -> None:
+        url = urlsplit(self.path)
+        query = parse_qs(url.query)
+        api = self.api
+        try:
+            if method == "GET" and url.path == "/healthz":
+                self._reply(200, {"ok": True})
+            elif method == "GET" and url.path == "/readyz":
+                ready = api.gateway.ready
+                self._reply(200 if ready else 503, {"ready": ready})
+            elif method == "GET" and url.path == "/metrics":
+                from gateway.metrics import render
+                self._reply(200, render(api.gateway, api.box, api.lock),
+                            "text/plain; version=0.0.4")
+            elif method == "GET" and url.path == "/api/nodes":
+                self._reply(200, api.nodes())
+            elif method == "GET" and NODE_PATH.match(url.path):
+                self._reply(200, api.node(NODE_PATH.match(url.path).group(1)))
+            elif method == "PUT" and NODE_PATH.match(url.path):
+                status, row = api.register(NODE_PATH.match(url.path).group(1), self._body())
+                self._reply(status, row)
+            elif method == "GET" and url.path == "/api/alarms":
+                self._reply(200, api.alarms())
+            elif method == "GET" and url.path == "/api/quarantine":
+                self._reply(200, api.listing("quarantine", query, "reason"))
+            elif method == "GET" and url.path == "/api/deadletters":
+                self._reply(200, api.listing("deadletters", query, "sink"))
+            elif method == "POST" and url.path == "/api/send":
+                self._reply(200, api.send(self._body()))
+            else:
+                raise ApiError(404 if method == "GET" else 405,
+                               f"no {method} {url.path} (see docs/gateway.md)")
+        except ApiError as exc:
+            self._reply(exc.status, {"error": str(exc)})
+        except Exception as exc:  # noqa: BLE001 - the API must answer, never die
+            log.exception("api_error", extra=kv(method=method, path=url.path))
+            self._reply(500, {"error": f"internal error: {type(exc).__name__}"})
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        self._dispatch("GET")
+
+    def do_PUT(self) -> None:  # noqa: N802
+        self._dispatch("PUT")
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._dispatch("POST")

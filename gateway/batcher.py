@@ -1,0 +1,164 @@
+"""The batcher: one thread per sink moving batches from the outbox to the sink.
+
+    worker = SinkWorker(sink, sink_config, outbox_path, stats)
+    worker.start(); worker.wake(); worker.stop()
+
+A batch is cut when the sink's backlog reaches `batch_max_records` or `batch_max_bytes`, or
+its oldest item is `batch_max_age_s` old. Delivery is at least once:
+
+- delivered (the sink returned): the batch leaves the outbox for this sink;
+- transient failure (`DeliveryFailed`): the batch stays claimed, with the same items and the
+  same idempotency key, and is retried after `Retry-After` when the upstream gave one, else
+  after an exponential backoff with jitter: `min(backoff_max_s, backoff_initial_s * 2^n)`
+  times a random factor in [0.5, 1];
+- permanent reject (`DeliveryRejected`): the batch moves to the dead-letter table with the
+  reply, and the next batch goes.
+
+Each sink has its own thread and its own outbox connection, so one failing or slow sink never
+holds back another: its items simply wait in `pending` for it alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+
+from gateway.config import SinkConfig
+from gateway.errors import DeliveryFailed, DeliveryRejected, MeterlinkError, SinkError
+from gateway.logfmt import kv
+from gateway.outbox import Outbox
+from gateway.sinks import Sink
+from gateway.stats import Stats
+
+log = logging.getLogger("meterlink.gateway.batcher")
+
+IDLE_POLL_S = 1.0
+
+
+def backoff_delay(attempts: int, *, initial: float, maximum: float,
+                  rng: random.Random = random._inst) -> float:  # type: ignore[attr-defined]
+    """Seconds before retry number `attempts` (1 = first retry), with jitter."""
+    base = min(maximum, initial * (2 ** max(0, attempts - 1)))
+    return base * (0.5 + 0.5 * rng.random())
+
+
+class SinkWorker:
+    """Delivers one sink's backlog; see the module docstring."""
+
+    def __init__(self, sink: Sink, config: SinkConfig, outbox_path, stats: Stats, *,
+                 clock=time.time) -> None:
+        self.sink = sink
+        self.config = config
+        self.name = config.name
+        self.outbox_path = outbox_path
+        self.stats = stats
+        self._clock = clock
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.box: Outbox | None = None
+
+    def __repr__(self) -> str:
+        return f"SinkWorker({self.name!r})"
+
+    def start(self) -> None:
+        self.sink.open()
+        self._thread = threading.Thread(target=self._run, name=f"sink-{self.name}",
+                                        daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        try:
+            self.sink.close()
+        except Exception:  # noqa: BLE001 - closing must not mask the shutdown
+            log.exception("sink_close_failed", extra=kv(sink=self.name))
+
+    def _sleep(self, seconds: float) -> None:
+        self._stop.wait(seconds)
+
+    def _due(self, box: Outbox) -> float:
+        """0 when a batch should be cut now, else seconds until it should (at most the poll)."""
+        if box.db.execute("SELECT 1 FROM batches WHERE sink=? LIMIT 1",
+                          (self.name,)).fetchone():
+            return 0.0
+        count, size, oldest = box.backlog(self.name)
+        self.stats.gauge("sink_backlog", self.name, count)
+        self.stats.gauge("sink_backlog_age_seconds", self.name,
+                         0.0 if oldest is None else max(0.0, self._clock() - oldest))
+        if not count:
+            return IDLE_POLL_S
+        if count >= self.config.batch_max_records or size >= self.config.batch_max_bytes:
+            return 0.0
+        age = self._clock() - oldest
+        return max(0.0, min(IDLE_POLL_S, self.config.batch_max_age_s - age))
+
+    def _run(self) -> None:
+        try:
+            self.box = box = Outbox(self.outbox_path)
+        except SinkError as exc:
+            log.error("sink_outbox_failed", extra=kv(sink=self.name, error=str(exc)))
+            return
+        try:
+            while not self._stop.is_set():
+                wait = self._due(box)
+                if wait > 0:
+                    self._wake.wait(wait)
+                    self._wake.clear()
+                    continue
+                self._one(box)
+        except Exception:  # noqa: BLE001 - a bug here must be loud but not kill the gateway
+            log.exception("sink_worker_crashed", extra=kv(sink=self.name))
+            self.stats.labeled("sink_errors", f"{self.name}:internal", 1)
+        finally:
+            box.close()
+
+    def _one(self, box: Outbox) -> None:
+        batch = box.claim_batch(self.name, max_records=self.config.batch_max_records,
+                                max_bytes=self.config.batch_max_bytes)
+        if batch is None:
+            return
+        started = time.monotonic()
+        try:
+            self.sink.deliver(batch)
+        except DeliveryRejected as exc:
+            box.dead_letter(batch, exc.status, exc.reply)
+            self.stats.labeled("sink_errors", f"{self.name}:rejected", 1)
+            self.stats.labeled("sink_deadletters", self.name, 1)
+            log.error("batch_rejected", extra=kv(sink=self.name, key=batch.key,
+                                                 items=len(batch.items), status=exc.status,
+                                                 error=str(exc), action="dead-letter"))
+            return
+        except (DeliveryFailed, MeterlinkError, OSError) as exc:
+            retry_after = getattr(exc, "retry_after", None)
+            box.failed(batch, str(exc))
+            attempts = batch.attempts + 1
+            delay = retry_after if retry_after is not None else backoff_delay(
+                attempts, initial=self.config.backoff_initial_s,
+                maximum=self.config.backoff_max_s)
+            self.stats.labeled("sink_errors", f"{self.name}:transient", 1)
+            log.warning("batch_failed", extra=kv(sink=self.name, key=batch.key,
+                                                 items=len(batch.items), attempts=attempts,
+                                                 retry_in=round(delay, 3),
+                                                 retry_after=retry_after, error=str(exc)))
+            self._sleep(delay)
+            return
+        latency = time.monotonic() - started
+        box.confirm(batch)
+        records = sum(len(it.body) if it.kind == "reading" else 1 for it in batch.items)
+        self.stats.labeled("sink_batches", self.name, 1)
+        self.stats.labeled("sink_items", self.name, len(batch.items))
+        self.stats.labeled("sink_records", self.name, records)
+        self.stats.observe("sink_latency_seconds", self.name, latency)
+        log.debug("batch_delivered", extra=kv(sink=self.name, key=batch.key,
+                                              items=len(batch.items), attempts=batch.attempts,
+                                              latency=round(latency, 4)))

@@ -1,0 +1,212 @@
+"""Ingest: MQTT messages in, validated, deduplicated and committed to the outbox.
+
+    ing = Ingestor(config, table, box, stats, sinks=["file", "http"])
+    outcomes = ing.handle_batch([Message(topic, payload, mid=1, qos=1, received_at=now)])
+
+`handle_batch` runs one outbox transaction for many messages (the ingest thread collects
+them for up to `[ingest] batch_wait_ms`), with a savepoint per message so that a bug while
+handling one message rolls back only that message, which is then quarantined as "internal".
+It returns only after the commit; the caller acknowledges the messages to the broker then.
+It raises only SinkError (the outbox cannot be written): nothing is acknowledged then.
+
+Per message, by topic kind:
+
+    r  size/topic limits -> registration check -> decode_reading -> resolve ->
+       per record: (node, seq) dedup, gap tracking, outbox item pending for every sink ->
+       registry (last values, alarm bits, battery) -> alarm events
+    s  status map -> registry (online/offline/asleep, fw, boot, q, qd, ...)
+    a  acknowledgement -> downlinks table (and any waiter in the daemon)
+
+Every rejection is counted by reason and stored in the quarantine table with the raw bytes,
+topic, byte offset and detail; nothing on the wire can make the gateway stop.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from dataclasses import dataclass
+from typing import Callable, Literal, Sequence
+
+from gateway.channels import ChannelTable
+from gateway.config import Config
+from gateway.downlink import CONTROL_LIMIT, STATUS_LIMIT, decode_control, parse_ack
+from gateway.errors import RejectedInput, SinkError, TopicError, WireError
+from gateway.logfmt import kv
+from gateway.outbox import Outbox
+from gateway.registry import Registry
+from gateway.stats import Stats
+from gateway.wire import decode_reading, parse_topic, resolve_records
+
+log = logging.getLogger("meterlink.gateway")
+
+Outcome = Literal["accepted", "duplicate", "rejected", "internal", "status", "ack"]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One MQTT message as the ingest thread sees it."""
+
+    topic: str
+    payload: bytes
+    mid: int = 0
+    qos: int = 1
+    received_at: float = 0.0
+    retain: bool = False
+
+
+class Rejected(RejectedInput):
+    """A message rejected before or outside the wire decoder (limits, registration)."""
+
+    def __init__(self, reason: str, detail: str, offset: int | None = None) -> None:
+        self.reason = reason
+        self.detail = detail
+        self.offset = offset
+        super().__init__(detail)
+
+
+class Ingestor:
+    """Turns batches of messages into one outbox transaction each."""
+
+    def __init__(self, config: Config, table: ChannelTable, box: Outbox, stats: Stats, *,
+                 on_ack: Callable[[str, dict], None] | None = None) -> None:
+        self.config = config
+        self.table = table
+        self.box = box
+        self.stats = stats
+        self.sinks = [s.name for s in config.sinks]
+        self.registry = Registry(box, config.gateway, stats=stats,
+                                 event_sinks=[s.name for s in config.sinks if s.events])
+        self.on_ack = on_ack
+        self.prefix = config.mqtt.prefix
+
+    def __repr__(self) -> str:
+        return f"Ingestor({self.box!r}, sinks={self.sinks})"
+
+    def handle_batch(self, messages: Sequence[Message]) -> list[Outcome]:
+        """Processes and commits `messages`; raises only SinkError (nothing committed)."""
+        outcomes: list[Outcome] = []
+        acks: list[tuple[str, dict]] = []
+        try:
+            with self.box.transaction():
+                for i, msg in enumerate(messages):
+                    self.box.db.execute("SAVEPOINT m")
+                    try:
+                        outcome = self._handle(msg, acks)
+                        self.box.db.execute("RELEASE m")
+                    except SinkError:
+                        raise
+                    except sqlite3.OperationalError as exc:
+                        raise SinkError(f"outbox {self.box.path}: {exc}") from exc
+                    except Exception:  # noqa: BLE001 - one bad message must not stop the rest
+                        self.box.db.execute("ROLLBACK TO m")
+                        self.box.db.execute("RELEASE m")
+                        log.exception("internal_error", extra=kv(
+                            topic=msg.topic, payload=bytes(msg.payload[:512]).hex()))
+                        outcome = self._reject(msg, "internal", None, "internal error "
+                                               "(see the gateway log)")
+                    outcomes.append(outcome)
+        except sqlite3.Error as exc:
+            raise SinkError(f"outbox {self.box.path}: {exc}") from exc
+        if self.on_ack:
+            for node, ack in acks:
+                self.on_ack(node, ack)
+        return outcomes
+
+    def _reject(self, msg: Message, reason: str, offset: int | None, detail: str) -> Outcome:
+        self.stats.reject(reason)
+        self.box.quarantine(msg.topic, bytes(msg.payload), reason, offset, detail,
+                            msg.received_at, keep=self.config.outbox.quarantine_keep)
+        parts = msg.topic.split("/")
+        node = parts[1] if len(parts) == 3 and len(parts[1]) <= 32 else "-"
+        log.warning("rejected", extra=kv(node=node, topic=msg.topic[:200], reason=reason,
+                                         offset=offset,
+                                         detail=detail, bytes=len(msg.payload)))
+        return "internal" if reason == "internal" else "rejected"
+
+    def _handle(self, msg: Message, acks: list[tuple[str, dict]]) -> Outcome:
+        self.stats.add(received=1)
+        limits = self.config.ingest
+        try:
+            if len(msg.topic) > limits.max_topic_length:
+                raise Rejected("topic_length", f"topic is {len(msg.topic)} characters, over "
+                                               f"{limits.max_topic_length}")
+            node, kind = parse_topic(msg.topic, self.prefix)
+            if kind == "s":
+                return self._status(node, msg)
+            if kind == "a":
+                return self._ack(node, msg, acks)
+            if kind != "r":
+                raise TopicError(msg.topic, len(msg.topic) - 1,
+                                 f"kind {kind!r} is not one the gateway takes (r, s, a)")
+            if len(msg.payload) > limits.max_payload_bytes:
+                raise WireError("too_large", limits.max_payload_bytes,
+                                f"payload is {len(msg.payload)} bytes, over "
+                                f"{limits.max_payload_bytes}")
+            if self.config.gateway.require_registration and \
+                    not self.registry.is_registered(node):
+                raise Rejected("unregistered", f"node {node!r} is not registered "
+                                               "(PUT /api/nodes/{node})")
+            reading = decode_reading(bytes(msg.payload), self.table)
+            records = resolve_records(node, reading, self.table,
+                                      received_at=int(msg.received_at))
+        except RejectedInput as exc:
+            return self._reject(msg, exc.reason, getattr(exc, "offset", None),
+                                getattr(exc, "detail", str(exc)))
+        return self._store(node, records, msg.received_at)
+
+    def _store(self, node: str, records, now: float) -> Outcome:
+        box = self.box
+        self.registry.ensure(node, now)
+        new = []
+        missing_delta = 0
+        for rec, senml in records:
+            if box.is_new(node, rec.seq, now):
+                box.add_item("reading", node, rec.seq, senml, now, sinks=self.sinks)
+                missing_delta += box.track_seq(node, rec.seq) or 0
+                new.append(senml)
+        dups = len(records) - len(new)
+        if new:
+            self.registry.reading(node, new, now, stored=len(new), duplicates=dups,
+                                  missing_delta=missing_delta)
+        else:
+            self.registry.duplicate_only(node, dups, now)
+        self.stats.add(accepted_messages=1, accepted_records=len(new), duplicates=dups,
+                       senml_records=sum(len(s) for s in new))
+        return "accepted" if new else "duplicate"
+
+    def _status(self, node: str, msg: Message) -> Outcome:
+        if not msg.payload:
+            return "status"  # a cleared retained status: nothing to learn
+        status = decode_control(bytes(msg.payload), limit=STATUS_LIMIT, what="status")
+        if not isinstance(status.get("on"), bool):
+            raise WireError("structure", 0, "status lacks a boolean 'on'")
+        self.registry.status(node, status, msg.received_at)
+        self.stats.add(status_messages=1)
+        return "status"
+
+    def _ack(self, node: str, msg: Message, acks: list[tuple[str, dict]]) -> Outcome:
+        if len(msg.payload) > CONTROL_LIMIT:
+            raise WireError("too_large", CONTROL_LIMIT, "acknowledgement over 1024 bytes")
+        ack = parse_ack(bytes(msg.payload))
+        rid = ack.get("id")
+        self.box.db.execute(
+            "UPDATE downlinks SET acked_at=?, ok=?, reply=? WHERE node=? AND request_id=? "
+            "AND acked_at IS NULL",
+            (msg.received_at, int(ack["ok"]), repr(ack), node, None if rid is None else str(rid)))
+        self.registry.ensure(node, msg.received_at)
+        self.box.db.execute("UPDATE nodes SET last_seen=? WHERE node=?", (msg.received_at, node))
+        if "cv" in ack and type(ack["cv"]) is int:
+            self.box.db.execute("UPDATE nodes SET cv=? WHERE node=?", (ack["cv"], node))
+        acks.append((node, ack))
+        self.stats.add(ack_messages=1)
+        log.info("ack", extra=kv(node=node, id=rid, cmd=ack.get("cmd"), ok=ack["ok"],
+                                 err=ack.get("err")))
+        return "ack"
+
+    def periodic(self, now: float) -> None:
+        """Stale-node check, seen-set pruning and gauges (its own transaction)."""
+        with self.box.transaction():
+            self.registry.check_stale(now)
+            self.box.prune_seen(now - self.config.outbox.dedup_days * 86400)
+        self.stats.set_group("gaps_missing", self.box.missing())

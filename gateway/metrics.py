@@ -1,0 +1,105 @@
+"""`/metrics`: the gateway's counters in the Prometheus text exposition format (v0.0.4).
+
+Every name starts with `meterlink_gateway_`; the list with meanings is in docs/gateway.md
+(*Metrics*). Counters come from `gateway.stats.Stats`; outbox depth, backlog age, gaps and
+alarms are read from the outbox at scrape time.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+P = "meterlink_gateway_"
+
+
+def _esc(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+class _Out:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def metric(self, name: str, kind: str, help_text: str,
+               samples: list[tuple[dict[str, str], Any]]) -> None:
+        self.lines.append(f"# HELP {P}{name} {help_text}")
+        self.lines.append(f"# TYPE {P}{name} {kind}")
+        for labels, value in samples:
+            lab = ",".join(f'{k}="{_esc(str(v))}"' for k, v in labels.items())
+            self.lines.append(f"{P}{name}{{{lab}}} {float(value):g}" if lab
+                              else f"{P}{name} {float(value):g}")
+
+
+def render(gateway, box, lock) -> str:
+    snap = gateway.stats.snapshot()
+    out = _Out()
+    counters = [
+        ("received_total", "received", "messages received from the broker"),
+        ("accepted_messages_total", "accepted_messages", "reading messages accepted"),
+        ("accepted_records_total", "accepted_records", "reading records committed (new)"),
+        ("duplicates_total", "duplicates", "reading records dropped as duplicates"),
+        ("rejected_total", "rejected", "messages rejected and quarantined"),
+        ("status_messages_total", "status_messages", "status messages processed"),
+        ("ack_messages_total", "ack_messages", "acknowledgements processed"),
+        ("events_total", "events", "alarm events raised or cleared"),
+        ("connects_total", "connects", "connections to the broker"),
+    ]
+    for name, key, text in counters:
+        out.metric(name, "counter", text, [({}, snap.get(key, 0))])
+    out.metric("rejected_by_reason_total", "counter", "messages rejected, by reason",
+               [({"reason": r}, n) for r, n in snap.get("rejected_by_reason", {}).items()])
+    out.metric("connected", "gauge", "1 when connected to the broker",
+               [({}, int(bool(snap.get("connected"))))])
+    out.metric("ready", "gauge", "1 when ready (subscribed, outbox writable)",
+               [({}, int(gateway.ready))])
+    now = time.time()
+    with lock:
+        depth = box.db.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+        backlog = box.db.execute("SELECT sink, COUNT(*), MIN(created) FROM pending "
+                                 "GROUP BY sink").fetchall()
+        missing = box.missing()
+        alarms = box.db.execute("SELECT alarm, COUNT(*) FROM alarms WHERE active=1 "
+                                "GROUP BY alarm").fetchall()
+        quarantined = box.db.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0]
+        dead = box.db.execute("SELECT sink, COUNT(*) FROM deadletters GROUP BY sink").fetchall()
+        nodes = box.db.execute("SELECT COALESCE(state, 'unknown'), COUNT(*) FROM nodes "
+                               "WHERE node NOT LIKE '-%' GROUP BY 1").fetchall()
+    out.metric("outbox_items", "gauge", "items in the outbox not yet delivered to every sink",
+               [({}, depth)])
+    out.metric("outbox_bytes", "gauge", "size of the outbox database and WAL",
+               [({}, box.size_bytes())])
+    sinks = [s.name for s in gateway.config.sinks]
+    by_sink = {s: (n, oldest) for s, n, oldest in backlog}
+    out.metric("sink_backlog", "gauge", "items waiting for a sink",
+               [({"sink": s}, by_sink.get(s, (0, None))[0]) for s in sinks])
+    out.metric("sink_backlog_age_seconds", "gauge", "age of the oldest item waiting for a sink",
+               [({"sink": s}, max(0.0, now - by_sink[s][1]) if s in by_sink else 0)
+                for s in sinks])
+    for name, key, text in (("sink_batches_total", "sink_batches", "batches delivered"),
+                            ("sink_records_total", "sink_records", "records delivered"),
+                            ("sink_deadletters_total", "sink_deadletters",
+                             "batches dead-lettered")):
+        group = snap.get(key, {})
+        out.metric(name, "counter", text, [({"sink": s}, group.get(s, 0)) for s in sinks])
+    errors = snap.get("sink_errors", {})
+    out.metric("sink_errors_total", "counter", "failed deliveries by sink and kind",
+               [({"sink": k.split(":")[0], "kind": k.split(":")[1]}, v)
+                for k, v in errors.items()])
+    lat = snap.get("sink_latency_seconds", {})
+    out.lines.append(f"# HELP {P}sink_latency_seconds time to deliver a batch")
+    out.lines.append(f"# TYPE {P}sink_latency_seconds summary")
+    for s in sinks:
+        cell = lat.get(s, {"count": 0, "sum": 0.0})
+        out.lines.append(f'{P}sink_latency_seconds_sum{{sink="{s}"}} {cell["sum"]:g}')
+        out.lines.append(f'{P}sink_latency_seconds_count{{sink="{s}"}} {cell["count"]:g}')
+    out.metric("deadletters", "gauge", "dead-letter rows by sink", [({"sink": s}, n)
+                                                                     for s, n in dead])
+    out.metric("quarantine", "gauge", "rows in the quarantine table", [({}, quarantined)])
+    out.metric("gap_missing", "gauge", "missing sequence numbers by node",
+               [({"node": n}, v) for n, v in missing.items()])
+    out.metric("alarms_active", "gauge", "active alarms by kind",
+               [({"alarm": a}, n) for a, n in alarms])
+    out.metric("nodes", "gauge", "nodes in the registry by state",
+               [({"state": st}, n) for st, n in nodes])
+    return "\n".join(out.lines) + "\n"

@@ -1,0 +1,347 @@
+"""The outbox: the gateway's durable store, one SQLite database in WAL mode.
+
+    box = Outbox(path, sinks=["file", "http"])   # opens, migrates, returns ready
+    with box.transaction():
+        box.add_reading(node, seq, senml, now)     # False when (node, seq) is a duplicate
+    batch = box.claim_batch("http", max_records=500, max_bytes=1 << 20)
+    box.confirm(batch)                             # the sink took it: it leaves the outbox
+
+What it holds (schema in `MIGRATIONS`, version in `PRAGMA user_version`):
+
+    items        what is waiting for delivery: a reading record (its SenML list) or an event
+    pending      one row per (sink, item) not yet confirmed by that sink; `batch` once claimed
+    batches      claimed batches with their idempotency key (a retry reuses key and content)
+    seen         every (node, seq) accepted: dedup that survives restarts (pruned by age)
+    gaps         per node, the missing sequence ranges
+    nodes        the registry (registration, status, last values)
+    alarms       per node and alarm: active or not, raised/cleared times
+    quarantine   every rejected message: raw bytes, topic, reason, offset, detail
+    deadletters  batches a sink rejected for good (4xx), with the reply body
+    downlinks    config updates and commands sent, and their acknowledgements
+
+Durability: `synchronous=FULL` in WAL mode, so a committed transaction survives a power cut;
+the gateway acknowledges MQTT messages only after the transaction holding them committed.
+Many messages share one transaction (the ingest thread batches them), which is what makes
+the fsync affordable.
+
+Why SQLite and not a queue library: it is in the standard library, a single file an operator
+can inspect with `sqlite3`, and its transactions give dedup, outbox and registry one commit.
+
+Each thread opens its own `Outbox` on the same file (sqlite3 connections are not shared
+between threads); WAL lets readers run while one writer commits, and `busy_timeout` makes the
+writers wait for each other instead of failing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sqlite3
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from gateway.errors import SinkError
+from gateway.logfmt import kv
+
+log = logging.getLogger("meterlink.gateway.outbox")
+
+BUSY_TIMEOUT_MS = 30_000
+
+# Versioned migrations: MIGRATIONS[i] takes the schema from version i to i + 1. Never edit a
+# released entry; append a new one.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE items(
+        id INTEGER PRIMARY KEY, kind TEXT NOT NULL, node TEXT NOT NULL, seq INTEGER,
+        created REAL NOT NULL, body TEXT NOT NULL);
+    CREATE TABLE pending(
+        sink TEXT NOT NULL, item INTEGER NOT NULL, batch INTEGER, bytes INTEGER NOT NULL,
+        created REAL NOT NULL, PRIMARY KEY(sink, item)) WITHOUT ROWID;
+    CREATE INDEX pending_batch ON pending(sink, batch);
+    CREATE TABLE batches(
+        id INTEGER PRIMARY KEY, sink TEXT NOT NULL, key TEXT NOT NULL UNIQUE,
+        created REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT);
+    CREATE TABLE seen(
+        node TEXT NOT NULL, seq INTEGER NOT NULL, at REAL NOT NULL,
+        PRIMARY KEY(node, seq)) WITHOUT ROWID;
+    CREATE INDEX seen_at ON seen(at);
+    CREATE TABLE gaps(
+        node TEXT NOT NULL, first INTEGER NOT NULL, last INTEGER NOT NULL,
+        PRIMARY KEY(node, first)) WITHOUT ROWID;
+    CREATE TABLE nodes(
+        node TEXT PRIMARY KEY, registered INTEGER NOT NULL DEFAULT 0, board TEXT,
+        sensors TEXT, grp TEXT, interval_s INTEGER, first_seen REAL, last_seen REAL,
+        last_reading REAL, state TEXT, fw TEXT, boot INTEGER, sleep INTEGER,
+        battery_mv INTEGER, rssi INTEGER, q INTEGER, qd INTEGER, iv INTEGER, cv INTEGER,
+        max_seq INTEGER, accepted INTEGER NOT NULL DEFAULT 0,
+        duplicates INTEGER NOT NULL DEFAULT 0, last_values TEXT, status TEXT);
+    CREATE TABLE alarms(
+        node TEXT NOT NULL, alarm TEXT NOT NULL, active INTEGER NOT NULL,
+        raised_at REAL, cleared_at REAL, detail TEXT, PRIMARY KEY(node, alarm));
+    CREATE TABLE quarantine(
+        id INTEGER PRIMARY KEY, at REAL NOT NULL, topic TEXT NOT NULL, payload BLOB,
+        reason TEXT NOT NULL, offset INTEGER, detail TEXT);
+    CREATE TABLE deadletters(
+        id INTEGER PRIMARY KEY, at REAL NOT NULL, sink TEXT NOT NULL, batch_key TEXT,
+        status INTEGER, reply TEXT, body TEXT NOT NULL);
+    CREATE TABLE downlinks(
+        id INTEGER PRIMARY KEY, node TEXT NOT NULL, kind TEXT NOT NULL, request_id TEXT,
+        body TEXT NOT NULL, sent_at REAL NOT NULL, deadline REAL NOT NULL, acked_at REAL,
+        ok INTEGER, reply TEXT);
+    CREATE INDEX downlinks_req ON downlinks(node, request_id);
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One thing to deliver: `kind` "reading" (body: list of SenML dicts) or "event"."""
+
+    id: int
+    kind: str
+    node: str
+    seq: int | None
+    created: float
+    body: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Items claimed by one sink under one idempotency key; `attempts` made so far."""
+
+    id: int
+    sink: str
+    key: str
+    created: float
+    attempts: int
+    items: tuple[Item, ...]
+
+
+class Outbox:
+    """One connection to the outbox database (use one per thread)."""
+
+    def __init__(self, path: str | Path, *, sinks: Sequence[str] = (),
+                 clock=time.time) -> None:
+        self.path = Path(path)
+        self.sinks = tuple(sinks)
+        self._clock = clock
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30,
+                                      check_same_thread=False)
+            self.db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            mode = self.db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise SinkError(f"outbox {self.path}: cannot use WAL mode (got {mode})")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self._migrate()
+        except sqlite3.Error as exc:
+            raise SinkError(f"cannot open outbox {self.path}: {exc}") from exc
+        self._depth = 0
+
+    def __repr__(self) -> str:
+        return f"Outbox({str(self.path)!r}, sinks={list(self.sinks)})"
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self.db.close()
+
+    # ---- schema -----------------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise SinkError(f"outbox {self.path} has schema version {version}, this gateway "
+                                f"knows up to {SCHEMA_VERSION}: use a newer gateway")
+            for number in range(version, SCHEMA_VERSION):
+                for statement in MIGRATIONS[number].split(";"):
+                    if statement.strip():
+                        self.db.execute(statement)
+                self.db.execute(f"PRAGMA user_version={number + 1}")
+                log.info("outbox_migrated", extra=kv(path=str(self.path), version=number + 1))
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    @property
+    def schema_version(self) -> int:
+        return self.db.execute("PRAGMA user_version").fetchone()[0]
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One write transaction (BEGIN IMMEDIATE .. COMMIT); SinkError if it cannot commit."""
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise SinkError(f"outbox {self.path}: cannot begin: {exc}") from exc
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("ROLLBACK")
+            raise
+        try:
+            self.db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("ROLLBACK")
+            raise SinkError(f"outbox {self.path}: cannot commit: {exc}") from exc
+
+    # ---- ingest side (inside a transaction) -------------------------------------------------
+
+    def is_new(self, node: str, seq: int, now: float) -> bool:
+        """Marks (node, seq) seen; False when it already was (a duplicate)."""
+        cur = self.db.execute("INSERT OR IGNORE INTO seen(node, seq, at) VALUES (?, ?, ?)",
+                              (node, seq, now))
+        return cur.rowcount == 1
+
+    def add_item(self, kind: str, node: str, seq: int | None, body: Any, now: float,
+                 sinks: Sequence[str] | None = None) -> int:
+        """Stores one item and makes it pending for every sink (or `sinks`)."""
+        text = json.dumps(body, separators=(",", ":"), allow_nan=False)
+        cur = self.db.execute("INSERT INTO items(kind, node, seq, created, body) "
+                              "VALUES (?, ?, ?, ?, ?)", (kind, node, seq, now, text))
+        item = cur.lastrowid
+        self.db.executemany("INSERT INTO pending(sink, item, batch, bytes, created) "
+                            "VALUES (?, ?, NULL, ?, ?)",
+                            [(s, item, len(text), now) for s in (sinks or self.sinks)])
+        return item
+
+    def track_seq(self, node: str, seq: int) -> int:
+        """Updates the node's gap ranges for a newly accepted `seq`; the change in missing."""
+        row = self.db.execute("SELECT max_seq FROM nodes WHERE node=?", (node,)).fetchone()
+        top = row[0] if row else None
+        if top is None or seq == top + 1:
+            self.db.execute("UPDATE nodes SET max_seq=? WHERE node=?", (seq, node))
+            return 0
+        if seq > top:
+            self.db.execute("INSERT OR REPLACE INTO gaps(node, first, last) VALUES (?, ?, ?)",
+                            (node, top + 1, seq - 1))
+            self.db.execute("UPDATE nodes SET max_seq=? WHERE node=?", (seq, node))
+            return seq - top - 1
+        gap = self.db.execute("SELECT first, last FROM gaps WHERE node=? AND first<=? "
+                              "ORDER BY first DESC LIMIT 1", (node, seq)).fetchone()
+        if gap is None or gap[1] < seq:
+            return 0  # older than anything tracked (before the first record seen)
+        first, last = gap
+        self.db.execute("DELETE FROM gaps WHERE node=? AND first=?", (node, first))
+        if first <= seq - 1:
+            self.db.execute("INSERT INTO gaps VALUES (?, ?, ?)", (node, first, seq - 1))
+        if seq + 1 <= last:
+            self.db.execute("INSERT INTO gaps VALUES (?, ?, ?)", (node, seq + 1, last))
+        return -1
+
+    def quarantine(self, topic: str, payload: bytes, reason: str, offset: int | None,
+                   detail: str, now: float, *, keep: int) -> None:
+        self.db.execute("INSERT INTO quarantine(at, topic, payload, reason, offset, detail) "
+                        "VALUES (?, ?, ?, ?, ?, ?)", (now, topic, payload, reason, offset,
+                                                      detail))
+        if keep:
+            self.db.execute("DELETE FROM quarantine WHERE id <= "
+                            "(SELECT MAX(id) FROM quarantine) - ?", (keep,))
+
+    def prune_seen(self, older_than: float) -> int:
+        return self.db.execute("DELETE FROM seen WHERE at < ?", (older_than,)).rowcount
+
+    # ---- sink side --------------------------------------------------------------------------
+
+    def claim_batch(self, sink: str, *, max_records: int, max_bytes: int) -> Batch | None:
+        """The sink's open batch (a retry: same key, same items), else a new one, else None."""
+        with self.transaction():
+            row = self.db.execute("SELECT id, key, created, attempts FROM batches WHERE sink=? "
+                                  "ORDER BY id LIMIT 1", (sink,)).fetchone()
+            if row is None:
+                rows = self.db.execute("SELECT item, bytes FROM pending WHERE sink=? AND "
+                                       "batch IS NULL ORDER BY item LIMIT ?",
+                                       (sink, max_records)).fetchall()
+                if not rows:
+                    return None
+                chosen, total = [], 0
+                for item, size in rows:
+                    if chosen and total + size > max_bytes:
+                        break
+                    chosen.append(item)
+                    total += size
+                now = self._clock()
+                key = uuid.uuid4().hex
+                cur = self.db.execute("INSERT INTO batches(sink, key, created) VALUES (?, ?, ?)",
+                                      (sink, key, now))
+                row = (cur.lastrowid, key, now, 0)
+                self.db.executemany("UPDATE pending SET batch=? WHERE sink=? AND item=?",
+                                    [(row[0], sink, i) for i in chosen])
+            items = self.db.execute(
+                "SELECT i.id, i.kind, i.node, i.seq, i.created, i.body FROM pending p "
+                "JOIN items i ON i.id = p.item WHERE p.sink=? AND p.batch=? ORDER BY i.id",
+                (sink, row[0])).fetchall()
+        return Batch(id=row[0], sink=sink, key=row[1], created=row[2], attempts=row[3],
+                     items=tuple(Item(id=r[0], kind=r[1], node=r[2], seq=r[3], created=r[4],
+                                      body=json.loads(r[5])) for r in items))
+
+    def _release(self, batch: Batch) -> None:
+        self.db.execute("DELETE FROM pending WHERE sink=? AND batch=?", (batch.sink, batch.id))
+        self.db.execute("DELETE FROM batches WHERE id=?", (batch.id,))
+        self.db.executemany("DELETE FROM items WHERE id=? AND NOT EXISTS "
+                            "(SELECT 1 FROM pending WHERE item=?)",
+                            [(it.id, it.id) for it in batch.items])
+
+    def confirm(self, batch: Batch) -> None:
+        """The sink took the batch: it leaves the outbox for that sink."""
+        with self.transaction():
+            self._release(batch)
+
+    def failed(self, batch: Batch, error: str) -> None:
+        """A transient failure: count the attempt, keep the batch (same key) for the retry."""
+        with self.transaction():
+            self.db.execute("UPDATE batches SET attempts=attempts+1, last_error=? WHERE id=?",
+                            (error[:500], batch.id))
+
+    def dead_letter(self, batch: Batch, status: int | None, reply: str) -> None:
+        """A permanent reject: the batch moves to `deadletters` with the reply."""
+        body = json.dumps([{"kind": it.kind, "node": it.node, "seq": it.seq, "body": it.body}
+                           for it in batch.items], separators=(",", ":"))
+        with self.transaction():
+            self.db.execute("INSERT INTO deadletters(at, sink, batch_key, status, reply, body) "
+                            "VALUES (?, ?, ?, ?, ?, ?)",
+                            (self._clock(), batch.sink, batch.key, status, reply[:65536], body))
+            self._release(batch)
+
+    def backlog(self, sink: str) -> tuple[int, int, float | None]:
+        """(items, bytes, created time of the oldest) waiting for `sink`."""
+        row = self.db.execute("SELECT COUNT(*), COALESCE(SUM(bytes), 0), MIN(created) "
+                              "FROM pending WHERE sink=?", (sink,)).fetchone()
+        return row[0], row[1], row[2]
+
+    # ---- inspection -------------------------------------------------------------------------
+
+    def size_bytes(self) -> int:
+        total = 0
+        for suffix in ("", "-wal"):
+            with contextlib.suppress(OSError):
+                total += os.stat(f"{self.path}{suffix}").st_size
+        return total
+
+    def query(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        cur = self.db.execute(sql, args)
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row)) for row in cur.fetchall()]
+
+    def gaps(self, node: str | None = None) -> list[tuple[str, int, int]]:
+        if node is None:
+            return self.db.execute("SELECT node, first, last FROM gaps ORDER BY node, first"
+                                   ).fetchall()
+        return self.db.execute("SELECT node, first, last FROM gaps WHERE node=? ORDER BY first",
+                               (node,)).fetchall()
+
+    def missing(self) -> dict[str, int]:
+        return dict(self.db.execute("SELECT node, SUM(last-first+1) FROM gaps GROUP BY node"))
+
+

@@ -1,0 +1,221 @@
+"""The device registry and alarms, kept in the outbox database (`nodes`, `gaps`, `alarms`).
+
+    reg = Registry(box, settings, event_sinks=["file", "http"])
+    reg.reading(node, senml_by_record, now)     # last seen, last values, alarm bits, battery
+    reg.status(node, status_map, now)            # `s`: online/offline/asleep, fw, boot, q, qd...
+    reg.check_stale(now)                         # periodic: nodes that missed their intervals
+
+Every call runs inside the caller's outbox transaction, so a reading, the registry update and
+the alarm events it causes commit together (or not at all).
+
+Alarms (`ALARMS`) are raised once and cleared once: a state change writes the `alarms` row, an
+event item into the outbox for every sink that takes events, a log line and a counter.
+Repeating the same state does nothing.
+
+| alarm | raised | cleared |
+|---|---|---|
+| `leak`, `backflow`, `tamper`, `sensor` | the bit is set in the `alarms` channel (instance n > 0: `leak:n`) | the bit is clear |
+| `low_battery` | battery below `[gateway] low_battery_mv` (channel `battery_voltage` or status `bat`) | battery at or above the threshold + 100 mV |
+| `stale` | no message for `stale_intervals` x `iv` (plus `sleep` for a sleeping node) | any message |
+| `queue_overflow` | status `qd` higher than the last status | a status with `qd` unchanged |
+| `gaps` | the node has missing sequence numbers | every gap filled |
+| `offline` | status `on: false` without `sleep` (the Last Will) | status `on: true` |
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Iterable, Sequence
+
+from gateway.config import GatewaySettings
+from gateway.logfmt import kv
+from gateway.outbox import Outbox
+from gateway.stats import Stats
+
+log = logging.getLogger("meterlink.gateway.registry")
+
+ALARM_BITS = ((1, "leak"), (2, "backflow"), (4, "tamper"), (8, "sensor"))
+ALARMS = ("leak", "backflow", "tamper", "sensor", "low_battery", "stale", "queue_overflow",
+          "gaps", "offline")
+BATTERY_HYSTERESIS_MV = 100
+STATUS_FIELDS = {"fw": "fw", "boot": "boot", "q": "q", "qd": "qd", "iv": "iv", "cv": "cv",
+                 "rssi": "rssi", "bat": "battery_mv"}
+NODE_COLUMNS = ("node", "registered", "board", "sensors", "grp", "interval_s", "first_seen",
+                "last_seen", "last_reading", "state", "fw", "boot", "sleep", "battery_mv",
+                "rssi", "q", "qd", "iv", "cv", "max_seq", "accepted", "duplicates",
+                "last_values", "status")
+
+
+class Registry:
+    """Registry and alarm bookkeeping on one outbox connection (the ingest thread's)."""
+
+    def __init__(self, box: Outbox, settings: GatewaySettings, *, event_sinks: Sequence[str],
+                 stats: Stats) -> None:
+        self.box = box
+        self.settings = settings
+        self.event_sinks = list(event_sinks)
+        self.stats = stats
+        self._active: dict[tuple[str, str], bool] = {
+            (n, a): bool(on) for n, a, on in box.db.execute(
+                "SELECT node, alarm, active FROM alarms")}
+
+    def __repr__(self) -> str:
+        return f"Registry({self.box!r}, active_alarms={sum(self._active.values())})"
+
+    # ---- rows -------------------------------------------------------------------------------
+
+    def ensure(self, node: str, now: float) -> None:
+        self.box.db.execute("INSERT OR IGNORE INTO nodes(node, first_seen, last_seen) "
+                            "VALUES (?, ?, ?)", (node, now, now))
+
+    def is_registered(self, node: str) -> bool:
+        row = self.box.db.execute("SELECT registered FROM nodes WHERE node=?",
+                                  (node,)).fetchone()
+        return bool(row and row[0])
+
+    # ---- alarms -----------------------------------------------------------------------------
+
+    def set_alarm(self, node: str, alarm: str, active: bool, now: float,
+                  detail: str = "") -> bool:
+        """Records an alarm state; True (and an event) only when the state changed."""
+        if self._active.get((node, alarm), False) == active:
+            return False
+        self._active[(node, alarm)] = active
+        if active:
+            self.box.db.execute(
+                "INSERT INTO alarms(node, alarm, active, raised_at, detail) VALUES (?,?,1,?,?) "
+                "ON CONFLICT(node, alarm) DO UPDATE SET active=1, raised_at=excluded.raised_at, "
+                "cleared_at=NULL, detail=excluded.detail", (node, alarm, now, detail))
+        else:
+            self.box.db.execute("UPDATE alarms SET active=0, cleared_at=? WHERE node=? AND "
+                                "alarm=?", (now, node, alarm))
+        event = {"node": node, "alarm": alarm, "active": active, "t": round(now, 3),
+                 "detail": detail}
+        if self.event_sinks:
+            self.box.add_item("event", node, None, event, now, sinks=self.event_sinks)
+        self.stats.add(events=1)
+        (log.warning if active else log.info)(
+            "alarm_raised" if active else "alarm_cleared",
+            extra=kv(node=node, alarm=alarm, detail=detail or None))
+        return True
+
+    def active_alarms(self) -> list[tuple[str, str]]:
+        return sorted(k for k, v in self._active.items() if v)
+
+    # ---- inputs -----------------------------------------------------------------------------
+
+    def reading(self, node: str, records: Iterable[Sequence[dict[str, Any]]], now: float,
+                *, stored: int, duplicates: int, missing_delta: int) -> None:
+        """A reading message was accepted: `records` are the SenML lists of its new records."""
+        self.ensure(node, now)
+        row = self.box.db.execute("SELECT last_values, battery_mv, rssi FROM nodes WHERE "
+                                  "node=?", (node,)).fetchone()
+        values = json.loads(row[0]) if row[0] else {}
+        battery, rssi = row[1], row[2]
+        alarm_bits: dict[str, int] = {}
+        for senml in records:
+            for rec in senml:
+                channel = rec["n"].split(":", 1)[1]
+                old = values.get(channel)
+                if old is None or old["t"] <= rec["t"]:
+                    values[channel] = {"v": rec["v"], "t": rec["t"]}
+                    base, _, inst = channel.partition(":")
+                    if base == "battery_voltage":
+                        battery = int(round(rec["v"] * 1000))
+                    elif base == "rssi":
+                        rssi = int(rec["v"])
+                    elif base == "alarms":
+                        alarm_bits[inst] = int(rec["v"])
+        self.box.db.execute(
+            "UPDATE nodes SET last_seen=?, last_reading=?, last_values=?, battery_mv=?, rssi=?, "
+            "accepted=accepted+?, duplicates=duplicates+? WHERE node=?",
+            (now, now, json.dumps(values, separators=(",", ":")), battery, rssi, stored,
+             duplicates, node))
+        for inst, bits in alarm_bits.items():
+            for bit, name in ALARM_BITS:
+                self.set_alarm(node, f"{name}:{inst}" if inst else name, bool(bits & bit), now,
+                               f"alarms channel = {bits}")
+        self._battery(node, battery, now)
+        self.set_alarm(node, "stale", False, now)
+        if missing_delta:
+            missing = self.box.db.execute("SELECT COALESCE(SUM(last-first+1), 0) FROM gaps "
+                                          "WHERE node=?", (node,)).fetchone()[0]
+            self.set_alarm(node, "gaps", missing > 0, now,
+                           f"{missing} sequence numbers missing" if missing else "")
+
+    def duplicate_only(self, node: str, duplicates: int, now: float) -> None:
+        self.ensure(node, now)
+        self.box.db.execute("UPDATE nodes SET last_seen=?, duplicates=duplicates+? "
+                            "WHERE node=?", (now, duplicates, node))
+        self.set_alarm(node, "stale", False, now)
+
+    def _battery(self, node: str, battery: int | None, now: float) -> None:
+        if battery is None or not self.settings.low_battery_mv:
+            return
+        limit = self.settings.low_battery_mv
+        active = self._active.get((node, "low_battery"), False)
+        if not active and battery < limit:
+            self.set_alarm(node, "low_battery", True, now, f"{battery} mV < {limit} mV")
+        elif active and battery >= limit + BATTERY_HYSTERESIS_MV:
+            self.set_alarm(node, "low_battery", False, now, f"{battery} mV")
+
+    def status(self, node: str, status: dict[str, Any], now: float) -> None:
+        """A status (`s`) message: the node's state and health fields."""
+        self.ensure(node, now)
+        row = self.box.db.execute("SELECT qd FROM nodes WHERE node=?", (node,)).fetchone()
+        old_qd = row[0]
+        on = status.get("on")
+        sleep = status.get("sleep") if isinstance(status.get("sleep"), int) else None
+        state = "online" if on is True else ("asleep" if sleep is not None else "offline")
+        sets = {"state": state, "sleep": sleep, "last_seen": now,
+                "status": json.dumps(status, separators=(",", ":"), default=str)}
+        for key, column in STATUS_FIELDS.items():
+            value = status.get(key)
+            if key == "fw":
+                if isinstance(value, str):
+                    sets[column] = value
+            elif type(value) is int:
+                sets[column] = value
+        assign = ", ".join(f"{c}=?" for c in sets)
+        self.box.db.execute(f"UPDATE nodes SET {assign} WHERE node=?", (*sets.values(), node))
+        self.set_alarm(node, "offline", state == "offline", now)
+        if state != "offline":
+            self.set_alarm(node, "stale", False, now)
+        qd = sets.get("qd")
+        if qd is not None and old_qd is not None:
+            if qd > old_qd:
+                self.set_alarm(node, "queue_overflow", True, now,
+                               f"{qd - old_qd} records dropped (qd {old_qd} -> {qd})")
+            else:
+                self.set_alarm(node, "queue_overflow", False, now)
+        if "battery_mv" in sets:
+            self._battery(node, sets["battery_mv"], now)
+
+    def check_stale(self, now: float) -> None:
+        """Raises `stale` for nodes that missed `stale_intervals` intervals."""
+        n = self.settings.stale_intervals
+        rows = self.box.db.execute(
+            "SELECT node, last_seen, COALESCE(iv, interval_s), sleep, state FROM nodes "
+            "WHERE COALESCE(iv, interval_s) IS NOT NULL AND last_seen IS NOT NULL").fetchall()
+        for node, last_seen, iv, sleep, state in rows:
+            allowed = n * iv + (sleep or 0 if state == "asleep" else 0)
+            if now - last_seen > allowed and not self._active.get((node, "stale"), False):
+                self.set_alarm(node, "stale", True, now,
+                               f"nothing for {int(now - last_seen)} s (interval {iv} s)")
+
+
+def node_row(row: dict[str, Any], *, missing: int = 0, gaps: list | None = None,
+             alarms: list[str] | None = None) -> dict[str, Any]:
+    """A registry row as the API shows it."""
+    out = dict(row)
+    out["group"] = out.pop("grp", None)
+    out["registered"] = bool(out.get("registered"))
+    for key in ("sensors", "last_values", "status"):
+        if out.get(key):
+            out[key] = json.loads(out[key])
+    out["missing"] = missing
+    if gaps is not None:
+        out["gaps"] = [[a, b] for a, b in gaps]
+    out["alarms"] = alarms or []
+    return out

@@ -1,0 +1,126 @@
+"""The `http` sink: each batch POSTed as one SenML pack (RFC 8428 JSON) to `url`.
+
+    POST {url}
+    Content-Type: application/senml+json
+    Content-Encoding: gzip                 (with gzip = true)
+    Authorization: Bearer {token}          (with token)
+    Idempotency-Key: {batch key}           the same on every retry of the batch
+
+The reply decides: 2xx delivered; 408, 429, 5xx, a timeout or a connection error are transient
+(retried with the same key and the same records, after `Retry-After` when the reply has one);
+any other 4xx is permanent and the batch goes to dead letters with the reply body.
+
+Only the standard library (`http.client`, `ssl`): one request per batch needs no HTTP library.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import gzip
+import http.client
+import json
+import socket
+import ssl
+import time
+import urllib.parse
+from typing import Any
+
+from gateway.errors import DeliveryFailed, DeliveryRejected
+from gateway.outbox import Batch
+from gateway.sinks import Sink, batch_records
+
+USER_AGENT = "meterlink-gateway/1"
+REPLY_LIMIT = 65536
+TRANSIENT_4XX = (408, 425, 429)
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+class HttpPoster:
+    """POSTs bodies to one URL with the sink's TLS, token, gzip and timeout settings."""
+
+    def __init__(self, url: str, *, token: str | None, gzip_body: bool, verify_tls: bool,
+                 ca_file: Any, timeout: float) -> None:
+        self.url = url
+        parts = urllib.parse.urlsplit(url)
+        self.https = parts.scheme == "https"
+        self.host = parts.hostname or ""
+        self.port = parts.port
+        self.base_path = parts.path or "/"
+        if parts.query:
+            self.base_path += "?" + parts.query
+        self.token = token
+        self.gzip = gzip_body
+        self.timeout = timeout
+        self.context: ssl.SSLContext | None = None
+        if self.https:
+            self.context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+            if not verify_tls:
+                self.context.check_hostname = False
+                self.context.verify_mode = ssl.CERT_NONE
+
+    def post(self, body: bytes, headers: dict[str, str], *,
+             path: str | None = None) -> tuple[int, str]:
+        """Sends one request; returns (2xx status, reply) or raises DeliveryFailed/Rejected."""
+        headers = {"User-Agent": USER_AGENT, **headers}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        if self.gzip:
+            body = gzip.compress(body, compresslevel=5)
+            headers["Content-Encoding"] = "gzip"
+        headers["Content-Length"] = str(len(body))
+        if self.https:
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+                self.host, self.port, timeout=self.timeout, context=self.context)
+        else:
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        try:
+            conn.request("POST", path or self.base_path, body=body, headers=headers)
+            reply = conn.getresponse()
+            text = reply.read(REPLY_LIMIT).decode("utf-8", "replace")
+            status = reply.status
+            retry_after = parse_retry_after(reply.getheader("Retry-After"))
+        except (socket.timeout, TimeoutError) as exc:
+            raise DeliveryFailed(f"{self.url}: timed out after {self.timeout:g}s") from exc
+        except (OSError, http.client.HTTPException) as exc:
+            raise DeliveryFailed(f"{self.url}: {type(exc).__name__}: {exc}") from exc
+        finally:
+            conn.close()
+        if 200 <= status < 300:
+            return status, text
+        if status >= 500 or status in TRANSIENT_4XX:
+            raise DeliveryFailed(f"{self.url}: HTTP {status}: {text[:200]}",
+                                 retry_after=retry_after)
+        raise DeliveryRejected(f"{self.url}: HTTP {status}: {text[:200]}", status=status,
+                               reply=text)
+
+
+class HttpSink(Sink):
+    """SenML packs over HTTP(S) with an idempotency key per batch."""
+
+    name = "http"
+
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        o = config.options
+        self.poster = HttpPoster(o["url"], token=o["token"], gzip_body=o["gzip"],
+                                 verify_tls=o["verify_tls"], ca_file=o["ca_file"],
+                                 timeout=o["timeout_s"])
+
+    def deliver(self, batch: Batch) -> None:
+        pack = batch_records(batch)
+        body = json.dumps(pack, separators=(",", ":"), allow_nan=False).encode()
+        self.poster.post(body, {"Content-Type": "application/senml+json",
+                                "Idempotency-Key": batch.key})

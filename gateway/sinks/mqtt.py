@@ -1,0 +1,80 @@
+"""The `mqtt` sink: a bridge that republishes to an upstream broker.
+
+Each reading record is published as a SenML pack (JSON array, the records of one reading
+record with `node`, `seq`, `rid`) to `{topic_prefix}/{node_id}/senml`, each alarm event to
+`{topic_prefix}/{node_id}/event`, QoS 1, not retained. The batch is confirmed when the
+upstream broker acknowledged every publish (PUBACK) within `timeout_s`; otherwise the whole
+batch is retried and the upstream may see some packs twice (consumers dedup by `rid`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+import time
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from gateway.errors import DeliveryFailed
+from gateway.logfmt import kv
+from gateway.outbox import Batch
+from gateway.sinks import Sink, senml_records
+
+log = logging.getLogger("meterlink.gateway.sink.mqtt")
+
+
+class MqttSink(Sink):
+    """Republishes SenML packs to an upstream MQTT broker."""
+
+    name = "mqtt"
+
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        self.client: mqtt.Client | None = None
+
+    def open(self) -> None:
+        o = self.config.options
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=o["client_id"],
+                             clean_session=True, protocol=mqtt.MQTTv311)
+        if o["username"] is not None:
+            client.username_pw_set(o["username"], o["password"])
+        if o["tls"]:
+            client.tls_set(ca_certs=str(o["ca_file"]) if o["ca_file"] else None,
+                           cert_reqs=ssl.CERT_REQUIRED)
+        client.reconnect_delay_set(1, 30)
+        client.max_queued_messages_set(0)
+        client.on_connect = lambda c, u, f, rc, p: log.info(
+            "bridge_connected", extra=kv(host=o["host"], port=o["port"], reason=str(rc)))
+        client.connect_async(o["host"], o["port"], keepalive=o["keepalive"])
+        client.loop_start()
+        self.client = client
+
+    def deliver(self, batch: Batch) -> None:
+        if self.client is None or not self.client.is_connected():
+            raise DeliveryFailed(f"upstream broker {self.config.options['host']}:"
+                                 f"{self.config.options['port']} not connected")
+        prefix = self.config.options["topic_prefix"]
+        infos = []
+        for item in batch.items:
+            kind = "senml" if item.kind == "reading" else "event"
+            payload = json.dumps(senml_records(item), separators=(",", ":")).encode()
+            infos.append(self.client.publish(f"{prefix}/{item.node}/{kind}", payload, qos=1))
+        deadline = time.monotonic() + self.config.options["timeout_s"]
+        for info in infos:
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                raise DeliveryFailed(f"upstream publish failed: {mqtt.error_string(info.rc)}")
+            try:
+                info.wait_for_publish(max(0.01, deadline - time.monotonic()))
+            except (RuntimeError, ValueError) as exc:
+                raise DeliveryFailed(f"upstream publish failed: {exc}") from exc
+            if not info.is_published():
+                raise DeliveryFailed("upstream broker did not acknowledge within "
+                                     f"{self.config.options['timeout_s']:g}s")
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.disconnect()
+            self.client.loop_stop()
+            self.client = None
