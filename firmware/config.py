@@ -11,8 +11,22 @@ without reading code. `load()` raises ConfigError listing all problems found.
       "broker": {"host": "192.168.1.10", "port": 1883, "user": "node-01", "password": "...",
                  "keepalive": 60},
       "i2c": {"0": {"scl": 22, "sda": 21, "freq": 400000}},
-      "sensors": [{"driver": "bme280", "bus": "i2c0", "address": 118, "interval_s": 60}]
+      "sensors": [{"driver": "bme280", "bus": "i2c0", "address": 118, "interval_s": 60}],
+      "power": {"mode": "mains"},
+      "queue": {"max_kb": 64},
+      "time": {"ntp": "pool.ntp.org"}
     }
+
+Runtime sections (all optional, defaults shown in `validate`): `power` (mode mains/battery,
+send_every, awake_max_s), `queue` (max_kb of flash for unsent readings), `time` (NTP server),
+`watchdog_s`, `safe_mode_after` (crash boots before safe mode), `version` (set by the gateway's
+configuration updates). Unknown keys are errors. The hardware part (buses, `sensors`) is
+checked by `sensors.validate_hw`.
+
+Last good configuration: `load_with_fallback()` returns the config in use and, when
+`config.json` is unreadable or invalid, falls back to `config.good.json` (the last
+configuration the node connected with) and says why; the node reports that reason in its
+status (`cfg_err`) instead of refusing to start.
 """
 
 import json
@@ -36,6 +50,13 @@ def _ident_ok(s, maxlen):
 class _Checker:
     def __init__(self):
         self.errors = []
+
+    def unknown(self, obj, allowed, path):
+        """Every key of `obj` not in `allowed` is an error (a typo must not pass silently)."""
+        for k in obj:
+            if k not in allowed:
+                self.errors.append("%s is not a known setting (known: %s)" % (
+                    path + "." + k if path else k, ", ".join(allowed)))
 
     def fail(self, path, rule, value):
         self.errors.append("%s %s: got %s" % (path, rule, json.dumps(value)))
@@ -65,6 +86,11 @@ class _Checker:
         return v
 
 
+_TOP = ("node_id", "prefix", "version", "wifi", "broker", "power", "queue", "time",
+        "watchdog_s", "safe_mode_after", "i2c", "sensors")
+MAX_FILE = 8192
+
+
 def validate(cfg):
     """Returns the config with defaults filled in, or raises ConfigError with every problem."""
     c = _Checker()
@@ -76,13 +102,19 @@ def validate(cfg):
                            check=lambda v: _ident_ok(v, 32))
     out["prefix"] = c.get(cfg, "prefix", "", str, "must be 1-16 characters a-z 0-9 - _",
                           default="m", required=False, check=lambda v: _ident_ok(v, 16))
+    out["version"] = c.get(cfg, "version", "", int, "must be an integer >= 0", default=0,
+                           required=False, check=lambda v: v >= 0)
     wifi = c.get(cfg, "wifi", "", dict, "must be an object", default={}, required=False)
+    c.unknown(wifi, ("ssid", "password", "timeout_s"), "wifi")
     out["wifi"] = {
         "ssid": c.get(wifi, "ssid", "wifi", str, "must be a string", default=None, required=False),
         "password": c.get(wifi, "password", "wifi", str, "must be a string", default=None,
                           required=False),
+        "timeout_s": c.get(wifi, "timeout_s", "wifi", int, "must be an integer 1-120 (s)",
+                           default=15, required=False, check=lambda v: 1 <= v <= 120),
     }
     broker = c.get(cfg, "broker", "", dict, "must be an object", default={})
+    c.unknown(broker, ("host", "port", "user", "password", "keepalive"), "broker")
     out["broker"] = {
         "host": c.get(broker, "host", "broker", str, "must be a host name or address",
                       check=lambda v: len(v) > 0),
@@ -93,20 +125,99 @@ def validate(cfg):
         "keepalive": c.get(broker, "keepalive", "broker", int, "must be an integer 5-3600 (s)",
                            default=60, required=False, check=lambda v: 5 <= v <= 3600),
     }
+    power = c.get(cfg, "power", "", dict, "must be an object", default={}, required=False)
+    c.unknown(power, ("mode", "send_every", "awake_max_s"), "power")
+    out["power"] = {
+        "mode": c.get(power, "mode", "power", str, "must be \"mains\" or \"battery\"",
+                      default="mains", required=False, check=lambda v: v in ("mains", "battery")),
+        "send_every": c.get(power, "send_every", "power", int,
+                            "must be an integer 1-1000 (wake-ups per connection)", default=1,
+                            required=False, check=lambda v: 1 <= v <= 1000),
+        "awake_max_s": c.get(power, "awake_max_s", "power", int, "must be an integer 5-600 (s)",
+                             default=60, required=False, check=lambda v: 5 <= v <= 600),
+    }
+    queue = c.get(cfg, "queue", "", dict, "must be an object", default={}, required=False)
+    c.unknown(queue, ("max_kb",), "queue")
+    out["queue"] = {
+        "max_kb": c.get(queue, "max_kb", "queue", int, "must be an integer 8-4096 (KiB of flash)",
+                        default=64, required=False, check=lambda v: 8 <= v <= 4096),
+    }
+    tm = c.get(cfg, "time", "", dict, "must be an object", default={}, required=False)
+    c.unknown(tm, ("ntp", "ntp_port"), "time")
+    out["time"] = {
+        "ntp": c.get(tm, "ntp", "time", str, "must be a host name, or \"\" for no NTP",
+                     default="pool.ntp.org", required=False),
+        "ntp_port": c.get(tm, "ntp_port", "time", int, "must be an integer 1-65535", default=123,
+                          required=False, check=lambda v: 1 <= v <= 65535),
+    }
+    out["watchdog_s"] = c.get(cfg, "watchdog_s", "", int,
+                              "must be an integer 0 (off) or 10-600 (s)", default=60,
+                              required=False, check=lambda v: v == 0 or 10 <= v <= 600)
+    out["safe_mode_after"] = c.get(cfg, "safe_mode_after", "", int,
+                                   "must be an integer 2-20 (crash boots in a row)", default=3,
+                                   required=False, check=lambda v: 2 <= v <= 20)
     sensors.validate_hw(c, cfg, out)
+    # the hardware sections are whatever validate_hw recognised and copied to `out`
+    c.unknown(cfg, list(_TOP) + [k for k in out if k not in _TOP], "")
     if c.errors:
         raise ConfigError("; ".join(c.errors))
     return out
 
 
-def load(path="config.json"):
+def read_raw(path="config.json"):
+    """The parsed JSON of a config file (not validated), or ConfigError."""
     try:
         with open(path) as f:
-            raw = f.read()
+            raw = f.read(MAX_FILE + 1)
     except OSError:
         raise ConfigError("%s: cannot read the file" % path)
+    if len(raw) > MAX_FILE:
+        raise ConfigError("%s: larger than %d bytes" % (path, MAX_FILE))
     try:
-        cfg = json.loads(raw)
+        return json.loads(raw)
     except ValueError:
         raise ConfigError("%s: not valid JSON" % path)
-    return validate(cfg)
+
+
+def load(path="config.json"):
+    return validate(read_raw(path))
+
+
+def write(path, raw):
+    """Writes a config atomically (temp file, then rename)."""
+    import os
+
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(json.dumps(raw))
+    os.rename(tmp, path)
+
+
+def load_with_fallback(path="config.json", good="config.good.json"):
+    """(raw, validated, problem): the config to run. `problem` is None, or why `path` was not
+    used and the last good one was. Raises ConfigError when neither is usable."""
+    try:
+        raw = read_raw(path)
+        return raw, validate(raw), None
+    except ConfigError as exc:
+        problem = str(exc)
+    try:
+        raw = read_raw(good)
+        cfg = validate(raw)
+    except ConfigError:
+        raise ConfigError(problem)
+    return raw, cfg, "%s rejected (%s); running the last good configuration (version %d)" % (
+        path, problem, cfg["version"])
+
+
+def merge_patch(target, patch):
+    """RFC 7396 JSON Merge Patch: objects merge key by key, null removes, the rest replaces."""
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(target) if isinstance(target, dict) else {}
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = merge_patch(out.get(k), v)
+    return out

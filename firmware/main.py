@@ -1,4 +1,12 @@
-# Runs after boot.py on every reset: the node runtime (firmware/node.py).
-import node
+# Runs after boot.py on every reset and wake-up. Ctrl-C stops the node and leaves the REPL to
+# the technician (`import node; node.diagnostics()`).
+import sys
 
-node.main()
+import bootinfo
+
+boot = bootinfo.start()
+del sys.modules["bootinfo"]
+if boot is not None:
+    import node
+
+    node.run(boot)

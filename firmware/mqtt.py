@@ -6,15 +6,24 @@ QoS 1 messages (a PUBLISH lost in a dropped TCP connection is simply gone), and 
 resume (umqtt.robust reconnects but forgets what was in flight). Meter readings are billing
 data: a reading may leave the node's queue only after the broker's PUBACK for it.
 
-This client does CONNECT/CONNACK, PUBLISH QoS 0/1 with PUBACK, PINGREQ keepalive, DISCONNECT,
-with a deadline on every network wait so no call blocks the scheduler. It is the protocol
-layer only: the caller owns reconnection and backoff, and after a reconnect re-sends what was
-not acknowledged with `dup=True`.
+This client does CONNECT/CONNACK (persistent sessions, Last Will), PUBLISH QoS 0/1 with
+PUBACK, SUBSCRIBE, PINGREQ keepalive, DISCONNECT, with a deadline on every network wait so no
+call blocks the scheduler. It is the protocol layer only: the caller owns reconnection and
+backoff, and after a reconnect re-sends what was not acknowledged with `dup=True` and the same
+packet id.
 
-    c = MQTTClient("node-01", "192.168.1.10", 1883, keepalive=60)
+    c = MQTTClient("node-01", "192.168.1.10", 1883, keepalive=60, clean_session=False,
+                   will=("m/node-01/s", b"\xa1bon\xf4", 1, True))
     await c.connect()
     await c.publish("m/node-01/r", payload, qos=1)   # returns after PUBACK, or raises OSError
+    pid = await c.send(topic, payload)               # in-flight window: send now ...
+    await c.wait_ack(pid)                            # ... and wait for its PUBACK later
     await c.disconnect()
+
+Incoming PUBLISH packets larger than `max_packet` are read off the socket in small chunks and
+discarded (a downlink message can never exhaust the heap); `on_oversized(topic, size)` is
+called instead of `on_message`. Incoming QoS 1 messages are acknowledged on receipt, before
+`on_message` runs.
 
 Errors: OSError for anything on the link (including timeouts, ETIMEDOUT), MQTTError for a
 protocol refusal (CONNACK return code, malformed packet from the broker).
@@ -70,7 +79,7 @@ def _str(buf, s):
 
 class MQTTClient:
     def __init__(self, client_id, host, port=1883, *, user=None, password=None, keepalive=60,
-                 clean_session=True, timeout_ms=10000, will=None):
+                 clean_session=True, timeout_ms=10000, will=None, max_packet=2048):
         self.client_id = client_id
         self.host = host
         self.port = port
@@ -80,7 +89,9 @@ class MQTTClient:
         self.clean_session = clean_session
         self.timeout_ms = timeout_ms
         self.will = will  # (topic, payload, qos, retain) or None
+        self.max_packet = max_packet
         self.on_message = None  # callback(topic: str, payload: bytes, retained: bool)
+        self.on_oversized = None  # callback(topic: str, size: int)
         self._reader = None
         self._writer = None
         self._pid = 0
@@ -184,6 +195,14 @@ class MQTTClient:
         """Publishes and, for QoS 1, waits for the PUBACK. Raises OSError on a link failure or
         when no PUBACK arrives within the timeout (the message may or may not have arrived: the
         caller keeps it and re-sends with dup=True)."""
+        pid = await self.send(topic, payload, qos, retain, dup=dup, pid=pid)
+        if qos:
+            await self.wait_ack(pid)
+        return pid
+
+    async def send(self, topic, payload, qos=1, retain=False, *, dup=False, pid=None):
+        """Sends a PUBLISH and returns its packet id without waiting for the PUBACK (QoS 1);
+        `wait_ack(pid)` waits for it. Raises OSError when the link is down."""
         if not self.connected:
             raise OSError(errno.ENOTCONN)
         pkt = bytearray()
@@ -198,8 +217,28 @@ class MQTTClient:
             pid = self.next_pid()
         pkt.append(pid >> 8)
         pkt.append(pid & 0xFF)
-        await self._exchange(pid, pkt, payload)
+        self._acks[pid] = asyncio.Event()
+        try:
+            await self._send(pkt, payload)
+        except Exception:
+            self._acks.pop(pid, None)
+            raise
         return pid
+
+    async def wait_ack(self, pid, timeout_ms=None):
+        """Waits for the PUBACK of a message sent with `send`. OSError: timed out (ETIMEDOUT)
+        or the link went down (ECONNRESET); the message may or may not have arrived."""
+        ev = self._acks.get(pid)
+        if ev is None:
+            raise OSError(errno.ECONNRESET)
+        try:
+            await asyncio.wait_for_ms(ev.wait(), timeout_ms or self.timeout_ms)
+        except asyncio.TimeoutError:
+            raise OSError(errno.ETIMEDOUT)
+        finally:
+            self._acks.pop(pid, None)
+        if not self.connected:
+            raise OSError(errno.ECONNRESET)
 
     async def subscribe(self, topic, qos=1):
         if not self.connected:
@@ -246,7 +285,8 @@ class MQTTClient:
         for ev in self._acks.values():
             ev.set()
 
-    async def _read_packet(self):
+    async def _read_packet(self, limit=0x7FFFFFFF):
+        """(first byte, body); a body over `limit` bytes is skipped and returned as its size."""
         r = self._reader
         if r is None:
             raise OSError(errno.ENOTCONN)
@@ -261,15 +301,26 @@ class MQTTClient:
             shift += 7
             if shift > 21:
                 raise MQTTError("malformed remaining length")
+        if n > limit:
+            return head, n
         data = await r.readexactly(n) if n else b""
         return head, data
+
+    async def _skip(self, n):
+        while n:
+            k = min(n, 128)
+            await self._reader.readexactly(k)
+            n -= k
 
     async def _receiver(self):
         try:
             while True:
-                head, data = await self._read_packet()
+                head, data = await self._read_packet(self.max_packet)
                 self._last_rx = time.ticks_ms()
                 kind = head & 0xF0
+                if isinstance(data, int):
+                    await self._oversized(head, data)
+                    continue
                 if kind == _PUBACK or kind == _SUBACK:
                     pid = (data[0] << 8) | data[1]
                     ev = self._acks.get(pid)
@@ -295,6 +346,24 @@ class MQTTClient:
             await self._send(bytearray((_PUBACK, 2, pid >> 8, pid & 0xFF)))
         if self.on_message is not None:
             self.on_message(topic, bytes(data[pos:]), bool(head & 1))
+
+    async def _oversized(self, head, size):
+        # Read the topic (and packet id) to acknowledge and report it, then drop the rest.
+        r = self._reader
+        tl = await r.readexactly(2)
+        n = (tl[0] << 8) | tl[1]
+        left = size - 2
+        topic = b""
+        if n <= 256 and n <= left:
+            topic = await r.readexactly(n)
+            left -= n
+        if (head >> 1) & 3 and left >= 2 and topic:
+            p = await r.readexactly(2)
+            left -= 2
+            await self._send(bytearray((_PUBACK, 2, p[0], p[1])))
+        await self._skip(left)
+        if head & 0xF0 == _PUBLISH and self.on_oversized is not None:
+            self.on_oversized(topic.decode(), size)
 
     async def _keepalive(self):
         period = self.keepalive * 1000

@@ -1,46 +1,59 @@
-"""The node runtime: sensor tasks, the reading queue and the publisher, on one asyncio loop.
+"""The node runtime: sensors, the flash queue, the MQTT session, downlink, power and watchdog,
+on one asyncio loop.
 
     import node
-    node.main()          # what main.py does
+    node.main()              # what main.py does
+    node.diagnostics()       # at the REPL after Ctrl-C: the status keys plus "last" readings
 
-Each configured sensor runs in its own task on its own interval; a failing sensor is logged,
-counted and retried on its next slot without delaying the others. A reading gets its sequence
-number when it is taken and waits in the queue until the broker's PUBACK for the message that
-carried it; the publisher batches whatever is queued into as few messages as the payload limit
-allows, and reconnects with exponential backoff and jitter when the broker is unreachable.
+Readings: each sensor task reads on its own interval (aligned to wall-clock multiples of the
+interval once the time is known), and every reading is appended to the flash queue
+(firmware/fqueue.py) with its sequence number before anything is sent. A failing sensor is
+logged, counted per sensor and retried with backoff (1, 2, 4 ... s, at most its interval)
+without delaying the others.
 
-This is the walking-skeleton runtime: the queue lives in RAM (bounded, drop-oldest, counted).
-The flash queue, persistent MQTT session, downlink, power modes and watchdog come with the node
-runtime work and replace pieces here without changing the wire format.
+Sending: the publisher batches queued records into as few `r` messages as the payload limit
+allows and keeps up to WINDOW of them in flight; a record leaves the queue only when the
+broker's PUBACK for its message arrived (and every earlier one). The MQTT session is
+persistent (clean session off): after a reconnect, the unacknowledged messages are sent again,
+byte for byte, with DUP set and their packet ids. Reconnects back off exponentially with
+jitter. On every connect the node publishes its retained status (`s`); its Last Will marks it
+offline.
+
+Downlink: configuration updates (`c`) and commands (`k`) are checked, applied and answered on
+`a`, as docs/wire-format.md describes. Power: `mains` stays connected; `battery` reads, sends
+(every `send_every` wake-ups), and deep-sleeps until the next slot. Watchdog: machine.WDT is fed
+by a task that runs only while the loop is healthy. After `safe_mode_after` boots in a row that
+crashed before reaching a healthy loop, the node starts in safe mode: no sensors, the MQTT
+session and the REPL only. docs/node-runtime.md is the operator's description of all of it.
 """
 
 import asyncio
 import gc
+import sys
 import time
 
 import cbor
-import config
+import clock
+import fqueue
 import log
 import mqtt
-import sensors
 import seqno
+import sensors
 import wire
+from files import copy as _copy, read_int as _read_int, read_text as _read_text
+from files import write_text as _write_text
 
 from micropython import const
 
+FIRMWARE_VERSION = "0.3.0"
 _MAX_PAYLOAD = const(512)
-_MAX_QUEUE = const(256)
+_WINDOW = const(4)  # r messages in flight before waiting for PUBACKs
 _BACKOFF_MAX_S = const(60)
-_UNIX_2000 = const(946684800)  # 2000-01-01 in Unix time: the ESP32 port's old epoch
-_CLOCK_VALID_AFTER = const(1700000000)  # 2023-11-14: any earlier wall-clock time is unset
+_HEALTHY_AFTER_MS = const(30000)  # running this long without a crash ends a crash streak
+_DOWNLINK_MAX = const(1024)
+_REVERT_AFTER = const(8)  # failed connects with an unconfirmed new config before reverting
 
-_EPOCH_OFFSET = _UNIX_2000 if time.gmtime(0)[0] == 2000 else 0
-
-
-def unix_time():
-    """Wall-clock Unix seconds, or None while the clock is not set."""
-    t = time.time() + _EPOCH_OFFSET
-    return t if t >= _CLOCK_VALID_AFTER else None
+_current = None  # the running Node, for diagnostics() at the REPL
 
 
 def _jitter_ms(limit):
@@ -49,150 +62,519 @@ def _jitter_ms(limit):
 
 
 class Node:
-    def __init__(self, cfg):
+    def __init__(self, boot):
+        global _current
+        _current = self
+        self.boot = boot
+        self.rtc = boot.rtc
+        clock.init(self.rtc)
+        cfg = boot.cfg
         self.cfg = cfg
+        self.raw = boot.raw
         self.node_id = cfg["node_id"]
-        self.topic_r = "%s/%s/r" % (cfg["prefix"], self.node_id)
+        base = "%s/%s/" % (cfg["prefix"], self.node_id)
+        self.topic_r = base + "r"
+        self.topic_s = base + "s"
+        self.topic_a = base + "a"
+        self.topic_c = base + "c"
+        self.topic_k = base + "k"
+        self.battery = cfg["power"]["mode"] == "battery"
         b = cfg["broker"]
-        self.client = mqtt.MQTTClient(self.node_id, b["host"], b["port"], user=b["user"],
-                                      password=b["password"], keepalive=b["keepalive"])
-        self.seq = seqno.SeqAllocator("seq.dat")
-        self.queue = []  # (seq, time, relative, values), oldest first
-        self.dropped = 0
-        self.errors = {}  # sensor label -> consecutive failures
-        self.sent = 0
-        self.wake = asyncio.Event()
+        self.client = mqtt.MQTTClient(
+            self.node_id, b["host"], b["port"], user=b["user"], password=b["password"],
+            keepalive=b["keepalive"], clean_session=False, max_packet=_DOWNLINK_MAX + 128,
+            will=(self.topic_s, cbor.encode({"on": False}), 1, True))
+        self.client.on_message = self._on_message
+        self.client.on_oversized = self._on_oversized
+        self.seq = seqno.SeqAllocator("seq.dat", rtc=self.rtc)
+        self.q = fqueue.FlashQueue("q", max_bytes=cfg["queue"]["max_kb"] * 1024)
+        if self.q.truncated:
+            log.warn("queue", "recovered: cut a torn record of %d bytes", self.q.truncated)
+        self.hw = sensors.Hardware(cfg, _board())
+        self.sensors = []  # [spec, label, adapter or None, lock, failures in a row]
+        for spec in cfg["sensors"]:
+            self.sensors.append([spec, sensors.label(spec), None, asyncio.Lock(), 0])
+        self.errors = {}  # sensor label -> failed readings since boot
+        self.last = {}  # sensor label -> last values
         self.enc = cbor.Encoder(_MAX_PAYLOAD)
-        self.hw = sensors.Hardware(cfg)
+        self.renc = cbor.Encoder(256)
+        self.wake = asyncio.Event()
+        self.inbox = []  # downlink messages waiting for the handler
+        self.inbox_ev = asyncio.Event()
+        self.inflight = []  # [pid, first seq, last seq, payload]
+        self.sent = 0
+        self.rejected = 0  # downlink messages rejected
+        self.flush = False
+        self.started = time.ticks_ms()
+        self.heap_peak = 0
+        self.connect_failures = 0
+        self.safe = boot.safe
 
     # ------------------------------------------------------------------ readings
     def record(self, values):
-        """Queues one reading record (values: {channel key: scaled int})."""
-        if not values:
-            return
-        t = unix_time()
-        relative = t is None
-        if relative:
-            t = time.time()  # seconds since boot-ish; only differences reach the wire
-        self.queue.append((self.seq.next(), t, relative, values))
-        if len(self.queue) > _MAX_QUEUE:
-            self.queue.pop(0)
-            self.dropped += 1
-            log.warn("queue", "full: dropped the oldest reading (%d dropped)", self.dropped)
+        """Queues one reading record durably; returns its sequence number."""
+        t = clock.unix()
+        enc = self.renc
+        enc.reset()
+        if t is None:  # relative: device clock and power cycle, resolved when sent
+            enc.array(3)
+            enc.int(clock.raw())
+        else:
+            enc.array(2)
+            enc.int(t)
+        enc.map(len(values))
+        for k in sorted(values):
+            enc.int(k)
+            enc.int(values[k])
+        if t is None:
+            enc.int(self.rtc.power_cycle)
+        seq = self.seq.next()
+        dropped = self.q.dropped
+        self.q.append(seq, enc.view())
+        log.info("queue", "queued seq=%d (%d waiting)", seq, len(self.q))
+        if self.q.dropped != dropped:
+            log.warn("queue", "full: dropped the oldest %d readings (%d dropped in all)",
+                     self.q.dropped - dropped, self.q.dropped)
         self.wake.set()
+        return seq
 
-    async def sensor_task(self, spec):
-        label = sensors.label(spec)
-        interval = spec["interval_s"] * 1000
-        sensor = None
-        due = time.ticks_ms()
-        while True:
+    async def read_sensor(self, s):
+        """Reads one sensor now; returns its values, or None when it failed (logged, counted)."""
+        spec, label, adapter, lock, _ = s
+        async with lock:
             try:
-                if sensor is None:
-                    sensor = sensors.create(spec, self.hw)
+                if adapter is None:
+                    adapter = s[2] = sensors.create(spec, self.hw)
                     log.info("sensor", "%s ready", label)
-                values = await sensor.sample()
-                self.errors[label] = 0
-                self.record(values)
-                log.info("sensor", "%s seq=%d %s", label, self.seq.peek() - 1, values)
-            except Exception as exc:  # OSError from the bus, MemoryError, a driver bug: never fatal
-                sensor = None  # re-probe the part on the next slot
+                values = await adapter.sample()
+            except Exception as exc:  # OSError from the bus, a driver bug: never fatal
+                s[2] = None  # re-probe the part next time
+                s[4] += 1
                 self.errors[label] = self.errors.get(label, 0) + 1
-                log.error("sensor", "%s failed (%d in a row): %r", label, self.errors[label], exc)
-            due = time.ticks_add(due, interval)
-            delay = time.ticks_diff(due, time.ticks_ms())
-            if delay < 0:  # overran a slot: skip ahead, never burst to catch up
-                due = time.ticks_ms()
-                delay = 0
+                log.error("sensor", "%s failed (%d in a row): %r", label, s[4], exc)
+                return None
+        s[4] = 0
+        if values:
+            self.last[label] = values
+            self.record(values)
+        return values
+
+    async def read_all(self):
+        first = self.seq.peek()
+        for s in self.sensors:
+            await self.read_sensor(s)
+        return first
+
+    async def sensor_task(self, s):
+        while True:
+            values = await self.read_sensor(s)
+            interval = s[0]["interval_s"]
+            if values is None:
+                delay = min(interval, 1 << min(s[4] - 1, 10)) * 1000
+            else:
+                t = clock.unix()
+                if t is None:
+                    delay = interval * 1000
+                else:  # next wall-clock multiple of the interval
+                    delay = (interval - t % interval) * 1000
             await asyncio.sleep_ms(delay)
 
     # ------------------------------------------------------------------ publishing
-    def _batch(self):
-        """The longest run at the head of the queue with consecutive seqs and one clock kind."""
-        q = self.queue
-        first_seq, _, relative, _ = q[0]
-        n = 1
-        while n < len(q) and n < wire.MAX_RECORDS and q[n][0] == first_seq + n and q[n][2] == relative:
-            n += 1
-        records = [(r[1], r[3]) for r in q[:n]]
-        now = time.time() if relative else None
-        return first_seq, records, now
+    def _records(self, after):
+        """The next run of queued records after seq `after` that fits one message: consecutive
+        seqs and one kind of time. Returns (first seq, [(time, values)], now or None)."""
+        rows = self.q.peek(wire.MAX_RECORDS, _MAX_PAYLOAD, after=after)
+        if not rows:
+            return None
+        out = []
+        first = rows[0][0]
+        rel = None
+        now_raw = clock.raw()
+        now_unix = clock.unix()
+        for i, (seq, body) in enumerate(rows):
+            if seq != first + i:
+                break
+            try:
+                item = _parse_record(body)
+                t, values = item[0], item[1]
+            except (ValueError, IndexError, TypeError) as exc:  # CRC-valid but undecodable
+                log.error("queue", "seq=%d unreadable (%r): skipped", seq, exc)
+                if i == 0:
+                    self.q.ack(seq)
+                    return self._records(after)
+                break
+            is_rel = len(item) == 3
+            if is_rel:
+                same_cycle = item[2] == self.rtc.power_cycle
+                if now_unix is not None and same_cycle:
+                    t, is_rel = t + self.rtc.clock_offset, False  # the clock got set since
+                elif not same_cycle:
+                    t = self.rtc.boot_time  # taken before a power cut: at best "before boot"
+            if rel is None:
+                rel = is_rel
+            elif rel != is_rel:
+                break
+            out.append((t, values))
+        return first, out, (now_raw if rel else None)
 
-    async def _connect(self):
-        b = self.cfg["broker"]
-        await self._wifi()
-        await self.client.connect()
-        log.info("mqtt", "connected to %s:%d as %s", b["host"], b["port"], self.node_id)
+    async def _send_next(self):
+        after = self.inflight[-1][2] if self.inflight else None
+        batch = self._records(after)
+        if batch is None:
+            return False
+        seq, records, now = batch
+        n = wire.encode_reading(self.enc, seq, records, now_uptime=now)
+        if n == 0:
+            log.error("pub", "seq=%d does not fit in %d bytes: dropped", seq, _MAX_PAYLOAD)
+            self.q.ack(seq)
+            return True
+        payload = bytes(self.enc.view())
+        pid = await self.client.send(self.topic_r, payload, 1)
+        self.inflight.append([pid, seq, seq + n - 1, payload])
+        return True
 
-    async def _wifi(self):
+    async def _resend_inflight(self):
+        for m in self.inflight:
+            m[0] = await self.client.send(self.topic_r, m[3], 1, dup=True, pid=m[0])
+        if self.inflight:
+            log.info("pub", "re-sent %d unacknowledged message(s) with DUP", len(self.inflight))
+
+    async def pump(self):
+        """Sends queued records until the queue is empty; raises OSError when the link fails."""
+        while True:
+            while len(self.inflight) < _WINDOW and await self._send_next():
+                pass
+            if not self.inflight:
+                return
+            pid, first, last, payload = self.inflight[0]
+            await self.client.wait_ack(pid)
+            self.inflight.pop(0)
+            self.q.ack(last)
+            self.sent += last - first + 1
+            self._heap_mark()
+            log.info("pub", "seq=%d..%d acked (%d records, %d bytes, heap free %d)",
+                     first, last, last - first + 1, len(payload), gc.mem_free())
+            self.boot.healthy()  # a reading reached the broker: this boot works
+
+    def _heap_mark(self):
+        used = gc.mem_alloc()
+        if used > self.heap_peak:
+            self.heap_peak = used
+        gc.collect()
+
+    async def _wifi(self, timeout_s):
         import network
 
         wlan = network.WLAN(network.STA_IF)
         if wlan.isconnected():
-            return
+            return wlan
         wlan.active(True)
         w = self.cfg["wifi"]
         if w["ssid"]:
             wlan.connect(w["ssid"], w["password"] or "")
-        deadline = time.ticks_add(time.ticks_ms(), 15000)
+        deadline = time.ticks_add(time.ticks_ms(), timeout_s * 1000)
         while not wlan.isconnected():
             if time.ticks_diff(deadline, time.ticks_ms()) <= 0:
-                raise OSError("wifi: not connected to %s" % w["ssid"])
+                raise OSError("wifi: not connected to %s within %d s" % (w["ssid"], timeout_s))
             await asyncio.sleep_ms(100)
+        return wlan
+
+    async def connect(self):
+        b = self.cfg["broker"]
+        await self._wifi(self.cfg["wifi"]["timeout_s"])
+        present = await self.client.connect()
+        await self.client.subscribe(self.topic_c, 1)
+        await self.client.subscribe(self.topic_k, 1)
+        log.info("mqtt", "connected to %s:%d as %s (session %s)", b["host"], b["port"],
+                 self.node_id, "resumed" if present else "new")
+        self.connect_failures = 0
+        self._confirm_config()
+        await self.publish_status()
+        await self._resend_inflight()
+        if not self.rtc.clock_src and self.cfg["time"]["ntp"]:
+            asyncio.create_task(self.sync_ntp())
+
+    async def sync_ntp(self):
+        t = self.cfg["time"]
+        try:
+            now = await clock.ntp(t["ntp"], t["ntp_port"])
+        except Exception as exc:
+            log.warn("time", "NTP failed: %r", exc)
+            return
+        clock.set(now, clock.NTP)
+        log.info("time", "clock set from NTP %s: %d", t["ntp"], now)
+
+    async def _connect_failed(self, exc):
+        self.connect_failures += 1
+        log.warn("mqtt", "connect failed (%r), %d in a row", exc, self.connect_failures)
+        if self.connect_failures >= _REVERT_AFTER:
+            self._revert_config("could not connect %d times in a row (%r)" % (
+                self.connect_failures, exc))
 
     async def publisher(self):
         backoff = 1
         while True:
             if not self.client.connected:
                 try:
-                    await self._connect()
+                    await self.connect()
                     backoff = 1
                 except Exception as exc:  # OSError, MQTTError: keep the node alive
+                    await self.client.close()
+                    await self._connect_failed(exc)
                     delay = backoff * 1000 + _jitter_ms(backoff * 500 + 1)
-                    log.warn("mqtt", "connect failed (%r); retry in %d ms", exc, delay)
+                    log.warn("mqtt", "retry in %d ms", delay)
                     await asyncio.sleep_ms(delay)
                     backoff = min(backoff * 2, _BACKOFF_MAX_S)
                     continue
-            if not self.queue:
-                self.wake.clear()
-                try:
-                    await asyncio.wait_for_ms(self.wake.wait(), 1000)
-                except asyncio.TimeoutError:
-                    pass
-                continue
-            seq, records, now = self._batch()
-            n = wire.encode_reading(self.enc, seq, records, now_uptime=now)
-            if n == 0:
-                log.error("pub", "seq=%d does not fit in %d bytes: dropped", seq, _MAX_PAYLOAD)
-                self.queue.pop(0)
-                self.dropped += 1
-                continue
-            payload = bytes(self.enc.view())
             try:
-                await self.client.publish(self.topic_r, payload, qos=1)
+                await self.pump()
             except Exception as exc:
-                log.warn("mqtt", "publish of seq=%d..%d failed (%r); will resend", seq, seq + n - 1, exc)
+                log.warn("mqtt", "link lost while sending (%r); %d message(s) to re-send",
+                         exc, len(self.inflight))
                 await self.client.close()
                 continue
-            del self.queue[:n]
-            self.sent += n
-            gc.collect()
-            log.info("pub", "seq=%d..%d acked (%d records, %d bytes, heap free %d)",
-                     seq, seq + n - 1, n, len(payload), gc.mem_free())
+            self.wake.clear()
+            try:
+                await asyncio.wait_for_ms(self.wake.wait(), 1000)
+            except asyncio.TimeoutError:
+                pass
 
-    async def run(self):
-        log.info("node", "%s starting: %d sensor(s), broker %s:%d", self.node_id,
-                 len(self.cfg["sensors"]), self.cfg["broker"]["host"], self.cfg["broker"]["port"])
-        for spec in self.cfg["sensors"]:
-            asyncio.create_task(self.sensor_task(spec))
+    # ------------------------------------------------------------------ status
+    def status(self, on=True, sleep_s=None):
+        gc.collect()
+        st = {"on": on, "fw": FIRMWARE_VERSION, "boot": self.boot.total_boots,
+              "rst": self.boot.cause, "up": time.ticks_diff(time.ticks_ms(), self.started) // 1000,
+              "mode": self.cfg["power"]["mode"], "cv": self.cfg["version"],
+              "iv": min([s[0]["interval_s"] for s in self.sensors] or [0]),
+              "q": len(self.q), "qd": self.q.dropped, "seq": self.seq.peek(),
+              "heap": gc.mem_free()}
+        t = clock.unix()
+        if t is not None:
+            st["t"] = t
+        if sleep_s is not None:
+            st["sleep"] = sleep_s
+        rssi = _rssi()
+        if rssi is not None:
+            st["rssi"] = rssi
+        errs = {k: v for k, v in self.errors.items() if v}
+        if errs:
+            st["err"] = errs
+        if self.boot.cfg_err:
+            st["cfg_err"] = self.boot.cfg_err
+        if self.safe:
+            st["safe"] = self.safe
+        return st
+
+    async def publish_status(self, on=True, sleep_s=None):
+        await self.client.publish(self.topic_s, cbor.encode(self.status(on, sleep_s)), 1, True)
+
+    # ------------------------------------------------------------------ downlink
+    def _on_message(self, topic, payload, retained):
+        if len(self.inbox) >= 4:
+            log.warn("down", "busy: dropped a message on %s", topic)
+            self.rejected += 1
+            return
+        self.inbox.append((topic, payload))
+        self.inbox_ev.set()
+
+    def _on_oversized(self, topic, size):
+        self.rejected += 1
+        log.error("down", "%s: message of %d bytes is over the %d-byte limit: rejected",
+                  topic, size, _DOWNLINK_MAX)
+        self.inbox.append((topic, None))
+        self.inbox_ev.set()
+
+    async def downlink(self):
+        while True:
+            await self.inbox_ev.wait()
+            self.inbox_ev.clear()
+            while self.inbox:
+                topic, payload = self.inbox.pop(0)
+                try:
+                    import downlink  # loaded for the message, unloaded after: heap
+
+                    await downlink.handle(self, topic, payload)
+                except Exception as exc:  # a bug here must never stop the node
+                    log.error("down", "handling %s failed: %r", topic, exc)
+                finally:
+                    sys.modules.pop("downlink", None)
+                    sys.modules.pop("config", None)
+                    gc.collect()
+
+    async def ack(self, body):
+        try:
+            await self.client.publish(self.topic_a, cbor.encode(body), 1)
+        except Exception as exc:
+            log.warn("down", "ack not delivered: %r", exc)
+
+    # ------------------------------------------------------------------ last good config
+    def _config_confirmed(self):
+        return _read_text("config.json") == _read_text("config.good.json")
+
+    def _confirm_config(self):
+        if not self.boot.cfg_err and not self._config_confirmed():
+            _copy("config.json", "config.good.json")
+            log.info("config", "v%d confirmed: kept as the last good configuration",
+                     self.cfg["version"])
+
+    def _revert_config(self, why):
+        if self._config_confirmed() or _read_text("config.good.json") is None:
+            return  # nothing better to go back to: keep trying
+        reason = "config v%d %s; reverted to the last good configuration" % (
+            self.cfg["version"], why)
+        log.error("config", "%s", reason)
+        _copy("config.json", "config.rejected.json")
+        _copy("config.good.json", "config.json")
+        _write_text("config.err", reason)
+        _reset()
+
+    # ------------------------------------------------------------------ diagnostics
+    def diagnostics(self):
+        d = self.status()
+        d["queue_bytes"] = self.q.bytes_used()
+        d["heap_peak"] = self.heap_peak
+        d["sent"] = self.sent
+        d["rejected"] = self.rejected
+        d["clock"] = clock.source()
+        d["last"] = dict(self.last)
+        return d
+
+    # ------------------------------------------------------------------ running
+    async def watchdog(self):
+        import machine
+
+        secs = self.cfg["watchdog_s"]
+        if not secs:
+            return
+        wdt = machine.WDT(timeout=secs * 1000)
+        while True:
+            # This task runs only while the loop turns: a task that blocks the loop (a hung
+            # driver) or an exception that ends it stops the feeding, and the WDT resets.
+            wdt.feed()
+            if self.rtc.flags & 2 and time.ticks_diff(time.ticks_ms(), self.started) > _HEALTHY_AFTER_MS:
+                self.boot.healthy()
+            await asyncio.sleep_ms(1000)
+
+    async def shutdown(self):
+        for s in self.sensors:
+            a = s[2]
+            if a is not None and hasattr(a, "save"):
+                try:
+                    a.save()
+                except Exception as exc:
+                    log.error("sensor", "%s save failed: %r", s[1], exc)
+        self.q.close()
+
+    async def run_mains(self):
+        gc.collect()
+        log.info("node", "%s starting: %d sensor(s), broker %s:%d, %s, heap free %d",
+                 self.node_id, len(self.sensors), self.cfg["broker"]["host"],
+                 self.cfg["broker"]["port"], "SAFE MODE: " + self.safe if self.safe else "mains",
+                 gc.mem_free())
+        asyncio.create_task(self.watchdog())
+        asyncio.create_task(self.downlink())
+        if not self.safe:
+            for s in self.sensors:
+                asyncio.create_task(self.sensor_task(s))
         await self.publisher()
 
 
-def main(path="config.json"):
+def _int(b, i):
+    """(value, next index) of the CBOR integer at b[i] (major type 0 or 1)."""
+    ib = b[i]
+    info = ib & 0x1F
+    i += 1
+    if info < 24:
+        v = info
+    elif info <= 27:
+        v = 0
+        for _ in range(1 << (info - 24)):
+            v = (v << 8) | b[i]
+            i += 1
+    else:
+        raise ValueError("bad integer")
+    if ib >> 5 == 1:
+        v = -1 - v
+    elif ib >> 5:
+        raise ValueError("not an integer")
+    return v, i
+
+
+def _parse_record(b):
+    """A queue record as node.record() writes it: [time, {key: value, ...}(, power cycle)].
+    (The general decoder, cbordec, stays out of the heap; this reads just this shape.)"""
+    n = b[0] - 0x80
+    if not 2 <= n <= 3:
+        raise ValueError("not a queue record")
+    t, i = _int(b, 1)
+    m = b[i] - 0xA0
+    if not 0 <= m < 24:
+        raise ValueError("not a queue record")
+    i += 1
+    values = {}
+    for _ in range(m):
+        k, i = _int(b, i)
+        values[k], i = _int(b, i)
+    if n == 3:
+        pc, i = _int(b, i)
+        return t, values, pc
+    return t, values
+
+
+def _rssi():
     try:
-        cfg = config.load(path)
-    except config.ConfigError as exc:
-        # Stay at the REPL with a clear reason instead of boot-looping.
-        log.error("config", "%s", exc)
-        return
-    asyncio.run(Node(cfg).run())
+        import network
+
+        wlan = network.WLAN(network.STA_IF)
+        if wlan.isconnected():
+            return wlan.status("rssi")
+    except Exception:
+        pass
+    return None
+
+
+def _board():
+    try:
+        import json
+
+        with open("board.json") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _reset():
+    import machine
+
+    machine.reset()
+
+
+def diagnostics():
+    """The running node's diagnostics (for the REPL and `meterlink status`), or what the
+    flash holds when the runtime is not running."""
+    if _current is not None:
+        return _current.diagnostics()
+    return {"on": False, "fw": FIRMWARE_VERSION, "boot": _read_int("boots.dat"),
+            "cfg_err": _read_text("config.err"), "running": False}
+
+
+def run(boot):
+    """Runs the node for a booted device (`bootinfo.start()`): forever on mains; one wake-up on
+    battery. A crash is logged and resets the device, which counts it towards safe mode."""
+    try:
+        n = Node(boot)
+        if n.battery:
+            import power
+
+            asyncio.run(power.run(n))
+        else:
+            asyncio.run(n.run_mains())
+    except KeyboardInterrupt:
+        raise  # Ctrl-C from the REPL: stop here, leave the node to the technician
+    except Exception as exc:
+        log.error("node", "crashed: %r", exc)
+        sys.print_exception(exc)
+        boot.rtc.flags |= 2
+        boot.rtc.save()
+        time.sleep_ms(1000)
+        _reset()

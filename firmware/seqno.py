@@ -7,8 +7,12 @@ which the wire format allows. The file is written once per block, not per readin
 the flash, and replaced atomically (write a temp file, then rename), so a power cut leaves
 either the old or the new bound.
 
-    seq = SeqAllocator("seq.dat", block=64)
+    seq = SeqAllocator("seq.dat", block=64, rtc=rtc_state)
     n = seq.next()
+
+With `rtc` (firmware/rtcstate.py), the next number is also kept in RTC memory: after a deep
+sleep, a reset or a watchdog reset the node continues exactly where it was, so the gateway sees
+no gap; only a power cut (RTC memory lost) skips to the reserved bound.
 """
 
 import os
@@ -19,13 +23,17 @@ MAX_SEQ = const(0xFFFFFFFF)
 
 
 class SeqAllocator:
-    def __init__(self, path="seq.dat", block=64):
+    def __init__(self, path="seq.dat", block=64, rtc=None):
         self.path = path
         self.block = block
+        self.rtc = rtc
         bound = self._load()
-        self._next = bound
         self._bound = bound
-        self._reserve()
+        if rtc is not None and rtc.valid and bound - block <= rtc.seq_next <= bound:
+            self._next = rtc.seq_next
+        else:
+            self._next = bound
+            self._reserve()
 
     def _load(self):
         # A leftover temp file holds a bound at least as high as the file's; take the larger.
@@ -53,6 +61,9 @@ class SeqAllocator:
             self._reserve()
         n = self._next
         self._next = n + 1
+        if self.rtc is not None:
+            self.rtc.seq_next = n + 1  # saved before n is used: a crash now only skips n
+            self.rtc.save()
         return n
 
     def peek(self):

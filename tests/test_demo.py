@@ -49,8 +49,11 @@ def test_demo_with_duration_exits_0_with_three_nodes(tmp_path):
 
 def test_ctrl_c_stops_everything(tmp_path):
     out = tmp_path / "demo-out"
+    # the demo's work folder (broker config, node folders) goes under this test's tmp_path, so
+    # the stray-process check sees only this demo, not others running on the machine
     proc = subprocess.Popen([METERLINK, "demo", "--out", str(out)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "TMPDIR": str(tmp_path)})
     sink = out / "readings.jsonl"
 
     def nodes_seen() -> set[str]:
@@ -68,6 +71,6 @@ def test_ctrl_c_stops_everything(tmp_path):
     assert proc.returncode == 0, stdout
     assert "demo summary" in stdout
     time.sleep(0.5)
-    stray = [p for p in processes_mentioning("meterlink-demo-") if str(proc.pid) not in p]
+    stray = [p for p in processes_mentioning(str(tmp_path)) if str(proc.pid) not in p]
     assert not stray, stray
     assert not processes_mentioning(marker), processes_mentioning(marker)

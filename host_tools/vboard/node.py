@@ -3,6 +3,14 @@ the virtual board's hardware modules (`host_tools/vboard/mpy`, frozen into the b
 in for the ESP32's. The node runs what a device runs: the .mpy files mpy-cross makes for the
 board's architecture, in a 96 KB heap.
 
+The heap: the firmware gets 96 KB of MicroPython heap, like a small ESP32. The virtual board's
+own objects (the `machine`/`network` modules and the sensor models, which are C code and
+peripherals on a device and take nothing from its MicroPython heap) are frozen into our build
+but still allocate on the unix port's heap; `vboard_allowance()` measures exactly how much for
+the node's board.json, in a separate probe process, and the node runs with
+`-X heapsize=<96 KB + that allowance>`. What the firmware allocates stays bounded by 96 KB; the
+node logs its free heap, which is the firmware's headroom.
+
 A node lives in one folder:
 
     <root>/flash/         the node's filesystem (cwd of the process): config.json, seq.dat, ...
@@ -24,12 +32,73 @@ import json
 import os
 import shutil
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 from gateway.stats import write_json_atomic
+
+
+def read_json(path: Path):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
 from host_tools import firmware_build, process, toolchain
 
 DEFAULT_HEAP = "96K"
+
+_PROBE = """
+import gc
+gc.collect()
+before = gc.mem_free()
+import machine, network, esp32, hw
+b = hw.board()
+machine.RTC().memory()
+w = network.WLAN(network.STA_IF)
+w.active(True)
+for bus in b.spec.get("i2c", {}):
+    machine.I2C(int(bus))
+import time
+time.ticks_ms()
+gc.collect()
+print("ALLOWANCE", before - gc.mem_free())
+"""
+
+
+def _heap_bytes(text: str) -> int:
+    text = text.strip().upper()
+    if text.endswith("K"):
+        return int(text[:-1]) * 1024
+    if text.endswith("M"):
+        return int(text[:-1]) * 1024 * 1024
+    return int(text)
+
+
+_allowances: dict[str, int] = {}
+
+
+def vboard_allowance(board_json: Path) -> int:
+    """Bytes of unix-port heap the virtual board itself uses for this board (see above),
+    rounded up to 256 bytes; measured once per board description and process."""
+    key = Path(board_json).read_text()
+    if key not in _allowances:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "board.json").write_text(key)
+            (Path(tmp) / "flash").mkdir()
+            out = subprocess.run(
+                [toolchain.micropython(), "-X", "heapsize=1M", "-c", _PROBE],
+                cwd=Path(tmp) / "flash", capture_output=True, text=True, timeout=60,
+                env={"PATH": "/usr/bin:/bin", "MICROPYPATH": ".frozen", "VBOARD_DIR": tmp})
+        for line in out.stdout.splitlines():
+            if line.startswith("ALLOWANCE "):
+                _allowances[key] = (int(line.split()[1]) + 255) // 256 * 256
+                break
+        else:
+            raise RuntimeError(f"virtual board probe failed:\n{out.stdout}{out.stderr}")
+    return _allowances[key]
 BOOT = "import boot\nimport main\n"
 
 
@@ -88,6 +157,10 @@ class VirtualNode:
         self.heap = heap
         self.proc: subprocess.Popen | None = None
         self._console = None
+        self._lock = threading.Lock()
+        self._stopping = False
+        self._supervisor: threading.Thread | None = None
+        self.exits: list[int] = []
         cfg = config or default_config(node_id, broker[0], broker[1], interval_s=interval_s)
         write_json_atomic(self.flash / "config.json", cfg)
         if not (self.root / "board.json").exists() or board is not None:
@@ -125,7 +198,8 @@ class VirtualNode:
         return "rv32imc" if board.get("chip") == "esp32c3" else "xtensawin"
 
     def command(self) -> list[str]:
-        return [toolchain.micropython(), "-X", f"heapsize={self.heap}", "-c", BOOT]
+        heap = _heap_bytes(self.heap) + vboard_allowance(self.root / "board.json")
+        return [toolchain.micropython(), "-X", f"heapsize={heap}", "-c", BOOT]
 
     def environ(self) -> dict[str, str]:
         return {
@@ -134,34 +208,80 @@ class VirtualNode:
             "VBOARD_DIR": str(self.root),
         }
 
-    def start(self) -> "VirtualNode":
+    def start(self, *, restart_on_reset: bool = True, sleep_scale: float = 1.0) -> "VirtualNode":
+        """Powers the node on. Like a device, it starts again by itself after machine.reset()
+        (exit 3), soft_reset() (exit 5) and deepsleep() (exit 4, after the sleep time times
+        `sleep_scale`), unless `restart_on_reset` is False. Every exit status is appended to
+        `exits`."""
         if self.running:
             return self
         self._console = open(self.console_path, "ab", buffering=0)
+        self._stopping = False
+        self._spawn()
+        if restart_on_reset:
+            self._supervisor = threading.Thread(target=self._supervise, args=(sleep_scale,),
+                                                daemon=True)
+            self._supervisor.start()
+        return self
+
+    def _spawn(self) -> None:
         self.proc = subprocess.Popen(
             self.command(), cwd=self.flash, env=self.environ(),
             stdin=subprocess.DEVNULL, stdout=self._console, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        return self
+
+    def _supervise(self, sleep_scale: float) -> None:
+        while not self._stopping:
+            proc = self.proc
+            if proc is None:
+                return
+            rc = proc.wait()
+            if self._stopping:
+                return
+            self.exits.append(rc)
+            if rc == 4:
+                ms = (read_json(self.root / "deepsleep.json") or {}).get("ms") or 0
+                deadline = time.monotonic() + ms / 1000 * sleep_scale
+                while time.monotonic() < deadline and not self._stopping:
+                    time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+            elif rc not in (3, 5):
+                return  # crashed to the REPL or killed: stays down, like a device would
+            with self._lock:
+                if self._stopping:
+                    return
+                self._spawn()
 
     def stop(self, timeout: float = 5.0) -> int | None:
         """Stops the node like pulling its power (SIGTERM, then SIGKILL)."""
         rc = None
-        if self.proc is not None:
-            rc = process.stop(self.proc, timeout)
-            self.proc = None
+        with self._lock:
+            self._stopping = True
+            proc, self.proc = self.proc, None
+        if proc is not None:
+            rc = process.stop(proc, timeout)
+        sup = self._supervisor
+        if sup is not None and sup is not threading.current_thread():
+            sup.join(timeout)
+        self._supervisor = None
         if self._console is not None:
             self._console.close()
             self._console = None
         return rc
 
-    def kill(self) -> None:
-        """SIGKILL: the process dies at whatever instruction it was on."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+    def kill(self, *, power_cut: bool = True) -> None:
+        """SIGKILL: the process dies at whatever instruction it was on, and the node stays off
+        until start(). With `power_cut` (the default) RTC memory is lost too, as when a device
+        loses power; without it, the kill models a crash that keeps RTC memory."""
+        with self._lock:
+            self._stopping = True
+            proc = self.proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
         self.stop()
+        if power_cut:
+            (self.root / "rtc_memory.bin").unlink(missing_ok=True)
 
     def console(self) -> str:
         try:

@@ -61,3 +61,54 @@ def test_not_json():
         assert "not valid JSON" in str(exc)
         return
     raise AssertionError("accepted broken JSON")
+
+
+def test_unknown_keys_are_named():
+    cfg = good()
+    cfg["sensorz"] = []
+    cfg["broker"]["hots"] = "x"
+    msg = errors_of(cfg)
+    assert "sensorz is not a known setting" in msg, msg
+    assert "broker.hots is not a known setting" in msg, msg
+
+
+def test_runtime_sections_defaults_and_errors():
+    c = config.validate(good())
+    assert c["power"] == {"mode": "mains", "send_every": 1, "awake_max_s": 60}
+    assert c["queue"]["max_kb"] == 64 and c["version"] == 0 and c["watchdog_s"] == 60
+    cfg = good()
+    cfg["power"] = {"mode": "solar"}
+    cfg["queue"] = {"max_kb": 1}
+    cfg["version"] = -1
+    msg = errors_of(cfg)
+    assert 'power.mode must be "mains" or "battery": got "solar"' in msg, msg
+    assert "queue.max_kb must be an integer 8-4096 (KiB of flash): got 1" in msg, msg
+    assert "version must be an integer >= 0: got -1" in msg, msg
+
+
+def test_merge_patch_rfc7396():
+    # RFC 7396 section 3 example
+    target = {"a": "b", "c": {"d": "e", "f": "g"}}
+    patch = {"a": "z", "c": {"f": None}}
+    assert config.merge_patch(target, patch) == {"a": "z", "c": {"d": "e"}}
+    assert config.merge_patch({"a": [1, 2]}, {"a": [3]}) == {"a": [3]}
+    assert target == {"a": "b", "c": {"d": "e", "f": "g"}}, "the target must not change"
+
+
+def test_fallback_to_last_good_with_reason():
+    import json
+
+    with open("config.good.json", "w") as f:
+        f.write(json.dumps(dict(good(), version=4)))
+    bad = good()
+    bad["broker"]["port"] = 0
+    with open("config.json", "w") as f:
+        f.write(json.dumps(bad))
+    raw, cfg, problem = config.load_with_fallback()
+    assert cfg["version"] == 4 and cfg["broker"]["port"] == 1883
+    assert "broker.port must be an integer 1-65535: got 0" in problem, problem
+    assert "last good configuration (version 4)" in problem, problem
+    with open("config.json", "w") as f:
+        f.write(json.dumps(good()))
+    raw, cfg, problem = config.load_with_fallback()
+    assert problem is None and cfg["version"] == 0
