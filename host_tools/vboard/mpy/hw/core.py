@@ -2,6 +2,7 @@
 
 import errno
 import os
+import time
 
 import hw
 
@@ -178,6 +179,9 @@ class Bus:
         if e.faults:
             if e.faults.get("i2c%d" % self.id) == "timeout":
                 raise OSError(errno.ETIMEDOUT)
+            if e.faults.get("i2c%d" % self.id) == "hang":
+                while True:  # a wedged peripheral driver: the call never returns
+                    time.sleep_ms(100)
             f = e.faults.get("i2c%d:0x%02x" % (self.id, addr))
             if f == "timeout":
                 raise OSError(errno.ETIMEDOUT)
