@@ -6,16 +6,28 @@
     gw.kill(); gw.start() # SIGKILL and restart on the same state
     gw.stop()
 
+    GatewayProcess(dir, broker, "gw-2", extra='[sinks.http]\nurl = "http://..."\n')
+    gw.api("/api/nodes")  # GET the gateway's HTTP API (JSON); gw.api(path, method, body)
+
+    with Upstream() as up:   # a real local HTTP server standing in for the city platform
+        up.url, up.records() (deduplicated by Idempotency-Key), up.requests, up.mode = ...
+
 Tests of node and gateway faults use this one class, so a change to the gateway's config or
 sink layout is made here once.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import signal
 import subprocess
 import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from host_tools.process import stop
@@ -24,7 +36,8 @@ MELINK = str(Path(sys.executable).with_name("meterlink"))
 
 
 class GatewayProcess:
-    def __init__(self, workdir: Path, broker, client_id: str = "gw-test", start: bool = True):
+    def __init__(self, workdir: Path, broker, client_id: str = "gw-test", start: bool = True,
+                 extra: str = "", mqtt_extra: str = ""):
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.sink = self.dir / "readings.jsonl"
@@ -32,8 +45,9 @@ class GatewayProcess:
         self.conf = self.dir / "gateway.toml"
         self.conf.write_text(
             f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\nclient_id = "{client_id}"\n'
+            f'{mqtt_extra}'
             f'[sinks.file]\npath = "{self.sink}"\n[gateway]\nstats_file = "{self.stats}"\n'
-            f'[api]\nport = 0\n')
+            f'[api]\nport = 0\n{extra}')
         self.proc: subprocess.Popen | None = None
         if start:
             self.start()
@@ -63,6 +77,21 @@ class GatewayProcess:
         except (OSError, ValueError):
             return {}
 
+    def api(self, path: str, method: str = "GET", body=None, timeout: float = 30.0):
+        """(status, JSON or text) of one request to the gateway's HTTP API."""
+        port = self.counters().get("api_port")
+        if not port:
+            raise AssertionError("the gateway's API is not up (no api_port in its stats)")
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data,
+                                     method=method, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as reply:
+                status, raw, ctype = reply.status, reply.read(), reply.headers["Content-Type"]
+        except urllib.error.HTTPError as exc:
+            status, raw, ctype = exc.code, exc.read(), exc.headers["Content-Type"]
+        return status, (json.loads(raw) if "json" in (ctype or "") else raw.decode())
+
     def records(self) -> list[dict]:
         if not self.sink.exists():
             return []
@@ -83,3 +112,85 @@ class GatewayProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class Upstream:
+    """A local HTTP server in place of the city platform, deduplicating by Idempotency-Key
+    like a real platform does.
+
+    `mode` decides each reply: "ok" (200), "503" (with Retry-After: `retry_after`),
+    "timeout" (answers after `delay` seconds), or a callable (records) -> (status, body).
+    `requests` lists (time, key, records, status) of every request received.
+    """
+
+    def __init__(self) -> None:
+        self.mode = "ok"
+        self.retry_after = 1
+        self.delay = 2.0
+        self.lock = threading.Lock()
+        self.requests: list[tuple[float, str, list[dict], int]] = []
+        self.by_key: dict[str, list[dict]] = {}
+        self.headers: list[dict] = []
+        upstream = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802
+                raw = self.rfile.read(int(self.headers["Content-Length"]))
+                if self.headers.get("Content-Encoding") == "gzip":
+                    raw = gzip.decompress(raw)
+                records = json.loads(raw)
+                key = self.headers.get("Idempotency-Key", "")
+                status, body, extra = upstream._decide(records)
+                if status == 0:  # a timeout: answer too late
+                    time.sleep(upstream.delay)
+                    status, body = 200, "{}"
+                with upstream.lock:
+                    upstream.requests.append((time.time(), key, records, status))
+                    upstream.headers.append(dict(self.headers))
+                    if 200 <= status < 300:
+                        upstream.by_key.setdefault(key, records)
+                data = body.encode()
+                try:
+                    self.send_response(status)
+                    for k, v in extra.items():
+                        self.send_header(k, v)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except OSError:
+                    pass  # the gateway gave up waiting (timeout) or was killed
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/senml"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def _decide(self, records: list[dict]) -> tuple[int, str, dict]:
+        mode = self.mode
+        if callable(mode):
+            status, body = mode(records)
+            return status, body, {}
+        if mode == "503":
+            return 503, "busy", {"Retry-After": str(self.retry_after)}
+        if mode == "timeout":
+            return 0, "", {}
+        return 200, "{}", {}
+
+    def records(self) -> list[dict]:
+        """Every record accepted, once per Idempotency-Key (the platform's dedup)."""
+        with self.lock:
+            return [r for recs in self.by_key.values() for r in recs]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def __enter__(self) -> "Upstream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,153 @@
+"""The gateway's HTTP API, registry, status ingest and downlink, with the real gateway process,
+a real Mosquitto, and a scripted node (a paho client answering on `a` per docs/wire-format.md).
+"""
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import cbor2
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from gateway_support import GatewayProcess
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
+
+METERLINK = str(Path(sys.executable).with_name("meterlink"))
+
+
+def wait_for(what, predicate, timeout=15.0):
+    end = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+class ScriptedNode:
+    """Answers `c` and `k` like the firmware: one ack on `a` per request."""
+
+    def __init__(self, broker, node_id: str) -> None:
+        self.node_id = node_id
+        self.received: list[tuple[str, dict, bool]] = []
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=node_id,
+                                  protocol=mqtt.MQTTv311)
+        self.client.will_set(f"m/{node_id}/s", cbor2.dumps({"on": False}), qos=1, retain=True)
+        self.client.on_message = self._on_message
+        subscribed = threading.Event()
+        self.client.on_subscribe = lambda *a: subscribed.set()
+        self.client.connect(broker.host, broker.port)
+        self.client.loop_start()
+        self.client.subscribe([(f"m/{node_id}/c", 1), (f"m/{node_id}/k", 1)])
+        assert subscribed.wait(10)
+
+    def _on_message(self, client, userdata, message) -> None:
+        req = cbor2.loads(message.payload)
+        kind = message.topic.rsplit("/", 1)[1]
+        self.received.append((kind, req, bool(message.retain)))
+        if kind == "c":
+            ok = "bad" not in req["patch"]
+            ack = {"id": req["id"], "cmd": "config", "ok": ok, "cv": req["v"] if ok else 1}
+            if not ok:
+                ack["err"] = "bad is not a known key"
+        else:
+            ack = {"id": req["id"], "cmd": req["cmd"], "ok": True}
+            if req["cmd"] == "interval":
+                ack["iv"] = req["s"]
+        client.publish(f"m/{self.node_id}/a", cbor2.dumps(ack, canonical=True), qos=1)
+
+    def status(self, **fields) -> None:
+        info = self.client.publish(f"m/{self.node_id}/s", cbor2.dumps(fields, canonical=True),
+                                   qos=1, retain=True)
+        info.wait_for_publish(10)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def send(gw: GatewayProcess, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([METERLINK, "gateway", "send", "--config", str(gw.conf), *args],
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_registry_status_downlink_and_operations_endpoints(tmp_path, broker):
+    gw = GatewayProcess(tmp_path / "gw", broker, "gw-api")
+    node = None
+    try:
+        wait_for("the API", lambda: gw.counters().get("subscribed") and gw.counters()
+                 .get("api_port"))
+        assert gw.api("/healthz") == (200, {"ok": True})
+        assert gw.api("/readyz") == (200, {"ready": True})
+
+        reg = {"board": "esp32-devkitc", "sensors": [{"driver": "bme280", "bus": "i2c0"}],
+               "interval_s": 60, "group": "roof"}
+        status, row = gw.api("/api/nodes/n1", "PUT", reg)
+        assert status == 201 and row["registered"] and row["group"] == "roof"
+        assert gw.api("/api/nodes/n1", "PUT", reg)[0] == 200
+        assert gw.api("/api/nodes/n2", "PUT", {**reg, "interval_s": 30})[0] == 201
+        assert gw.api("/api/nodes/n3", "PUT", {**reg, "interval_s": 0}) == (
+            400, {"error": "interval_s must be an integer 1-86400: got 0"})
+        assert gw.api("/api/nodes/Bad!", "PUT", reg)[0] == 400
+        assert gw.api("/api/nodes/nope")[0] == 404
+
+        node = ScriptedNode(broker, "n1")
+        node.status(on=True, fw="1.4.0", boot=7, iv=60, q=0, qd=0, bat=3700, rssi=-61)
+        row = wait_for("the status in the registry",
+                       lambda: (r := gw.api("/api/nodes/n1")[1]).get("fw") and r)
+        assert (row["state"], row["fw"], row["boot"], row["battery_mv"], row["rssi"]) == \
+            ("online", "1.4.0", 7, 3700, -61)
+
+        # a command to one node, from the command line: acknowledged ok with its result
+        out = send(gw, "n1", "cmd", "interval", "s=120", "--timeout", "10")
+        assert out.returncode == 0, out.stderr + out.stdout
+        assert "ok" in out.stdout and "iv=120" in out.stdout
+        assert node.received[-1][0] == "k" and node.received[-1][1]["s"] == 120
+
+        # a config update to a group: n1 acknowledges, n2 never answers (timeout), exit 1
+        out = send(gw, "--group", "roof", "config", '{"sensors": [{"interval_s": 30}]}',
+                   "--version", "2", "--timeout", "2")
+        assert out.returncode == 1
+        lines = out.stdout.splitlines()
+        assert any(line.startswith("n1") and " ok" in line for line in lines), out.stdout
+        assert any(line.startswith("n2") and "timeout" in line for line in lines), out.stdout
+        kind, req, _ = node.received[-1]
+        assert kind == "c" and req["v"] == 2 and req["patch"] == {"sensors": [{"interval_s": 30}]}
+
+        # a rejected config is reported with the node's reason
+        out = send(gw, "n1", "config", '{"bad": 1}', "--version", "3", "--timeout", "10")
+        assert out.returncode == 1 and "failed: bad is not a known key" in out.stdout
+
+        # the same through the HTTP API; the ack is recorded by the daemon
+        status, result = gw.api("/api/send", "POST", {"node": "n1", "cmd": "diag",
+                                                      "timeout_s": 10})
+        assert status == 200 and result["ok"] and result["results"][0]["result"] == "ok"
+        assert gw.api("/api/send", "POST", {"node": "n1", "cmd": "explode"}) == (
+            400, {"error": "unknown command 'explode' (known: read, interval, flush, reboot, "
+                           "diag, time)"})
+
+        # the Last Will: offline, and the offline alarm raised once
+        node.status(on=False)
+        wait_for("offline", lambda: gw.api("/api/nodes/n1")[1]["state"] == "offline")
+        alarms = gw.api("/api/alarms")[1]
+        assert [(a["node"], a["alarm"]) for a in alarms] == [("n1", "offline")]
+        metrics = gw.api("/metrics")[1]
+        for name in ("received_total", "accepted_records_total", "duplicates_total",
+                     "rejected_by_reason_total", "outbox_items", "sink_backlog{",
+                     "sink_backlog_age_seconds{", "sink_latency_seconds_count{",
+                     "sink_errors_total", 'alarms_active{alarm="offline"} 1',
+                     'nodes{state="offline"} 1', "status_messages_total 2"):
+            assert f"meterlink_gateway_{name}" in metrics, name
+        assert gw.api("/api/quarantine") == (200, [])
+    finally:
+        if node is not None:
+            node.close()
+        gw.stop()
+    assert "Traceback" not in gw.log()

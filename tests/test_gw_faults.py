@@ -1,0 +1,206 @@
+"""Gateway delivery under faults, with a real Mosquitto, the real gateway process, real SQLite
+and a real local HTTP server as the platform (tests/gateway_support.py: Upstream).
+
+- SIGKILL at 20 random instants under a steady stream: every record reaches the platform and
+  the file sink; a record reaches the platform twice only inside a batch retried under the
+  same Idempotency-Key; after the platform's dedup by key, each record counts exactly once.
+- The platform answers 503 (Retry-After) and times out, then recovers: nothing lost, the
+  backlog drains, Retry-After is honoured, the file sink is not held back, and a 400 lands in
+  dead letters with the reply body without blocking what follows.
+- Two gateways on one shared subscription: the union is complete and duplicate-free.
+"""
+
+import random
+import threading
+import time
+from collections import Counter, defaultdict
+
+import cbor2
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from gateway_support import GatewayProcess, Upstream
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
+
+T0 = 1763712000
+
+
+def wait_for(what, predicate, timeout=30.0, diag=lambda: ""):
+    end = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{diag()}")
+        time.sleep(0.05)
+
+
+class Stream:
+    """A paho QoS 1 publisher sending reading messages from several nodes; knows every
+    SenML record id it sent."""
+
+    def __init__(self, broker, nodes=("n0", "n1", "n2", "n3"), seed=1):
+        self.rng = random.Random(seed)
+        self.nodes = list(nodes)
+        self.next_seq = {n: self.rng.randrange(0, 1000) for n in self.nodes}
+        self.sent: set[str] = set()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{seed}",
+                                  protocol=mqtt.MQTTv311)
+        self.client.connect(broker.host, broker.port)
+        self.client.loop_start()
+        self._stop = threading.Event()
+        self._thread = None
+
+    def publish_one(self, node=None) -> None:
+        node = node or self.rng.choice(self.nodes)
+        seq = self.next_seq[node]
+        count = self.rng.randint(1, 3)
+        records = [{1: 2000 + seq % 500, 2: 5000}] + [{0: 10, 1: 1}] * (count - 1)
+        payload = cbor2.dumps([1, seq, T0 + seq, *records], canonical=True)
+        info = self.client.publish(f"m/{node}/r", payload, qos=1)
+        info.wait_for_publish(10)
+        assert info.is_published()
+        self.sent.update({f"{node}/{seq}/temperature", f"{node}/{seq}/humidity"})
+        self.sent.update(f"{node}/{seq + i}/temperature" for i in range(1, count))
+        self.next_seq[node] = seq + count + (5 if self.rng.random() < 0.05 else 0)  # gaps too
+
+    def run(self, interval: float) -> None:
+        def loop():
+            while not self._stop.is_set():
+                self.publish_one()
+                time.sleep(interval)
+        self._thread = threading.Thread(target=loop, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(10)
+
+    def close(self) -> None:
+        self.stop()
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def http_sink(up: Upstream, **keys) -> str:
+    text = f'[sinks.http]\nurl = "{up.url}"\n'
+    for k, v in {"batch_max_records": 50, "batch_max_age_s": 0.1, "backoff_initial_s": 0.05,
+                 "backoff_max_s": 0.5, "timeout_s": 1.0, **keys}.items():
+        text += f"{k} = {v}\n"
+    return text
+
+
+def test_sigkill_at_20_random_instants_loses_nothing_and_counts_once(tmp_path, broker):
+    rng = random.Random(20)
+    with Upstream() as up:
+        gw = GatewayProcess(tmp_path / "gw", broker, "gw-kill", extra=http_sink(up))
+        stream = Stream(broker)
+        try:
+            wait_for("the gateway to subscribe", lambda: gw.counters().get("subscribed"))
+            stream.run(0.004)
+            for _ in range(20):
+                time.sleep(rng.uniform(0.15, 0.9))
+                gw.kill()
+                gw.start()
+            stream.stop()
+            wait_for("every record at the platform",
+                     lambda: {r["rid"] for r in up.records()} >= stream.sent, 60,
+                     lambda: f"missing {len(stream.sent - {r['rid'] for r in up.records()})}\n"
+                             f"{gw.log()[-3000:]}")
+            wait_for("every record in the file sink",
+                     lambda: {r["rid"] for r in gw.records()} >= stream.sent, 30)
+        finally:
+            stream.close()
+            gw.stop()
+    assert len(stream.sent) > 1000
+    # after the platform's dedup by Idempotency-Key, every record counts exactly once
+    counted = Counter(r["rid"] for r in up.records() if "seq" in r)
+    assert set(counted) == stream.sent and max(counted.values()) == 1
+    # the alarm events (the stream skips sequence numbers: gaps) count once as well
+    events = Counter(r["rid"] for r in up.records() if "event" in r)
+    assert events and max(events.values()) == 1
+    # a record that arrived twice did so only inside the same batch, retried under its key
+    keys_of = defaultdict(set)
+    for _, key, records, status in up.requests:
+        for r in records:
+            keys_of[r["rid"]].add(key)
+    assert all(len(k) == 1 for k in keys_of.values())
+    # the file sink holds each record exactly once, too
+    lines = Counter(r["rid"] for r in gw.records())
+    assert set(lines) == stream.sent and max(lines.values()) == 1
+    assert "Traceback" not in gw.log()
+
+
+def test_platform_outage_retry_after_timeouts_recovery_and_a_dead_letter(tmp_path, broker):
+    with Upstream() as up:
+        up.mode, up.retry_after = "503", 1
+        gw = GatewayProcess(tmp_path / "gw", broker, "gw-outage", extra=http_sink(up))
+        stream = Stream(broker, nodes=("w1", "w2"), seed=2)
+        try:
+            wait_for("the gateway to subscribe", lambda: gw.counters().get("subscribed"))
+            for _ in range(60):
+                stream.publish_one()
+            # the file sink is not held back by the failing platform
+            wait_for("the file sink", lambda: {r["rid"] for r in gw.records()} >= stream.sent)
+            wait_for("three 503s", lambda: len(up.requests) >= 3)
+            up.mode = "timeout"
+            wait_for("two timeouts", lambda: sum(1 for r in up.requests if r[3] == 200) >= 2, 20)
+            up.mode = "ok"
+            wait_for("the backlog to drain",
+                     lambda: {r["rid"] for r in up.records()} >= stream.sent, 30)
+            status, nodes = gw.api("/api/nodes")
+            assert status == 200 and {n["node"] for n in nodes} == {"w1", "w2"}
+
+            # a permanent reject: dead-lettered with the reply, and what follows still flows
+            up.mode = lambda recs: ((400, '{"error": "unknown device bad-1"}')
+                                    if any(r["node"] == "bad-1" for r in recs) else (200, "{}"))
+            stream.next_seq["bad-1"] = 1
+            stream.publish_one("bad-1")
+            dead = wait_for("the dead letter", lambda: gw.api("/api/deadletters")[1])
+            stream.publish_one("w1")
+            bad = {rid for rid in stream.sent if rid.startswith("bad-1/")}
+            wait_for("the reading after the reject",
+                     lambda: {r["rid"] for r in up.records()} >= stream.sent - bad)
+            assert not any(r["node"] == "bad-1" for r in up.records())
+            metrics = gw.api("/metrics")[1]
+        finally:
+            stream.close()
+            gw.stop()
+    failures = [t for t, _, _, status in up.requests if status == 503]
+    assert len(failures) >= 3
+    gaps = [b - a for a, b in zip(failures, failures[1:])]
+    assert min(gaps) >= 0.95, f"Retry-After: 1 was not honoured: {gaps}"
+    assert dead[0]["sink"] == "http" and dead[0]["status"] == 400
+    assert dead[0]["reply"] == '{"error": "unknown device bad-1"}'
+    assert {it["node"] for it in dead[0]["body"]} == {"bad-1"}
+    counted = Counter(r["rid"] for r in up.records())
+    assert max(counted.values()) == 1
+    assert 'meterlink_gateway_sink_errors_total{sink="http",kind="transient"}' in metrics
+    assert 'meterlink_gateway_sink_deadletters_total{sink="http"} 1' in metrics
+    assert all(h.get("Content-Type") == "application/senml+json" for h in up.headers)
+
+
+def test_two_gateways_on_a_shared_subscription_split_without_loss_or_duplicates(
+        tmp_path, broker):
+    group = 'shared_group = "meters"\n'
+    a = GatewayProcess(tmp_path / "a", broker, "gw-a", mqtt_extra=group)
+    b = GatewayProcess(tmp_path / "b", broker, "gw-b", mqtt_extra=group)
+    stream = Stream(broker, nodes=[f"s{i}" for i in range(6)], seed=3)
+    try:
+        wait_for("both gateways to subscribe", lambda: a.counters().get("subscribed")
+                 and b.counters().get("subscribed"))
+        for _ in range(400):
+            stream.publish_one()
+        wait_for("the union to be complete",
+                 lambda: {r["rid"] for r in a.records() + b.records()} >= stream.sent)
+    finally:
+        stream.close()
+        a.stop()
+        b.stop()
+    union = Counter(r["rid"] for r in a.records() + b.records())
+    assert set(union) == stream.sent and max(union.values()) == 1
+    assert a.records() and b.records(), "the broker split the load between the instances"
