@@ -2,8 +2,9 @@
 
     meterlink deploy --board esp32-devkitc [--port /dev/ttyUSB0] [--dry-run]
 
-1. compiles `firmware/` and the board's drivers (`drivers` in the board file) with mpy-cross
-   for the board's architecture (cached by content in .cache/firmware/);
+1. compiles `firmware/` and `drivers/` with mpy-cross for the board's architecture (cached
+   by content in .cache/firmware/); a driver that another board file lists in `drivers` but
+   this one does not is left off the node;
 2. stops the node (Ctrl-C, soft reset into the raw REPL: a clean heap, main.py not running),
    checks the chip against the board file, and asks the node for the SHA-256 of every file
    it has under those names (hashlib on the device: nothing is read back over the wire);
@@ -95,12 +96,18 @@ def firmware_files(board: device.Board) -> dict[str, bytes]:
     except Exception as exc:  # CalledProcessError from mpy-cross, naming the file
         detail = getattr(exc, "stderr", "") or str(exc)
         raise UserError(f"mpy-cross failed for {board.mpy_arch}: {detail.strip()}") from exc
-    drivers = {p.stem for p in toolchain.DRIVERS_DIR.glob("*.py")}
+    # A driver some board lists but this one does not stays off this node; everything else
+    # in drivers/ (this board's drivers, the bus adapters, helpers) goes on it.
+    other = set()
+    for path in device.BOARDS_DIR.glob("*.json"):
+        try:
+            other.update(json.loads(path.read_text()).get("drivers") or [])
+        except (OSError, ValueError):
+            pass
+    skip = other - set(board.drivers) if board.drivers is not None else set()
     files = {}
     for path in sorted(out.iterdir()):  # what was compiled, even if sources changed since
-        if path.suffix not in (".mpy", ".py"):
-            continue
-        if path.stem in drivers and board.drivers is not None and path.stem not in board.drivers:
+        if path.suffix not in (".mpy", ".py") or path.stem in skip:
             continue
         files[path.name] = path.read_bytes()
     return files

@@ -150,7 +150,8 @@ def validate(cfg: dict) -> dict:
     done = subprocess.run(
         [toolchain.micropython(), "-X", "heapsize=96K", "-c", _VALIDATE],
         input=json.dumps(cfg), capture_output=True, text=True, timeout=30,
-        env={"PATH": "/usr/bin:/bin", "MICROPYPATH": f"{toolchain.FIRMWARE_DIR}:.frozen"},
+        env={"PATH": "/usr/bin:/bin",
+             "MICROPYPATH": f"{toolchain.FIRMWARE_DIR}:{toolchain.DRIVERS_DIR}:.frozen"},
         cwd=toolchain.FIRMWARE_DIR)
     out = done.stdout.strip()
     if out.startswith("OK "):

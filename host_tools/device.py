@@ -28,6 +28,7 @@ from gateway.errors import EXIT_INPUT, UserError
 from host_tools import toolchain
 
 BOARDS_DIR = toolchain.ROOT / "boards"
+REPL_TIMEOUT = 5.0  # seconds for a board to show its raw REPL prompt
 
 # USB-serial bridges on ESP32 boards: (vid, pid) -> what it is
 USB_BRIDGES: dict[tuple[int, int], str] = {
@@ -160,7 +161,8 @@ class Device:
     `soft_reset=True` also restarts MicroPython first (a clean heap, boot.py only), which is
     what a deployment wants; `status` keeps the node's state (False)."""
 
-    def __init__(self, port: str, *, soft_reset: bool = False, timeout: float = 5.0) -> None:
+    def __init__(self, port: str, *, soft_reset: bool = False,
+                 timeout: float | None = None) -> None:
         from mpremote.transport import TransportError
         from mpremote.transport_serial import SerialTransport
 
@@ -171,7 +173,8 @@ class Device:
         except TransportError as exc:
             raise UserError(ERR_BUSY.format(port=port)) from exc
         try:
-            self.transport.enter_raw_repl(soft_reset=soft_reset, timeout_overall=timeout)
+            self.transport.enter_raw_repl(soft_reset=soft_reset,
+                                          timeout_overall=timeout or REPL_TIMEOUT)
         except TransportError as exc:
             self.transport.close()
             raise UserError(ERR_NOT_MICROPYTHON.format(port=port)) from exc

@@ -9,6 +9,8 @@ include("$(MPY_DIR)/extmod/asyncio")
 # the MicroPython heap as well, so `-X heapsize=96K` measures the firmware and nothing else.
 # setup.sh rebuilds (a few seconds) whenever these files change. A new top-level module of
 # the virtual board is added to the list below; everything under hw/ is frozen as it is.
-for _name in ("machine.py", "network.py", "esp32.py"):
+# repl_agent.py runs the code of the pty board's REPL (host_tools/vboard/pty_repl.py); on a
+# device the REPL is C code, so frozen it takes no heap either.
+for _name in ("machine.py", "network.py", "esp32.py", "repl_agent.py"):
     module(_name, base_path="../vboard/mpy")
 package("hw", base_path="../vboard/mpy")

@@ -9,8 +9,8 @@ USB-UART, backed by a MicroPython unix-port process running in the node's flash 
 Why a bridge: the unix port's own REPL has no raw REPL (Ctrl-A), which is what `mpremote`,
 `meterlink deploy` and every other tool speak. So this module implements the device side of
 the protocol exactly as MicroPython 1.25's `shared/runtime/pyexec.c` does, byte for byte,
-and hands the code to run to a persistent MicroPython process (`repl_agent.py`, fed one
-request at a time over a pipe). The terminal sees what it sees on a real board:
+and hands the code to run to a persistent MicroPython process (`mpy/repl_agent.py`, frozen
+into the build so it takes none of the node's heap, fed one request at a time over a pipe). The terminal sees what it sees on a real board:
 
 - friendly REPL: banner, `>>> ` prompt with echo and backspace, `... ` continuation lines,
   Ctrl-A raw REPL, Ctrl-B banner, Ctrl-C cancel/interrupt, Ctrl-D soft reset;
@@ -54,7 +54,7 @@ from gateway.stats import write_json_atomic
 from host_tools import process, toolchain
 from host_tools.vboard.node import DEFAULT_HEAP, default_board
 
-AGENT = (Path(__file__).with_name("repl_agent.py")).read_text()
+AGENT = "import repl_agent"  # frozen: host_tools/vboard/mpy/repl_agent.py
 RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
 SOFT_REBOOT = b"MPY: soft reboot\r\n"
 PASTE_WINDOW = 128  # MICROPY_REPL_STDIN_BUFFER_MAX / 2, as on the ESP32 port
@@ -71,15 +71,18 @@ def banner(chip: str) -> bytes:
 
 
 def _own_frame_dropped(tb: bytes) -> bytes:
-    """The traceback without its outermost frame, which is the agent's loop calling exec: a
-    device's traceback starts at the code it was given."""
+    """The traceback without the agent's frames (`-c "import repl_agent"` and the loop that
+    calls exec): a device's traceback starts at the code it was given."""
     head = b"Traceback (most recent call last):\n"
-    if tb.startswith(head):
-        rest = tb[len(head):]
-        first, _, after = rest.partition(b"\n")
-        if first.startswith(b"  File ") and after:
-            return head + after
-    return tb
+    if not tb.startswith(head):
+        return tb
+    lines = tb[len(head):].split(b"\n")
+    if len(lines) > 1 and lines[0] == b'  File "<stdin>", line 1, in <module>' \
+            and lines[1].startswith(b'  File "repl_agent.py"'):
+        lines.pop(0)
+    while lines and lines[0].startswith(b'  File "repl_agent.py"'):
+        lines.pop(0)
+    return head + b"\n".join(lines)
 
 
 class PtyBoard:
@@ -118,6 +121,9 @@ class PtyBoard:
         self._queue: list[tuple[str, bytes, bytes]] = []  # (origin, kind, payload) to run next
         self._pending_in = bytearray()  # what the terminal typed while code was running
         self._ctl_buf = bytearray()
+        self._started = False  # the agent began running the current request
+        self._want_interrupt = False  # Ctrl-C arrived before it began
+        self._idle = threading.Event()  # at a prompt with nothing running or queued
         self._sleep_until = 0.0
         self._spawned_at = 0.0
 
@@ -151,6 +157,11 @@ class PtyBoard:
         if self._console is not None:
             self._console.close()
             self._console = None
+
+    def wait_ready(self, timeout: float = 10.0) -> bool:
+        """Waits until the board finished booting (boot.py, main.py if it ends) and sits at a
+        prompt; False on timeout (main.py still running, for one)."""
+        return self._idle.wait(timeout)
 
     def __enter__(self) -> "PtyBoard":
         return self.start()
@@ -254,6 +265,8 @@ class PtyBoard:
             return
         origin, kind, payload = self._queue.pop(0)
         self._busy = origin
+        self._started = self._want_interrupt = False
+        self._idle.clear()
         try:
             self._proc.stdin.write(kind + str(len(payload)).encode() + b"\n" + payload)
             self._proc.stdin.flush()
@@ -261,11 +274,15 @@ class PtyBoard:
             pass  # the process died; its exit is handled by the loop
 
     def _interrupt(self) -> None:
-        if self._proc is not None and self._busy in ("main", "raw", "paste", "friendly", "boot"):
-            try:
-                os.kill(self._proc.pid, signal.SIGINT)
-            except ProcessLookupError:
-                pass
+        if self._proc is None or self._busy is None:
+            return
+        if not self._started:  # still reading the request: deliver when it starts
+            self._want_interrupt = True
+            return
+        try:
+            os.kill(self._proc.pid, signal.SIGINT)
+        except ProcessLookupError:
+            pass
 
     def _on_stdout(self) -> None:
         if self._proc is None:
@@ -286,6 +303,12 @@ class PtyBoard:
             return
         if not data:
             return
+        if b"\x05" in data:
+            self._started = True
+            data = data.replace(b"\x05", b"")
+            if self._want_interrupt:
+                self._want_interrupt = False
+                self._interrupt()
         self._ctl_buf += data
         while True:
             end = self._ctl_buf.find(b"\x04")
@@ -316,6 +339,8 @@ class PtyBoard:
             self._prompt()
         elif origin in ("raw", "paste", "friendly"):
             self._prompt()
+        if self._busy is None and not self._queue:
+            self._idle.set()
         pending, self._pending_in = bytes(self._pending_in), bytearray()
         if pending:
             self._feed(pending)

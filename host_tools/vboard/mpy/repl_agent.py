@@ -1,13 +1,17 @@
-# The execution side of the virtual board's serial REPL. MicroPython code, not CPython: the
-# bridge (host_tools/vboard/pty_repl.py) starts the unix port with this text as `-c` in the
+# The execution side of the virtual board's serial REPL. The bridge
+# (host_tools/vboard/pty_repl.py) starts the unix port with `-c "import repl_agent"` in the
 # node's flash folder, speaks the REPL protocol on the pty itself, and hands this loop one
-# request at a time. (Comments, not docstrings: this compiles on the node's heap.)
+# request at a time. Frozen into the build (unix_manifest.py): on a device the REPL is C code
+# and takes no Python heap, so here it takes none either and the firmware gets the whole
+# 96 KB. Not a module to import anywhere else: importing it runs the loop.
 #
 # Request on stdin:   <kind><length>\n<length bytes>
 #     kind x  exec the bytes as a file (raw REPL, raw-paste)
 #     kind s  compile them in "single" mode (the friendly REPL: expression values are printed)
 #     kind f  run the file named by the bytes if it exists (boot.py, main.py), like pyexec_file
-# The code's output goes to stdout as it is printed. When it ends, the control pipe ($REPL_CTL_FD) gets the traceback
+# Before running it, the agent writes 0x05 to the control pipe: from then on a SIGINT lands in
+# the request (the bridge holds a Ctrl-C back until then, so it never cuts a request being
+# read in half). The code's output goes to stdout as it is printed. When it ends, the control pipe ($REPL_CTL_FD) gets the traceback
 # text (empty when none), then 0x04 and one status byte: 0 ok, 1 exception, 2 SystemExit
 # (the device soft-resets on it).
 #
@@ -56,6 +60,7 @@ while True:
     _st = b"0"
     _e = None
     try:
+        _ctl.write(b"\x05")
         if _k == 0x66:
             _s = _s.decode()
             try:

@@ -1,0 +1,95 @@
+"""`meterlink flash` (no chip attached): the exact esptool invocation per board file, checked
+by esptool's own argument parser, and the image checks that refuse a wrong file before
+anything is erased."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import click
+import esptool
+import pytest
+
+from host_tools import cli, cmd_flash, device
+
+
+def esptool_parse(argv: list[str]) -> tuple[dict, dict]:
+    """esptool's own command-line validation (click), without connecting to a chip."""
+    esptool.cli._esp = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx = esptool.cli.make_context("esptool", list(argv))
+        name, cmd, rest = esptool.cli.resolve_command(ctx, ctx.protected_args + ctx.args)
+    sub = cmd.make_context(name, rest, parent=ctx)
+    return ctx.params, sub.params
+
+
+def image(tmp_path, chip_id: int, name="fw.bin"):
+    """The first bytes of an ESP image: magic 0xE9, then the extended header's chip id at
+    byte 12 (esptool docs, firmware image format)."""
+    head = bytearray(4096)
+    head[0] = 0xE9
+    head[12:14] = chip_id.to_bytes(2, "little")
+    path = tmp_path / name
+    path.write_bytes(bytes(head))
+    return path
+
+
+EXPECTED = {  # board file -> (chip, offset): from the boards' own documentation
+    "esp32-devkitc": ("esp32", "0x1000"),
+    "esp32s3-devkitc": ("esp32s3", "0x0"),
+    "esp32c3-devkitm": ("esp32c3", "0x0"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_esptool_invocation_per_board_passes_esptool_validation(name, tmp_path):
+    board = device.load_board(name)
+    fw = image(tmp_path, {"esp32": 0, "esp32s3": 9, "esp32c3": 5}[board.chip])
+    chip, offset = EXPECTED[name]
+    argv = cmd_flash.esptool_argv(board, "/dev/ttyUSB0", fw, erase=True)
+    assert argv == ["--chip", chip, "--port", "/dev/ttyUSB0", "--baud", "460800",
+                    "write-flash", "--erase-all", offset, str(fw)]
+    top, sub = esptool_parse(argv)
+    assert top["chip"] == chip and top["port"] == "/dev/ttyUSB0" and top["baud"] == 460800
+    assert sub["erase_all"] is True
+    [(addr, f)] = sub["addr_filename"]
+    f.close()
+    assert addr == int(offset, 16) and f.name == str(fw)
+    assert cmd_flash.image_chip(fw) == chip
+    _, sub = esptool_parse(cmd_flash.esptool_argv(board, "/dev/ttyUSB0", fw, erase=False))
+    sub["addr_filename"][0][1].close()
+    assert sub["erase_all"] is False
+
+
+def test_esptool_validation_is_not_vacuous(tmp_path):
+    fw = image(tmp_path, 0)
+    with pytest.raises(click.BadParameter, match="esp32x"):
+        esptool_parse(["--chip", "esp32x", "write-flash", "0x1000", str(fw)])
+    with pytest.raises(click.BadParameter, match="No such file"):
+        esptool_parse(["--chip", "esp32", "write-flash", "0x1000", str(tmp_path / "none.bin")])
+
+
+def test_flash_refuses_an_image_for_another_chip(tmp_path, capsys):
+    fw = image(tmp_path, 9)  # an ESP32-S3 build
+    rc = cli.main(["flash", "--board", "esp32-devkitc", "--firmware", str(fw), "--port", "/x"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert f"wrong chip: {fw} is built for ESP32S3 but board file esp32-devkitc.json is for ESP32" in err
+
+
+def test_flash_refuses_a_file_that_is_not_an_esp_image(tmp_path, capsys):
+    fw = tmp_path / "firmware.bin"
+    fw.write_bytes(b"PK\x03\x04 a zip file")
+    rc = cli.main(["flash", "--board", "esp32-devkitc", "--firmware", str(fw), "--port", "/x"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "is not an ESP32 firmware image (it starts with 0x50, an image starts with 0xe9)" in err
+
+
+def test_every_board_file_loads(tmp_path):
+    for path in device.BOARDS_DIR.glob("*.json"):
+        b = device.load_board(path.stem)
+        assert b.chip == json.loads(path.read_text())["chip"]
+        assert b.mpy_arch in ("xtensawin", "rv32imc")

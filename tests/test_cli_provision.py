@@ -1,0 +1,176 @@
+"""`meterlink provision` against the virtual board on a pty and a real Mosquitto that enforces
+the password_file and acl_file it wrote: the node's credentials work, another node's topics are
+refused by Mosquitto itself, re-provisioning rotates the password, the config is validated by
+the firmware's rules in MicroPython, and the node is registered with the real gateway."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import threading
+import time
+import urllib.request
+
+import paho.mqtt.client as paho
+import pytest
+
+from host_tools import cli, cmd_provision
+from host_tools.broker import Mosquitto
+from host_tools.vboard.pty_repl import PtyBoard
+from tests.gateway_support import GatewayProcess
+
+pytestmark = pytest.mark.slow
+BOARD = "esp32-devkitc"
+
+
+@pytest.fixture
+def board(tmp_path):
+    with PtyBoard(tmp_path / "node") as b:
+        yield b
+
+
+def provision(capsys, port, *extra):
+    rc = cli.main(["provision", "--board", BOARD, "--port", port, *extra])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+class Client:
+    """A paho client that records what it gets; connect() returns the CONNACK reason."""
+
+    def __init__(self, port, user, password, client_id):
+        self.port = port
+        self.c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id)
+        self.c.username_pw_set(user, password)
+        self.connack = threading.Event()
+        self.rc = None
+        self.got: list[tuple[str, bytes]] = []
+        self.suback: dict[int, list[int]] = {}
+        self.cond = threading.Condition()
+        self.c.on_connect = self._on_connect
+        self.c.on_message = self._on_message
+        self.c.on_subscribe = self._on_subscribe
+
+    def _on_connect(self, c, u, flags, rc, props):
+        self.rc = rc.value
+        self.connack.set()
+
+    def _on_message(self, c, u, msg):
+        with self.cond:
+            self.got.append((msg.topic, msg.payload))
+            self.cond.notify_all()
+
+    def _on_subscribe(self, c, u, mid, rcs, props):
+        with self.cond:
+            self.suback[mid] = [r.value for r in rcs]
+            self.cond.notify_all()
+
+    def connect(self) -> int:
+        self.c.connect("127.0.0.1", self.port)
+        self.c.loop_start()
+        assert self.connack.wait(5)
+        return self.rc
+
+    def subscribe(self, topic) -> list[int]:
+        _, mid = self.c.subscribe(topic, qos=1)
+        with self.cond:
+            assert self.cond.wait_for(lambda: mid in self.suback, 5)
+            return self.suback[mid]
+
+    def wait_for(self, topic, timeout=5.0) -> list[str]:
+        with self.cond:
+            assert self.cond.wait_for(lambda: any(t == topic for t, _ in self.got), timeout)
+            return [t for t, _ in self.got]
+
+    def close(self):
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+def test_provisioned_credentials_and_acl_are_enforced_by_mosquitto(board, tmp_path, capsys):
+    pw, acl = tmp_path / "passwd", tmp_path / "acl"
+    # an observer that may read everything (the gateway's role)
+    pw.write_text(cmd_provision.password_line("observer", "observer-secret") + "\n")
+    acl.write_text("user observer\ntopic readwrite m/#\n")
+    rc, out, err = provision(capsys, board.port, "--node-id", "node-01",
+                             "--broker", "127.0.0.1:1883", "--wifi-ssid", "meterlink-lab",
+                             "--password-file", str(pw), "--acl-file", str(acl))
+    assert rc == 0, err
+    cfg = json.loads((board.flash / "config.json").read_text())
+    user, password = cfg["broker"]["user"], cfg["broker"]["password"]
+    assert user == "node-01" and len(password) == 24
+    assert "password_file" in out and password not in out  # the secret never hits the screen
+    assert acl.read_text().count("user node-01") == 1
+    assert json.loads((board.flash / "board.json").read_text())["chip"] == "esp32"
+
+    conf = f"password_file {pw}\nacl_file {acl}\n"
+    with Mosquitto(tmp_path / "broker", extra_conf=conf, anonymous=False) as broker:
+        obs = Client(broker.port, "observer", "observer-secret", "observer")
+        assert obs.connect() == 0
+        assert obs.subscribe("m/#") == [1]
+        node = Client(broker.port, user, password, "node-01")
+        assert node.connect() == 0  # the credentials written to the device work
+        # another node's topics: Mosquitto drops the publish and delivers nothing from the
+        # other node's downlink (Mosquitto 2.0 grants the SUBSCRIBE and filters on delivery)
+        assert node.subscribe("m/node-02/c") in ([1], [0x80])
+        assert node.subscribe("m/node-01/c") == [1]
+        node.c.publish("m/node-02/r", b"forged", qos=1).wait_for_publish(5)
+        node.c.publish("m/node-01/r", b"own", qos=1).wait_for_publish(5)
+        seen = obs.wait_for("m/node-01/r")
+        assert "m/node-02/r" not in seen  # it would have arrived before the later own publish
+        obs.c.publish("m/node-02/c", b"for node-02", qos=1).wait_for_publish(5)
+        obs.c.publish("m/node-01/c", b"for node-01", qos=1).wait_for_publish(5)
+        assert node.wait_for("m/node-01/c") == ["m/node-01/c"]  # and not node-02's, sent before
+        node.close()
+        wrong = Client(broker.port, user, "not-the-password", "node-01b")
+        assert wrong.connect() == 135  # CONNACK 5, not authorized (paho maps it to 135)
+        wrong.close()
+
+        # re-provisioning rotates the password; after a reload the old one is refused
+        rc, out, err = provision(capsys, board.port, "--node-id", "node-01",
+                                 "--password-file", str(pw), "--acl-file", str(acl))
+        assert rc == 0, err
+        cfg2 = json.loads((board.flash / "config.json").read_text())
+        assert cfg2["broker"]["password"] != password
+        assert cfg2["wifi"]["ssid"] == "meterlink-lab"  # the rest of the config is kept
+        assert pw.read_text().count("node-01:") == 1 and "observer:" in pw.read_text()
+        assert acl.read_text().count("user node-01") == 1
+        broker.proc.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        old = Client(broker.port, user, password, "node-01c")
+        assert old.connect() == 135
+        old.close()
+        new = Client(broker.port, user, cfg2["broker"]["password"], "node-01d")
+        assert new.connect() == 0
+        new.close()
+        obs.close()
+
+
+def test_invalid_config_is_refused_with_the_firmware_rules_and_nothing_is_written(board, capsys):
+    rc, out, err = provision(capsys, board.port, "--node-id", "Bad Id",
+                             "--broker", "127.0.0.1:1883", "--interval", "0")
+    assert rc == 2
+    assert "node_id must be 1-32 characters" in err
+    assert "sensors[0].interval_s must be an integer 1-86400: got 0" in err
+    assert not (board.flash / "config.json").exists()
+
+
+def test_provision_registers_the_node_with_the_gateway(board, broker, tmp_path, capsys):
+    gw = GatewayProcess(tmp_path / "gw", broker)
+    try:
+        deadline = time.monotonic() + 15
+        while not (m := re.search(r"event=api_listening host=\S+ port=(\d+)", gw.log())):
+            assert time.monotonic() < deadline, gw.log()
+            time.sleep(0.1)
+        url = f"http://127.0.0.1:{m.group(1)}"
+        rc, out, err = provision(capsys, board.port, "--node-id", "park-01",
+                                 "--broker", f"{broker.host}:{broker.port}", "--interval", "30",
+                                 "--gateway", url, "--group", "park")
+        assert rc == 0, err
+        assert f"registered park-01 with the gateway at {url}" in out
+        with urllib.request.urlopen(f"{url}/api/nodes/park-01", timeout=5) as resp:
+            row = json.loads(resp.read())
+        assert row["board"] == BOARD and row["interval_s"] == 30 and row["group"] == "park"
+    finally:
+        gw.stop()
