@@ -62,11 +62,52 @@ class Boot:
 
 
 
+def _config_next(config):
+    """A configuration update stored by the downlink: checked now, with the boot's validator,
+    and installed or discarded; the answer waits in ack.pending for the next connect."""
+    import json
+
+    from files import copy, read_text, remove, write_text
+
+    raw = read_text("config.next.json")
+    if raw is None:
+        return
+    try:
+        rid = json.loads(read_text("config.req") or "{}").get("id")
+    except ValueError:
+        rid = None
+    ack = {"cmd": "config"}
+    if rid is not None:
+        ack["id"] = rid
+    v = 0
+    try:
+        new = json.loads(raw)
+        if isinstance(new, dict) and isinstance(new.get("version"), int):
+            v = new["version"]
+        config.validate(new)
+    except (ValueError, config.ConfigError) as exc:
+        write_text("config.rejected", "%d" % v)
+        ack.update(ok=False, err="v%d: %s" % (v, exc))
+        log.error("config", "update v%d rejected: %s", v, exc)
+    else:
+        if read_text("config.json") == read_text("config.good.json") or \
+                read_text("config.good.json") is None:
+            copy("config.json", "config.good.json")
+        write_text("config.json", raw)
+        remove("config.err")
+        ack.update(ok=True, cv=v)
+        log.info("config", "update v%d installed", v)
+    write_text("ack.pending", json.dumps(ack))
+    remove("config.next.json")
+    remove("config.req")
+
+
 def start():
     boot = Boot()
     import config
 
     try:
+        _config_next(config)
         boot.raw, boot.cfg, problem = config.load_with_fallback()
     except config.ConfigError as exc:
         # Nothing usable: stay at the REPL with a clear reason instead of boot-looping.

@@ -152,7 +152,7 @@ class Encoder:
             raise TypeError("cannot CBOR-encode %s" % type(obj).__name__)
 
 
-def encode(obj, size=512):
+def encode(obj, size=128):
     """One-shot encoding to bytes (allocates; grows the buffer as needed)."""
     while True:
         enc = Encoder(size)

@@ -139,8 +139,8 @@ def validate(cfg):
     queue = c.get(cfg, "queue", "", dict, "must be an object", default={}, required=False)
     c.unknown(queue, ("max_kb",), "queue")
     out["queue"] = {
-        "max_kb": c.get(queue, "max_kb", "queue", int, "must be an integer 8-4096 (KiB of flash)",
-                        default=64, required=False, check=lambda v: 8 <= v <= 4096),
+        "max_kb": c.get(queue, "max_kb", "queue", int, "must be an integer 2-4096 (KiB of flash)",
+                        default=64, required=False, check=lambda v: 2 <= v <= 4096),
     }
     tm = c.get(cfg, "time", "", dict, "must be an object", default={}, required=False)
     c.unknown(tm, ("ntp", "ntp_port"), "time")
@@ -151,8 +151,8 @@ def validate(cfg):
                           required=False, check=lambda v: 1 <= v <= 65535),
     }
     out["watchdog_s"] = c.get(cfg, "watchdog_s", "", int,
-                              "must be an integer 0 (off) or 10-600 (s)", default=60,
-                              required=False, check=lambda v: v == 0 or 10 <= v <= 600)
+                              "must be an integer 0 (off) or 2-600 (s)", default=60,
+                              required=False, check=lambda v: v == 0 or 2 <= v <= 600)
     out["safe_mode_after"] = c.get(cfg, "safe_mode_after", "", int,
                                    "must be an integer 2-20 (crash boots in a row)", default=3,
                                    required=False, check=lambda v: 2 <= v <= 20)
@@ -183,16 +183,6 @@ def load(path="config.json"):
     return validate(read_raw(path))
 
 
-def write(path, raw):
-    """Writes a config atomically (temp file, then rename)."""
-    import os
-
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(json.dumps(raw))
-    os.rename(tmp, path)
-
-
 def load_with_fallback(path="config.json", good="config.good.json"):
     """(raw, validated, problem): the config to run. `problem` is None, or why `path` was not
     used and the last good one was. Raises ConfigError when neither is usable."""
@@ -208,16 +198,3 @@ def load_with_fallback(path="config.json", good="config.good.json"):
         raise ConfigError(problem)
     return raw, cfg, "%s rejected (%s); running the last good configuration (version %d)" % (
         path, problem, cfg["version"])
-
-
-def merge_patch(target, patch):
-    """RFC 7396 JSON Merge Patch: objects merge key by key, null removes, the rest replaces."""
-    if not isinstance(patch, dict):
-        return patch
-    out = dict(target) if isinstance(target, dict) else {}
-    for k, v in patch.items():
-        if v is None:
-            out.pop(k, None)
-        else:
-            out[k] = merge_patch(out.get(k), v)
-    return out

@@ -1,62 +1,65 @@
 """Downlink handling for the node: configuration updates (`c`) and commands (`k`), checked,
 carried out and answered on `a` as docs/wire-format.md describes.
 
-Loaded when a message arrives and unloaded after it (node.py's downlink task), so the code
-for rare events does not sit in the 96 KB heap between them; `config` comes and goes with it.
+Loaded when a message arrives and unloaded after it (node.py's downlink task), so the code for
+rare events does not sit in the 96 KB heap between them.
+
+A configuration update is merged (RFC 7396) into the configuration in use and stored as
+`config.next.json`; the node restarts, and the boot validates it with the same code as any
+config file, before the runtime is loaded (bootinfo.py): valid, it becomes `config.json`;
+invalid, it is discarded with the validator's per-field reasons. Either way the answer is
+acknowledged on `a` right after the next connect. A rejected version is remembered
+(`config.rejected`), so the retained message does not make the node try it again.
 
 Every rejection names what was wrong (`v must be an integer >= 1`, `not CBOR: offset 3:
-truncated`, `unknown command "x"`, or the config validator's own per-field messages), is
-acknowledged with `ok: false`, counted (`rejected` in diagnostics) and logged; the node keeps
-running on the configuration it had.
+truncated ...`, `unknown command "x"`, a config field's rule), is acknowledged with
+`ok: false`, counted (`rejected` in diagnostics) and logged; the node keeps running on the
+configuration it had.
 """
 
-import cbor
+import json
+
 import cbordec
 import clock
-import config
 import log
+from files import read_int, read_text, write_text
 
-_DOWNLINK_MAX = 1024
+MAX = 1024  # bytes of a `c` or `k` payload
+_CFG_KEYS = ("v", "patch", "id", "t")
 
-from files import copy as _copy, read_text as _read_text, remove as _remove
-from node import _reset
 
 async def handle(node, topic, payload):
     kind = "config" if topic == node.topic_c else "cmd"
-    if payload is None:
-        await _reject(kind, None, "message larger than %d bytes" % _DOWNLINK_MAX)
-        return
-    if len(payload) > _DOWNLINK_MAX:
-        await _reject(kind, None, "message larger than %d bytes" % _DOWNLINK_MAX)
-        return
-    if not payload and kind == "config":
-        return  # the retained config was cleared
+    if payload is None or len(payload) > MAX:
+        return await reject(node, kind, None, "message larger than %d bytes" % MAX)
+    if not payload:
+        return  # a retained config was cleared
     try:
         msg = cbordec.decode(payload)
     except cbordec.DecodeError as exc:
-        await _reject(kind, None, "not CBOR: %s" % exc)
-        return
+        return await reject(node, kind, None, "not CBOR: %s" % exc)
     if not isinstance(msg, dict):
-        await _reject(kind, None, "must be a CBOR map")
-        return
+        return await reject(node, kind, None, "must be a CBOR map")
     rid = msg.get("id")
-    if rid is not None and not isinstance(rid, (int, str)):
-        await _reject(kind, None, "id must be an integer or a text string")
-        return
+    if rid is not None and (not isinstance(rid, (int, str)) or isinstance(rid, bool)):
+        return await reject(node, kind, None, "id must be an integer or a text string")
     t = msg.get("t")
     if t is not None:
-        if isinstance(t, int) and not isinstance(t, bool) and t > 1700000000:
-            if clock.set(t, clock.GATEWAY):
-                log.info("time", "clock set from the gateway: %d", t)
-        else:
-            await _reject(kind, rid, "t must be Unix seconds")
-            return
+        if not _int(t) or t < 1700000000:
+            return await reject(node, kind, rid, "t must be Unix seconds")
+        if clock.set(t, clock.GATEWAY):
+            log.info("time", "clock set from the gateway: %d", t)
     if kind == "config":
-        await apply_config(msg, rid)
+        await config_update(node, msg, rid)
     else:
-        await command(msg, rid)
+        await command(node, msg, rid)
 
-async def _reject(node, kind, rid, reason):
+
+def _int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+async def reject(node, kind, rid, reason):
     node.rejected += 1
     log.error("down", "%s rejected: %s", kind, reason)
     body = {"cmd": kind, "ok": False, "err": reason}
@@ -64,109 +67,105 @@ async def _reject(node, kind, rid, reason):
         body["id"] = rid
     await node.ack(body)
 
-async def apply_config(node, msg, rid):
-    unknown = [k for k in msg if k not in ("v", "patch", "id", "t")]
-    if unknown:
-        await _reject("config", rid, "unknown key %s" % unknown[0])
-        return
+
+def merge_patch(target, patch):
+    """RFC 7396 JSON Merge Patch: objects merge key by key, null removes, the rest replaces."""
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(target) if isinstance(target, dict) else {}
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = merge_patch(out.get(k), v)
+    return out
+
+
+async def config_update(node, msg, rid):
+    for k in msg:
+        if k not in _CFG_KEYS:
+            return await reject(node, "config", rid, "unknown key %s" % k)
     v = msg.get("v")
-    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-        await _reject("config", rid, "v must be an integer >= 1")
-        return
-    if v <= node.cfg["version"]:
-        log.info("down", "config v%d ignored: v%d in use", v, node.cfg["version"])
+    if not _int(v) or v < 1:
+        return await reject(node, "config", rid, "v must be an integer >= 1")
+    done = max(node.cfg["version"], read_int("config.rejected"))
+    if v <= done:
+        log.info("down", "config v%d ignored: v%d in use or rejected", v, done)
         return
     patch = msg.get("patch")
     if not isinstance(patch, dict):
-        await _reject("config", rid, "patch must be a map (RFC 7396 merge patch)")
-        return
-    if "node_id" in patch or "version" in patch:
-        await _reject("config", rid, "patch cannot change %s" % (
-            "node_id" if "node_id" in patch else "version"))
-        return
-    new = config.merge_patch(node.raw, patch)
+        return await reject(node, "config", rid, "patch must be a map (RFC 7396 merge patch)")
+    for k in ("node_id", "version"):
+        if k in patch:
+            return await reject(node, "config", rid, "patch cannot change %s" % k)
+    new = merge_patch(node.raw, patch)
     new["version"] = v
-    try:
-        config.validate(new)
-    except config.ConfigError as exc:
-        await _reject("config", rid, "v%d: %s" % (v, exc))
-        return
-    if _read_text("config.json") is not None and node._config_confirmed():
-        _copy("config.json", "config.good.json")
-    config.write("config.json", new)
-    _remove("config.err")
-    log.info("down", "config v%d stored; restarting to apply it", v)
-    body = {"cmd": "config", "ok": True, "cv": v}
-    if rid is not None:
-        body["id"] = rid
-    await node.ack(body)
-    await node.shutdown()
-    _reset()
+    write_text("config.req", json.dumps({"id": rid}))
+    write_text("config.next.json", json.dumps(new))
+    log.info("down", "config v%d stored; restarting to check and apply it", v)
+    await node.restart()
+
 
 async def command(node, msg, rid):
     cmd = msg.get("cmd")
     if rid is None:
-        await _reject("cmd", None, "id is required")
-        return
+        return await reject(node, "cmd", None, "id is required")
     if not isinstance(cmd, str):
-        await _reject("cmd", rid, "cmd must be a text string")
-        return
+        return await reject(node, "cmd", rid, "cmd must be a text string")
     body = {"id": rid, "cmd": cmd, "ok": True}
+    err = None
     if node.safe and cmd not in ("diag", "reboot", "time"):
-        body["ok"] = False
-        body["err"] = "safe mode (%s): only diag, reboot, time and config" % node.safe
+        err = "safe mode (%s): only diag, reboot, time and config" % node.safe
     elif cmd == "read":
         body["seq"] = await node.read_all()
     elif cmd == "interval":
-        err = _set_interval(msg)
-        if err:
-            body["ok"] = False
-            body["err"] = err
-        else:
-            body["iv"] = min(s[0]["interval_s"] for s in node.sensors)
+        err = _interval(node, msg)
+        if not err:
+            body["iv"] = node.interval()
     elif cmd == "flush":
         body["q"] = len(node.q)
         node.flush = True
         node.wake.set()
     elif cmd == "reboot":
-        node.rtc.crash_boots = 0
+        node.rtc.crash_boots = 0  # the operator asks for a normal start
         node.rtc.flags &= ~2
         node.rtc.save()
     elif cmd == "diag":
         body.update(node.diagnostics())
         body.pop("last", None)
-        body["on"] = True
     elif cmd == "time":
         body["t"] = clock.unix()
         if body["t"] is None:
-            body["ok"] = False
-            body["err"] = "t is required"
+            err = "t is required"
     else:
-        body["ok"] = False
-        body["err"] = 'unknown command "%s"' % cmd
-    if not body["ok"]:
-        node.rejected += 1
-        log.error("down", "command %s rejected: %s", cmd, body["err"])
-    else:
-        log.info("down", "command %s done", cmd)
+        err = 'unknown command "%s"' % cmd
+    if err:
+        return await reject(node, "cmd", rid, err)
+    log.info("down", "command %s done", cmd)
     await node.ack(body)
-    if cmd == "reboot" and body["ok"]:
-        await node.shutdown()
-        _reset()
+    if cmd == "reboot":
+        await node.restart()
 
-def _set_interval(node, msg):
+
+def _interval(node, msg):
     s = msg.get("s")
-    if not isinstance(s, int) or isinstance(s, bool) or not 1 <= s <= 86400:
+    if not _int(s) or not 1 <= s <= 86400:
         return "s must be an integer 1-86400"
     which = msg.get("sensor")
-    if which is not None and (not isinstance(which, int) or not 0 <= which < len(node.sensors)):
-        return "sensor must be an index 0-%d" % (len(node.sensors) - 1)
-    idx = range(len(node.sensors)) if which is None else (which,)
-    for i in idx:
+    n = len(node.sensors)
+    if which is not None and (not _int(which) or not 0 <= which < n):
+        return "sensor must be an index 0-%d" % (n - 1)
+    for i in (range(n) if which is None else (which,)):
         node.sensors[i][0]["interval_s"] = s
         node.raw["sensors"][i]["interval_s"] = s
-    confirmed = node._config_confirmed()
-    config.write("config.json", node.raw)
-    if confirmed:
-        _copy("config.json", "config.good.json")
+    _save_raw(node)
     return None
+
+
+def _save_raw(node):
+    # A change the node made itself (the `interval` command): the same configuration version,
+    # so the last good copy follows when it was this one.
+    confirmed = read_text("config.json") == read_text("config.good.json")
+    write_text("config.json", json.dumps(node.raw))
+    if confirmed:
+        write_text("config.good.json", read_text("config.json"))

@@ -274,7 +274,7 @@ class MQTTClient:
         async with self._lock:
             w.write(head)
             if payload:
-                w.write(payload if isinstance(payload, bytes) else bytes(payload))
+                w.write(payload)
             await asyncio.wait_for_ms(w.drain(), self.timeout_ms)
         self._last_tx = time.ticks_ms()
 

@@ -40,8 +40,7 @@ import mqtt
 import seqno
 import sensors
 import wire
-from files import copy as _copy, read_int as _read_int, read_text as _read_text
-from files import write_text as _write_text
+from files import read_int as _read_int, read_text as _read_text
 
 from micropython import const
 
@@ -87,7 +86,8 @@ class Node:
         self.client.on_message = self._on_message
         self.client.on_oversized = self._on_oversized
         self.seq = seqno.SeqAllocator("seq.dat", rtc=self.rtc)
-        self.q = fqueue.FlashQueue("q", max_bytes=cfg["queue"]["max_kb"] * 1024)
+        qbytes = cfg["queue"]["max_kb"] * 1024
+        self.q = fqueue.FlashQueue("q", max_bytes=qbytes, seg_bytes=min(4096, max(512, qbytes // 4)))
         if self.q.truncated:
             log.warn("queue", "recovered: cut a torn record of %d bytes", self.q.truncated)
         self.hw = sensors.Hardware(cfg, _board())
@@ -167,16 +167,17 @@ class Node:
 
     async def sensor_task(self, s):
         while True:
-            values = await self.read_sensor(s)
-            interval = s[0]["interval_s"]
-            if values is None:
-                delay = min(interval, 1 << min(s[4] - 1, 10)) * 1000
-            else:
-                t = clock.unix()
-                if t is None:
-                    delay = interval * 1000
-                else:  # next wall-clock multiple of the interval
-                    delay = (interval - t % interval) * 1000
+            try:
+                values = await self.read_sensor(s)
+                interval = s[0]["interval_s"]
+                if values is None:  # failed: retry with backoff, 1 2 4 ... s, at most the interval
+                    delay = min(interval, 1 << min(s[4] - 1, 10)) * 1000
+                else:
+                    t = clock.unix()
+                    delay = interval * 1000 if t is None else (interval - t % interval) * 1000
+            except Exception as exc:  # MemoryError in the queue or the log: the task lives on
+                log.error("sensor", "%s: %r", s[1], exc)
+                delay = 1000
             await asyncio.sleep_ms(delay)
 
     # ------------------------------------------------------------------ publishing
@@ -280,35 +281,40 @@ class Node:
         return wlan
 
     async def connect(self):
-        b = self.cfg["broker"]
         await self._wifi(self.cfg["wifi"]["timeout_s"])
         present = await self.client.connect()
-        await self.client.subscribe(self.topic_c, 1)
-        await self.client.subscribe(self.topic_k, 1)
-        log.info("mqtt", "connected to %s:%d as %s (session %s)", b["host"], b["port"],
-                 self.node_id, "resumed" if present else "new")
-        self.connect_failures = 0
-        self._confirm_config()
-        await self.publish_status()
-        await self._resend_inflight()
-        if not self.rtc.clock_src and self.cfg["time"]["ntp"]:
-            asyncio.create_task(self.sync_ntp())
+        await self._session("established", present)
 
-    async def sync_ntp(self):
-        t = self.cfg["time"]
+    async def _session(self, fn, *args):
+        """Runs a function of session.py (status, diagnostics, the connect duties), loaded for
+        the call and dropped after it: heap."""
+        gc.collect()
+        import session
+
         try:
-            now = await clock.ntp(t["ntp"], t["ntp_port"])
-        except Exception as exc:
-            log.warn("time", "NTP failed: %r", exc)
-            return
-        clock.set(now, clock.NTP)
-        log.info("time", "clock set from NTP %s: %d", t["ntp"], now)
+            r = getattr(session, fn)(self, *args)
+            if hasattr(r, "send"):  # a coroutine
+                r = await r
+            return r
+        finally:
+            sys.modules.pop("session", None)
+
+    def diagnostics(self):
+        import session
+
+        try:
+            return session.diagnostics(self)
+        finally:
+            sys.modules.pop("session", None)
+
+    async def publish_status(self, on=True, sleep_s=None):
+        await self._session("publish_status", on, sleep_s)
 
     async def _connect_failed(self, exc):
         self.connect_failures += 1
         log.warn("mqtt", "connect failed (%r), %d in a row", exc, self.connect_failures)
         if self.connect_failures >= _REVERT_AFTER:
-            self._revert_config("could not connect %d times in a row (%r)" % (
+            await self._session("revert_config", "could not connect %d times in a row (%r)" % (
                 self.connect_failures, exc))
 
     async def publisher(self):
@@ -339,35 +345,6 @@ class Node:
             except asyncio.TimeoutError:
                 pass
 
-    # ------------------------------------------------------------------ status
-    def status(self, on=True, sleep_s=None):
-        gc.collect()
-        st = {"on": on, "fw": FIRMWARE_VERSION, "boot": self.boot.total_boots,
-              "rst": self.boot.cause, "up": time.ticks_diff(time.ticks_ms(), self.started) // 1000,
-              "mode": self.cfg["power"]["mode"], "cv": self.cfg["version"],
-              "iv": min([s[0]["interval_s"] for s in self.sensors] or [0]),
-              "q": len(self.q), "qd": self.q.dropped, "seq": self.seq.peek(),
-              "heap": gc.mem_free()}
-        t = clock.unix()
-        if t is not None:
-            st["t"] = t
-        if sleep_s is not None:
-            st["sleep"] = sleep_s
-        rssi = _rssi()
-        if rssi is not None:
-            st["rssi"] = rssi
-        errs = {k: v for k, v in self.errors.items() if v}
-        if errs:
-            st["err"] = errs
-        if self.boot.cfg_err:
-            st["cfg_err"] = self.boot.cfg_err
-        if self.safe:
-            st["safe"] = self.safe
-        return st
-
-    async def publish_status(self, on=True, sleep_s=None):
-        await self.client.publish(self.topic_s, cbor.encode(self.status(on, sleep_s)), 1, True)
-
     # ------------------------------------------------------------------ downlink
     def _on_message(self, topic, payload, retained):
         if len(self.inbox) >= 4:
@@ -391,6 +368,7 @@ class Node:
             while self.inbox:
                 topic, payload = self.inbox.pop(0)
                 try:
+                    gc.collect()
                     import downlink  # loaded for the message, unloaded after: heap
 
                     await downlink.handle(self, topic, payload)
@@ -398,46 +376,23 @@ class Node:
                     log.error("down", "handling %s failed: %r", topic, exc)
                 finally:
                     sys.modules.pop("downlink", None)
-                    sys.modules.pop("config", None)
+                    sys.modules.pop("cbordec", None)
                     gc.collect()
 
     async def ack(self, body):
         try:
-            await self.client.publish(self.topic_a, cbor.encode(body), 1)
+            payload = cbor.encode(body)
+            gc.collect()
+            await self.client.publish(self.topic_a, payload, 1)
         except Exception as exc:
             log.warn("down", "ack not delivered: %r", exc)
 
-    # ------------------------------------------------------------------ last good config
-    def _config_confirmed(self):
-        return _read_text("config.json") == _read_text("config.good.json")
+    def interval(self):
+        return min([s[0]["interval_s"] for s in self.sensors] or [0])
 
-    def _confirm_config(self):
-        if not self.boot.cfg_err and not self._config_confirmed():
-            _copy("config.json", "config.good.json")
-            log.info("config", "v%d confirmed: kept as the last good configuration",
-                     self.cfg["version"])
-
-    def _revert_config(self, why):
-        if self._config_confirmed() or _read_text("config.good.json") is None:
-            return  # nothing better to go back to: keep trying
-        reason = "config v%d %s; reverted to the last good configuration" % (
-            self.cfg["version"], why)
-        log.error("config", "%s", reason)
-        _copy("config.json", "config.rejected.json")
-        _copy("config.good.json", "config.json")
-        _write_text("config.err", reason)
+    async def restart(self):
+        await self.shutdown()
         _reset()
-
-    # ------------------------------------------------------------------ diagnostics
-    def diagnostics(self):
-        d = self.status()
-        d["queue_bytes"] = self.q.bytes_used()
-        d["heap_peak"] = self.heap_peak
-        d["sent"] = self.sent
-        d["rejected"] = self.rejected
-        d["clock"] = clock.source()
-        d["last"] = dict(self.last)
-        return d
 
     # ------------------------------------------------------------------ running
     async def watchdog(self):

@@ -1,0 +1,120 @@
+"""The node's session duties, loaded when needed and dropped after (heap): what happens on
+every connect (subscriptions, the retained status, the answer to a configuration update
+checked at boot, re-sending unacknowledged messages, NTP), the status and diagnostics maps of
+docs/wire-format.md, and the last-good-configuration bookkeeping.
+
+The last good configuration: `config.good.json` is the last `config.json` the node connected
+with. A new configuration that cannot reach the broker for several attempts in a row is put
+aside (`config.rejected.json`), the last good one is restored, the reason goes to
+`config.err` (reported as `cfg_err`) and the node restarts.
+"""
+
+import asyncio
+import gc
+import time
+
+import cbor
+import clock
+import log
+from files import copy as _copy, read_text as _read_text, remove as _remove
+from files import write_text as _write_text
+from node import FIRMWARE_VERSION, _reset, _rssi
+
+async def established(node, present):
+    """What the node does on every connect: subscribe, birth status, pending answers,
+    re-sends, and the clock."""
+    b = node.cfg["broker"]
+    await node.client.subscribe(node.topic_c, 1)
+    await node.client.subscribe(node.topic_k, 1)
+    log.info("mqtt", "connected to %s:%d as %s (session %s)", b["host"], b["port"],
+             node.node_id, "resumed" if present else "new")
+    node.connect_failures = 0
+    _confirm_config(node)
+    await publish_status(node)
+    pending = _read_text("ack.pending")
+    if pending:  # the answer to a config update, checked at boot
+        import json
+
+        await node.ack(json.loads(pending))
+        _remove("ack.pending")
+    await node._resend_inflight()
+    if not node.rtc.clock_src and node.cfg["time"]["ntp"]:
+        asyncio.create_task(sync_ntp(node))
+
+
+async def sync_ntp(node):
+    t = node.cfg["time"]
+    try:
+        now = await clock.ntp(t["ntp"], t["ntp_port"])
+    except Exception as exc:
+        log.warn("time", "NTP failed: %r", exc)
+        return
+    clock.set(now, clock.NTP)
+    log.info("time", "clock set from NTP %s: %d", t["ntp"], now)
+
+
+def status(node, on=True, sleep_s=None):
+    gc.collect()
+    st = {"on": on, "fw": FIRMWARE_VERSION, "boot": node.boot.total_boots,
+          "rst": node.boot.cause, "up": time.ticks_diff(time.ticks_ms(), node.started) // 1000,
+          "mode": node.cfg["power"]["mode"], "cv": node.cfg["version"],
+          "iv": node.interval(),
+          "q": len(node.q), "qd": node.q.dropped, "seq": node.seq.peek(),
+          "heap": gc.mem_free()}
+    t = clock.unix()
+    if t is not None:
+        st["t"] = t
+    if sleep_s is not None:
+        st["sleep"] = sleep_s
+    rssi = _rssi()
+    if rssi is not None:
+        st["rssi"] = rssi
+    errs = {k: v for k, v in node.errors.items() if v}
+    if errs:
+        st["err"] = errs
+    if node.boot.cfg_err:
+        st["cfg_err"] = node.boot.cfg_err
+    if node.safe:
+        st["safe"] = node.safe
+    return st
+
+
+async def publish_status(node, on=True, sleep_s=None):
+    payload = cbor.encode(status(node, on, sleep_s))
+    gc.collect()
+    await node.client.publish(node.topic_s, payload, 1, True)
+
+
+def _config_confirmed(node):
+    return _read_text("config.json") == _read_text("config.good.json")
+
+
+def _confirm_config(node):
+    if not node.boot.cfg_err and not _config_confirmed(node):
+        _copy("config.json", "config.good.json")
+        log.info("config", "v%d confirmed: kept as the last good configuration",
+                 node.cfg["version"])
+
+
+def revert_config(node, why):
+    if _config_confirmed(node) or _read_text("config.good.json") is None:
+        return  # nothing better to go back to: keep trying
+    reason = "config v%d %s; reverted to the last good configuration" % (
+        node.cfg["version"], why)
+    log.error("config", "%s", reason)
+    _copy("config.json", "config.rejected.json")
+    _copy("config.good.json", "config.json")
+    _write_text("config.err", reason)
+    _reset()
+
+
+
+def diagnostics(node):
+    d = status(node)
+    d["queue_bytes"] = node.q.bytes_used()
+    d["heap_peak"] = node.heap_peak
+    d["sent"] = node.sent
+    d["rejected"] = node.rejected
+    d["clock"] = clock.source()
+    d["last"] = dict(node.last)
+    return d

@@ -1,0 +1,495 @@
+"""The node runtime against real parts: the firmware in the MicroPython unix port (96 KB heap
+for the firmware), a real Mosquitto, and the real gateway writing its sink. These are the
+delivery promises a utility bills on: a reading that was queued on the node's flash reaches the
+gateway exactly once, whatever is cut, killed or restarted on the way.
+
+A node here has four BME280s (two on each I2C bus) read every second, so it produces four
+readings a second and the scenarios take seconds, not minutes."""
+
+from __future__ import annotations
+
+import random
+import re
+import socket
+import threading
+import time
+from pathlib import Path
+
+import cbor2
+import paho.mqtt.client as paho
+import pytest
+
+from gateway_support import GatewayProcess
+from host_tools.broker import free_port
+from host_tools.vboard import VirtualNode
+from host_tools.vboard.node import default_board, default_config
+
+pytestmark = pytest.mark.slow
+
+QUEUED = re.compile(r" I queue: queued seq=(\d+) ")
+
+
+PARTS = [("0", 0x76), ("0", 0x77), ("1", 0x76), ("1", 0x77)]
+PINS = {"0": {"scl": 22, "sda": 21}, "1": {"scl": 18, "sda": 19}}
+
+
+def four_bme280_board() -> dict:
+    board = default_board()
+    board["i2c"] = {bus: dict(PINS[bus], devices=[{"model": "bme280", "address": a}
+                                                   for b, a in PARTS if b == bus])
+                    for bus in PINS}
+    return board
+
+
+def fast_node(root: Path, node_id: str, broker, *, entries: int = 4, **overrides) -> VirtualNode:
+    cfg = default_config(node_id, broker.host, broker.port, interval_s=1)
+    cfg["i2c"] = {bus: dict(pins) for bus, pins in PINS.items()}
+    cfg["sensors"] = [{"driver": "bme280", "bus": "i2c" + bus, "address": addr, "interval_s": 1,
+                       "instance": i} for i, (bus, addr) in enumerate(PARTS[:entries])]
+    cfg["time"] = {"ntp": ""}
+    for key, value in overrides.items():
+        cfg[key] = value
+    return VirtualNode(root, node_id=node_id, broker=(broker.host, broker.port), config=cfg,
+                       board=four_bme280_board())
+
+
+def queued(node: VirtualNode) -> list[int]:
+    """Sequence numbers the node logged as durably queued (logged after the append returned)."""
+    return [int(m.group(1)) for m in QUEUED.finditer(node.console())]
+
+
+def wait_for(predicate, timeout: float, what: str, on_fail=lambda: ""):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{on_fail()}")
+
+
+def delivered(gw: GatewayProcess, node_id: str) -> list[int]:
+    """Sequence numbers in the gateway's sink for the node, one per reading record (a record
+    has one SenML line per channel; the three BME280 channels share node and seq)."""
+    seqs = {}
+    for r in gw.records():
+        if r["node"] == node_id:
+            seqs.setdefault(r["seq"], set()).add(r["n"])
+    return sorted(seqs)
+
+
+def sink_lines_per_reading(gw: GatewayProcess, node_id: str) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    for r in gw.records():
+        if r["node"] == node_id:
+            counts[r["seq"]] = counts.get(r["seq"], 0) + 1
+    return counts
+
+
+def debug(node: VirtualNode, gw: GatewayProcess | None = None):
+    return lambda: ("--- node console (tail) ---\n" + node.console()[-4000:] +
+                    ("\n--- gateway log (tail) ---\n" + gw.log()[-3000:] if gw else ""))
+
+
+def assert_exactly_once(gw: GatewayProcess, node: VirtualNode, want: set[int]):
+    counts = sink_lines_per_reading(gw, node.node_id)
+    missing = sorted(want - set(counts))
+    assert not missing, f"{len(missing)} queued readings never arrived: {missing[:20]}"
+    doubled = {s: n for s, n in counts.items() if n != 3}
+    assert not doubled, f"readings with other than one record (3 SenML lines): {doubled}"
+
+
+class Link:
+    """The node's network path to the broker: a TCP relay on its own port. `down()` makes the
+    broker unreachable for the node only (connections refused, open ones cut), `up()` restores
+    it; the gateway stays connected to the broker throughout."""
+
+    def __init__(self, broker):
+        self.target = (broker.host, broker.port)
+        self.port = free_port()
+        self.host = "127.0.0.1"
+        self._srv = None
+        self._conns: list[socket.socket] = []
+        self.up()
+
+    def up(self):
+        if self._srv is None:
+            srv = socket.socket()
+            srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            srv.bind((self.host, self.port))
+            srv.listen(8)
+            self._srv = srv
+            threading.Thread(target=self._accept, args=(srv,), daemon=True).start()
+
+    def down(self):
+        srv, self._srv = self._srv, None
+        if srv is not None:
+            try:
+                srv.shutdown(socket.SHUT_RDWR)  # wakes the accept() blocked on it (Linux)
+            except OSError:
+                pass
+            srv.close()
+        for c in self._conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            c.close()
+        self._conns.clear()
+
+    def _accept(self, srv):
+        while True:
+            try:
+                a, _ = srv.accept()
+            except OSError:
+                return
+            try:
+                b = socket.create_connection(self.target)
+            except OSError:
+                a.close()
+                continue
+            self._conns += [a, b]
+            for x, y in ((a, b), (b, a)):
+                threading.Thread(target=self._pipe, args=(x, y), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src, dst):
+        try:
+            while data := src.recv(4096):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+class Control:
+    """The operator's side of the downlink, with paho: publishes `c`/`k`, collects `a` and the
+    retained `s`."""
+
+    def __init__(self, broker, node_id: str):
+        self.acks: list[dict] = []
+        self.status: list[dict] = []
+        self.node_id = node_id
+        self.c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"ctl-{node_id}")
+        self.c.on_message = self._on_message
+        self.c.on_connect = self._on_connect  # (re)subscribe on every connect: broker restarts
+        self.c.connect(broker.host, broker.port)
+        self.c.loop_start()
+        wait_for(lambda: self.subscribed, 10, "the control client's subscription")
+
+    subscribed = False
+
+    def _on_connect(self, client, userdata, flags, reason, properties):
+        client.subscribe([(f"m/{self.node_id}/a", 1), (f"m/{self.node_id}/s", 1)])
+        self.subscribed = True
+
+    def _on_message(self, client, userdata, msg):
+        body = cbor2.loads(msg.payload)
+        (self.acks if msg.topic.endswith("/a") else self.status).append(body)
+
+    def send(self, kind: str, payload: bytes, retain: bool = False):
+        wait_for(self.c.is_connected, 30, "the control client (re)connected")
+        self.c.publish(f"m/{self.node_id}/{kind}", payload, qos=1, retain=retain).wait_for_publish(10)
+
+    def ack_for(self, timeout: float, **match) -> dict:
+        def find():
+            for a in self.acks:
+                if all(a.get(k) == v for k, v in match.items()):
+                    return a
+            return None
+        return wait_for(find, timeout, f"an ack matching {match}", lambda: repr(self.acks))
+
+    def close(self):
+        self.c.loop_stop()
+        self.c.disconnect()
+
+
+# --------------------------------------------------------------------------- store and forward
+def test_offline_for_200_readings_then_all_arrive_once_in_order(tmp_path, broker):
+    gw = GatewayProcess(tmp_path / "gw", broker)
+    node = fast_node(tmp_path / "n1", "n1", broker)
+    try:
+        node.start()
+        wait_for(lambda: len(delivered(gw, "n1")) >= 8, 30, "the first readings", debug(node, gw))
+        assert "failed" not in node.console(), debug(node)()
+        broker.stop()
+        before = len(queued(node))
+        wait_for(lambda: len(queued(node)) >= before + 200, 90, "200 readings while offline",
+                 debug(node))
+        offline = set(queued(node)[before:])
+        broker.start()
+        wait_for(lambda: offline <= set(delivered(gw, "n1")), 60,
+                 "the offline readings at the gateway", debug(node, gw))
+        node.stop()
+        assert_exactly_once(gw, node, set(queued(node)) & set(delivered(gw, "n1")) | offline)
+        # in seq order: the sink holds each node's records in the order the gateway accepted them
+        order = []
+        for r in gw.records():
+            if r["node"] == "n1" and (not order or order[-1] != r["seq"]):
+                order.append(r["seq"])
+        assert order == sorted(order), "records reached the sink out of seq order"
+    finally:
+        node.stop()
+        gw.stop()
+
+
+def test_sigkill_at_20_random_instants_loses_and_doubles_nothing(tmp_path, broker):
+    rng = random.Random(20261121)
+    gw = GatewayProcess(tmp_path / "gw", broker)
+    node = fast_node(tmp_path / "n2", "n2", broker)
+    try:
+        for i in range(20):
+            node.start()
+            time.sleep(rng.uniform(0.4, 1.6))  # boot, queue writes and publishes in flight
+            node.kill(power_cut=True)
+        node.start()
+        want = set(queued(node))
+        assert len(want) > 40, f"the node queued too little to prove anything: {len(want)}"
+        wait_for(lambda: want <= set(delivered(gw, "n2")), 60,
+                 "every durably queued reading at the gateway", debug(node, gw))
+        node.stop()
+        assert_exactly_once(gw, node, want)
+        # none corrupt: every value is what the environment held (20.00 C, 50.00 %RH, 1013 hPa)
+        for r in gw.records():
+            if r["node"] == "n2" and r["n"].split(":")[1] == "temperature":
+                assert abs(r["v"] - 20.0) < 0.05, r
+    finally:
+        node.stop()
+        gw.stop()
+
+
+def test_broker_and_gateway_restarts_mid_stream(tmp_path, broker):
+    gw = GatewayProcess(tmp_path / "gw", broker)
+    node = fast_node(tmp_path / "n3", "n3", broker)
+    try:
+        node.start()
+        wait_for(lambda: len(delivered(gw, "n3")) >= 16, 30, "readings flowing", debug(node, gw))
+        broker.stop()
+        time.sleep(1.5)
+        broker.start()  # same port, persistence on: the gateway's session survives
+        wait_for(lambda: len(delivered(gw, "n3")) >= len(queued(node)) - 16, 60,
+                 "the stream after the broker restart", debug(node, gw))
+        gw.kill()  # SIGKILL mid-stream: unacknowledged messages stay with the broker
+        time.sleep(1.5)
+        gw.start()
+        time.sleep(2)
+        node.stop()
+        want = set(queued(node))
+        wait_for(lambda: want <= set(delivered(gw, "n3")), 60,
+                 "everything after the gateway restart", debug(node, gw))
+        assert_exactly_once(gw, node, want)
+    finally:
+        node.stop()
+        gw.stop()
+
+
+def test_queue_full_drops_are_counted_exactly_and_reported(tmp_path, broker):
+    gw = GatewayProcess(tmp_path / "gw", broker)
+    node = fast_node(tmp_path / "n4", "n4", broker, entries=2, queue={"max_kb": 2})
+    ctl = Control(broker, "n4")
+    try:
+        node.start()
+        wait_for(lambda: delivered(gw, "n4"), 30, "the first reading", debug(node, gw))
+        broker.stop()
+        ctl.status.clear()
+        wait_for(lambda: "full: dropped" in node.console(), 60, "the queue to overflow",
+                 debug(node))
+        broker.start()
+        # stop new readings, then wait until the node has sent everything it kept
+        ctl.send("k", cbor2.dumps({"id": 1, "cmd": "interval", "s": 3600}))
+        ctl.ack_for(30, id=1)
+        time.sleep(1.5)
+
+        def drained():
+            n = len(ctl.acks)
+            ctl.send("k", cbor2.dumps({"id": 100 + n, "cmd": "diag"}))
+            diag = ctl.ack_for(15, id=100 + n)
+            return diag if diag["q"] == 0 else None
+
+        diag = wait_for(drained, 60, "the queue to drain", debug(node, gw))
+        all_queued = set(queued(node))
+        wait_for(lambda: len(set(delivered(gw, "n4")) & all_queued) + diag["qd"] >= len(all_queued),
+                 30, "the gateway to store what the node sent", debug(node, gw))
+        arrived = set(delivered(gw, "n4"))
+        lost = all_queued - arrived
+        assert lost, "nothing was dropped: the test did not overflow the queue"
+        assert diag["qd"] == len(lost), (diag["qd"], len(lost), sorted(lost)[:10])
+        logged = int(re.findall(r"\((\d+) dropped in all\)", node.console())[-1])
+        assert logged == len(lost)
+        node.stop()
+        st = [s for s in ctl.status if s.get("on")]
+        assert st and 0 < st[-1]["qd"] <= len(lost), "the status on reconnect reports drops"
+        # drop-oldest: the lost ones are one run of the oldest, everything after them arrived
+        assert lost == set(range(min(lost), max(lost) + 1)), sorted(lost)
+        assert {q for q in all_queued if q > max(lost)} <= arrived
+    finally:
+        ctl.close()
+        node.stop()
+        gw.stop()
+
+
+# --------------------------------------------------------------------------- battery mode
+def test_battery_50_wakes_broker_reachable_every_10th(tmp_path, broker):
+    gw = GatewayProcess(tmp_path / "gw", broker)
+    link = Link(broker)
+    cfg = default_config("b1", link.host, link.port, interval_s=60)
+    cfg["power"] = {"mode": "battery"}
+    cfg["time"] = {"ntp": ""}
+    node = VirtualNode(tmp_path / "b1", node_id="b1", broker=(link.host, link.port), config=cfg)
+    try:
+        link.down()
+        for wake in range(50):
+            up = wake % 10 == 9
+            if up:
+                link.up()
+            node.start(restart_on_reset=False)
+            assert node.proc.wait(timeout=30) == 4, debug(node)()  # deep sleep
+            node.stop()
+            if up:
+                wait_for(lambda: len(delivered(gw, "b1")) >= wake + 1, 20,
+                         f"the readings of wake-ups 0..{wake}", debug(node, gw))
+                link.down()
+        assert delivered(gw, "b1") == list(range(50)), \
+            "one reading per wake-up, seq 0..49 without gaps: the sequence counter lives in RTC memory"
+        assert_exactly_once(gw, node, set(range(50)))
+        assert (node.flash / "boots.dat").read_text() == "1", "wake-ups are not boots"
+        assert node.console().count("deep sleep for") == 50
+        assert node.console().count("not sent this time") == 45, "sent only when reachable"
+    finally:
+        link.down()
+        node.stop()
+        gw.stop()
+
+
+# --------------------------------------------------------------------------- config and downlink
+def test_bad_downlink_is_rejected_precisely_and_the_node_runs_on(tmp_path, broker):
+    node = fast_node(tmp_path / "n5", "n5", broker, entries=1)
+    ctl = Control(broker, "n5")
+    try:
+        node.start()
+        wait_for(lambda: ctl.status and ctl.status[-1].get("on"), 30, "the birth status",
+                 debug(node))
+        enc = cbor2.dumps
+        cases = [
+            ("k", b"\xff\x00", None, "not CBOR: offset 0"),
+            ("k", enc([1, 2]), None, "must be a CBOR map"),
+            ("k", enc({"id": 1}), 1, "cmd must be a text string"),
+            ("k", enc({"id": 2, "cmd": "selfdestruct"}), 2, 'unknown command "selfdestruct"'),
+            ("k", enc({"id": 3, "cmd": "interval", "s": 0}), 3, "s must be an integer 1-86400"),
+            ("k", enc({"id": 4, "cmd": "read", "pad": b"x" * 3000}), None,
+             "larger than 1024 bytes"),
+            ("c", enc({"v": "7", "patch": {}}), None, "v must be an integer >= 1"),
+            ("c", enc({"v": 7, "id": 5, "patch": {"broker": {"port": "1883"}}}), 5,
+             'broker.port must be an integer 1-65535: got "1883"'),
+            ("c", enc({"v": 8, "id": 6, "patch": {"sensorz": []}}), 6,
+             "sensorz is not a known setting"),
+            ("c", enc({"v": 9, "id": 7, "patch": {"node_id": "other"}}), 7,
+             "patch cannot change node_id"),
+            ("c", enc({"v": 9, "id": 8, "wat": 1, "patch": {}}), 8, "unknown key wat"),
+        ]
+        for kind, payload, rid, reason in cases:
+            n = len(ctl.acks)
+            ctl.send(kind, payload)
+            ack = wait_for(lambda: ctl.acks[n:] and ctl.acks[n], 15, f"the ack to {reason}",
+                           debug(node))
+            assert ack["ok"] is False and reason in ack["err"], (reason, ack)
+            if rid is not None:
+                assert ack["id"] == rid
+        # still running, on its original configuration
+        before = len(queued(node))
+        wait_for(lambda: len(queued(node)) > before + 2, 15, "readings after the rejections")
+        ctl.send("k", enc({"id": 9, "cmd": "diag"}))
+        diag = ctl.ack_for(15, id=9)
+        assert diag["ok"] and diag["cv"] == 0 and diag["rejected"] >= 1
+        assert node.running
+    finally:
+        ctl.close()
+        node.stop()
+
+
+def test_config_update_applies_acks_and_survives_a_bad_file(tmp_path, broker):
+    node = fast_node(tmp_path / "n6", "n6", broker, entries=1)
+    ctl = Control(broker, "n6")
+    try:
+        node.start()
+        wait_for(lambda: ctl.status and ctl.status[-1].get("on"), 30, "the birth status")
+        ctl.send("c", cbor2.dumps({"v": 3, "id": "cfg-3", "patch": {"sensors": [
+            {"driver": "bme280", "bus": "i2c0", "address": 0x76, "interval_s": 2}]}}), retain=True)
+        ack = ctl.ack_for(15, id="cfg-3")
+        assert ack["ok"] is True and ack["cv"] == 3
+        wait_for(lambda: any(s.get("cv") == 3 and s.get("on") for s in ctl.status), 30,
+                 "the node back with config v3", debug(node))
+        assert any(s.get("iv") == 2 for s in ctl.status if s.get("cv") == 3)
+        # the retained v3 comes again on every connect and is not applied twice
+        wait_for(lambda: "config v3 ignored" in node.console(), 15, "v3 seen again and ignored")
+        # a broken config.json on flash: the node boots on the last good one and says why
+        node.stop()
+        (node.flash / "config.json").write_text('{node_id: "n6"}')
+        ctl.status.clear()
+        node.start()
+        st = wait_for(lambda: [s for s in ctl.status if s.get("on")], 30, "status after boot",
+                      debug(node))[-1]
+        assert "config.json rejected (config.json: not valid JSON)" in st["cfg_err"], st
+        assert st["cv"] == 3
+    finally:
+        ctl.close()
+        node.stop()
+
+
+def test_commands_read_interval_flush_reboot(tmp_path, broker):
+    node = fast_node(tmp_path / "n7", "n7", broker, entries=1)
+    ctl = Control(broker, "n7")
+    try:
+        node.start()
+        wait_for(lambda: ctl.status and ctl.status[-1].get("on"), 30, "the birth status")
+        ctl.send("k", cbor2.dumps({"id": 1, "cmd": "interval", "s": 3600}))
+        assert ctl.ack_for(15, id=1)["iv"] == 3600
+        before = len(queued(node))
+        ctl.send("k", cbor2.dumps({"id": 2, "cmd": "read"}))
+        ack = ctl.ack_for(15, id=2)
+        assert ack["ok"] and len(queued(node)) == before + 1 and ack["seq"] == queued(node)[-1]
+        ctl.send("k", cbor2.dumps({"id": 3, "cmd": "flush"}))
+        assert ctl.ack_for(15, id=3)["ok"]
+        ctl.send("k", cbor2.dumps({"id": 4, "cmd": "reboot"}))
+        assert ctl.ack_for(15, id=4)["ok"]
+        wait_for(lambda: 3 in node.exits, 15, "the reset")
+        wait_for(lambda: node.console().count("starting:") == 2, 15, "the second boot")
+        st = wait_for(lambda: [s for s in ctl.status if s.get("rst") == "hard"], 30,
+                      "status after the reboot")[-1]
+        assert st["iv"] == 3600, "the interval command persisted across the reboot"
+    finally:
+        ctl.close()
+        node.stop()
+
+
+# --------------------------------------------------------------------------- watchdog, safe mode
+def test_hung_driver_trips_the_watchdog_then_safe_mode_keeps_mqtt(tmp_path, broker):
+    node = fast_node(tmp_path / "n8", "n8", broker, entries=1, watchdog_s=2, safe_mode_after=3)
+    ctl = Control(broker, "n8")
+    try:
+        node.set_environment(faults={"i2c0": "hang"})
+        node.start()
+        st = wait_for(lambda: [s for s in ctl.status if s.get("safe")], 60, "safe mode",
+                      debug(node))[-1]
+        assert node.exits[:3] == [3, 3, 3], node.exits  # three watchdog resets
+        assert "3 boots in a row crashed" in st["safe"] and st["rst"] == "wdt"
+        assert node.console().count("WDT: not fed") == 3
+        ctl.send("k", cbor2.dumps({"id": 1, "cmd": "read"}))
+        ack = ctl.ack_for(15, id=1)
+        assert ack["ok"] is False and "safe mode" in ack["err"]
+        # recovery: the part is fixed, the operator reboots the node into normal operation
+        node.set_environment()
+        ctl.send("k", cbor2.dumps({"id": 2, "cmd": "reboot"}))
+        assert ctl.ack_for(15, id=2)["ok"]
+        wait_for(lambda: any(s.get("on") and "safe" not in s and s.get("rst") == "hard"
+                             for s in ctl.status), 30, "normal operation again", debug(node))
+        before = len(queued(node))
+        wait_for(lambda: len(queued(node)) > before, 15, "readings again")
+    finally:
+        ctl.close()
+        node.stop()
