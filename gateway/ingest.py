@@ -106,8 +106,13 @@ class Ingestor:
                         outcome = self._reject(msg, "internal", None, "internal error "
                                                "(see the gateway log)")
                     outcomes.append(outcome)
+                self.registry.flush()
         except sqlite3.Error as exc:
+            self.registry.forget()
             raise SinkError(f"outbox {self.box.path}: {exc}") from exc
+        except BaseException:
+            self.registry.forget()
+            raise
         if self.on_ack:
             for node, ack in acks:
                 self.on_ack(node, ack)
@@ -157,13 +162,14 @@ class Ingestor:
 
     def _store(self, node: str, records, now: float) -> Outcome:
         box = self.box
-        self.registry.ensure(node, now)
+        state = self.registry.ensure(node, now)
         new = []
         missing_delta = 0
         for rec, senml in records:
             if box.is_new(node, rec.seq, now):
                 box.add_item("reading", node, rec.seq, senml, now, sinks=self.sinks)
-                missing_delta += box.track_seq(node, rec.seq) or 0
+                state["max_seq"], delta = box.track_seq(node, rec.seq, state["max_seq"])
+                missing_delta += delta
                 new.append(senml)
         dups = len(records) - len(new)
         if new:
@@ -194,8 +200,8 @@ class Ingestor:
             "UPDATE downlinks SET acked_at=?, ok=?, reply=? WHERE node=? AND request_id=? "
             "AND acked_at IS NULL",
             (msg.received_at, int(ack["ok"]), repr(ack), node, None if rid is None else str(rid)))
-        self.registry.ensure(node, msg.received_at)
-        self.box.db.execute("UPDATE nodes SET last_seen=? WHERE node=?", (msg.received_at, node))
+        self.registry.ensure(node, msg.received_at)["last_seen"] = msg.received_at
+        self.registry._dirty.add(node)
         if "cv" in ack and type(ack["cv"]) is int:
             self.box.db.execute("UPDATE nodes SET cv=? WHERE node=?", (ack["cv"], node))
         acks.append((node, ack))
@@ -207,6 +213,7 @@ class Ingestor:
     def periodic(self, now: float) -> None:
         """Stale-node check, seen-set pruning and gauges (its own transaction)."""
         with self.box.transaction():
+            self.registry.flush()
             self.registry.check_stale(now)
             self.box.prune_seen(now - self.config.outbox.dedup_days * 86400)
         self.stats.set_group("gaps_missing", self.box.missing())

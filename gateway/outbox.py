@@ -95,6 +95,10 @@ MIGRATIONS: list[str] = [
         ok INTEGER, reply TEXT);
     CREATE INDEX downlinks_req ON downlinks(node, request_id);
     """,
+    # 2: releasing a batch asks "is this item still pending for another sink?" by item
+    """
+    CREATE INDEX pending_item ON pending(item);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -216,29 +220,26 @@ class Outbox:
                             [(s, item, len(text), now) for s in (sinks or self.sinks)])
         return item
 
-    def track_seq(self, node: str, seq: int) -> int:
-        """Updates the node's gap ranges for a newly accepted `seq`; the change in missing."""
-        row = self.db.execute("SELECT max_seq FROM nodes WHERE node=?", (node,)).fetchone()
-        top = row[0] if row else None
+    def track_seq(self, node: str, seq: int, top: int | None) -> tuple[int, int]:
+        """Updates the node's gap ranges for a newly accepted `seq`, given the highest seq
+        accepted so far (`top`); returns (new top, change in the count of missing seqs)."""
         if top is None or seq == top + 1:
-            self.db.execute("UPDATE nodes SET max_seq=? WHERE node=?", (seq, node))
-            return 0
+            return seq, 0
         if seq > top:
             self.db.execute("INSERT OR REPLACE INTO gaps(node, first, last) VALUES (?, ?, ?)",
                             (node, top + 1, seq - 1))
-            self.db.execute("UPDATE nodes SET max_seq=? WHERE node=?", (seq, node))
-            return seq - top - 1
+            return seq, seq - top - 1
         gap = self.db.execute("SELECT first, last FROM gaps WHERE node=? AND first<=? "
                               "ORDER BY first DESC LIMIT 1", (node, seq)).fetchone()
         if gap is None or gap[1] < seq:
-            return 0  # older than anything tracked (before the first record seen)
+            return top, 0  # older than anything tracked (before the first record seen)
         first, last = gap
         self.db.execute("DELETE FROM gaps WHERE node=? AND first=?", (node, first))
         if first <= seq - 1:
             self.db.execute("INSERT INTO gaps VALUES (?, ?, ?)", (node, first, seq - 1))
         if seq + 1 <= last:
             self.db.execute("INSERT INTO gaps VALUES (?, ?, ?)", (node, seq + 1, last))
-        return -1
+        return top, -1
 
     def quarantine(self, topic: str, payload: bytes, reason: str, offset: int | None,
                    detail: str, now: float, *, keep: int) -> None:

@@ -6,7 +6,10 @@
     reg.check_stale(now)                         # periodic: nodes that missed their intervals
 
 Every call runs inside the caller's outbox transaction, so a reading, the registry update and
-the alarm events it causes commit together (or not at all).
+the alarm events it causes commit together (or not at all). The hot fields of a node (last
+values, battery, RSSI, highest seq, counts) are cached here and written once per batch by
+`flush()`, which the ingest path calls before its commit: one UPDATE per node and batch
+instead of one per message. Only the ingest thread writes those columns.
 
 Alarms (`ALARMS`) are raised once and cleared once: a state change writes the `alarms` row, an
 event item into the outbox for every sink that takes events, a log line and a counter.
@@ -59,15 +62,48 @@ class Registry:
         self._active: dict[tuple[str, str], bool] = {
             (n, a): bool(on) for n, a, on in box.db.execute(
                 "SELECT node, alarm, active FROM alarms")}
+        self._nodes: dict[str, dict[str, Any]] = {}
+        self._dirty: set[str] = set()
 
     def __repr__(self) -> str:
         return f"Registry({self.box!r}, active_alarms={sum(self._active.values())})"
 
     # ---- rows -------------------------------------------------------------------------------
 
-    def ensure(self, node: str, now: float) -> None:
-        self.box.db.execute("INSERT OR IGNORE INTO nodes(node, first_seen, last_seen) "
-                            "VALUES (?, ?, ?)", (node, now, now))
+    def ensure(self, node: str, now: float) -> dict[str, Any]:
+        """The node's cached hot state, creating its registry row on first sight."""
+        state = self._nodes.get(node)
+        if state is None:
+            self.box.db.execute("INSERT OR IGNORE INTO nodes(node, first_seen, last_seen) "
+                                "VALUES (?, ?, ?)", (node, now, now))
+            row = self.box.db.execute("SELECT last_values, battery_mv, rssi, max_seq FROM nodes "
+                                      "WHERE node=?", (node,)).fetchone()
+            state = {"values": json.loads(row[0]) if row[0] else {}, "battery": row[1],
+                     "rssi": row[2], "max_seq": row[3], "accepted": 0, "duplicates": 0,
+                     "last_seen": now, "last_reading": None}
+            self._nodes[node] = state
+        return state
+
+    def flush(self) -> None:
+        """Writes the cached state of the nodes changed since the last flush."""
+        for node in self._dirty:
+            st = self._nodes[node]
+            self.box.db.execute(
+                "UPDATE nodes SET last_seen=MAX(COALESCE(last_seen, 0), ?), "
+                "last_reading=COALESCE(?, last_reading), last_values=?, battery_mv=?, rssi=?, "
+                "max_seq=?, accepted=accepted+?, duplicates=duplicates+? WHERE node=?",
+                (st["last_seen"], st["last_reading"],
+                 json.dumps(st["values"], separators=(",", ":")), st["battery"], st["rssi"],
+                 st["max_seq"], st["accepted"], st["duplicates"], node))
+            st["accepted"] = st["duplicates"] = 0
+        self._dirty.clear()
+
+    def forget(self) -> None:
+        """Drops the cache (after a rolled-back transaction); reloaded from the database."""
+        self._nodes.clear()
+        self._dirty.clear()
+        self._active = {(n, a): bool(on) for n, a, on in self.box.db.execute(
+            "SELECT node, alarm, active FROM alarms")}
 
     def is_registered(self, node: str) -> bool:
         row = self.box.db.execute("SELECT registered FROM nodes WHERE node=?",
@@ -108,11 +144,8 @@ class Registry:
     def reading(self, node: str, records: Iterable[Sequence[dict[str, Any]]], now: float,
                 *, stored: int, duplicates: int, missing_delta: int) -> None:
         """A reading message was accepted: `records` are the SenML lists of its new records."""
-        self.ensure(node, now)
-        row = self.box.db.execute("SELECT last_values, battery_mv, rssi FROM nodes WHERE "
-                                  "node=?", (node,)).fetchone()
-        values = json.loads(row[0]) if row[0] else {}
-        battery, rssi = row[1], row[2]
+        st = self.ensure(node, now)
+        values = st["values"]
         alarm_bits: dict[str, int] = {}
         for senml in records:
             for rec in senml:
@@ -122,21 +155,20 @@ class Registry:
                     values[channel] = {"v": rec["v"], "t": rec["t"]}
                     base, _, inst = channel.partition(":")
                     if base == "battery_voltage":
-                        battery = int(round(rec["v"] * 1000))
+                        st["battery"] = int(round(rec["v"] * 1000))
                     elif base == "rssi":
-                        rssi = int(rec["v"])
+                        st["rssi"] = int(rec["v"])
                     elif base == "alarms":
                         alarm_bits[inst] = int(rec["v"])
-        self.box.db.execute(
-            "UPDATE nodes SET last_seen=?, last_reading=?, last_values=?, battery_mv=?, rssi=?, "
-            "accepted=accepted+?, duplicates=duplicates+? WHERE node=?",
-            (now, now, json.dumps(values, separators=(",", ":")), battery, rssi, stored,
-             duplicates, node))
+        st["last_seen"] = st["last_reading"] = now
+        st["accepted"] += stored
+        st["duplicates"] += duplicates
+        self._dirty.add(node)
         for inst, bits in alarm_bits.items():
             for bit, name in ALARM_BITS:
                 self.set_alarm(node, f"{name}:{inst}" if inst else name, bool(bits & bit), now,
                                f"alarms channel = {bits}")
-        self._battery(node, battery, now)
+        self._battery(node, st["battery"], now)
         self.set_alarm(node, "stale", False, now)
         if missing_delta:
             missing = self.box.db.execute("SELECT COALESCE(SUM(last-first+1), 0) FROM gaps "
@@ -145,9 +177,10 @@ class Registry:
                            f"{missing} sequence numbers missing" if missing else "")
 
     def duplicate_only(self, node: str, duplicates: int, now: float) -> None:
-        self.ensure(node, now)
-        self.box.db.execute("UPDATE nodes SET last_seen=?, duplicates=duplicates+? "
-                            "WHERE node=?", (now, duplicates, node))
+        st = self.ensure(node, now)
+        st["last_seen"] = now
+        st["duplicates"] += duplicates
+        self._dirty.add(node)
         self.set_alarm(node, "stale", False, now)
 
     def _battery(self, node: str, battery: int | None, now: float) -> None:
@@ -179,6 +212,13 @@ class Registry:
                 sets[column] = value
         assign = ", ".join(f"{c}=?" for c in sets)
         self.box.db.execute(f"UPDATE nodes SET {assign} WHERE node=?", (*sets.values(), node))
+        st = self._nodes.get(node)
+        if st is not None:  # keep the cache in step with what this UPDATE wrote
+            st["last_seen"] = now
+            if "battery_mv" in sets:
+                st["battery"] = sets["battery_mv"]
+            if "rssi" in sets:
+                st["rssi"] = sets["rssi"]
         self.set_alarm(node, "offline", state == "offline", now)
         if state != "offline":
             self.set_alarm(node, "stale", False, now)

@@ -1,0 +1,266 @@
+"""`make bench`: the gateway's ingest and upstream drain rates, each against a baseline measured
+in the same run on the same machine.
+
+1. Sustained ingest, QoS 1 publish -> committed in the SQLite outbox: N reading messages are
+   queued at a real Mosquitto for a persistent session, then the gateway connects and drains
+   them (manual PUBACK after each commit). Baseline: a bare paho QoS 1 subscriber (automatic
+   acks, stores nothing) draining the same N messages from the same broker the same way.
+   Target: ratio >= 0.7.
+2. Outbox commit latency: one `handle_batch` transaction of 1, 20 and 256 messages, against a
+   plain SQLite insert of the same rows (same synchronous=FULL, same batch size).
+3. Upstream drain: a backlog of 100 000 records in the outbox, delivered by the `http` sink
+   (SenML, gzip, Idempotency-Key) to a local HTTP server. Baseline: the same server receiving
+   the same packs from a bare loop of `http.client` POSTs (prebuilt gzip bodies).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import sqlite3
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import cbor2
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from gateway.batcher import SinkWorker  # noqa: E402
+from gateway.config import parse_config  # noqa: E402
+from gateway.daemon import Gateway  # noqa: E402
+from gateway.ingest import Message  # noqa: E402
+from gateway.logfmt import configure_logging  # noqa: E402
+from gateway.sinks import make_sink  # noqa: E402
+from host_tools.broker import Mosquitto  # noqa: E402
+
+T0 = 1763712000
+MESSAGES = 5000
+RECORDS_PER_MESSAGE = 2
+BACKLOG_RECORDS = 100_000
+
+
+def payload(seq: int) -> bytes:
+    return cbor2.dumps([1, seq, T0 + seq, {1: 2153, 2: 4523, 3: 101325, 7: 3712},
+                        {0: 60, 1: 3}], canonical=True)
+
+
+def queue_messages(broker: Mosquitto, n: int, nodes: int = 10) -> None:
+    pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-pub",
+                      protocol=mqtt.MQTTv311)
+    pub.max_inflight_messages_set(100)
+    pub.connect(broker.host, broker.port)
+    pub.loop_start()
+    # each node's seqs are consecutive, as a healthy node sends them (no gaps)
+    infos = [pub.publish(f"m/b{i % nodes}/r", payload(i // nodes * RECORDS_PER_MESSAGE), qos=1)
+             for i in range(n)]
+    for info in infos:
+        info.wait_for_publish(60)
+    pub.disconnect()
+    pub.loop_stop()
+
+
+def register_session(broker: Mosquitto, client_id: str) -> None:
+    """Creates the persistent session and its subscription, then leaves."""
+    done = threading.Event()
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False,
+                    protocol=mqtt.MQTTv311)
+    c.on_subscribe = lambda *a: done.set()
+    c.connect(broker.host, broker.port)
+    c.loop_start()
+    c.subscribe("m/+/r", qos=1)
+    done.wait(10)
+    c.disconnect()
+    c.loop_stop()
+
+
+def bare_subscriber_rate(broker: Mosquitto, n: int) -> float:
+    register_session(broker, "bench-bare")
+    queue_messages(broker, n)
+    got = 0
+    finished = threading.Event()
+    start = [0.0]
+
+    def on_message(c, u, m):
+        nonlocal got
+        if got == 0:
+            start[0] = time.perf_counter()
+        got += 1
+        if got == n:
+            finished.set()
+
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-bare", clean_session=False,
+                    protocol=mqtt.MQTTv311)
+    c.on_message = on_message
+    t0 = time.perf_counter()
+    c.connect(broker.host, broker.port)
+    c.loop_start()
+    finished.wait(300)
+    elapsed = time.perf_counter() - t0
+    c.disconnect()
+    c.loop_stop()
+    return n / elapsed
+
+
+def gateway_rate(broker: Mosquitto, work: Path, n: int) -> tuple[float, float]:
+    config = parse_config({"mqtt": {"host": broker.host, "port": broker.port,
+                                    "client_id": "bench-gw"},
+                           "sinks": {"file": {"path": "readings.jsonl"}},
+                           "api": {"enabled": False}}, base_dir=work)
+    register_session(broker, "bench-gw")
+    queue_messages(broker, n)
+    gw = Gateway(config)
+    t0 = time.perf_counter()
+    gw.start()
+    try:
+        while gw.stats.snapshot()["accepted_messages"] < n:
+            time.sleep(0.005)
+        elapsed = time.perf_counter() - t0
+    finally:
+        gw.stop()
+        gw.shutdown()
+    return n / elapsed, n * RECORDS_PER_MESSAGE / elapsed
+
+
+def commit_latency(work: Path) -> list[tuple[int, float, float]]:
+    config = parse_config({"sinks": {"file": {}}, "api": {"enabled": False}},
+                          base_dir=work / "lat")
+    gw = Gateway(config)
+    gw.open_storage()
+    plain = sqlite3.connect(work / "lat" / "plain.db", isolation_level=None)
+    plain.execute("PRAGMA journal_mode=WAL")
+    plain.execute("PRAGMA synchronous=FULL")
+    plain.execute("CREATE TABLE r(node TEXT, seq INTEGER, body TEXT, PRIMARY KEY(node, seq))")
+    out = []
+    seq = pseq = 0
+    for size in (1, 20, 256):
+        ours, base = [], []
+        for _ in range(max(5, 400 // size)):
+            msgs = [Message(f"m/l{i % 7}/r", payload(seq + 2 * (i // 7)), received_at=T0)
+                    for i in range(size)]
+            t = time.perf_counter()
+            gw.ingestor.handle_batch(msgs)
+            ours.append(time.perf_counter() - t)
+            rows = [(f"l{i % 7}", pseq + 2 * i + k, json.dumps({"v": 1}))
+                    for i in range(size) for k in range(RECORDS_PER_MESSAGE)]
+            pseq += 2 * size
+            t = time.perf_counter()
+            plain.execute("BEGIN")
+            plain.executemany("INSERT INTO r VALUES (?, ?, ?)", rows)
+            plain.execute("COMMIT")
+            base.append(time.perf_counter() - t)
+            seq += 2 * (size // 7 + 1)
+        out.append((size, statistics.median(ours), statistics.median(base)))
+    return out
+
+
+class Platform:
+    """A local HTTP server that reads, gunzips and parses every pack and counts records."""
+
+    def __init__(self) -> None:
+        self.records = 0
+        self.lock = threading.Lock()
+        plat = self
+
+        class H(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.0"
+
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):  # noqa: N802
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if self.headers.get("Content-Encoding") == "gzip":
+                    body = gzip.decompress(body)
+                n = len(json.loads(body))
+                with plat.lock:
+                    plat.records += n
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/senml"
+
+
+def drain_rates(work: Path) -> tuple[float, float, int]:
+    plat = Platform()
+    config = parse_config({"sinks": {"http": {"url": plat.url, "batch_max_records": 500,
+                                              "batch_max_bytes": 1 << 22}},
+                           "api": {"enabled": False}}, base_dir=work / "drain")
+    gw = Gateway(config)
+    gw.open_storage()
+    records = 0
+    seq = 0
+    while records < BACKLOG_RECORDS:  # SenML records: 4 + 1 channel values per message
+        msgs = [Message(f"m/d{i % 50}/r", payload(seq + 2 * (i // 50)), received_at=T0)
+                for i in range(500)]
+        gw.ingestor.handle_batch(msgs)
+        seq += 20
+        records += 500 * 5
+    cfg = config.sinks[0]
+    worker = SinkWorker(make_sink(cfg), cfg, config.outbox.path, gw.stats)
+    t0 = time.perf_counter()
+    worker.start()
+    while plat.records < records:
+        time.sleep(0.01)
+    ours = records / (time.perf_counter() - t0)
+    worker.stop()
+
+    # baseline: the same number of packs of the same size, prebuilt, posted in a bare loop
+    import http.client
+    pack = [{"n": "d1:temperature", "u": "Cel", "v": 21.53, "t": T0, "node": "d1", "seq": i,
+             "rid": f"d1/{i}/temperature"} for i in range(500 * 5 // 2)]
+    body = gzip.compress(json.dumps(pack, separators=(",", ":")).encode(), 5)
+    host, port = plat.server.server_address
+    plat.records = 0
+    t0 = time.perf_counter()
+    while plat.records < records:
+        conn = http.client.HTTPConnection(host, port, timeout=10)
+        conn.request("POST", "/senml", body=body, headers={
+            "Content-Type": "application/senml+json", "Content-Encoding": "gzip",
+            "Content-Length": str(len(body))})
+        conn.getresponse().read()
+        conn.close()
+    bare = records / (time.perf_counter() - t0)
+    plat.server.shutdown()
+    return ours, bare, records
+
+
+def main() -> int:
+    configure_logging("ERROR")
+    with tempfile.TemporaryDirectory(prefix="bench-gw-") as tmp:
+        work = Path(tmp)
+        with Mosquitto(work / "broker") as broker:
+            bare = bare_subscriber_rate(broker, MESSAGES)
+            gw_msgs, gw_records = gateway_rate(broker, work / "gw", MESSAGES)
+        print(f"ingest, QoS 1 publish -> committed in the outbox ({MESSAGES} queued messages, "
+              f"{RECORDS_PER_MESSAGE} records each, real Mosquitto):")
+        print(f"  bare paho QoS 1 subscriber   {bare:9.0f} msg/s")
+        print(f"  gateway                      {gw_msgs:9.0f} msg/s  {gw_records:9.0f} records/s")
+        print(f"  ratio gateway / bare         {gw_msgs / bare:9.2f}   (target >= 0.70)")
+        print("outbox commit latency (median), one transaction, against plain SQLite inserts "
+              "of the same rows:")
+        for size, ours, base in commit_latency(work):
+            print(f"  {size:4d} messages   gateway {ours * 1000:8.2f} ms   plain sqlite "
+                  f"{base * 1000:8.2f} ms   ratio {ours / base:6.2f}")
+        ours, bare_post, records = drain_rates(work)
+        print(f"upstream drain of a {records} record backlog, http sink (SenML, gzip, "
+              "Idempotency-Key) to a local server:")
+        print(f"  bare http.client POST loop   {bare_post:9.0f} records/s")
+        print(f"  gateway http sink            {ours:9.0f} records/s")
+        print(f"  ratio gateway / bare         {ours / bare_post:9.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

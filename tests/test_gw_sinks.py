@@ -1,0 +1,180 @@
+"""The http, ngsi-ld and mqtt sinks against real local servers: a stdlib HTTP server and a real
+Mosquitto; batches come from a real outbox."""
+
+import gzip
+import json
+import threading
+import time
+from email.utils import formatdate
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from gateway.config import parse_config
+from gateway.errors import DeliveryFailed, DeliveryRejected
+from gateway.outbox import Outbox
+from gateway.sinks import make_sink
+from gateway.sinks.http import parse_retry_after
+
+T0 = 1763712000
+
+
+class Recorder:
+    """An HTTP server that records requests and answers with `reply` (status, body, headers)."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, dict, bytes]] = []
+        self.reply = (200, b"{}", {})
+        rec = self
+
+        class H(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):  # noqa: N802
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                rec.requests.append((self.path, dict(self.headers), body))
+                status, data, headers = rec.reply
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def recorder():
+    r = Recorder()
+    yield r
+    r.close()
+
+
+def batch_for(tmp_path, sink: str):
+    box = Outbox(tmp_path / "o.db", sinks=[sink])
+    with box.transaction():
+        box.add_item("reading", "w1", 7, [
+            {"n": "w1:water_volume", "u": "m3", "v": 12.345, "t": T0},
+            {"n": "w1:temperature", "u": "Cel", "v": 9.5, "t": T0}], T0)
+        box.add_item("reading", "w1", 8, [
+            {"n": "w1:water_volume", "u": "m3", "v": 12.35, "t": T0 + 60}], T0)
+        box.add_item("event", "w1", None, {"node": "w1", "alarm": "leak", "active": True,
+                                           "t": T0 + 61.5, "detail": "alarms channel = 1"}, T0)
+    return box.claim_batch(sink, max_records=10, max_bytes=1 << 20)
+
+
+def sink_config(tmp_path, name, **keys):
+    return parse_config({"sinks": {name: keys}}, base_dir=tmp_path).sinks[0]
+
+
+def test_http_sink_posts_gzipped_senml_with_token_and_idempotency_key(tmp_path, recorder):
+    batch = batch_for(tmp_path, "http")
+    sink = make_sink(sink_config(tmp_path, "http", url=recorder.url + "/in", token="s3cret"))
+    sink.deliver(batch)
+    path, headers, body = recorder.requests[0]
+    assert path == "/in"
+    assert headers["Idempotency-Key"] == batch.key
+    assert headers["Authorization"] == "Bearer s3cret"
+    assert headers["Content-Type"] == "application/senml+json"
+    assert headers["Content-Encoding"] == "gzip"
+    pack = json.loads(gzip.decompress(body))
+    assert pack == [
+        {"n": "w1:water_volume", "u": "m3", "v": 12.345, "t": T0, "node": "w1", "seq": 7,
+         "rid": "w1/7/water_volume"},
+        {"n": "w1:temperature", "u": "Cel", "v": 9.5, "t": T0, "node": "w1", "seq": 7,
+         "rid": "w1/7/temperature"},
+        {"n": "w1:water_volume", "u": "m3", "v": 12.35, "t": T0 + 60, "node": "w1", "seq": 8,
+         "rid": "w1/8/water_volume"},
+        {"n": "w1:alarm:leak", "vb": True, "t": T0 + 61.5, "node": "w1", "event": "alarm",
+         "rid": f"w1/alarm/leak/{(T0 + 61.5) * 1000:.0f}/raised", "vs": "alarms channel = 1"}]
+
+
+def test_http_sink_classifies_replies(tmp_path, recorder):
+    batch = batch_for(tmp_path, "http")
+    sink = make_sink(sink_config(tmp_path, "http", url=recorder.url, gzip=False))
+    recorder.reply = (503, b"later", {"Retry-After": "7"})
+    with pytest.raises(DeliveryFailed) as info:
+        sink.deliver(batch)
+    assert info.value.retry_after == 7.0
+    recorder.reply = (429, b"slow down", {})
+    with pytest.raises(DeliveryFailed):
+        sink.deliver(batch)
+    recorder.reply = (422, b'{"error": "unit"}', {})
+    with pytest.raises(DeliveryRejected) as rej:
+        sink.deliver(batch)
+    assert (rej.value.status, rej.value.reply) == (422, '{"error": "unit"}')
+    recorder.close()
+    with pytest.raises(DeliveryFailed, match="ConnectionRefusedError"):
+        sink.deliver(batch)
+
+
+def test_retry_after_accepts_seconds_and_http_dates():
+    assert parse_retry_after("120") == 120.0
+    assert parse_retry_after(formatdate(1000 + 30, usegmt=True), now=1000) == pytest.approx(30)
+    assert parse_retry_after("soon") is None and parse_retry_after(None) is None
+
+
+def test_ngsi_ld_sink_upserts_smart_data_model_entities(tmp_path, recorder):
+    batch = batch_for(tmp_path, "ngsi-ld")
+    sink = make_sink(sink_config(tmp_path, "ngsi-ld", url=recorder.url, tenant="city"))
+    recorder.reply = (204, b"", {})
+    sink.deliver(batch)
+    path, headers, body = recorder.requests[0]
+    assert path == "/ngsi-ld/v1/entityOperations/upsert?options=update"
+    assert headers["Content-Type"] == "application/ld+json"
+    assert headers["NGSILD-Tenant"] == "city"
+    entities = {e["id"]: e for e in json.loads(body)}
+    meter = entities["urn:ngsi-ld:WaterMeter:w1"]
+    assert meter["type"] == "WaterMeter"
+    assert meter["waterVolume"] == {"type": "Property", "value": 12.35, "unitCode": "MTQ",
+                                    "observedAt": "2025-11-21T08:01:00Z"}  # T0 is 08:00:00Z
+    weather = entities["urn:ngsi-ld:WeatherObserved:w1"]
+    assert weather["temperature"]["value"] == 9.5 and weather["temperature"]["unitCode"] == "CEL"
+    alert = entities["urn:ngsi-ld:Alert:w1:leak"]
+    assert alert["subCategory"]["value"] == "leak" and alert["active"]["value"] is True
+    assert all("@context" in e for e in entities.values())
+    recorder.reply = (207, b'{"errors": [{"entityId": "urn:ngsi-ld:WaterMeter:w1"}]}', {})
+    with pytest.raises(DeliveryRejected) as rej:
+        sink.deliver(batch)
+    assert "urn:ngsi-ld:WaterMeter:w1" in rej.value.reply
+
+
+@pytest.mark.slow
+def test_mqtt_bridge_republishes_and_fails_over_when_the_upstream_is_down(tmp_path, broker):
+    got: list[tuple[str, list]] = []
+    sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="upstream-sub",
+                      protocol=mqtt.MQTTv311)
+    sub.on_message = lambda c, u, m: got.append((m.topic, json.loads(m.payload)))
+    sub.connect(broker.host, broker.port)
+    sub.subscribe("city/#", qos=1)
+    sub.loop_start()
+    batch = batch_for(tmp_path, "mqtt")
+    sink = make_sink(sink_config(tmp_path, "mqtt", host=broker.host, port=broker.port,
+                                 topic_prefix="city", timeout_s=2.0))
+    sink.open()
+    try:
+        deadline = time.monotonic() + 10
+        while not sink.client.is_connected() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        sink.deliver(batch)
+        deadline = time.monotonic() + 10
+        while len(got) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [t for t, _ in got] == ["city/w1/senml", "city/w1/senml", "city/w1/event"]
+        assert [r["rid"] for r in got[0][1]] == ["w1/7/water_volume", "w1/7/temperature"]
+        broker.stop()
+        with pytest.raises(DeliveryFailed):
+            sink.deliver(batch)
+    finally:
+        sink.close()
+        sub.loop_stop()
