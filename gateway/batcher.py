@@ -35,6 +35,7 @@ from gateway.stats import Stats
 log = logging.getLogger("meterlink.gateway.batcher")
 
 IDLE_POLL_S = 1.0
+CRASH_PAUSE_S = 5.0  # after an unexpected error: the batch stays claimed, retried then
 
 
 def backoff_delay(attempts: int, *, initial: float, maximum: float,
@@ -103,24 +104,29 @@ class SinkWorker:
         return max(0.0, min(IDLE_POLL_S, self.config.batch_max_age_s - age))
 
     def _run(self) -> None:
-        try:
-            self.box = box = Outbox(self.outbox_path)
-        except SinkError as exc:
-            log.error("sink_outbox_failed", extra=kv(sink=self.name, error=str(exc)))
-            return
-        try:
-            while not self._stop.is_set():
-                wait = self._due(box)
-                if wait > 0:
-                    self._wake.wait(wait)
-                    self._wake.clear()
-                    continue
-                self._one(box)
-        except Exception:  # noqa: BLE001 - a bug here must be loud but not kill the gateway
-            log.exception("sink_worker_crashed", extra=kv(sink=self.name))
-            self.stats.labeled("sink_errors", f"{self.name}:internal", 1)
-        finally:
-            box.close()
+        while not self._stop.is_set():
+            try:
+                self.box = box = Outbox(self.outbox_path)
+            except SinkError as exc:
+                log.error("sink_outbox_failed", extra=kv(sink=self.name, error=str(exc),
+                                                         retry_in=CRASH_PAUSE_S))
+                self._sleep(CRASH_PAUSE_S)
+                continue
+            try:
+                while not self._stop.is_set():
+                    wait = self._due(box)
+                    if wait > 0:
+                        self._wake.wait(wait)
+                        self._wake.clear()
+                        continue
+                    self._one(box)
+            except Exception:  # noqa: BLE001 - a bug or a locked database: loud, then go on
+                log.exception("sink_worker_error", extra=kv(sink=self.name,
+                                                            retry_in=CRASH_PAUSE_S))
+                self.stats.labeled("sink_errors", f"{self.name}:internal", 1)
+                self._sleep(CRASH_PAUSE_S)
+            finally:
+                box.close()
 
     def _one(self, box: Outbox) -> None:
         batch = box.claim_batch(self.name, max_records=self.config.batch_max_records,

@@ -40,6 +40,10 @@ from gateway.wire import decode_reading, parse_topic, resolve_records
 
 log = logging.getLogger("meterlink.gateway")
 
+# What the quarantine keeps of a message (a hostile sender must not fill the disk by itself).
+QUARANTINE_BYTES = 65536
+QUARANTINE_TOPIC = 1024
+
 Outcome = Literal["accepted", "duplicate", "rejected", "internal", "status", "ack"]
 
 
@@ -120,7 +124,8 @@ class Ingestor:
 
     def _reject(self, msg: Message, reason: str, offset: int | None, detail: str) -> Outcome:
         self.stats.reject(reason)
-        self.box.quarantine(msg.topic, bytes(msg.payload), reason, offset, detail,
+        self.box.quarantine(msg.topic[:QUARANTINE_TOPIC], bytes(msg.payload[:QUARANTINE_BYTES]),
+                            reason, offset, detail,
                             msg.received_at, keep=self.config.outbox.quarantine_keep)
         parts = msg.topic.split("/")
         node = parts[1] if len(parts) == 3 and len(parts[1]) <= 32 else "-"
