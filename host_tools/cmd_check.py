@@ -3,8 +3,10 @@
     meterlink check [--port PORT] [--gateway http://127.0.0.1:8080] [--timeout 60]
 
 1. Stops the node's loop (Ctrl-C, raw REPL), reads `node.diagnostics()` when the firmware has
-   it (a node in safe mode stops here: it runs no sensors) and its `config.json`.
-2. Reads every configured sensor now, on the device, through the firmware's own adapters
+   it (a node in safe mode stops here: it runs no sensors; `last` gives the previous meter
+   totals), then soft-resets MicroPython into the raw REPL for a clean heap.
+2. Reads every configured sensor now (config.json through the firmware's `config.load`), on
+   the device, through the firmware's own adapters
    (`sensors.Hardware`, `sensors.create(spec, hw)`, `await adapter.sample()`), and prints
    each value with its unit and a plausibility verdict (ranges below; meter totals must not be
    lower than the node's last reading).
@@ -158,11 +160,16 @@ def run(args: argparse.Namespace) -> int:
     port = device.pick_port(args.port)
     bad = 0
     with Device(port, soft_reset=False) as dev:
-        diag = ast.literal_eval(dev.exec(_DIAG).strip() or "None")
+        try:
+            diag = ast.literal_eval(dev.exec(_DIAG).strip() or "None")
+        except DeviceError:  # e.g. MemoryError: the running node left the REPL no heap
+            diag = None
         if isinstance(diag, dict) and diag.get("safe"):
             dev.run_main()
             raise UserError(device.ERR_SAFE_MODE.format(reason=diag["safe"]))
         last_all = diag.get("last") or {} if isinstance(diag, dict) else {}
+        # a clean heap for the reads: soft reset into the raw REPL (boot.py only)
+        dev.transport.enter_raw_repl(soft_reset=True, timeout_overall=device.REPL_TIMEOUT)
         try:
             text = dev.exec(_READ, timeout=60).strip()
         except DeviceError as exc:

@@ -14,8 +14,8 @@
 3. Validation with the firmware's own rules: `firmware/config.py`'s `validate()` runs in the
    MicroPython unix port (the interpreter and the source the device runs, not a CPython
    re-implementation), so a config that passes here boots there. Every problem is listed.
-4. The config goes to the device as `config.json` (written to `config.json.new`, then renamed)
-   and the board file as `board.json` (the runtime reads its pin map); the node soft-resets.
+4. The config goes to the device as `config.json` (written to `config.json.new`, then renamed,
+   then read back); the node soft-resets and runs with it.
 5. Broker side: the Mosquitto `password_file` line (hashed by Debian's `mosquitto_passwd`) and
    the ACL block that lets the node write only its own `r`, `s`, `a` topics and read only its
    own `c`, `k` (`{prefix}/{node_id}/...`). With `--password-file`/`--acl-file` they replace
@@ -254,9 +254,8 @@ def run(args: argparse.Namespace) -> int:
         raw = build_config(board, current, args, password)
         cfg = validate(raw)  # the file keeps what was given; the firmware fills the defaults
         text = json.dumps(raw, separators=(",", ":"), sort_keys=True)
-        board_text = json.dumps(board.raw, separators=(",", ":"))
         try:
-            for name, body in (("config.json", text), ("board.json", board_text)):
+            for name, body in (("config.json", text),):
                 dev.exec(f"import os\nwith open({name + '.new'!r}, 'w') as _f:\n"
                          f" _f.write({body!r})\n"
                          f"try:\n os.rename({name + '.new'!r}, {name!r})\nexcept OSError:\n"

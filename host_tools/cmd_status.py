@@ -78,9 +78,18 @@ def channel_text(key, value) -> str:
     return f"{name} {text} {ch.unit}".rstrip()
 
 
+def _heap_error(exc: DeviceError) -> UserError:
+    return UserError("the node has no free heap left for the REPL (MemoryError): its firmware "
+                     "uses too much memory; `meterlink monitor` shows its heap, `meterlink "
+                     "deploy` updates it")
+
+
 def read_diagnostics(dev: Device) -> dict:
     """node.diagnostics() of the stopped node; UserError when the firmware has none."""
-    text = dev.exec(_DIAG).strip()
+    try:
+        text = dev.exec(_DIAG).strip()
+    except DeviceError as exc:
+        raise _heap_error(exc) if "MemoryError" in exc.output else exc
     if text == "'NO-DIAGNOSTICS'":
         raise UserError(device.ERR_NO_DIAGNOSTICS)
     try:
@@ -118,6 +127,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             dev.exec("import node")
         except DeviceError as exc:
+            if "ImportError" not in exc.output:
+                raise _heap_error(exc) if "MemoryError" in exc.output else exc
             raise UserError(f"the node has no firmware ({exc.output.strip().splitlines()[-1]}):"
                             f" install it with `meterlink deploy --board NAME`") from exc
         d = read_diagnostics(dev)

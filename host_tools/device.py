@@ -167,10 +167,11 @@ class Device:
         from mpremote.transport_serial import SerialTransport
 
         self.port = port
-        open_serial(port).close()  # the precise error: missing, permission, busy
         try:
             self.transport = SerialTransport(port, baudrate=115200)
         except TransportError as exc:
+            # mpremote says only "failed to access": open it again for the precise reason
+            open_serial(port).close()
             raise UserError(ERR_BUSY.format(port=port)) from exc
         try:
             self.transport.enter_raw_repl(soft_reset=soft_reset,

@@ -20,8 +20,9 @@ into the build so it takes none of the node's heap, fed one request at a time ov
   for each further window the host may send; the host's Ctrl-D is acknowledged with `\\x04`,
   then the output and error framed as in the raw REPL; `\\x05` + another letter -> `R\\x00`;
 - soft reset: `MPY: soft reboot\\r\\n`, the MicroPython process is restarted (a fresh heap, all
-  modules reloaded), `boot.py` runs, then `main.py` only in friendly-REPL mode, as on the
-  ESP32 port; a `SystemExit` from the code soft-resets too;
+  modules reloaded), `boot.py` runs, then `main.py` only in friendly-REPL mode and only when
+  boot.py finished without an exception or Ctrl-C, as on the ESP32 port; a `SystemExit` from
+  the code soft-resets too;
 - Ctrl-C while code runs (main.py's node loop, or a raw-REPL exec) raises KeyboardInterrupt in
   it (SIGINT to the process);
 - the process ending on its own (`machine.reset()`, `machine.deepsleep()`, a crash) is a hard
@@ -276,6 +277,8 @@ class PtyBoard:
     def _interrupt(self) -> None:
         if self._proc is None or self._busy is None:
             return
+        if self._busy == "boot":  # the ESP32 port skips main.py when boot.py did not finish
+            self._queue = [q for q in self._queue if q[0] != "main"]
         if not self._started:  # still reading the request: deliver when it starts
             self._want_interrupt = True
             return
@@ -330,6 +333,11 @@ class PtyBoard:
             self._soft_reset()
             return
         if origin == "boot":
+            if status != b"0":  # boot.py raised: main.py is skipped, as on the ESP32 port
+                self._queue = [q for q in self._queue if q[0] != "main"]
+                if not self._raw:
+                    self._write(banner(self.chip))
+                    self._prompt()
             if self._raw:
                 self._write(RAW_BANNER)
                 self._prompt()

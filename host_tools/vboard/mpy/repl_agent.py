@@ -9,15 +9,15 @@
 #     kind x  exec the bytes as a file (raw REPL, raw-paste)
 #     kind s  compile them in "single" mode (the friendly REPL: expression values are printed)
 #     kind f  run the file named by the bytes if it exists (boot.py, main.py), like pyexec_file
-# Before running it, the agent writes 0x05 to the control pipe: from then on a SIGINT lands in
-# the request (the bridge holds a Ctrl-C back until then, so it never cuts a request being
-# read in half). The code's output goes to stdout as it is printed. When it ends, the control pipe ($REPL_CTL_FD) gets the traceback
-# text (empty when none), then 0x04 and one status byte: 0 ok, 1 exception, 2 SystemExit
-# (the device soft-resets on it).
+# Control pipe ($REPL_CTL_FD): 0x05 when the request starts running; when it ends, the
+# traceback text (empty when none), 0x04 and one status byte: 0 ok, 1 exception, 2 SystemExit
+# (the device soft-resets on it). The code's own output goes to stdout as it is printed.
 #
-# SIGINT raises KeyboardInterrupt in the running code, as Ctrl-C does on the device; one that
-# lands while the loop waits for a request is swallowed, so every request gets exactly one
-# answer and nothing else is ever written to the control pipe.
+# Ctrl-C is SIGINT, which raises KeyboardInterrupt in the running code as on the device. The
+# bridge sends it only after 0x05, but it may land a moment later, in this loop. MicroPython
+# raises a pending KeyboardInterrupt only at a jump, so every step below stores its result
+# with no jump between the call and the store, keeps it in a global, and the loop resumes
+# where it was: a request is never lost or cut in half, and each gets exactly one answer.
 
 import os
 import sys
@@ -25,59 +25,59 @@ import sys
 _ctl = open(int(os.getenv("REPL_CTL_FD")), "wb")
 _in = sys.stdin.buffer
 _g = {"__name__": "__main__"}
+_KBD = b"Traceback (most recent call last):\nKeyboardInterrupt: \n\x041"
 
 
-def _read(n):
-    b = b""
-    while len(b) < n:
-        c = _in.read(n - len(b))
-        if not c:
-            raise SystemExit
-        b += c
-    return b
-
-
-def _answer(st, e):
-    while True:
-        try:
-            if e is not None:
-                sys.print_exception(e, _ctl)
-            _ctl.write(b"\x04" + st)
-            return
-        except KeyboardInterrupt:
-            e = None
-
-
-while True:
-    try:
-        _h = _in.readline()
-        if not _h:
-            break
-        _k = _h[0]
-        _s = _read(int(_h[1:]))
-    except KeyboardInterrupt:
-        continue
-    _st = b"0"
-    _e = None
+def _run(k, s):
     try:
         _ctl.write(b"\x05")
-        if _k == 0x66:
-            _s = _s.decode()
+        if k == 0x66:
+            s = s.decode()
             try:
-                open(_s).close()
+                open(s).close()
             except OSError:
-                _s = None
-            if _s:
-                execfile(_s, _g)
-        elif _k == 0x73:
-            exec(compile(_s, "<stdin>", "single"), _g)
+                s = None
+            if s:
+                execfile(s, _g)
+        elif k == 0x73:
+            exec(compile(s, "<stdin>", "single"), _g)
         else:
-            exec(compile(_s, "<stdin>", "exec"), _g)
+            exec(compile(s, "<stdin>", "exec"), _g)
     except SystemExit:
-        _st = b"2"
-    except BaseException as _x:
-        _st = b"1"
-        _e = _x
-    _s = None
-    _answer(_st, _e)
-    _e = None
+        return b"\x042"
+    except BaseException as e:
+        try:
+            sys.print_exception(e, _ctl)
+        except BaseException:
+            pass
+        return b"\x041"
+    return b"\x040"
+
+
+_h = b""  # the header of the request being read
+_s = None  # its payload
+_taken = False  # a request was taken and has no answer yet
+_ans = None  # the answer to write
+while True:
+    try:
+        if _ans is not None:
+            _ctl.write(_ans)
+            _ans = None
+        if not _h:
+            _h = _in.readline()
+            if not _h:
+                break
+        if _s is None:
+            _s = _in.read(int(_h[1:]))
+        _taken = True
+        _ans = _run(_h[0], _s)
+        _taken = False
+        _h = b""
+        _s = None
+    except KeyboardInterrupt:
+        if _taken and _ans is None:
+            _ans = _KBD
+        if _ans is not None:
+            _taken = False
+            _h = b""
+            _s = None
