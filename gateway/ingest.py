@@ -69,6 +69,31 @@ class Rejected(RejectedInput):
         super().__init__(detail)
 
 
+class _Bug(Exception):
+    """Handling a message raised something unexpected: run the batch again, carefully."""
+
+
+class _Counts:
+    """Counter changes of one batch, applied to `Stats` after the commit."""
+
+    def __init__(self) -> None:
+        self.added: dict[str, int] = {}
+        self.reasons: list[str] = []
+
+    def add(self, **increments: int) -> None:
+        for name, n in increments.items():
+            self.added[name] = self.added.get(name, 0) + n
+
+    def reject(self, reason: str) -> None:
+        self.reasons.append(reason)
+
+    def apply(self, stats: Stats) -> None:
+        if self.added:
+            stats.add(**self.added)
+        for reason in self.reasons:
+            stats.reject(reason)
+
+
 class Ingestor:
     """Turns batches of messages into one outbox transaction each."""
 
@@ -77,7 +102,8 @@ class Ingestor:
         self.config = config
         self.table = table
         self.box = box
-        self.stats = stats
+        self._stats = stats
+        self.stats: Stats | _Counts = stats
         self.sinks = [s.name for s in config.sinks]
         self.registry = Registry(box, config.gateway, stats=stats,
                                  event_sinks=[s.name for s in config.sinks if s.events])
@@ -88,27 +114,44 @@ class Ingestor:
         return f"Ingestor({self.box!r}, sinks={self.sinks})"
 
     def handle_batch(self, messages: Sequence[Message]) -> list[Outcome]:
-        """Processes and commits `messages`; raises only SinkError (nothing committed)."""
+        """Processes and commits `messages`; raises only SinkError (nothing committed).
+
+        The fast path runs the whole batch in one transaction. If handling a message raises
+        something unexpected (a bug), the transaction is rolled back and the batch runs again
+        with a savepoint per message, so that only the culprit is quarantined as "internal".
+        Counters are applied only after the commit, so they never count a rolled-back pass.
+        """
+        try:
+            return self._run(messages, careful=False)
+        except _Bug:
+            return self._run(messages, careful=True)
+
+    def _run(self, messages: Sequence[Message], *, careful: bool) -> list[Outcome]:
         outcomes: list[Outcome] = []
         acks: list[tuple[str, dict]] = []
+        self.stats = counts = _Counts()
+        self.registry.stats = counts
         try:
             with self.box.transaction():
-                for i, msg in enumerate(messages):
-                    self.box.db.execute("SAVEPOINT m")
+                for msg in messages:
+                    if careful:
+                        self.box.db.execute("SAVEPOINT m")
                     try:
                         outcome = self._handle(msg, acks)
-                        self.box.db.execute("RELEASE m")
                     except SinkError:
                         raise
                     except sqlite3.OperationalError as exc:
                         raise SinkError(f"outbox {self.box.path}: {exc}") from exc
-                    except Exception:  # noqa: BLE001 - one bad message must not stop the rest
+                    except Exception as exc:  # noqa: BLE001 - one bad message must not stop the rest
+                        if not careful:
+                            raise _Bug() from exc
                         self.box.db.execute("ROLLBACK TO m")
-                        self.box.db.execute("RELEASE m")
                         log.exception("internal_error", extra=kv(
                             topic=msg.topic, payload=bytes(msg.payload[:512]).hex()))
                         outcome = self._reject(msg, "internal", None, "internal error "
                                                "(see the gateway log)")
+                    if careful:
+                        self.box.db.execute("RELEASE m")
                     outcomes.append(outcome)
                 self.registry.flush()
         except sqlite3.Error as exc:
@@ -117,6 +160,9 @@ class Ingestor:
         except BaseException:
             self.registry.forget()
             raise
+        finally:
+            self.stats = self.registry.stats = self._stats
+        counts.apply(self._stats)
         if self.on_ack:
             for node, ack in acks:
                 self.on_ack(node, ack)
@@ -221,4 +267,4 @@ class Ingestor:
             self.registry.flush()
             self.registry.check_stale(now)
             self.box.prune_seen(now - self.config.outbox.dedup_days * 86400)
-        self.stats.set_group("gaps_missing", self.box.missing())
+        self._stats.set_group("gaps_missing", self.box.missing())

@@ -102,6 +102,9 @@ MIGRATIONS: list[str] = [
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
+_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+_PENDING_SQL = "INSERT INTO pending(sink, item, batch, bytes, created) VALUES (?, ?, NULL, ?, ?)"
+
 
 @dataclass(frozen=True, slots=True)
 class Item:
@@ -211,13 +214,15 @@ class Outbox:
     def add_item(self, kind: str, node: str, seq: int | None, body: Any, now: float,
                  sinks: Sequence[str] | None = None) -> int:
         """Stores one item and makes it pending for every sink (or `sinks`)."""
-        text = json.dumps(body, separators=(",", ":"), allow_nan=False)
+        text = _encode(body)
         cur = self.db.execute("INSERT INTO items(kind, node, seq, created, body) "
                               "VALUES (?, ?, ?, ?, ?)", (kind, node, seq, now, text))
         item = cur.lastrowid
-        self.db.executemany("INSERT INTO pending(sink, item, batch, bytes, created) "
-                            "VALUES (?, ?, NULL, ?, ?)",
-                            [(s, item, len(text), now) for s in (sinks or self.sinks)])
+        targets = sinks or self.sinks
+        if len(targets) == 1:
+            self.db.execute(_PENDING_SQL, (targets[0], item, len(text), now))
+        else:
+            self.db.executemany(_PENDING_SQL, [(s, item, len(text), now) for s in targets])
         return item
 
     def track_seq(self, node: str, seq: int, top: int | None) -> tuple[int, int]:

@@ -10,6 +10,7 @@ import pytest
 from gateway.config import parse_config
 from gateway.daemon import Gateway
 from gateway.errors import SinkError
+from gateway.ingest import Message
 from gateway.outbox import SCHEMA_VERSION, Outbox
 from gateway.sinks import make_sink
 
@@ -226,3 +227,26 @@ def test_outbox_write_failure_raises_sink_error_only(tmp_path):
         gw.handle_message("m/n1/r", reading(1, {1: 1}), received_at=T0)
     with pytest.raises(sqlite3.OperationalError):
         gw.box.db.execute("INSERT INTO seen VALUES ('x', 1, 0)")
+
+
+def test_a_bug_on_one_message_quarantines_only_that_message(tmp_path, monkeypatch):
+    gw = make_gateway(tmp_path)
+    real = gw.ingestor.registry.status
+
+    def status(node, fields, now):
+        if node == "boom":
+            raise KeyError("a bug")
+        return real(node, fields, now)
+
+    monkeypatch.setattr(gw.ingestor.registry, "status", status)
+    batch = [Message("m/n1/r", reading(1, {1: 1}), received_at=T0),
+             Message("m/boom/s", status_payload := cbor2.dumps({"on": True}), received_at=T0),
+             Message("m/n2/s", status_payload, received_at=T0),
+             Message("m/n1/r", reading(2, {1: 1}), received_at=T0)]
+    assert gw.ingestor.handle_batch(batch) == ["accepted", "internal", "status", "accepted"]
+    snap = gw.stats.snapshot()
+    assert (snap["received"], snap["accepted_records"], snap["status_messages"]) == (4, 2, 1)
+    assert snap["rejected_by_reason"] == {"internal": 1}
+    rows = gw.box.query("SELECT topic, reason FROM quarantine")
+    assert rows == [{"topic": "m/boom/s", "reason": "internal"}]
+    assert gw.box.query("SELECT COUNT(*) AS n FROM items")[0]["n"] == 2
