@@ -28,10 +28,9 @@ import json
 import re
 import sys
 import time
-from pathlib import Path
 
 from gateway.errors import UserError
-from host_tools import device, toolchain
+from host_tools import device
 from host_tools.device import Device, DeviceError, say
 
 HELP = "compile the firmware for a board and copy what changed to the node (--dry-run lists it)"
