@@ -173,3 +173,53 @@ def test_provision_registers_the_node_with_the_gateway(board, broker, tmp_path, 
         assert row["board"] == BOARD and row["interval_s"] == 30 and row["group"] == "park"
     finally:
         gw.stop()
+
+
+NODE_MQTT = """\
+import asyncio, json, mqtt
+cfg = json.load(open('config.json'))
+b = cfg['broker']
+async def go(password):
+    c = mqtt.MQTTClient(cfg['node_id'], b['host'], b['port'], user=b['user'],
+                        password=password, timeout_ms=3000)
+    try:
+        await c.connect()
+    except Exception as e:
+        print('refused', repr(e))
+        return
+    await c.publish('m/node-02/r', b'forged', 1)
+    await c.publish('m/node-01/r', b'own', 1)
+    await c.disconnect()
+    print('published')
+"""
+
+
+def test_the_node_firmware_connects_with_its_new_credentials(board, tmp_path, capsys):
+    """The firmware's own MQTT client (firmware/mqtt.py), run on the provisioned board with the
+    config.json provision wrote: Mosquitto lets it in, drops what it publishes for another
+    node, and refuses a wrong password."""
+    from host_tools.device import Device
+
+    pw, acl = tmp_path / "passwd", tmp_path / "acl"
+    pw.write_text(cmd_provision.password_line("observer", "observer-secret") + "\n")
+    acl.write_text("user observer\ntopic readwrite m/#\n")
+    with Mosquitto(tmp_path / "broker", extra_conf=f"password_file {pw}\nacl_file {acl}\n",
+                   anonymous=False) as broker:
+        assert cli.main(["deploy", "--board", BOARD, "--port", board.port, "--no-reset"]) == 0
+        rc, out, err = provision(capsys, board.port, "--node-id", "node-01", "--no-reset",
+                                 "--broker", f"127.0.0.1:{broker.port}",
+                                 "--password-file", str(pw), "--acl-file", str(acl))
+        assert rc == 0, err
+        broker.proc.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        obs = Client(broker.port, "observer", "observer-secret", "observer")
+        assert obs.connect() == 0
+        assert obs.subscribe("m/#") == [1]
+        with Device(board.port, soft_reset=True) as dev:
+            dev.exec(NODE_MQTT)
+            assert dev.exec("asyncio.run(go(b['password']))", timeout=20).strip() == "published"
+            seen = obs.wait_for("m/node-01/r")
+            assert "m/node-02/r" not in seen
+            out = dev.exec("asyncio.run(go('wrong'))", timeout=20).strip()
+            assert out.startswith("refused"), out
+        obs.close()
