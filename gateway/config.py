@@ -116,7 +116,6 @@ class OutboxConfig:
     max_bytes: int = 1 << 30
     warn_percent: int = 80
     quarantine_keep: int = 10000
-    dedup_days: int = 400
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -286,7 +285,6 @@ SCHEMA: dict[str, dict[str, tuple[Checker, Any]]] = {
         "max_bytes": (_integer(1 << 20, 1 << 50), 1 << 30),
         "warn_percent": (_integer(1, 100), 80),
         "quarantine_keep": (_integer(0, 1 << 31), 10000),
-        "dedup_days": (_integer(1, 100000), 400),
     },
     "api": {
         "enabled": (_bool, True),

@@ -107,6 +107,7 @@ class Ingestor:
         self.sinks = [s.name for s in config.sinks]
         self.registry = Registry(box, config.gateway, stats=stats,
                                  event_sinks=[s.name for s in config.sinks if s.events])
+        self.registry.gap_alarms = config.mqtt.shared_group is None
         self.on_ack = on_ack
         self.prefix = config.mqtt.prefix
 
@@ -217,9 +218,10 @@ class Ingestor:
         new = []
         missing_delta = 0
         for rec, senml in records:
-            if box.is_new(node, rec.seq, now):
+            fresh, state["min_seq"], state["max_seq"], delta = box.accept_seq(
+                node, rec.seq, state["min_seq"], state["max_seq"])
+            if fresh:
                 box.add_item("reading", node, rec.seq, senml, now, sinks=self.sinks)
-                state["max_seq"], delta = box.track_seq(node, rec.seq, state["max_seq"])
                 missing_delta += delta
                 new.append(senml)
         dups = len(records) - len(new)
@@ -262,9 +264,8 @@ class Ingestor:
         return "ack"
 
     def periodic(self, now: float) -> None:
-        """Stale-node check, seen-set pruning and gauges (its own transaction)."""
+        """Stale-node check and gauges (its own transaction)."""
         with self.box.transaction():
             self.registry.flush()
             self.registry.check_stale(now)
-            self.box.prune_seen(now - self.config.outbox.dedup_days * 86400)
         self._stats.set_group("gaps_missing", self.box.missing())

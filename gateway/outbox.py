@@ -11,8 +11,9 @@ What it holds (schema in `MIGRATIONS`, version in `PRAGMA user_version`):
     items        what is waiting for delivery: a reading record (its SenML list) or an event
     pending      one row per (sink, item) not yet confirmed by that sink; `batch` once claimed
     batches      claimed batches with their idempotency key (a retry reuses key and content)
-    seen         every (node, seq) accepted: dedup that survives restarts (pruned by age)
-    gaps         per node, the missing sequence ranges
+    gaps         per node, the missing sequence ranges between the lowest and highest seq
+                 accepted (`nodes.min_seq`, `nodes.max_seq`): together they are the dedup
+                 index, which survives restarts and grows with gaps, not with readings
     nodes        the registry (registration, status, last values)
     alarms       per node and alarm: active or not, raised/cleared times
     quarantine   every rejected message: raw bytes, topic, reason, offset, detail
@@ -98,6 +99,13 @@ MIGRATIONS: list[str] = [
     # 2: releasing a batch asks "is this item still pending for another sink?" by item
     """
     CREATE INDEX pending_item ON pending(item);
+    """,
+    # 3: dedup by sequence ranges (min_seq, max_seq and the gaps) instead of one row per
+    # record: the index no longer grows with every reading
+    """
+    ALTER TABLE nodes ADD COLUMN min_seq INTEGER;
+    UPDATE nodes SET min_seq = (SELECT MIN(seq) FROM seen WHERE seen.node = nodes.node);
+    DROP TABLE seen;
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -205,12 +213,6 @@ class Outbox:
 
     # ---- ingest side (inside a transaction) -------------------------------------------------
 
-    def is_new(self, node: str, seq: int, now: float) -> bool:
-        """Marks (node, seq) seen; False when it already was (a duplicate)."""
-        cur = self.db.execute("INSERT OR IGNORE INTO seen(node, seq, at) VALUES (?, ?, ?)",
-                              (node, seq, now))
-        return cur.rowcount == 1
-
     def add_item(self, kind: str, node: str, seq: int | None, body: Any, now: float,
                  sinks: Sequence[str] | None = None) -> int:
         """Stores one item and makes it pending for every sink (or `sinks`)."""
@@ -225,26 +227,38 @@ class Outbox:
             self.db.executemany(_PENDING_SQL, [(s, item, len(text), now) for s in targets])
         return item
 
-    def track_seq(self, node: str, seq: int, top: int | None) -> tuple[int, int]:
-        """Updates the node's gap ranges for a newly accepted `seq`, given the highest seq
-        accepted so far (`top`); returns (new top, change in the count of missing seqs)."""
-        if top is None or seq == top + 1:
-            return seq, 0
-        if seq > top:
-            self.db.execute("INSERT OR REPLACE INTO gaps(node, first, last) VALUES (?, ?, ?)",
-                            (node, top + 1, seq - 1))
-            return seq, seq - top - 1
+    def accept_seq(self, node: str, seq: int, lo: int | None,
+                   hi: int | None) -> tuple[bool, int, int, int]:
+        """Dedup and gap tracking for one record of `node`.
+
+        `lo`, `hi`: the lowest and highest seq accepted so far (None: nothing yet); every seq
+        between them was accepted unless it lies in one of the node's gaps. Returns
+        `(new, lo, hi, change in the count of missing seqs)`; a new seq fills its gap or
+        widens the range, recording the seqs it jumps over as a gap.
+        """
+        if hi is None or lo is None:
+            return True, seq, seq, 0
+        if seq > hi:
+            if seq > hi + 1:
+                self.db.execute("INSERT INTO gaps(node, first, last) VALUES (?, ?, ?)",
+                                (node, hi + 1, seq - 1))
+            return True, lo, seq, seq - hi - 1
+        if seq < lo:
+            if seq < lo - 1:
+                self.db.execute("INSERT INTO gaps(node, first, last) VALUES (?, ?, ?)",
+                                (node, seq + 1, lo - 1))
+            return True, seq, hi, lo - seq - 1
         gap = self.db.execute("SELECT first, last FROM gaps WHERE node=? AND first<=? "
                               "ORDER BY first DESC LIMIT 1", (node, seq)).fetchone()
         if gap is None or gap[1] < seq:
-            return top, 0  # older than anything tracked (before the first record seen)
+            return False, lo, hi, 0  # accepted before: a duplicate
         first, last = gap
         self.db.execute("DELETE FROM gaps WHERE node=? AND first=?", (node, first))
         if first <= seq - 1:
             self.db.execute("INSERT INTO gaps VALUES (?, ?, ?)", (node, first, seq - 1))
         if seq + 1 <= last:
             self.db.execute("INSERT INTO gaps VALUES (?, ?, ?)", (node, seq + 1, last))
-        return top, -1
+        return True, lo, hi, -1
 
     def quarantine(self, topic: str, payload: bytes, reason: str, offset: int | None,
                    detail: str, now: float, *, keep: int) -> None:
@@ -254,9 +268,6 @@ class Outbox:
         if keep:
             self.db.execute("DELETE FROM quarantine WHERE id <= "
                             "(SELECT MAX(id) FROM quarantine) - ?", (keep,))
-
-    def prune_seen(self, older_than: float) -> int:
-        return self.db.execute("DELETE FROM seen WHERE at < ?", (older_than,)).rowcount
 
     # ---- sink side --------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ Repeating the same state does nothing.
 | `low_battery` | battery below `[gateway] low_battery_mv` (channel `battery_voltage` or status `bat`) | battery at or above the threshold + 100 mV |
 | `stale` | no message for `stale_intervals` x `iv` (plus `sleep` for a sleeping node) | any message |
 | `queue_overflow` | status `qd` higher than the last status | a status with `qd` unchanged |
-| `gaps` | the node has missing sequence numbers | every gap filled |
+| `gaps` | the node has missing sequence numbers (not with a shared subscription) | every gap filled |
 | `offline` | status `on: false` without `sleep` (the Last Will) | status `on: true` |
 """
 
@@ -46,7 +46,7 @@ STATUS_FIELDS = {"fw": "fw", "boot": "boot", "q": "q", "qd": "qd", "iv": "iv", "
                  "rssi": "rssi", "bat": "battery_mv"}
 NODE_COLUMNS = ("node", "registered", "board", "sensors", "grp", "interval_s", "first_seen",
                 "last_seen", "last_reading", "state", "fw", "boot", "sleep", "battery_mv",
-                "rssi", "q", "qd", "iv", "cv", "max_seq", "accepted", "duplicates",
+                "rssi", "q", "qd", "iv", "cv", "min_seq", "max_seq", "accepted", "duplicates",
                 "last_values", "status")
 
 
@@ -62,6 +62,9 @@ class Registry:
         self._active: dict[tuple[str, str], bool] = {
             (n, a): bool(on) for n, a, on in box.db.execute(
                 "SELECT node, alarm, active FROM alarms")}
+        # With a shared subscription each instance sees only part of a node's messages, so
+        # its gaps say nothing about the node: no gaps alarm then (gaps are still tracked).
+        self.gap_alarms = True
         self._nodes: dict[str, dict[str, Any]] = {}
         self._dirty: set[str] = set()
 
@@ -76,10 +79,11 @@ class Registry:
         if state is None:
             self.box.db.execute("INSERT OR IGNORE INTO nodes(node, first_seen, last_seen) "
                                 "VALUES (?, ?, ?)", (node, now, now))
-            row = self.box.db.execute("SELECT last_values, battery_mv, rssi, max_seq FROM nodes "
-                                      "WHERE node=?", (node,)).fetchone()
+            row = self.box.db.execute("SELECT last_values, battery_mv, rssi, min_seq, max_seq "
+                                      "FROM nodes WHERE node=?", (node,)).fetchone()
             state = {"values": json.loads(row[0]) if row[0] else {}, "battery": row[1],
-                     "rssi": row[2], "max_seq": row[3], "accepted": 0, "duplicates": 0,
+                     "rssi": row[2], "min_seq": row[3], "max_seq": row[4], "accepted": 0,
+                     "duplicates": 0,
                      "last_seen": now, "last_reading": None}
             self._nodes[node] = state
         return state
@@ -91,10 +95,11 @@ class Registry:
             self.box.db.execute(
                 "UPDATE nodes SET last_seen=MAX(COALESCE(last_seen, 0), ?), "
                 "last_reading=COALESCE(?, last_reading), last_values=?, battery_mv=?, rssi=?, "
-                "max_seq=?, accepted=accepted+?, duplicates=duplicates+? WHERE node=?",
+                "min_seq=?, max_seq=?, accepted=accepted+?, duplicates=duplicates+? "
+                "WHERE node=?",
                 (st["last_seen"], st["last_reading"],
                  json.dumps(st["values"], separators=(",", ":")), st["battery"], st["rssi"],
-                 st["max_seq"], st["accepted"], st["duplicates"], node))
+                 st["min_seq"], st["max_seq"], st["accepted"], st["duplicates"], node))
             st["accepted"] = st["duplicates"] = 0
         self._dirty.clear()
 
@@ -170,7 +175,7 @@ class Registry:
                                f"alarms channel = {bits}")
         self._battery(node, st["battery"], now)
         self.set_alarm(node, "stale", False, now)
-        if missing_delta:
+        if missing_delta and self.gap_alarms:
             missing = self.box.db.execute("SELECT COALESCE(SUM(last-first+1), 0) FROM gaps "
                                           "WHERE node=?", (node,)).fetchone()[0]
             self.set_alarm(node, "gaps", missing > 0, now,

@@ -62,6 +62,44 @@ def test_schema_is_versioned_and_a_newer_one_is_refused(tmp_path):
         Outbox(tmp_path / "o.db")
 
 
+def test_migrations_carry_an_old_outbox_forward(tmp_path):
+    """A version-2 outbox (dedup by one `seen` row per record) becomes version 3 (ranges)."""
+    from gateway.outbox import MIGRATIONS
+    db = sqlite3.connect(tmp_path / "o.db", isolation_level=None)
+    for number, script in enumerate(MIGRATIONS[:2]):
+        db.executescript(script)
+        db.execute(f"PRAGMA user_version={number + 1}")
+    db.execute("INSERT INTO nodes(node, max_seq) VALUES ('n1', 12)")
+    db.executemany("INSERT INTO seen VALUES ('n1', ?, 0)", [(s,) for s in (9, 10, 12)])
+    db.execute("INSERT INTO gaps VALUES ('n1', 11, 11)")
+    db.close()
+    config = parse_config({"sinks": {"file": {}}, "api": {"enabled": False},
+                           "outbox": {"path": "o.db"}}, base_dir=tmp_path)
+    gw = Gateway(config)
+    gw.open_storage()
+    assert gw.box.schema_version == SCHEMA_VERSION == 3
+    assert gw.box.query("SELECT min_seq, max_seq FROM nodes") == [{"min_seq": 9,
+                                                                   "max_seq": 12}]
+    outcomes = [gw.handle_message("m/n1/r", reading(s, {1: 1}), received_at=T0)
+                for s in (9, 10, 11, 12, 8, 13)]
+    assert outcomes == ["duplicate", "duplicate", "accepted", "duplicate", "accepted",
+                        "accepted"]
+
+
+def test_dedup_index_grows_with_gaps_not_with_readings(tmp_path):
+    gw = make_gateway(tmp_path)
+    for seq in range(100, 400):
+        gw.handle_message("m/n1/r", reading(seq, {1: 1}), received_at=T0)
+    assert gw.box.gaps() == []
+    assert gw.handle_message("m/n1/r", reading(250, {1: 1}), received_at=T0) == "duplicate"
+    assert gw.handle_message("m/n1/r", reading(99, {1: 1}), received_at=T0) == "accepted"
+    assert gw.handle_message("m/n1/r", reading(90, {1: 1}), received_at=T0) == "accepted"
+    assert gw.box.gaps() == [("n1", 91, 98)]
+    assert gw.handle_message("m/n1/r", reading(95, {1: 1}), received_at=T0) == "accepted"
+    assert gw.handle_message("m/n1/r", reading(95, {1: 1}), received_at=T0) == "duplicate"
+    assert gw.box.gaps() == [("n1", 91, 94), ("n1", 96, 98)]
+
+
 def test_accepts_dedups_across_restarts_and_delivers_once(tmp_path):
     gw = make_gateway(tmp_path)
     msg = reading(10, {1: 2153, 2: 4523}, {0: 60, 1: 5})
@@ -226,7 +264,7 @@ def test_outbox_write_failure_raises_sink_error_only(tmp_path):
     with pytest.raises(SinkError):
         gw.handle_message("m/n1/r", reading(1, {1: 1}), received_at=T0)
     with pytest.raises(sqlite3.OperationalError):
-        gw.box.db.execute("INSERT INTO seen VALUES ('x', 1, 0)")
+        gw.box.db.execute("INSERT INTO gaps VALUES ('x', 1, 2)")
 
 
 def test_a_bug_on_one_message_quarantines_only_that_message(tmp_path, monkeypatch):
