@@ -143,7 +143,7 @@ class Ingestor:
                         raise
                     except sqlite3.OperationalError as exc:
                         raise SinkError(f"outbox {self.box.path}: {exc}") from exc
-                    except Exception as exc:  # noqa: BLE001 - one bad message must not stop the rest
+                    except Exception as exc:  # noqa: BLE001 - a bug: rerun carefully
                         if not careful:
                             raise _Bug() from exc
                         self.box.db.execute("ROLLBACK TO m")

@@ -10,6 +10,8 @@ to the dead-letter table). Everything else (batching, retry timing, bookkeeping)
 batcher's job (`gateway.batcher`), so a sink is only the protocol.
 
 Each sink's keys are in `gateway.config.SINK_SCHEMAS` and documented in `gateway/sample.toml`.
+Keeping them there rather than in a folder per sink means one loader checks every key of the
+file with the same error messages, and one test checks the sample against all of them.
 
 Items become SenML records (RFC 8428) the same way for every sink (`senml_records`): a reading
 record gives one SenML record per channel value plus the meterlink fields `node`, `seq` and
