@@ -31,7 +31,7 @@ survives resets, deep sleep, power loss and firmware updates; leak, backflow, ta
 # in hardware; the IRQ on the unit's min/max limits folds the 16-bit hardware count into a
 # small-int accumulator.
 #
-# Persistence (drivers/pulselog.py; why hand-written: no flash-journal library fits the heap,
+# Persistence (drivers/pulsenode.py; why hand-written: no flash-journal library fits the heap,
 # and the layout must be readable by every later firmware):
 # - RTC slow memory, bytes 64..255 of machine.RTC().memory() (the runtime owns 0..63): one
 #   96-byte slot per pulse meter (slot 0 at 64, slot 1 at 160), rewritten by save(). It holds
@@ -78,7 +78,7 @@ survives resets, deep sleep, power loss and firmware updates; leak, backflow, ta
 
 import time
 
-import pulselog
+import pulsenode
 
 from micropython import const
 
@@ -136,10 +136,10 @@ class PulseMeter:
         self._rev_seen = 0
         self._jnet = None  # (net, rev) of the newest journal record
         self._jfile = 0  # 0: "a", 1: "b"
-        self._jcount = pulselog.J_PER_FILE  # records in the current file (full: start the other)
+        self._jcount = pulsenode.J_PER_FILE  # records in the current file (full: start the other)
         self._flow = None  # (time, net) of the previous report
 
-        pulselog.restore(self, machine)
+        pulsenode.restore(self, machine)
         if counter == "pcnt":
             self._start_pcnt()
         else:
@@ -252,8 +252,8 @@ class PulseMeter:
             self._tamper_events = 0
             alarms |= TAMPER
         if report:
-            pulselog.journal(self)
-        pulselog.save_rtc(self)  # cheap (no flash wear): a crash reset loses nothing counted so far
+            pulsenode.journal(self)
+        pulsenode.save_rtc(self)  # cheap, no flash wear: a crash reset loses nothing counted
         return alarms
 
     def night_flow_ul_s(self):
@@ -281,5 +281,5 @@ class PulseMeter:
         """Persists the count: RTC memory always, the flash journal if the count changed."""
         if self._pcnt is not None:
             self._pcnt_fold()
-        pulselog.journal(self)
-        pulselog.save_rtc(self)
+        pulsenode.journal(self)
+        pulsenode.save_rtc(self)

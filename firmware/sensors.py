@@ -39,19 +39,31 @@ bytes 64..255 the drivers': pulse meters use 96-byte slots at 64 and 160 (`slot`
 by validate_hw in the order of the pulse sensors; at most two per node). Every writer keeps the
 other bytes as they are. Driver flash files: `pulse<slot>a.log`, `pulse<slot>b.log`.
 
-Driver modules are imported when the first adapter of their kind is created, so a node pays
-heap only for the drivers it uses.
+Each driver module ends with validate(c, entry, path, spec, out) and create(spec, hw) for
+this module: drivers/bme280.py, sht4x.py, pulsenode.py (pulse), analog.py (battery, pressure,
+rssi); an extra module per adapter would cost about 1.5 KB of heap each. The module is imported
+when a config names one of its drivers, so a node pays heap only for the drivers it uses.
+Adding a driver: its name in DRIVERS and _ADAPTERS, and those two functions in its module.
 """
 
-import channels
 
 # Every `driver` name accepted in `sensors[i].driver`.
-DRIVERS = ("bme280", "pulse")
-_MAX_PULSE = 2  # RTC memory slots for pulse meters (bytes 64..255)
+DRIVERS = ("bme280", "pulse", "sht4x", "battery", "pressure", "rssi")
+# driver -> module in drivers/ with its validate(c, entry, path, spec, out) and create(spec, hw)
+_ADAPTERS = {"bme280": "bme280", "sht4x": "sht4x", "pulse": "pulsenode", "battery": "analog",
+             "pressure": "analog", "rssi": "analog"}
 
 
-def _bus_names(out):
-    return ["i2c" + b for b in out.get("i2c", {})]
+def _adapters(driver):
+    return __import__(_ADAPTERS[driver])
+
+
+def i2c_spec(c, s, p, spec, out, rule, default, check):
+    """`bus` and `address` of an I2C sensor entry (used by the adapter modules)."""
+    spec["bus"] = c.get(s, "bus", p, str, "must name a configured bus such as \"i2c0\"",
+                        check=lambda v: v[3:] in out.get("i2c", {}) and v[:3] == "i2c")
+    spec["address"] = c.get(s, "address", p, int, rule, default=default, required=False,
+                            check=check)
 
 
 def validate_hw(c, cfg, out):
@@ -87,53 +99,9 @@ def validate_hw(c, cfg, out):
             "instance": c.get(s, "instance", p, int, "must be an integer 0-15", default=0,
                               required=False, check=lambda v: 0 <= v <= 15),
         }
-        if spec["driver"] == "bme280":
-            spec["bus"] = c.get(s, "bus", p, str, "must name a configured bus such as \"i2c0\"",
-                                check=lambda v: v in _bus_names(out))
-            spec["address"] = c.get(s, "address", p, int, "must be an I2C address 0x08-0x77",
-                                    default=0x76, required=False,
-                                    check=lambda v: 0x08 <= v <= 0x77)
-        elif spec["driver"] == "pulse":
-            _validate_pulse(c, s, p, spec, out)
+        if spec["driver"] is not None:
+            _adapters(spec["driver"]).validate(c, s, p, spec, out)
         out["sensors"].append(spec)
-
-
-def _gpio(c, s, key, p, required=True):
-    return c.get(s, key, p, int, "must be a GPIO number 0-48", required=required,
-                 check=lambda v: 0 <= v <= 48)
-
-
-def _validate_pulse(c, s, p, spec, out):
-    spec["kind"] = c.get(s, "kind", p, str, "must be water or gas", default="water",
-                         required=False, check=lambda v: v in ("water", "gas"))
-    spec["pin"] = _gpio(c, s, "pin", p)
-    spec["bus"] = "gpio%s" % spec["pin"]  # the label: pulse@gpio25
-    spec["pin_b"] = _gpio(c, s, "pin_b", p, required=False)
-    spec["tamper_pin"] = _gpio(c, s, "tamper_pin", p, required=False)
-    spec["litres_per_pulse"] = c.get(
-        s, "litres_per_pulse", p, int, "must be an integer 1-100000 (gas: 10 for 0.01 m3)",
-        default=1, required=False, check=lambda v: 1 <= v <= 100000)
-    spec["debounce_ms"] = c.get(s, "debounce_ms", p, int, "must be an integer 0-1000",
-                                default=10, required=False, check=lambda v: 0 <= v <= 1000)
-    spec["counter"] = c.get(s, "counter", p, str, "must be auto, irq or pcnt", default="auto",
-                            required=False, check=lambda v: v in ("auto", "irq", "pcnt"))
-    if spec["interval_s"] and spec["interval_s"] > 3600:
-        c.fail(p + ".interval_s", "must be at most 3600 for a pulse meter (hourly leak "
-               "bookkeeping)", spec["interval_s"])
-    if spec["kind"] == "gas" and spec["pin_b"] is not None:
-        c.fail(p + ".pin_b", "is for water meters (backflow); a gas meter has one contact",
-               spec["pin_b"])
-    if spec["counter"] == "pcnt" and spec["debounce_ms"]:
-        c.fail(p + ".counter", "pcnt cannot debounce contacts (its filter stops at 12.8 us); "
-               "use irq, or debounce_ms 0 for an electronic output", "pcnt")
-    pins = [spec[k] for k in ("pin", "pin_b", "tamper_pin") if spec[k] is not None]
-    if len(set(pins)) != len(pins):
-        c.fail(p, "pin, pin_b and tamper_pin must be different GPIOs", pins)
-    slot = sum(1 for o in out["sensors"] if o.get("driver") == "pulse")
-    if slot >= _MAX_PULSE:
-        c.fail(p + ".driver", "pulse: at most %d pulse meters per node (RTC memory slots)"
-               % _MAX_PULSE, "pulse")
-    spec["slot"] = slot
 
 
 class Hardware:
@@ -172,80 +140,6 @@ class Hardware:
         return bus
 
 
-class Bme280Sensor:
-    def __init__(self, spec, hw):
-        import asyncio
-        import bme280
-
-        self._sleep_ms = asyncio.sleep_ms
-        self.label = "bme280@%s:0x%02x" % (spec["bus"], spec["address"])
-        self.interval_s = spec["interval_s"]
-        self.dev = bme280.BME280(hw.i2c(spec["bus"]), address=spec["address"])
-        inst = spec["instance"]
-        self.keys = (channels.key(channels.TEMPERATURE, inst),
-                     channels.key(channels.PRESSURE, inst),
-                     channels.key(channels.HUMIDITY, inst))
-
-    async def sample(self):
-        await self._sleep_ms(self.dev.start())
-        values = {}
-        for k, v in zip(self.keys, self.dev.read()):
-            if v is not None:
-                values[k] = v
-        return values
-
-
-class PulseSensor:
-    def __init__(self, spec, hw):
-        import pulse
-
-        counter = spec["counter"]
-        if counter == "auto":
-            counter = "pcnt" if hw.board_info().get("pcnt_units", 0) > spec["slot"] * 2 + 1 \
-                and not spec["debounce_ms"] else "irq"
-        if counter == "pcnt":
-            import esp32
-
-            if not hasattr(esp32, "PCNT"):
-                raise OSError("pulse@gpio%d: counter pcnt: this chip has no PCNT" % spec["pin"])
-        self.counter = counter
-        self.label = "pulse@gpio%d" % spec["pin"]
-        self.interval_s = spec["interval_s"]
-        self.meter = pulse.PulseMeter(
-            kind=spec["kind"], pin_a=spec["pin"], pin_b=spec["pin_b"],
-            tamper_pin=spec["tamper_pin"], litres_per_pulse=spec["litres_per_pulse"],
-            debounce_ms=spec["debounce_ms"], counter=counter, slot=spec["slot"],
-            ticks_ms=hw.ticks_ms, clock=hw.clock)
-        inst = spec["instance"]
-        water = spec["kind"] == "water"
-        self.k_total = channels.key(channels.WATER_VOLUME if water else channels.GAS_VOLUME, inst)
-        self.k_flow = channels.key(channels.WATER_FLOW, inst) if water else None
-        self.k_night = channels.key(channels.NIGHT_FLOW, inst) if water else None
-        self.k_alarms = channels.key(channels.ALARMS, inst)
-
-    async def sample(self):
-        m = self.meter
-        alarms = m.poll(report=True)  # journals a changed total before it is reported
-        values = {self.k_total: m.total_l}
-        if self.k_flow is not None:
-            flow = m.flow_ml_s()
-            if flow is not None:
-                values[self.k_flow] = flow
-            night = m.night_flow_ul_s()
-            if night is not None:
-                values[self.k_night] = night
-        if alarms or alarms != m.last_alarms:
-            values[self.k_alarms] = alarms
-        m.last_alarms = alarms
-        return values
-
-    def wake_pins(self):
-        return self.meter.wake_pins()
-
-    def save(self):
-        self.meter.save()
-
-
 def arm_wake(pins):
     """Arms deep-sleep wake-up for (gpio, level) pairs from adapters' wake_pins(): the first
     pair on ext0 (one pin, either level), pairs with level 1 on ext1 (any high). On the
@@ -275,8 +169,4 @@ def label(spec):
 
 
 def create(spec, hw):
-    if spec["driver"] == "bme280":
-        return Bme280Sensor(spec, hw)
-    if spec["driver"] == "pulse":
-        return PulseSensor(spec, hw)
-    raise ValueError("no adapter for driver %s" % spec["driver"])
+    return _adapters(spec["driver"]).create(spec, hw)

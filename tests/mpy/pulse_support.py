@@ -1,6 +1,6 @@
-# Shared by test_pulse*.py: pulse meters (drivers/pulse.py through the sensors.py adapter) against the bouncing reed /
-# quadrature / tamper-loop model (hw/meter.py) and the esp32.PCNT model, in the MicroPython
-# unix port with the 96 KB heap. The model's virtual clock drives the driver's clock, so days of
+# Shared by test_pulse*.py: pulse meters (drivers/pulse.py through the sensors.py adapter)
+# against the bouncing reed / quadrature / tamper-loop model (hw/meter.py) and the esp32.PCNT
+# model, in the MicroPython unix port with the 96 KB heap. The model's virtual clock drives the driver's clock, so days of
 # meter life run in seconds. The truth is the model's own pulse count, never the driver's.
 import asyncio
 import gc

@@ -1,4 +1,5 @@
-# Pulse meters: counting, bounce, backflow, leak, tamper, PCNT and config. Helpers and the model set-up are in pulse_support.py.
+# Pulse meters: counting, bounce, backflow, leak, tamper, PCNT and config. Helpers and the
+# model set-up are in pulse_support.py.
 import os
 
 import machine

@@ -1,4 +1,5 @@
-# Pulse meters: the total across resets, deep sleep, power loss and torn journal writes. Helpers and the model set-up are in pulse_support.py.
+# Pulse meters: the total across resets, deep sleep, power loss and torn journal writes.
+# Helpers and the model set-up are in pulse_support.py.
 import os
 
 import machine

@@ -39,7 +39,9 @@ restarting (e.g. EXT0_WAKE when it woke the node by a pin).
 # lightsleep/sleep, freq, idle, disable_irq/enable_irq, and (loaded on first use, hw/rtc.py)
 # WDT and RTC. WDT.feed() records the deadline (WDT.deadline); nothing enforces it yet.
 #
-# Not modelled: ADC, PWM, UART, SPI, Timer, TouchPad, Signal, time_pulse_us, and the bit-level
+# ADC (hw/adc.py, loaded on first use): ADC1 pins, calibrated read_uv(), voltages from env.json.
+#
+# Not modelled: PWM, UART, SPI, Timer, TouchPad, Signal, time_pulse_us, and the bit-level
 # primitives start/stop/readinto/write, which raise OSError on SoftI2C as on the hardware I2C.
 #
 # Heap: on the chip these modules are C code in flash. The toolchain freezes them into the
@@ -85,6 +87,10 @@ def __getattr__(name):
         import hw.rtc
 
         return getattr(hw.rtc, name)
+    if name == "ADC":
+        from hw.adc import ADC
+
+        return ADC
     raise AttributeError(name)
 
 

@@ -1,6 +1,6 @@
-"""Persistence of pulse-meter counts (see drivers/pulse.py for the layout and the rules): the
-RTC memory slot and the flash journal. Separate from pulse.py so neither module is large to
-load on the node's heap."""
+"""The node side of pulse meters: persistence of the counts (the RTC memory slot and the flash
+journal; see drivers/pulse.py for the layout and the rules), and validate()/create() with the
+adapter for firmware/sensors.py. Separate from pulse.py so neither module is large to load."""
 
 import struct
 
@@ -160,3 +160,104 @@ def restore(m, machine):
             m.net += 1
         m._counted = 1
     m._closed = closed
+
+
+# ---------------------------------------------------------------------------------- node glue
+# validate()/create() and the adapter for firmware/sensors.py (driver "pulse").
+
+_MAX_PULSE = 2  # RTC memory slots for pulse meters (bytes 64..255)
+
+
+def _gpio(c, s, key, p, required=True):
+    return c.get(s, key, p, int, "must be a GPIO number 0-48", required=required,
+                 check=lambda v: 0 <= v <= 48)
+
+
+def validate(c, s, p, spec, out):
+    spec["kind"] = c.get(s, "kind", p, str, "must be water or gas", default="water",
+                         required=False, check=lambda v: v in ("water", "gas"))
+    spec["pin"] = _gpio(c, s, "pin", p)
+    spec["bus"] = "gpio%s" % spec["pin"]  # the label: pulse@gpio25
+    spec["pin_b"] = _gpio(c, s, "pin_b", p, required=False)
+    spec["tamper_pin"] = _gpio(c, s, "tamper_pin", p, required=False)
+    spec["litres_per_pulse"] = c.get(
+        s, "litres_per_pulse", p, int, "must be an integer 1-100000 (gas: 10 for 0.01 m3)",
+        default=1, required=False, check=lambda v: 1 <= v <= 100000)
+    spec["debounce_ms"] = c.get(s, "debounce_ms", p, int, "must be an integer 0-1000",
+                                default=10, required=False, check=lambda v: 0 <= v <= 1000)
+    spec["counter"] = c.get(s, "counter", p, str, "must be auto, irq or pcnt", default="auto",
+                            required=False, check=lambda v: v in ("auto", "irq", "pcnt"))
+    if spec["interval_s"] and spec["interval_s"] > 3600:
+        c.fail(p + ".interval_s", "must be at most 3600 for a pulse meter (hourly leak "
+               "bookkeeping)", spec["interval_s"])
+    if spec["kind"] == "gas" and spec["pin_b"] is not None:
+        c.fail(p + ".pin_b", "is for water meters (backflow); a gas meter has one contact",
+               spec["pin_b"])
+    if spec["counter"] == "pcnt" and spec["debounce_ms"]:
+        c.fail(p + ".counter", "pcnt cannot debounce contacts (its filter stops at 12.8 us); "
+               "use irq, or debounce_ms 0 for an electronic output", "pcnt")
+    pins = [spec[k] for k in ("pin", "pin_b", "tamper_pin") if spec[k] is not None]
+    if len(set(pins)) != len(pins):
+        c.fail(p, "pin, pin_b and tamper_pin must be different GPIOs", pins)
+    slot = sum(1 for o in out["sensors"] if o.get("driver") == "pulse")
+    if slot >= _MAX_PULSE:
+        c.fail(p + ".driver", "pulse: at most %d pulse meters per node (RTC memory slots)"
+               % _MAX_PULSE, "pulse")
+    spec["slot"] = slot
+
+
+class PulseSensor:
+    def __init__(self, spec, hw):
+        import channels
+
+        counter = spec["counter"]
+        if counter == "auto":
+            counter = "pcnt" if hw.board_info().get("pcnt_units", 0) > spec["slot"] * 2 + 1 \
+                and not spec["debounce_ms"] else "irq"
+        if counter == "pcnt":
+            import esp32
+
+            if not hasattr(esp32, "PCNT"):
+                raise OSError("pulse@gpio%d: counter pcnt: this chip has no PCNT" % spec["pin"])
+        self.counter = counter
+        self.label = "pulse@gpio%d" % spec["pin"]
+        self.interval_s = spec["interval_s"]
+        import pulse
+
+        self.meter = pulse.PulseMeter(
+            kind=spec["kind"], pin_a=spec["pin"], pin_b=spec["pin_b"],
+            tamper_pin=spec["tamper_pin"], litres_per_pulse=spec["litres_per_pulse"],
+            debounce_ms=spec["debounce_ms"], counter=counter, slot=spec["slot"],
+            ticks_ms=hw.ticks_ms, clock=hw.clock)
+        inst = spec["instance"]
+        water = spec["kind"] == "water"
+        self.k_total = channels.key(channels.WATER_VOLUME if water else channels.GAS_VOLUME, inst)
+        self.k_flow = channels.key(channels.WATER_FLOW, inst) if water else None
+        self.k_night = channels.key(channels.NIGHT_FLOW, inst) if water else None
+        self.k_alarms = channels.key(channels.ALARMS, inst)
+
+    async def sample(self):
+        m = self.meter
+        alarms = m.poll(report=True)  # journals a changed total before it is reported
+        values = {self.k_total: m.total_l}
+        if self.k_flow is not None:
+            flow = m.flow_ml_s()
+            if flow is not None:
+                values[self.k_flow] = flow
+            night = m.night_flow_ul_s()
+            if night is not None:
+                values[self.k_night] = night
+        if alarms or alarms != m.last_alarms:
+            values[self.k_alarms] = alarms
+        m.last_alarms = alarms
+        return values
+
+    def wake_pins(self):
+        return self.meter.wake_pins()
+
+    def save(self):
+        self.meter.save()
+
+
+def create(spec, hw):
+    return PulseSensor(spec, hw)
