@@ -8,6 +8,7 @@ readings a second and the scenarios take seconds, not minutes."""
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import socket
@@ -110,6 +111,7 @@ class Link:
         self.host = "127.0.0.1"
         self._srv = None
         self._conns: list[socket.socket] = []
+        self.swallow = False  # True: broker -> node bytes are dropped (PUBACKs never arrive)
         self.up()
 
     def up(self):
@@ -149,14 +151,14 @@ class Link:
                 a.close()
                 continue
             self._conns += [a, b]
-            for x, y in ((a, b), (b, a)):
-                threading.Thread(target=self._pipe, args=(x, y), daemon=True).start()
+            for x, y, down in ((a, b, False), (b, a, True)):
+                threading.Thread(target=self._pipe, args=(x, y, down), daemon=True).start()
 
-    @staticmethod
-    def _pipe(src, dst):
+    def _pipe(self, src, dst, downstream):
         try:
             while data := src.recv(4096):
-                dst.sendall(data)
+                if not (downstream and self.swallow):
+                    dst.sendall(data)
         except OSError:
             pass
         finally:
@@ -327,6 +329,152 @@ def test_queue_full_drops_are_counted_exactly_and_reported(tmp_path, broker):
         # drop-oldest: the lost ones are one run of the oldest, everything after them arrived
         assert lost == set(range(min(lost), max(lost) + 1)), sorted(lost)
         assert {q for q in all_queued if q > max(lost)} <= arrived
+    finally:
+        ctl.close()
+        node.stop()
+        gw.stop()
+
+
+def test_lost_pubacks_resend_with_dup_and_the_gateway_drops_the_copies(tmp_path, broker):
+    gw = GatewayProcess(tmp_path / "gw", broker)
+    link = Link(broker)
+    node = fast_node(tmp_path / "n9", "n9", link, entries=2)
+    try:
+        node.start()
+        wait_for(lambda: len(delivered(gw, "n9")) >= 4, 30, "readings flowing", debug(node, gw))
+        link.swallow = True  # the broker gets the messages, the node never hears the PUBACKs
+        time.sleep(3)
+        link.down()  # the node sees the link drop with messages in flight
+        link.swallow = False
+        link.up()
+        wait_for(lambda: "with DUP" in node.console(), 60, "the re-send with DUP", debug(node))
+        time.sleep(2)
+        node.stop()
+        want = set(queued(node))
+        wait_for(lambda: want <= set(delivered(gw, "n9")), 30, "every reading", debug(node, gw))
+        assert_exactly_once(gw, node, want)
+        assert gw.counters().get("duplicates", 0) > 0, "the re-sent copies reached the gateway"
+    finally:
+        link.down()
+        node.stop()
+        gw.stop()
+
+
+def test_failing_sensor_is_counted_and_retried_without_delaying_the_others(tmp_path, broker):
+    node = fast_node(tmp_path / "n10", "n10", broker, entries=2)
+    ctl = Control(broker, "n10")
+    try:
+        node.set_environment(faults={"i2c0:0x77": "absent"})
+        node.start()
+        wait_for(lambda: len(queued(node)) >= 6, 30, "readings of the healthy sensor", debug(node))
+        ctl.send("k", cbor2.dumps({"id": 1, "cmd": "diag"}))
+        diag = ctl.ack_for(15, id=1)
+        assert diag["err"]["bme280@i2c0:0x77"] >= 3, diag
+        assert "bme280@i2c0:0x76" not in diag["err"], diag
+        assert "failed (3 in a row)" in node.console()
+        node.set_environment()  # the part is back: the sensor is probed again and reads
+        before = len(queued(node))
+        wait_for(lambda: len(queued(node)) >= before + 6, 30, "both sensors reading")
+        last = node.console().rsplit("failed", 1)[-1]
+        assert last.count("queued seq=") >= 6
+    finally:
+        ctl.close()
+        node.stop()
+
+
+# --------------------------------------------------------------------------- time
+class Sntp:
+    """A real (S)NTP server (RFC 4330 answers) on a loopback UDP port whose clock runs
+    `offset` seconds from the host's, so a test can tell NTP time from the host clock."""
+
+    def __init__(self, offset: int):
+        self.offset = offset
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.requests = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                req, addr = self.sock.recvfrom(512)
+            except OSError:
+                return
+            if len(req) < 48 or req[0] & 7 != 3:
+                continue
+            self.requests += 1
+            now = time.time() + self.offset + 2208988800
+            secs, frac = int(now), int((now % 1) * 2**32)
+            reply = bytearray(48)
+            reply[0] = 0x24  # LI 0, version 4, mode 4 (server)
+            reply[1] = 1  # stratum 1
+            reply[24:32] = req[40:48]  # originate = the client's transmit
+            for off in (32, 40):  # receive and transmit timestamps
+                reply[off:off + 8] = secs.to_bytes(4, "big") + frac.to_bytes(4, "big")
+            self.sock.sendto(bytes(reply), addr)
+
+    def close(self):
+        self.sock.close()
+
+
+def reading_times(gw: GatewayProcess, node_id: str) -> dict[int, int]:
+    return {r["seq"]: r["t"] for r in gw.records() if r["node"] == node_id}
+
+
+def test_ntp_sets_the_clock_and_readings_align_to_the_interval(tmp_path, broker):
+    ntp = Sntp(offset=3600)  # an hour ahead of the host: readings must carry NTP time
+    gw = GatewayProcess(tmp_path / "gw", broker)
+    node = fast_node(tmp_path / "t1", "t1", broker, entries=1,
+                     time={"ntp": "127.0.0.1", "ntp_port": ntp.port})
+    node_cfg = node.flash / "config.json"
+    cfg = json.loads(node_cfg.read_text())
+    cfg["sensors"][0]["interval_s"] = 2
+    node_cfg.write_text(json.dumps(cfg))
+    try:
+        node.start()
+        wait_for(lambda: "clock set from NTP" in node.console(), 30, "the NTP answer", debug(node))
+        synced_at = len(queued(node))
+        wait_for(lambda: len(queued(node)) >= synced_at + 4, 30, "readings after the sync")
+        node.stop()
+        want = set(queued(node))
+        wait_for(lambda: want <= set(reading_times(gw, "t1")), 30, "all readings", debug(node, gw))
+        times = reading_times(gw, "t1")
+        later = [times[s] for s in queued(node)[synced_at + 1:]]
+        now = time.time()
+        assert all(abs(t - (now + 3600)) < 60 for t in later), (later, now + 3600)
+        assert all(t % 2 == 0 for t in later), f"not on 2 s boundaries: {later}"
+        assert ntp.requests >= 1
+    finally:
+        ntp.close()
+        node.stop()
+        gw.stop()
+
+
+def test_without_ntp_relative_time_then_the_gateway_time(tmp_path, broker):
+    gw = GatewayProcess(tmp_path / "gw", broker)
+    node = fast_node(tmp_path / "t2", "t2", broker, entries=1)
+    ctl = Control(broker, "t2")
+    try:
+        node.start()
+        wait_for(lambda: len(delivered(gw, "t2")) >= 2, 30, "relative-time readings",
+                 debug(node, gw))
+        now = time.time()
+        for t in reading_times(gw, "t2").values():  # anchored at receipt by the gateway
+            assert abs(t - now) < 30, (t, now)
+        ctl.send("k", cbor2.dumps({"id": 1, "cmd": "time", "t": int(now) + 7200}))
+        ack = ctl.ack_for(15, id=1)
+        assert ack["ok"] and abs(ack["t"] - (now + 7200)) < 30, ack
+        mark = len(queued(node))
+        wait_for(lambda: len(queued(node)) >= mark + 3, 30, "readings after the gateway time")
+        node.stop()
+        want = set(queued(node))
+        wait_for(lambda: want <= set(reading_times(gw, "t2")), 30, "all readings")
+        times = reading_times(gw, "t2")
+        after = [times[s] for s in queued(node)[mark + 1:]]
+        assert all(abs(t - (now + 7200)) < 60 for t in after), (after, now + 7200)
+        st = [s for s in ctl.status if "t" in s]
+        assert not st or all(abs(s["t"] - (now + 7200)) < 60 for s in st)
     finally:
         ctl.close()
         node.stop()
