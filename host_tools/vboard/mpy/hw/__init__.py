@@ -21,7 +21,9 @@ thin ESP32-port faces on top of this; the files and the in-process API are descr
 #                       Missing file or key: 20.0 C, 50.0 %RH, 101325 Pa, no faults.
 #                       Faults: "i2c<bus>:0x<addr>" -> "absent" (the part NACKs: ENODEV) or
 #                       "timeout" (the transfer times out: ETIMEDOUT); "i2c<bus>" -> "timeout"
-#                       (bus held low); "wifi" -> "down" (the access point is gone); models add
+#                       (bus held low) or "hang" (the driver call never returns: a wedged
+#                       peripheral, for watchdog tests); "wifi" -> "down" (the access point is
+#                       gone); models add
 #                       their own (bme280: "busy", the conversion never finishes).
 #     rtc_memory.bin    RTC slow memory (machine.RTC().memory()); survives every restart of the
 #                       process like RTC memory survives deep sleep and resets; the launcher
