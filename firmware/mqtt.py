@@ -217,12 +217,7 @@ class MQTTClient:
             pid = self.next_pid()
         pkt.append(pid >> 8)
         pkt.append(pid & 0xFF)
-        self._acks[pid] = asyncio.Event()
-        try:
-            await self._send(pkt, payload)
-        except Exception:
-            self._acks.pop(pid, None)
-            raise
+        await self._send_tracked(pid, pkt, payload)
         return pid
 
     async def wait_ack(self, pid, timeout_ms=None):
@@ -255,17 +250,17 @@ class MQTTClient:
     # ------------------------------------------------------------------ internals
     async def _exchange(self, pid, pkt, payload=None):
         """Sends a packet and waits for the PUBACK/SUBACK carrying `pid`."""
-        ev = asyncio.Event()
-        self._acks[pid] = ev
+        await self._send_tracked(pid, pkt, payload)
+        await self.wait_ack(pid)
+
+    async def _send_tracked(self, pid, pkt, payload):
+        # The ack event exists before the packet leaves: a fast PUBACK is never missed.
+        self._acks[pid] = asyncio.Event()
         try:
             await self._send(pkt, payload)
-            await asyncio.wait_for_ms(ev.wait(), self.timeout_ms)
-        except asyncio.TimeoutError:
-            raise OSError(errno.ETIMEDOUT)
-        finally:
+        except Exception:
             self._acks.pop(pid, None)
-        if not self.connected:
-            raise OSError(errno.ECONNRESET)
+            raise
 
     async def _send(self, head, payload=None):
         w = self._writer

@@ -367,14 +367,15 @@ class Node:
             self.inbox_ev.clear()
             while self.inbox:
                 topic, payload = self.inbox.pop(0)
+                mod = None
                 try:
                     gc.collect()
-                    import downlink  # loaded for the message, unloaded after: heap
-
-                    await downlink.handle(self, topic, payload)
+                    mod = __import__("downlink")  # loaded for the message, dropped after: heap
+                    await mod.handle(self, topic, payload)
                 except Exception as exc:  # a bug here must never stop the node
                     log.error("down", "handling %s failed: %r", topic, exc)
                 finally:
+                    mod = None  # the module must not stay referenced from this frame
                     sys.modules.pop("downlink", None)
                     sys.modules.pop("cbordec", None)
                     gc.collect()

@@ -211,6 +211,11 @@ class Control:
         self.c.disconnect()
 
 
+def start_and_wait_birth(node: VirtualNode, ctl: Control) -> None:
+    node.start()
+    wait_for(lambda: ctl.status and ctl.status[-1].get("on"), 30, "the birth status", debug(node))
+
+
 # --------------------------------------------------------------------------- store and forward
 def test_offline_for_200_readings_then_all_arrive_once_in_order(tmp_path, broker):
     gw = GatewayProcess(tmp_path / "gw", broker)
@@ -519,9 +524,7 @@ def test_bad_downlink_is_rejected_precisely_and_the_node_runs_on(tmp_path, broke
     node = fast_node(tmp_path / "n5", "n5", broker, entries=1)
     ctl = Control(broker, "n5")
     try:
-        node.start()
-        wait_for(lambda: ctl.status and ctl.status[-1].get("on"), 30, "the birth status",
-                 debug(node))
+        start_and_wait_birth(node, ctl)
         enc = cbor2.dumps
         cases = [
             ("k", b"\xff\x00", None, "not CBOR: offset 0"),
@@ -564,8 +567,7 @@ def test_config_update_applies_acks_and_survives_a_bad_file(tmp_path, broker):
     node = fast_node(tmp_path / "n6", "n6", broker, entries=1)
     ctl = Control(broker, "n6")
     try:
-        node.start()
-        wait_for(lambda: ctl.status and ctl.status[-1].get("on"), 30, "the birth status")
+        start_and_wait_birth(node, ctl)
         ctl.send("c", cbor2.dumps({"v": 3, "id": "cfg-3", "patch": {"sensors": [
             {"driver": "bme280", "bus": "i2c0", "address": 0x76, "interval_s": 2}]}}), retain=True)
         ack = ctl.ack_for(15, id="cfg-3")
@@ -593,8 +595,7 @@ def test_commands_read_interval_flush_reboot(tmp_path, broker):
     node = fast_node(tmp_path / "n7", "n7", broker, entries=1)
     ctl = Control(broker, "n7")
     try:
-        node.start()
-        wait_for(lambda: ctl.status and ctl.status[-1].get("on"), 30, "the birth status")
+        start_and_wait_birth(node, ctl)
         ctl.send("k", cbor2.dumps({"id": 1, "cmd": "interval", "s": 3600}))
         assert ctl.ack_for(15, id=1)["iv"] == 3600
         before = len(queued(node))
