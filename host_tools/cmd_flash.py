@@ -17,6 +17,7 @@ MicroPython; `meterlink deploy` and `meterlink provision` come next.
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -66,6 +67,21 @@ def esptool_argv(board: device.Board, port: str, firmware: Path, *, erase: bool,
     return argv + [f"0x{board.flash_offset:x}", str(firmware)]
 
 
+def esptool_failure(port: str, board: device.Board, output: str) -> UserError:
+    """The technician's one line for what esptool printed when it failed."""
+    m = re.search(r"This chip is (\S+), not (\S+)\.", output)  # esptool/loader.py
+    if m:
+        return UserError(device.ERR_WRONG_CHIP.format(
+            port=port, found=m.group(1).replace("-", ""), board=board.path.name,
+            expected=board.chip.upper()))
+    if "Permission denied" in output:
+        return UserError(device.ERR_PERMISSION.format(port=port))
+    if "exclusively lock" in output or "Resource temporarily unavailable" in output:
+        return UserError(device.ERR_BUSY.format(port=port))
+    return UserError("esptool could not flash the board (its output is above): hold the "
+                     "board's BOOT button while esptool connects, or try --baud 115200")
+
+
 def run(args: argparse.Namespace) -> int:
     board = device.load_board(args.board)
     chip = image_chip(args.firmware)
@@ -77,17 +93,15 @@ def run(args: argparse.Namespace) -> int:
     device.open_serial(port).close()  # missing, permission, busy: the technician's message
     argv = esptool_argv(board, port, args.firmware, erase=args.erase, baud=args.baud)
     say("esptool " + " ".join(argv))
-    done = subprocess.run([sys.executable, "-m", "esptool", *argv], capture_output=False,
-                          stdout=None, stderr=subprocess.PIPE, text=True)
-    if done.returncode != 0:
-        err = done.stderr or ""
-        sys.stderr.write(err)
-        if "Wrong --chip" in err or "is not" in err and "chip" in err.lower():
-            raise UserError(device.ERR_WRONG_CHIP.format(port=port, found="other chip",
-                                                         board=board.path.name,
-                                                         expected=board.chip.upper()))
-        raise UserError("esptool failed (above): hold the board's BOOT button while it "
-                        "connects, or try a lower --baud such as 115200")
+    proc = subprocess.Popen([sys.executable, "-m", "esptool", *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    tail = b""
+    while chunk := proc.stdout.read1(4096):  # esptool's own progress, as it comes
+        sys.stdout.buffer.write(chunk)
+        sys.stdout.flush()
+        tail = (tail + chunk)[-8192:]
+    if proc.wait() != 0:
+        raise esptool_failure(port, board, tail.decode(errors="replace"))
     say(f"flashed {args.firmware.name} to {port} at 0x{board.flash_offset:x} (verified by "
         f"esptool); next: meterlink deploy --board {board.name}")
     return 0

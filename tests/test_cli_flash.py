@@ -93,3 +93,15 @@ def test_every_board_file_loads(tmp_path):
         b = device.load_board(path.stem)
         assert b.chip == json.loads(path.read_text())["chip"]
         assert b.mpy_arch in ("xtensawin", "rv32imc")
+
+
+def test_esptool_failures_become_one_line_with_the_fix():
+    board = device.load_board("esp32-devkitc")
+    # the message esptool's loader raises when --chip does not match the chip it finds
+    out = "A fatal error occurred: This chip is ESP32-S3, not ESP32. Wrong chip argument?"
+    assert str(cmd_flash.esptool_failure("/dev/ttyUSB0", board, out)) == (
+        "wrong chip: /dev/ttyUSB0 is an ESP32S3 but board file esp32-devkitc.json is for an "
+        "ESP32; use the board file for this node (`meterlink ports` and boards/*.json)")
+    out = "A fatal error occurred: Failed to connect to ESP32: No serial data received."
+    assert "hold the board's BOOT button" in str(
+        cmd_flash.esptool_failure("/dev/ttyUSB0", board, out))

@@ -30,6 +30,11 @@ into the build so it takes none of the node's heap, fed one request at a time ov
 - printed `\\n` becomes `\\r\\n` (the port's cooked console output); output that nobody reads is
   dropped once 64 KB are pending, like a UART with nothing attached.
 
+Not modelled: the flash filesystem's size (the flash folder is a host directory, so
+`os.statvfs` reports the host disk; an ENOSPC from the host is reported as on the device), file
+sizes in `os.ilistdir` (the unix port gives 3-tuples, so `mpremote fs ls` shows 0), the
+ROM bootloader's boot messages, baud rates and DTR/RTS resets (esptool cannot talk to it).
+
 The node's folder is the one `VirtualNode` uses (flash/, board.json, env.json); the flash
 folder starts empty unless the caller fills it (a board fresh from `esptool`: MicroPython and
 nothing else), and `meterlink deploy` puts the firmware there. `console.log` in the folder
