@@ -4,8 +4,12 @@ are copied, stale modules go, and the technician's errors (wrong chip, out of fl
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +19,7 @@ from host_tools.vboard.pty_repl import PtyBoard
 
 pytestmark = pytest.mark.slow
 BOARD = "esp32-devkitc"
+MPREMOTE = str(Path(sys.executable).with_name("mpremote"))
 
 
 @pytest.fixture
@@ -44,6 +49,11 @@ def test_deploy_copies_the_build_then_nothing_then_only_what_changed(board, caps
     rc, out, err = deploy(capsys, board.port)
     assert rc == 0, err
     assert "0 to copy (0 bytes), 0 to remove" in out
+    # the mpremote command line sees the same files with the same hashes
+    listing = subprocess.run([MPREMOTE, "connect", board.port, "fs", "sha256sum", ":node.mpy",
+                              ":main.py"], capture_output=True, text=True, timeout=60).stdout
+    assert hashlib.sha256(build["node.mpy"]).hexdigest() in listing
+    assert hashlib.sha256(build["main.py"]).hexdigest() in listing
 
     # a file changed on the node, and a module an older deploy left behind
     (board.flash / "wire.mpy").write_bytes(b"corrupt")
