@@ -39,6 +39,7 @@ FIELDS = (
     ("queue_bytes", "flash used by the queue (bytes)"),
     ("qd", "readings dropped, queue full (ever)"),
     ("sent", "readings sent since boot"),
+    ("rejected", "downlink messages rejected"),
     ("heap", "free heap (bytes)"),
     ("heap_peak", "peak heap used (bytes)"),
     ("rssi", "Wi-Fi RSSI (dBm)"),
@@ -110,6 +111,9 @@ def format_table(d: dict) -> list[str]:
         if isinstance(v, dict):
             v = ", ".join(f"{k}: {x}" for k, x in v.items()) or "-"
         rows.append((meaning, str(v)))
+    known = {k for k, _ in FIELDS} | {"last"}
+    for key in sorted(k for k in d if k not in known and d[k] is not None):
+        rows.append((key, str(d[key])))  # keys a newer firmware adds
     last = d.get("last") or {}
     for label, values in last.items():
         if isinstance(values, dict):

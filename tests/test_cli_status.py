@@ -106,3 +106,23 @@ def test_monitor_timestamps_lines_and_highlights_errors(tmp_path, capsys):
     assert not info[0].startswith("\x1b")
     assert re.search(r"monitor: [1-9]\d* error line\(s\)", err)
     assert "E mqtt: connect failed" in (tmp_path / "mon.log").read_text()
+
+
+def test_status_table_names_every_key_and_decodes_last_readings():
+    from host_tools.cmd_status import format_table
+
+    d = {"fw": "0.3.0", "boot": 4, "rst": "power", "up": 3600, "q": 2, "qd": 0, "seq": 120,
+         "heap": 31200, "rssi": -67, "err": {"bme280@i2c0:0x76": 3}, "new_key": 7,
+         "last": {"bme280@i2c0:0x76": {1: 2153, 2: 4523, 3: 101325},
+                  "pulse@pcnt0": {4: 123456, 65: -512}}}
+    lines = format_table(d)
+    text = "\n".join(lines)
+    assert re.search(r"firmware version\s+0\.3\.0", text)
+    assert re.search(r"readings queued on flash\s+2", text)
+    assert re.search(r"failed readings per sensor since boot\s+bme280@i2c0:0x76: 3", text)
+    assert re.search(r"new_key\s+7", text)  # a key this table does not know yet still shows
+    assert re.search(r"last bme280@i2c0:0x76\s+temperature 21\.53 Cel  humidity 45\.23 %RH  "
+                     r"pressure 101325 Pa$", text, re.M)
+    assert re.search(r"last pulse@pcnt0\s+water_volume 123\.456 m3  temperature:1 -5\.12 Cel$",
+                     text, re.M)
+    assert re.search(r"Wi-Fi RSSI \(dBm\)\s+-67", text)
