@@ -8,8 +8,9 @@ One entity per node and kind of station, id `urn:ngsi-ld:{Type}:{node_id}`:
 
 | channels in the reading | entity type |
 |---|---|
-| `water_volume`, `water_flow`, `water_pressure`, `ph`, `conductivity`, `free_chlorine` | `WaterMeter` |
+| `water_volume`, `water_flow`, `water_pressure`, `ph`, `conductivity`, `free_chlorine`, `night_flow`, `turbidity` | `WaterMeter` |
 | `gas_volume` | `GasMeter` |
+| `heat_energy` | `HeatMeter` |
 | `pm1`, `pm2_5`, `pm10` | `AirQualityObserved` |
 | anything else (temperature, humidity, pressure, battery, rssi, alarms) | `WeatherObserved` (the environment station) |
 
@@ -38,14 +39,16 @@ from gateway.sinks.http import HttpPoster
 
 UPSERT_PATH = "/ngsi-ld/v1/entityOperations/upsert?options=update"
 
-WATER = {"water_volume", "water_flow", "water_pressure", "ph", "conductivity", "free_chlorine"}
+WATER = {"water_volume", "water_flow", "water_pressure", "ph", "conductivity", "free_chlorine",
+         "night_flow", "turbidity"}
 GAS = {"gas_volume"}
+HEAT = {"heat_energy"}
 AIR = {"pm1", "pm2_5", "pm10"}
 
 ATTRIBUTE = {"humidity": "relativeHumidity", "pressure": "atmosphericPressure",
              "pm2_5": "pm25", "battery_voltage": "batteryVoltage", "rssi": "rssi"}
 UNIT_CODE = {"Cel": "CEL", "%RH": "P1", "Pa": "PAL", "m3": "MTQ", "m3/s": "MQS", "V": "VLT",
-             "dBm": "2Q", "kg/m3": "KMQ", "S/m": "D10"}
+             "kg/m3": "KMQ", "S/m": "D10", "J": "JOU"}
 
 
 def entity_type(channel: str) -> str:
@@ -53,6 +56,8 @@ def entity_type(channel: str) -> str:
         return "WaterMeter"
     if channel in GAS:
         return "GasMeter"
+    if channel in HEAT:
+        return "HeatMeter"
     if channel in AIR:
         return "AirQualityObserved"
     return "WeatherObserved"
