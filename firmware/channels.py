@@ -20,6 +20,8 @@ FREE_CHLORINE = const(14)  # 0.01 mg/L
 WATER_PRESSURE = const(15)  # hPa
 ALARMS = const(16)  # bits: 1 leak, 2 backflow, 4 tamper, 8 sensor fault
 NIGHT_FLOW = const(17)  # uL/s
+TURBIDITY = const(18)  # 0.01 NTU
+HEAT_ENERGY = const(19)  # kJ
 
 INSTANCE_STRIDE = const(64)
 

@@ -48,10 +48,12 @@ Adding a driver: its name in DRIVERS and _ADAPTERS, and those two functions in i
 
 
 # Every `driver` name accepted in `sensors[i].driver`.
-DRIVERS = ("bme280", "pulse", "sht4x", "battery", "pressure", "rssi")
+DRIVERS = ("bme280", "pulse", "sht4x", "battery", "pressure", "rssi", "modbus", "ds18b20",
+           "mbus", "pms5003")
 # driver -> module in drivers/ with its validate(c, entry, path, spec, out) and create(spec, hw)
 _ADAPTERS = {"bme280": "bme280", "sht4x": "sht4x", "pulse": "pulsenode", "battery": "analog",
-             "pressure": "analog", "rssi": "analog"}
+             "pressure": "analog", "rssi": "analog", "modbus": "modbus", "ds18b20": "ds18b20",
+             "mbus": "mbus", "pms5003": "pms5003"}
 
 
 def _adapters(driver):
@@ -83,6 +85,27 @@ def validate_hw(c, cfg, out):
                          check=lambda v: 0 <= v <= 48),
             "freq": c.get(b, "freq", p, int, "must be an integer 10000-1000000 (Hz)",
                           default=400000, required=False, check=lambda v: 10000 <= v <= 1000000),
+        }
+    uarts = c.get(cfg, "uart", "", dict, "must be an object of UART id -> settings",
+                  default={}, required=False)
+    out["uart"] = {}
+    for uid in uarts:
+        p = "uart." + uid
+        u = uarts[uid]
+        if uid not in ("1", "2") or not isinstance(u, dict):
+            c.fail(p, "must be UART \"1\" or \"2\" (0 is the console) with its settings", u)
+            continue
+        out["uart"][uid] = {
+            "tx": c.get(u, "tx", p, int, "must be a GPIO number 0-48", check=lambda v: 0 <= v <= 48),
+            "rx": c.get(u, "rx", p, int, "must be a GPIO number 0-48", check=lambda v: 0 <= v <= 48),
+            "baudrate": c.get(u, "baudrate", p, int, "must be 300-115200", default=9600,
+                              required=False, check=lambda v: 300 <= v <= 115200),
+            "parity": c.get(u, "parity", p, str, "must be none, even or odd", default="none",
+                            required=False, check=lambda v: v in ("none", "even", "odd")),
+            "stop": c.get(u, "stop", p, int, "must be 1 or 2", default=1, required=False,
+                          check=lambda v: v in (1, 2)),
+            "de": c.get(u, "de", p, int, "must be the RS-485 driver-enable GPIO 0-48",
+                        default=None, required=False, check=lambda v: 0 <= v <= 48),
         }
     sensors = c.get(cfg, "sensors", "", list, "must be a list", default=[], required=False)
     out["sensors"] = []
@@ -127,6 +150,33 @@ class Hardware:
             except (OSError, ValueError):
                 self.board = {}
         return self.board
+
+    def uart(self, name):
+        """(machine.UART, baud rate, driver-enable Pin or None) for "uart1" / "uart2"."""
+        got = self._open.get(name)
+        if got is None:
+            import machine
+
+            u = self.cfg["uart"][name[4:]]
+            parity = {"none": None, "even": 0, "odd": 1}[u["parity"]]
+            uart = machine.UART(int(name[4:]), baudrate=u["baudrate"], bits=8, parity=parity,
+                                stop=u["stop"], tx=u["tx"], rx=u["rx"], timeout=0)
+            de = None
+            if u["de"] is not None:
+                de = machine.Pin(u["de"], machine.Pin.OUT, value=0)
+            got = self._open[name] = (uart, u["baudrate"], de)
+        return got
+
+    def onewire(self, pin, driver):
+        """One `driver(onewire.OneWire(pin), name)` per 1-Wire GPIO, shared by its probes."""
+        name = "ow%d" % pin
+        got = self._open.get(name)
+        if got is None:
+            import machine
+            import onewire
+
+            got = self._open[name] = driver(onewire.OneWire(machine.Pin(pin)), name)
+        return got
 
     def i2c(self, name):
         bus = self._open.get(name)

@@ -24,8 +24,7 @@ CHIPS = {
 KEYS = {"name", "description", "chip", "mpy_arch", "flash_offset", "heap_budget_kb", "pcnt_units",
         "wake_pins", "adc_pins", "i2c", "uart", "onewire", "pulse", "adc", "drivers"}
 SENSORS = (BOARDS.parent / "firmware" / "sensors.py").read_text()
-DRIVERS = set(re.search(r"^DRIVERS = \(([^)]*)\)", SENSORS, re.M).group(1).replace('"', "")
-              .replace(" ", "").split(","))
+DRIVERS = set(re.findall(r'"(\w+)"', re.search(r"^DRIVERS = \(([^)]*)\)", SENSORS, re.M).group(1)))
 
 
 def test_the_three_reference_boards_exist():

@@ -11,6 +11,6 @@ include("$(MPY_DIR)/extmod/asyncio")
 # the virtual board is added to the list below; everything under hw/ is frozen as it is.
 # repl_agent.py runs the code of the pty board's REPL (host_tools/vboard/pty_repl.py); on a
 # device the REPL is C code, so frozen it takes no heap either.
-for _name in ("machine.py", "network.py", "esp32.py", "repl_agent.py"):
+for _name in ("machine.py", "network.py", "esp32.py", "repl_agent.py", "onewire.py"):
     module(_name, base_path="../vboard/mpy")
 package("hw", base_path="../vboard/mpy")

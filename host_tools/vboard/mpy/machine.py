@@ -41,7 +41,9 @@ restarting (e.g. EXT0_WAKE when it woke the node by a pin).
 #
 # ADC (hw/adc.py, loaded on first use): ADC1 pins, calibrated read_uv(), voltages from env.json.
 #
-# Not modelled: PWM, UART, SPI, Timer, TouchPad, Signal, time_pulse_us, and the bit-level
+# UART (hw/uart.py, loaded on first use): serial lines with device models, real line timing.
+#
+# Not modelled: PWM, SPI, Timer, TouchPad, Signal, time_pulse_us, and the bit-level
 # primitives start/stop/readinto/write, which raise OSError on SoftI2C as on the hardware I2C.
 #
 # Heap: on the chip these modules are C code in flash. The toolchain freezes them into the
@@ -91,6 +93,10 @@ def __getattr__(name):
         from hw.adc import ADC
 
         return ADC
+    if name == "UART":
+        from hw.uart import UART
+
+        return UART
     raise AttributeError(name)
 
 

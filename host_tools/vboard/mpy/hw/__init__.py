@@ -15,6 +15,13 @@ thin ESP32-port faces on top of this; the files and the in-process API are descr
 #                       constructor (bme280: "calibration": "datasheet" or a dict of dig_*).
 #                       wifi: ssid (absent: any ssid connects), key (absent: any key works),
 #                       rssi (dBm, default -60), channel (default 6), connect_ms (default 200).
+#                       I2C models: bme280, sht4x (hw/sht4x.py).
+#                       "uart": {"2": {"tx": 17, "rx": 16, "devices": [{"model": "modbus_slave",
+#                        "address": 1, "profile": "water_quality"}]}}: serial lines (hw/uart.py);
+#                       models modbus_slave (hw/modbus.py), mbus_meter (hw/mbus.py), pms5003
+#                       (hw/pms5003.py), each with its line settings.
+#                       "onewire": {"4": {"devices": [{"model": "ds18b20", "serial": 1,
+#                        "temp_c": 12.5}]}}: 1-Wire buses by GPIO (hw/onewire.py).
 #     env.json          the physical world, rewritten by the launcher at any time (temp + rename):
 #                       {"temperature_c": 21.5, "humidity_pct": 45.0, "pressure_pa": 101325.0,
 #                        "rssi_dbm": -70, "faults": {"i2c0:0x76": "absent"}}
@@ -25,6 +32,17 @@ thin ESP32-port faces on top of this; the files and the in-process API are descr
 #                       peripheral, for watchdog tests); "wifi" -> "down" (the access point is
 #                       gone); models add
 #                       their own (bme280: "busy", the conversion never finishes).
+#                       More keys: "adc_mv": {"<gpio>": mV at the pin} (hw/adc.py); "ph",
+#                       "turbidity_ntu", "conductivity_us_cm", "chlorine_mg_l",
+#                       "water_temperature_c", "flow_m3_h", "total_l", "flow_error" (Modbus
+#                       probes); "mbus": {"<serial>": {"volume_l": ..., ...}} (M-Bus meters);
+#                       "ds18b20": {"<rom hex>": degC}; "pm1_ug_m3", "pm2_5_ug_m3",
+#                       "pm10_ug_m3" (PMS5003). Faults: "adc<gpio>": "open"; "uart<id>":
+#                       "noise" | "dead", "uart<id>:<address>": "absent" | "late";
+#                       "mbus:<serial>": "checksum" | "length" | "short"; "pms5003":
+#                       "length"; "onewire<gpio>": "short" | "open",
+#                       "onewire<gpio>:<rom hex>": "absent" | "crc" | "por"; "i2c<bus>:0x<addr>"
+#                       "crc" | "busy" (sht4x). Each model's module has the details.
 #     rtc_memory.bin    RTC slow memory (machine.RTC().memory()); survives every restart of the
 #                       process like RTC memory survives deep sleep and resets; the launcher
 #                       deletes it to model a power cycle.

@@ -9,7 +9,9 @@ import hw
 DEFAULT_ENV = {"temperature_c": 20.0, "humidity_pct": 50.0, "pressure_pa": 101325.0}
 DEFAULT_UNIQUE_ID = "240ac4000001"  # Espressif OUI
 # model name in board.json -> (module in this package, class)
-MODELS = {"bme280": ("bme280", "BME280"), "sht4x": ("sht4x", "SHT4x")}
+MODELS = {"bme280": ("bme280", "BME280"), "sht4x": ("sht4x", "SHT4x"),
+          "modbus_slave": ("modbus", "ModbusSlave"), "mbus_meter": ("mbus", "MBusMeter"),
+          "pms5003": ("pms5003", "PMS5003")}
 
 
 class Board:

@@ -1,0 +1,131 @@
+# The Modbus RTU master (drivers/modbus.py) and its node adapter against the slave model
+# (hw/modbus.py) on the virtual board's UART, in the MicroPython unix port, 96 KB heap.
+import asyncio
+import os
+
+import machine
+from hw.modbus import ModbusSlave
+from hw.uart import attach
+
+import config
+import modbus
+import sensors
+
+_DIR = "vb_modbus"
+_UART = {"2": {"tx": 17, "rx": 16, "baudrate": 9600}}
+_PROBE = [{"reg": 0, "fn": 4, "channel": "ph"},
+          {"reg": 1, "fn": 4, "channel": "turbidity"},
+          {"reg": 2, "fn": 4, "channel": "conductivity"},
+          {"reg": 3, "fn": 4, "channel": "free_chlorine"},
+          {"reg": 4, "fn": 4, "type": "s16", "channel": "temperature"}]
+
+
+def _board(**slave):
+    try:
+        os.remove(_DIR + "/env.json")  # the default water
+    except OSError:
+        pass
+    machine.vboard_configure(_DIR, {"chip": "esp32"})
+    return attach(2, ModbusSlave(**slave))
+
+
+def _adapter(entry, uart=_UART):
+    c = config._Checker()
+    out = {}
+    base = {"driver": "modbus", "uart": "uart2", "address": 1}
+    base.update(entry)
+    sensors.validate_hw(c, {"uart": uart, "sensors": [base]}, out)
+    assert not c.errors, c.errors
+    return sensors.create(out["sensors"][0], sensors.Hardware(out))
+
+
+def _sample(a):
+    return asyncio.run(a.sample())
+
+
+def _err(a, *needles):
+    try:
+        _sample(a)
+    except OSError as exc:
+        for n in needles:
+            assert n in str(exc), (n, str(exc))
+        return str(exc)
+    raise AssertionError("no error")
+
+
+def test_crc_of_the_spec_example():
+    # Modbus over Serial Line: 01 03 00 00 00 01 -> CRC 0x0A84, sent low byte first: 84 0A
+    c = modbus.crc16(bytes((1, 3, 0, 0, 0, 1)))
+    assert (c & 255, c >> 8) == (0x84, 0x0A)
+
+
+def test_water_quality_probe_register_map_to_channels():
+    _board(address=1)
+    machine.vboard_set_env(ph=7.43, turbidity_ntu=1.27, conductivity_us_cm=612,
+                           chlorine_mg_l=0.42, water_temperature_c=-0.5)
+    a = _adapter({"registers": _PROBE, "instance": 0})
+    assert a.label == "modbus@uart2:1"
+    # channel units: pH 0.01, NTU 0.01, uS/cm, 0.01 mg/L, 0.01 degC
+    assert _sample(a) == {12: 743, 18: 127, 13: 612, 14: 42, 1: -50}
+
+
+def test_flow_meter_float_and_32_bit_total_and_error_flags():
+    slave = _board(address=7, profile="flow")
+    machine.vboard_set_env(flow_m3_h=4.5, total_l=987654, flow_error=0)
+    regs = [{"reg": 0, "type": "f32", "channel": "water_flow", "mul": 1000000, "div": 3600},
+            {"reg": 2, "type": "u32", "channel": "water_volume"},
+            {"reg": 4, "channel": "alarms", "mask": 1}]
+    a = _adapter({"address": 7, "registers": regs})
+    # 4.5 m3/h = 1250 mL/s; total 987654 L; no error
+    assert _sample(a) == {5: 1250, 4: 987654, 16: 0}
+    machine.vboard_set_env(flow_error=1)  # no ultrasonic signal: the sensor-fault alarm bit
+    assert _sample(a)[16] == 8
+    assert slave.requests == 6
+
+
+def test_exception_timeout_crc_and_wrong_line_settings_are_clear_errors():
+    slave = _board(address=1)
+    a = _adapter({"registers": [{"reg": 9, "fn": 4, "channel": "ph"}], "retries": 2})
+    msg = _err(a, "modbus@uart2:1: ph (fn 4 reg 9)", "exception 2 (illegal data address)")
+    assert slave.requests == 1  # an exception is an answer: not retried
+    b = _adapter({"registers": _PROBE[:1], "timeout_ms": 50})
+    machine.vboard_set_env(faults={"uart2:1": "absent"})
+    _err(b, "no valid answer after 3 tries", "no answer within 50 ms")
+    machine.vboard_set_env(faults={"uart2": "noise"})
+    _err(b, "CRC error")
+    machine.vboard_set_env(faults={})
+    slave.busy = True
+    _err(b, "exception 6 (slave device busy)", "after 3 tries")
+    slave.busy = False
+    v = _sample(b)
+    assert v == {12: 720}, v
+    odd = _adapter({"registers": _PROBE[:1], "timeout_ms": 50},
+                   uart={"2": {"tx": 17, "rx": 16, "baudrate": 19200}})
+    _err(odd, "no answer")  # the probe is set to 9600 baud
+
+
+def test_a_late_answer_is_not_taken_for_the_next_request():
+    slave = _board(address=1)
+    a = _adapter({"registers": _PROBE[:2], "timeout_ms": 50, "retries": 0})
+    machine.vboard_set_env(faults={"uart2:1": "late"})
+    _err(a, "no answer")
+    machine.vboard_set_env(faults={})
+    machine.vboard_set_env(ph=6.9, turbidity_ntu=2.0)
+    import time
+
+    time.sleep_ms(2100)  # the late answer arrives now, before the next request
+    assert _sample(a) == {12: 690, 18: 200}
+
+
+def test_register_map_errors_name_the_field():
+    c = config._Checker()
+    sensors.validate_hw(c, {"uart": _UART, "sensors": [
+        {"driver": "modbus", "uart": "uart1", "address": 0, "registers": [
+            {"reg": 0, "channel": "acidity", "type": "u8", "fn": 6}]}]}, {})
+    text = "; ".join(c.errors)
+    for want in ('sensors[0].uart must name a configured UART such as "uart2": got "uart1"',
+                 "sensors[0].address must be a Modbus slave address 1-247: got 0",
+                 "sensors[0].registers[0].fn must be 3 (holding) or 4 (input): got 6",
+                 'sensors[0].registers[0].type must be one of u16, s16, u32, s32, f32: got "u8"',
+                 'sensors[0].registers[0].channel must be a channel name'):
+        assert want in text, (want, text)
