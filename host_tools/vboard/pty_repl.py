@@ -549,18 +549,3 @@ class PtyBoard:
                 if self._proc is not None and self._proc.poll() is not None:
                     self._on_exit()
 
-
-def main() -> None:  # pragma: no cover - manual use: python -m host_tools.vboard.pty_repl DIR
-    import sys
-
-    board = PtyBoard(sys.argv[1] if len(sys.argv) > 1 else "vboard").start()
-    print(board.port, flush=True)
-    try:
-        while True:
-            time.sleep(1)
-    except KeyboardInterrupt:
-        board.stop()
-
-
-if __name__ == "__main__":
-    main()
