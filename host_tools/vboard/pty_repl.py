@@ -524,28 +524,37 @@ class PtyBoard:
     # ------------------------------------------------------------------ the I/O thread
     def _loop(self) -> None:
         while not self._stop.is_set():
-            if self._sleep_until and time.monotonic() >= self._sleep_until:
-                self._sleep_until = 0.0
-                self._boot(power_on=True)
-            for key, events in self._sel.select(0.1):
-                if key.data == "tty":
-                    if events & selectors.EVENT_WRITE:
-                        self._flush()
-                    if events & selectors.EVENT_READ:
-                        try:
-                            data = os.read(self._master, 4096)
-                        except BlockingIOError:
-                            data = b""
-                        except OSError:  # EIO: no terminal attached
-                            data = b""
-                        if data:
-                            self._feed(data)
-                elif key.data == "stdout" and self._proc is not None:
-                    self._on_stdout()
-                elif key.data == "ctl" and self._proc is not None:
-                    self._on_ctl()
-            if self._proc is not None and self._proc.poll() is not None:
+            try:
+                self._turn()
+            except Exception as exc:  # a bug here must not leave a dead port behind
+                if self._console is not None:
+                    self._console.write(f"\r\n[virtual board: bridge error {exc!r}]\r\n".encode())
+                time.sleep(0.1)
+
+    def _turn(self) -> None:
+        """One pass of the I/O thread: the ports that are ready, a finished sleep, an exit."""
+        if self._sleep_until and time.monotonic() >= self._sleep_until:
+            self._sleep_until = 0.0
+            self._boot(power_on=True)
+        for key, events in self._sel.select(0.1):
+            if key.data == "tty":
+                if events & selectors.EVENT_WRITE:
+                    self._flush()
+                if events & selectors.EVENT_READ:
+                    try:
+                        data = os.read(self._master, 4096)
+                    except BlockingIOError:
+                        data = b""
+                    except OSError:  # EIO: no terminal attached
+                        data = b""
+                    if data:
+                        self._feed(data)
+            elif key.data == "stdout" and self._proc is not None:
+                self._on_stdout()
+            elif key.data == "ctl" and self._proc is not None:
                 self._on_ctl()
-                if self._proc is not None and self._proc.poll() is not None:
-                    self._on_exit()
+        if self._proc is not None and self._proc.poll() is not None:
+            self._on_ctl()
+            if self._proc is not None and self._proc.poll() is not None:
+                self._on_exit()
 
