@@ -60,6 +60,12 @@ def _man():
             return f.read()
     except OSError:
         return ''
+def _clean(names):
+    for n in names:
+        try:
+            os.remove(n + '.new')
+        except OSError:
+            pass
 def _free():
     try:
         s = os.statvfs('/')
@@ -182,6 +188,8 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(device.ERR_NO_SPACE.format(
                 detail=f"{need} bytes to copy, {free} free", port=port))
         tty = sys.stdout.isatty()
+        # halves an interrupted deploy left (those of files copied now are overwritten)
+        dev.exec(f"_clean({[n for n in names if n not in changed]!r})")
         for n in changed:
             try:
                 _write_file(dev, n, files[n], tty)

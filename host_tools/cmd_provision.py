@@ -30,12 +30,14 @@ The password appears only in the device's config.json and, hashed, in the passwo
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import os
 import re
 import secrets
 import shutil
 import subprocess
+import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -69,7 +71,8 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
                         help="MQTT broker the node connects to (default: keep the node's)")
     parser.add_argument("--prefix", metavar="P", help="topic prefix (default: keep, or m)")
     parser.add_argument("--wifi-ssid", metavar="SSID")
-    parser.add_argument("--wifi-password", metavar="KEY")
+    parser.add_argument("--wifi-password", metavar="KEY",
+                        help="the Wi-Fi key; `-` asks for it (keeps it out of shell history)")
     parser.add_argument("--interval", type=int, metavar="S",
                         help="reading interval of every sensor, seconds")
     parser.add_argument("--config", type=Path, metavar="FILE",
@@ -135,13 +138,21 @@ def build_config(board: device.Board, current: dict | None, args: argparse.Names
     wifi = cfg.setdefault("wifi", {})
     if args.wifi_ssid is not None:
         wifi["ssid"] = args.wifi_ssid
-    if args.wifi_password is not None:
+    if args.wifi_password == "-":
+        wifi["password"] = _ask("Wi-Fi key: ")
+    elif args.wifi_password is not None:
         wifi["password"] = args.wifi_password
     if args.interval is not None:
         for s in cfg.get("sensors") or []:
             if isinstance(s, dict):
                 s["interval_s"] = args.interval
     return cfg
+
+
+def _ask(prompt: str) -> str:
+    if sys.stdin.isatty():
+        return getpass.getpass(prompt)
+    return sys.stdin.readline().rstrip("\n")
 
 
 def validate(cfg: dict) -> dict:

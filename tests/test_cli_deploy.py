@@ -60,6 +60,7 @@ def test_deploy_copies_the_build_then_nothing_then_only_what_changed(board, caps
     (board.flash / "old_driver.mpy").write_bytes(b"stale")
     (board.flash / ".deploy.json").write_text(json.dumps(sorted(build) + ["old_driver.mpy"]))
     (board.flash / "config.json").write_text("{}")  # not the firmware's: never touched
+    (board.flash / "cbor.mpy.new").write_bytes(b"half")  # left by an interrupted deploy
 
     rc, out, err = deploy(capsys, board.port, "--dry-run")
     assert rc == 0, err
@@ -71,6 +72,7 @@ def test_deploy_copies_the_build_then_nothing_then_only_what_changed(board, caps
     assert "1 to copy" in out and "ok wire.mpy" in out
     assert (board.flash / "wire.mpy").read_bytes() == build["wire.mpy"]
     assert not (board.flash / "old_driver.mpy").exists()
+    assert not (board.flash / "cbor.mpy.new").exists()
     assert (board.flash / "config.json").read_text() == "{}"
 
 

@@ -5,6 +5,7 @@ the firmware's rules in MicroPython, and the node is registered with the real ga
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import signal
@@ -144,6 +145,17 @@ def test_provisioned_credentials_and_acl_are_enforced_by_mosquitto(board, tmp_pa
         assert new.connect() == 0
         new.close()
         obs.close()
+
+
+def test_wifi_key_can_be_typed_instead_of_given_on_the_command_line(board, capsys,
+                                                                    monkeypatch):
+    monkeypatch.setattr("sys.stdin", io.StringIO("k3y with spaces\n"))
+    rc, out, err = provision(capsys, board.port, "--node-id", "node-05", "--no-reset",
+                             "--broker", "127.0.0.1:1883", "--wifi-ssid", "site",
+                             "--wifi-password", "-")
+    assert rc == 0, err
+    cfg = json.loads((board.flash / "config.json").read_text())
+    assert cfg["wifi"] == {"ssid": "site", "password": "k3y with spaces"}
 
 
 def test_invalid_config_is_refused_with_the_firmware_rules_and_nothing_is_written(board, capsys):
