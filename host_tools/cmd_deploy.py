@@ -11,9 +11,8 @@
 3. copies only the files whose hash differs: each is written to `NAME.new`, its hash checked
    on the device, then renamed over the old one, so a cut cable or a power loss mid-copy leaves
    the old file whole (such halves are removed by the next deploy); modules that an earlier
-   deploy put there and this one no longer has are
-   removed (the list is kept on the device in `.deploy.json`; nothing else is ever deleted:
-   config.json, the queue and counters stay);
+   deploy put there and this one no longer has are removed (the list is kept on the device in
+   `.deploy.json`; nothing else is ever deleted: config.json, the queue and counters stay);
 4. soft-resets the node: boot.py, main.py, the node runs the new firmware.
 
 `--dry-run` stops after step 2 and lists what would change. Exit status 0 when the node has
