@@ -110,8 +110,10 @@ class FlashQueue:
         os.rename(tmp, self.root + "/ack")
 
     # ------------------------------------------------------------------ reading frames
-    def _read_frame(self, f, size, pos):
-        """The frame at `pos`: (seq, body, end) or None when no valid frame starts there."""
+    def _read_frame(self, f, size, pos, floor=-1):
+        """The frame at `pos`: (seq, body, end) or None when no valid frame starts there. A
+        frame whose seq is below `floor` (already acknowledged or in flight, checked when the
+        queue was opened or written) comes back as (seq, None, end) without reading its body."""
         if pos + _HEAD + _TAIL > size:
             return None
         f.seek(pos)
@@ -122,6 +124,10 @@ class FlashQueue:
         end = pos + _HEAD + blen + _TAIL
         if blen > MAX_BODY or end > size:
             return None
+        if floor >= 0:
+            seq = struct.unpack("<I", memoryview(head)[3:])[0]
+            if seq < floor:
+                return seq, None, end
         body = f.read(blen)
         crc = f.read(_TAIL)
         if len(body) != blen or len(crc) != _TAIL:
@@ -130,14 +136,14 @@ class FlashQueue:
             return None
         return struct.unpack("<I", memoryview(head)[3:])[0], body, end
 
-    def _frames(self, n, start=0):
+    def _frames(self, n, start=0, floor=-1):
         """Yields (seq, body, end) of the valid frames of segment n from `start`, skipping bad
-        frames (counted in `corrupt`)."""
+        frames (counted in `corrupt`); bodies of frames below `floor` are not read (None)."""
         size = self.segs[n][3]
         with open(self._path(n), "rb") as f:
             pos = start
             while pos < size:
-                fr = self._read_frame(f, size, pos)
+                fr = self._read_frame(f, size, pos, floor)
                 if fr is None:
                     self.corrupt += 1
                     pos = self._resync(f, size, pos + 1)
@@ -265,7 +271,7 @@ class FlashQueue:
             info = self.segs[n]
             if not info[2] or info[1] is None or info[1] < floor:
                 continue
-            for seq, body, _ in self._frames(n):
+            for seq, body, _ in self._frames(n, 0, floor):
                 if seq < floor:
                     continue
                 if out and (len(out) >= max_records or total + len(body) > max_bytes):
@@ -285,7 +291,7 @@ class FlashQueue:
                 if info[1] < self.acked:
                     info[2] = 0
                 else:
-                    info[2] = sum(1 for s, _, _ in self._frames(n) if s >= self.acked)
+                    info[2] = sum(1 for s, _, _ in self._frames(n, 0, self.acked) if s >= self.acked)
         self._save_state()
         self._drop_acked_segments()
 

@@ -46,8 +46,8 @@ from micropython import const
 
 FIRMWARE_VERSION = "0.3.0"
 _MAX_PAYLOAD = const(512)
-_WINDOW = const(4)  # r messages in flight before waiting for PUBACKs
-_BACKOFF_MAX_S = const(60)
+_WINDOW = const(2)  # r messages in flight before waiting for PUBACKs
+_BACKOFF_MAX_S = const(30)
 _HEALTHY_AFTER_MS = const(30000)  # running this long without a crash ends a crash streak
 _DOWNLINK_MAX = const(1024)
 _REVERT_AFTER = const(8)  # failed connects with an unconfirmed new config before reverting
@@ -101,6 +101,7 @@ class Node:
         self.wake = asyncio.Event()
         self.inbox = []  # downlink messages waiting for the handler
         self.inbox_ev = asyncio.Event()
+        self.mod_lock = asyncio.Lock()  # one on-demand module (session, downlink) at a time
         self.inflight = []  # [pid, first seq, last seq, payload]
         self.sent = 0
         self.rejected = 0  # downlink messages rejected
@@ -288,24 +289,27 @@ class Node:
     async def _session(self, fn, *args):
         """Runs a function of session.py (status, diagnostics, the connect duties), loaded for
         the call and dropped after it: heap."""
-        gc.collect()
-        import session
+        async with self.mod_lock:  # never this and the downlink module at once: heap
+            gc.collect()
+            import session
 
-        try:
-            r = getattr(session, fn)(self, *args)
-            if hasattr(r, "send"):  # a coroutine
-                r = await r
-            return r
-        finally:
-            sys.modules.pop("session", None)
+            try:
+                r = getattr(session, fn)(self, *args)
+                if hasattr(r, "send"):  # a coroutine
+                    r = await r
+                return r
+            finally:
+                session = None
+                sys.modules.pop("session", None)
+                sys.modules.pop("status", None)
 
     def diagnostics(self):
-        import session
+        import status
 
         try:
-            return session.diagnostics(self)
+            return status.diagnostics(self)
         finally:
-            sys.modules.pop("session", None)
+            sys.modules.pop("status", None)
 
     async def publish_status(self, on=True, sleep_s=None):
         await self._session("publish_status", on, sleep_s)
@@ -365,19 +369,32 @@ class Node:
         while True:
             await self.inbox_ev.wait()
             self.inbox_ev.clear()
+            tries = 0
             while self.inbox:
                 topic, payload = self.inbox.pop(0)
                 mod = None
                 try:
-                    gc.collect()
-                    mod = __import__("downlink")  # loaded for the message, dropped after: heap
-                    await mod.handle(self, topic, payload)
+                    async with self.mod_lock:
+                        gc.collect()
+                        mod = __import__("downlink")  # loaded for the message, then dropped
+                        await mod.handle(self, topic, payload)
+                    tries = 0
+                except MemoryError as exc:
+                    # a busy moment (a backlog going out): try again shortly, a few times
+                    tries += 1
+                    if tries < 6:
+                        self.inbox.insert(0, (topic, payload))
+                        await asyncio.sleep_ms(500 * tries)
+                    else:
+                        tries = 0
+                        log.error("down", "handling %s failed: %r", topic, exc)
                 except Exception as exc:  # a bug here must never stop the node
                     log.error("down", "handling %s failed: %r", topic, exc)
                 finally:
                     mod = None  # the module must not stay referenced from this frame
                     sys.modules.pop("downlink", None)
                     sys.modules.pop("cbordec", None)
+                    sys.modules.pop("status", None)
                     gc.collect()
 
     async def ack(self, body):

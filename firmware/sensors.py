@@ -39,18 +39,20 @@ bytes 64..255 the drivers': pulse meters use 96-byte slots at 64 and 160 (`slot`
 by validate_hw in the order of the pulse sensors; at most two per node). Every writer keeps the
 other bytes as they are. Driver flash files: `pulse<slot>a.log`, `pulse<slot>b.log`.
 
-Each driver module ends with validate(c, entry, path, spec, out) and create(spec, hw) for
-this module: drivers/bme280.py, sht4x.py, pulsenode.py (pulse), analog.py (battery, pressure,
-rssi); an extra module per adapter would cost about 1.5 KB of heap each. The module is imported
-when a config names one of its drivers, so a node pays heap only for the drivers it uses.
-Adding a driver: its name in DRIVERS and _ADAPTERS, and those two functions in its module.
+Each driver's config entry is checked by drivers/drivercfg.py, which validate_hw() imports
+and drops again (its code is needed only while a config is checked). Each driver module ends
+with create(spec, hw) and its adapter class: drivers/bme280.py, sht4x.py, pulsenode.py (pulse),
+analog.py (battery, pressure, rssi), ds18b20.py, modbus.py, mbus.py, pms5003.py; an extra
+module per adapter would cost about 1.5 KB of heap each. A driver module is imported when its
+first adapter is created, so a node pays heap only for the drivers it uses. Adding a driver:
+its name in DRIVERS and _ADAPTERS, a _v_<name>() in drivercfg.py, create() in its module.
 """
 
 
 # Every `driver` name accepted in `sensors[i].driver`.
 DRIVERS = ("bme280", "pulse", "sht4x", "battery", "pressure", "rssi", "modbus", "ds18b20",
            "mbus", "pms5003")
-# driver -> module in drivers/ with its validate(c, entry, path, spec, out) and create(spec, hw)
+# driver -> module in drivers/ with its create(spec, hw)
 _ADAPTERS = {"bme280": "bme280", "sht4x": "sht4x", "pulse": "pulsenode", "battery": "analog",
              "pressure": "analog", "rssi": "analog", "modbus": "modbus", "ds18b20": "ds18b20",
              "mbus": "mbus", "pms5003": "pms5003"}
@@ -58,14 +60,6 @@ _ADAPTERS = {"bme280": "bme280", "sht4x": "sht4x", "pulse": "pulsenode", "batter
 
 def _adapters(driver):
     return __import__(_ADAPTERS[driver])
-
-
-def i2c_spec(c, s, p, spec, out, rule, default, check):
-    """`bus` and `address` of an I2C sensor entry (used by the adapter modules)."""
-    spec["bus"] = c.get(s, "bus", p, str, "must name a configured bus such as \"i2c0\"",
-                        check=lambda v: v[3:] in out.get("i2c", {}) and v[:3] == "i2c")
-    spec["address"] = c.get(s, "address", p, int, rule, default=default, required=False,
-                            check=check)
 
 
 def validate_hw(c, cfg, out):
@@ -108,6 +102,9 @@ def validate_hw(c, cfg, out):
                         default=None, required=False, check=lambda v: 0 <= v <= 48),
         }
     sensors = c.get(cfg, "sensors", "", list, "must be a list", default=[], required=False)
+    import sys
+
+    loaded = "drivercfg" in sys.modules  # kept if someone else loaded it (tests)
     out["sensors"] = []
     for i, s in enumerate(sensors):
         p = "sensors[%d]" % i
@@ -123,8 +120,13 @@ def validate_hw(c, cfg, out):
                               required=False, check=lambda v: 0 <= v <= 15),
         }
         if spec["driver"] is not None:
-            _adapters(spec["driver"]).validate(c, s, p, spec, out)
+            import drivercfg
+
+            drivercfg.validate(c, s, p, spec, out)
         out["sensors"].append(spec)
+    if not loaded:  # needed only while checking: free their code
+        sys.modules.pop("drivercfg", None)
+        sys.modules.pop("drivercfg_serial", None)
 
 
 class Hardware:
@@ -212,10 +214,19 @@ def arm_wake(pins):
 
 
 def label(spec):
-    """The sensor's label from its spec alone (before the part was ever reached)."""
-    if "address" in spec:
-        return "%s@%s:0x%02x" % (spec["driver"], spec["bus"], spec["address"])
-    return "%s@%s" % (spec["driver"], spec.get("bus", "-"))
+    """The sensor's label from its spec alone (before the part was ever reached); the same
+    string as the adapter's `label`: bme280@i2c0:0x76, modbus@uart2:1, mbus@uart2:55550002,
+    ds18b20@ow4:28a5000000000095 (or ds18b20@ow4:#1 by index), pulse@gpio25, battery@adc35."""
+    d, bus = spec["driver"], spec.get("bus", "-")
+    if d in ("bme280", "sht4x"):
+        return "%s@%s:0x%02x" % (d, bus, spec["address"])
+    if d == "ds18b20":
+        return "%s@%s:%s" % (d, bus, spec["rom"] or "#%d" % spec["index"])
+    if d == "mbus":
+        return "%s@%s:%s" % (d, bus, spec["secondary"] or spec["address"])
+    if d == "modbus":
+        return "%s@%s:%d" % (d, bus, spec["address"])
+    return "%s@%s" % (d, bus)
 
 
 def create(spec, hw):

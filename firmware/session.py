@@ -18,7 +18,7 @@ import clock
 import log
 from files import copy as _copy, read_text as _read_text, remove as _remove
 from files import write_text as _write_text
-from node import FIRMWARE_VERSION, _reset, _rssi
+from node import _reset
 
 async def established(node, present):
     """What the node does on every connect: subscribe, birth status, pending answers,
@@ -53,34 +53,10 @@ async def sync_ntp(node):
     log.info("time", "clock set from NTP %s: %d", t["ntp"], now)
 
 
-def status(node, on=True, sleep_s=None):
-    gc.collect()
-    st = {"on": on, "fw": FIRMWARE_VERSION, "boot": node.boot.total_boots,
-          "rst": node.boot.cause, "up": time.ticks_diff(time.ticks_ms(), node.started) // 1000,
-          "mode": node.cfg["power"]["mode"], "cv": node.cfg["version"],
-          "iv": node.interval(),
-          "q": len(node.q), "qd": node.q.dropped, "seq": node.seq.peek(),
-          "heap": gc.mem_free()}
-    t = clock.unix()
-    if t is not None:
-        st["t"] = t
-    if sleep_s is not None:
-        st["sleep"] = sleep_s
-    rssi = _rssi()
-    if rssi is not None:
-        st["rssi"] = rssi
-    errs = {k: v for k, v in node.errors.items() if v}
-    if errs:
-        st["err"] = errs
-    if node.boot.cfg_err:
-        st["cfg_err"] = node.boot.cfg_err
-    if node.safe:
-        st["safe"] = node.safe
-    return st
-
-
 async def publish_status(node, on=True, sleep_s=None):
-    payload = cbor.encode(status(node, on, sleep_s))
+    import status
+
+    payload = cbor.encode(status.status(node, on, sleep_s))
     gc.collect()
     await node.client.publish(node.topic_s, payload, 1, True)
 
@@ -106,15 +82,3 @@ def revert_config(node, why):
     _copy("config.good.json", "config.json")
     _write_text("config.err", reason)
     _reset()
-
-
-
-def diagnostics(node):
-    d = status(node)
-    d["queue_bytes"] = node.q.bytes_used()
-    d["heap_peak"] = node.heap_peak
-    d["sent"] = node.sent
-    d["rejected"] = node.rejected
-    d["clock"] = clock.source()
-    d["last"] = dict(node.last)
-    return d

@@ -230,7 +230,7 @@ def test_offline_for_200_readings_then_all_arrive_once_in_order(tmp_path, broker
                  debug(node))
         offline = set(queued(node)[before:])
         broker.start()
-        wait_for(lambda: offline <= set(delivered(gw, "n1")), 60,
+        wait_for(lambda: offline <= set(delivered(gw, "n1")), 120,
                  "the offline readings at the gateway", debug(node, gw))
         node.stop()
         assert_exactly_once(gw, node, set(queued(node)) & set(delivered(gw, "n1")) | offline)

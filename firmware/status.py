@@ -1,0 +1,46 @@
+"""The status and diagnostics maps of docs/wire-format.md (`s`, and the `diag` command's
+answer). Its own small module so that the connect duties (session.py) and the downlink
+(downlink.py) load it only while they use it."""
+
+import gc
+import time
+
+import clock
+from node import FIRMWARE_VERSION, _rssi
+
+
+def status(node, on=True, sleep_s=None):
+    gc.collect()
+    st = {"on": on, "fw": FIRMWARE_VERSION, "boot": node.boot.total_boots,
+          "rst": node.boot.cause, "up": time.ticks_diff(time.ticks_ms(), node.started) // 1000,
+          "mode": node.cfg["power"]["mode"], "cv": node.cfg["version"],
+          "iv": node.interval(),
+          "q": len(node.q), "qd": node.q.dropped, "seq": node.seq.peek(),
+          "heap": gc.mem_free()}
+    t = clock.unix()
+    if t is not None:
+        st["t"] = t
+    if sleep_s is not None:
+        st["sleep"] = sleep_s
+    rssi = _rssi()
+    if rssi is not None:
+        st["rssi"] = rssi
+    errs = {k: v for k, v in node.errors.items() if v}
+    if errs:
+        st["err"] = errs
+    if node.boot.cfg_err:
+        st["cfg_err"] = node.boot.cfg_err
+    if node.safe:
+        st["safe"] = node.safe
+    return st
+
+
+def diagnostics(node):
+    d = status(node)
+    d["queue_bytes"] = node.q.bytes_used()
+    d["heap_peak"] = node.heap_peak
+    d["sent"] = node.sent
+    d["rejected"] = node.rejected
+    d["clock"] = clock.source()
+    d["last"] = dict(node.last)
+    return d
