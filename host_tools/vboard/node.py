@@ -57,10 +57,13 @@ b = hw.board()
 machine.RTC().memory()
 w = network.WLAN(network.STA_IF)
 w.active(True)
-for bus in b.spec.get("i2c", {}):
-    machine.I2C(int(bus))
+w.connect(b.wifi.get("ssid") or "probe", b.wifi.get("key") or "")
 import time
-time.ticks_ms()
+while not w.isconnected():
+    time.sleep_ms(20)
+w.status("rssi")
+for bus in b.spec.get("i2c", {}):
+    machine.I2C(int(bus)).scan()
 gc.collect()
 print("ALLOWANCE", before - gc.mem_free())
 """
