@@ -25,6 +25,7 @@ import random
 import threading
 import time
 
+from gateway.channels import ChannelTable
 from gateway.config import SinkConfig
 from gateway.errors import DeliveryFailed, DeliveryRejected, MeterlinkError, SinkError
 from gateway.logfmt import kv
@@ -49,8 +50,9 @@ class SinkWorker:
     """Delivers one sink's backlog; see the module docstring."""
 
     def __init__(self, sink: Sink, config: SinkConfig, outbox_path, stats: Stats, *,
-                 clock=time.time) -> None:
+                 clock=time.time, table: ChannelTable | None = None) -> None:
         self.sink = sink
+        self.table = table  # resolves stored reading messages (default: the shipped table)
         self.config = config
         self.name = config.name
         self.outbox_path = outbox_path
@@ -106,7 +108,7 @@ class SinkWorker:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self.box = box = Outbox(self.outbox_path)
+                self.box = box = Outbox(self.outbox_path, table=self.table)
             except SinkError as exc:
                 log.error("sink_outbox_failed", extra=kv(sink=self.name, error=str(exc),
                                                          retry_in=CRASH_PAUSE_S))

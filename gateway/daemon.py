@@ -113,7 +113,7 @@ class Gateway:
         """Opens the outbox and builds the ingestor (no threads, no network)."""
         if self.box is None:
             self.box = Outbox(self.config.outbox.path, sinks=[s.name for s in self.config.sinks],
-                              clock=self._clock)
+                              clock=self._clock, table=self.table)
             self.ingestor = Ingestor(self.config, self.table, self.box, self.stats,
                                      on_ack=self._on_node_ack)
 
@@ -128,7 +128,7 @@ class Gateway:
         self.open_storage()
         for sink_cfg in self.config.sinks:
             worker = SinkWorker(make_sink(sink_cfg), sink_cfg, self.config.outbox.path,
-                                self.stats, clock=self._clock)
+                                self.stats, clock=self._clock, table=self.table)
             worker.start()
             self.workers.append(worker)
         if self.config.api.enabled:

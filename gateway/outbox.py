@@ -46,8 +46,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from gateway.channels import ChannelTable, default_table
 from gateway.errors import SinkError
 from gateway.logfmt import kv
+from gateway.wire import decode_reading, resolve_records
 
 log = logging.getLogger("meterlink.gateway.outbox")
 
@@ -107,16 +109,30 @@ MIGRATIONS: list[str] = [
     UPDATE nodes SET min_seq = (SELECT MIN(seq) FROM seen WHERE seen.node = nodes.node);
     DROP TABLE seen;
     """,
+    # 4: a reading message is stored as it came (kind "message", body: its CBOR payload) and
+    # resolved to SenML when a sink claims it; `records` is how many records a pending row
+    # holds, which is what `batch_max_records` counts
+    """
+    ALTER TABLE pending ADD COLUMN records INTEGER NOT NULL DEFAULT 1;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 _PENDING_SQL = "INSERT INTO pending(sink, item, batch, bytes, created) VALUES (?, ?, NULL, ?, ?)"
+_MESSAGE_SQL = ("INSERT INTO items(id, kind, node, seq, created, body) "
+                "VALUES (?, 'message', ?, ?, ?, ?)")
+_MESSAGE_PENDING_SQL = ("INSERT INTO pending(sink, item, batch, bytes, created, records) "
+                        "VALUES (?, ?, NULL, ?, ?, ?)")
 
 
 @dataclass(frozen=True, slots=True)
 class Item:
-    """One thing to deliver: `kind` "reading" (body: list of SenML dicts) or "event"."""
+    """One thing to deliver: `kind` "reading" (body: list of SenML dicts) or "event".
+
+    A stored "message" item (a whole reading message, kept as CBOR) is handed out by
+    `claim_batch` as one "reading" item per record, all with the message's `id`.
+    """
 
     id: int
     kind: str
@@ -142,10 +158,12 @@ class Outbox:
     """One connection to the outbox database (use one per thread)."""
 
     def __init__(self, path: str | Path, *, sinks: Sequence[str] = (),
-                 clock=time.time) -> None:
+                 clock=time.time, table: ChannelTable | None = None) -> None:
         self.path = Path(path)
         self.sinks = tuple(sinks)
         self._clock = clock
+        self._table = table
+        self._messages: list[tuple[str, int, float, bytes, int, int]] = []
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30,
@@ -200,7 +218,9 @@ class Outbox:
             raise SinkError(f"outbox {self.path}: cannot begin: {exc}") from exc
         try:
             yield
+            self.flush_messages()
         except BaseException:
+            self._messages.clear()
             with contextlib.suppress(sqlite3.Error):
                 self.db.execute("ROLLBACK")
             raise
@@ -216,6 +236,8 @@ class Outbox:
     def add_item(self, kind: str, node: str, seq: int | None, body: Any, now: float,
                  sinks: Sequence[str] | None = None) -> int:
         """Stores one item and makes it pending for every sink (or `sinks`)."""
+        if self._messages:
+            self.flush_messages()  # keep items in the order they came
         text = _encode(body)
         cur = self.db.execute("INSERT INTO items(kind, node, seq, created, body) "
                               "VALUES (?, ?, ?, ?, ?)", (kind, node, seq, now, text))
@@ -226,6 +248,30 @@ class Outbox:
         else:
             self.db.executemany(_PENDING_SQL, [(s, item, len(text), now) for s in targets])
         return item
+
+    def add_message(self, node: str, seq: int, payload: bytes, now: float, *, records: int,
+                    size: int) -> None:
+        """Stores a whole reading message (its CBOR `payload`, first record `seq`, `records`
+        records) pending for every sink; `size` estimates its SenML bytes for batch sizing.
+
+        Rows are written by one statement per batch (`flush_messages`, which the transaction
+        runs before its commit), not one per message: this is the ingest hot path.
+        """
+        self._messages.append((node, seq, now, payload, records, size))
+
+    def flush_messages(self) -> None:
+        """Writes the messages `add_message` collected (inside the transaction)."""
+        rows = self._messages
+        if not rows:
+            return
+        self._messages = []
+        first = self.db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM items").fetchone()[0]
+        self.db.executemany(_MESSAGE_SQL, [(first + i, node, seq, now, payload)
+                                           for i, (node, seq, now, payload, _, _)
+                                           in enumerate(rows)])
+        self.db.executemany(_MESSAGE_PENDING_SQL, [
+            (sink, first + i, size, now, records)
+            for i, (_, _, now, _, records, size) in enumerate(rows) for sink in self.sinks])
 
     def accept_seq(self, node: str, seq: int, lo: int | None,
                    hi: int | None) -> tuple[bool, int, int, int]:
@@ -277,17 +323,18 @@ class Outbox:
             row = self.db.execute("SELECT id, key, created, attempts FROM batches WHERE sink=? "
                                   "ORDER BY id LIMIT 1", (sink,)).fetchone()
             if row is None:
-                rows = self.db.execute("SELECT item, bytes FROM pending WHERE sink=? AND "
-                                       "batch IS NULL ORDER BY item LIMIT ?",
+                rows = self.db.execute("SELECT item, bytes, records FROM pending WHERE sink=? "
+                                       "AND batch IS NULL ORDER BY item LIMIT ?",
                                        (sink, max_records)).fetchall()
                 if not rows:
                     return None
-                chosen, total = [], 0
-                for item, size in rows:
-                    if chosen and total + size > max_bytes:
+                chosen, total, count = [], 0, 0
+                for item, size, records in rows:
+                    if chosen and (total + size > max_bytes or count + records > max_records):
                         break
                     chosen.append(item)
                     total += size
+                    count += records
                 now = self._clock()
                 key = uuid.uuid4().hex
                 cur = self.db.execute("INSERT INTO batches(sink, key, created) VALUES (?, ?, ?)",
@@ -299,16 +346,36 @@ class Outbox:
                 "SELECT i.id, i.kind, i.node, i.seq, i.created, i.body FROM pending p "
                 "JOIN items i ON i.id = p.item WHERE p.sink=? AND p.batch=? ORDER BY i.id",
                 (sink, row[0])).fetchall()
+        out: list[Item] = []
+        for r in items:
+            if r[1] == "message":
+                out.extend(self._resolve_message(*r))
+            else:
+                out.append(Item(id=r[0], kind=r[1], node=r[2], seq=r[3], created=r[4],
+                                body=json.loads(r[5])))
         return Batch(id=row[0], sink=sink, key=row[1], created=row[2], attempts=row[3],
-                     items=tuple(Item(id=r[0], kind=r[1], node=r[2], seq=r[3], created=r[4],
-                                      body=json.loads(r[5])) for r in items))
+                     items=tuple(out))
+
+    def _resolve_message(self, item: int, kind: str, node: str, seq: int, created: float,
+                         payload: bytes) -> list[Item]:
+        """A stored reading message as one "reading" item per record (resolved to SenML).
+
+        The message was validated with the same channel table when it was accepted.
+        """
+        if self._table is None:
+            self._table = default_table()
+        reading = decode_reading(payload, self._table)
+        return [Item(id=item, kind="reading", node=node, seq=rec.seq, created=created,
+                     body=senml)
+                for rec, senml in resolve_records(node, reading, self._table,
+                                                  received_at=int(created))]
 
     def _release(self, batch: Batch) -> None:
         self.db.execute("DELETE FROM pending WHERE sink=? AND batch=?", (batch.sink, batch.id))
         self.db.execute("DELETE FROM batches WHERE id=?", (batch.id,))
         self.db.executemany("DELETE FROM items WHERE id=? AND NOT EXISTS "
                             "(SELECT 1 FROM pending WHERE item=?)",
-                            [(it.id, it.id) for it in batch.items])
+                            [(i, i) for i in dict.fromkeys(it.id for it in batch.items)])
 
     def confirm(self, batch: Batch) -> None:
         """The sink took the batch: it leaves the outbox for that sink."""

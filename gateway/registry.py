@@ -31,10 +31,12 @@ import json
 import logging
 from typing import Any, Iterable, Sequence
 
+from gateway.channels import MAX_INSTANCE, ChannelTable, default_table, make_key
 from gateway.config import GatewaySettings
 from gateway.logfmt import kv
 from gateway.outbox import Outbox
 from gateway.stats import Stats
+from gateway.wire import senml_value
 
 log = logging.getLogger("meterlink.gateway.registry")
 
@@ -42,6 +44,8 @@ ALARM_BITS = ((1, "leak"), (2, "backflow"), (4, "tamper"), (8, "sensor"))
 ALARMS = ("leak", "backflow", "tamper", "sensor", "low_battery", "stale", "queue_overflow",
           "gaps", "offline")
 BATTERY_HYSTERESIS_MV = 100
+# channels that drive alarms or registry columns, not only `last_values`
+SPECIAL_CHANNELS = ("battery_voltage", "rssi", "alarms")
 STATUS_FIELDS = {"fw": "fw", "boot": "boot", "q": "q", "qd": "qd", "iv": "iv", "cv": "cv",
                  "rssi": "rssi", "bat": "battery_mv"}
 NODE_COLUMNS = ("node", "registered", "board", "sensors", "grp", "interval_s", "first_seen",
@@ -54,8 +58,14 @@ class Registry:
     """Registry and alarm bookkeeping on one outbox connection (the ingest thread's)."""
 
     def __init__(self, box: Outbox, settings: GatewaySettings, *, event_sinks: Sequence[str],
-                 stats: Stats) -> None:
+                 stats: Stats, table: ChannelTable | None = None) -> None:
         self.box = box
+        self.table = table if table is not None else default_table()
+        # wire key -> (channel label as in last_values, base name, instance, scale)
+        self._keys: dict[int, tuple[str, str, str, int]] = {}
+        self._special = frozenset(make_key(ch.id, inst) for ch in self.table
+                                  if ch.name in SPECIAL_CHANNELS
+                                  for inst in range(MAX_INSTANCE + 1))
         self.settings = settings
         self.event_sinks = list(event_sinks)
         self.stats = stats
@@ -84,7 +94,7 @@ class Registry:
             state = {"values": json.loads(row[0]) if row[0] else {}, "battery": row[1],
                      "rssi": row[2], "min_seq": row[3], "max_seq": row[4], "accepted": 0,
                      "duplicates": 0,
-                     "last_seen": now, "last_reading": None}
+                     "last_seen": now, "last_reading": None, "raw": {}}
             self._nodes[node] = state
         return state
 
@@ -92,6 +102,8 @@ class Registry:
         """Writes the cached state of the nodes changed since the last flush."""
         for node in self._dirty:
             st = self._nodes[node]
+            if st["raw"]:
+                self._merge_raw(st)
             self.box.db.execute(
                 "UPDATE nodes SET last_seen=MAX(COALESCE(last_seen, 0), ?), "
                 "last_reading=COALESCE(?, last_reading), last_values=?, battery_mv=?, rssi=?, "
@@ -150,6 +162,8 @@ class Registry:
                 *, stored: int, duplicates: int, missing_delta: int) -> None:
         """A reading message was accepted: `records` are the SenML lists of its new records."""
         st = self.ensure(node, now)
+        if st["raw"]:
+            self._merge_raw(st)
         values = st["values"]
         alarm_bits: dict[str, int] = {}
         for senml in records:
@@ -175,6 +189,78 @@ class Registry:
                                f"alarms channel = {bits}")
         self._battery(node, st["battery"], now)
         self.set_alarm(node, "stale", False, now)
+        if missing_delta and self.gap_alarms:
+            missing = self.box.db.execute("SELECT COALESCE(SUM(last-first+1), 0) FROM gaps "
+                                          "WHERE node=?", (node,)).fetchone()[0]
+            self.set_alarm(node, "gaps", missing > 0, now,
+                           f"{missing} sequence numbers missing" if missing else "")
+
+    def _key(self, key: int) -> tuple[str, str, str, int]:
+        info = self._keys.get(key)
+        if info is None:
+            channel, instance = self.table.lookup(key)
+            label = f"{channel.name}:{instance}" if instance else channel.name
+            info = self._keys[key] = (label, channel.name, str(instance) if instance else "",
+                                      channel.scale)
+        return info
+
+    def _merge_raw(self, st: dict[str, Any]) -> None:
+        """Moves the wire values `reading_values` kept into `values` (newest time wins)."""
+        values = st["values"]
+        for key, (raw, t) in st["raw"].items():
+            label, _, _, scale = self._key(key)
+            old = values.get(label)
+            if old is None or old["t"] <= t:
+                values[label] = {"v": senml_value(raw, scale), "t": t}
+        st["raw"].clear()
+
+    def reading_values(self, node: str, records: Sequence[tuple[int, dict[int, int]]],
+                       base: int, now: float, *, missing_delta: int) -> None:
+        """`reading` for the ingest hot path, from wire values: `records` are
+        `(elapsed, {key: value})` of a wholly new message whose records start at time `base`.
+
+        The same outcome as `reading`, cheaper: plain channel values stay as wire integers
+        until `flush` (the last one per channel wins, by time, as in `reading`); battery,
+        RSSI and the alarm bits are resolved at once because they drive alarms.
+        """
+        st = self.ensure(node, now)
+        raw = st["raw"]
+        special = self._special
+        alarm_bits: dict[str, int] | None = None
+        for elapsed, vals in records:
+            t = base + elapsed
+            for key, value in vals.items():
+                if key in special:
+                    label, name, inst, scale = self._key(key)
+                    values = st["values"]
+                    old = values.get(label)
+                    if old is None or old["t"] <= t:
+                        v = senml_value(value, scale)
+                        values[label] = {"v": v, "t": t}
+                        if name == "battery_voltage":
+                            st["battery"] = int(round(v * 1000))
+                        elif name == "rssi":
+                            st["rssi"] = int(v)
+                        else:
+                            if alarm_bits is None:
+                                alarm_bits = {}
+                            alarm_bits[inst] = int(v)
+                    continue
+                old = raw.get(key)
+                if old is None or old[1] <= t:
+                    raw[key] = (value, t)
+        st["last_seen"] = st["last_reading"] = now
+        st["accepted"] += len(records)
+        self._dirty.add(node)
+        if alarm_bits:
+            for inst, bits in alarm_bits.items():
+                for bit, name in ALARM_BITS:
+                    self.set_alarm(node, f"{name}:{inst}" if inst else name, bool(bits & bit),
+                                   now, f"alarms channel = {bits}")
+        if st["battery"] is not None:
+            self._battery(node, st["battery"], now)
+        if self._active.get((node, "stale"), False):
+            self.set_alarm(node, "stale", False, now)
         if missing_delta and self.gap_alarms:
             missing = self.box.db.execute("SELECT COALESCE(SUM(last-first+1), 0) FROM gaps "
                                           "WHERE node=?", (node,)).fetchone()[0]

@@ -23,7 +23,6 @@ from __future__ import annotations
 import io
 import re
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any, Mapping
 
 import cbor2
@@ -326,14 +325,83 @@ def senml_value(value: int, scale: int) -> int | float:
 
     An int when the result is whole (scale >= 0, or 1500 with scale -2 -> 15, as the vectors
     write it); otherwise the float nearest the exact decimal (2153, -2 -> 21.53), which
-    prints back as that same decimal in JSON.
+    prints back as that same decimal in JSON. (`float("2153e-2")` rounds correctly, exactly
+    as `float(Decimal(...))` does, at a fraction of the cost.)
     """
     if scale >= 0:
         return value * 10**scale
-    exact = Decimal(value).scaleb(scale)
-    if exact == exact.to_integral_value():
-        return int(exact)
-    return float(exact)
+    whole, rest = divmod(value, 10**-scale)
+    if not rest:
+        return whole
+    return float(f"{value}e{scale}")
+
+
+def _head_len(n: int) -> int:
+    """Bytes of the shortest CBOR head carrying argument `n` (n >= 0)."""
+    return 1 if n < 24 else 2 if n < 0x100 else 3 if n < 0x10000 else \
+        5 if n < 0x100000000 else 9
+
+
+def fast_decode(payload: bytes, keys: frozenset[int] | set[int]
+                ) -> tuple[int, int, list[tuple[int, dict[int, int]]]] | None:
+    """The gateway's hot path: `(seq, time, [(elapsed, {key: absolute value}), ...])` of a
+    well-formed reading message, or None to say "use `decode_reading`".
+
+    None does not mean invalid: it means "not the plain shape", and `decode_reading` then
+    accepts it or names the error. What this accepts, `decode_reading` accepts with the same
+    numbers (the test vectors check both): the payload is decoded by cbor2's C decoder and
+    then held to wire format v1 here, and its length must equal the length of the shortest
+    definite-length encoding of what was decoded. Any repeated map key (lost by the decode),
+    indefinite length, tag, non-shortest head or trailing byte makes the payload longer than
+    that, so none of them gets through. `keys` holds the valid channel keys of the table.
+    """
+    try:
+        msg = cbor2.loads(payload)
+    except Exception:  # noqa: BLE001 - anything odd: the careful decoder names it
+        return None
+    if type(msg) is not list:
+        return None
+    count = len(msg)
+    if count < 4 or count - 3 > MAX_RECORDS:
+        return None
+    version, seq, time_value = msg[0], msg[1], msg[2]
+    if version != FORMAT_VERSION or type(version) is not int or type(seq) is not int \
+            or type(time_value) is not int or seq < 0 or seq + count - 4 > MAX_SEQ:
+        return None
+    size = 1 + 1 + _head_len(seq) + _head_len(time_value if time_value >= 0 else -1 - time_value)
+    if count >= 24:
+        size += 1
+    records = []
+    last: dict[int, int] = {}
+    elapsed = 0
+    for rec in msg[3:]:
+        if type(rec) is not dict:
+            return None
+        size += _head_len(len(rec))
+        values = {}
+        for key, sent in rec.items():
+            if type(key) is not int or type(sent) is not int:
+                return None
+            if key == 0:
+                if sent < 0:
+                    return None
+                elapsed += sent
+                size += 1 + _head_len(sent)
+                continue
+            if key not in keys:
+                return None
+            size += _head_len(key) + _head_len(sent if sent >= 0 else -1 - sent)
+            value = sent + last[key] if key in last else sent
+            if not -VALUE_LIMIT < value < VALUE_LIMIT:
+                return None
+            values[key] = value
+        if not values:
+            return None
+        last.update(values)
+        records.append((elapsed, values))
+    if size != len(payload):
+        return None
+    return seq, time_value, records
 
 
 def senml_name(node_id: str, channel_name: str, instance: int) -> str:

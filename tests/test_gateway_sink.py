@@ -63,7 +63,8 @@ def test_schema_is_versioned_and_a_newer_one_is_refused(tmp_path):
 
 
 def test_migrations_carry_an_old_outbox_forward(tmp_path):
-    """A version-2 outbox (dedup by one `seen` row per record) becomes version 3 (ranges)."""
+    """A version-2 outbox (dedup by one `seen` row per record) becomes the current version
+    (3: dedup by ranges)."""
     from gateway.outbox import MIGRATIONS
     db = sqlite3.connect(tmp_path / "o.db", isolation_level=None)
     for number, script in enumerate(MIGRATIONS[:2]):
@@ -77,7 +78,7 @@ def test_migrations_carry_an_old_outbox_forward(tmp_path):
                            "outbox": {"path": "o.db"}}, base_dir=tmp_path)
     gw = Gateway(config)
     gw.open_storage()
-    assert gw.box.schema_version == SCHEMA_VERSION == 3
+    assert gw.box.schema_version == SCHEMA_VERSION == 4
     assert gw.box.query("SELECT min_seq, max_seq FROM nodes") == [{"min_seq": 9,
                                                                    "max_seq": 12}]
     outcomes = [gw.handle_message("m/n1/r", reading(s, {1: 1}), received_at=T0)
