@@ -46,10 +46,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from gateway.channels import ChannelTable, default_table
+from gateway.channels import KEY_BASE, MAX_INSTANCE, ChannelTable, default_table
 from gateway.errors import SinkError
 from gateway.logfmt import kv
-from gateway.wire import decode_reading, resolve_records
+from gateway.wire import (decode_reading, fast_decode, resolve_records, senml_name,
+                          senml_value)
 
 log = logging.getLogger("meterlink.gateway.outbox")
 
@@ -163,6 +164,11 @@ class Outbox:
         self.sinks = tuple(sinks)
         self._clock = clock
         self._table = table
+        self._keys: frozenset[int] = frozenset()
+        self._names: dict[str, dict[int, tuple[str, str, int]]] = {}  # node -> key -> SenML
+        if table is not None:
+            self._keys = frozenset(k for k in range(1, KEY_BASE * (MAX_INSTANCE + 1))
+                                   if table.key_problem(k) is None)
         self._messages: list[tuple[str, int, float, bytes, int, int]] = []
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -364,11 +370,39 @@ class Outbox:
         """
         if self._table is None:
             self._table = default_table()
-        reading = decode_reading(payload, self._table)
-        return [Item(id=item, kind="reading", node=node, seq=rec.seq, created=created,
-                     body=senml)
-                for rec, senml in resolve_records(node, reading, self._table,
-                                                  received_at=int(created))]
+            self._keys = frozenset(k for k in range(1, KEY_BASE * (MAX_INSTANCE + 1))
+                                   if self._table.key_problem(k) is None)
+        fast = fast_decode(payload, self._keys)
+        if fast is None:
+            reading = decode_reading(payload, self._table)
+            return [Item(id=item, kind="reading", node=node, seq=rec.seq, created=created,
+                         body=senml)
+                    for rec, senml in resolve_records(node, reading, self._table,
+                                                      received_at=int(created))]
+        first, time_value, records = fast
+        received = int(created)
+        base = received - (-1 - time_value) if time_value < 0 else time_value
+        names = self._names.get(node)
+        if names is None:
+            names = self._names[node] = {}
+        out = []
+        for index, (elapsed, values) in enumerate(records):
+            t = base + elapsed
+            senml = []
+            for key, value in values.items():
+                how = names.get(key)
+                if how is None:
+                    channel, instance = self._table.lookup(key)
+                    how = names[key] = (senml_name(node, channel.name, instance), channel.unit,
+                                        channel.scale)
+                name, unit, scale = how
+                if unit:
+                    senml.append({"n": name, "u": unit, "v": senml_value(value, scale), "t": t})
+                else:  # a unitless channel (the alarm bits): SenML omits "u"
+                    senml.append({"n": name, "v": senml_value(value, scale), "t": t})
+            out.append(Item(id=item, kind="reading", node=node, seq=first + index,
+                            created=created, body=senml))
+        return out
 
     def _release(self, batch: Batch) -> None:
         self.db.execute("DELETE FROM pending WHERE sink=? AND batch=?", (batch.sink, batch.id))
@@ -399,9 +433,10 @@ class Outbox:
             self._release(batch)
 
     def backlog(self, sink: str) -> tuple[int, int, float | None]:
-        """(items, bytes, created time of the oldest) waiting for `sink`."""
-        row = self.db.execute("SELECT COUNT(*), COALESCE(SUM(bytes), 0), MIN(created) "
-                              "FROM pending WHERE sink=?", (sink,)).fetchone()
+        """(records, bytes, created time of the oldest) waiting for `sink` (an event counts
+        as one record)."""
+        row = self.db.execute("SELECT COALESCE(SUM(records), 0), COALESCE(SUM(bytes), 0), "
+                              "MIN(created) FROM pending WHERE sink=?", (sink,)).fetchone()
         return row[0], row[1], row[2]
 
     # ---- inspection -------------------------------------------------------------------------

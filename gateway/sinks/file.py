@@ -31,8 +31,11 @@ log = logging.getLogger("meterlink.gateway.sink.file")
 TAIL_CHUNK = 1 << 16
 
 
+_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+
 def encode_line(record: dict[str, Any]) -> bytes:
-    return (json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n").encode()
+    return (_encode(record) + "\n").encode()
 
 
 class JsonlFile:

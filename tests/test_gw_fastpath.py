@@ -1,0 +1,170 @@
+"""The ingest hot path gives what the careful path gives.
+
+A well-formed reading message is checked by `wire.fast_decode` (cbor2's C decoder plus the
+wire rules) and stored as CBOR; the sink side resolves it to SenML when it claims a batch.
+These tests hold both to the careful decoder (`decode_reading`, `resolve_records`) on the
+test vectors, the invalid vectors and mutations of them, and check an outbox of schema 3 with
+records still pending is delivered after the upgrade.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sqlite3
+from pathlib import Path
+
+import cbor2
+import pytest
+
+from gateway.channels import KEY_BASE, MAX_INSTANCE, default_table
+from gateway.config import parse_config
+from gateway.daemon import Gateway
+from gateway.errors import WireError
+from gateway.outbox import MIGRATIONS, Outbox
+from gateway.wire import decode_reading, fast_decode, resolve_records
+
+VECTORS = Path(__file__).parent / "vectors"
+TABLE = default_table()
+KEYS = frozenset(k for k in range(1, KEY_BASE * (MAX_INSTANCE + 1))
+                 if TABLE.key_problem(k) is None)
+T0 = 1763712000
+
+
+def valid_payloads() -> list[bytes]:
+    return [bytes.fromhex(json.loads(p.read_text())["hex"]) for p in sorted(VECTORS.glob("*.json"))]
+
+
+def invalid_payloads() -> list[bytes]:
+    return [bytes.fromhex(json.loads(p.read_text())["hex"])
+            for p in sorted((VECTORS / "invalid").glob("*.json"))]
+
+
+def careful(payload: bytes):
+    try:
+        r = decode_reading(payload, TABLE)
+    except WireError:
+        return None
+    return r.seq, r.time, [(rec.elapsed, dict(rec.values)) for rec in r.records]
+
+
+def test_fast_decode_agrees_on_every_vector():
+    payloads = valid_payloads()
+    assert len(payloads) >= 10
+    for payload in payloads:
+        assert fast_decode(payload, KEYS) == careful(payload) is not None, payload.hex()
+
+
+def test_fast_decode_accepts_no_invalid_vector():
+    payloads = invalid_payloads()
+    assert len(payloads) >= 30
+    for payload in payloads:
+        assert fast_decode(payload, KEYS) is None, payload.hex()
+
+
+@pytest.mark.parametrize("variant", [
+    "84011904121a69201c00a2010101",             # key 1 twice: cbor2 keeps one of them
+    "84011904121a69201c00a1011801",             # value 1 in a two-byte head
+    "84011904121a69201c00a10101ff",             # a trailing byte
+    "9f011904121a69201c00a10101ff",             # indefinite-length message array
+    "84011904121a69201c00bf0101ff",             # indefinite-length record map
+    "84011904121a69201c00a101c24101",           # tag 2 (bignum) value
+    "84011904121a69201c00a101f93c00",           # float value 1.0
+    "84011904121a69201c00a120 01".replace(" ", ""),  # negative key
+])
+def test_fast_decode_leaves_odd_encodings_to_the_careful_decoder(variant):
+    assert fast_decode(bytes.fromhex(variant), KEYS) is None
+
+
+def test_fast_decode_never_accepts_what_the_careful_decoder_rejects():
+    """Byte flips, truncations and insertions of every valid vector."""
+    rng = random.Random(5)
+    checked = accepted = 0
+    for payload in valid_payloads():
+        variants = [payload[:i] for i in range(len(payload))]
+        for _ in range(300):
+            b = bytearray(payload)
+            i = rng.randrange(len(b))
+            op = rng.randrange(3)
+            if op == 0:
+                b[i] = rng.randrange(256)
+            elif op == 1:
+                b.insert(i, rng.randrange(256))
+            else:
+                del b[i]
+            variants.append(bytes(b))
+        for v in variants:
+            got = fast_decode(v, KEYS)
+            want = careful(v)
+            if got is not None:
+                assert got == want, v.hex()
+                accepted += 1
+            checked += 1
+    assert checked > 3000 and accepted > 50  # some mutations stay valid: both must agree
+
+
+def outbox_items(box: Outbox, sink: str) -> list[tuple[str, int | None, list]]:
+    batch = box.claim_batch(sink, max_records=10_000, max_bytes=1 << 30)
+    return [(it.kind, it.seq, it.body) for it in batch.items]
+
+
+def test_stored_messages_resolve_to_the_careful_senml(tmp_path):
+    config = parse_config({"sinks": {"file": {}}, "api": {"enabled": False}},
+                          base_dir=tmp_path)
+    gw = Gateway(config)
+    gw.open_storage()
+    want = []
+    for i, payload in enumerate(valid_payloads()):
+        node = f"v{i}"
+        received = T0 + 0.75
+        assert gw.handle_message(f"m/{node}/r", payload, received_at=received) == "accepted"
+        for rec, senml in resolve_records(node, decode_reading(payload, TABLE), TABLE,
+                                          received_at=int(received)):
+            want.append(("reading", rec.seq, senml))
+    kinds = {k for (k,) in gw.box.db.execute("SELECT kind FROM items")}
+    assert kinds == {"message"}  # every vector took the hot path
+    got = outbox_items(Outbox(config.outbox.path), "file")
+    assert json.dumps(got) == json.dumps(want)  # same values, same types (21.53, not 21.5300)
+
+
+def test_partly_duplicate_message_stores_only_new_records(tmp_path):
+    config = parse_config({"sinks": {"file": {}}, "api": {"enabled": False}},
+                          base_dir=tmp_path)
+    gw = Gateway(config)
+    msg = lambda seq, n: cbor2.dumps([1, seq, T0, *({1: 100 + k} for k in range(n))])
+    assert gw.handle_message("m/n1/r", msg(10, 3), received_at=T0) == "accepted"  # 10-12
+    assert gw.handle_message("m/n1/r", msg(11, 3), received_at=T0) == "accepted"  # 13 new
+    assert gw.handle_message("m/n1/r", msg(10, 3), received_at=T0) == "duplicate"
+    seqs = [seq for _, seq, _ in outbox_items(gw.box, "file")]
+    assert seqs == [10, 11, 12, 13]
+    assert gw.stats.snapshot()["accepted_records"] == 4
+    assert gw.stats.snapshot()["duplicates"] == 5
+
+
+def test_schema_3_outbox_with_pending_records_is_delivered_after_the_upgrade(tmp_path):
+    path = tmp_path / "o.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    for number, script in enumerate(MIGRATIONS[:3]):
+        db.executescript(script)
+        db.execute(f"PRAGMA user_version={number + 1}")
+    body = json.dumps([{"n": "n1:temperature", "u": "Cel", "v": 21.5, "t": T0}])
+    db.execute("INSERT INTO items(id, kind, node, seq, created, body) "
+               "VALUES (1, 'reading', 'n1', 7, ?, ?)", (T0, body))
+    db.execute("INSERT INTO pending(sink, item, batch, bytes, created) VALUES "
+               "('file', 1, NULL, ?, ?)", (len(body), T0))
+    db.execute("INSERT INTO nodes(node, min_seq, max_seq) VALUES ('n1', 7, 7)")
+    db.close()
+    config = parse_config({"sinks": {"file": {}}, "api": {"enabled": False},
+                           "outbox": {"path": "o.db"}}, base_dir=tmp_path)
+    gw = Gateway(config)
+    gw.open_storage()
+    assert gw.box.schema_version == len(MIGRATIONS) == 4
+    assert gw.box.backlog("file")[0] == 1
+    assert gw.handle_message("m/n1/r", cbor2.dumps([1, 7, T0, {1: 2150}]),
+                             received_at=T0) == "duplicate"
+    assert gw.handle_message("m/n1/r", cbor2.dumps([1, 8, T0, {1: 2160}, {1: 10}]),
+                             received_at=T0) == "accepted"
+    assert gw.box.backlog("file")[0] == 3
+    items = outbox_items(gw.box, "file")
+    assert [(k, s, [r["v"] for r in b]) for k, s, b in items] == [
+        ("reading", 7, [21.5]), ("reading", 8, [21.6]), ("reading", 9, [21.7])]
