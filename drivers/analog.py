@@ -89,43 +89,9 @@ class Pressure(_Input):
 
 
 # ---------------------------------------------------------------------------------- node glue
-# validate()/create() and the adapter for firmware/sensors.py. They live in the driver module
-# because every extra module costs about 1.5 KB of heap when imported on the node.
-
-
-def _gpio(c, s, key, p, required=True):
-    return c.get(s, key, p, int, "must be a GPIO number 0-48", required=required,
-                 check=lambda v: 0 <= v <= 48)
-
-
-def validate(c, s, p, spec, out):
-    if spec["driver"] == "rssi":
-        spec["bus"] = "wlan"
-        return
-    spec["pin"] = _gpio(c, s, "pin", p)
-    spec["bus"] = "adc%s" % spec["pin"]
-    d = c.get(s, "divider", p, list, "must be [r_top, r_bottom] in ohm (r_bottom > 0)",
-              default=[100000, 100000] if spec["driver"] == "battery" else [10000, 10000],
-              required=False, check=lambda v: len(v) == 2 and all(
-                  isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v)
-              and v[1] > 0)
-    spec["divider"] = d
-    spec["samples"] = c.get(s, "samples", p, int, "must be an integer 1-64", default=16,
-                            required=False, check=lambda v: 1 <= v <= 64)
-    if spec["driver"] == "pressure":
-        spec["cal"] = c.get(s, "cal", p, list,
-                            "must be two [mV, hPa] points with different mV, e.g. "
-                            "[[500, 0], [4500, 10000]]", default=[[500, 0], [4500, 10000]],
-                            required=False, check=_cal_ok)
-
-
-def _cal_ok(v):
-    try:
-        (v1, p1), (v2, p2) = v
-    except (TypeError, ValueError):
-        return False
-    return all(isinstance(x, int) and not isinstance(x, bool) for x in (v1, p1, v2, p2)) \
-        and v1 != v2
+# create() and the adapter for firmware/sensors.py; they live in the driver module because
+# every extra module costs about 1.5 KB of heap on the node. The config entry is validated by
+# drivers/drivercfg.py, which is dropped from memory once the config is checked.
 
 
 class BatterySensor:

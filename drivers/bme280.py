@@ -232,15 +232,9 @@ class BME280:
 
 
 # ---------------------------------------------------------------------------------- node glue
-# validate()/create() and the adapter for firmware/sensors.py. They live in the driver module
-# because every extra module costs about 1.5 KB of heap when imported on the node.
-
-
-def validate(c, s, p, spec, out):
-    import sensors
-
-    sensors.i2c_spec(c, s, p, spec, out, "must be an I2C address 0x08-0x77", 0x76,
-                     lambda v: 0x08 <= v <= 0x77)
+# create() and the adapter for firmware/sensors.py; they live in the driver module because
+# every extra module costs about 1.5 KB of heap on the node. The config entry is validated by
+# drivers/drivercfg.py, which is dropped from memory once the config is checked.
 
 
 def create(spec, hw):

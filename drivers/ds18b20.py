@@ -137,29 +137,10 @@ class DS18B20:
 
 
 # ---------------------------------------------------------------------------------- node glue
-# validate()/create() and the adapter for firmware/sensors.py. One adapter per probe, so each
+# create() and the adapter for firmware/sensors.py (the entry is validated by drivercfg.py).
+# One adapter per probe, so each
 # probe's failure is its own channel's error; the probes of one bus share the OneWire object
 # (kept by sensors.Hardware), and each searches the bus when it is (re)created.
-
-
-def validate(c, s, p, spec, out):
-    spec["pin"] = c.get(s, "pin", p, int, "must be a GPIO number 0-48",
-                        check=lambda v: 0 <= v <= 48)
-    spec["bus"] = "ow%s" % spec["pin"]
-    spec["rom"] = c.get(s, "rom", p, str, "must be the probe's ROM as 16 hex digits, family "
-                        "28 first (e.g. \"28ff4a1c0a00005e\")", default=None, required=False,
-                        check=_rom_ok)
-    spec["index"] = c.get(s, "index", p, int, "must be an integer 0-15 (the probe's place in "
-                          "the ROM-sorted search result)", default=0, required=False,
-                          check=lambda v: 0 <= v <= 15)
-
-
-def _rom_ok(v):
-    try:
-        rom = bytes.fromhex(v)
-    except ValueError:
-        return False
-    return len(rom) == 8 and rom[0] == _FAMILY and crc8(rom, 7) == rom[7]
 
 
 def create(spec, hw):
@@ -187,7 +168,7 @@ class DS18B20Sensor:
                 raise OSError("ds18b20@ow%d: probe %d wanted, %d found"
                               % (spec["pin"], spec["index"], len(roms)))
             self.rom = roms[spec["index"]]
-        self.label = "ds18b20@ow%d:%s" % (spec["pin"], rom_hex(self.rom))
+        self.label = "ds18b20@ow%d:%s" % (spec["pin"], spec["rom"] or "#%d" % spec["index"])
         self.key = channels.key(channels.TEMPERATURE, spec["instance"])
 
     async def sample(self):

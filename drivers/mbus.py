@@ -188,24 +188,9 @@ class MBus:
 
 
 # ---------------------------------------------------------------------------------- node glue
-# validate()/create() and the adapter for firmware/sensors.py. They live in the driver module
-# because every extra module costs about 1.5 KB of heap when imported on the node.
-
-
-def validate(c, s, p, spec, out):
-    spec["bus"] = c.get(s, "uart", p, str, "must name a configured UART such as \"uart2\"",
-                        check=lambda v: v[:4] == "uart" and v[4:] in out.get("uart", {}))
-    spec["address"] = c.get(s, "address", p, int, "must be a primary address 1-250 (or 254: "
-                            "the only meter on the line)", default=None, required=False,
-                            check=lambda v: 1 <= v <= 250 or v == 254)
-    spec["secondary"] = c.get(s, "secondary", p, str, "must be the meter's 8-digit ID",
-                              default=None, required=False,
-                              check=lambda v: len(v) == 8 and v.isdigit())
-    if (spec["address"] is None) == (spec["secondary"] is None):
-        c.fail(p, "needs exactly one of address (primary) or secondary (the 8-digit ID)",
-               {"address": spec["address"], "secondary": spec["secondary"]})
-    spec["timeout_ms"] = c.get(s, "timeout_ms", p, int, "must be an integer 100-5000",
-                               default=500, required=False, check=lambda v: 100 <= v <= 5000)
+# create() and the adapter for firmware/sensors.py; they live in the driver module because
+# every extra module costs about 1.5 KB of heap on the node. The config entry is validated by
+# drivers/drivercfg.py, which is dropped from memory once the config is checked.
 
 
 def create(spec, hw):

@@ -147,61 +147,9 @@ def decode(data, kind, order="hl"):
 
 
 # ---------------------------------------------------------------------------------- node glue
-# validate()/create() and the adapter for firmware/sensors.py. They live in the driver module
-# because every extra module costs about 1.5 KB of heap when imported on the node.
-_KINDS = ("u16", "s16", "u32", "s32", "f32")
-
-
-def _channel_id(name):
-    import channels
-
-    v = getattr(channels, str(name).upper(), None)
-    return v if isinstance(v, int) and 1 <= v <= 63 else None
-
-
-def validate(c, s, p, spec, out):
-    spec["bus"] = c.get(s, "uart", p, str, "must name a configured UART such as \"uart2\"",
-                        check=lambda v: v[:4] == "uart" and v[4:] in out.get("uart", {}))
-    spec["address"] = c.get(s, "address", p, int, "must be a Modbus slave address 1-247",
-                            check=lambda v: 1 <= v <= 247)
-    spec["timeout_ms"] = c.get(s, "timeout_ms", p, int, "must be an integer 20-5000",
-                               default=200, required=False, check=lambda v: 20 <= v <= 5000)
-    spec["retries"] = c.get(s, "retries", p, int, "must be an integer 0-5", default=2,
-                            required=False, check=lambda v: 0 <= v <= 5)
-    regs = c.get(s, "registers", p, list, "must be a non-empty list of registers",
-                 check=lambda v: len(v) > 0)
-    spec["registers"] = []
-    for i, r in enumerate(regs or ()):
-        q = "%s.registers[%d]" % (p, i)
-        if not isinstance(r, dict):
-            c.fail(q, "must be an object", r)
-            continue
-        e = {
-            "reg": c.get(r, "reg", q, int, "must be a register address 0-65535",
-                         check=lambda v: 0 <= v <= 65535),
-            "fn": c.get(r, "fn", q, int, "must be 3 (holding) or 4 (input)", default=3,
-                        required=False, check=lambda v: v in (3, 4)),
-            "type": c.get(r, "type", q, str, "must be one of " + ", ".join(_KINDS),
-                          default="u16", required=False, check=lambda v: v in _KINDS),
-            "order": c.get(r, "order", q, str, "must be hl or lh", default="hl",
-                           required=False, check=lambda v: v in ("hl", "lh")),
-            "channel": c.get(r, "channel", q, str, "must be a channel name of the channel "
-                             "table (docs/wire-format.md)",
-                             check=lambda v: _channel_id(v) is not None),
-            "mul": c.get(r, "mul", q, int, "must be a non-zero integer", default=1,
-                         required=False, check=lambda v: v != 0),
-            "div": c.get(r, "div", q, int, "must be a positive integer", default=1,
-                         required=False, check=lambda v: v > 0),
-            "mask": c.get(r, "mask", q, int, "must be an integer 1-65535 (error bits: the "
-                          "sensor-fault alarm)", default=None, required=False,
-                          check=lambda v: 1 <= v <= 65535),
-            "instance": c.get(r, "instance", q, int, "must be an integer 0-15",
-                              default=spec["instance"], required=False,
-                              check=lambda v: 0 <= v <= 15),
-        }
-        spec["registers"].append(e)
-
-
+# create() and the adapter for firmware/sensors.py; they live in the driver module because
+# every extra module costs about 1.5 KB of heap on the node. The config entry is validated by
+# drivers/drivercfg.py, which is dropped from memory once the config is checked.
 def create(spec, hw):
     return ModbusSensor(spec, hw)
 
@@ -218,7 +166,7 @@ class ModbusSensor:
                              retries=spec["retries"], de=de)
         self._regs = []
         for r in spec["registers"]:
-            key = channels.key(_channel_id(r["channel"]), r["instance"])
+            key = channels.key(r["id"], r["instance"])
             self._regs.append((r, key))
 
     async def sample(self):

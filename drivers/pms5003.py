@@ -87,22 +87,9 @@ class PMS5003:
 
 
 # ---------------------------------------------------------------------------------- node glue
-# validate()/create() and the adapter for firmware/sensors.py. They live in the driver module
-# because every extra module costs about 1.5 KB of heap when imported on the node.
-
-
-def validate(c, s, p, spec, out):
-    spec["bus"] = c.get(s, "uart", p, str, "must name a configured UART such as \"uart1\"",
-                        check=lambda v: v[:4] == "uart" and v[4:] in out.get("uart", {}))
-    spec["warmup_ms"] = c.get(s, "warmup_ms", p, int, "must be an integer 0-60000 (the "
-                              "datasheet's fan warm-up is 30000)", default=30000,
-                              required=False, check=lambda v: 0 <= v <= 60000)
-    spec["sleep"] = c.get(s, "sleep", p, bool, "must be true or false (fan off between "
-                          "readings)", default=True, required=False,
-                          check=lambda v: isinstance(v, bool))
-    if spec["interval_s"] and spec["interval_s"] * 1000 <= spec["warmup_ms"] and spec["sleep"]:
-        c.fail(p + ".interval_s", "must be longer than warmup_ms when the fan sleeps between "
-               "readings", spec["interval_s"])
+# create() and the adapter for firmware/sensors.py; they live in the driver module because
+# every extra module costs about 1.5 KB of heap on the node. The config entry is validated by
+# drivers/drivercfg.py, which is dropped from memory once the config is checked.
 
 
 def create(spec, hw):

@@ -10,6 +10,7 @@ from hw.onewire import DS18B20 as Probe
 from hw.onewire import attach
 
 import config
+import drivercfg  # noqa: F401 - loaded once: sensors then keeps it (no recompiling)
 import ds18b20
 import sensors
 
@@ -95,13 +96,21 @@ def test_power_on_value_crc_absent_probe_and_shorted_line_are_errors():
     _err(bus.search, "no presence pulse", "shorted")
 
 
+def a0_spec():
+    c = config._Checker()
+    out = {}
+    sensors.validate_hw(c, {"sensors": [{"driver": "ds18b20", "pin": 4, "index": 0}]}, out)
+    return out["sensors"][0]
+
+
 def test_adapters_one_per_probe_by_index_or_rom():
     probes = _board(4.0, 5.5)
     roms = sorted(p.rom for p in probes)
     by_rom = dict((p.rom, p) for p in probes)
     a0 = _adapter({"index": 0, "instance": 0})
     a1 = _adapter({"rom": ds18b20.rom_hex(roms[1]), "instance": 1})
-    assert a0.label == "ds18b20@ow4:" + ds18b20.rom_hex(roms[0])
+    assert a0.label == "ds18b20@ow4:#0" == sensors.label(a0_spec())
+    assert a1.label == "ds18b20@ow4:" + ds18b20.rom_hex(roms[1])
     assert asyncio.run(a0.sample()) == {1: int(by_rom[roms[0]].temp_c * 100)}
     assert asyncio.run(a1.sample()) == {65: int(by_rom[roms[1]].temp_c * 100)}
     # one probe failing is that probe's error only

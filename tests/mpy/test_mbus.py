@@ -9,6 +9,7 @@ from hw.mbus import MBusMeter
 from hw.uart import attach
 
 import config
+import drivercfg  # noqa: F401 - loaded once: sensors then keeps it (no recompiling)
 import mbus
 import mbusparse
 import sensors
