@@ -146,3 +146,17 @@ def test_rtc_slot_keeps_the_runtime_bytes():
     assert mem[:64] == bytes(range(64)) and len(mem) == 256
 
 
+
+
+def test_arm_wake_uses_ext0_for_the_contact_and_ext1_for_the_tamper_loop():
+    import hw
+
+    import sensors
+
+    _fresh()
+    m = PulseMeter(a=25, b=26, tamper=27)
+    a = _adapter(_water(), m)
+    a.save()
+    sensors.arm_wake(a.wake_pins())
+    assert hw.wake["ext0"] == {"pin": 25, "level": 0}, hw.wake  # contact A closing
+    assert hw.wake["ext1"] == {"pins": [27], "level": 1}, hw.wake  # tamper loop opening
