@@ -49,13 +49,21 @@ PLAUSIBLE = {
 }
 MONOTONIC = ("water_volume", "gas_volume")
 
-_READ = """\
-import asyncio, json, sensors, config
+# Three pieces, each compiled on the node by itself: the compiler needs a contiguous block of
+# heap for what it compiles, and the node's heap is busy with what the runtime left loaded.
+_READ = ("""\
+import asyncio, gc, json, sensors
 try:
-    _cfg = config.load('config.json')
-except Exception as e:
-    _cfg = None
-    print(repr(('config', repr(e))))
+    _cfg = _ml_boot.cfg  # the config the stopped runtime ran with (Device.stop_runtime)
+except NameError:  # after a soft reset: config.json, checked by the firmware's rules
+    import config
+    try:
+        _cfg = config.load('config.json')
+    except Exception as e:
+        _cfg = None
+        print(repr(('config', repr(e))))
+gc.collect()
+""", """\
 def _board():
     try:
         with open('board.json') as f:
@@ -75,9 +83,14 @@ async def _read_all():
         except Exception as e:
             out.append((label, None, repr(e)))
     return out
+""", """\
 if _cfg is not None:
     print(repr(('readings', asyncio.run(_read_all()), _cfg['node_id'])))
-"""
+import sys
+_cfg = _board = _read_all = None  # nothing of this stays in the heap of the node resumed next
+sys.modules.pop('config', None)
+gc.collect()
+""")
 
 _DIAG = """\
 try:
@@ -165,19 +178,27 @@ def run(args: argparse.Namespace) -> int:
         except DeviceError:  # e.g. MemoryError: the running node left the REPL no heap
             diag = None
         if isinstance(diag, dict) and diag.get("safe"):
-            dev.run_main()
+            if not dev.resume_node():
+                dev.run_main()
             raise UserError(device.ERR_SAFE_MODE.format(reason=diag["safe"]))
         last_all = diag.get("last") or {} if isinstance(diag, dict) else {}
-        # a clean heap for the reads: soft reset into the raw REPL (boot.py only)
-        dev.transport.enter_raw_repl(soft_reset=True, timeout_overall=device.REPL_TIMEOUT)
+        # the heap for the reads: the stopped runtime closed (it resumes afterwards with the
+        # same boot), or, when none was running, a soft reset into the raw REPL (boot.py only)
+        resume = dev.stop_runtime()
+        if not resume:
+            dev.transport.enter_raw_repl(soft_reset=True, timeout_overall=device.REPL_TIMEOUT)
         try:
-            text = dev.exec(_READ, timeout=60).strip()
+            text = "".join(dev.exec(piece, timeout=60) for piece in _READ).strip()
         except DeviceError as exc:
             raise UserError(f"the node's firmware cannot read its sensors: "
                             f"{exc.output.strip().splitlines()[-1]} (deploy it again with "
                             f"`meterlink deploy`)") from exc
+        finally:  # the node runs again whatever the reads gave
+            if resume:
+                dev.start_runtime()
+            else:
+                dev.run_main()
         answer = ast.literal_eval(text.splitlines()[-1]) if text else None
-        dev.run_main()
     if not answer or answer[0] == "config":
         raise UserError(f"the node's config.json is missing or invalid "
                         f"({answer[1] if answer else 'no answer'}): run `meterlink provision`")

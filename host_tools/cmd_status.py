@@ -4,9 +4,13 @@
 
 Stops the node's main loop (Ctrl-C, raw REPL: the node keeps its state), runs
 `import node; node.diagnostics()` (the status keys of docs/wire-format.md plus `last`, the
-latest reading of each sensor), prints them, and soft-resets the node so it runs again
-(`--no-resume` leaves it at the REPL). Keys the firmware does not report are left out; a node
-in safe mode prints its table, then the safe-mode error (exit status 1).
+latest reading of each sensor), prints them, and resumes the node without a reboot
+(`Device.resume_node`: the runtime main.py started is closed as it closes itself and started
+again with the same boot, so the boot count, the reset cause and the crash-boot count that
+leads to safe mode stay as they were). A node that was not running (no config, or no heap
+left to resume in place) is soft-reset instead, which counts as a boot, and the command says
+so. `--no-resume` leaves it at the REPL. Keys the firmware does not report are left out; a
+node in safe mode prints its table, then the safe-mode error (exit status 1).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import sys
 
 from gateway.channels import default_table
 from gateway.errors import UserError
@@ -136,14 +141,30 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"the node has no firmware ({exc.output.strip().splitlines()[-1]}):"
                             f" install it with `meterlink deploy --board NAME`") from exc
         d = read_diagnostics(dev)
+        resumed = None
         if not args.no_resume:
-            dev.run_main()
+            resumed = dev.resume_node()
+            if not resumed:  # no runtime was running: start it as a reset does
+                dev.run_main()
     if args.json:
         say(json.dumps(d, sort_keys=True, default=str))
     else:
         say(f"node on {port}")
         for line in format_table(d):
             say("  " + line)
+    if resumed is not None:
+        note(RESUMED if resumed else RESTARTED)
     if d.get("safe"):
         raise UserError(device.ERR_SAFE_MODE.format(reason=d["safe"]))
     return 0
+
+
+RESUMED = "the node runs again (resumed without a reboot)"
+RESTARTED = ("the node could not be resumed in place (its runtime was not running, or no heap "
+             "was left): soft reset, it boots again (counts as a boot)")
+
+
+def note(text: str) -> None:
+    """A line for the technician that stays out of --json's stdout."""
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()

@@ -147,6 +147,29 @@ def port_error(port: str, exc: OSError) -> UserError:
 
 
 # ------------------------------------------------------------------------------ REPL session
+# The stopped runtime closed as node.run() would close it, so that node.run(boot) can start a
+# new one with the same boot (Device.resume_node). Small pieces, each compiled on the node by
+# itself: the node's heap is busy and fragmented while the runtime is stopped.
+#  1. is a runtime there (main.py built it) to resume?
+#  2. its asyncio tasks dropped with their loop, so nothing of it runs any more;
+#  3. its sensor state saved and its queue closed (Node.shutdown), its MQTT link closed;
+#  4. the old tasks that closing the link woke are dropped again (or the old publisher would
+#     run beside the new one); its fields let go, so that anything still pointing at it (a
+#     stale word on the C stack: the GC scans it conservatively) keeps only its shell; the
+#     RTC memory read back as a reset reads it, so the sequence continues without a gap.
+_RESUME_PREPARE = (
+    "import node\n_ml_n = getattr(node, '_current', None)\n"
+    "print(_ml_n is not None and getattr(_ml_n, 'boot', None) is not None)\n",
+    "import asyncio\nasyncio.new_event_loop()\n_ml_boot = _ml_n.boot\nnode._current = None\n",
+    "for _ml_f in (_ml_n.shutdown, _ml_n.client.close):\n"
+    "    try:\n        asyncio.run(_ml_f())\n"
+    "    except Exception as e:\n        print('resume:', repr(e))\n",
+    "asyncio.new_event_loop()\nfor _ml_f in list(_ml_n.__dict__):\n"
+    "    setattr(_ml_n, _ml_f, None)\n_ml_n = _ml_f = None\n"
+    "import gc, rtcstate\ngc.collect()\n_ml_boot.rtc = rtcstate.RtcState()\nprint('READY')\n",
+)
+
+
 class DeviceError(UserError):
     """Code run on the device raised; `.output` is its traceback text."""
 
@@ -237,6 +260,43 @@ class Device:
             raise UserError(ERR_WRONG_CHIP.format(port=self.port, found=found.upper(),
                                                   board=board.path.name,
                                                   expected=board.chip.upper()))
+
+    def resume_node(self) -> bool:
+        """Starts the stopped node again without a reboot, when there is one to resume.
+
+        Ctrl-C left the node's runtime (`node._current`, built by main.py from its
+        `bootinfo.start()`) stopped in the REPL. This closes it the way the runtime does at
+        the end (sensor state saved, queue closed) and drops its MQTT connection, then runs
+        `node.run(boot)` with the same boot from the friendly REPL, where main.py runs it: the
+        boot count, reset cause and crash-boot count are untouched; what the runtime counts
+        since it started (`up`, `sent`, failed readings, the last readings) starts again.
+        Returns False when no runtime was running (the caller soft-resets instead)."""
+        if not self.stop_runtime():
+            return False
+        self.start_runtime()
+        return True
+
+    def stop_runtime(self) -> bool:
+        """The first half of `resume_node`: the stopped runtime closed and its heap freed;
+        False when none was running."""
+        try:
+            if self.exec(_RESUME_PREPARE[0]).strip() != "True":
+                return False
+            out = "".join(self.exec(piece, timeout=30) for piece in _RESUME_PREPARE[1:])
+        except DeviceError as exc:
+            if "MemoryError" not in exc.output:
+                raise
+            return False  # no heap even for this: the caller resets the node instead
+        return out.strip().endswith("READY")
+
+    def start_runtime(self) -> None:
+        """The second half: `node.run(boot)` typed at the friendly REPL; the session ends
+        with the node running."""
+        self.transport.exit_raw_repl()
+        self.transport.read_until(1, b">>> ", timeout=5)
+        self.transport.serial.write(b"node.run(_ml_boot)\r")
+        self.transport.serial.flush()
+        self.transport.read_until(1, b"node.run(_ml_boot)\r\n", timeout=5)
 
     def run_main(self) -> None:
         """Leaves the REPL with a soft reset in friendly mode: boot.py, then main.py (the

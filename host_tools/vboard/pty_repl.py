@@ -58,7 +58,7 @@ from pathlib import Path
 
 from gateway.stats import write_json_atomic
 from host_tools import process, toolchain
-from host_tools.vboard.node import DEFAULT_HEAP, default_board
+from host_tools.vboard.node import DEFAULT_HEAP, _heap_bytes, default_board, vboard_allowance
 
 AGENT = "import repl_agent"  # frozen: host_tools/vboard/mpy/repl_agent.py
 RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
@@ -181,10 +181,15 @@ class PtyBoard:
         return {"PATH": "/usr/bin:/bin", "MICROPYPATH": ":.frozen:lib",
                 "VBOARD_DIR": str(self.root)}
 
+    def heap_bytes(self) -> int:
+        """The node's heap plus what the virtual board's own models take (as `VirtualNode`
+        runs it; the REPL agent is frozen and takes none)."""
+        return _heap_bytes(self.heap) + vboard_allowance(self.root / "board.json")
+
     def _spawn(self) -> None:
         ctl_r, ctl_w = os.pipe()
         self._proc = subprocess.Popen(
-            [toolchain.micropython(), "-X", f"heapsize={self.heap}", "-c", AGENT],
+            [toolchain.micropython(), "-X", f"heapsize={self.heap_bytes()}", "-c", AGENT],
             cwd=self.flash, env={**self.environ(), "REPL_CTL_FD": str(ctl_w)},
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             pass_fds=(ctl_w,), start_new_session=True)
