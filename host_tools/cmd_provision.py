@@ -15,7 +15,8 @@
    MicroPython unix port (the interpreter and the source the device runs, not a CPython
    re-implementation), so a config that passes here boots there. Every problem is listed.
 4. The config goes to the device as `config.json` (written to `config.json.new`, then renamed,
-   then read back); the node soft-resets and runs with it.
+   then read back), with `board.json`, the board file trimmed to what the firmware reads
+   (`BOARD_KEYS`); the node soft-resets and runs with it.
 5. Broker side: the Mosquitto `password_file` line (hashed by Debian's `mosquitto_passwd`) and
    the ACL block that lets the node write only its own `r`, `s`, `a` topics and read only its
    own `c`, `k` (`{prefix}/{node_id}/...`). With `--password-file`/`--acl-file` they replace
@@ -252,6 +253,20 @@ except OSError:
 """
 
 
+# What the firmware reads from board.json (sensors.Hardware.board_info()): only the number of
+# hardware pulse counters, which decides whether the pulse driver counts in the PCNT unit or
+# in an interrupt. The full board file (pins, driver list, flash layout) is for the host
+# tools; the node gets the few bytes it uses, plus the board's name and chip to identify it.
+BOARD_KEYS = ("name", "chip", "pcnt_units")
+
+
+def board_file(board: device.Board) -> str:
+    """The node's board.json: the board file trimmed to BOARD_KEYS."""
+    trimmed = {"name": board.name, "chip": board.chip}
+    trimmed.update({k: board.raw[k] for k in BOARD_KEYS[2:] if k in board.raw})
+    return json.dumps(trimmed, separators=(",", ":"), sort_keys=True)
+
+
 def run(args: argparse.Namespace) -> int:
     board = device.load_board(args.board)
     port = device.pick_port(args.port)
@@ -266,7 +281,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = validate(raw)  # the file keeps what was given; the firmware fills the defaults
         text = json.dumps(raw, separators=(",", ":"), sort_keys=True)
         try:
-            for name, body in (("config.json", text),):
+            for name, body in (("config.json", text), ("board.json", board_file(board))):
                 dev.exec(f"import os\nwith open({name + '.new'!r}, 'w') as _f:\n"
                          f" _f.write({body!r})\n"
                          f"try:\n os.rename({name + '.new'!r}, {name!r})\nexcept OSError:\n"

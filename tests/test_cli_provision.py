@@ -228,6 +228,10 @@ def test_the_node_firmware_connects_with_its_new_credentials(board, tmp_path, ca
         assert obs.connect() == 0
         assert obs.subscribe("m/#") == [1]
         with Device(board.port, soft_reset=True) as dev:
+            # the trimmed board file, as the firmware's Hardware reads it (the pulse driver
+            # counts in the PCNT unit when the board has enough of them)
+            assert dev.eval("__import__('sensors').Hardware(None).board_info()") == \
+                {"name": BOARD, "chip": "esp32", "pcnt_units": 8}
             dev.exec(NODE_MQTT)
             assert dev.exec("asyncio.run(go(b['password']))", timeout=20).strip() == "published"
             seen = obs.wait_for("m/node-01/r")
