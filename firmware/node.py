@@ -543,7 +543,10 @@ def run(boot):
         else:
             asyncio.run(n.run_mains())
     except KeyboardInterrupt:
-        raise  # Ctrl-C from the REPL: stop here, leave the node to the technician
+        # Ctrl-C from the REPL: stop here and leave the node to the technician. The runtime's
+        # tasks are dropped, so code the technician runs with asyncio.run starts clean.
+        asyncio.new_event_loop()
+        raise
     except Exception as exc:
         log.error("node", "crashed: %r", exc)
         sys.print_exception(exc)
