@@ -27,13 +27,14 @@ it below the limit; the `outbox_full` alarm is raised then, with a warning log l
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
-import queue
 import signal
+import struct
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -56,6 +57,18 @@ RECONNECT_MIN_DELAY = 1
 RECONNECT_MAX_DELAY = 30
 PERIODIC_S = 1.0
 GATEWAY_NODE = "-gateway"  # registry/alarm key for gateway-level alarms (outbox_full)
+_PUBACK = 0x40020000  # PUBACK fixed header (type 4, remaining length 2) above a 16-bit id
+
+
+class _PahoLog(logging.LoggerAdapter):
+    """paho's log lines into the gateway log: debug text as it is, a callback's exception
+    (suppressed by paho) as a `callback_failed` error."""
+
+    def log(self, level: int, msg: Any, *args: Any, **kwargs: Any) -> None:
+        if level >= logging.ERROR and str(msg).startswith("Caught exception"):
+            self.logger.error("callback_failed", extra=kv(detail=str(msg) % args))
+        elif self.logger.isEnabledFor(level):
+            self.logger.log(logging.DEBUG, msg, *args)
 
 
 class Gateway:
@@ -72,7 +85,11 @@ class Gateway:
         self.ingestor: Ingestor | None = None
         self.workers: list[SinkWorker] = []
         self.api = None
-        self._queue: queue.Queue[Message] = queue.Queue()
+        # paho's network thread appends, the ingest thread pops (deque: thread-safe, no lock);
+        # `_arrived` wakes the ingest thread only when it said it waits (`_idle`)
+        self._inbox: collections.deque[Message] = collections.deque()
+        self._arrived = threading.Event()
+        self._idle = False
         self._stats_writer = (StatsWriter(self.stats, config.gateway.stats_file,
                                           interval=stats_interval)
                               if config.gateway.stats_file else None)
@@ -101,7 +118,9 @@ class Gateway:
             client.username_pw_set(cfg.username, cfg.password)
         client.reconnect_delay_set(min_delay=RECONNECT_MIN_DELAY, max_delay=RECONNECT_MAX_DELAY)
         client.suppress_exceptions = True
-        client.on_log = self._on_log
+        # paho formats a log line per packet for `on_log`; a logger is asked first whether
+        # the level is on, so a message costs no formatting unless debug logging is
+        client.enable_logger(_PahoLog(mqtt_log))
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -223,28 +242,37 @@ class Gateway:
 
     # ---- ingest thread ----------------------------------------------------------------------
 
-    def _take(self, timeout: float) -> list[Message]:
-        limits = self.config.ingest
+    def _wait_inbox(self, timeout: float) -> bool:
+        """Waits up to `timeout` for a message in the inbox; True when there is one."""
+        inbox = self._inbox
+        if inbox:
+            return True
+        self._idle = True
+        self._arrived.clear()
         try:
-            first = self._queue.get(timeout=timeout)
-        except queue.Empty:
+            # checked after clear(): a message appended before it is seen here, one appended
+            # after it sets the event
+            return bool(inbox) or (self._arrived.wait(timeout) and bool(inbox))
+        finally:
+            self._idle = False
+
+    def _take(self, timeout: float) -> list[Message]:
+        """Up to `batch_messages` messages: what is there, plus what arrives within
+        `batch_wait_ms` of the first while the batch is not full."""
+        limits = self.config.ingest
+        inbox = self._inbox
+        if not self._wait_inbox(timeout):
             return []
-        batch = [first]
+        batch: list[Message] = []
         deadline = time.monotonic() + limits.batch_wait_ms / 1000
-        while len(batch) < limits.batch_messages:
-            try:
-                batch.append(self._queue.get_nowait())
-                continue
-            except queue.Empty:
-                pass
+        while True:
+            while inbox and len(batch) < limits.batch_messages:
+                batch.append(inbox.popleft())
+            if len(batch) >= limits.batch_messages:
+                return batch
             left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            try:
-                batch.append(self._queue.get(timeout=left))
-            except queue.Empty:
-                break
-        return batch
+            if left <= 0 or not self._wait_inbox(left):
+                return batch
 
     def _check_outbox_size(self) -> None:
         assert self.box is not None
@@ -278,12 +306,11 @@ class Gateway:
                     continue
                 batch = self._take(0.2)
                 if not batch:
-                    if self._stop.is_set() and self._queue.empty():
+                    if self._stop.is_set() and not self._inbox:
                         break
                     continue
                 self.ingestor.handle_batch(batch)
-                for msg in batch:
-                    self.client.ack(msg.mid, msg.qos)
+                self._ack(batch)
                 for worker in self.workers:
                     worker.wake()
         except SinkError as exc:
@@ -296,13 +323,30 @@ class Gateway:
             log.exception("ingest_crashed", extra=kv(action="stopping"))
             self.stop(EXIT_ERROR)
 
-    # ---- MQTT callbacks (paho network thread) -----------------------------------------------
+    def _ack(self, batch: Sequence[Message]) -> None:
+        """Acknowledges committed messages to the broker: the PUBACKs of a batch go out as
+        one write (one packet each on the wire, 4 bytes: 0x40 0x02 and the message id).
 
-    def _on_log(self, client: mqtt.Client, userdata: Any, level: int, text: str) -> None:
-        if level == mqtt.MQTT_LOG_ERR and text.startswith("Caught exception"):
-            mqtt_log.error("callback_failed", extra=kv(detail=text))
-        else:
-            mqtt_log.debug(text)
+        paho has no call for that; `client.ack()` queues, wakes the network thread and
+        writes one packet per message, a third of the gateway's per-message cost. So the
+        PUBACKs are queued together through paho's own packet queue (paho is pinned; the
+        test `test_acknowledged_messages_are_not_delivered_again` fails if this stops
+        reaching the broker). QoS 2 messages take `client.ack()` (PUBCOMP).
+        """
+        mids = [m.mid for m in batch if m.qos == 1 and m.mid]
+        if mids:
+            queue_packet = getattr(self.client, "_packet_queue", None)
+            if queue_packet is None:
+                for mid in mids:
+                    self.client.ack(mid, 1)
+            else:
+                queue_packet(mqtt.PUBACK, struct.pack(f">{len(mids)}I",
+                                                      *[_PUBACK | mid for mid in mids]), 0, 0)
+        for m in batch:
+            if m.qos == 2:
+                self.client.ack(m.mid, 2)
+
+    # ---- MQTT callbacks (paho network thread) -----------------------------------------------
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         cfg = self.config.mqtt
@@ -349,8 +393,10 @@ class Gateway:
             topic = message.topic
         except UnicodeDecodeError:
             topic = message._topic.decode("utf-8", "replace")  # broker let bad UTF-8 through
-        self._queue.put(Message(topic, message.payload, message.mid, message.qos,
-                                self._clock(), bool(message.retain)))
+        self._inbox.append(Message(topic, message.payload, message.mid, message.qos,
+                                   self._clock(), bool(message.retain)))
+        if self._idle:
+            self._arrived.set()
 
     # ---- synchronous processing (tests, tools) ----------------------------------------------
 

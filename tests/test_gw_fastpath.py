@@ -168,3 +168,61 @@ def test_schema_3_outbox_with_pending_records_is_delivered_after_the_upgrade(tmp
     items = outbox_items(gw.box, "file")
     assert [(k, s, [r["v"] for r in b]) for k, s, b in items] == [
         ("reading", 7, [21.5]), ("reading", 8, [21.6]), ("reading", 9, [21.7])]
+
+
+def test_acknowledged_messages_are_not_delivered_again(tmp_path, broker):
+    """The PUBACKs of a batch go out together: after the gateway committed and stopped, the
+    broker holds nothing more for its session (while a message it never saw is kept)."""
+    import threading
+    import time
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    config = parse_config({"mqtt": {"host": broker.host, "port": broker.port,
+                                    "client_id": "gw-acks"},
+                           "sinks": {"file": {"path": "r.jsonl"}}, "api": {"enabled": False}},
+                          base_dir=tmp_path)
+    pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="acks-pub", protocol=mqtt.MQTTv311)
+    pub.connect(broker.host, broker.port)
+    pub.loop_start()
+    gw = Gateway(config)
+    gw.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not gw.stats.snapshot().get("subscribed"):
+            assert time.monotonic() < deadline, "gateway did not subscribe"
+            time.sleep(0.02)
+        infos = [pub.publish(f"m/a{i % 3}/r", cbor2.dumps([1, i // 3, T0, {1: i}]), qos=1)
+                 for i in range(600)]
+        for info in infos:
+            info.wait_for_publish(30)
+        while gw.stats.snapshot()["accepted_messages"] < 600:
+            assert time.monotonic() < deadline, gw.stats.snapshot()
+            time.sleep(0.02)
+    finally:
+        gw.stop()
+        gw.shutdown()
+    pub.publish("m/a9/r", cbor2.dumps([1, 0, T0, {1: 1}]), qos=1).wait_for_publish(30)
+    pub.disconnect()
+    pub.loop_stop()
+
+    got: list[str] = []
+    arrived = threading.Event()
+    sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="gw-acks", clean_session=False,
+                      protocol=mqtt.MQTTv311)
+
+    def on_message(client, userdata, message):
+        got.append(message.topic)
+        arrived.set()
+
+    sub.on_message = on_message
+    sub.connect(broker.host, broker.port)
+    sub.loop_start()
+    try:
+        assert arrived.wait(30)
+        time.sleep(0.5)  # anything still unacknowledged arrives with it
+    finally:
+        sub.disconnect()
+        sub.loop_stop()
+    assert got == ["m/a9/r"]
