@@ -90,8 +90,8 @@ class Pressure(_Input):
 
 # ---------------------------------------------------------------------------------- node glue
 # create() and the adapter for firmware/sensors.py; they live in the driver module because
-# every extra module costs about 1.5 KB of heap on the node. The config entry is validated by
-# drivers/drivercfg.py, which is dropped from memory once the config is checked.
+# every extra module costs about 1.5 KB of heap on the node. The config entry is checked by a
+# drivers/cfg_*.py module, dropped from memory once the config is validated.
 
 
 class BatterySensor:

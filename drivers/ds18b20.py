@@ -20,9 +20,10 @@ reflected) over its first 7 bytes; only family 0x28 (DS18B20) is kept.
 
 Reading (datasheet 19-7487): MATCH ROM, READ SCRATCHPAD, 9 bytes whose 9th is the CRC-8 of the
 first 8. Temperature is a signed 16-bit count of 1/16 degC; converted to 0.01 degC rounded to
-nearest, halves away from zero (-10.125 -> -1013). The scratchpad reads +85 degC (0x0550) at power-on until a conversion completes, so
-that exact value is refused as "not converted" (a probe that lost its supply, typically in
-parasite mode): a real 85.00 degC reading is lost, which no water or air probe will see.
+nearest, halves away from zero (-10.125 -> -1013). The scratchpad reads +85 degC (0x0550) at
+power-on until a conversion completes, so that exact value is refused as "not converted" (a
+probe that lost its supply, typically in parasite mode): a real 85.00 degC reading is lost,
+which no water or air probe will see.
 """
 
 from micropython import const
@@ -137,7 +138,7 @@ class DS18B20:
 
 
 # ---------------------------------------------------------------------------------- node glue
-# create() and the adapter for firmware/sensors.py (the entry is validated by drivercfg.py).
+# create() and the adapter for firmware/sensors.py (the entry is checked by cfg_gpio.py).
 # One adapter per probe, so each
 # probe's failure is its own channel's error; the probes of one bus share the OneWire object
 # (kept by sensors.Hardware), and each searches the bus when it is (re)created.

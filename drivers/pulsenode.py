@@ -163,8 +163,8 @@ def restore(m, machine):
 
 
 # ---------------------------------------------------------------------------------- node glue
-# create() and the adapter for firmware/sensors.py (driver "pulse"; its config is validated by
-# drivers/drivercfg.py).
+# create() and the adapter for firmware/sensors.py (driver "pulse"; its config is checked by
+# drivers/cfg_pulse.py).
 
 
 def create(spec, hw):
@@ -222,3 +222,24 @@ class PulseSensor:
 
     def save(self):
         self.meter.save()
+
+
+def arm_wake(pins):
+    """Arms deep-sleep wake-up for (gpio, level) pairs from adapters' wake_pins(): the first
+    pair on ext0 (one pin, either level), pairs with level 1 on ext1 (any high). On the
+    ESP32-C3 (no ext0/ext1) through Pin.irq(wake=DEEPSLEEP) on GPIO 0-5."""
+    import machine
+
+    if not pins:
+        return
+    try:
+        import esp32
+
+        esp32.wake_on_ext0(machine.Pin(pins[0][0]), pins[0][1])
+        high = [machine.Pin(g) for g, lvl in pins[1:] if lvl]
+        if high:
+            esp32.wake_on_ext1(high, esp32.WAKEUP_ANY_HIGH)
+    except (AttributeError, ValueError):
+        for g, lvl in pins:
+            machine.Pin(g).irq(trigger=machine.Pin.WAKE_HIGH if lvl else machine.Pin.WAKE_LOW,
+                               wake=machine.DEEPSLEEP)

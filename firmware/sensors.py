@@ -39,19 +39,24 @@ bytes 64..255 the drivers': pulse meters use 96-byte slots at 64 and 160 (`slot`
 by validate_hw in the order of the pulse sensors; at most two per node). Every writer keeps the
 other bytes as they are. Driver flash files: `pulse<slot>a.log`, `pulse<slot>b.log`.
 
-Each driver's config entry is checked by drivers/drivercfg.py, which validate_hw() imports
-and drops again (its code is needed only while a config is checked). Each driver module ends
-with create(spec, hw) and its adapter class: drivers/bme280.py, sht4x.py, pulsenode.py (pulse),
-analog.py (battery, pressure, rssi), ds18b20.py, modbus.py, mbus.py, pms5003.py; an extra
-module per adapter would cost about 1.5 KB of heap each. A driver module is imported when its
-first adapter is created, so a node pays heap only for the drivers it uses. Adding a driver:
-its name in DRIVERS and _ADAPTERS, a _v_<name>() in drivercfg.py, create() in its module.
+Each driver's config entry is checked by a small module in drivers/ (cfg_i2c, cfg_pulse,
+cfg_gpio, cfg_serial: _CHECKS) that validate_hw() imports and drops again, since its code is
+needed only while a config is checked. Each driver module ends with create(spec, hw) and its
+adapter class: drivers/bme280.py, sht4x.py, pulsenode.py (pulse), analog.py (battery, pressure,
+rssi), ds18b20.py, modbus.py, mbus.py, pms5003.py; an extra module per adapter would cost about
+1.5 KB of heap each. A driver module is imported when its first adapter is created, so a node
+pays heap only for the drivers it uses. Adding a driver: its name in DRIVERS, _CHECKS and
+_ADAPTERS, a _v_<name>() in its cfg_ module, create() in its driver module.
 """
 
 
 # Every `driver` name accepted in `sensors[i].driver`.
 DRIVERS = ("bme280", "pulse", "sht4x", "battery", "pressure", "rssi", "modbus", "ds18b20",
            "mbus", "pms5003")
+# driver -> module in drivers/ with its check(c, entry, path, spec, out) for the config
+_CHECKS = {"bme280": "cfg_i2c", "sht4x": "cfg_i2c", "pulse": "cfg_pulse", "battery": "cfg_gpio",
+           "pressure": "cfg_gpio", "rssi": "cfg_gpio", "ds18b20": "cfg_gpio",
+           "modbus": "cfg_serial", "mbus": "cfg_serial", "pms5003": "cfg_serial"}
 # driver -> module in drivers/ with its create(spec, hw)
 _ADAPTERS = {"bme280": "bme280", "sht4x": "sht4x", "pulse": "pulsenode", "battery": "analog",
              "pressure": "analog", "rssi": "analog", "modbus": "modbus", "ds18b20": "ds18b20",
@@ -63,6 +68,9 @@ def _adapters(driver):
 
 
 def validate_hw(c, cfg, out):
+    import sys
+
+    kept = [m for m in sys.modules if m[:4] == "cfg_"]  # loaded by someone else (tests): kept
     buses = c.get(cfg, "i2c", "", dict, "must be an object of bus id -> pins", default={},
                   required=False)
     out["i2c"] = {}
@@ -80,31 +88,10 @@ def validate_hw(c, cfg, out):
             "freq": c.get(b, "freq", p, int, "must be an integer 10000-1000000 (Hz)",
                           default=400000, required=False, check=lambda v: 10000 <= v <= 1000000),
         }
-    uarts = c.get(cfg, "uart", "", dict, "must be an object of UART id -> settings",
-                  default={}, required=False)
     out["uart"] = {}
-    for uid in uarts:
-        p = "uart." + uid
-        u = uarts[uid]
-        if uid not in ("1", "2") or not isinstance(u, dict):
-            c.fail(p, "must be UART \"1\" or \"2\" (0 is the console) with its settings", u)
-            continue
-        out["uart"][uid] = {
-            "tx": c.get(u, "tx", p, int, "must be a GPIO number 0-48", check=lambda v: 0 <= v <= 48),
-            "rx": c.get(u, "rx", p, int, "must be a GPIO number 0-48", check=lambda v: 0 <= v <= 48),
-            "baudrate": c.get(u, "baudrate", p, int, "must be 300-115200", default=9600,
-                              required=False, check=lambda v: 300 <= v <= 115200),
-            "parity": c.get(u, "parity", p, str, "must be none, even or odd", default="none",
-                            required=False, check=lambda v: v in ("none", "even", "odd")),
-            "stop": c.get(u, "stop", p, int, "must be 1 or 2", default=1, required=False,
-                          check=lambda v: v in (1, 2)),
-            "de": c.get(u, "de", p, int, "must be the RS-485 driver-enable GPIO 0-48",
-                        default=None, required=False, check=lambda v: 0 <= v <= 48),
-        }
+    if "uart" in cfg:  # UART lines are checked with the UART drivers' config checks
+        __import__("cfg_serial").uart_buses(c, cfg, out)
     sensors = c.get(cfg, "sensors", "", list, "must be a list", default=[], required=False)
-    import sys
-
-    loaded = "drivercfg" in sys.modules  # kept if someone else loaded it (tests)
     out["sensors"] = []
     for i, s in enumerate(sensors):
         p = "sensors[%d]" % i
@@ -120,13 +107,11 @@ def validate_hw(c, cfg, out):
                               required=False, check=lambda v: 0 <= v <= 15),
         }
         if spec["driver"] is not None:
-            import drivercfg
-
-            drivercfg.validate(c, s, p, spec, out)
+            __import__(_CHECKS[spec["driver"]]).check(c, s, p, spec, out)
         out["sensors"].append(spec)
-    if not loaded:  # needed only while checking: free their code
-        sys.modules.pop("drivercfg", None)
-        sys.modules.pop("drivercfg_serial", None)
+    for m in _CHECKS.values():  # needed only while checking: free their code
+        if m not in kept:
+            sys.modules.pop(m, None)
 
 
 class Hardware:
@@ -196,21 +181,8 @@ def arm_wake(pins):
     """Arms deep-sleep wake-up for (gpio, level) pairs from adapters' wake_pins(): the first
     pair on ext0 (one pin, either level), pairs with level 1 on ext1 (any high). On the
     ESP32-C3 (no ext0/ext1) through Pin.irq(wake=DEEPSLEEP) on GPIO 0-5."""
-    import machine
-
-    if not pins:
-        return
-    try:
-        import esp32
-
-        esp32.wake_on_ext0(machine.Pin(pins[0][0]), pins[0][1])
-        high = [machine.Pin(g) for g, lvl in pins[1:] if lvl]
-        if high:
-            esp32.wake_on_ext1(high, esp32.WAKEUP_ANY_HIGH)
-    except (AttributeError, ValueError):
-        for g, lvl in pins:
-            machine.Pin(g).irq(trigger=machine.Pin.WAKE_HIGH if lvl else machine.Pin.WAKE_LOW,
-                               wake=machine.DEEPSLEEP)
+    if pins:
+        __import__("pulsenode").arm_wake(pins)
 
 
 def label(spec):

@@ -88,7 +88,8 @@ def main() -> None:
         print(f"  {'driver':32s}  {'heap':>7s}  ratio to bme280")
         for name, sensors in SENSORS.items():
             r = base if name == "bme280" else measure(sensors, build)
-            print(f"  {name:32s}  {r['drivers'] / kb:5.1f} KB  {r['drivers'] / base['drivers']:.2f}")
+            ratio = r["drivers"] / base["drivers"]
+            print(f"  {name:32s}  {r['drivers'] / kb:5.1f} KB  {ratio:.2f}")
         mixed = measure(MIXED, build)
         used = mixed["runtime"] + mixed["drivers"]
         print(f"  4 sensors (pulse, bme280, ds18b20, modbus): drivers "

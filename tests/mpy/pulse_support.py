@@ -11,7 +11,7 @@ from hw import write_json
 from hw.meter import PulseMeter
 
 import config
-import drivercfg  # noqa: F401 - loaded once: sensors then keeps it (no recompiling)
+import cfg_pulse  # noqa: F401 - loaded once: sensors then keeps it (no recompiling)
 import sensors
 
 _DIR = "vb_pulse"

@@ -8,7 +8,7 @@ import network
 
 import analog
 import config
-import drivercfg  # noqa: F401 - loaded once: sensors then keeps it (no recompiling)
+import cfg_gpio  # noqa: F401 - loaded once: sensors then keeps it (no recompiling)
 import sensors
 
 _DIR = "vb_analog"

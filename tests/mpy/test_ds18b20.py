@@ -10,7 +10,7 @@ from hw.onewire import DS18B20 as Probe
 from hw.onewire import attach
 
 import config
-import drivercfg  # noqa: F401 - loaded once: sensors then keeps it (no recompiling)
+import cfg_gpio  # noqa: F401 - loaded once: sensors then keeps it (no recompiling)
 import ds18b20
 import sensors
 

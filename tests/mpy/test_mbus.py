@@ -9,7 +9,7 @@ from hw.mbus import MBusMeter
 from hw.uart import attach
 
 import config
-import drivercfg  # noqa: F401 - loaded once: sensors then keeps it (no recompiling)
+import cfg_serial  # noqa: F401 - loaded once: sensors then keeps it (no recompiling)
 import mbus
 import mbusparse
 import sensors
@@ -19,7 +19,8 @@ _UART = {"2": {"tx": 17, "rx": 16, "baudrate": 2400, "parity": "even"}}
 
 # A water meter's RSP_UD written out by hand from EN 13757-3: ID 12345678, manufacturer ZRI
 # (0x6A49: (26<<10)|(18<<5)|9), version 1, medium 07 water, access 0x2A, status 00, then
-# 0C 13 (volume, 8-digit BCD LSB first, 0.001 m3) = 56 34 12 00 -> 123.456 m3, 04 6D date/time (type F:
+# 0C 13 (volume, 8-digit BCD LSB first, 0.001 m3) = 56 34 12 00 -> 123.456 m3, 04 6D
+# date/time (type F:
 # minute 1E, hour 08, day 21 + year bits 001, month 11 + year bits 0011: 2025-11-21 08:30),
 # 02 FD 17 error flags 0000. L = 0x20: C, A, CI, 12 header bytes and 17 record bytes.
 _WATER = bytes.fromhex(

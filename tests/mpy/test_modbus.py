@@ -8,7 +8,7 @@ from hw.modbus import ModbusSlave
 from hw.uart import attach
 
 import config
-import drivercfg  # noqa: F401 - loaded once: sensors then keeps it (no recompiling)
+import cfg_serial  # noqa: F401 - loaded once: sensors then keeps it (no recompiling)
 import modbus
 import sensors
 

@@ -9,7 +9,7 @@ from hw.pms5003 import PMS5003 as Model
 from hw.uart import attach
 
 import config
-import drivercfg  # noqa: F401 - loaded once: sensors then keeps it (no recompiling)
+import cfg_serial  # noqa: F401 - loaded once: sensors then keeps it (no recompiling)
 import pms5003
 import sensors
 

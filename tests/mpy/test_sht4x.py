@@ -7,7 +7,7 @@ import time
 import machine
 
 import config
-import drivercfg  # noqa: F401 - loaded once: sensors then keeps it (no recompiling)
+import cfg_i2c  # noqa: F401 - loaded once: sensors then keeps it (no recompiling)
 import sensors
 import sht4x
 

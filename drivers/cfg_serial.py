@@ -1,11 +1,15 @@
-"""Validation of the UART drivers' `sensors[i]` entries (modbus, mbus, pms5003); see
-drivercfg.py, which calls validate() here and is dropped with this module after the check."""
+"""Config checks of the UART (modbus, mbus, pms5003) driver entries and of the top-level "uart"
+section, called by firmware/sensors.py validate_hw() as check(c, entry, path, spec, out) and
+dropped from memory after the config is validated (the code is needed only while a config is
+checked). One small module per driver family, so a node loads only the checks (and message
+strings) of the drivers it has."""
+
+
+def check(c, s, p, spec, out):
+    globals()["_v_" + spec["driver"]](c, s, p, spec, out)
+
 
 _KINDS = ("u16", "s16", "u32", "s32", "f32")
-
-
-def validate(c, s, p, spec, out):
-    globals()["_v_" + spec["driver"]](c, s, p, spec, out)
 
 
 def _uart(c, s, p, spec, out, example):
@@ -89,3 +93,29 @@ def _v_pms5003(c, s, p, spec, out):
     if spec["interval_s"] and spec["interval_s"] * 1000 <= spec["warmup_ms"] and spec["sleep"]:
         c.fail(p + ".interval_s", "must be longer than warmup_ms when the fan sleeps between "
                "readings", spec["interval_s"])
+
+
+def uart_buses(c, cfg, out):
+    """The top-level "uart" section: UART id "1" / "2" -> pins and line settings."""
+    uarts = c.get(cfg, "uart", "", dict, "must be an object of UART id -> settings",
+                  default={}, required=False)
+    for uid in uarts:
+        p = "uart." + uid
+        u = uarts[uid]
+        if uid not in ("1", "2") or not isinstance(u, dict):
+            c.fail(p, "must be UART \"1\" or \"2\" (0 is the console) with its settings", u)
+            continue
+        out["uart"][uid] = {
+            "tx": c.get(u, "tx", p, int, "must be a GPIO number 0-48",
+                        check=lambda v: 0 <= v <= 48),
+            "rx": c.get(u, "rx", p, int, "must be a GPIO number 0-48",
+                        check=lambda v: 0 <= v <= 48),
+            "baudrate": c.get(u, "baudrate", p, int, "must be 300-115200", default=9600,
+                              required=False, check=lambda v: 300 <= v <= 115200),
+            "parity": c.get(u, "parity", p, str, "must be none, even or odd", default="none",
+                            required=False, check=lambda v: v in ("none", "even", "odd")),
+            "stop": c.get(u, "stop", p, int, "must be 1 or 2", default=1, required=False,
+                          check=lambda v: v in (1, 2)),
+            "de": c.get(u, "de", p, int, "must be the RS-485 driver-enable GPIO 0-48",
+                        default=None, required=False, check=lambda v: 0 <= v <= 48),
+        }
