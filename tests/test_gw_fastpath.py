@@ -226,3 +226,27 @@ def test_acknowledged_messages_are_not_delivered_again(tmp_path, broker):
         sub.disconnect()
         sub.loop_stop()
     assert got == ["m/a9/r"]
+
+
+def test_file_sink_lines_are_the_general_encoding_byte_for_byte():
+    from gateway.outbox import Item
+    from gateway.sinks import senml_records
+    from gateway.sinks.file import encode_line, reading_lines
+
+    items = []
+    for i, payload in enumerate(valid_payloads()):
+        node = f"node-{i}"
+        for rec, senml in resolve_records(node, decode_reading(payload, TABLE), TABLE,
+                                          received_at=T0):
+            items.append(Item(1, "reading", node, rec.seq, T0, senml))
+    odd = [{"n": "x1:temperature", "u": "Cel", "v": 1.5e300, "t": T0},
+           {"n": "x1:temperature", "v": -0.0, "t": T0, "u": "Cel"},      # other key order
+           {"n": "x1:alarms:2", "v": 3, "t": T0},
+           {"n": "x1:temperature", "u": "\u00b0C\"", "v": 2, "t": T0},  # escapes in u
+           {"n": "x1:temperature", "u": "Cel", "v": True, "t": T0},     # bool, not number
+           {"n": "x1:temperature", "u": "Cel", "v": 2, "t": 1.5},       # float time
+           {"n": "other:temperature", "u": "Cel", "v": 2, "t": T0}]     # another node's name
+    items.append(Item(2, "reading", "x1", 5, T0, odd))
+    assert len(items) >= 30
+    for item in items:
+        assert reading_lines(item) == [encode_line(r) for r in senml_records(item)]
