@@ -58,6 +58,64 @@ RECONNECT_MAX_DELAY = 30
 PERIODIC_S = 1.0
 GATEWAY_NODE = "-gateway"  # registry/alarm key for gateway-level alarms (outbox_full)
 _PUBACK = 0x40020000  # PUBACK fixed header (type 4, remaining length 2) above a 16-bit id
+READ_AHEAD = 65536  # bytes read from the MQTT socket at once
+READ_BURST = 64  # packets handled from those bytes before paho's loop waits in select again
+
+
+class _ReadAhead:
+    """The MQTT socket, read 64 KiB at a time.
+
+    paho reads each packet as `recv(1)`, `recv(1)` (remaining length), `recv(rest)`: three
+    system calls per message, and in this process (paho's network thread, the ingest thread
+    and the sink threads share one interpreter) each is a hand-over of the interpreter lock
+    to another thread and back, which cost more than the message's own processing. This
+    wrapper serves those reads from one large `recv`; `pending()`, which paho asks of a TLS
+    socket for bytes it already holds, makes paho's loop read on without waiting in select.
+    Everything else goes to the socket.
+    """
+
+    __slots__ = ("_sock", "_buf", "_pos")
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self._buf = b""
+        self._pos = 0
+
+    def recv(self, size: int) -> bytes:
+        if self._pos >= len(self._buf):
+            data = self._sock.recv(READ_AHEAD)  # BlockingIOError when nothing is there
+            if len(data) <= size:
+                return data
+            self._buf, self._pos = data, 0
+        start = self._pos
+        self._pos = start + size
+        return self._buf[start:start + size]
+
+    def pending(self) -> int:
+        inner = self._sock.pending() if hasattr(self._sock, "pending") else 0
+        return max(0, len(self._buf) - self._pos) + inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+class _Client(mqtt.Client):
+    """paho's client on a read-ahead socket (`_ReadAhead`) that handles every packet already
+    read before it waits in select again (at most `READ_BURST`, so that PUBACKs and pings
+    still go out). paho is pinned, and every MQTT test runs through this."""
+
+    def _create_socket(self) -> Any:
+        return _ReadAhead(super()._create_socket())
+
+    def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
+        rc = super().loop_read(max_packets)
+        for _ in range(READ_BURST):
+            sock = self.socket()
+            if rc != mqtt.MQTT_ERR_SUCCESS or not isinstance(sock, _ReadAhead) \
+                    or not sock.pending():
+                break
+            rc = super().loop_read(max_packets)
+        return rc
 
 
 class _PahoLog(logging.LoggerAdapter):
@@ -112,8 +170,8 @@ class Gateway:
 
     def _make_client(self) -> mqtt.Client:
         cfg = self.config.mqtt
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cfg.client_id,
-                             clean_session=False, protocol=mqtt.MQTTv311, manual_ack=True)
+        client = _Client(CallbackAPIVersion.VERSION2, client_id=cfg.client_id,
+                         clean_session=False, protocol=mqtt.MQTTv311, manual_ack=True)
         if cfg.username is not None:
             client.username_pw_set(cfg.username, cfg.password)
         client.reconnect_delay_set(min_delay=RECONNECT_MIN_DELAY, max_delay=RECONNECT_MAX_DELAY)

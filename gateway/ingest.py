@@ -45,6 +45,7 @@ QUARANTINE_TOPIC = 1024
 # SenML bytes of one value besides the node id, for batch sizing of stored messages:
 # {"n":"<node>:temperature","u":"Cel","v":21.53,"t":1763712000}
 SENML_BYTES = 48
+TOPIC_CACHE = 100_000  # parsed topics kept (three per node)
 
 Outcome = Literal["accepted", "duplicate", "rejected", "internal", "status", "ack"]
 
@@ -81,6 +82,8 @@ class _Counts:
     def __init__(self) -> None:
         self.added: dict[str, int] = {}
         self.reasons: list[str] = []
+        # the hot path's counters, plain attributes (no keyword call per message)
+        self.received = self.fast_messages = self.fast_records = self.fast_values = 0
 
     def add(self, **increments: int) -> None:
         for name, n in increments.items():
@@ -90,6 +93,9 @@ class _Counts:
         self.reasons.append(reason)
 
     def apply(self, stats: Stats) -> None:
+        if self.received or self.fast_messages:
+            self.add(received=self.received, accepted_messages=self.fast_messages,
+                     accepted_records=self.fast_records, senml_records=self.fast_values)
         if self.added:
             stats.add(**self.added)
         for reason in self.reasons:
@@ -115,6 +121,7 @@ class Ingestor:
         self.registry.gap_alarms = config.mqtt.shared_group is None
         self.on_ack = on_ack
         self.prefix = config.mqtt.prefix
+        self._topics: dict[str, tuple[str, str]] = {}  # topic -> parse_topic(), valid ones
 
     def __repr__(self) -> str:
         return f"Ingestor({self.box!r}, sinks={self.sinks})"
@@ -187,13 +194,19 @@ class Ingestor:
         return "internal" if reason == "internal" else "rejected"
 
     def _handle(self, msg: Message, acks: list[tuple[str, dict]]) -> Outcome:
-        self.stats.add(received=1)
+        self.stats.received += 1
         limits = self.config.ingest
         try:
             if len(msg.topic) > limits.max_topic_length:
                 raise Rejected("topic_length", f"topic is {len(msg.topic)} characters, over "
                                                f"{limits.max_topic_length}")
-            node, kind = parse_topic(msg.topic, self.prefix)
+            parsed = self._topics.get(msg.topic)
+            if parsed is None:
+                parsed = parse_topic(msg.topic, self.prefix)
+                if len(self._topics) >= TOPIC_CACHE:
+                    self._topics.clear()
+                self._topics[msg.topic] = parsed
+            node, kind = parsed
             if kind == "s":
                 return self._status(node, msg)
             if kind == "a":
@@ -269,7 +282,10 @@ class Ingestor:
         received = int(now)
         base = received - (-1 - time_value) if time_value < 0 else time_value
         self.registry.reading_values(node, records, base, now, missing_delta=missing)
-        self.stats.add(accepted_messages=1, accepted_records=count, senml_records=values)
+        counts = self.stats
+        counts.fast_messages += 1
+        counts.fast_records += count
+        counts.fast_values += values
         return "accepted"
 
     def _status(self, node: str, msg: Message) -> Outcome:

@@ -374,10 +374,12 @@ def fast_decode(payload: bytes, keys: frozenset[int] | set[int]
     records = []
     last: dict[int, int] = {}
     elapsed = 0
+    # the head lengths are written out (not `_head_len`): this loop runs for every value
     for rec in msg[3:]:
         if type(rec) is not dict:
             return None
-        size += _head_len(len(rec))
+        pairs = len(rec)
+        size += 1 if pairs < 24 else _head_len(pairs)
         values = {}
         for key, sent in rec.items():
             if type(key) is not int or type(sent) is not int:
@@ -386,12 +388,16 @@ def fast_decode(payload: bytes, keys: frozenset[int] | set[int]
                 if sent < 0:
                     return None
                 elapsed += sent
-                size += 1 + _head_len(sent)
+                size += 2 if sent < 24 else 1 + _head_len(sent)
                 continue
             if key not in keys:
                 return None
-            size += _head_len(key) + _head_len(sent if sent >= 0 else -1 - sent)
-            value = sent + last[key] if key in last else sent
+            m = sent if sent >= 0 else -1 - sent
+            size += (1 if key < 24 else 2 if key < 0x100 else 3) + \
+                (1 if m < 24 else 2 if m < 0x100 else 3 if m < 0x10000 else
+                 5 if m < 0x100000000 else 9)
+            prev = last.get(key)
+            value = sent if prev is None else sent + prev
             if not -VALUE_LIMIT < value < VALUE_LIMIT:
                 return None
             values[key] = value
