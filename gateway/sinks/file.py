@@ -40,16 +40,20 @@ def encode_line(record: dict[str, Any]) -> bytes:
 
 
 _SHAPES = (("n", "u", "v", "t"), ("n", "v", "t"))
-_names: dict[str, tuple[str, str | None, str] | None] = {}  # SenML n -> JSON parts
+# node -> SenML n -> (JSON of n, the channel for `rid`), or None: not `node:channel` with
+# nothing JSON must escape (the general encoder then); units -> their JSON
+_names: dict[str, dict[str, tuple[str, str] | None]] = {}
+_units: dict[str, str] = {}
+_CACHE_LIMIT = 100_000
 
 
-def _name_parts(name: str, node: str) -> tuple[str, str | None, str] | None:
-    """(JSON of `n`, of `u` later, the channel for `rid`) when `n` is `node:channel` with
-    nothing JSON must escape in node or channel, else None (the general encoder then)."""
-    channel = name.split(":", 1)[1] if ":" in name else name
+def _name_parts(name: str, node: str) -> tuple[str, str] | None:
+    if not name.startswith(node + ":"):
+        return None
+    channel = name.split(":", 1)[1]
     if _encode(channel)[1:-1] != channel or _encode(node)[1:-1] != node:
         return None
-    return _encode(name), None, channel
+    return _encode(name), channel
 
 
 def reading_lines(item: Item) -> list[bytes]:
@@ -57,28 +61,37 @@ def reading_lines(item: Item) -> list[bytes]:
     byte for byte, formatted straight from the SenML record (this is most of the sink's
     work per reading). A record of any other shape goes through `encode_line`."""
     node, seq = item.node, item.seq
+    names = _names.get(node)
+    if names is None:
+        if len(_names) >= _CACHE_LIMIT:
+            _names.clear()
+        names = _names[node] = {}
+    tail = f'"node":"{node}","seq":{seq},"rid":"{node}/{seq}/'
     out = []
     for r in item.body:
-        parts = _names.get(r.get("n")) if type(r.get("n")) is str else None
-        if parts is None and type(r.get("n")) is str:
-            if len(_names) > 100_000:
-                _names.clear()
-            parts = _names[r["n"]] = _name_parts(r["n"], node)
+        n = r.get("n")
+        parts = names.get(n) if type(n) is str else None
+        if parts is None and type(n) is str and n not in names:
+            if len(names) >= _CACHE_LIMIT:
+                names.clear()
+            parts = names[n] = _name_parts(n, node)
         v, t = r.get("v"), r.get("t")
         shape = tuple(r)
         if parts is None or shape not in _SHAPES or type(t) is not int \
-                or not (type(v) is int or (type(v) is float and math.isfinite(v))) \
-                or not r["n"].startswith(node + ":"):
+                or not (type(v) is int or (type(v) is float and math.isfinite(v))):
             out.extend(encode_line(rec) for rec in senml_records(
                 Item(item.id, item.kind, node, seq, item.created, [r])))
             continue
-        jn, _, channel = parts
         if len(shape) == 4:
-            line = (f'{{"n":{jn},"u":{_encode(r["u"])},"v":{v!r},"t":{t},"node":"{node}",'
-                    f'"seq":{seq},"rid":"{node}/{seq}/{channel}"}}\n')
+            u = r["u"]
+            ju = _units.get(u) if type(u) is str else None
+            if ju is None:
+                ju = _encode(u)
+                if type(u) is str and len(_units) < _CACHE_LIMIT:
+                    _units[u] = ju
+            line = f'{{"n":{parts[0]},"u":{ju},"v":{v!r},"t":{t},{tail}{parts[1]}"}}\n'
         else:
-            line = (f'{{"n":{jn},"v":{v!r},"t":{t},"node":"{node}","seq":{seq},'
-                    f'"rid":"{node}/{seq}/{channel}"}}\n')
+            line = f'{{"n":{parts[0]},"v":{v!r},"t":{t},{tail}{parts[1]}"}}\n'
         out.append(line.encode())
     return out
 
