@@ -55,6 +55,7 @@ from gateway.wire import (decode_reading, fast_decode, resolve_records, senml_na
 log = logging.getLogger("meterlink.gateway.outbox")
 
 BUSY_TIMEOUT_MS = 30_000
+BEGIN_RETRY_S = 0.0005  # between attempts to begin a write transaction (see `_begin`)
 
 # Versioned migrations: MIGRATIONS[i] takes the schema from version i to i + 1. Never edit a
 # released entry; append a new one.
@@ -233,11 +234,36 @@ class Outbox:
     def schema_version(self) -> int:
         return self.db.execute("PRAGMA user_version").fetchone()[0]
 
+    def _begin(self) -> None:
+        """BEGIN IMMEDIATE, waiting up to `BUSY_TIMEOUT_MS` for another writer.
+
+        SQLite's own busy handler sleeps 1, 2, 5, 10, 15, 20... ms between attempts, so a
+        writer that finds the ingest thread or a sink committing often sleeps many times
+        longer than the other transaction lasts (tens of ms on the ingest path, with the
+        broker waiting for PUBACKs). Here the lock is tried every `BEGIN_RETRY_S` instead.
+        """
+        db = self.db
+        db.execute("PRAGMA busy_timeout=0")
+        try:
+            deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+            while True:
+                try:
+                    db.execute("BEGIN IMMEDIATE")
+                    return
+                except sqlite3.OperationalError as exc:
+                    busy = getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY \
+                        or "locked" in str(exc)
+                    if not busy or time.monotonic() >= deadline:
+                        raise
+                time.sleep(BEGIN_RETRY_S)
+        finally:
+            db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
         """One write transaction (BEGIN IMMEDIATE .. COMMIT); SinkError if it cannot commit."""
         try:
-            self.db.execute("BEGIN IMMEDIATE")
+            self._begin()
         except sqlite3.Error as exc:
             raise SinkError(f"outbox {self.path}: cannot begin: {exc}") from exc
         try:
