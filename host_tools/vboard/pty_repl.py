@@ -35,6 +35,10 @@ Not modelled: the flash filesystem's size (the flash folder is a host directory,
 sizes in `os.ilistdir` (the unix port gives 3-tuples, so `mpremote fs ls` shows 0), the
 ROM bootloader's boot messages, baud rates and DTR/RTS resets (esptool cannot talk to it).
 
+The heap is what `VirtualNode` gives the node: 96 KB plus the measured allowance for the
+virtual board's own models (`vboard_allowance`), so the firmware started by main.py runs here
+as it runs there.
+
 The node's folder is the one `VirtualNode` uses (flash/, board.json, env.json); the flash
 folder starts empty unless the caller fills it (a board fresh from `esptool`: MicroPython and
 nothing else), and `meterlink deploy` puts the firmware there. `console.log` in the folder
