@@ -22,7 +22,7 @@ import json
 import cbordec
 import clock
 import log
-from files import read_int, read_text, write_text
+from files import copy, read_int, same, write_text
 
 MAX = 1024  # bytes of a `c` or `k` payload
 _CFG_KEYS = ("v", "patch", "id", "t")
@@ -165,7 +165,7 @@ def _interval(node, msg):
 def _save_raw(node):
     # A change the node made itself (the `interval` command): the same configuration version,
     # so the last good copy follows when it was this one.
-    confirmed = read_text("config.json") == read_text("config.good.json")
+    confirmed = same("config.json", "config.good.json")
     write_text("config.json", json.dumps(node.raw))
     if confirmed:
-        write_text("config.good.json", read_text("config.json"))
+        copy("config.json", "config.good.json")

@@ -33,6 +33,14 @@ def bump(path):
     return n
 
 
+def exists(path):
+    try:
+        os.stat(path)
+        return True
+    except OSError:
+        return False
+
+
 def remove(path):
     try:
         os.remove(path)
@@ -41,6 +49,32 @@ def remove(path):
 
 
 def copy(src, dst):
-    text = read_text(src)
-    if text is not None:
-        write_text(dst, text)
+    """Copies in small chunks (no allocation the size of the file: the heap is fragmented)."""
+    buf = bytearray(128)
+    try:
+        with open(src, "rb") as f, open(dst + ".tmp", "wb") as g:
+            while True:
+                n = f.readinto(buf)
+                if not n:
+                    break
+                g.write(memoryview(buf)[:n])
+    except OSError:
+        return
+    os.rename(dst + ".tmp", dst)
+
+
+def same(a, b):
+    """Whether two files hold the same bytes (False when either is missing); compared in small
+    chunks."""
+    x = bytearray(128)
+    y = bytearray(128)
+    try:
+        with open(a, "rb") as f, open(b, "rb") as g:
+            while True:
+                n = f.readinto(x)
+                if n != g.readinto(y) or x[:n] != y[:n]:
+                    return False
+                if not n:
+                    return True
+    except OSError:
+        return False

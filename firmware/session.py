@@ -16,7 +16,8 @@ import time
 import cbor
 import clock
 import log
-from files import copy as _copy, read_text as _read_text, remove as _remove
+from files import copy as _copy, exists as _exists, read_text as _read_text, remove as _remove
+from files import same as _same
 from files import write_text as _write_text
 from node import _reset
 
@@ -62,7 +63,7 @@ async def publish_status(node, on=True, sleep_s=None):
 
 
 def _config_confirmed(node):
-    return _read_text("config.json") == _read_text("config.good.json")
+    return _same("config.json", "config.good.json")
 
 
 def _confirm_config(node):
@@ -73,7 +74,7 @@ def _confirm_config(node):
 
 
 def revert_config(node, why):
-    if _config_confirmed(node) or _read_text("config.good.json") is None:
+    if _config_confirmed(node) or not _exists("config.good.json"):
         return  # nothing better to go back to: keep trying
     reason = "config v%d %s; reverted to the last good configuration" % (
         node.cfg["version"], why)
