@@ -44,7 +44,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence
 
 from gateway.channels import KEY_BASE, MAX_INSTANCE, ChannelTable, default_table
 from gateway.errors import SinkError
@@ -146,12 +146,12 @@ def _insert_rows(db: sqlite3.Connection, head: str, row: str, rows: list[tuple])
             at += size
 
 
-@dataclass(frozen=True, slots=True)
-class Item:
+class Item(NamedTuple):
     """One thing to deliver: `kind` "reading" (body: list of SenML dicts) or "event".
 
     A stored "message" item (a whole reading message, kept as CBOR) is handed out by
-    `claim_batch` as one "reading" item per record, all with the message's `id`.
+    `claim_batch` as one "reading" item per record, all with the message's `id`. (A tuple:
+    sinks get one per record.)
     """
 
     id: int
@@ -184,7 +184,8 @@ class Outbox:
         self._clock = clock
         self._table = table
         self._keys: frozenset[int] = frozenset()
-        self._names: dict[str, dict[int, tuple[str, str, int]]] = {}  # node -> key -> SenML
+        # node -> wire key -> (SenML n, unit, scale, 10**-scale for a negative scale, else 0)
+        self._names: dict[str, dict[int, tuple[str, str, int, int]]] = {}
         if table is not None:
             self._keys = frozenset(k for k in range(1, KEY_BASE * (MAX_INSTANCE + 1))
                                    if table.key_problem(k) is None)
@@ -441,12 +442,18 @@ class Outbox:
                 if how is None:
                     channel, instance = self._table.lookup(key)
                     how = names[key] = (senml_name(node, channel.name, instance), channel.unit,
-                                        channel.scale)
-                name, unit, scale = how
+                                        channel.scale, 10 ** -channel.scale
+                                        if channel.scale < 0 else 0)
+                name, unit, scale, div = how
+                if div:  # senml_value(value, scale), written out: it runs for every value
+                    whole, rest = divmod(value, div)
+                    v = float(f"{value}e{scale}") if rest else whole
+                else:
+                    v = senml_value(value, scale)
                 if unit:
-                    senml.append({"n": name, "u": unit, "v": senml_value(value, scale), "t": t})
+                    senml.append({"n": name, "u": unit, "v": v, "t": t})
                 else:  # a unitless channel (the alarm bits): SenML omits "u"
-                    senml.append({"n": name, "v": senml_value(value, scale), "t": t})
+                    senml.append({"n": name, "v": v, "t": t})
             out.append(Item(id=item, kind="reading", node=node, seq=first + index,
                             created=created, body=senml))
         return out
