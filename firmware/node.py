@@ -429,6 +429,10 @@ class Node:
             await asyncio.sleep_ms(1000)
 
     async def shutdown(self):
+        self.save()
+
+    def save(self):
+        """Saves what must survive a reset: sensor state (pulse totals), the queue's tail."""
         for s in self.sensors:
             a = s[2]
             if a is not None and hasattr(a, "save"):
@@ -543,9 +547,15 @@ def run(boot):
         else:
             asyncio.run(n.run_mains())
     except KeyboardInterrupt:
-        # Ctrl-C from the REPL: stop here and leave the node to the technician. The runtime's
-        # tasks are dropped, so code the technician runs with asyncio.run starts clean.
-        asyncio.new_event_loop()
+        # Ctrl-C from the REPL: stop here and leave the node to the technician, with sensor
+        # state saved. The runtime's tasks are dropped, so code the technician runs with
+        # asyncio.run starts clean. (Either can meet a locked or full heap: best effort.)
+        for step in (_current.save if _current else None, asyncio.new_event_loop):
+            try:
+                if step:
+                    step()
+            except Exception:
+                pass
         raise
     except Exception as exc:
         log.error("node", "crashed: %r", exc)

@@ -15,7 +15,7 @@ from host_tools import cli, cmd_status
 from host_tools.broker import Mosquitto
 from host_tools.vboard.node import compiled_firmware, default_config
 from host_tools.vboard.pty_repl import PtyBoard
-from tests.gateway_support import GatewayProcess
+from gateway_support import GatewayProcess
 
 pytestmark = pytest.mark.slow
 NODE = "pit-31"

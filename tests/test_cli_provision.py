@@ -19,7 +19,7 @@ import pytest
 from host_tools import cli, cmd_provision
 from host_tools.broker import Mosquitto
 from host_tools.vboard.pty_repl import PtyBoard
-from tests.gateway_support import GatewayProcess
+from gateway_support import GatewayProcess
 
 pytestmark = pytest.mark.slow
 BOARD = "esp32-devkitc"

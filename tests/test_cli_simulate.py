@@ -16,7 +16,7 @@ import paho.mqtt.client as paho
 import pytest
 
 from host_tools import cli, cmd_check
-from tests.gateway_support import GatewayProcess
+from gateway_support import GatewayProcess
 
 pytestmark = pytest.mark.slow
 MELINK = str(Path(sys.executable).with_name("meterlink"))
