@@ -56,8 +56,8 @@ def render(gateway, box, lock) -> str:
     now = time.time()
     with lock:
         depth = box.db.execute("SELECT COUNT(*) FROM items").fetchone()[0]
-        backlog = box.db.execute("SELECT sink, COUNT(*), MIN(created) FROM pending "
-                                 "GROUP BY sink").fetchall()
+        backlog = box.db.execute("SELECT sink, COALESCE(SUM(records), 0), MIN(created) "
+                                 "FROM pending GROUP BY sink").fetchall()
         missing = box.missing()
         alarms = box.db.execute("SELECT alarm, COUNT(*) FROM alarms WHERE active=1 "
                                 "GROUP BY alarm").fetchall()
@@ -71,7 +71,7 @@ def render(gateway, box, lock) -> str:
                [({}, box.size_bytes())])
     sinks = [s.name for s in gateway.config.sinks]
     by_sink = {s: (n, oldest) for s, n, oldest in backlog}
-    out.metric("sink_backlog", "gauge", "items waiting for a sink",
+    out.metric("sink_backlog", "gauge", "records waiting for a sink",
                [({"sink": s}, by_sink.get(s, (0, None))[0]) for s in sinks])
     out.metric("sink_backlog_age_seconds", "gauge", "age of the oldest item waiting for a sink",
                [({"sink": s}, max(0.0, now - by_sink[s][1]) if s in by_sink else 0)
