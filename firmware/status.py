@@ -25,6 +25,9 @@ def status(node, on=True, sleep_s=None):
     rssi = _rssi()
     if rssi is not None:
         st["rssi"] = rssi
+    for values in node.last.values():  # the battery channel (7), when a sensor measures it
+        if 7 in values:
+            st["bat"] = values[7]
     errs = {k: v for k, v in node.errors.items() if v}
     if errs:
         st["err"] = errs
