@@ -148,6 +148,9 @@ class Ingestor:
             with self.box.transaction():
                 for msg in messages:
                     if careful:
+                        # rows collected for the batch insert are written first, so that
+                        # rolling back to the savepoint touches this message only
+                        self.box.flush_messages()
                         self.box.db.execute("SAVEPOINT m")
                     try:
                         outcome = self._handle(msg, acks)
@@ -159,6 +162,7 @@ class Ingestor:
                         if not careful:
                             raise _Bug() from exc
                         self.box.db.execute("ROLLBACK TO m")
+                        self.box.drop_messages()
                         log.exception("internal_error", extra=kv(
                             topic=msg.topic, payload=bytes(msg.payload[:512]).hex()))
                         outcome = self._reject(msg, "internal", None, "internal error "

@@ -325,6 +325,11 @@ class Outbox:
                       for i, (_, _, now, _, records, size) in enumerate(rows)
                       for sink in self.sinks])
 
+    def drop_messages(self) -> None:
+        """Forgets the messages added since the last `flush_messages` (the savepoint they
+        belong to was rolled back)."""
+        self._messages.clear()
+
     def accept_seq(self, node: str, seq: int, lo: int | None,
                    hi: int | None) -> tuple[bool, int, int, int]:
         """Dedup and gap tracking for one record of `node`.

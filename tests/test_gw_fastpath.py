@@ -250,3 +250,31 @@ def test_file_sink_lines_are_the_general_encoding_byte_for_byte():
     assert len(items) >= 30
     for item in items:
         assert reading_lines(item) == [encode_line(r) for r in senml_records(item)]
+
+
+def test_a_bug_on_the_hot_path_quarantines_only_its_message(tmp_path, monkeypatch):
+    """A message that raises after it was queued for the batch insert is rolled back alone
+    (the rerun with a savepoint per message); the messages around it are stored."""
+    from gateway.ingest import Message
+    from gateway.registry import Registry
+
+    config = parse_config({"sinks": {"file": {}}, "api": {"enabled": False}},
+                          base_dir=tmp_path)
+    gw = Gateway(config)
+    gw.open_storage()
+    real = Registry.reading_values
+
+    def reading_values(self, node, *args, **kwargs):
+        if node == "boom":
+            raise RuntimeError("injected")
+        return real(self, node, *args, **kwargs)
+
+    monkeypatch.setattr(Registry, "reading_values", reading_values)
+    msg = lambda node, seq: Message(f"m/{node}/r", cbor2.dumps([1, seq, T0, {1: seq}]),
+                                    received_at=T0)
+    outcomes = gw.ingestor.handle_batch([msg("n1", 1), msg("boom", 1), msg("n1", 2)])
+    assert outcomes == ["accepted", "internal", "accepted"]
+    assert gw.box.db.execute("SELECT node, seq FROM items ORDER BY id").fetchall() == [
+        ("n1", 1), ("n1", 2)]
+    assert gw.box.db.execute("SELECT reason FROM quarantine").fetchall() == [("internal",)]
+    assert [s for _, s, _ in outbox_items(gw.box, "file")] == [1, 2]
