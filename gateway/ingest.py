@@ -149,9 +149,11 @@ class Ingestor:
                 for msg in messages:
                     if careful:
                         # rows collected for the batch insert are written first, so that
-                        # rolling back to the savepoint touches this message only
+                        # rolling back to the savepoint touches this message only; the
+                        # in-memory dedup and registry state is put back with it
                         self.box.flush_messages()
                         self.box.db.execute("SAVEPOINT m")
+                        snap = self.registry.snapshot(msg.topic)
                     try:
                         outcome = self._handle(msg, acks)
                     except SinkError:
@@ -163,6 +165,7 @@ class Ingestor:
                             raise _Bug() from exc
                         self.box.db.execute("ROLLBACK TO m")
                         self.box.drop_messages()
+                        self.registry.restore(snap)
                         log.exception("internal_error", extra=kv(
                             topic=msg.topic, payload=bytes(msg.payload[:512]).hex()))
                         outcome = self._reject(msg, "internal", None, "internal error "

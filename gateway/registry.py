@@ -27,6 +27,7 @@ Repeating the same state does nothing.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from typing import Any, Iterable, Sequence
@@ -114,6 +115,21 @@ class Registry:
                  st["min_seq"], st["max_seq"], st["accepted"], st["duplicates"], node))
             st["accepted"] = st["duplicates"] = 0
         self._dirty.clear()
+
+    def snapshot(self, topic: str) -> tuple:
+        """The cached state one message can change (its node's hot state, the alarm flags),
+        to put back if that message is rolled back alone (see Ingestor's careful rerun)."""
+        parts = topic.split("/")
+        node = parts[1] if len(parts) == 3 else None
+        return node, copy.deepcopy(self._nodes.get(node)), dict(self._active)
+
+    def restore(self, snap: tuple) -> None:
+        node, state, active = snap
+        if state is None:
+            self._nodes.pop(node, None)
+        else:
+            self._nodes[node] = state
+        self._active = active
 
     def forget(self) -> None:
         """Drops the cache (after a rolled-back transaction); reloaded from the database."""

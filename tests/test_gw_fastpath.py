@@ -278,3 +278,32 @@ def test_a_bug_on_the_hot_path_quarantines_only_its_message(tmp_path, monkeypatc
         ("n1", 1), ("n1", 2)]
     assert gw.box.db.execute("SELECT reason FROM quarantine").fetchall() == [("internal",)]
     assert [s for _, s, _ in outbox_items(gw.box, "file")] == [1, 2]
+
+
+def test_a_rolled_back_message_leaves_no_trace_in_dedup(tmp_path, monkeypatch):
+    """The message that failed is rolled back with its node's in-memory dedup state: when the
+    node sends the same seq again (a retry after the fix), it is stored, not dropped as a
+    duplicate of something never stored."""
+    from gateway.ingest import Message
+    from gateway.registry import Registry
+
+    config = parse_config({"sinks": {"file": {}}, "api": {"enabled": False}},
+                          base_dir=tmp_path)
+    gw = Gateway(config)
+    gw.open_storage()
+    real = Registry.reading_values
+    broken = [True]
+
+    def reading_values(self, node, *args, **kwargs):
+        if broken[0] and node == "n2":
+            raise RuntimeError("injected")
+        return real(self, node, *args, **kwargs)
+
+    monkeypatch.setattr(Registry, "reading_values", reading_values)
+    msg = lambda node, seq: Message(f"m/{node}/r", cbor2.dumps([1, seq, T0, {1: seq}]),
+                                    received_at=T0)
+    assert gw.ingestor.handle_batch([msg("n1", 1), msg("n2", 7)]) == ["accepted", "internal"]
+    broken[0] = False
+    assert gw.ingestor.handle_batch([msg("n2", 7)]) == ["accepted"]
+    assert gw.box.db.execute("SELECT node, seq FROM items ORDER BY id").fetchall() == [
+        ("n1", 1), ("n2", 7)]
