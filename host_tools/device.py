@@ -225,11 +225,22 @@ class Device:
     def exec(self, code: str | bytes, timeout: float = 30.0) -> str:
         from mpremote.transport import TransportError
 
-        try:
-            out, err = self.transport.exec_raw(code, timeout=timeout)
-        except TransportError as exc:
-            raise UserError(f"the node on {self.port} stopped answering ({exc}): check the "
-                            f"cable, then press the board's EN/RESET button") from exc
+        for attempt in (1, 2):
+            try:
+                out, err = self.transport.exec_raw(code, timeout=timeout)
+                break
+            except TransportError as exc:
+                # A node caught mid-boot (its runtime restarting) can miss the first Ctrl-C:
+                # interrupt it once more and enter the raw REPL again before giving up.
+                if attempt == 1 and "raw repl" in str(exc):
+                    try:
+                        self.transport.enter_raw_repl(soft_reset=False,
+                                                      timeout_overall=REPL_TIMEOUT)
+                        continue
+                    except (TransportError, OSError):
+                        pass
+                raise UserError(f"the node on {self.port} stopped answering ({exc}): check "
+                                f"the cable, then press the board's EN/RESET button") from exc
         if err:
             raise DeviceError(err.decode(errors="replace"))
         return out.decode(errors="replace")

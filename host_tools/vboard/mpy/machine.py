@@ -37,7 +37,8 @@ restarting (e.g. EXT0_WAKE when it woke the node by a pin).
 # writeto*, writevto, *_mem with addrsize; NACK -> OSError(ENODEV), timeout ->
 # OSError(ETIMEDOUT)), unique_id, reset_cause, wake_reason, reset, soft_reset, deepsleep,
 # lightsleep/sleep, freq, idle, disable_irq/enable_irq, and (loaded on first use, hw/rtc.py)
-# WDT and RTC. A WDT not fed within its timeout resets the chip (exit 3, WDT_RESET).
+# WDT and RTC. A WDT not fed within its timeout resets the chip (exit 3, WDT_RESET) the next
+# time the firmware touches the hardware.
 #
 # ADC (hw/adc.py, loaded on first use): ADC1 pins, calibrated read_uv(), voltages from env.json.
 #
@@ -147,6 +148,7 @@ def freq(hz=None):
 
 
 def idle():
+    hw.wdt_poll()
     time.sleep_ms(1)
 
 

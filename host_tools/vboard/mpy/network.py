@@ -138,6 +138,7 @@ class WLAN:
 
     def _state(self):
         """STAT_* of the STA interface, evaluated lazily from the clock and the environment."""
+        hw.wdt_poll()
         if not (self._active and self._requested):
             return STAT_IDLE
         b = hw.board()

@@ -90,6 +90,18 @@ _board = None
 _hooks = []
 
 
+# The watchdog (hw/rtc.py WDT) is checked whenever the firmware touches the hardware: a driver
+# stuck in a bus call, a loop polling a pin or the Wi-Fi. (A thread would check it in real time
+# but the unix port's threads and Ctrl-C from a REPL do not mix reliably.)
+wdt = None
+
+
+def wdt_poll():
+    w = wdt
+    if w is not None and w.expired():
+        w.bite()
+
+
 def vboard_path():
     """The node's folder: the one given to configure(), else $VBOARD_DIR, else None."""
     if _board is not None:

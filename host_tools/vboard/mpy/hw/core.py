@@ -176,6 +176,7 @@ class Bus:
     def select(self, addr):
         """The part that ACKs `addr`, or OSError as the ESP32 port raises it (ENODEV on a
         NACK, ETIMEDOUT on a bus timeout)."""
+        hw.wdt_poll()
         e = hw.env()
         e.refresh()
         if e.faults:
@@ -183,7 +184,8 @@ class Bus:
                 raise OSError(errno.ETIMEDOUT)
             if e.faults.get("i2c%d" % self.id) == "hang":
                 while True:  # a wedged peripheral driver: the call never returns
-                    time.sleep_ms(100)
+                    time.sleep_ms(50)
+                    hw.wdt_poll()
             f = e.faults.get("i2c%d:0x%02x" % (self.id, addr))
             if f == "timeout":
                 raise OSError(errno.ETIMEDOUT)

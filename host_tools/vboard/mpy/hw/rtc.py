@@ -2,10 +2,11 @@
 out through its module __getattr__ so a node that never uses them does not pay their heap)."""
 
 # WDT(0, timeout=ms): the task watchdog, one per chip. feed() pushes `deadline` (a ticks_ms
-# value) out by `timeout` ms. A watcher thread checks the deadline every 50 ms; when it passes,
-# the chip resets as a watchdog reset does: reset_cause.json gets WDT_RESET and the process
-# exits with status 3 (like machine.reset()), whatever the main thread is doing (a busy loop,
-# a blocking call). As on the ESP32, a started WDT cannot be stopped.
+# value) out by `timeout` ms. The deadline is checked whenever the firmware touches the
+# hardware (hw.wdt_poll(): I2C transfers, the hang fault, Wi-Fi status, idle/lightsleep); once
+# it has passed, the chip resets as a watchdog reset does: reset_cause.json gets WDT_RESET and
+# the process exits with status 3 (like machine.reset()). A pure-Python busy loop that never
+# touches the hardware is not caught. As on the ESP32, a started WDT cannot be stopped.
 #
 # RTC(): datetime() is the host clock in UTC plus the offset a datetime(tuple) call set (kept in
 # $VBOARD_DIR/rtc.json, so it survives restarts as the RTC keeps counting through deep sleep);
@@ -25,6 +26,7 @@ _cache = {}  # "wdt": the WDT, "mem": RTC memory contents
 
 def power_on():
     _cache.clear()
+    hw.wdt = None
 
 
 class WDT:
@@ -40,24 +42,20 @@ class WDT:
     def __init__(self, id=0, timeout=5000):
         self.timeout = timeout
         self.feed()
-        if not _cache.get("wdt_thread"):
-            import _thread
-
-            _cache["wdt_thread"] = True
-            _thread.start_new_thread(_watch, (self,))
+        hw.wdt = self
 
     def feed(self):
         self.deadline = time.ticks_add(time.ticks_ms(), self.timeout)
 
+    def expired(self):
+        return time.ticks_diff(time.ticks_ms(), self.deadline) > 0
 
-def _watch(wdt):
-    while time.ticks_diff(time.ticks_ms(), wdt.deadline) < 0:
-        time.sleep_ms(50)
-    import machine
+    def bite(self):
+        import machine
 
-    print("WDT: not fed for %d ms: reset" % wdt.timeout)
-    machine._leave(machine.WDT_RESET)
-    machine._exit(3)
+        print("WDT: not fed for %d ms: reset" % self.timeout)
+        machine._leave(machine.WDT_RESET)
+        machine._exit(3)
 
 
 def _days_from_civil(y, m, d):
