@@ -10,6 +10,7 @@ import analog
 import config
 import cfg_gpio  # noqa: F401 - loaded once: sensors then keeps it (no recompiling)
 import sensors
+from driver_support import adapter, expect_oserror
 
 _DIR = "vb_analog"
 
@@ -21,21 +22,10 @@ def _board(chip="esp32"):
 
 
 def _adapter(entry):
-    c = config._Checker()
-    out = {}
-    sensors.validate_hw(c, {"sensors": [entry]}, out)
-    assert not c.errors, c.errors
-    return sensors.create(out["sensors"][0], sensors.Hardware(out))
+    return adapter(entry, None)
 
 
-def _err(fn, *needles):
-    try:
-        fn()
-    except OSError as exc:
-        for n in needles:
-            assert n in str(exc), (n, str(exc))
-        return
-    raise AssertionError("no OSError")
+_err = expect_oserror
 
 
 def test_battery_through_a_1_to_1_divider_averages_the_noise():

@@ -13,6 +13,7 @@ import config
 import cfg_gpio  # noqa: F401 - loaded once: sensors then keeps it (no recompiling)
 import ds18b20
 import sensors
+from driver_support import adapter, expect_oserror
 
 _DIR = "vb_ds18b20"
 
@@ -29,23 +30,10 @@ def _board(*temps):
 
 
 def _adapter(entry):
-    c = config._Checker()
-    out = {}
-    base = {"driver": "ds18b20", "pin": 4}
-    base.update(entry)
-    sensors.validate_hw(c, {"sensors": [base]}, out)
-    assert not c.errors, c.errors
-    return sensors.create(out["sensors"][0], sensors.Hardware(out))
+    return adapter(entry, {"driver": "ds18b20", "pin": 4})
 
 
-def _err(fn, *needles):
-    try:
-        fn()
-    except OSError as exc:
-        for n in needles:
-            assert n in str(exc), (n, str(exc))
-        return
-    raise AssertionError("no OSError")
+_err = expect_oserror
 
 
 def test_maxim_crc8_check_values():

@@ -13,6 +13,7 @@ import cfg_serial  # noqa: F401 - loaded once: sensors then keeps it (no recompi
 import mbus
 import mbusparse
 import sensors
+from driver_support import adapter, expect_oserror
 
 _DIR = "vb_mbus"
 _UART = {"2": {"tx": 17, "rx": 16, "baudrate": 2400, "parity": "even"}}
@@ -43,23 +44,10 @@ def _board(*meters):
 
 
 def _adapter(entry):
-    c = config._Checker()
-    out = {}
-    base = {"driver": "mbus", "uart": "uart2"}
-    base.update(entry)
-    sensors.validate_hw(c, {"uart": _UART, "sensors": [base]}, out)
-    assert not c.errors, c.errors
-    return sensors.create(out["sensors"][0], sensors.Hardware(out))
+    return adapter(entry, {"driver": "mbus", "uart": "uart2"}, uart=_UART)
 
 
-def _err(fn, *needles):
-    try:
-        fn()
-    except OSError as exc:
-        for n in needles:
-            assert n in str(exc), (n, str(exc))
-        return
-    raise AssertionError("no OSError")
+_err = expect_oserror
 
 
 def test_hand_built_water_meter_frame_decodes_to_the_right_volume():

@@ -11,6 +11,7 @@ import config
 import cfg_serial  # noqa: F401 - loaded once: sensors then keeps it (no recompiling)
 import modbus
 import sensors
+from driver_support import adapter, expect_oserror
 
 _DIR = "vb_modbus"
 _UART = {"2": {"tx": 17, "rx": 16, "baudrate": 9600}}
@@ -31,13 +32,7 @@ def _board(**slave):
 
 
 def _adapter(entry, uart=_UART):
-    c = config._Checker()
-    out = {}
-    base = {"driver": "modbus", "uart": "uart2", "address": 1}
-    base.update(entry)
-    sensors.validate_hw(c, {"uart": uart, "sensors": [base]}, out)
-    assert not c.errors, c.errors
-    return sensors.create(out["sensors"][0], sensors.Hardware(out))
+    return adapter(entry, {"driver": "modbus", "uart": "uart2", "address": 1}, uart=uart)
 
 
 def _sample(a):
@@ -45,13 +40,7 @@ def _sample(a):
 
 
 def _err(a, *needles):
-    try:
-        _sample(a)
-    except OSError as exc:
-        for n in needles:
-            assert n in str(exc), (n, str(exc))
-        return str(exc)
-    raise AssertionError("no error")
+    return expect_oserror(lambda: _sample(a), *needles)
 
 
 def test_crc_of_the_spec_example():

@@ -12,6 +12,7 @@ import config
 import cfg_serial  # noqa: F401 - loaded once: sensors then keeps it (no recompiling)
 import pms5003
 import sensors
+from driver_support import adapter, expect_oserror
 
 _DIR = "vb_pms"
 _UART = {"1": {"tx": 17, "rx": 18, "baudrate": 9600}}
@@ -27,23 +28,10 @@ def _board(warmup_ms=300):
 
 
 def _adapter(entry):
-    c = config._Checker()
-    out = {}
-    base = {"driver": "pms5003", "uart": "uart1", "interval_s": 60, "warmup_ms": 300}
-    base.update(entry)
-    sensors.validate_hw(c, {"uart": _UART, "sensors": [base]}, out)
-    assert not c.errors, c.errors
-    return sensors.create(out["sensors"][0], sensors.Hardware(out))
+    return adapter(entry, {"driver": "pms5003", "uart": "uart1", "interval_s": 60, "warmup_ms": 300}, uart=_UART)
 
 
-def _err(fn, *needles):
-    try:
-        fn()
-    except OSError as exc:
-        for n in needles:
-            assert n in str(exc), (n, str(exc))
-        return
-    raise AssertionError("no OSError")
+_err = expect_oserror
 
 
 def test_passive_read_after_warm_up_then_sleep():
