@@ -35,6 +35,21 @@ from host_tools.process import stop
 MELINK = str(Path(sys.executable).with_name("meterlink"))
 
 
+def wait_for(predicate, timeout: float, what: str, on_fail=lambda: "", poll: float = 0.05):
+    """Polls `predicate` until it returns something true (returned) or `timeout` seconds pass
+    (AssertionError naming `what`, with `on_fail()` appended: logs, consoles)."""
+    end = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > end:
+            extra = on_fail()
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}"
+                                 + (f"\n{extra}" if extra else ""))
+        time.sleep(poll)
+
+
 class GatewayProcess:
     def __init__(self, workdir: Path, broker, client_id: str = "gw-test", start: bool = True,
                  extra: str = "", mqtt_extra: str = ""):

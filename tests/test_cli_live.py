@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import time
 
 import pytest
 
@@ -15,21 +14,11 @@ from host_tools import cli, cmd_status
 from host_tools.broker import Mosquitto
 from host_tools.vboard.node import compiled_firmware, default_config
 from host_tools.vboard.pty_repl import PtyBoard
-from gateway_support import GatewayProcess
+from gateway_support import GatewayProcess, wait_for
 
 pytestmark = pytest.mark.slow
 NODE = "pit-31"
 ENV = {"temperature_c": 17.25, "humidity_pct": 63.5, "pressure_pa": 99870.0}
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def console(board: PtyBoard) -> str:

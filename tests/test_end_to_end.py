@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway_support import wait_for
 from host_tools.vboard import VirtualNode
 
 pytestmark = pytest.mark.slow
@@ -39,16 +40,6 @@ def read_sink(sink: Path) -> list[dict]:
     if not sink.exists():
         return []
     return [json.loads(line) for line in sink.read_text().splitlines() if line.strip()]
-
-
-def wait_for(predicate, timeout: float, what: str, on_fail=lambda: ""):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{on_fail()}")
 
 
 def by_name(records: list[dict], node: str) -> dict[str, list[dict]]:

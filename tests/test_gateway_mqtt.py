@@ -19,6 +19,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from gateway.config import parse_config
 from gateway.daemon import Gateway
 from gateway.sinks import record_id
+from gateway_support import wait_for as _wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 
@@ -28,14 +29,7 @@ DEADLINE = 10.0
 
 
 def wait_for(what: str, predicate: Callable[[], Any], timeout: float = DEADLINE) -> Any:
-    end = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
+    return _wait_for(predicate, timeout, what)
 
 
 def vector(name: str, invalid: bool = False) -> dict:

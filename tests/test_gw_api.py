@@ -5,7 +5,6 @@ a real Mosquitto, and a scripted node (a paho client answering on `a` per docs/w
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import cbor2
@@ -14,6 +13,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway_support import GatewayProcess
+from gateway_support import wait_for as _wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
@@ -21,14 +21,7 @@ METERLINK = str(Path(sys.executable).with_name("meterlink"))
 
 
 def wait_for(what, predicate, timeout=15.0):
-    end = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
+    return _wait_for(predicate, timeout, what)
 
 
 class ScriptedNode:

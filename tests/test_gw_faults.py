@@ -21,6 +21,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway_support import GatewayProcess, Upstream
+from gateway_support import wait_for as _wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 
@@ -28,14 +29,7 @@ T0 = 1763712000
 
 
 def wait_for(what, predicate, timeout=30.0, diag=lambda: ""):
-    end = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{diag()}")
-        time.sleep(0.05)
+    return _wait_for(predicate, timeout, what, diag)
 
 
 class Stream:

@@ -20,7 +20,7 @@ import cbor2
 import paho.mqtt.client as paho
 import pytest
 
-from gateway_support import GatewayProcess
+from gateway_support import GatewayProcess, wait_for
 from host_tools.broker import free_port
 from host_tools.vboard import VirtualNode
 from host_tools.vboard.node import default_board, default_config
@@ -57,16 +57,6 @@ def fast_node(root: Path, node_id: str, broker, *, entries: int = 4, **overrides
 def queued(node: VirtualNode) -> list[int]:
     """Sequence numbers the node logged as durably queued (logged after the append returned)."""
     return [int(m.group(1)) for m in QUEUED.finditer(node.console())]
-
-
-def wait_for(predicate, timeout: float, what: str, on_fail=lambda: ""):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{on_fail()}")
 
 
 def delivered(gw: GatewayProcess, node_id: str) -> list[int]:
