@@ -90,7 +90,7 @@ class Node:
         self.q = fqueue.FlashQueue("q", max_bytes=qbytes, seg_bytes=min(4096, max(512, qbytes // 4)))
         if self.q.truncated:
             log.warn("queue", "recovered: cut a torn record of %d bytes", self.q.truncated)
-        self.hw = sensors.Hardware(cfg, _board())
+        self.hw = sensors.Hardware(cfg)  # reads board.json when a driver first asks
         self.sensors = []  # [spec, label, adapter or None, lock, failures in a row]
         for spec in cfg["sensors"]:
             self.sensors.append([spec, sensors.label(spec), None, asyncio.Lock(), 0])
@@ -508,16 +508,6 @@ def _rssi():
     except Exception:
         pass
     return None
-
-
-def _board():
-    try:
-        import json
-
-        with open("board.json") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
 
 
 def _reset():

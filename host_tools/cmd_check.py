@@ -52,7 +52,7 @@ MONOTONIC = ("water_volume", "gas_volume")
 # Three pieces, each compiled on the node by itself: the compiler needs a contiguous block of
 # heap for what it compiles, and the node's heap is busy with what the runtime left loaded.
 _READ = ("""\
-import asyncio, gc, json, sensors
+import asyncio, gc, sensors
 try:
     _cfg = _ml_boot.cfg  # the config the stopped runtime ran with (Device.stop_runtime)
 except NameError:  # after a soft reset: config.json, checked by the firmware's rules
@@ -64,14 +64,8 @@ except NameError:  # after a soft reset: config.json, checked by the firmware's 
         print(repr(('config', repr(e))))
 gc.collect()
 """, """\
-def _board():
-    try:
-        with open('board.json') as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
 async def _read_all():
-    hw = sensors.Hardware(_cfg, _board())
+    hw = sensors.Hardware(_cfg)
     out = []
     for spec in _cfg['sensors']:
         label = '%s@%s:%s' % (spec.get('driver'), spec.get('bus'), spec.get('address'))
@@ -87,7 +81,7 @@ async def _read_all():
 if _cfg is not None:
     print(repr(('readings', asyncio.run(_read_all()), _cfg['node_id'])))
 import sys
-_cfg = _board = _read_all = None  # nothing of this stays in the heap of the node resumed next
+_cfg = _read_all = None  # nothing of this stays in the heap of the node resumed next
 sys.modules.pop('config', None)
 gc.collect()
 """)
