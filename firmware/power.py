@@ -13,6 +13,7 @@ import asyncio
 
 import clock
 import log
+import sensors
 
 
 async def run(node):
@@ -46,7 +47,7 @@ async def _send_all(node):
 
 
 def _sleep_ms(node):
-    interval = min([s[0]["interval_s"] for s in node.sensors] or [60])
+    interval = node.interval() or 60
     t = clock.unix()
     if t is None:
         return interval * 1000
@@ -58,20 +59,12 @@ async def sleep(node):
 
     ms = _sleep_ms(node)
     await node.shutdown()
+    pins = []  # (gpio, level) pairs, asked after save() as the adapters' contract says
     for s in node.sensors:
         a = s[2]
         if a is not None and hasattr(a, "wake_pins"):
-            _arm_wake(a.wake_pins())
+            pins.extend(a.wake_pins())
+    sensors.arm_wake(pins)  # all at once: ext0/ext1 hold one setting each
     node.boot.healthy()  # this wake-up ran to its end
     log.info("node", "deep sleep for %d ms", ms)
     machine.deepsleep(ms)
-
-
-
-def _arm_wake(pins):
-    if not pins:
-        return
-    import esp32
-    import machine
-
-    esp32.wake_on_ext1(pins=[machine.Pin(p) for p in pins], level=esp32.WAKEUP_ANY_HIGH)
