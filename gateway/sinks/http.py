@@ -51,6 +51,13 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
 class HttpPoster:
     """POSTs bodies to one URL with the sink's TLS, token, gzip and timeout settings."""
 
+    @classmethod
+    def from_options(cls, o: dict[str, Any]) -> "HttpPoster":
+        """The poster of an HTTP-based sink's section (url, token, gzip, verify_tls,
+        ca_file, timeout_s)."""
+        return cls(o["url"], token=o["token"], gzip_body=o["gzip"], verify_tls=o["verify_tls"],
+                   ca_file=o["ca_file"], timeout=o["timeout_s"])
+
     def __init__(self, url: str, *, token: str | None, gzip_body: bool, verify_tls: bool,
                  ca_file: Any, timeout: float) -> None:
         self.url = url
@@ -114,10 +121,7 @@ class HttpSink(Sink):
 
     def __init__(self, config) -> None:
         super().__init__(config)
-        o = config.options
-        self.poster = HttpPoster(o["url"], token=o["token"], gzip_body=o["gzip"],
-                                 verify_tls=o["verify_tls"], ca_file=o["ca_file"],
-                                 timeout=o["timeout_s"])
+        self.poster = HttpPoster.from_options(config.options)
 
     def deliver(self, batch: Batch) -> None:
         pack = batch_records(batch)

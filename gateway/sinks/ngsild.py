@@ -117,9 +117,7 @@ class NgsiLdSink(Sink):
     def __init__(self, config) -> None:
         super().__init__(config)
         o = config.options
-        self.poster = HttpPoster(o["url"], token=o["token"], gzip_body=o["gzip"],
-                                 verify_tls=o["verify_tls"], ca_file=o["ca_file"],
-                                 timeout=o["timeout_s"])
+        self.poster = HttpPoster.from_options(o)
         self.context = o["context"]
         self.tenant = o["tenant"]
 
