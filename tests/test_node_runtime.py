@@ -299,7 +299,7 @@ def test_queue_full_drops_are_counted_exactly_and_reported(tmp_path, broker):
         broker.start()
         # stop new readings, then wait until the node has sent everything it kept
         ctl.send("k", cbor2.dumps({"id": 1, "cmd": "interval", "s": 3600}))
-        ctl.ack_for(30, id=1)
+        ctl.ack_for(90, id=1)  # after the node's reconnect backoff (up to 30 s + jitter)
         time.sleep(1.5)
 
         def drained():
