@@ -64,14 +64,15 @@ def test_check_reads_the_bme280_through_the_firmware_and_judges_plausibility(dep
     (deployed.root / "env.json").write_text(json.dumps(
         {"temperature_c": 21.5, "humidity_pct": 45.0, "pressure_pa": 20000.0}))
     rc, out, err = run(capsys, "check", "--port", deployed.port)
-    assert rc == 1
-    assert re.search(r"pressure 2\d{4} Pa\s+IMPLAUSIBLE: outside 30000\.\.110000 Pa", out), out
+    assert rc == 1, out + err
+    assert re.search(r"pressure 2\d{4} Pa\s+IMPLAUSIBLE: outside 30000\.\.110000 Pa",
+                     out), out + err
     assert "1 check(s) failed" in err
 
     # the part does not answer on the bus
     (deployed.root / "env.json").write_text(json.dumps({"faults": {"i2c0:0x76": "absent"}}))
     rc, out, err = run(capsys, "check", "--port", deployed.port)
-    assert rc == 1 and "FAILED" in out, out
+    assert rc == 1 and "FAILED" in out, out + err
 
 
 def test_plausibility_rules():
