@@ -18,6 +18,7 @@ import ast
 import errno
 import json
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,10 @@ from host_tools import toolchain
 
 BOARDS_DIR = toolchain.ROOT / "boards"
 REPL_TIMEOUT = 5.0  # seconds for a board to show its raw REPL prompt
+# A port is locked (exclusive open) for a moment after another program let it go, or while a
+# process forked by one that had it open has not yet started its own program: "busy" is
+# reported only when it stays locked this long.
+OPEN_RETRY_S = 2.0
 
 # USB-serial bridges on ESP32 boards: (vid, pid) -> what it is
 USB_BRIDGES: dict[tuple[int, int], str] = {
@@ -190,12 +195,22 @@ class Device:
         from mpremote.transport_serial import SerialTransport
 
         self.port = port
-        try:
-            self.transport = SerialTransport(port, baudrate=115200)
-        except TransportError as exc:
-            # mpremote says only "failed to access": open it again for the precise reason
-            open_serial(port).close()
-            raise UserError(ERR_BUSY.format(port=port)) from exc
+        deadline = time.monotonic() + OPEN_RETRY_S
+        while True:
+            try:
+                self.transport = SerialTransport(port, baudrate=115200)
+                break
+            except TransportError as exc:
+                # mpremote says only "failed to access": open it again for the precise reason
+                try:
+                    open_serial(port).close()
+                except UserError as reason:
+                    if reason.args[0] != ERR_BUSY.format(port=port) \
+                            or time.monotonic() >= deadline:
+                        raise
+                if time.monotonic() >= deadline:
+                    raise UserError(ERR_BUSY.format(port=port)) from exc
+                time.sleep(0.05)  # locked a moment ago and free now, or still locked: again
         try:
             self.transport.enter_raw_repl(soft_reset=soft_reset,
                                           timeout_overall=timeout or REPL_TIMEOUT)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 from types import SimpleNamespace
 
 import pytest
@@ -92,6 +93,16 @@ def test_port_busy(board, capsys):
     assert err == "meterlink: " + ERR_BUSY.format(port=board.port) + "\n"
     rc, out, err = run(capsys, "deploy", "--board", "esp32-devkitc", "--port", "/dev/nonexistent")
     assert rc == 1 and "/dev/nonexistent does not exist" in err
+
+
+def test_a_port_let_go_a_moment_later_is_not_busy(board, capsys):
+    # another tool still closing the port (or a process it forked, before that process started
+    # its own program) holds the lock for a moment: the command waits for it instead of failing
+    holder = serial.Serial(board.port, exclusive=True)
+    threading.Timer(0.5, holder.close).start()
+    rc, out, err = run(capsys, "status", "--port", board.port, "--no-resume")
+    # the command reached the node's REPL: a fresh board has no firmware to ask
+    assert err.startswith("meterlink: the node has no firmware"), err
 
 
 def test_not_a_micropython_device(monkeypatch, capsys):
