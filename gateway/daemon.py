@@ -19,10 +19,11 @@ after the transaction holding its records committed. If the outbox cannot be wri
 gateway acknowledges nothing more and exits with status 1; the broker redelivers everything
 unacknowledged to the next gateway process, and (node, seq) dedup drops what was committed.
 
-Bounded disk: when the outbox database reaches `[outbox] max_bytes` the ingest thread stops
-taking messages (the broker keeps them: they are not acknowledged) until the sinks drained
-it below the limit; the `outbox_full` alarm is raised then, with a warning log line at
-`warn_percent`.
+Bounded disk: when the data in the outbox reaches `[outbox] max_bytes` (checked after every
+batch, so it overshoots by one batch at most) the ingest thread stops taking messages (the
+broker keeps them: they are not acknowledged) and raises the `outbox_full` alarm, until the
+sinks drained it below `warn_percent` of the limit; from `warn_percent` a warning is logged
+(at most once a minute).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ mqtt_log = logging.getLogger("meterlink.gateway.mqtt")
 RECONNECT_MIN_DELAY = 1
 RECONNECT_MAX_DELAY = 30
 PERIODIC_S = 1.0
+WARN_EVERY_S = 60.0  # outbox_filling is logged at most this often
 GATEWAY_NODE = "-gateway"  # registry/alarm key for gateway-level alarms (outbox_full)
 _PUBACK = 0x40020000  # PUBACK fixed header (type 4, remaining length 2) above a 16-bit id
 READ_AHEAD = 65536  # bytes read from the MQTT socket at once
@@ -159,6 +161,7 @@ class Gateway:
         self._pending: dict[tuple[str, str], Pending] = {}
         self._pending_lock = threading.Lock()
         self._outbox_full = False
+        self._warn_after = 0.0
         self.client = self._make_client()
 
     def __repr__(self) -> str:
@@ -337,15 +340,21 @@ class Gateway:
         size = self.box.size_bytes()
         self.stats.set_state(outbox_bytes=size)
         limit = self.config.outbox.max_bytes
-        full = size >= limit
+        warn = limit * self.config.outbox.warn_percent / 100
+        # full at the limit, and until drained below the warning level: one alarm per episode,
+        # not one per batch the sinks free
+        full = size >= (warn if self._outbox_full else limit)
         if full != self._outbox_full:
             self._outbox_full = full
             with self.box.transaction():
                 self.ingestor.registry.set_alarm(
                     GATEWAY_NODE, "outbox_full", full, self._clock(),
                     f"outbox {size} bytes, limit {limit}")
-        elif size >= limit * self.config.outbox.warn_percent / 100 and not full:
-            log.warning("outbox_filling", extra=kv(bytes=size, limit=limit))
+        elif size >= warn and not full:
+            now = time.monotonic()
+            if now >= self._warn_after:
+                self._warn_after = now + WARN_EVERY_S
+                log.warning("outbox_filling", extra=kv(bytes=size, limit=limit))
 
     def _ingest_loop(self) -> None:
         assert self.ingestor is not None
@@ -369,6 +378,7 @@ class Gateway:
                     continue
                 self.ingestor.handle_batch(batch)
                 self._ack(batch)
+                self._check_outbox_size()  # a few page counts: the limit holds to a batch
                 for worker in self.workers:
                     worker.wake()
         except SinkError as exc:

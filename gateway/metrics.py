@@ -65,10 +65,13 @@ def render(gateway, box, lock) -> str:
         dead = box.db.execute("SELECT sink, COUNT(*) FROM deadletters GROUP BY sink").fetchall()
         nodes = box.db.execute("SELECT COALESCE(state, 'unknown'), COUNT(*) FROM nodes "
                                "WHERE node NOT LIKE '-%' GROUP BY 1").fetchall()
+        used = box.size_bytes()
     out.metric("outbox_items", "gauge", "items in the outbox not yet delivered to every sink",
                [({}, depth)])
-    out.metric("outbox_bytes", "gauge", "size of the outbox database and WAL",
-               [({}, box.size_bytes())])
+    out.metric("outbox_bytes", "gauge", "bytes of data in the outbox (pages in use; what "
+               "[outbox] max_bytes bounds)", [({}, used)])
+    out.metric("outbox_file_bytes", "gauge", "disk taken by the outbox database and its WAL",
+               [({}, box.file_bytes())])
     sinks = [s.name for s in gateway.config.sinks]
     by_sink = {s: (n, oldest) for s, n, oldest in backlog}
     out.metric("sink_backlog", "gauge", "records waiting for a sink",

@@ -55,6 +55,7 @@ from gateway.wire import (decode_reading, fast_decode, resolve_records, senml_na
 log = logging.getLogger("meterlink.gateway.outbox")
 
 BUSY_TIMEOUT_MS = 30_000
+WAL_LIMIT_BYTES = 16 << 20  # the -wal file is truncated to this after a checkpoint
 BEGIN_RETRY_S = 0.0005  # between attempts to begin a write transaction (see `_begin`)
 
 # Versioned migrations: MIGRATIONS[i] takes the schema from version i to i + 1. Never edit a
@@ -199,6 +200,8 @@ class Outbox:
             if mode.lower() != "wal":
                 raise SinkError(f"outbox {self.path}: cannot use WAL mode (got {mode})")
             self.db.execute("PRAGMA synchronous=FULL")
+            # the WAL is reused after each checkpoint; this cuts it back when it grew past it
+            self.db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
             self._migrate()
         except sqlite3.Error as exc:
             raise SinkError(f"cannot open outbox {self.path}: {exc}") from exc
@@ -503,6 +506,17 @@ class Outbox:
     # ---- inspection -------------------------------------------------------------------------
 
     def size_bytes(self) -> int:
+        """Bytes of data the outbox holds: its pages in use, as this connection sees the
+        database (the WAL's newer pages included). What `[outbox] max_bytes` bounds. SQLite
+        reuses the pages of deleted rows and never shrinks the file by itself, so the file's
+        size (`file_bytes`) stays at its largest and would keep a drained outbox "full"."""
+        page_size = self.db.execute("PRAGMA page_size").fetchone()[0]
+        pages = self.db.execute("PRAGMA page_count").fetchone()[0]
+        free = self.db.execute("PRAGMA freelist_count").fetchone()[0]
+        return (pages - free) * page_size
+
+    def file_bytes(self) -> int:
+        """Disk taken by the database file and its WAL."""
         total = 0
         for suffix in ("", "-wal"):
             with contextlib.suppress(OSError):

@@ -20,7 +20,7 @@ Keys of the stats file (JSON object):
     ack_messages        acknowledgements (`a`) processed
     events              alarm events raised or cleared
     gaps_missing        {node: missing seq count} (only nodes with gaps)
-    outbox_bytes        size of the outbox database (with its WAL)
+    outbox_bytes        bytes of data in the outbox (pages in use: what max_bytes bounds)
     sink_batches, sink_items, sink_records   {sink: count} delivered
     sink_errors         {"sink:transient|rejected|internal": count}
     sink_deadletters    {sink: batches dead-lettered}

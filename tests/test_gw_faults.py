@@ -8,6 +8,9 @@ and a real local HTTP server as the platform (tests/gateway_support.py: Upstream
   backlog drains, Retry-After is honoured, the file sink is not held back, and a 400 lands in
   dead letters with the reply body without blocking what follows.
 - Two gateways on one shared subscription: the union is complete and duplicate-free.
+- The platform stays down until the outbox is full: the gateway stops taking messages (they
+  wait at the broker), raises `outbox_full` and reports not ready; when the platform is back
+  and the backlog drained below the limit, it clears the alarm and takes the rest by itself.
 """
 
 import random
@@ -28,8 +31,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 T0 = 1763712000
 
 
-def wait_for(what, predicate, timeout=30.0, diag=lambda: ""):
-    return _wait_for(predicate, timeout, what, diag)
+def wait_for(what, predicate, timeout=30.0, diag=lambda: "", poll=0.05):
+    return _wait_for(predicate, timeout, what, diag, poll)
 
 
 class Stream:
@@ -43,23 +46,36 @@ class Stream:
         self.sent: set[str] = set()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{seed}",
                                   protocol=mqtt.MQTTv311)
+        self.client.max_inflight_messages_set(100)  # for burst()
         self.client.connect(broker.host, broker.port)
         self.client.loop_start()
         self._stop = threading.Event()
         self._thread = None
 
-    def publish_one(self, node=None) -> None:
+    def publish_one(self, node=None, wait: bool = True) -> mqtt.MQTTMessageInfo:
         node = node or self.rng.choice(self.nodes)
         seq = self.next_seq[node]
         count = self.rng.randint(1, 3)
         records = [{1: 2000 + seq % 500, 2: 5000}] + [{0: 10, 1: 1}] * (count - 1)
         payload = cbor2.dumps([1, seq, T0 + seq, *records], canonical=True)
         info = self.client.publish(f"m/{node}/r", payload, qos=1)
-        info.wait_for_publish(10)
-        assert info.is_published()
+        if wait:
+            info.wait_for_publish(10)
+            assert info.is_published()
         self.sent.update({f"{node}/{seq}/temperature", f"{node}/{seq}/humidity"})
         self.sent.update(f"{node}/{seq + i}/temperature" for i in range(1, count))
         self.next_seq[node] = seq + count + (5 if self.rng.random() < 0.05 else 0)  # gaps too
+        return info
+
+    def burst(self, n: int) -> None:
+        """n messages as fast as the broker takes them (without gaps)."""
+        infos = []
+        for _ in range(n):
+            node = self.rng.choice(self.nodes)
+            infos.append(self.publish_one(node, wait=False))
+        for info in infos:
+            info.wait_for_publish(30)
+            assert info.is_published()
 
     def run(self, interval: float) -> None:
         def loop():
@@ -198,3 +214,51 @@ def test_two_gateways_on_a_shared_subscription_split_without_loss_or_duplicates(
     union = Counter(r["rid"] for r in a.records() + b.records())
     assert set(union) == stream.sent and max(union.values()) == 1
     assert a.records() and b.records(), "the broker split the load between the instances"
+
+
+def test_a_full_outbox_stops_ingest_then_resumes_by_itself_once_drained(tmp_path, broker):
+    with Upstream() as up:
+        up.mode, up.retry_after = "503", 1
+        gw = GatewayProcess(tmp_path / "gw", broker, "gw-full", extra=http_sink(
+            up, batch_max_records=2000) + "[outbox]\nmax_bytes = 1048576\nwarn_percent = 50\n")
+        stream = Stream(broker, nodes=("f1", "f2", "f3"), seed=4)
+        try:
+            wait_for("the gateway to subscribe", lambda: gw.counters().get("subscribed"))
+            stream.burst(9000)  # about 1.5 MiB of outbox data: more than max_bytes
+            wait_for("outbox_full", lambda: "outbox_full" in str(gw.api("/api/alarms")[1]), 60,
+                     lambda: gw.log()[-3000:])
+            assert gw.api("/readyz")[0] == 503
+            # the gateway holds back: once the file sink has its share (which frees that
+            # sink's part of the outbox), nothing more is taken; the rest waits at the broker
+            samples = [-1]
+
+            def settled():
+                samples.append(gw.counters()["accepted_messages"])  # stats: once a second
+                return samples[-1] == samples[-2]
+            wait_for("ingest to stop", settled, 30, poll=2.5)
+            assert samples[-1] < 9000
+            assert {r["rid"] for r in gw.records()} < stream.sent
+
+            up.mode = "ok"
+            wait_for("every record at the platform",
+                     lambda: {r["rid"] for r in up.records()} >= stream.sent, 90,
+                     lambda: f"{gw.counters()}\n{gw.log()[-3000:]}")
+            wait_for("every record in the file sink",
+                     lambda: {r["rid"] for r in gw.records()} >= stream.sent, 30)
+            wait_for("the alarm to clear",
+                     lambda: "outbox_full" not in str(gw.api("/api/alarms")[1]), 30)
+            wait_for("the clearing event at the platform", lambda: [
+                r for r in up.records() if r.get("n", "").endswith(":outbox_full")
+                and r["vb"] is False], 30)
+            assert gw.api("/readyz")[0] == 200
+        finally:
+            stream.close()
+            gw.stop()
+    counted = Counter(r["rid"] for r in up.records() if "seq" in r)
+    assert set(counted) == stream.sent and max(counted.values()) == 1
+    lines = Counter(r["rid"] for r in gw.records())
+    assert set(lines) == stream.sent and max(lines.values()) == 1
+    # raised once, cleared once
+    events = [r["vb"] for r in up.records() if r.get("n", "").endswith(":outbox_full")]
+    assert events == [True, False]
+    assert "outbox_filling" in gw.log() and "Traceback" not in gw.log()
