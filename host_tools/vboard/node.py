@@ -64,6 +64,19 @@ while not w.isconnected():
 w.status("rssi")
 for bus in b.spec.get("i2c", {}):
     machine.I2C(int(bus)).scan()
+if b.spec.get("uart"):
+    import hw.uart
+    for bus in b.spec["uart"]:
+        hw.uart.bus(int(bus))
+if b.spec.get("onewire"):
+    import hw.onewire
+    for bus in b.spec["onewire"]:
+        hw.onewire.bus(int(bus))
+for pin in ADC_PINS:
+    try:
+        machine.ADC(machine.Pin(pin), atten=3).read_uv()
+    except ValueError:  # not an ADC pin: the node's config check says so
+        pass
 gc.collect()
 print("ALLOWANCE", before - gc.mem_free())
 """
@@ -81,18 +94,20 @@ def _heap_bytes(text: str) -> int:
 _allowances: dict[str, int] = {}
 
 
-def vboard_allowance(board_json: Path) -> int:
-    """Bytes of unix-port heap the virtual board itself uses for this board (see above),
-    rounded up to 256 bytes; measured once per board description and process."""
-    key = Path(board_json).read_text()
+def vboard_allowance(board_json: Path, adc_pins: tuple[int, ...] = ()) -> int:
+    """Bytes of unix-port heap the virtual board itself uses for this board (see above) and
+    the ADC pins the node reads, rounded up to 256 bytes; measured once per board description
+    and process."""
+    key = Path(board_json).read_text() + repr(tuple(adc_pins))
     if key not in _allowances:
         import tempfile
 
         with tempfile.TemporaryDirectory() as tmp:
-            (Path(tmp) / "board.json").write_text(key)
+            (Path(tmp) / "board.json").write_text(Path(board_json).read_text())
             (Path(tmp) / "flash").mkdir()
+            probe = f"ADC_PINS = {tuple(adc_pins)!r}\n" + _PROBE
             out = subprocess.run(
-                [toolchain.micropython(), "-X", "heapsize=1M", "-c", _PROBE],
+                [toolchain.micropython(), "-X", "heapsize=1M", "-c", probe],
                 cwd=Path(tmp) / "flash", capture_output=True, text=True, timeout=60,
                 env={"PATH": "/usr/bin:/bin", "MICROPYPATH": ".frozen", "VBOARD_DIR": tmp})
         for line in out.stdout.splitlines():
@@ -201,8 +216,16 @@ class VirtualNode:
         return "rv32imc" if board.get("chip") == "esp32c3" else "xtensawin"
 
     def command(self) -> list[str]:
-        heap = _heap_bytes(self.heap) + vboard_allowance(self.root / "board.json")
+        heap = _heap_bytes(self.heap) + vboard_allowance(self.root / "board.json",
+                                                          self.adc_pins())
         return [toolchain.micropython(), "-X", f"heapsize={heap}", "-c", BOOT]
+
+    def adc_pins(self) -> tuple[int, ...]:
+        """The ADC pins the node's config reads (their ADC objects are C objects on a device)."""
+        cfg = read_json(self.flash / "config.json") or {}
+        return tuple(sorted({s["pin"] for s in cfg.get("sensors") or ()
+                             if isinstance(s, dict) and s.get("driver") in ("battery", "pressure")
+                             and isinstance(s.get("pin"), int)}))
 
     def environ(self) -> dict[str, str]:
         return {
