@@ -179,6 +179,7 @@ class VirtualNode:
         self._stopping = False
         self._supervisor: threading.Thread | None = None
         self.exits: list[int] = []
+        self.pin_wakes = 0  # deep sleeps ended by a meter pulse (see _pulse_woke)
         cfg = config or default_config(node_id, broker[0], broker[1], interval_s=interval_s)
         write_json_atomic(self.flash / "config.json", cfg)
         if not (self.root / "board.json").exists() or board is not None:
@@ -237,8 +238,8 @@ class VirtualNode:
     def start(self, *, restart_on_reset: bool = True, sleep_scale: float = 1.0) -> "VirtualNode":
         """Powers the node on. Like a device, it starts again by itself after machine.reset()
         (exit 3), soft_reset() (exit 5) and deepsleep() (exit 4, after the sleep time times
-        `sleep_scale`), unless `restart_on_reset` is False. Every exit status is appended to
-        `exits`."""
+        `sleep_scale`, or at once when a pulse meter on its EXT0 wake pin pulses), unless
+        `restart_on_reset` is False. Every exit status is appended to `exits`."""
         if self.running:
             return self
         self._console = open(self.console_path, "ab", buffering=0)
@@ -267,9 +268,12 @@ class VirtualNode:
                 return
             self.exits.append(rc)
             if rc == 4:
-                ms = (read_json(self.root / "deepsleep.json") or {}).get("ms") or 0
+                sleep = read_json(self.root / "deepsleep.json") or {}
+                ms = sleep.get("ms") or 0
                 deadline = time.monotonic() + ms / 1000 * sleep_scale
-                while time.monotonic() < deadline and not self._stopping:
+                # a pulse before the timer ran out wakes it by the pin, even at the last moment
+                while not self._stopping and not self._pulse_woke(sleep) \
+                        and time.monotonic() < deadline:
                     time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
             elif rc not in (3, 5):
                 return  # crashed to the REPL or killed: stays down, like a device would
@@ -277,6 +281,24 @@ class VirtualNode:
                 if self._stopping:
                     return
                 self._spawn()
+
+    def _pulse_woke(self, sleep: dict) -> bool:
+        """Wakes a sleeping node, as its chip would, when the pulse meter on the contact armed
+        for EXT0 wake-up (level 0: the contact closing) made a pulse the node did not see
+        (board.json "meters", env.json "meters", see hw/meter.py EnvMeter); the next boot's
+        wake_reason() is EXT0_WAKE. Counted in `pin_wakes`."""
+        ext0 = sleep.get("ext0") or {}
+        key = str(ext0.get("pin"))
+        seen = (sleep.get("meters") or {}).get(key)
+        if seen is None or ext0.get("level") != 0:
+            return False
+        made = ((read_json(self.root / "env.json") or {}).get("meters") or {}).get(key) or {}
+        if made.get("forward", 0) + made.get("reverse", 0) <= seen:
+            return False
+        cause = read_json(self.root / "reset_cause.json") or {"cause": 4}
+        write_json_atomic(self.root / "reset_cause.json", dict(cause, wake=2))  # EXT0_WAKE
+        self.pin_wakes += 1
+        return True
 
     def stop(self, timeout: float = 5.0) -> int | None:
         """Stops the node like pulling its power (SIGTERM, then SIGKILL)."""

@@ -333,3 +333,43 @@ def test_esp32_odds_and_ends():
     info = esp32.Partition(esp32.Partition.RUNNING).info()
     assert info[0] == esp32.Partition.TYPE_APP and info[4] == "factory"
     _raises(OSError, esp32.Partition(esp32.Partition.RUNNING).get_next_update)
+
+
+def test_pulse_meter_driven_by_the_environment():
+    # board.json "meters" (hw/meter.py EnvMeter): the pulses env.json asks for are made in real
+    # time, one each time the board looks (hw.tick(): I2C, Wi-Fi, the watchdog feed) and at
+    # most one per period_ms; contacts bounce; pulses made before the board's power-on are not
+    # replayed.
+    import hw
+
+    Pin = machine.Pin
+    _fresh(dict(_BOARD, meters=[{"a": 25, "b": 26, "tamper": 27}]))
+    a = Pin(25, Pin.IN, Pin.PULL_UP)
+    b = Pin(26, Pin.IN, Pin.PULL_UP)
+    edges = []  # (A, B) at every falling edge of A
+    a.irq(lambda p: edges.append((p.value(), b.value())), Pin.IRQ_FALLING)
+    assert a.value() == 1 and Pin(27, Pin.IN, Pin.PULL_UP).value() == 0  # open; loop closed
+    machine.vboard_set_env(meters={"25": {"forward": 2, "period_ms": 50}})
+    hw.tick()
+    made = len(edges)
+    assert made >= 2, "a closing that bounces falls more than once"
+    assert edges[0] == (0, 1), "forward: A closes while B is open"
+    hw.tick()
+    assert len(edges) == made, "the next pulse waits for its period"
+    time.sleep_ms(60)
+    hw.tick()
+    assert len(edges) > made
+    made = len(edges)
+    time.sleep_ms(60)
+    hw.tick()
+    assert len(edges) == made, "2 pulses asked, 2 made"
+    meter = machine.vboard().meters[0]
+    assert meter.seen() == 2 and a.value() == 1 and b.value() == 1
+    machine.vboard_set_env(meters={"25": {"forward": 2, "tamper": True}})
+    hw.tick()
+    assert Pin(27).value() == 1, "the tamper loop opened"
+    machine.vboard_configure(_DIR, dict(_BOARD, meters=[{"a": 25}]))  # power-on
+    machine.vboard_set_env(meters={"25": {"forward": 2}})
+    hw.tick()
+    assert machine.vboard().meters[0].seen() == 2, "made before the power-on: not replayed"
+    assert Pin(25, Pin.IN, Pin.PULL_UP).value() == 1

@@ -50,7 +50,13 @@ thin ESP32-port faces on top of this; the files and the in-process API are descr
 #     nvs.json          esp32.NVS contents (committed values only).
 #     reset_cause.json  {"cause": machine.*_RESET, "wake": machine.*_WAKE}: written by the process
 #                       as it resets or sleeps, consumed by the next boot (absent: power-on).
-#     deepsleep.json    {"ms": int or null, "ext0": ..., "ext1": ...}: written by deepsleep().
+#     deepsleep.json    {"ms": int or null, "ext0": ..., "ext1": ..., "meters": {"<gpio>": n}}:
+#                       written by deepsleep() ("meters", on a board with meters: the pulses
+#                       each env-driven meter made that the chip saw; see "meters" below).
+#
+# "meters" in board.json: [{"a": 25, "b": 26, "tamper": 27}], pulse meters on GPIOs driven by
+# env.json "meters": {"25": {"forward": n, "reverse": n, "tamper": false}} (hw/meter.py
+# EnvMeter), made in real time whenever the firmware touches the hardware (hw.tick()).
 #
 # Changes to env.json are detected with os.stat (inode, size, mtime): the file is read again
 # only when one of them changed, and models refresh it at most once per measurement trigger.
@@ -100,6 +106,22 @@ def wdt_poll():
     w = wdt
     if w is not None and w.expired():
         w.bite()
+    tick()
+
+
+def tick():
+    """The GPIO-level parts driven by env.json (board.json "meters", hw/meter.py) catch up."""
+    b = _board
+    if b is not None and b.meters:
+        for m in b.meters:
+            m.tick()
+
+
+def _wire(b):
+    if b.spec.get("meters"):
+        from hw.meter import env_meters
+
+        b.meters = env_meters(b)
 
 
 def vboard_path():
@@ -117,6 +139,7 @@ def board():
 
         path = os.getenv("VBOARD_DIR") or None
         _board = Board(path, read_json(_join(path, "board.json")) or {})
+        _wire(_board)
     return _board
 
 
@@ -142,6 +165,7 @@ def configure(path=None, spec=None):
     wake.clear()
     for fn in _hooks:
         fn(b)
+    _wire(b)
     return b
 
 

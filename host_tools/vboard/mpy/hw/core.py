@@ -33,6 +33,7 @@ class Board:
             raise ValueError("board.json unique_id must be 12 hex digits: got %r" % (uid,))
         self.wifi = spec.get("wifi") or {}
         self.env = Env(self.file("env.json"))
+        self.meters = []  # env-driven GPIO parts (hw/meter.py), wired by hw after power-on
         self.i2c = {}
         for key, bus_spec in (spec.get("i2c") or {}).items():
             bus = Bus(int(key), bus_spec.get("scl"), bus_spec.get("sda"))

@@ -114,3 +114,82 @@ class PulseMeter:
     def tamper(self, opened):
         """Opens (True) or closes the tamper loop."""
         self._drive(self.tamper_pin, None if opened else 0)
+
+
+# ---------------------------------------------------------------------------------- env-driven
+# A meter wired to a node that runs as its own process (VirtualNode), driven by the test through
+# env.json instead of in-process calls:
+#
+#     board.json  "meters": [{"a": 25, "b": 26, "tamper": 27, "bounce_ms": 5}]   (b, tamper
+#                 optional)
+#     env.json    "meters": {"25": {"forward": 120, "reverse": 2, "tamper": false,
+#                                   "period_ms": 100}}
+#
+# forward / reverse are the pulses the meter has ever made (the register's count), keyed by the
+# GPIO of contact A. A meter makes in real time what the test asks: one pulse (quadrature and
+# bounce as PulseMeter above) each time the virtual board looks and at least `period_ms` (real
+# time) passed since its previous pulse; the board looks whenever the firmware touches the
+# hardware (hw.tick(): I2C transfers, Wi-Fi status, idle, and the watchdog feed, which a healthy
+# node does every second). Forward pulses first, then reverse. "tamper": true opens the loop.
+# Pulses the meter made before this boot (env.json at board load) happened while the chip was
+# off or asleep: they are not replayed, as a real chip would not see them; deepsleep.json gets
+# {"meters": {"<a>": pulses seen}}, so the launcher can wake the node on the next pulse of a
+# contact armed for wake-up (EXT0 at level 0: contact A closing).
+class EnvMeter:
+    def __init__(self, a, b=None, tamper=None, bounce_ms=5):
+        self.key = str(a)
+        self.meter = PulseMeter(a, b, tamper, bounce_ms=bounce_ms)
+        self._ver = -1
+        self._want = (0, 0)
+        self._last = None  # time.ticks_ms() of the last pulse made
+        self._period = 100
+        self._busy = False
+        self._read()
+        self.meter.forward, self.meter.reverse = self._want  # made before this boot
+
+    def _read(self):
+        e = hw.env()
+        e.refresh()
+        if e.version == self._ver:
+            return
+        self._ver = e.version
+        m = (e.data.get("meters") or {}).get(self.key) or {}
+        self._want = (int(m.get("forward", 0)), int(m.get("reverse", 0)))
+        self._period = int(m.get("period_ms", 100))
+        if self.meter.tamper_pin is not None:
+            opened = bool(m.get("tamper"))
+            if (self.meter._lines.get(self.meter.tamper_pin) is None) != opened:
+                self.meter.tamper(opened)
+
+    def seen(self):
+        return self.meter.forward + self.meter.reverse
+
+    def tick(self):
+        if self._busy:  # an IRQ handler run by our own edge touched the hardware
+            return
+        self._busy = True
+        try:
+            self._read()
+            m = self.meter
+            fwd, rev = self._want
+            if m.forward >= fwd and m.reverse >= rev:
+                return
+            import time
+
+            now = time.ticks_ms()
+            if self._last is not None and time.ticks_diff(now, self._last) < self._period:
+                return
+            self._last = now
+            m.pulse(reverse=m.forward >= fwd)
+        finally:
+            self._busy = False
+
+
+def env_meters(board):
+    out = []
+    for n, spec in enumerate(board.spec.get("meters") or ()):
+        try:
+            out.append(EnvMeter(**spec))
+        except (TypeError, ValueError) as exc:
+            raise ValueError("board.json meters[%d]: %s" % (n, exc))
+    return out

@@ -46,6 +46,7 @@ class WDT:
 
     def feed(self):
         self.deadline = time.ticks_add(time.ticks_ms(), self.timeout)
+        hw.tick()
 
     def expired(self):
         return time.ticks_diff(time.ticks_ms(), self.deadline) > 0
