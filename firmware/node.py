@@ -149,7 +149,8 @@ class Node:
                     log.info("sensor", "%s ready", label)
                 values = await adapter.sample()
             except Exception as exc:  # OSError from the bus, a driver bug: never fatal
-                s[2] = None  # re-probe the part next time
+                if not hasattr(s[2], "save"):  # one that keeps counts (pulses) keeps them
+                    s[2] = None  # re-probe the part next time
                 s[4] += 1
                 self.errors[label] = self.errors.get(label, 0) + 1
                 log.error("sensor", "%s failed (%d in a row): %r", label, s[4], exc)

@@ -22,7 +22,9 @@ and optionally
                                asks for the opposite of its current state); arm them with
                                arm_wake(pairs) below, after save()
     save()                     persists state before a deep sleep or a reset (the runtime calls
-                               it for every adapter that has it, then sleeps or resets)
+                               it for every adapter that has it, then sleeps or resets); an
+                               adapter with save() is kept when a sample fails (the others are
+                               created again), so what it counted meanwhile is not lost
 
 Helpers for the runtime:
     arm_wake(pairs)            arms deep-sleep wake-up for the pairs of every adapter (ext0 for
