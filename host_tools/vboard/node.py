@@ -283,18 +283,24 @@ class VirtualNode:
                 self._spawn()
 
     def _pulse_woke(self, sleep: dict) -> bool:
-        """Wakes a sleeping node, as its chip would, when the pulse meter on the contact armed
-        for EXT0 wake-up (level 0: the contact closing) made a pulse the node did not see
-        (board.json "meters", env.json "meters", see hw/meter.py EnvMeter); the next boot's
-        wake_reason() is EXT0_WAKE. Counted in `pin_wakes`."""
+        """While the node sleeps, the pulse meter on the contact armed for EXT0 wake-up (level
+        0: the contact closing) makes its next pulse, if env.json asks for more than it made
+        (meters.json; see hw/meter.py EnvMeter): the pulse is counted as made and wakes the
+        node, whose next boot's wake_reason() is EXT0_WAKE. Counted in `pin_wakes`."""
         ext0 = sleep.get("ext0") or {}
         key = str(ext0.get("pin"))
-        seen = (sleep.get("meters") or {}).get(key)
-        if seen is None or ext0.get("level") != 0:
+        made = read_json(self.root / "meters.json") or {}
+        if key not in made or ext0.get("level") != 0:
             return False
-        made = ((read_json(self.root / "env.json") or {}).get("meters") or {}).get(key) or {}
-        if made.get("forward", 0) + made.get("reverse", 0) <= seen:
+        want = ((read_json(self.root / "env.json") or {}).get("meters") or {}).get(key) or {}
+        count = made[key]
+        if want.get("forward", 0) > count["forward"]:
+            count["forward"] += 1
+        elif want.get("reverse", 0) > count["reverse"]:
+            count["reverse"] += 1
+        else:
             return False
+        write_json_atomic(self.root / "meters.json", made)
         cause = read_json(self.root / "reset_cause.json") or {"cause": 4}
         write_json_atomic(self.root / "reset_cause.json", dict(cause, wake=2))  # EXT0_WAKE
         self.pin_wakes += 1

@@ -190,10 +190,8 @@ def soft_reset():
 def deepsleep(time_ms=None):
     b = vboard()
     if b.dir is not None:
-        info = {"ms": time_ms, "ext0": hw.wake.get("ext0"), "ext1": hw.wake.get("ext1")}
-        if b.meters:
-            info["meters"] = {m.key: m.seen() for m in b.meters}
-        hw.write_json(b.file("deepsleep.json"), info)
+        hw.write_json(b.file("deepsleep.json"),
+                      {"ms": time_ms, "ext0": hw.wake.get("ext0"), "ext1": hw.wake.get("ext1")})
     _leave(DEEPSLEEP_RESET, TIMER_WAKE if time_ms is not None else 0)
     _exit(4)
 

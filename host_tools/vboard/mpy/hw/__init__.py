@@ -50,9 +50,8 @@ thin ESP32-port faces on top of this; the files and the in-process API are descr
 #     nvs.json          esp32.NVS contents (committed values only).
 #     reset_cause.json  {"cause": machine.*_RESET, "wake": machine.*_WAKE}: written by the process
 #                       as it resets or sleeps, consumed by the next boot (absent: power-on).
-#     deepsleep.json    {"ms": int or null, "ext0": ..., "ext1": ..., "meters": {"<gpio>": n}}:
-#                       written by deepsleep() ("meters", on a board with meters: the pulses
-#                       each env-driven meter made that the chip saw; see "meters" below).
+#     deepsleep.json    {"ms": int or null, "ext0": ..., "ext1": ...}: written by deepsleep().
+#     meters.json       {"25": {"forward": n, "reverse": n}}: the pulses each pulse meter made.
 #
 # "meters" in board.json: [{"a": 25, "b": 26, "tamper": 27}], pulse meters on GPIOs driven by
 # env.json "meters": {"25": {"forward": n, "reverse": n, "tamper": false}} (hw/meter.py

@@ -124,28 +124,36 @@ class PulseMeter:
 #                 optional)
 #     env.json    "meters": {"25": {"forward": 120, "reverse": 2, "tamper": false,
 #                                   "period_ms": 100}}
+#     meters.json {"25": {"forward": 118, "reverse": 2}}: the pulses the meter has made so far
 #
-# forward / reverse are the pulses the meter has ever made (the register's count), keyed by the
-# GPIO of contact A. A meter makes in real time what the test asks: one pulse (quadrature and
-# bounce as PulseMeter above) each time the virtual board looks and at least `period_ms` (real
-# time) passed since its previous pulse; the board looks whenever the firmware touches the
-# hardware (hw.tick(): I2C transfers, Wi-Fi status, idle, and the watchdog feed, which a healthy
-# node does every second). Forward pulses first, then reverse. "tamper": true opens the loop.
-# Pulses the meter made before this boot (env.json at board load) happened while the chip was
-# off or asleep: they are not replayed, as a real chip would not see them; deepsleep.json gets
-# {"meters": {"<a>": pulses seen}}, so the launcher can wake the node on the next pulse of a
-# contact armed for wake-up (EXT0 at level 0: contact A closing).
+# env.json gives the pulses the meter is to have made (its register's count), keyed by the GPIO
+# of contact A; meters.json in the node folder is the physical meter's own count, which the
+# chip's restarts do not touch. The meter makes the difference in real time: one pulse
+# (quadrature and bounce as PulseMeter above) each time the virtual board looks and at least
+# `period_ms` (real time) passed since its previous pulse; the board looks whenever the firmware
+# touches the hardware (hw.tick(): I2C transfers, Wi-Fi status, idle, and the watchdog feed,
+# which a healthy node does every second). Forward pulses first, then reverse. "tamper": true
+# opens the loop. A meter without meters.json starts at the env.json count (its history).
+# While the node sleeps, the launcher (VirtualNode) makes the next pulse itself when contact A
+# is armed for wake-up: it counts it in meters.json and wakes the node by EXT0.
 class EnvMeter:
-    def __init__(self, a, b=None, tamper=None, bounce_ms=5):
+    def __init__(self, board, counts, a, b=None, tamper=None, bounce_ms=5):
         self.key = str(a)
         self.meter = PulseMeter(a, b, tamper, bounce_ms=bounce_ms)
+        self._path = board.file("meters.json")
+        self._counts = counts  # meters.json, shared by the board's meters
         self._ver = -1
         self._want = (0, 0)
         self._last = None  # time.ticks_ms() of the last pulse made
         self._period = 100
         self._busy = False
         self._read()
-        self.meter.forward, self.meter.reverse = self._want  # made before this boot
+        made = counts.get(self.key)
+        if made is None:
+            self.meter.forward, self.meter.reverse = self._want
+            self._save()
+        else:
+            self.meter.forward, self.meter.reverse = made["forward"], made["reverse"]
 
     def _read(self):
         e = hw.env()
@@ -161,7 +169,12 @@ class EnvMeter:
             if (self.meter._lines.get(self.meter.tamper_pin) is None) != opened:
                 self.meter.tamper(opened)
 
-    def seen(self):
+    def _save(self):
+        self._counts[self.key] = {"forward": self.meter.forward, "reverse": self.meter.reverse}
+        if self._path is not None:
+            hw.write_json(self._path, self._counts)
+
+    def made(self):
         return self.meter.forward + self.meter.reverse
 
     def tick(self):
@@ -181,15 +194,17 @@ class EnvMeter:
                 return
             self._last = now
             m.pulse(reverse=m.forward >= fwd)
+            self._save()
         finally:
             self._busy = False
 
 
 def env_meters(board):
     out = []
+    counts = hw.read_json(board.file("meters.json")) or {}
     for n, spec in enumerate(board.spec.get("meters") or ()):
         try:
-            out.append(EnvMeter(**spec))
+            out.append(EnvMeter(board, counts, **spec))
         except (TypeError, ValueError) as exc:
             raise ValueError("board.json meters[%d]: %s" % (n, exc))
     return out
