@@ -63,7 +63,6 @@ def _jitter_ms(limit):
 class Node:
     def __init__(self, boot):
         global _current
-        _current = self
         self.boot = boot
         self.rtc = boot.rtc
         clock.init(self.rtc)
@@ -110,6 +109,9 @@ class Node:
         self.heap_peak = 0
         self.connect_failures = 0
         self.safe = boot.safe
+        # only a whole runtime is the REPL's to inspect and resume: Ctrl-C can stop this
+        # constructor half way, and `meterlink status` then finds none and soft-resets
+        _current = self
 
     # ------------------------------------------------------------------ readings
     def record(self, values):
