@@ -5,6 +5,7 @@ raw REPL framing, raw-paste with flow control, Ctrl-C, soft and hard resets, and
 from __future__ import annotations
 
 import hashlib
+import signal
 import struct
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 import serial
 
+from host_tools import toolchain
 from host_tools.vboard.pty_repl import PtyBoard
 
 MPREMOTE = str(Path(sys.executable).with_name("mpremote"))
@@ -112,6 +114,27 @@ def test_ctrl_c_interrupts_running_code_and_the_board_stays_usable(port):
     assert out.startswith(b"\x04Traceback") and b"KeyboardInterrupt" in out
     port.write(b"print('alive')\x04")
     assert read_until(port, b">") == b"OKalive\r\n\x04\x04>"
+
+
+def test_ctrl_c_in_the_middle_of_a_garbage_collection_leaves_the_heap_usable(tmp_path):
+    # Ctrl-C is SIGINT to the unix port. Raised from inside the signal handler (the port's
+    # standard variant) it could cut a garbage collection short and leave the heap locked for
+    # good; the virtual board's build raises it between bytecodes, as an ESP32 does.
+    script = tmp_path / "collect.py"
+    script.write_text(
+        "import gc\nn = 0\nwhile n < 300:\n    try:\n        while True:\n"
+        "            x = [[n] * 8 for _ in range(20)]\n            gc.collect()\n"
+        "    except KeyboardInterrupt:\n        n += 1\nx = bytearray(1000)\nprint('usable', n)\n")
+    proc = subprocess.Popen([toolchain.micropython(), "-X", "heapsize=96K", str(script)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    time.sleep(0.3)
+    sent = 0
+    while proc.poll() is None and sent < 400:
+        proc.send_signal(signal.SIGINT)
+        sent += 1
+        time.sleep(0.004)
+    out = proc.communicate(timeout=30)[0].decode()
+    assert proc.returncode == 0 and "usable 300" in out, f"after {sent} Ctrl-C: {out[-500:]}"
 
 
 def test_soft_reset_restarts_micropython_runs_boot_and_main_and_ctrl_c_stops_main(board, port):

@@ -61,13 +61,15 @@ mp_version_of() {  # prints e.g. 1.25.0 for a micropython binary, or nothing
 # `micropython` from PATH cannot stand in for it: the project always runs its own build, and
 # rebuilds when the manifest or the virtual board changed (the stamp holds their hash).
 #
-# Build options of the unix port. No threads (MICROPY_PY_THREAD=0): the firmware uses none,
-# and with them the port guards its heap and interned strings with mutexes that a Ctrl-C
-# (SIGINT, how the virtual board's REPL interrupts running code) can leave locked, so the
-# next command deadlocked now and then. make does not rebuild objects when options change,
-# so each set of options gets its own build folder.
+# Build options of the unix port: our variant (unix_variant/: Ctrl-C raised between bytecodes,
+# as on an ESP32, instead of from inside the signal handler, which could leave the heap
+# locked), and no threads (MICROPY_PY_THREAD=0: the firmware uses none, and their mutexes are
+# one more thing a badly timed Ctrl-C could leave locked). make does not rebuild objects when
+# options change, so each set of options and variant gets its own build folder.
+MP_VARIANT_DIR="$HERE/unix_variant"
 MP_MAKE_OPTIONS="MICROPY_PY_BTREE=0 MICROPY_SSL_MBEDTLS=0 MICROPY_PY_SSL=0 MICROPY_PY_THREAD=0"
-MP_BUILD_DIR="build-float32-$(echo "$MP_MAKE_OPTIONS" | sha256sum | cut -c1-8)"
+MP_BUILD_DIR="build-float32-$( (echo "$MP_MAKE_OPTIONS"; cat "$MP_VARIANT_DIR"/*) \
+    | sha256sum | cut -c1-8)"
 MP_LINK="$CACHE/bin/micropython"
 MP_SRC="$CACHE/micropython-$MICROPYTHON_VERSION"
 MP_BUILD="$MP_SRC/ports/unix/$MP_BUILD_DIR/micropython"
@@ -116,7 +118,7 @@ fetch_micropython_source() {
 
 build_micropython() {
     [ -d "$MP_SRC/ports/unix" ] || fetch_micropython_source
-    say "building the MicroPython $MICROPYTHON_VERSION unix port (float32, no threads; asyncio and the virtual board frozen)"
+    say "building the MicroPython $MICROPYTHON_VERSION unix port (float32, Ctrl-C as on an ESP32, no threads; asyncio and the virtual board frozen)"
     # The +ds source has no lib/micropython-lib; the build insists on one existing before it
     # freezes anything, though our manifest uses none of it. Point it at an empty stand-in.
     mkdir -p "$CACHE/no-micropython-lib"
@@ -124,6 +126,7 @@ build_micropython() {
         > "$CACHE/no-micropython-lib/README.md"
     make -s -C "$MP_SRC/mpy-cross" -j"$(nproc)" >/dev/null
     make -s -C "$MP_SRC/ports/unix" -j"$(nproc)" BUILD="$MP_BUILD_DIR" \
+        VARIANT_DIR="$MP_VARIANT_DIR" \
         FROZEN_MANIFEST="$HERE/unix_manifest.py" MPY_LIB_DIR="$CACHE/no-micropython-lib" \
         $MP_MAKE_OPTIONS CFLAGS_EXTRA="-DMICROPY_FLOAT_IMPL=MICROPY_FLOAT_IMPL_FLOAT" >/dev/null
 }

@@ -14,10 +14,11 @@
 # (the device soft-resets on it). The code's own output goes to stdout as it is printed.
 #
 # Ctrl-C is SIGINT, which raises KeyboardInterrupt in the running code as on the device. The
-# bridge sends it only after 0x05, but it may land a moment later, in this loop. MicroPython
-# raises a pending KeyboardInterrupt only at a jump, so every step below stores its result
-# with no jump between the call and the store, keeps it in a global, and the loop resumes
-# where it was: a request is never lost or cut in half, and each gets exactly one answer.
+# bridge sends it only after 0x05, but it may land a moment later, in this loop. MicroPython,
+# as built here (host_tools/toolchain/unix_variant), raises a pending KeyboardInterrupt only
+# at a jump, so every step below stores its result with no jump between the call and the
+# store, keeps it in a global, and the loop resumes where it was: a request is never lost or
+# cut in half, and each gets exactly one answer.
 
 import os
 import sys
