@@ -117,6 +117,17 @@ def vboard_allowance(board_json: Path, adc_pins: tuple[int, ...] = ()) -> int:
         else:
             raise RuntimeError(f"virtual board probe failed:\n{out.stdout}{out.stderr}")
     return _allowances[key]
+
+
+def config_adc_pins(flash: Path) -> tuple[int, ...]:
+    """The ADC pins the config.json in `flash` reads (for vboard_allowance: their ADC objects
+    are C objects on a device)."""
+    cfg = read_json(Path(flash) / "config.json") or {}
+    return tuple(sorted({s["pin"] for s in cfg.get("sensors") or ()
+                         if isinstance(s, dict) and s.get("driver") in ("battery", "pressure")
+                         and isinstance(s.get("pin"), int)}))
+
+
 BOOT = "import boot\nimport main\n"
 
 
@@ -222,11 +233,7 @@ class VirtualNode:
         return [toolchain.micropython(), "-X", f"heapsize={heap}", "-c", BOOT]
 
     def adc_pins(self) -> tuple[int, ...]:
-        """The ADC pins the node's config reads (their ADC objects are C objects on a device)."""
-        cfg = read_json(self.flash / "config.json") or {}
-        return tuple(sorted({s["pin"] for s in cfg.get("sensors") or ()
-                             if isinstance(s, dict) and s.get("driver") in ("battery", "pressure")
-                             and isinstance(s.get("pin"), int)}))
+        return config_adc_pins(self.flash)
 
     def environ(self) -> dict[str, str]:
         return {

@@ -62,7 +62,8 @@ from pathlib import Path
 
 from gateway.stats import write_json_atomic
 from host_tools import process, toolchain
-from host_tools.vboard.node import DEFAULT_HEAP, _heap_bytes, default_board, vboard_allowance
+from host_tools.vboard.node import (DEFAULT_HEAP, _heap_bytes, config_adc_pins, default_board,
+                                   vboard_allowance)
 
 AGENT = "import repl_agent"  # frozen: host_tools/vboard/mpy/repl_agent.py
 RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
@@ -188,7 +189,8 @@ class PtyBoard:
     def heap_bytes(self) -> int:
         """The node's heap plus what the virtual board's own models take (as `VirtualNode`
         runs it; the REPL agent is frozen and takes none)."""
-        return _heap_bytes(self.heap) + vboard_allowance(self.root / "board.json")
+        return _heap_bytes(self.heap) + vboard_allowance(self.root / "board.json",
+                                                          config_adc_pins(self.flash))
 
     def _spawn(self) -> None:
         ctl_r, ctl_w = os.pipe()
