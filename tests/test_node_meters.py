@@ -59,6 +59,14 @@ def senml(name: str, value: Fraction | int | None = None):
     return unit, (None if value is None else Fraction(value) * Fraction(10) ** scale)
 
 
+def gateway(path: Path, broker) -> GatewayProcess:
+    """The gateway, once it has subscribed: a reading published before that would have no
+    subscriber at the broker (on a fresh broker the gateway's session does not exist yet)."""
+    gw = GatewayProcess(path, broker)
+    wait_for(lambda: "event=subscribed" in gw.log(), 30, "the gateway's subscription", gw.log)
+    return gw
+
+
 def node_records(gw: GatewayProcess, node_id: str) -> list[dict]:
     return [r for r in gw.records() if r["node"] == node_id]
 
@@ -144,7 +152,7 @@ def pit_mbus(root: Path, broker) -> VirtualNode:
 
 def test_water_pit_meters_and_probe_reach_the_platform_once(tmp_path, broker):
     rom = ds18b20_rom(0x0A1C4AFF)
-    gw = GatewayProcess(tmp_path / "gw", broker)
+    gw = gateway(tmp_path / "gw", broker)
     pulses = pit_pulse_probe(tmp_path / "pit-1", broker, rom)
     mbus = pit_mbus(tmp_path / "pit-2", broker)
 
@@ -242,7 +250,7 @@ def test_battery_pulse_node_wakes_on_pulses_and_bills_each_once(tmp_path, broker
     wake-up it sends, then it deep-sleeps for its 60 s interval (run 20 times faster). A pulse
     while it sleeps wakes it through contact A (EXT0); the total survives every sleep in RTC
     memory. (No `battery` entry: with it the node runs out of its 96 KB when it sends.)"""
-    gw = GatewayProcess(tmp_path / "gw", broker)
+    gw = gateway(tmp_path / "gw", broker)
     board = default_board()
     board["i2c"] = {}
     board["meters"] = [{"a": 25, "tamper": 27}]
@@ -306,7 +314,7 @@ def test_a_reading_that_fails_loses_no_pulse(tmp_path, broker):
     """The pulse journal cannot be written for a while (a flash fault): the readings in between
     fail and are retried, and every pulse the meter made in the meantime is still in the total
     the platform gets."""
-    gw = GatewayProcess(tmp_path / "gw", broker)
+    gw = gateway(tmp_path / "gw", broker)
     board = default_board()
     board["i2c"] = {}
     board["meters"] = [{"a": 25}]
