@@ -3,6 +3,7 @@
     gw = GatewayProcess(tmp_path / "gw", broker)   # writes its config, starts `meterlink gateway`
     gw.records()          # SenML records delivered to the file sink so far (dicts with node, seq)
     gw.readings()         # {(node, seq), ...} of those records
+    gw.wait_subscribed()  # before starting nodes on a fresh broker
     gw.kill(); gw.start() # SIGKILL and restart on the same state
     gw.stop()
 
@@ -81,6 +82,14 @@ class GatewayProcess:
     def stop(self) -> None:
         if self.proc is not None:
             stop(self.proc, 10)
+
+    def wait_subscribed(self, timeout: float = 30.0) -> "GatewayProcess":
+        """Waits until the gateway has subscribed. Start nodes after this: on a fresh broker
+        the gateway's session does not exist before, and a reading published then has no
+        subscriber (the broker acknowledges it to the node and drops it, as MQTT specifies)."""
+        wait_for(lambda: "event=subscribed" in self.log(), timeout, "the gateway's subscription",
+                 lambda: self.log()[-3000:])
+        return self
 
     def log(self) -> str:
         p = self.dir / "gateway.log"

@@ -44,7 +44,7 @@ def site(tmp_path_factory):
     (the firmware copied as `meterlink deploy` leaves it: the compiled .mpy files)."""
     root = tmp_path_factory.mktemp("live")
     with Mosquitto(root / "broker") as broker:
-        gw = GatewayProcess(root / "gw", broker)
+        gw = GatewayProcess(root / "gw", broker).wait_subscribed()
         board = PtyBoard(root / "node")
         for f in compiled_firmware("xtensawin").iterdir():
             if f.name != ".complete":

@@ -83,7 +83,7 @@ def test_check_confirms_the_reading_at_the_real_gateway(broker, tmp_path):
     """`check --gateway`: the read command goes through the gateway's API, the node's ack
     names the sequence number, and check waits until the gateway's registry has it. The
     node's MQTT side is a client speaking docs/wire-format.md (command, ack, reading)."""
-    gw = GatewayProcess(tmp_path / "gw", broker)
+    gw = GatewayProcess(tmp_path / "gw", broker).wait_subscribed()
     node = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="pit-09")
     seen = []
 

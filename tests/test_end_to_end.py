@@ -52,6 +52,10 @@ def by_name(records: list[dict], node: str) -> dict[str, list[dict]]:
 
 def test_bme280_values_reach_the_sink_exactly_once(tmp_path, broker):
     gw, sink, stats = start_gateway(tmp_path, broker)
+    # nodes start once the gateway subscribed: on a fresh broker a reading published before
+    # has no subscriber
+    wait_for(lambda: json.loads(stats.read_text()).get("subscribed") if stats.exists() else False,
+             30, "the gateway's subscription", lambda: (tmp_path / "gateway.log").read_text())
     node = VirtualNode(tmp_path / "node-e2e", node_id="node-e2e",
                        broker=(broker.host, broker.port), interval_s=1)
     node.set_environment(temperature_c=23.45, humidity_pct=41.5, pressure_pa=98765.0)

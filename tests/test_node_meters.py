@@ -62,9 +62,7 @@ def senml(name: str, value: Fraction | int | None = None):
 def gateway(path: Path, broker) -> GatewayProcess:
     """The gateway, once it has subscribed: a reading published before that would have no
     subscriber at the broker (on a fresh broker the gateway's session does not exist yet)."""
-    gw = GatewayProcess(path, broker)
-    wait_for(lambda: "event=subscribed" in gw.log(), 30, "the gateway's subscription", gw.log)
-    return gw
+    return GatewayProcess(path, broker).wait_subscribed()
 
 
 def node_records(gw: GatewayProcess, node_id: str) -> list[dict]:

@@ -208,7 +208,7 @@ def start_and_wait_birth(node: VirtualNode, ctl: Control) -> None:
 
 # --------------------------------------------------------------------------- store and forward
 def test_offline_for_200_readings_then_all_arrive_once_in_order(tmp_path, broker):
-    gw = GatewayProcess(tmp_path / "gw", broker)
+    gw = GatewayProcess(tmp_path / "gw", broker).wait_subscribed()
     node = fast_node(tmp_path / "n1", "n1", broker)
     try:
         node.start()
@@ -237,7 +237,7 @@ def test_offline_for_200_readings_then_all_arrive_once_in_order(tmp_path, broker
 
 def test_sigkill_at_20_random_instants_loses_and_doubles_nothing(tmp_path, broker):
     rng = random.Random(20261121)
-    gw = GatewayProcess(tmp_path / "gw", broker)
+    gw = GatewayProcess(tmp_path / "gw", broker).wait_subscribed()
     node = fast_node(tmp_path / "n2", "n2", broker)
     try:
         for i in range(20):
@@ -261,7 +261,7 @@ def test_sigkill_at_20_random_instants_loses_and_doubles_nothing(tmp_path, broke
 
 
 def test_broker_and_gateway_restarts_mid_stream(tmp_path, broker):
-    gw = GatewayProcess(tmp_path / "gw", broker)
+    gw = GatewayProcess(tmp_path / "gw", broker).wait_subscribed()
     node = fast_node(tmp_path / "n3", "n3", broker)
     try:
         node.start()
@@ -286,7 +286,7 @@ def test_broker_and_gateway_restarts_mid_stream(tmp_path, broker):
 
 
 def test_queue_full_drops_are_counted_exactly_and_reported(tmp_path, broker):
-    gw = GatewayProcess(tmp_path / "gw", broker)
+    gw = GatewayProcess(tmp_path / "gw", broker).wait_subscribed()
     node = fast_node(tmp_path / "n4", "n4", broker, entries=2, queue={"max_kb": 2})
     ctl = Control(broker, "n4")
     try:
@@ -331,7 +331,7 @@ def test_queue_full_drops_are_counted_exactly_and_reported(tmp_path, broker):
 
 
 def test_lost_pubacks_resend_with_dup_and_the_gateway_drops_the_copies(tmp_path, broker):
-    gw = GatewayProcess(tmp_path / "gw", broker)
+    gw = GatewayProcess(tmp_path / "gw", broker).wait_subscribed()
     link = Link(broker)
     node = fast_node(tmp_path / "n9", "n9", link, entries=2)
     try:
@@ -419,7 +419,7 @@ def reading_times(gw: GatewayProcess, node_id: str) -> dict[int, int]:
 
 def test_ntp_sets_the_clock_and_readings_align_to_the_interval(tmp_path, broker):
     ntp = Sntp(offset=3600)  # an hour ahead of the host: readings must carry NTP time
-    gw = GatewayProcess(tmp_path / "gw", broker)
+    gw = GatewayProcess(tmp_path / "gw", broker).wait_subscribed()
     node = fast_node(tmp_path / "t1", "t1", broker, entries=1,
                      time={"ntp": "127.0.0.1", "ntp_port": ntp.port})
     node_cfg = node.flash / "config.json"
@@ -450,7 +450,7 @@ def test_ntp_sets_the_clock_and_readings_align_to_the_interval(tmp_path, broker)
 
 
 def test_without_ntp_relative_time_then_the_gateway_time(tmp_path, broker):
-    gw = GatewayProcess(tmp_path / "gw", broker)
+    gw = GatewayProcess(tmp_path / "gw", broker).wait_subscribed()
     node = fast_node(tmp_path / "t2", "t2", broker, entries=1)
     ctl = Control(broker, "t2")
     try:
@@ -481,7 +481,7 @@ def test_without_ntp_relative_time_then_the_gateway_time(tmp_path, broker):
 
 # --------------------------------------------------------------------------- battery mode
 def test_battery_50_wakes_broker_reachable_every_10th(tmp_path, broker):
-    gw = GatewayProcess(tmp_path / "gw", broker)
+    gw = GatewayProcess(tmp_path / "gw", broker).wait_subscribed()
     link = Link(broker)
     cfg = default_config("b1", link.host, link.port, interval_s=60)
     cfg["power"] = {"mode": "battery"}
