@@ -8,6 +8,7 @@ import machine
 from hw.bme280_comp import CALIBRATIONS, Compensation
 
 import bme280
+from driver_support import expect_oserror
 
 _DIR = "vb_bme280"
 _ADDR = 0x76
@@ -36,17 +37,6 @@ def _measure(bme):
     time.sleep_ms(bme.start())
     assert bme.ready()
     return bme.read()
-
-
-def _expect_oserror(fn, *needles):
-    try:
-        fn()
-    except OSError as exc:
-        msg = str(exc)
-        for n in needles:
-            assert n in msg, (n, msg)
-        return exc
-    raise AssertionError("no OSError")
 
 
 # ------------------------------------------------------------------ datasheet worked example
@@ -86,13 +76,13 @@ def test_humidity_compensation_agrees_between_driver_and_model():
 # ------------------------------------------------------------------ identity and absence
 def test_missing_part_raises_oserror_naming_the_address():
     i2c, _ = _board(address=0x77)
-    _expect_oserror(lambda: bme280.BME280(i2c, address=0x76), "BME280 not found at 0x76")
+    expect_oserror(lambda: bme280.BME280(i2c, address=0x76), "BME280 not found at 0x76")
 
 
 def test_wrong_chip_id_is_named():
     i2c, part = _board()
     part._regs[0xD0] = 0x58  # what a BMP280 answers
-    _expect_oserror(lambda: bme280.BME280(i2c), "0x76", "0x58", "BMP280")
+    expect_oserror(lambda: bme280.BME280(i2c), "0x76", "0x58", "BMP280")
 
 
 def test_absent_fault_is_an_oserror_not_a_zero():
@@ -100,9 +90,9 @@ def test_absent_fault_is_an_oserror_not_a_zero():
     bme = bme280.BME280(i2c)
     machine.vboard_set_env(faults={"i2c0:0x76": "absent"})
     assert i2c.scan() == []
-    exc = _expect_oserror(bme.start)
+    exc = expect_oserror(bme.start)
     assert exc.errno == 19  # ENODEV, as the ESP32 port raises on a NACK
-    _expect_oserror(lambda: bme280.BME280(i2c), "BME280 not found at 0x76")
+    expect_oserror(lambda: bme280.BME280(i2c), "BME280 not found at 0x76")
     machine.vboard_set_env(faults={})
     assert _measure(bme)[0] == 2000
 
@@ -234,7 +224,7 @@ def test_reset_behind_the_drivers_back_is_reported_not_zero():
     bme = bme280.BME280(i2c)
     _measure(bme)
     i2c.writeto_mem(_ADDR, 0xE0, b"\xb6")  # soft reset: data registers back to 0x80000
-    _expect_oserror(bme.read, "0x76", "temperature")
+    expect_oserror(bme.read, "0x76", "temperature")
 
 
 # ------------------------------------------------------------------ register map details

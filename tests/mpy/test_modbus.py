@@ -76,7 +76,7 @@ def test_flow_meter_float_and_32_bit_total_and_error_flags():
 def test_exception_timeout_crc_and_wrong_line_settings_are_clear_errors():
     slave = _board(address=1)
     a = _adapter({"registers": [{"reg": 9, "fn": 4, "channel": "ph"}], "retries": 2})
-    msg = _err(a, "modbus@uart2:1: ph (fn 4 reg 9)", "exception 2 (illegal data address)")
+    _err(a, "modbus@uart2:1: ph (fn 4 reg 9)", "exception 2 (illegal data address)")
     assert slave.requests == 1  # an exception is an answer: not retried
     b = _adapter({"registers": _PROBE[:1], "timeout_ms": 50})
     machine.vboard_set_env(faults={"uart2:1": "absent"})

@@ -10,6 +10,7 @@ import config
 import cfg_i2c  # noqa: F401 - loaded once: sensors then keeps it (no recompiling)
 import sensors
 import sht4x
+from driver_support import expect_oserror
 
 _DIR = "vb_sht4x"
 
@@ -24,16 +25,6 @@ def _board(address=0x44, faults=None):
     if faults:
         machine.vboard_set_env(faults=faults)
     return machine.I2C(0, scl=machine.Pin(22), sda=machine.Pin(21)), b
-
-
-def _raises(fn, *needles):
-    try:
-        fn()
-    except OSError as exc:
-        for n in needles:
-            assert n in str(exc), (n, str(exc))
-        return
-    raise AssertionError("no OSError")
 
 
 def test_crc_of_beef_is_0x92_as_in_the_datasheet():
@@ -69,18 +60,18 @@ def test_datasheet_conversion_end_points():
 
 def test_missing_part_early_read_bad_crc_and_stuck_conversion_are_errors():
     i2c, _ = _board()
-    _raises(lambda: sht4x.SHT4x(i2c, address=0x45), "SHT4x not found at 0x45")
+    expect_oserror(lambda: sht4x.SHT4x(i2c, address=0x45), "SHT4x not found at 0x45")
     dev = sht4x.SHT4x(i2c)
     dev.start()
-    _raises(dev.read, "SHT4x at 0x44: no result")  # read before the 8.3 ms conversion
+    expect_oserror(dev.read, "SHT4x at 0x44: no result")  # read before the 8.3 ms conversion
     machine.vboard_set_env(faults={"i2c0:0x44": "crc"})
     time.sleep_ms(dev.start())
-    _raises(dev.read, "CRC error in the first word", "expected 0x")
+    expect_oserror(dev.read, "CRC error in the first word", "expected 0x")
     machine.vboard_set_env(faults={"i2c0:0x44": "busy"})
     time.sleep_ms(dev.start())
-    _raises(dev.read, "no result")
+    expect_oserror(dev.read, "no result")
     machine.vboard_set_env(faults={"i2c0": "timeout"})
-    _raises(dev.start)
+    expect_oserror(dev.start)
 
 
 def test_adapter_gives_channel_values_and_errors():
