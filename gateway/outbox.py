@@ -510,10 +510,9 @@ class Outbox:
         database (the WAL's newer pages included). What `[outbox] max_bytes` bounds. SQLite
         reuses the pages of deleted rows and never shrinks the file by itself, so the file's
         size (`file_bytes`) stays at its largest and would keep a drained outbox "full"."""
-        page_size = self.db.execute("PRAGMA page_size").fetchone()[0]
-        pages = self.db.execute("PRAGMA page_count").fetchone()[0]
-        free = self.db.execute("PRAGMA freelist_count").fetchone()[0]
-        return (pages - free) * page_size
+        return self.db.execute(
+            "SELECT (c.page_count - f.freelist_count) * s.page_size FROM pragma_page_count() c, "
+            "pragma_freelist_count() f, pragma_page_size() s").fetchone()[0]
 
     def file_bytes(self) -> int:
         """Disk taken by the database file and its WAL."""
