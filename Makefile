@@ -3,6 +3,8 @@
 #   make demo [DURATION=20]   the product on one machine: broker, gateway, three virtual nodes
 #   make test                 the whole suite (MicroPython side, gateway, end to end)
 #   make firmware             .mpy builds of firmware/ + drivers/ for xtensawin and rv32imc
+#   make image BOARD=NAME     the node's MicroPython image, firmware frozen in: build/image/NAME/
+#                             (needs ESP-IDF and a MicroPython checkout: docs/board-bringup.md)
 #   make bench                every tests/bench/bench_*.py: figures against baselines measured in the same run
 #   make setup                venv, Mosquitto, MicroPython unix port (see host_tools/toolchain)
 
@@ -11,7 +13,7 @@ PY        := $(VENV)/bin/python
 DURATION  ?= 0
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo firmware bench clean
+.PHONY: setup test demo firmware image bench clean
 
 setup:
 	@bash host_tools/toolchain/setup.sh
@@ -24,6 +26,19 @@ demo: setup
 
 firmware: setup
 	$(PY) -m host_tools.firmware_build --out build/firmware
+
+# `image` needs the venv's Python and nothing else of `setup`, which it runs only when there is
+# no venv yet. What the build needs is checked first (host_tools/image.py --check): a missing
+# piece stops make through $(error), so it is that one line, not followed by make's own
+# "*** [image] Error 1" line.
+IMAGE_CHECK = $(shell $(PY) -m host_tools.image --check --board '$(BOARD)' 2>&1 >/dev/null)
+
+image: $(PY)
+	$(if $(IMAGE_CHECK),$(error $(IMAGE_CHECK)))
+	@$(PY) -m host_tools.image --board '$(BOARD)' --out build/image
+
+$(PY):
+	@bash host_tools/toolchain/setup.sh
 
 bench: setup
 	@set -e; for b in tests/bench/bench_*.py; do echo "== $$b"; $(PY) $$b; done

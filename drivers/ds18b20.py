@@ -4,7 +4,7 @@
     from ds18b20 import DS18B20
     bus = DS18B20(onewire.OneWire(machine.Pin(4)))
     roms = bus.search()                       # every DS18B20 on the line, sorted
-    await asyncio.sleep_ms(bus.start(roms[0]))  # 750 ms at 12 bits: the scheduler waits
+    await asyncio.sleep_ms(bus.start(roms[0]))  # at most 750 ms at 12 bits (or poll done())
     temp_cC = bus.read(roms[0])               # 2153
 
 Hand-written rather than micropython-lib's ds18x20: integers instead of floats, a CRC check on
@@ -24,7 +24,15 @@ nearest, halves away from zero (-10.125 -> -1013). The scratchpad reads +85 degC
 power-on until a conversion completes, so that exact value is refused as "not converted" (a
 probe that lost its supply, typically in parasite mode): a real 85.00 degC reading is lost,
 which no water or air probe will see.
+
+Conversion time: 750 ms at most at 12 bits. A probe with its own supply answers read slots
+after CONVERT T with 0 while converting and 1 when done (datasheet, "CONVERT T [44h]"), so the
+node polls every 20 ms and reads as soon as the probe is done, never later than 750 ms. Those
+read slots answer only until the next reset: when another probe's command went out on the bus
+meanwhile, the node waits the full 750 ms instead.
 """
+
+from time import ticks_diff, ticks_ms
 
 from micropython import const
 
@@ -35,6 +43,7 @@ _READ_SCRATCH = const(0xBE)
 _FAMILY = const(0x28)
 _POWER_ON = const(0x0550)
 _CONVERT_MS = const(750)
+_POLL_MS = const(20)
 
 
 def crc8(data, n=None):
@@ -59,6 +68,7 @@ class DS18B20:
         self._ow = ow
         self._name = name
         self._sp = bytearray(9)
+        self.resets = 0  # reset pulses sent: a conversion's read slots end at the next one
 
     def search(self):
         """ROMs of every DS18B20 on the bus, sorted; raises OSError when no part answers the
@@ -102,22 +112,31 @@ class DS18B20:
         found.sort()
         return found
 
-    def start(self, rom):
-        """Starts a conversion on one probe; returns the ms to wait before read()."""
+    def _select(self, rom):
         ow = self._ow
+        self.resets += 1
         if not ow.reset():
             raise OSError("%s: no presence pulse" % self._name)
         ow.writebyte(_MATCH_ROM)
         ow.write(rom)
-        ow.writebyte(_CONVERT_T)
+
+    def start(self, rom):
+        """Starts a conversion on one probe; returns the most ms it takes (750 at 12 bits):
+        read() after that long, or as soon as done(mark) says so, `mark` being `resets` read
+        right after this call."""
+        self._select(rom)
+        self._ow.writebyte(_CONVERT_T)
         return _CONVERT_MS
+
+    def done(self, mark):
+        """True when the conversion started at `mark` has finished, by the probe's read slot;
+        False while it converts, and whenever the bus was reset since (the read slots no
+        longer answer for that conversion: wait the full time)."""
+        return mark == self.resets and self._ow.readbit() == 1
 
     def read(self, rom):
         ow = self._ow
-        if not ow.reset():
-            raise OSError("%s: no presence pulse" % self._name)
-        ow.writebyte(_MATCH_ROM)
-        ow.write(rom)
+        self._select(rom)
         ow.writebyte(_READ_SCRATCH)
         sp = self._sp
         ow.readinto(sp)
@@ -173,5 +192,12 @@ class DS18B20Sensor:
         self.key = channels.key(channels.TEMPERATURE, spec["instance"])
 
     async def sample(self):
-        await self._sleep_ms(self.dev.start(self.rom))
-        return {self.key: self.dev.read(self.rom)}
+        dev = self.dev
+        most = dev.start(self.rom)
+        mark = dev.resets
+        t0 = ticks_ms()
+        while ticks_diff(ticks_ms(), t0) < most:
+            await self._sleep_ms(_POLL_MS)
+            if dev.done(mark):
+                break
+        return {self.key: dev.read(self.rom)}

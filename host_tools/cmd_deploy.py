@@ -2,20 +2,29 @@
 
     meterlink deploy --board esp32-devkitc [--port /dev/ttyUSB0] [--dry-run]
 
-1. compiles `firmware/` and `drivers/` with mpy-cross for the board's architecture (cached
-   by content in .cache/firmware/); a driver that another board file lists in `drivers` but
-   this one does not is left off the node;
-2. stops the node (Ctrl-C, soft reset into the raw REPL: a clean heap, main.py not running),
-   checks the chip against the board file, and asks the node for the SHA-256 of every file
-   it has under those names (hashlib on the device: nothing is read back over the wire);
-3. copies only the files whose hash differs: each is written to `NAME.new`, its hash checked
+What goes on the node depends on the image it was flashed with, which deploy asks the node:
+
+- the **meterlink image** (`make image`, `meterlink flash`): the firmware is frozen into it and
+  runs from flash. Only `boot.py` and `main.py` go on the filesystem; a copy of a frozen
+  module found there (an earlier deploy's .mpy) is removed, since it would take the frozen
+  one's place and load its code into the heap. Changing the firmware itself means a new image.
+- a **stock MicroPython image**: `firmware/` and `drivers/` compiled with mpy-cross for the
+  board's architecture (cached by content in .cache/firmware/); a driver that another board
+  file lists in `drivers` but this one does not is left off the node. Their bytecode loads
+  into the heap, which bounds what such a node can carry (docs/node-memory.md).
+
+1. stops the node (Ctrl-C, soft reset into the raw REPL: a clean heap, main.py not running),
+   checks the chip against the board file, asks whether the image has the firmware frozen in,
+   and asks for the SHA-256 of every file it has under the names concerned (hashlib on the
+   device: nothing is read back over the wire);
+2. copies only the files whose hash differs: each is written to `NAME.new`, its hash checked
    on the device, then renamed over the old one, so a cut cable or a power loss mid-copy leaves
    the old file whole (such halves are removed by the next deploy); modules that an earlier
    deploy put there and this one no longer has are removed (the list is kept on the device in
    `.deploy.json`; nothing else is ever deleted: config.json, the queue and counters stay);
-4. soft-resets the node: boot.py, main.py, the node runs the new firmware.
+3. soft-resets the node: boot.py, main.py, the node runs the new firmware.
 
-`--dry-run` stops after step 2 and lists what would change. Exit status 0 when the node has
+`--dry-run` stops after step 1 and lists what would change. Exit status 0 when the node has
 exactly the built firmware.
 """
 
@@ -30,7 +39,7 @@ import sys
 import time
 
 from gateway.errors import UserError
-from host_tools import device
+from host_tools import device, firmware_build, toolchain
 from host_tools.device import Device, DeviceError, say
 
 HELP = "compile the firmware for a board and copy what changed to the node (--dry-run lists it)"
@@ -72,6 +81,17 @@ def _free():
     except (AttributeError, OSError):
         s = os.statvfs('.')
     return s[0] * s[4]
+def _image():
+    import sys
+    p = sys.path[:]
+    sys.path[:] = ['.frozen']
+    try:
+        from node import FIRMWARE_VERSION
+        return FIRMWARE_VERSION
+    except ImportError:
+        return None
+    finally:
+        sys.path[:] = p
 """
 
 
@@ -79,6 +99,31 @@ def _remote_state(dev: Device, names: list[str]) -> tuple[list, str, int]:
     """(sha256 hex or None per name, the manifest text, free bytes) from the node."""
     dev.exec(_HASHES % {"manifest": MANIFEST})
     return dev.eval(f"([_h(n) for n in {names!r}], _man(), _free())")
+
+
+def _image_firmware(dev: Device) -> str | None:
+    """The version of the firmware frozen into the node's image, or None for a stock image."""
+    dev.exec(_HASHES % {"manifest": MANIFEST})
+    return dev.eval("_image()")
+
+
+def local_version() -> str:
+    m = re.search(r'^FIRMWARE_VERSION = "([^"]+)"', (toolchain.FIRMWARE_DIR / "node.py").read_text(),
+                  re.M)
+    return m.group(1) if m else "?"
+
+
+def image_files() -> dict[str, bytes]:
+    """What a node with the meterlink image gets on its filesystem: boot.py and main.py."""
+    return {name: (toolchain.FIRMWARE_DIR / name).read_bytes()
+            for name in firmware_build.KEEP_SOURCE}
+
+
+def frozen_copies() -> list[str]:
+    """File names that would take a frozen module's place on a meterlink image (the firmware's
+    modules as .mpy or .py)."""
+    return sorted(src.stem + ext for src in firmware_build.sources()
+                  if src.name not in firmware_build.KEEP_SOURCE for ext in (".mpy", ".py"))
 
 
 def build_parser(parser: argparse.ArgumentParser) -> None:
@@ -157,31 +202,47 @@ def _write_file(dev: Device, name: str, data: bytes, tty: bool) -> None:
 
 def run(args: argparse.Namespace) -> int:
     board = device.load_board(args.board)
-    files = firmware_files(board)
     port = device.pick_port(args.port)
-    names = sorted(files)
     started = time.monotonic()
     with Device(port, soft_reset=True) as dev:
         dev.check_chip(board)
         try:
-            remote, manifest, free = _remote_state(dev, names)
+            image = _image_firmware(dev)
+        except DeviceError as exc:
+            raise UserError(f"the node could not say which image it runs: {exc}") from exc
+        files = image_files() if image else firmware_files(board)
+        names = sorted(files)
+        extra = [n for n in frozen_copies() if n not in files] if image else []
+        try:
+            remote, manifest, free = _remote_state(dev, names + extra)
         except DeviceError as exc:
             raise UserError(f"the node could not list its files: {exc}") from exc
         try:
             previous = set(json.loads(manifest)) if manifest else set()
         except ValueError:
             previous = set()
+        remote, shadows = remote[:len(names)], [n for n, h in zip(extra, remote[len(names):]) if h]
         changed = [n for n, h in zip(names, remote) if h != _sha(files[n])]
-        stale = sorted(previous - set(names))
+        stale = sorted((previous | set(shadows)) - set(names))
         need = sum(len(files[n]) for n in changed)
         size = sum(len(v) for v in files.values())
-        say(f"{board.name} ({board.chip}, {board.mpy_arch}) on {port}: {len(names)} files, "
-            f"{size} bytes; {len(changed)} to copy ({need} bytes), {len(stale)} to remove")
+        if image:
+            say(f"{board.name} ({board.chip}) on {port}: the meterlink image, firmware {image} "
+                f"frozen in; boot.py and main.py on its filesystem")
+            if image != local_version():
+                say(f"  note: this checkout's firmware is {local_version()}: to put it on the node, "
+                    f"`make image BOARD={board.name}` and `meterlink flash --board {board.name}`")
+        else:
+            say(f"{board.name} ({board.chip}, {board.mpy_arch}) on {port}: a stock MicroPython "
+                f"image; the firmware as .mpy files")
+        say(f"  {len(names)} files, {size} bytes; {len(changed)} to copy ({need} bytes), "
+            f"{len(stale)} to remove")
         for n in changed:
             state = "new" if remote[names.index(n)] is None else "changed"
             say(f"  {'would copy' if args.dry_run else 'copy'} {n} ({len(files[n])} bytes, {state})")
         for n in stale:
-            say(f"  {'would remove' if args.dry_run else 'remove'} {n}")
+            why = " (a copy of a frozen module)" if n in shadows else ""
+            say(f"  {'would remove' if args.dry_run else 'remove'} {n}{why}")
         if args.dry_run:
             return 0
         if need > free:
@@ -205,9 +266,10 @@ def run(args: argparse.Namespace) -> int:
         for n in stale:
             dev.exec(f"import os\ntry:\n os.remove({n!r})\nexcept OSError:\n pass")
         dev.exec(f"with open({MANIFEST!r}, 'w') as _m:\n _m.write({json.dumps(names)!r})")
-        # verify: every file of the build is on the node with the right hash
-        final, _, _ = _remote_state(dev, names)
+        # verify: every file of the build is on the node with the right hash, no frozen copy
+        final, _, _ = _remote_state(dev, names + shadows)
         bad = [n for n, h in zip(names, final) if h != _sha(files[n])]
+        bad += [n for n, h in zip(shadows, final[len(names):]) if h is not None]
         if bad:
             raise UserError(f"verification failed for {', '.join(bad)}: deploy again")
         say(f"verified {len(names)} files in {time.monotonic() - started:.1f} s"

@@ -1,6 +1,12 @@
 """`meterlink flash`: writes MicroPython (or any ESP32 image) to a node with esptool.
 
+    meterlink flash --board esp32-devkitc [--erase]         the image `make image` built
     meterlink flash --board esp32-devkitc --firmware ESP32_GENERIC-v1.25.0.bin [--erase]
+
+Without --firmware it writes the meterlink image of the board, the firmware frozen in, that
+`make image BOARD=<board>` left in build/image/<board>/firmware.bin (host_tools/image.py); with
+it, any image, such as MicroPython's own from micropython.org (the firmware then goes on as
+.mpy files, `meterlink deploy`).
 
 Runs esptool (the pinned release, as `python -m esptool`) with the chip and flash offset of
 the board file:
@@ -12,6 +18,10 @@ chip (every write-flash is verified). Before that, the image is checked here: an
 starts with 0xE9 and names its chip in its extended header (byte 12), so a file built for
 another chip is refused before anything is erased. After flashing, the board resets into
 MicroPython; `meterlink deploy` and `meterlink provision` come next.
+
+A meterlink image is written the same way: its firmware.bin spans the bootloader, the partition
+table and the first app slot, and the 0xFF it holds between them clears otadata, so the node
+boots that slot whichever one ran before.
 """
 
 from __future__ import annotations
@@ -23,10 +33,11 @@ import sys
 from pathlib import Path
 
 from gateway.errors import EXIT_INPUT, UserError
-from host_tools import device
+from host_tools import device, image
 from host_tools.device import say
 
-HELP = "write a MicroPython .bin to the node with esptool (chip and offset from the board file)"
+HELP = ("write the board's image (`make image`) or a MicroPython .bin to the node with esptool "
+        "(chip and offset from the board file)")
 BAUD = 460800
 IMAGE_MAGIC = 0xE9
 # esptool's chip ids (image extended header, byte 12)
@@ -36,8 +47,9 @@ CHIP_IDS = {0: "esp32", 2: "esp32s2", 5: "esp32c3", 9: "esp32s3", 12: "esp32c2",
 
 def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--board", required=True, metavar="NAME", help="board file in boards/")
-    parser.add_argument("--firmware", required=True, type=Path, metavar="FILE.bin",
-                        help="the image to write (MicroPython's ESP32_GENERIC*.bin)")
+    parser.add_argument("--firmware", type=Path, metavar="FILE.bin",
+                        help="the image to write (default: build/image/BOARD/firmware.bin, made "
+                             "by `make image BOARD=BOARD`; or MicroPython's ESP32_GENERIC*.bin)")
     parser.add_argument("--erase", action="store_true",
                         help="erase the whole flash first (removes the node's files and config)")
     parser.add_argument("--port", metavar="PORT", help="serial port (default: the only one)")
@@ -82,16 +94,27 @@ def esptool_failure(port: str, board: device.Board, output: str) -> UserError:
                      "board's BOOT button while esptool connects, or try --baud 115200")
 
 
+def default_firmware(board: device.Board) -> Path:
+    """The board's meterlink image from `make image`; UserError naming the fix when absent."""
+    path = image.image_path(board.name)
+    if not path.is_file():
+        raise UserError(f"no image for {board.name}: {path} does not exist; build it with "
+                        f"`make image BOARD={board.name}` (docs/board-bringup.md), or pass "
+                        f"--firmware FILE.bin")
+    return path
+
+
 def run(args: argparse.Namespace) -> int:
     board = device.load_board(args.board)
-    chip = image_chip(args.firmware)
+    firmware = args.firmware or default_firmware(board)
+    chip = image_chip(firmware)
     if chip != board.chip:
-        raise UserError(f"wrong chip: {args.firmware} is built for {chip.upper()} but board file "
+        raise UserError(f"wrong chip: {firmware} is built for {chip.upper()} but board file "
                         f"{board.path.name} is for {board.chip.upper()}: download the image "
                         f"for this chip, or use the right board file", exit_code=EXIT_INPUT)
     port = device.pick_port(args.port)
     device.open_serial(port).close()  # missing, permission, busy: the technician's message
-    argv = esptool_argv(board, port, args.firmware, erase=args.erase, baud=args.baud)
+    argv = esptool_argv(board, port, firmware, erase=args.erase, baud=args.baud)
     say("esptool " + " ".join(argv))
     proc = subprocess.Popen([sys.executable, "-m", "esptool", *argv], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
@@ -102,6 +125,6 @@ def run(args: argparse.Namespace) -> int:
         tail = (tail + chunk)[-8192:]
     if proc.wait() != 0:
         raise esptool_failure(port, board, tail.decode(errors="replace"))
-    say(f"flashed {args.firmware.name} to {port} at 0x{board.flash_offset:x} (verified by "
+    say(f"flashed {firmware.name} to {port} at 0x{board.flash_offset:x} (verified by "
         f"esptool); next: meterlink deploy --board {board.name}")
     return 0

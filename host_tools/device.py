@@ -55,7 +55,8 @@ ERR_BUSY = ("{port} is busy: another program has it open (mpremote, a serial mon
             "`meterlink monitor`, an IDE); close it and try again")
 ERR_NOT_MICROPYTHON = ("no MicroPython REPL on {port}: the board runs other firmware or sits "
                        "in its bootloader; install MicroPython with `meterlink flash --board "
-                       "NAME --firmware FILE.bin`, then press the board's EN/RESET button")
+                       "NAME` (the image `make image` built, or --firmware FILE.bin), then "
+                       "press the board's EN/RESET button")
 ERR_WRONG_CHIP = ("wrong chip: {port} is an {found} but board file {board} is for an "
                   "{expected}; use the board file for this node (`meterlink ports` and "
                   "boards/*.json)")

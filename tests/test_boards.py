@@ -21,8 +21,11 @@ CHIPS = {
     "esp32s3": ("xtensawin", "0x0", 4, set(range(0, 22)), set(range(1, 11)), 48),
     "esp32c3": ("rv32imc", "0x0", 0, set(range(0, 6)), set(range(0, 5)), 21),
 }
-KEYS = {"name", "description", "chip", "mpy_arch", "flash_offset", "heap_budget_kb", "pcnt_units",
-        "wake_pins", "adc_pins", "i2c", "uart", "onewire", "pulse", "adc", "drivers"}
+KEYS = {"name", "description", "chip", "mpy_arch", "flash_offset", "idf_board", "heap_budget_kb",
+        "pcnt_units", "wake_pins", "adc_pins", "i2c", "uart", "onewire", "pulse", "adc", "drivers"}
+# a board definition for MicroPython's ESP32 port (boards/idf/<idf_board>/, `make image`)
+IDF_BOARD_FILES = ("mpconfigboard.cmake", "mpconfigboard.h", "sdkconfig.board", "manifest.py",
+                   "partitions.csv")
 SENSORS = (BOARDS.parent / "firmware" / "sensors.py").read_text()
 DRIVERS = set(re.findall(r'"(\w+)"', re.search(r"^DRIVERS = \(([^)]*)\)", SENSORS, re.M).group(1)))
 
@@ -56,3 +59,31 @@ def test_board_file_matches_its_chip(path):
     assert len(used) == len(set(used)), "a GPIO is given two jobs"
     for d in b["drivers"]:
         assert d in DRIVERS, d
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
+def test_board_file_names_its_board_definition_for_the_esp32_port(path):
+    b = json.loads(path.read_text())
+    folder = BOARDS / "idf" / b["idf_board"]
+    assert folder.is_dir(), folder
+    for name in IDF_BOARD_FILES:
+        assert (folder / name).is_file(), name
+    # built for the board's chip: the ESP-IDF target, and the MCU name MicroPython reports at
+    # the end of sys.implementation._machine ("... with ESP32S3"), where the meterlink tools
+    # read the chip a node has
+    cmake = (folder / "mpconfigboard.cmake").read_text()
+    assert re.search(r"^set\(IDF_TARGET (\w+)\)", cmake, re.M).group(1) == b["chip"]
+    header = (folder / "mpconfigboard.h").read_text()
+    mcu = re.search(r'^#define MICROPY_HW_MCU_NAME\s+"([^"]+)"', header, re.M).group(1)
+    assert mcu.lower().replace("-", "") == b["chip"]
+    # the flash size it is built for is the module's
+    sdkconfig = (folder / "sdkconfig.board").read_text()
+    [mb] = re.findall(r"^CONFIG_ESPTOOLPY_FLASHSIZE_(\d+)MB=y$", sdkconfig, re.M)
+    assert f"{mb} MB flash" in b["description"]
+
+
+def test_each_board_definition_belongs_to_one_board_file():
+    named = [json.loads(p.read_text())["idf_board"] for p in FILES]
+    assert len(named) == len(set(named))
+    folders = {p.name for p in (BOARDS / "idf").iterdir() if p.is_dir()}
+    assert folders == set(named)

@@ -1,12 +1,15 @@
 """`meterlink deploy` against the virtual board on a pty, through mpremote's serial transport:
-files land byte for byte, hashes verify, a second deploy copies nothing, only changed files
-are copied, stale modules go, and the technician's errors (wrong chip, out of flash)."""
+on a stock MicroPython image the firmware's .mpy files land byte for byte, hashes verify, a
+second deploy copies nothing, only changed files are copied, stale modules go; on the
+meterlink image only boot.py and main.py go on the node and copies of frozen modules are
+removed; and the technician's errors (wrong chip, out of flash)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,10 +23,20 @@ from host_tools.vboard.pty_repl import PtyBoard
 pytestmark = pytest.mark.slow
 BOARD = "esp32-devkitc"
 MPREMOTE = str(Path(sys.executable).with_name("mpremote"))
+VERSION = re.search(r'FIRMWARE_VERSION = "([^"]+)"',
+                    (cmd_deploy.toolchain.FIRMWARE_DIR / "node.py").read_text()).group(1)
 
 
 @pytest.fixture
 def board(tmp_path):
+    """A board flashed with a stock MicroPython image."""
+    with PtyBoard(tmp_path / "node", form="mpy") as b:
+        yield b
+
+
+@pytest.fixture
+def image_board(tmp_path):
+    """A board flashed with the meterlink image (the firmware frozen in)."""
     with PtyBoard(tmp_path / "node") as b:
         yield b
 
@@ -76,8 +89,36 @@ def test_deploy_copies_the_build_then_nothing_then_only_what_changed(board, caps
     assert (board.flash / "config.json").read_text() == "{}"
 
 
+def test_on_the_meterlink_image_deploy_writes_boot_and_main_and_removes_frozen_copies(
+        image_board, capsys):
+    board = image_board
+    build = cmd_deploy.firmware_files(device.load_board(BOARD))  # the .mpy form's files
+    # an earlier deploy (before the node got the image) left .mpy copies of frozen modules,
+    # one listed in .deploy.json, one copied by hand: either would load into the heap
+    (board.flash / "node.mpy").write_bytes(build["node.mpy"])
+    (board.flash / "wire.py").write_text("raise ImportError('shadowing the frozen wire')\n")
+    (board.flash / ".deploy.json").write_text(json.dumps(["node.mpy"]))
+    (board.flash / "config.json").write_text("{}")
+
+    rc, out, err = deploy(capsys, board.port)
+    assert rc == 0, err
+    assert f"the meterlink image, firmware {VERSION} frozen in" in out, out
+    assert "2 files" in out and "2 to copy" in out and "2 to remove" in out, out
+    assert "remove node.mpy (a copy of a frozen module)" in out
+    assert "remove wire.py (a copy of a frozen module)" in out
+    assert sorted(p.name for p in board.flash.iterdir()) == [
+        ".deploy.json", "boot.py", "config.json", "main.py"]
+    for name in ("boot.py", "main.py"):
+        assert (board.flash / name).read_bytes() == (cmd_deploy.toolchain.FIRMWARE_DIR / name).read_bytes()
+    assert json.loads((board.flash / ".deploy.json").read_text()) == ["boot.py", "main.py"]
+
+    rc, out, err = deploy(capsys, board.port)
+    assert rc == 0, err
+    assert "0 to copy (0 bytes), 0 to remove" in out
+
+
 def test_deploy_refuses_a_board_file_for_another_chip(tmp_path, capsys):
-    with PtyBoard(tmp_path / "s3", board=default_board(chip="esp32s3")) as b:
+    with PtyBoard(tmp_path / "s3", board=default_board(chip="esp32s3"), form="mpy") as b:
         rc, out, err = deploy(capsys, b.port)
     assert rc == 1
     assert ("wrong chip: " + b.port + " is an ESP32S3 but board file esp32-devkitc.json is for "

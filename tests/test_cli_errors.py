@@ -23,7 +23,8 @@ ROOT = device.toolchain.ROOT
 
 @pytest.fixture
 def board(tmp_path):
-    with PtyBoard(tmp_path / "node") as b:
+    """A board as micropython.org's stock image leaves it: MicroPython and no firmware."""
+    with PtyBoard(tmp_path / "node", form="mpy") as b:
         assert b.wait_ready()
         yield b
 

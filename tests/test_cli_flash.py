@@ -1,6 +1,7 @@
 """`meterlink flash` (no chip attached): the exact esptool invocation per board file, checked
-by esptool's own argument parser, and the image checks that refuse a wrong file before
-anything is erased."""
+by esptool's own argument parser, the image checks that refuse a wrong file before anything is
+erased, and the default image (`make image`'s build/image/<board>/firmware.bin) when no
+--firmware is given."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import click
 import esptool
 import pytest
 
-from host_tools import cli, cmd_flash, device
+from host_tools import cli, cmd_flash, device, image as image_build
 
 
 def esptool_parse(argv: list[str]) -> tuple[dict, dict]:
@@ -36,6 +37,8 @@ def image(tmp_path, chip_id: int, name="fw.bin"):
     return path
 
 
+CHIP_IDS = {"esp32": 0, "esp32s3": 9, "esp32c3": 5}  # esptool's ids, image header byte 12
+
 EXPECTED = {  # board file -> (chip, offset): from the boards' own documentation
     "esp32-devkitc": ("esp32", "0x1000"),
     "esp32s3-devkitc": ("esp32s3", "0x0"),
@@ -46,7 +49,7 @@ EXPECTED = {  # board file -> (chip, offset): from the boards' own documentation
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_esptool_invocation_per_board_passes_esptool_validation(name, tmp_path):
     board = device.load_board(name)
-    fw = image(tmp_path, {"esp32": 0, "esp32s3": 9, "esp32c3": 5}[board.chip])
+    fw = image(tmp_path, CHIP_IDS[board.chip])
     chip, offset = EXPECTED[name]
     argv = cmd_flash.esptool_argv(board, "/dev/ttyUSB0", fw, erase=True)
     assert argv == ["--chip", chip, "--port", "/dev/ttyUSB0", "--baud", "460800",
@@ -105,3 +108,61 @@ def test_esptool_failures_become_one_line_with_the_fix():
     out = "A fatal error occurred: Failed to connect to ESP32: No serial data received."
     assert "hold the board's BOOT button" in str(
         cmd_flash.esptool_failure("/dev/ttyUSB0", board, out))
+
+
+@pytest.fixture
+def image_dir(tmp_path, monkeypatch):
+    """`make image`'s output folder, empty, in place of the checkout's build/image."""
+    out = tmp_path / "image"
+    monkeypatch.setattr(image_build, "IMAGE_DIR", out)
+    return out
+
+
+def made_image(out, board_name: str, chip_id: int):
+    """What `make image BOARD=board_name` leaves: OUT/<board>/firmware.bin."""
+    (out / board_name).mkdir(parents=True)
+    return image(out / board_name, chip_id, name="firmware.bin")
+
+
+def test_firmware_is_optional():
+    args = cli.build_parser().parse_args(["flash", "--board", "esp32-devkitc"])
+    assert args.firmware is None
+
+
+def test_without_firmware_and_without_an_image_it_says_to_run_make_image(image_dir, capsys):
+    rc = cli.main(["flash", "--board", "esp32c3-devkitm", "--port", "/x"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert err == (f"meterlink: no image for esp32c3-devkitm: {image_dir}/esp32c3-devkitm/"
+                   f"firmware.bin does not exist; build it with `make image BOARD=esp32c3-devkitm`"
+                   f" (docs/board-bringup.md), or pass --firmware FILE.bin\n")
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_without_firmware_the_board_image_is_flashed(name, image_dir, tmp_path):
+    board = device.load_board(name)
+    fw = made_image(image_dir, name, CHIP_IDS[board.chip])
+    assert cmd_flash.default_firmware(board) == fw
+    chip, offset = EXPECTED[name]
+    _, sub = esptool_parse(cmd_flash.esptool_argv(board, "/dev/ttyUSB0", fw, erase=False))
+    [(addr, f)] = sub["addr_filename"]
+    f.close()
+    assert addr == int(offset, 16) and f.name == str(fw)
+
+
+def test_the_default_image_passes_the_chip_check(image_dir, tmp_path, capsys):
+    made_image(image_dir, "esp32s3-devkitc", 9)
+    missing = tmp_path / "no-such-port"
+    rc = cli.main(["flash", "--board", "esp32s3-devkitc", "--port", str(missing)])
+    # past the image checks, it stops at the port: nothing to erase or write
+    assert rc == 1
+    assert capsys.readouterr().err == "meterlink: " + device.ERR_PORT_MISSING.format(
+        port=missing) + "\n"
+
+
+def test_the_default_image_gets_the_chip_check_too(image_dir, capsys):
+    fw = made_image(image_dir, "esp32-devkitc", 5)  # an ESP32-C3 image in the ESP32's place
+    rc = cli.main(["flash", "--board", "esp32-devkitc", "--port", "/x"])
+    assert rc == 2
+    assert (f"wrong chip: {fw} is built for ESP32C3 but board file esp32-devkitc.json is for "
+            f"ESP32") in capsys.readouterr().err

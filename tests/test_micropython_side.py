@@ -1,7 +1,7 @@
 """Runs the MicroPython-side unit tests (tests/mpy/test_*.py) in the real MicroPython unix port,
-with the firmware, drivers and virtual-board modules on MICROPYPATH exactly as a node gets them
-(firmware/ and drivers/ compiled with mpy-cross: a module as large as node.py cannot even be
-compiled on the device inside its heap), inside the 96 KB heap budget of a small ESP32."""
+with the firmware, drivers and virtual-board modules as a node with the meterlink image has
+them (frozen into the 32-bit build: code outside the heap), inside the 96 KB heap budget of a
+small ESP32."""
 
 import subprocess
 from pathlib import Path
@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from host_tools import toolchain
-from host_tools.vboard.node import compiled_firmware
 
 MPY_TESTS = Path(__file__).parent / "mpy"
 MODULES = sorted(p.stem for p in MPY_TESTS.glob("test_*.py"))
@@ -18,7 +17,7 @@ HEAP = "96K"
 
 @pytest.mark.parametrize("module", MODULES)
 def test_micropython_module(module, tmp_path):
-    env = {"MICROPYPATH": toolchain.micropypath(MPY_TESTS, compiled_firmware("xtensawin")),
+    env = {"MICROPYPATH": toolchain.micropypath(MPY_TESTS),
            "PATH": "/usr/bin:/bin",
            "METERLINK_ROOT": str(toolchain.ROOT)}
     proc = subprocess.run(

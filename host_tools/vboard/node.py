@@ -1,7 +1,13 @@
 """Runs a virtual node: the real `firmware/` and `drivers/` in the MicroPython unix port, with
 the virtual board's hardware modules (`host_tools/vboard/mpy`, frozen into the build) standing
-in for the ESP32's. The node runs what a device runs: the .mpy files mpy-cross makes for the
-board's architecture, in a 96 KB heap.
+in for the ESP32's. The node runs what a device runs, in a 96 KB heap, in one of two forms:
+
+- "image" (the default): the meterlink image, the firmware frozen into the 32-bit unix-port
+  build by the manifest the ESP32 image uses (boards/manifest.py), and boot.py and main.py on
+  the node's filesystem, as `meterlink deploy` leaves a node flashed with that image;
+- "mpy": a stock MicroPython build with the firmware as the .mpy files mpy-cross makes for the
+  board's architecture (what `meterlink deploy` copies to a node with a stock image); their
+  bytecode is loaded into the heap.
 
 The heap: the firmware gets 96 KB of MicroPython heap, like a small ESP32. The virtual board's
 own objects (the `machine`/`network` modules and the sensor models, which are C code and
@@ -37,6 +43,11 @@ import time
 from pathlib import Path
 
 from gateway.stats import write_json_atomic
+from host_tools import firmware_build, process, toolchain
+
+DEFAULT_HEAP = "96K"
+FORMS = {"image": "image", "mpy": "stock"}  # firmware form -> unix-port build it runs on
+BOOT_FILES = ("boot.py", "main.py")  # on the node's filesystem in the image form too
 
 
 def read_json(path: Path):
@@ -44,9 +55,6 @@ def read_json(path: Path):
         return json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
-from host_tools import firmware_build, process, toolchain
-
-DEFAULT_HEAP = "96K"
 
 _PROBE = """
 import gc
@@ -94,11 +102,11 @@ def _heap_bytes(text: str) -> int:
 _allowances: dict[str, int] = {}
 
 
-def vboard_allowance(board_json: Path, adc_pins: tuple[int, ...] = ()) -> int:
+def vboard_allowance(board_json: Path, adc_pins: tuple[int, ...] = (), form: str = "image") -> int:
     """Bytes of unix-port heap the virtual board itself uses for this board (see above) and
-    the ADC pins the node reads, rounded up to 256 bytes; measured once per board description
-    and process."""
-    key = Path(board_json).read_text() + repr(tuple(adc_pins))
+    the ADC pins the node reads, rounded up to 256 bytes, in the build of `form`; measured
+    once per board description and process."""
+    key = Path(board_json).read_text() + repr(tuple(adc_pins)) + form
     if key not in _allowances:
         import tempfile
 
@@ -107,7 +115,7 @@ def vboard_allowance(board_json: Path, adc_pins: tuple[int, ...] = ()) -> int:
             (Path(tmp) / "flash").mkdir()
             probe = f"ADC_PINS = {tuple(adc_pins)!r}\n" + _PROBE
             out = subprocess.run(
-                [toolchain.micropython(), "-X", "heapsize=1M", "-c", probe],
+                [toolchain.micropython(FORMS[form]), "-X", "heapsize=1M", "-c", probe],
                 cwd=Path(tmp) / "flash", capture_output=True, text=True, timeout=60,
                 env={"PATH": "/usr/bin:/bin", "MICROPYPATH": ".frozen", "VBOARD_DIR": tmp})
         for line in out.stdout.splitlines():
@@ -178,7 +186,10 @@ class VirtualNode:
 
     def __init__(self, root: str | Path, *, node_id: str, broker: tuple[str, int],
                  interval_s: int = 10, config: dict | None = None, board: dict | None = None,
-                 heap: str = DEFAULT_HEAP) -> None:
+                 heap: str = DEFAULT_HEAP, form: str = "image") -> None:
+        if form not in FORMS:
+            raise ValueError(f"form must be one of {', '.join(FORMS)}: got {form!r}")
+        self.form = form
         self.root = Path(root)
         self.node_id = node_id
         self.flash = self.root / "flash"
@@ -218,8 +229,8 @@ class VirtualNode:
         write_json_atomic(self.root / "env.json", env)
 
     def firmware_dir(self) -> Path:
-        """The firmware as a device gets it: firmware/ + drivers/ compiled with mpy-cross for
-        the board's architecture (cached by content), boot.py and main.py as source."""
+        """The .mpy form's firmware: firmware/ + drivers/ compiled with mpy-cross for the
+        board's architecture (cached by content), boot.py and main.py as source."""
         return compiled_firmware(self.arch)
 
     @property
@@ -227,20 +238,31 @@ class VirtualNode:
         board = json.loads((self.root / "board.json").read_text())
         return "rv32imc" if board.get("chip") == "esp32c3" else "xtensawin"
 
+    def allowance(self) -> int:
+        """The virtual board's own heap for this node (see vboard_allowance)."""
+        return vboard_allowance(self.root / "board.json", self.adc_pins(), self.form)
+
     def command(self) -> list[str]:
-        heap = _heap_bytes(self.heap) + vboard_allowance(self.root / "board.json",
-                                                          self.adc_pins())
-        return [toolchain.micropython(), "-X", f"heapsize={heap}", "-c", BOOT]
+        heap = _heap_bytes(self.heap) + self.allowance()
+        return [toolchain.micropython(FORMS[self.form]), "-X", f"heapsize={heap}", "-c", BOOT]
 
     def adc_pins(self) -> tuple[int, ...]:
         return config_adc_pins(self.flash)
 
     def environ(self) -> dict[str, str]:
-        return {
-            "PATH": "/usr/bin:/bin",
-            "MICROPYPATH": f".frozen:{self.firmware_dir()}",
-            "VBOARD_DIR": str(self.root),
-        }
+        """The image form finds boot.py and main.py on the filesystem (the process's working
+        directory: a device's sys.path starts with it) and the rest frozen; the .mpy form
+        finds everything in the compiled firmware."""
+        if self.form == "image":
+            path = ":.frozen"
+            for name in BOOT_FILES:
+                src = toolchain.FIRMWARE_DIR / name
+                if not (self.flash / name).exists() or \
+                        (self.flash / name).read_bytes() != src.read_bytes():
+                    shutil.copyfile(src, self.flash / name)
+        else:
+            path = f"{self.firmware_dir()}:.frozen"
+        return {"PATH": "/usr/bin:/bin", "MICROPYPATH": path, "VBOARD_DIR": str(self.root)}
 
     def start(self, *, restart_on_reset: bool = True, sleep_scale: float = 1.0) -> "VirtualNode":
         """Powers the node on. Like a device, it starts again by itself after machine.reset()

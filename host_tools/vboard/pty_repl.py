@@ -39,9 +39,14 @@ The heap is what `VirtualNode` gives the node: 96 KB plus the measured allowance
 virtual board's own models (`vboard_allowance`), so the firmware started by main.py runs here
 as it runs there.
 
+The board runs one of the two images `VirtualNode` knows (`form`): "image", the meterlink
+image with the firmware frozen in (the default: what `make image` builds and `meterlink flash`
+writes), or "mpy", a stock MicroPython image whose firmware comes as .mpy files.
+
 The node's folder is the one `VirtualNode` uses (flash/, board.json, env.json); the flash
-folder starts empty unless the caller fills it (a board fresh from `esptool`: MicroPython and
-nothing else), and `meterlink deploy` puts the firmware there. `console.log` in the folder
+folder starts empty unless the caller fills it (a board fresh from `esptool`: the image and
+nothing else), and `meterlink deploy` puts boot.py and main.py there (and, on a stock image,
+the firmware's .mpy files). `console.log` in the folder
 gets a copy of everything the board printed.
 """
 
@@ -62,8 +67,8 @@ from pathlib import Path
 
 from gateway.stats import write_json_atomic
 from host_tools import process, toolchain
-from host_tools.vboard.node import (DEFAULT_HEAP, _heap_bytes, config_adc_pins, default_board,
-                                   vboard_allowance)
+from host_tools.vboard.node import (DEFAULT_HEAP, FORMS, _heap_bytes, config_adc_pins,
+                                   default_board, vboard_allowance)
 
 AGENT = "import repl_agent"  # frozen: host_tools/vboard/mpy/repl_agent.py
 RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
@@ -101,7 +106,10 @@ class PtyBoard:
     its own I/O thread."""
 
     def __init__(self, root: str | Path, *, board: dict | None = None,
-                 heap: str = DEFAULT_HEAP) -> None:
+                 heap: str = DEFAULT_HEAP, form: str = "image") -> None:
+        if form not in FORMS:
+            raise ValueError(f"form must be one of {', '.join(FORMS)}: got {form!r}")
+        self.form = form
         self.root = Path(root)
         self.flash = self.root / "flash"
         self.flash.mkdir(parents=True, exist_ok=True)
@@ -190,12 +198,13 @@ class PtyBoard:
         """The node's heap plus what the virtual board's own models take (as `VirtualNode`
         runs it; the REPL agent is frozen and takes none)."""
         return _heap_bytes(self.heap) + vboard_allowance(self.root / "board.json",
-                                                          config_adc_pins(self.flash))
+                                                          config_adc_pins(self.flash), self.form)
 
     def _spawn(self) -> None:
         ctl_r, ctl_w = os.pipe()
         self._proc = subprocess.Popen(
-            [toolchain.micropython(), "-X", f"heapsize={self.heap_bytes()}", "-c", AGENT],
+            [toolchain.micropython(FORMS[self.form]), "-X", f"heapsize={self.heap_bytes()}",
+             "-c", AGENT],
             cwd=self.flash, env={**self.environ(), "REPL_CTL_FD": str(ctl_w)},
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             pass_fds=(ctl_w,), start_new_session=True)

@@ -18,14 +18,14 @@ from driver_support import adapter, expect_oserror
 _DIR = "vb_ds18b20"
 
 
-def _board(*temps):
+def _board(*temps, conv_ms=750):
     try:
         os.remove(_DIR + "/env.json")
     except OSError:
         pass
     machine.vboard_configure(_DIR, {"chip": "esp32"})
     # serials chosen so the ROMs share long prefixes: the search must resolve deep conflicts
-    return [attach(4, Probe(serial=s, temp_c=t))
+    return [attach(4, Probe(serial=s, temp_c=t, conv_ms=conv_ms))
             for s, t in zip((0x0000A5, 0x0000A4, 0x8000A5, 0x000125), temps)]
 
 
@@ -114,3 +114,73 @@ def test_config_errors_name_the_field():
                                          "rom": "28ff4a1c0a00005f"}]}, {})
     assert any("sensors[0].rom must be the probe's ROM as 16 hex digits" in e
                for e in c.errors), c.errors
+
+
+def _timed(coro):
+    t0 = time.ticks_ms()
+    values = asyncio.run(coro)
+    return values, time.ticks_diff(time.ticks_ms(), t0)
+
+
+def test_a_reading_ends_when_the_probe_says_its_conversion_is_done():
+    # a probe that converts in 120 ms is read after about that long, not after 750 ms
+    probes = _board(4.0, conv_ms=120)
+    values, ms = _timed(_adapter({"index": 0}).sample())
+    assert values == {1: 400}, values
+    assert 120 <= ms < 300, ms
+    # the datasheet's slowest probe: read after its full 750 ms, never before
+    probes[0].conv_ms = 750
+    values, ms = _timed(_adapter({"index": 0}).sample())
+    assert values == {1: 400} and 750 <= ms < 950, (values, ms)
+
+
+def test_a_line_shorted_during_the_conversion_is_waited_out_then_reported():
+    # a shorted line reads 0 in every slot, which is also "still converting": the node waits
+    # the full 750 ms, then the read finds no presence pulse
+    _board(4.0, conv_ms=120)
+    a = _adapter({"index": 0})
+
+    async def short_it():
+        await asyncio.sleep_ms(5)  # the conversion has started
+        machine.vboard_set_env(faults={"onewire4": "short"})
+
+    async def run():
+        asyncio.create_task(short_it())
+        t0 = time.ticks_ms()
+        try:
+            await a.sample()
+        except OSError as exc:
+            return str(exc), time.ticks_diff(time.ticks_ms(), t0)
+        raise AssertionError("no OSError")
+
+    msg, ms = asyncio.run(run())
+    assert "no presence pulse" in msg and 750 <= ms < 950, (msg, ms)
+
+
+def test_two_probes_on_one_bus_read_at_once_wait_out_each_others_commands():
+    # probe 1's commands reset the bus while probe 0 converts: probe 0's read slots then answer
+    # for nothing, so its reading waits the full 750 ms instead of trusting them
+    probes = _board(4.0, 5.5, conv_ms=120)
+    roms = sorted(p.rom for p in probes)
+    by_rom = dict((p.rom, p) for p in probes)
+    c = config._Checker()
+    out = {}
+    sensors.validate_hw(c, {"sensors": [{"driver": "ds18b20", "pin": 4, "index": i, "instance": i}
+                                        for i in (0, 1)]}, out)
+    hw = sensors.Hardware(out)  # as on a node: the probes of a bus share one bus object
+    a0, a1 = [sensors.create(spec, hw) for spec in out["sensors"]]
+    assert a0.dev is a1.dev
+
+    async def both():
+        t0 = time.ticks_ms()
+        t = asyncio.create_task(a0.sample())
+        await asyncio.sleep_ms(0)  # a0 has sent CONVERT T and waits
+        v1 = await a1.sample()
+        ms1 = time.ticks_diff(time.ticks_ms(), t0)
+        v0 = await t
+        return v0, v1, ms1, time.ticks_diff(time.ticks_ms(), t0)
+
+    v0, v1, ms1, ms0 = asyncio.run(both())
+    assert v0 == {1: int(by_rom[roms[0]].temp_c * 100)}, v0
+    assert v1 == {65: int(by_rom[roms[1]].temp_c * 100)}, v1
+    assert ms1 < 300 and 750 <= ms0 < 950, (ms1, ms0)
