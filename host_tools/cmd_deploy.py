@@ -96,15 +96,9 @@ def _image():
 
 
 def _remote_state(dev: Device, names: list[str]) -> tuple[list, str, int]:
-    """(sha256 hex or None per name, the manifest text, free bytes) from the node."""
-    dev.exec(_HASHES % {"manifest": MANIFEST})
+    """(sha256 hex or None per name, the manifest text, free bytes) from the node (after
+    _HASHES was run there)."""
     return dev.eval(f"([_h(n) for n in {names!r}], _man(), _free())")
-
-
-def _image_firmware(dev: Device) -> str | None:
-    """The version of the firmware frozen into the node's image, or None for a stock image."""
-    dev.exec(_HASHES % {"manifest": MANIFEST})
-    return dev.eval("_image()")
 
 
 def local_version() -> str:
@@ -207,7 +201,8 @@ def run(args: argparse.Namespace) -> int:
     with Device(port, soft_reset=True) as dev:
         dev.check_chip(board)
         try:
-            image = _image_firmware(dev)
+            dev.exec(_HASHES % {"manifest": MANIFEST})
+            image = dev.eval("_image()")  # the frozen firmware's version; None: a stock image
         except DeviceError as exc:
             raise UserError(f"the node could not say which image it runs: {exc}") from exc
         files = image_files() if image else firmware_files(board)
