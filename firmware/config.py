@@ -8,8 +8,8 @@ without reading code. `load()` raises ConfigError listing all problems found.
       "node_id": "node-01",
       "prefix": "m",
       "wifi": {"ssid": "utility-iot", "password": "..."},
-      "broker": {"host": "192.168.1.10", "port": 1883, "user": "node-01", "password": "...",
-                 "keepalive": 60},
+      "broker": {"host": "192.168.1.10", "port": 8883, "user": "node-01", "password": "...",
+                 "keepalive": 60, "tls": {"ca": "ca.der", "server_name": "mqtt.example.org"}},
       "i2c": {"0": {"scl": 22, "sda": 21, "freq": 400000}},
       "sensors": [{"driver": "bme280", "bus": "i2c0", "address": 118, "interval_s": 60}],
       "power": {"mode": "mains"},
@@ -36,6 +36,32 @@ import sensors
 
 class ConfigError(Exception):
     pass
+
+
+def _file_name(v):
+    return isinstance(v, str) and 1 <= len(v) <= 32 and "/" not in v
+
+
+def _tls(c, broker):
+    """broker.tls: {"ca": file, "server_name": name, "cert": file, "key": file} -> the same
+    with defaults (server_name None: the host), or None for plain MQTT. Files are on the
+    node's filesystem, DER (meterlink provision writes them)."""
+    t = c.get(broker, "tls", "broker", dict, "must be an object (ca, server_name, cert, key)",
+              default=None, required=False)
+    if t is None:
+        return None
+    c.unknown(t, ("ca", "server_name", "cert", "key"), "broker.tls")
+    rule = "must be a file name on the node (1-32 characters, no /)"
+    out = {"ca": c.get(t, "ca", "broker.tls", str, "must name the CA certificate file: " + rule,
+                       check=_file_name),
+           "server_name": c.get(t, "server_name", "broker.tls", str,
+                                "must be the host name in the broker's certificate",
+                                required=False, check=lambda v: 0 < len(v) <= 253),
+           "cert": c.get(t, "cert", "broker.tls", str, rule, required=False, check=_file_name),
+           "key": c.get(t, "key", "broker.tls", str, rule, required=False, check=_file_name)}
+    if (out["cert"] is None) != (out["key"] is None):
+        c.fail("broker.tls", "needs both cert and key, or neither", t)
+    return out
 
 
 def _ident_ok(s, maxlen):
@@ -114,12 +140,15 @@ def validate(cfg):
                            default=15, required=False, check=lambda v: 1 <= v <= 120),
     }
     broker = c.get(cfg, "broker", "", dict, "must be an object", default={})
-    c.unknown(broker, ("host", "port", "user", "password", "keepalive"), "broker")
+    c.unknown(broker, ("host", "port", "user", "password", "keepalive", "tls"), "broker")
+    tls = _tls(c, broker)
     out["broker"] = {
         "host": c.get(broker, "host", "broker", str, "must be a host name or address",
                       check=lambda v: len(v) > 0),
-        "port": c.get(broker, "port", "broker", int, "must be an integer 1-65535", default=1883,
-                      required=False, check=lambda v: 1 <= v <= 65535),
+        "port": c.get(broker, "port", "broker", int, "must be an integer 1-65535",
+                      default=8883 if tls else 1883, required=False,
+                      check=lambda v: 1 <= v <= 65535),
+        "tls": tls,
         "user": c.get(broker, "user", "broker", str, "must be a string", required=False),
         "password": c.get(broker, "password", "broker", str, "must be a string", required=False),
         "keepalive": c.get(broker, "keepalive", "broker", int, "must be an integer 5-3600 (s)",

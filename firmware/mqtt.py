@@ -8,7 +8,8 @@ data: a reading may leave the node's queue only after the broker's PUBACK for it
 
 This client does CONNECT/CONNACK (persistent sessions, Last Will), PUBLISH QoS 0/1 with
 PUBACK, SUBSCRIBE, PINGREQ keepalive, DISCONNECT, with a deadline on every network wait so no
-call blocks the scheduler. It is the protocol layer only: the caller owns reconnection and
+call blocks the scheduler, over TCP or TLS (`ssl=tls_context(ca, cert, key)`: the broker's
+certificate checked against the one CA and the server name, a client certificate optional). It is the protocol layer only: the caller owns reconnection and
 backoff, and after a reconnect re-sends what was not acknowledged with `dup=True` and the same
 packet id.
 
@@ -58,6 +59,21 @@ class MQTTError(Exception):
     """The broker refused us or spoke something we cannot parse."""
 
 
+def tls_context(ca, cert=None, key=None):
+    """A TLS client context that trusts only the CA `ca` (DER or PEM bytes), checks the
+    server's certificate and name (CERT_REQUIRED; the name is the connection's
+    server_hostname), and presents `cert`/`key` (DER or PEM bytes) when given. mbedTLS keeps
+    the parsed certificates in C memory (ESP-IDF's heap on a device), not in this heap."""
+    import tls
+
+    ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
+    ctx.verify_mode = tls.CERT_REQUIRED
+    ctx.load_verify_locations(ca)
+    if cert is not None:
+        ctx.load_cert_chain(cert, key)
+    return ctx
+
+
 def _encode_length(buf, n):
     # MQTT "remaining length": 7 bits per byte, high bit = more.
     while True:
@@ -79,10 +95,13 @@ def _str(buf, s):
 
 class MQTTClient:
     def __init__(self, client_id, host, port=1883, *, user=None, password=None, keepalive=60,
-                 clean_session=True, timeout_ms=10000, will=None, max_packet=2048):
+                 clean_session=True, timeout_ms=10000, will=None, max_packet=2048,
+                 ssl=None, server_hostname=None):
         self.client_id = client_id
         self.host = host
         self.port = port
+        self.ssl = ssl  # a tls.SSLContext (tls_context()): TLS to the broker; None: plain
+        self.server_hostname = server_hostname or host
         self.user = user
         self.password = password
         self.keepalive = keepalive
@@ -122,8 +141,11 @@ class MQTTClient:
 
     async def _connect(self):
         t = self.timeout_ms
+        # With TLS the handshake runs in the stream's first write and read, under the same
+        # deadline: a broker that stops half way never blocks the scheduler.
         self._reader, self._writer = await asyncio.wait_for_ms(
-            asyncio.open_connection(self.host, self.port), t)
+            asyncio.open_connection(self.host, self.port, ssl=self.ssl,
+                                    server_hostname=self.server_hostname), t)
         pkt = bytearray()
         flags = 0x02 if self.clean_session else 0
         if self.will:

@@ -81,7 +81,8 @@ class Node:
         self.client = mqtt.MQTTClient(
             self.node_id, b["host"], b["port"], user=b["user"], password=b["password"],
             keepalive=b["keepalive"], clean_session=False, max_packet=_DOWNLINK_MAX + 128,
-            will=(self.topic_s, cbor.encode({"on": False}), 1, True))
+            will=(self.topic_s, cbor.encode({"on": False}), 1, True),
+            server_hostname=b["tls"] and b["tls"]["server_name"])
         self.client.on_message = self._on_message
         self.client.on_oversized = self._on_oversized
         self.seq = seqno.SeqAllocator("seq.dat", rtc=self.rtc)
@@ -286,6 +287,11 @@ class Node:
 
     async def connect(self):
         await self._wifi(self.cfg["wifi"]["timeout_s"])
+        t = self.cfg["broker"]["tls"]
+        if t and self.client.ssl is None:  # made once: the parsed certificates stay in it
+            self.client.ssl = mqtt.tls_context(
+                _read_file(t["ca"]), t["cert"] and _read_file(t["cert"]),
+                t["key"] and _read_file(t["key"]))
         present = await self.client.connect()
         await self._session("established", present)
 
@@ -499,6 +505,14 @@ def _parse_record(b):
         pc, i = _int(b, i)
         return t, values, pc
     return t, values
+
+
+def _read_file(name):
+    try:
+        with open(name, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise OSError("tls: cannot read %s (%r): provision the node again" % (name, exc))
 
 
 def _rssi():

@@ -48,6 +48,10 @@ class MqttConfig:
     keepalive: int = DEFAULT_KEEPALIVE
     qos: int = MQTT_QOS
     shared_group: str | None = None
+    tls: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
 
     @property
     def subscription(self) -> str:
@@ -70,7 +74,8 @@ class MqttConfig:
                 f"client_id={self.client_id!r}, prefix={self.prefix!r}, "
                 f"username={self.username!r}, password={password!r}, "
                 f"keepalive={self.keepalive}, qos={self.qos}, "
-                f"shared_group={self.shared_group!r})")
+                f"shared_group={self.shared_group!r}, tls={self.tls}, "
+                f"ca_file={self.ca_file}, cert_file={self.cert_file})")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -273,6 +278,10 @@ SCHEMA: dict[str, dict[str, tuple[Checker, Any]]] = {
         "keepalive": (_integer(1, 65535), DEFAULT_KEEPALIVE),
         "qos": (_qos, MQTT_QOS),
         "shared_group": (_group, None),
+        "tls": (_bool, False),
+        "ca_file": (_path, None),
+        "cert_file": (_path, None),
+        "key_file": (_path, None),
     },
     "ingest": {
         "max_payload_bytes": (_integer(16, 1 << 20), 4096),
@@ -328,6 +337,8 @@ SINK_SCHEMAS: dict[str, dict[str, tuple[Checker, Any]]] = {
         "gzip": (_bool, True),
         "verify_tls": (_bool, True),
         "ca_file": (_path, None),
+        "cert_file": (_path, None),
+        "key_file": (_path, None),
         "timeout_s": (_number(0.1, 600), 10.0),
     },
     "ngsi-ld": {
@@ -338,6 +349,8 @@ SINK_SCHEMAS: dict[str, dict[str, tuple[Checker, Any]]] = {
         "gzip": (_bool, False),
         "verify_tls": (_bool, True),
         "ca_file": (_path, None),
+        "cert_file": (_path, None),
+        "key_file": (_path, None),
         "timeout_s": (_number(0.1, 600), 10.0),
     },
     "mqtt": {
@@ -349,6 +362,8 @@ SINK_SCHEMAS: dict[str, dict[str, tuple[Checker, Any]]] = {
         "topic_prefix": (_text(), "meterlink"),
         "tls": (_bool, False),
         "ca_file": (_path, None),
+        "cert_file": (_path, None),
+        "key_file": (_path, None),
         "keepalive": (_integer(1, 65535), 30),
         "timeout_s": (_number(0.1, 600), 10.0),
     },
@@ -426,6 +441,10 @@ def parse_config(data: Mapping[str, Any], *, base_dir: str | Path = ".") -> Conf
     if not sinks:
         raise ConfigError("sinks", "must configure at least one sink, e.g. [sinks.file] "
                                    "(or the short form [sink] path = \"readings.jsonl\")")
+    for where, opts in [("mqtt", values["mqtt"])] + [(f"sinks.{c.name}", c.options) for c in sinks]:
+        if ("cert_file" in opts) and (opts["cert_file"] is None) != (opts["key_file"] is None):
+            raise ConfigError(f"{where}.cert_file", "needs key_file too (and the other way round)",
+                              got=show(str(opts["cert_file"] or opts["key_file"])))
     return Config(mqtt=MqttConfig(**values["mqtt"]), sinks=tuple(sinks),
                   outbox=OutboxConfig(**values["outbox"]),
                   ingest=IngestConfig(**values["ingest"]), api=ApiConfig(**values["api"]),

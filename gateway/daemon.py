@@ -46,6 +46,7 @@ from gateway.config import Config
 from gateway.downlink import Pending, new_request_id
 from gateway.errors import EXIT_ERROR, EXIT_OK, SinkError
 from gateway.ingest import Ingestor, Message, Outcome
+from gateway import mqtt_tls
 from gateway.logfmt import kv
 from gateway.outbox import Outbox
 from gateway.sinks import make_sink
@@ -177,6 +178,8 @@ class Gateway:
                          clean_session=False, protocol=mqtt.MQTTv311, manual_ack=True)
         if cfg.username is not None:
             client.username_pw_set(cfg.username, cfg.password)
+        mqtt_tls.apply(client, tls=cfg.tls, ca_file=cfg.ca_file, cert_file=cfg.cert_file,
+                       key_file=cfg.key_file)
         client.reconnect_delay_set(min_delay=RECONNECT_MIN_DELAY, max_delay=RECONNECT_MAX_DELAY)
         client.suppress_exceptions = True
         # paho formats a log line per packet for `on_log`; a logger is asked first whether

@@ -21,6 +21,7 @@ from typing import Any, Mapping
 
 import cbor2
 
+from gateway import mqtt_tls
 from gateway.errors import WireError
 
 CONTROL_LIMIT = 1024
@@ -152,6 +153,8 @@ def send_standalone(mqtt_cfg, nodes: list[str], build, *, kind: str, timeout: fl
                          clean_session=True, protocol=mqtt.MQTTv311)
     if mqtt_cfg.username is not None:
         client.username_pw_set(mqtt_cfg.username, mqtt_cfg.password)
+    mqtt_tls.apply(client, tls=mqtt_cfg.tls, ca_file=mqtt_cfg.ca_file,
+                   cert_file=mqtt_cfg.cert_file, key_file=mqtt_cfg.key_file)
 
     def on_message(c, u, message) -> None:
         node = message.topic.split("/")[1]

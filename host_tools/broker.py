@@ -6,6 +6,16 @@ nothing depends on a system service or a fixed port.
     with Mosquitto(workdir) as broker:
         print(broker.host, broker.port)
         broker.stop(); broker.start()   # restart mid-stream, same port, same persistence
+
+    Mosquitto(workdir, tls=pki)         # the port speaks TLS with pki's "broker" certificate
+    Mosquitto(workdir, tls=pki, require_certificate=True)   # and wants a client certificate
+
+With `tls`, the broker's certificate is the PKI's broker certificate BROKER_CERT (issued here
+the first time, for 127.0.0.1 and SERVER_NAME); `node_tls()` is the `broker.tls` section of a
+node's config for it and `node_files()` the files that go with it on the node's filesystem;
+`secure(client)` sets up a paho client for it, `gateway_conf()` the [mqtt] keys of a gateway.
+With `require_certificate`, clients present a certificate of the PKI: `client_cert(name)`
+issues one (a client's CN is its user name at the broker).
 """
 
 from __future__ import annotations
@@ -17,12 +27,15 @@ import time
 from pathlib import Path
 
 from host_tools import process, toolchain
+from host_tools.pki import Pki, mosquitto_listener
+
+BROKER_CERT = "broker"
+SERVER_NAME = "broker.meterlink.test"  # the name in the test broker's certificate
 
 # Debian's default max_queued_messages (1000) drops messages for an offline persistent
 # session under load; a gateway that is down for a while must find every reading queued.
 DEFAULT_CONF = """\
-listener {port} 127.0.0.1
-allow_anonymous {anonymous}
+{listener}allow_anonymous {anonymous}
 persistence {persistence}
 persistence_location {workdir}/
 autosave_interval 1
@@ -47,7 +60,12 @@ class Mosquitto:
     """One mosquitto process. `extra_conf` is appended to the generated config."""
 
     def __init__(self, workdir: str | Path, *, port: int | None = None, extra_conf: str = "",
-                 anonymous: bool = True, persistence: bool = True) -> None:
+                 anonymous: bool = True, persistence: bool = True, tls: Pki | None = None,
+                 require_certificate: bool = False) -> None:
+        self.tls = tls
+        self.require_certificate = require_certificate
+        if tls is not None and not tls.cert_path("broker", BROKER_CERT).exists():
+            tls.issue("broker", BROKER_CERT, hosts=[SERVER_NAME, "localhost"], ips=["127.0.0.1"])
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.host = "127.0.0.1"
@@ -68,9 +86,67 @@ class Mosquitto:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def node_tls(self, node_id: str | None = None) -> dict | None:
+        """The `broker.tls` section of a node's config for this broker (None: plain MQTT):
+        the CA pinned, the server's certificate checked for the address the node connects to
+        (127.0.0.1 is in it); with require_certificate, the node's client certificate."""
+        if self.tls is None:
+            return None
+        out = {"ca": "ca.der"}
+        if self.require_certificate and node_id:
+            out.update({"cert": "node.crt.der", "key": "node.key.der"})
+        return out
+
+    def node_files(self, node_id: str | None = None) -> dict[str, bytes]:
+        """The files `node_tls(node_id)` names, for the node's filesystem (the node's
+        certificate is issued on first use)."""
+        if self.tls is None:
+            return {}
+        out = {"ca.der": self.tls.ca_der.read_bytes()}
+        if self.require_certificate and node_id:
+            self.client_cert(node_id, kind="node")
+            folder = self.tls.cert_path("node", node_id).parent
+            out["node.crt.der"] = (folder / f"{node_id}.crt.der").read_bytes()
+            out["node.key.der"] = (folder / f"{node_id}.key.der").read_bytes()
+        return out
+
+    def client_cert(self, name: str, *, kind: str = "client") -> tuple[Path, Path]:
+        """(cert, key) PEM files of a client certificate `name` (issued on first use)."""
+        assert self.tls is not None
+        if not self.tls.cert_path(kind, name).exists():
+            self.tls.issue(kind, name)
+        return self.tls.cert_path(kind, name), self.tls.key_path(kind, name)
+
+    def secure(self, client, name: str = "test-client"):
+        """Sets up a paho client for this broker (TLS, and a client certificate `name` when the
+        broker requires one); returns it."""
+        if self.tls is not None:
+            cert = key = None
+            if self.require_certificate:
+                cert, key = self.client_cert(name)
+            client.tls_set(ca_certs=str(self.tls.ca_crt), certfile=cert and str(cert),
+                           keyfile=key and str(key))
+        return client
+
+    def gateway_conf(self, name: str = "gateway") -> str:
+        """The TLS keys of a gateway's [mqtt] section for this broker ("" without TLS)."""
+        if self.tls is None:
+            return ""
+        lines = [f'ca_file = "{self.tls.ca_crt}"']
+        if self.require_certificate:
+            cert, key = self.client_cert(name)
+            lines += [f'cert_file = "{cert}"', f'key_file = "{key}"']
+        return "\n".join(lines) + "\n"
+
     def start(self, timeout: float = 10.0) -> "Mosquitto":
+        if self.tls is None:
+            listener = f"listener {self.port} 127.0.0.1\n"
+        else:
+            listener = mosquitto_listener(self.tls, port=self.port, broker=BROKER_CERT,
+                                          bind="127.0.0.1",
+                                          require_certificate=self.require_certificate)
         conf = DEFAULT_CONF.format(
-            port=self.port, workdir=self.workdir,
+            listener=listener, workdir=self.workdir,
             anonymous="true" if self.anonymous else "false",
             persistence="true" if self.persistence else "false",
         ) + self.extra_conf

@@ -21,7 +21,8 @@ from typing import Callable, Sequence
 from gateway import cli as cmd_gateway
 from gateway.errors import EXIT_INPUT, UserError
 from host_tools import (cmd_check, cmd_decode, cmd_deploy, cmd_flash, cmd_monitor, cmd_ports,
-                        cmd_provision, cmd_simulate, cmd_status, cmd_vboard, demo)
+                        cmd_pki, cmd_provision, cmd_simulate, cmd_status, cmd_vboard,
+                        demo)
 
 Handler = Callable[[argparse.Namespace], int]
 ParserBuilder = Callable[[argparse.ArgumentParser], None]
@@ -42,6 +43,7 @@ COMMANDS: dict[str, tuple[Handler, ParserBuilder, str]] = {
     "check": (cmd_check.run, cmd_check.build_parser, cmd_check.HELP),
     "simulate": (cmd_simulate.run, cmd_simulate.build_parser, cmd_simulate.HELP),
     "vboard": (cmd_vboard.run, cmd_vboard.build_parser, cmd_vboard.HELP),
+    "pki": (cmd_pki.run, cmd_pki.build_parser, cmd_pki.HELP),
 }
 
 __all__ = ["COMMANDS", "UserError", "main"]

@@ -3,11 +3,16 @@ broker, for demos, soak and load tests.
 
     meterlink simulate --nodes 20 --broker 127.0.0.1:1883 [--interval 10] [--dir sim]
                        [--prefix-id sim] [--duration 600] [--user U --password P]
+                       [--pki DIR [--node-certs]]
 
 Each node is a `VirtualNode` (host_tools/vboard) in DIR/<id>/ with its own flash, console.log
 and environment: an ESP32 with a BME280 whose weather differs per node. Node ids are
 `<prefix-id>-001`, `-002`, ... Every 10 s a line shows how many readings the nodes have had
 acknowledged (from their consoles); at the end, a summary per node. Ctrl-C stops them all.
+
+With `--pki DIR` (a `meterlink pki` folder) the nodes connect over TLS, trusting that CA, as
+provisioned nodes do; with `--node-certs` too, each presents its own client certificate
+(issued in DIR on first use), for a broker with require_certificate.
 """
 
 from __future__ import annotations
@@ -37,6 +42,10 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
                         help="node ids are ID-001, ID-002, ...")
     parser.add_argument("--user", help="MQTT user for every node (default: none)")
     parser.add_argument("--password", help="MQTT password for every node")
+    parser.add_argument("--pki", type=Path, metavar="DIR",
+                        help="TLS to the broker, trusting this `meterlink pki` folder's CA")
+    parser.add_argument("--node-certs", action="store_true",
+                        help="with --pki: each node presents its own certificate (issued in DIR)")
     parser.add_argument("--duration", type=float, default=0, metavar="S",
                         help="stop after S seconds (default: until Ctrl-C)")
 
@@ -53,6 +62,26 @@ def acked(console: str) -> int:
     return total
 
 
+def node_tls(folder: Path, node_id: str, *, certs: bool) -> tuple[dict, dict[str, bytes]]:
+    """The broker.tls section and the files of a node that trusts the PKI in `folder` (and
+    with `certs`, presents its own certificate, issued there on first use)."""
+    from host_tools.pki import Pki
+
+    pki = Pki(folder)
+    if not pki.ca_der.exists():
+        raise UserError(f"--pki {folder}: no CA there ({pki.ca_der} is missing; `meterlink pki "
+                        f"init --dir {folder}` makes one)", exit_code=EXIT_INPUT)
+    tls, files = {"ca": "ca.der"}, {"ca.der": pki.ca_der.read_bytes()}
+    if certs:
+        if not pki.cert_path("node", node_id).exists():
+            pki.issue("node", node_id)
+        base = pki.cert_path("node", node_id).with_suffix("")
+        tls.update(cert="node.crt.der", key="node.key.der")
+        files.update({"node.crt.der": Path(f"{base}.crt.der").read_bytes(),
+                      "node.key.der": Path(f"{base}.key.der").read_bytes()})
+    return tls, files
+
+
 def run(args: argparse.Namespace) -> int:
     from host_tools.vboard.node import VirtualNode, default_config
 
@@ -64,11 +93,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         for i in range(1, args.nodes + 1):
             nid = f"{args.prefix_id}-{i:03d}"
-            cfg = default_config(nid, host, port, interval_s=args.interval)
+            tls, files = node_tls(args.pki, nid, certs=args.node_certs) if args.pki else (None, {})
+            cfg = default_config(nid, host, port, interval_s=args.interval, tls=tls)
             if args.user:
                 cfg["broker"]["user"] = args.user
                 cfg["broker"]["password"] = args.password or ""
-            node = VirtualNode(args.dir / nid, node_id=nid, broker=(host, port), config=cfg)
+            node = VirtualNode(args.dir / nid, node_id=nid, broker=(host, port), config=cfg,
+                               files=files)
             node.set_environment(temperature_c=round(rng.uniform(5, 30), 2),
                                  humidity_pct=round(rng.uniform(30, 80), 2),
                                  pressure_pa=round(rng.uniform(98000, 103000)))

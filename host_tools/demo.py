@@ -25,6 +25,7 @@ from pathlib import Path
 
 from host_tools import process
 from host_tools.broker import Mosquitto
+from host_tools.pki import Pki
 from host_tools.vboard import VirtualNode
 
 
@@ -48,7 +49,7 @@ host = "{host}"
 port = {port}
 client_id = "meterlink-demo-gateway"
 prefix = "m"
-
+{tls}
 [sinks.file]
 path = "{sink}"
 
@@ -121,7 +122,11 @@ def run(duration: float, out: Path, interval_s: int) -> int:
     for p in (sink, stats_path):
         p.unlink(missing_ok=True)
     work = Path(tempfile.mkdtemp(prefix="meterlink-demo-"))
-    broker = Mosquitto(work / "broker")
+    # TLS as in production: the demo's own CA, and a certificate for the broker, every node
+    # and the gateway (require_certificate: a client without one is refused)
+    pki = Pki(work / "pki")
+    pki.init("meterlink demo fleet")
+    broker = Mosquitto(work / "broker", tls=pki, require_certificate=True)
     nodes: list[VirtualNode] = []
     gateway: subprocess.Popen | None = None
     stop = {"now": False}
@@ -134,10 +139,12 @@ def run(duration: float, out: Path, interval_s: int) -> int:
     started = time.monotonic()
     try:
         broker.start()
-        print(f"demo: mosquitto on {broker.host}:{broker.port} (config in {broker.conf_path})")
+        print(f"demo: mosquitto on {broker.host}:{broker.port}, TLS with client certificates "
+              f"of the demo's CA (config in {broker.conf_path})")
         gw_conf = work / "gateway.toml"
         gw_conf.write_text(GATEWAY_TOML.format(host=broker.host, port=broker.port,
-                                               sink=sink, stats=stats_path))
+                                               sink=sink, stats=stats_path,
+                                               tls=broker.gateway_conf()))
         gw_log = open(out / "gateway.log", "wb")
         gateway = subprocess.Popen(
             [str(Path(sys.executable).with_name("meterlink")), "gateway", "--config", str(gw_conf)],
@@ -146,8 +153,8 @@ def run(duration: float, out: Path, interval_s: int) -> int:
         )
         print(f"demo: gateway writing {sink} (log: {out / 'gateway.log'})")
         for site in SITES:
-            node = VirtualNode(work / site.node_id, node_id=site.node_id,
-                               broker=(broker.host, broker.port), interval_s=interval_s)
+            node = VirtualNode(work / site.node_id, node_id=site.node_id, broker=broker,
+                               interval_s=interval_s)
             node.set_environment(**weather(site, 0))
             nodes.append(node.start())
             print(f"demo: node {site.node_id} started (console: {node.console_path})")

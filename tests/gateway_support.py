@@ -59,9 +59,10 @@ class GatewayProcess:
         self.sink = self.dir / "readings.jsonl"
         self.stats = self.dir / "stats.json"
         self.conf = self.dir / "gateway.toml"
+        tls = broker.gateway_conf() if hasattr(broker, "gateway_conf") else ""
         self.conf.write_text(
             f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\nclient_id = "{client_id}"\n'
-            f'{mqtt_extra}'
+            f'{tls}{mqtt_extra}'
             f'[sinks.file]\npath = "{self.sink}"\n[gateway]\nstats_file = "{self.stats}"\n'
             f'[api]\nport = 0\n{extra}')
         self.proc: subprocess.Popen | None = None

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 
 import pytest
 
 from host_tools import cli, cmd_status
 from host_tools.broker import Mosquitto
-from host_tools.vboard.node import compiled_firmware, default_config
+from host_tools.cmd_deploy import image_files
+from host_tools.pki import Pki
+from host_tools.vboard.node import default_config
 from host_tools.vboard.pty_repl import PtyBoard
 from gateway_support import GatewayProcess, wait_for
 
@@ -40,17 +41,20 @@ def node_row(gw: GatewayProcess, node: str) -> dict:
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    """A broker, the gateway, and a node running its firmware from main.py on a pty board
-    (the firmware copied as `meterlink deploy` leaves it: the compiled .mpy files)."""
+    """A TLS broker, the gateway, and a node running its firmware from main.py on a pty board
+    with the meterlink image (boot.py and main.py copied as `meterlink deploy` leaves them,
+    the CA as `meterlink provision` leaves it)."""
     root = tmp_path_factory.mktemp("live")
-    with Mosquitto(root / "broker") as broker:
+    pki = Pki(root / "pki")
+    pki.init("live test fleet")
+    with Mosquitto(root / "broker", tls=pki) as broker:
         gw = GatewayProcess(root / "gw", broker).wait_subscribed()
         board = PtyBoard(root / "node")
-        for f in compiled_firmware("xtensawin").iterdir():
-            if f.name != ".complete":
-                shutil.copy(f, board.flash / f.name)
+        for name, data in {**image_files(), **broker.node_files(NODE)}.items():
+            (board.flash / name).write_bytes(data)
         (board.flash / "config.json").write_text(json.dumps(
-            default_config(NODE, broker.host, broker.port, interval_s=1)))
+            default_config(NODE, broker.host, broker.port, interval_s=1,
+                           tls=broker.node_tls(NODE))))
         (board.root / "env.json").write_text(json.dumps(ENV))
         try:
             with board:
@@ -133,7 +137,7 @@ def test_simulate_delivers_every_node_s_readings_to_the_real_gateway(site, tmp_p
     broker, gw, _ = site
     rc = cli.main(["simulate", "--nodes", "3", "--broker", f"{broker.host}:{broker.port}",
                    "--interval", "1", "--dir", str(tmp_path / "sim"), "--prefix-id", "simgw",
-                   "--duration", "5"])
+                   "--duration", "5", "--pki", str(broker.tls.root)])
     assert rc == 0
     capsys.readouterr()
     for i in (1, 2, 3):

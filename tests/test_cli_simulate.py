@@ -38,7 +38,8 @@ def processes_in(folder: Path) -> list[int]:
 def test_simulate_runs_n_distinct_nodes_on_the_broker_and_stops_them_all(broker, tmp_path,
                                                                          capsys):
     rc = cli.main(["simulate", "--nodes", "3", "--broker", f"{broker.host}:{broker.port}",
-                   "--interval", "5", "--dir", str(tmp_path / "sim"), "--duration", "2"])
+                   "--interval", "5", "--dir", str(tmp_path / "sim"), "--duration", "2",
+                   "--pki", str(broker.tls.root)])
     out = capsys.readouterr().out
     assert rc == 0
     assert f"3 virtual node(s) running against {broker.host}:{broker.port}" in out
@@ -84,7 +85,7 @@ def test_check_confirms_the_reading_at_the_real_gateway(broker, tmp_path):
     names the sequence number, and check waits until the gateway's registry has it. The
     node's MQTT side is a client speaking docs/wire-format.md (command, ack, reading)."""
     gw = GatewayProcess(tmp_path / "gw", broker).wait_subscribed()
-    node = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="pit-09")
+    node = broker.secure(paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="pit-09"))
     seen = []
 
     def on_message(c, u, msg):

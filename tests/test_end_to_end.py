@@ -28,7 +28,7 @@ def start_gateway(tmp_path: Path, broker) -> tuple[subprocess.Popen, Path, Path]
     conf = tmp_path / "gateway.toml"
     conf.write_text(
         f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\nclient_id = "gw-e2e"\n'
-        f'[sink]\npath = "{sink}"\n[gateway]\nstats_file = "{stats}"\n'
+        f'{broker.gateway_conf()}[sink]\npath = "{sink}"\n[gateway]\nstats_file = "{stats}"\n'
     )
     log = open(tmp_path / "gateway.log", "wb")
     proc = subprocess.Popen([GATEWAY, "gateway", "--config", str(conf)], stdout=log,
@@ -56,8 +56,7 @@ def test_bme280_values_reach_the_sink_exactly_once(tmp_path, broker):
     # has no subscriber
     wait_for(lambda: json.loads(stats.read_text()).get("subscribed") if stats.exists() else False,
              30, "the gateway's subscription", lambda: (tmp_path / "gateway.log").read_text())
-    node = VirtualNode(tmp_path / "node-e2e", node_id="node-e2e",
-                       broker=(broker.host, broker.port), interval_s=1)
+    node = VirtualNode(tmp_path / "node-e2e", node_id="node-e2e", broker=broker, interval_s=1)
     node.set_environment(temperature_c=23.45, humidity_pct=41.5, pressure_pa=98765.0)
     diagnostics = lambda: (f"--- node console ---\n{node.console()[-3000:]}\n--- gateway log ---\n"
                            f"{(tmp_path / 'gateway.log').read_text()[-3000:]}")

@@ -90,7 +90,8 @@ log_level = "debug"
      "mqtt.qos must be 1 (a reading is acknowledged only once it is stored): got 0"),
     ("[mqtt]\nkeepalive = 1.5", "mqtt.keepalive must be an integer 1-65535: got 1.5"),
     ("[mqtt]\nhots = 1", "mqtt.hots is not a known key of [mqtt] (known: host, port, client_id, "
-                         "prefix, username, password, keepalive, qos, shared_group)"),
+                         "prefix, username, password, keepalive, qos, shared_group, tls, ca_file, "
+                         "cert_file, key_file)"),
     ("[gateway]\nrequire_registration = 1",
      "gateway.require_registration must be true or false: got 1"),
     ('[sinks.http]\nurl = "http://h.example"\nbackoff_initial_s = "1s"',

@@ -48,7 +48,7 @@ class GatewayProcess:
         self.config = workdir / "gateway.toml"
         self.config.write_text(
             f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\n'
-            f'client_id = "gw-test"\n'
+            f'client_id = "gw-test"\n{broker.gateway_conf()}'
             f'[sink]\npath = "{self.sink.name}"\n'
             f'[gateway]\nstats_file = "{self.stats_file.name}"\nlog_level = "DEBUG"\n'
             f'[api]\nport = 0\n')
@@ -110,8 +110,8 @@ def gateway(tmp_path, broker):
 
 @pytest.fixture
 def publisher(broker):
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-publisher",
-                         protocol=mqtt.MQTTv311)
+    client = broker.secure(mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-publisher",
+                                       protocol=mqtt.MQTTv311))
     client.connect(broker.host, broker.port)
     client.loop_start()
 
@@ -230,7 +230,7 @@ def test_outbox_failure_leaves_the_message_with_the_broker(tmp_path, broker, pub
     """A message whose commit fails is not acknowledged: the gateway stops with status 1 and
     the broker delivers the message again to the next gateway process."""
     config = parse_config({"mqtt": {"host": broker.host, "port": broker.port,
-                                    "client_id": "gw-sink"},
+                                    "client_id": "gw-sink", "ca_file": str(broker.tls.ca_crt)},
                            "sink": {"path": "r.jsonl"}, "api": {"enabled": False}},
                           base_dir=tmp_path)
     first = Gateway(config)

@@ -30,8 +30,8 @@ class ScriptedNode:
     def __init__(self, broker, node_id: str) -> None:
         self.node_id = node_id
         self.received: list[tuple[str, dict, bool]] = []
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=node_id,
-                                  protocol=mqtt.MQTTv311)
+        self.client = broker.secure(mqtt.Client(CallbackAPIVersion.VERSION2, client_id=node_id,
+                                                protocol=mqtt.MQTTv311))
         self.client.will_set(f"m/{node_id}/s", cbor2.dumps({"on": False}), qos=1, retain=True)
         self.client.on_message = self._on_message
         subscribed = threading.Event()

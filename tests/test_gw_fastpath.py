@@ -180,10 +180,11 @@ def test_acknowledged_messages_are_not_delivered_again(tmp_path, broker):
     from paho.mqtt.enums import CallbackAPIVersion
 
     config = parse_config({"mqtt": {"host": broker.host, "port": broker.port,
-                                    "client_id": "gw-acks"},
+                                    "client_id": "gw-acks", "ca_file": str(broker.tls.ca_crt)},
                            "sinks": {"file": {"path": "r.jsonl"}}, "api": {"enabled": False}},
                           base_dir=tmp_path)
-    pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="acks-pub", protocol=mqtt.MQTTv311)
+    pub = broker.secure(mqtt.Client(CallbackAPIVersion.VERSION2, client_id="acks-pub",
+                                    protocol=mqtt.MQTTv311))
     pub.connect(broker.host, broker.port)
     pub.loop_start()
     gw = Gateway(config)
@@ -209,8 +210,8 @@ def test_acknowledged_messages_are_not_delivered_again(tmp_path, broker):
 
     got: list[str] = []
     arrived = threading.Event()
-    sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="gw-acks", clean_session=False,
-                      protocol=mqtt.MQTTv311)
+    sub = broker.secure(mqtt.Client(CallbackAPIVersion.VERSION2, client_id="gw-acks",
+                                    clean_session=False, protocol=mqtt.MQTTv311))
 
     def on_message(client, userdata, message):
         got.append(message.topic)

@@ -44,8 +44,8 @@ class Stream:
         self.nodes = list(nodes)
         self.next_seq = {n: self.rng.randrange(0, 1000) for n in self.nodes}
         self.sent: set[str] = set()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{seed}",
-                                  protocol=mqtt.MQTTv311)
+        self.client = broker.secure(mqtt.Client(CallbackAPIVersion.VERSION2,
+                                                client_id=f"pub-{seed}", protocol=mqtt.MQTTv311))
         self.client.max_inflight_messages_set(100)  # for burst()
         self.client.connect(broker.host, broker.port)
         self.client.loop_start()

@@ -152,15 +152,16 @@ def test_ngsi_ld_sink_upserts_smart_data_model_entities(tmp_path, recorder):
 @pytest.mark.slow
 def test_mqtt_bridge_republishes_and_fails_over_when_the_upstream_is_down(tmp_path, broker):
     got: list[tuple[str, list]] = []
-    sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="upstream-sub",
-                      protocol=mqtt.MQTTv311)
+    sub = broker.secure(mqtt.Client(CallbackAPIVersion.VERSION2, client_id="upstream-sub",
+                                    protocol=mqtt.MQTTv311))
     sub.on_message = lambda c, u, m: got.append((m.topic, json.loads(m.payload)))
     sub.connect(broker.host, broker.port)
     sub.subscribe("city/#", qos=1)
     sub.loop_start()
     batch = batch_for(tmp_path, "mqtt")
     sink = make_sink(sink_config(tmp_path, "mqtt", host=broker.host, port=broker.port,
-                                 topic_prefix="city", timeout_s=2.0))
+                                 topic_prefix="city", timeout_s=2.0, tls=True,
+                                 ca_file=str(broker.tls.ca_crt)))
     sink.open()
     try:
         deadline = time.monotonic() + 10

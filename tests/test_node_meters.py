@@ -108,7 +108,7 @@ def pit_pulse(root: Path, broker) -> VirtualNode:
         {"driver": "pulse", "kind": "water", "pin": 25, "pin_b": 26, "tamper_pin": 27,
          "litres_per_pulse": LITRES_PER_PULSE, "interval_s": 2},
     ]
-    return VirtualNode(root, node_id="pit-1", broker=(broker.host, broker.port), config=cfg,
+    return VirtualNode(root, node_id="pit-1", broker=broker, config=cfg,
                        board=board)
 
 
@@ -122,7 +122,7 @@ def pit_mbus(root: Path, broker) -> VirtualNode:
     cfg["time"] = {"ntp": ""}
     cfg["uart"] = {"2": {"tx": 17, "rx": 16, "baudrate": 2400, "parity": "even"}}
     cfg["sensors"] = [{"driver": "mbus", "uart": "uart2", "address": 5, "interval_s": 2}]
-    return VirtualNode(root, node_id="pit-2", broker=(broker.host, broker.port), config=cfg,
+    return VirtualNode(root, node_id="pit-2", broker=broker, config=cfg,
                        board=board)
 
 
@@ -228,7 +228,7 @@ def test_battery_pulse_node_wakes_on_pulses_and_bills_each_once(tmp_path, broker
     cfg["power"] = {"mode": "battery", "send_every": 2}
     cfg["sensors"] = [{"driver": "pulse", "kind": "water", "pin": 25, "tamper_pin": 27,
                        "litres_per_pulse": LITRES_PER_PULSE, "interval_s": 60}]
-    node = VirtualNode(tmp_path / "bat-1", node_id="bat-1", broker=(broker.host, broker.port),
+    node = VirtualNode(tmp_path / "bat-1", node_id="bat-1", broker=broker,
                        config=cfg, board=board)
     pulses = 0
 
@@ -291,7 +291,7 @@ def test_a_reading_that_fails_loses_no_pulse(tmp_path, broker):
     cfg["time"] = {"ntp": ""}
     cfg["sensors"] = [{"driver": "pulse", "kind": "water", "pin": 25,
                        "litres_per_pulse": LITRES_PER_PULSE, "interval_s": 1}]
-    node = VirtualNode(tmp_path / "p-1", node_id="p-1", broker=(broker.host, broker.port),
+    node = VirtualNode(tmp_path / "p-1", node_id="p-1", broker=broker,
                        config=cfg, board=board)
     on_fail = debug(node, gw)
 

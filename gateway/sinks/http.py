@@ -54,12 +54,14 @@ class HttpPoster:
     @classmethod
     def from_options(cls, o: dict[str, Any]) -> "HttpPoster":
         """The poster of an HTTP-based sink's section (url, token, gzip, verify_tls,
-        ca_file, timeout_s)."""
+        ca_file, cert_file, key_file, timeout_s)."""
         return cls(o["url"], token=o["token"], gzip_body=o["gzip"], verify_tls=o["verify_tls"],
-                   ca_file=o["ca_file"], timeout=o["timeout_s"])
+                   ca_file=o["ca_file"], timeout=o["timeout_s"], cert_file=o["cert_file"],
+                   key_file=o["key_file"])
 
     def __init__(self, url: str, *, token: str | None, gzip_body: bool, verify_tls: bool,
-                 ca_file: Any, timeout: float) -> None:
+                 ca_file: Any, timeout: float, cert_file: Any = None,
+                 key_file: Any = None) -> None:
         self.url = url
         parts = urllib.parse.urlsplit(url)
         self.https = parts.scheme == "https"
@@ -77,6 +79,8 @@ class HttpPoster:
             if not verify_tls:
                 self.context.check_hostname = False
                 self.context.verify_mode = ssl.CERT_NONE
+            if cert_file:  # a client certificate, for platforms that authenticate by mTLS
+                self.context.load_cert_chain(str(cert_file), str(key_file))
 
     def post(self, body: bytes, headers: dict[str, str], *,
              path: str | None = None) -> tuple[int, str]:

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import logging
-import ssl
 import time
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from gateway import mqtt_tls
 from gateway.errors import DeliveryFailed
 from gateway.logfmt import kv
 from gateway.outbox import Batch
@@ -40,9 +40,8 @@ class MqttSink(Sink):
                              clean_session=True, protocol=mqtt.MQTTv311)
         if o["username"] is not None:
             client.username_pw_set(o["username"], o["password"])
-        if o["tls"]:
-            client.tls_set(ca_certs=str(o["ca_file"]) if o["ca_file"] else None,
-                           cert_reqs=ssl.CERT_REQUIRED)
+        mqtt_tls.apply(client, tls=o["tls"], ca_file=o["ca_file"], cert_file=o["cert_file"],
+                       key_file=o["key_file"], where=f"sinks.{self.name}")
         client.reconnect_delay_set(1, 30)
         client.max_queued_messages_set(0)
         client.on_connect = lambda c, u, f, rc, p: log.info(

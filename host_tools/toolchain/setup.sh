@@ -75,13 +75,14 @@ mp_version_of() {  # prints e.g. 1.25.0 for a micropython binary, or nothing
 # Build options: our variant (unix_variant/: Ctrl-C raised between bytecodes, as on an ESP32,
 # instead of from inside the signal handler, which could leave the heap locked), no threads
 # (MICROPY_PY_THREAD=0: the firmware uses none, and their mutexes are one more thing a badly
-# timed Ctrl-C could leave locked), 32-bit (MICROPY_FORCE_32BIT=1 builds with gcc -m32, from
+# timed Ctrl-C could leave locked), `tls` on mbedTLS (MICROPY_SSL_MBEDTLS=1, from the source
+# ensure_mbedtls_source puts in place), 32-bit (MICROPY_FORCE_32BIT=1 builds with gcc -m32, from
 # Debian's gcc-multilib; the FFI module is left out, it would need a 32-bit libffi, and the
 # `_vboard` C module in unix_cmodules/ does the one thing the virtual board used it for). make
 # does not rebuild objects when options change, so each set of options gets its own folder.
 MP_VARIANT_DIR="$HERE/unix_variant"
 MP_CMODULES="$HERE/unix_cmodules"  # the virtual board's one C function (vboard/modvboard.c)
-MP_MAKE_OPTIONS="MICROPY_PY_BTREE=0 MICROPY_SSL_MBEDTLS=0 MICROPY_PY_SSL=0 MICROPY_PY_THREAD=0 MICROPY_FORCE_32BIT=1 MICROPY_PY_FFI=0"
+MP_MAKE_OPTIONS="MICROPY_PY_BTREE=0 MICROPY_SSL_MBEDTLS=1 MICROPY_PY_SSL=1 MICROPY_PY_THREAD=0 MICROPY_FORCE_32BIT=1 MICROPY_PY_FFI=0"
 MP_OPTIONS_HASH=$( (echo "$MP_MAKE_OPTIONS"; cat "$MP_VARIANT_DIR"/* "$MP_CMODULES"/*/*) \
     | sha256sum | cut -c1-8)
 MP_SRC="$CACHE/micropython-$MICROPYTHON_VERSION"
@@ -108,21 +109,25 @@ find_mirror() {  # the Debian mirror this machine is already configured with
     echo "$m"
 }
 
+apt_source() {  # $1: a source package spec (name or name=version) of trixie, into .cache/
+    mkdir -p "$CACHE/apt/lists/partial"
+    printf 'Types: deb-src\nURIs: %s\nSuites: trixie\nComponents: main\nSigned-By: %s\n' \
+        "$(find_mirror)" /usr/share/keyrings/debian-archive-keyring.gpg \
+        > "$CACHE/apt/trixie-src.sources"
+    local apt_opts=(-o "Dir::Etc::SourceList=$CACHE/apt/trixie-src.sources"
+                    -o "Dir::Etc::SourceParts=/dev/null"
+                    -o "Dir::State::Lists=$CACHE/apt/lists"
+                    -o "APT::Sandbox::User=root")
+    apt-get "${apt_opts[@]}" -qq update
+    (cd "$CACHE" && apt-get "${apt_opts[@]}" -qq source --download-only "$1")
+}
+
 fetch_micropython_source() {
-    apt_install gcc make pkg-config xz-utils ca-certificates
+    apt_install gcc make pkg-config xz-utils bzip2 ca-certificates
     local tarball="$CACHE/micropython_${MICROPYTHON_DEB_VERSION%-*}.orig.tar.xz"
     if [ ! -f "$tarball" ]; then
         say "fetching Debian source micropython=$MICROPYTHON_DEB_VERSION (private apt state in .cache/apt)"
-        mkdir -p "$CACHE/apt/lists/partial"
-        printf 'Types: deb-src\nURIs: %s\nSuites: trixie\nComponents: main\nSigned-By: %s\n' \
-            "$(find_mirror)" /usr/share/keyrings/debian-archive-keyring.gpg \
-            > "$CACHE/apt/trixie-src.sources"
-        local apt_opts=(-o "Dir::Etc::SourceList=$CACHE/apt/trixie-src.sources"
-                        -o "Dir::Etc::SourceParts=/dev/null"
-                        -o "Dir::State::Lists=$CACHE/apt/lists"
-                        -o "APT::Sandbox::User=root")
-        apt-get "${apt_opts[@]}" -qq update
-        (cd "$CACHE" && apt-get "${apt_opts[@]}" -qq source --download-only "micropython=$MICROPYTHON_DEB_VERSION")
+        apt_source "micropython=$MICROPYTHON_DEB_VERSION"
         [ -f "$tarball" ] || die "apt did not produce $tarball"
     fi
     rm -rf "$MP_SRC"
@@ -130,11 +135,41 @@ fetch_micropython_source() {
     [ -d "$MP_SRC/ports/unix" ] || die "unexpected source layout: no $MP_SRC/ports/unix"
 }
 
+# mbedTLS for the `tls` module (the node's MQTT over TLS). The Debian micropython source has
+# no lib/mbedtls (a git submodule upstream); Debian's own build links the system's mbedtls
+# instead, which for a 32-bit build would need the i386 packages (multiarch). We put Debian's
+# mbedtls source (trixie, the 3.6 series MicroPython 1.25 is written for) where the submodule
+# would be, and the port's build compiles it with the port's own mbedtls configuration, as a
+# MicroPython build for the ESP32 does with ESP-IDF's.
+newest() {  # the last of the existing files among its arguments, by version; nothing if none
+    local f
+    for f in "$@"; do if [ -e "$f" ]; then echo "$f"; fi; done | sort -V | tail -1
+}
+
+ensure_mbedtls_source() {
+    local dest="$MP_SRC/lib/mbedtls" tarball
+    [ -f "$dest/library/ssl_tls.c" ] && return 0
+    tarball=$(newest "$CACHE"/mbedtls_"$MBEDTLS_SERIES".*.orig.tar.*)
+    if [ -z "$tarball" ]; then
+        say "fetching Debian source mbedtls (trixie, $MBEDTLS_SERIES.x)"
+        apt_source mbedtls
+        tarball=$(newest "$CACHE"/mbedtls_"$MBEDTLS_SERIES".*.orig.tar.*)
+        [ -n "$tarball" ] || die "Debian trixie's mbedtls source is not $MBEDTLS_SERIES.x (see $CACHE/mbedtls_*): set MBEDTLS_SERIES in versions.env"
+    fi
+    rm -rf "$dest" "$CACHE/mbedtls-src"
+    mkdir -p "$CACHE/mbedtls-src"
+    tar -C "$CACHE/mbedtls-src" -xf "$tarball"
+    mv "$CACHE"/mbedtls-src/mbedtls-* "$dest"
+    rmdir "$CACHE/mbedtls-src"
+    [ -f "$dest/library/ssl_tls.c" ] || die "unexpected mbedtls source layout in $tarball"
+}
+
 build_micropython() {  # $1: image | stock, $2: its build folder (in ports/unix)
     [ -d "$MP_SRC/ports/unix" ] || fetch_micropython_source
+    ensure_mbedtls_source
     local manifest=$HERE/unix_manifest.py what="firmware frozen"
     [ "$1" = stock ] && manifest=$HERE/unix_manifest_stock.py what="no firmware"
-    say "building the MicroPython $MICROPYTHON_VERSION unix port, $1 build ($what; 32-bit, float32, Ctrl-C as on an ESP32, no threads)"
+    say "building the MicroPython $MICROPYTHON_VERSION unix port, $1 build ($what; 32-bit, float32, tls, Ctrl-C as on an ESP32, no threads)"
     # The +ds source has no lib/micropython-lib; the build insists on one existing before it
     # freezes anything, though our manifests use none of it. Point it at an empty stand-in.
     mkdir -p "$CACHE/no-micropython-lib"
@@ -161,8 +196,8 @@ setup_micropython() {  # $1: image | stock
     got=$(mp_version_of "$link")
     [ "$got" = "$MICROPYTHON_VERSION" ] \
         || die "$link is MicroPython '$got', expected $MICROPYTHON_VERSION (versions.env)"
-    "$link" -c 'import sys, asyncio, machine, hw, _vboard; assert sys.maxsize == 2**31 - 1' 2>/dev/null \
-        || die "$exe is not a 32-bit build with the frozen asyncio and virtual board (delete .cache/ and rerun)"
+    "$link" -c 'import sys, asyncio, machine, hw, _vboard, tls; assert sys.maxsize == 2**31 - 1' 2>/dev/null \
+        || die "$exe is not a 32-bit build with tls and the frozen asyncio and virtual board (delete .cache/ and rerun)"
     if [ "$1" = image ]; then
         "$link" -c 'import sys; sys.path[:] = [".frozen"]; import fqueue' 2>/dev/null \
             || die "$exe lacks the frozen firmware (delete .cache/ and rerun)"

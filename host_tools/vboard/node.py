@@ -151,12 +151,16 @@ def default_board(*, chip: str = "esp32", bme280_address: int = 0x76) -> dict:
 
 
 def default_config(node_id: str, host: str, port: int, *, interval_s: int = 10,
-                   prefix: str = "m") -> dict:
+                   prefix: str = "m", tls: dict | None = None) -> dict:
+    """`tls`: the broker.tls section (Mosquitto.node_tls()), None for plain MQTT."""
+    broker = {"host": host, "port": port, "keepalive": 30}
+    if tls:
+        broker["tls"] = tls
     return {
         "node_id": node_id,
         "prefix": prefix,
         "wifi": {"ssid": "meterlink-lab", "password": "lab-only"},
-        "broker": {"host": host, "port": port, "keepalive": 30},
+        "broker": broker,
         "i2c": {"0": {"scl": 22, "sda": 21}},
         "sensors": [{"driver": "bme280", "bus": "i2c0", "address": 0x76, "interval_s": interval_s}],
     }
@@ -184,9 +188,13 @@ def compiled_firmware(arch: str) -> Path:
 class VirtualNode:
     """One virtual ESP32 running the real firmware."""
 
-    def __init__(self, root: str | Path, *, node_id: str, broker: tuple[str, int],
+    def __init__(self, root: str | Path, *, node_id: str, broker,
                  interval_s: int = 10, config: dict | None = None, board: dict | None = None,
-                 heap: str = DEFAULT_HEAP, form: str = "image") -> None:
+                 heap: str = DEFAULT_HEAP, form: str = "image",
+                 files: dict[str, bytes] | None = None) -> None:
+        """`broker`: (host, port), or a `host_tools.broker.Mosquitto`, whose TLS settings and
+        files (CA, the node's certificate) the node then gets unless `config` has its own
+        broker.tls; `files`: more files for the node's filesystem."""
         if form not in FORMS:
             raise ValueError(f"form must be one of {', '.join(FORMS)}: got {form!r}")
         self.form = form
@@ -202,8 +210,19 @@ class VirtualNode:
         self._supervisor: threading.Thread | None = None
         self.exits: list[int] = []
         self.pin_wakes = 0  # deep sleeps ended by a meter pulse (see _pulse_woke)
-        cfg = config or default_config(node_id, broker[0], broker[1], interval_s=interval_s)
+        files = dict(files or {})
+        if isinstance(broker, tuple):
+            host, port = broker
+        else:  # a Mosquitto: connect to it as a node provisioned for it would, TLS included
+            host, port = broker.host, broker.port
+        cfg = config or default_config(node_id, host, port, interval_s=interval_s)
+        if not isinstance(broker, tuple) and broker.node_tls(node_id) \
+                and "tls" not in cfg["broker"]:
+            cfg = dict(cfg, broker=dict(cfg["broker"], tls=broker.node_tls(node_id)))
+            files.update(broker.node_files(node_id))
         write_json_atomic(self.flash / "config.json", cfg)
+        for name, data in files.items():
+            (self.flash / name).write_bytes(data)
         if not (self.root / "board.json").exists() or board is not None:
             write_json_atomic(self.root / "board.json", board or default_board())
         if not (self.root / "env.json").exists():

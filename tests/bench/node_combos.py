@@ -300,7 +300,7 @@ class Result:
 def start(c: Combination, root: Path, broker, *, cycles: int, form: str) -> Result:
     """Starts the combination's node (a thread waits for mains; battery runs on its own)."""
     node_id = f"{c.name}-{form}"
-    vn = VirtualNode(root / node_id, node_id=node_id, broker=(broker.host, broker.port),
+    vn = VirtualNode(root / node_id, node_id=node_id, broker=broker,
                      config=config(c, node_id, broker, cycles), board=c.board, form=form)
     meters = {gpio: {"forward": n} for gpio, n in c.pulses.items()}
     vn.set_environment(**c.env)
