@@ -175,7 +175,14 @@ def _progress(name: str, done: int, total: int, tty: bool) -> None:
     sys.stdout.flush()
 
 
-def _write_file(dev: Device, name: str, data: bytes, tty: bool) -> None:
+def prepare(dev: Device) -> None:
+    """Defines the helpers write_file and the listings use on the node (once per session)."""
+    dev.exec(_HASHES % {"manifest": MANIFEST})
+
+
+def write_file(dev: Device, name: str, data: bytes, tty: bool = False) -> None:
+    """Writes one file to the node: NAME.new, its SHA-256 checked on the node, renamed over
+    NAME (a cut cable leaves the old file whole). After prepare(dev)."""
     tmp = name + ".new"
     dev.exec(f"import binascii, os\n_f = open({tmp!r}, 'wb')")
     done = 0
@@ -201,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
     with Device(port, soft_reset=True) as dev:
         dev.check_chip(board)
         try:
-            dev.exec(_HASHES % {"manifest": MANIFEST})
+            prepare(dev)
             image = dev.eval("_image()")  # the frozen firmware's version; None: a stock image
         except DeviceError as exc:
             raise UserError(f"the node could not say which image it runs: {exc}") from exc
@@ -248,7 +255,7 @@ def run(args: argparse.Namespace) -> int:
         dev.exec(f"_clean({[n for n in names if n not in changed]!r})")
         for n in changed:
             try:
-                _write_file(dev, n, files[n], tty)
+                write_file(dev, n, files[n], tty)
             except DeviceError as exc:
                 if _no_space(exc):
                     dev.exec(f"import os\ntry:\n os.remove({n + '.new'!r})\nexcept OSError:\n pass")

@@ -1,8 +1,8 @@
 """`meterlink provision`: gives a node its identity, MQTT credentials and configuration.
 
-    meterlink provision --board esp32-devkitc --node-id park-01 --broker 192.168.1.10:1883 \\
-        --wifi-ssid utility-iot --wifi-password '...' \\
-        --password-file /etc/mosquitto/meterlink.passwd --acl-file /etc/mosquitto/meterlink.acl \\
+    meterlink provision --board esp32-devkitc --node-id park-01 --broker 192.168.1.10:8883 \\
+        --wifi-ssid utility-iot --wifi-password '...' --pki pki --client-cert \\
+        [--password-file /etc/mosquitto/meterlink.passwd] [--acl-file /etc/mosquitto/meterlink.acl] \\
         [--gateway http://127.0.0.1:8080] [--group park] [--interval 60] [--port PORT]
 
 1. The configuration: what the node already has in `config.json` (re-provisioning keeps its
@@ -17,7 +17,12 @@
 4. The config goes to the device as `config.json` (written to `config.json.new`, then renamed,
    then read back), with `board.json`, the board file trimmed to what the firmware reads
    (`BOARD_KEYS`); the node soft-resets and runs with it.
-5. Broker side: the Mosquitto `password_file` line (hashed by Debian's `mosquitto_passwd`) and
+   With `--pki DIR` (a `meterlink pki` folder) the node speaks TLS to the broker: it gets the
+   CA (`ca.der`) and `broker.tls` in its config; with `--client-cert` also its own
+   certificate and key (`node.crt.der`, `node.key.der`: the PKI's certificate for the node
+   id, issued there on first use) and no password (the broker knows it by the certificate's
+   CN). docs/security.md says which to choose.
+5. Broker side (passwords): the Mosquitto `password_file` line (hashed by Debian's `mosquitto_passwd`) and
    the ACL block that lets the node write only its own `r`, `s`, `a` topics and read only its
    own `c`, `k` (`{prefix}/{node_id}/...`). With `--password-file`/`--acl-file` they replace
    the node's previous entries in those files (the rest is kept); without, they are printed.
@@ -46,7 +51,8 @@ from pathlib import Path
 
 from gateway.errors import EXIT_INPUT, UserError
 from host_tools import device, toolchain
-from host_tools.cmd_deploy import _no_space
+from host_tools.cmd_deploy import _no_space, prepare, write_file
+from host_tools.pki import Pki
 from host_tools.device import Device, DeviceError, say
 
 HELP = "give a node its id, MQTT credentials and validated config; emit Mosquitto auth lines"
@@ -78,6 +84,13 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
                         help="reading interval of every sensor, seconds")
     parser.add_argument("--config", type=Path, metavar="FILE",
                         help="JSON merged over the node's config before the options")
+    parser.add_argument("--pki", type=Path, metavar="DIR",
+                        help="TLS to the broker: the CA of this `meterlink pki` folder")
+    parser.add_argument("--client-cert", action="store_true",
+                        help="with --pki: the node's own certificate instead of a password")
+    parser.add_argument("--server-name", metavar="NAME",
+                        help="with --pki: the broker's name in its certificate, when the node "
+                             "connects by an address the certificate does not carry")
     parser.add_argument("--password-file", type=Path, metavar="FILE",
                         help="Mosquitto password_file to update (created if missing)")
     parser.add_argument("--acl-file", type=Path, metavar="FILE",
@@ -134,8 +147,19 @@ def build_config(board: device.Board, current: dict | None, args: argparse.Names
     broker = cfg.setdefault("broker", {})
     if args.broker:
         broker["host"], broker["port"] = _parse_broker(args.broker)
-    broker["user"] = args.node_id
-    broker["password"] = password
+    if args.pki:
+        tls = {"ca": "ca.der"}
+        if args.server_name:
+            tls["server_name"] = args.server_name
+        if args.client_cert:
+            tls.update(cert="node.crt.der", key="node.key.der")
+        broker["tls"] = tls
+    if password is None:  # a client certificate is the node's credential
+        broker.pop("user", None)
+        broker.pop("password", None)
+    else:
+        broker["user"] = args.node_id
+        broker["password"] = password
     wifi = cfg.setdefault("wifi", {})
     if args.wifi_ssid is not None:
         wifi["ssid"] = args.wifi_ssid
@@ -267,10 +291,32 @@ def board_file(board: device.Board) -> str:
     return json.dumps(trimmed, separators=(",", ":"), sort_keys=True)
 
 
+def tls_files(args: argparse.Namespace) -> dict[str, bytes]:
+    """The files a node with --pki gets: the CA, and with --client-cert its certificate and key
+    (issued in the PKI on first use)."""
+    if not args.pki:
+        if args.client_cert or args.server_name:
+            raise UserError("--client-cert and --server-name need --pki DIR", exit_code=EXIT_INPUT)
+        return {}
+    pki = Pki(args.pki)
+    if not pki.ca_der.exists():
+        raise UserError(f"--pki {args.pki}: no CA there ({pki.ca_der} is missing; `meterlink "
+                        f"pki init --dir {args.pki}` makes one)", exit_code=EXIT_INPUT)
+    files = {"ca.der": pki.ca_der.read_bytes()}
+    if args.client_cert:
+        if not pki.cert_path("node", args.node_id).exists():
+            pki.issue("node", args.node_id)
+        base = pki.cert_path("node", args.node_id).with_suffix("")
+        files["node.crt.der"] = Path(f"{base}.crt.der").read_bytes()
+        files["node.key.der"] = Path(f"{base}.key.der").read_bytes()
+    return files
+
+
 def run(args: argparse.Namespace) -> int:
     board = device.load_board(args.board)
     port = device.pick_port(args.port)
-    password = secrets.token_urlsafe(PASSWORD_BYTES)
+    files = tls_files(args)
+    password = None if args.client_cert else secrets.token_urlsafe(PASSWORD_BYTES)
     with Device(port, soft_reset=True) as dev:
         dev.check_chip(board)
         try:
@@ -281,6 +327,10 @@ def run(args: argparse.Namespace) -> int:
         cfg = validate(raw)  # the file keeps what was given; the firmware fills the defaults
         text = json.dumps(raw, separators=(",", ":"), sort_keys=True)
         try:
+            if files:
+                prepare(dev)
+                for name, data in files.items():  # before the config that names them
+                    write_file(dev, name, data)
             for name, body in (("config.json", text), ("board.json", board_file(board))):
                 dev.exec(f"import os\nwith open({name + '.new'!r}, 'w') as _f:\n"
                          f" _f.write({body!r})\n"
@@ -295,18 +345,21 @@ def run(args: argparse.Namespace) -> int:
         if back != text:
             raise UserError("config.json on the node does not read back as written: "
                             "provision again")
+        credential = ("its client certificate" if args.client_cert else "new MQTT password")
         say(f"{args.node_id}: config written to {port} (broker {cfg['broker']['host']}:"
-            f"{cfg['broker']['port']}, {len(cfg.get('sensors') or [])} sensor(s), "
-            f"new MQTT password)")
+            f"{cfg['broker']['port']}{' over TLS' if args.pki else ''}, "
+            f"{len(cfg.get('sensors') or [])} sensor(s), {credential})")
         if not args.no_reset:
             dev.run_main()
-    line = password_line(args.node_id, password)
     acl = acl_block(args.node_id, cfg["prefix"])
-    if args.password_file:
+    if password is None:
+        pass  # no password line: the broker knows the node by its certificate
+    elif args.password_file:
+        line = password_line(args.node_id, password)
         update_password_file(args.password_file, args.node_id, line)
         say(f"password_file {args.password_file}: entry for {args.node_id} replaced")
     else:
-        say("\n# add to the broker's password_file:\n" + line)
+        say("\n# add to the broker's password_file:\n" + password_line(args.node_id, password))
     if args.acl_file:
         update_acl_file(args.acl_file, args.node_id, acl)
         say(f"acl_file {args.acl_file}: block for {args.node_id} replaced")

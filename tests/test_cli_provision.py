@@ -18,8 +18,9 @@ import pytest
 
 from host_tools import cli, cmd_provision
 from host_tools.broker import Mosquitto
+from host_tools.pki import fleet_acl
 from host_tools.vboard.pty_repl import PtyBoard
-from gateway_support import GatewayProcess
+from gateway_support import GatewayProcess, wait_for
 
 pytestmark = pytest.mark.slow
 BOARD = "esp32-devkitc"
@@ -239,3 +240,37 @@ def test_the_node_firmware_connects_with_its_new_credentials(board, tmp_path, ca
             out = dev.exec("asyncio.run(go('wrong'))", timeout=20).strip()
             assert out.startswith("refused"), out
         obs.close()
+
+
+def test_provision_with_the_pki_gives_the_node_tls_and_its_own_certificate(tmp_path, capsys, pki):
+    """`--pki --client-cert`: the node gets the fleet CA and its certificate, no password, and
+    reaches the gateway through a broker that accepts only certified clients."""
+    acl = tmp_path / "fleet.acl"
+    acl.write_text(fleet_acl())
+    with Mosquitto(tmp_path / "broker", tls=pki, require_certificate=True,
+                   extra_conf=f"acl_file {acl}\n") as broker:
+        gw = GatewayProcess(tmp_path / "gw", broker).wait_subscribed()
+        try:
+            with PtyBoard(tmp_path / "node") as b:  # a board flashed with the meterlink image
+                assert cli.main(["deploy", "--board", BOARD, "--port", b.port]) == 0
+                rc, out, err = provision(capsys, b.port, "--node-id", "pit-12", "--broker",
+                                         f"{broker.host}:{broker.port}", "--pki", str(pki.root),
+                                         "--client-cert", "--interval", "1",
+                                         "--wifi-ssid", "meterlink-lab", "--wifi-password", "x")
+                assert rc == 0, err
+                assert "over TLS" in out and "its client certificate" in out, out
+                assert "password_file" not in out  # the certificate is the credential
+                cfg = json.loads((b.flash / "config.json").read_text())
+                assert cfg["broker"]["tls"] == {"ca": "ca.der", "cert": "node.crt.der",
+                                                "key": "node.key.der"}
+                assert "password" not in cfg["broker"] and "user" not in cfg["broker"]
+                assert (b.flash / "ca.der").read_bytes() == pki.ca_der.read_bytes()
+                issued = pki.cert_path("node", "pit-12").with_suffix(".crt.der")
+                assert (b.flash / "node.crt.der").read_bytes() == issued.read_bytes()
+                wait_for(lambda: len({r["seq"] for r in gw.records() if r["node"] == "pit-12"})
+                         >= 2, 60, "the provisioned node's readings at the gateway",
+                         lambda: (b.root / "console.log").read_text(errors="replace")[-3000:])
+        finally:
+            gw.stop()
+    rc, out, err = provision(capsys, "/dev/null", "--node-id", "x", "--client-cert")
+    assert rc == 2 and "--client-cert and --server-name need --pki DIR" in err

@@ -3,7 +3,8 @@ lowest point, and every reading at the gateway's sink.
 
 Each combination is a virtual board (the parts on its buses, register/byte-level models) and
 the node's config.json for them, as a technician would write it from docs/drivers.md. `run()`
-starts them against a real Mosquitto and the real gateway (file sink), in the meterlink image
+starts them against a real Mosquitto over TLS with client certificates (as deployed,
+docs/security.md) and the real gateway (file sink), in the meterlink image
 form (the firmware frozen into the 32-bit unix-port build) or the .mpy form (a stock build,
 the firmware as .mpy files), each in the firmware's 96 KB heap, for N cycles:
 
@@ -41,6 +42,7 @@ for p in (ROOT, ROOT / "tests"):
 
 from gateway_support import GatewayProcess, wait_for  # noqa: E402
 from host_tools.broker import Mosquitto  # noqa: E402
+from host_tools.pki import Pki  # noqa: E402
 from host_tools.vboard.node import VirtualNode, default_config  # noqa: E402
 
 BUDGET = 96 * 1024  # the firmware's heap (-X heapsize=96K, the virtual board's allowance added)
@@ -366,10 +368,15 @@ def pulses_made(vn: VirtualNode, gpio: str = "25") -> int:
 
 
 def run(names: list[str], *, cycles: int, form: str, workdir: Path, gateway: bool = True,
-        timeout: float = 1800) -> tuple[dict[str, Result], GatewayProcess | None, object]:
+        timeout: float = 1800, tls: bool = True) -> tuple[dict[str, Result], GatewayProcess | None, object]:
     """Runs the combinations at once against one broker and gateway in `workdir`; returns their
-    results, the gateway (stopped) and the broker's context manager (stopped)."""
-    with Mosquitto(workdir / "broker") as broker:
+    results, the gateway (stopped) and the broker's context manager (stopped). With `tls` (as
+    deployed) the broker wants TLS and a client certificate from every node and the gateway."""
+    pki = None
+    if tls:
+        pki = Pki(workdir / "pki")
+        pki.init("combinations fleet")
+    with Mosquitto(workdir / "broker", tls=pki, require_certificate=tls) as broker:
         gw = GatewayProcess(workdir / "gw", broker).wait_subscribed() if gateway else None
         try:
             running = {n: start(BY_NAME[n], workdir, broker, cycles=cycles, form=form)
