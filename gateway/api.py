@@ -12,18 +12,24 @@
     POST /api/send                downlink: {"node"|"nodes"|"group", "config"+"version" |
                                   "cmd"+"args", "timeout_s"?, "wait"?}
 
-It listens on `[api] host` (default 127.0.0.1) and has no authentication: keep it on
-localhost or behind a reverse proxy that adds it. Bodies are JSON; errors are
-`{"error": "..."}` naming the field.
+It listens on `[api] host` (default 127.0.0.1). Every request but `GET /healthz` needs
+`Authorization: Bearer TOKEN` (401 without it): `[api] token`, else the token in
+`[api] token_file` (default `api-token` beside the outbox), which the gateway creates with a
+random token (mode 0600) the first time. Bodies are JSON; errors are `{"error": "..."}`
+naming the field.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
+import os
 import re
+import secrets
 import threading
 import time
+from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
@@ -49,12 +55,38 @@ class ApiError(Exception):
         super().__init__(message)
 
 
+def token_path(config) -> Path:
+    """Where the API token lives when the config does not give it: `[api] token_file`, else
+    `api-token` beside the outbox."""
+    return config.api.token_file or Path(config.outbox.path).with_name("api-token")
+
+
+def load_token(config) -> str:
+    """The bearer token: `[api] token`, else the token file's first line, made (random,
+    mode 0600) when there is none yet."""
+    if config.api.token:
+        return config.api.token
+    path = token_path(config)
+    try:
+        token = path.read_text().strip()
+    except FileNotFoundError:
+        token = ""
+    if not token:
+        token = secrets.token_urlsafe(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+        log.info("api_token_created", extra=kv(path=str(path)))
+    return token
+
+
 class ApiServer:
     """Runs the API for one Gateway on its own thread and outbox connection."""
 
     def __init__(self, gateway: "Gateway") -> None:
         self.gateway = gateway
         cfg = gateway.config.api
+        self.token = load_token(gateway.config).encode()
         self.box = Outbox(gateway.config.outbox.path)
         self.lock = threading.Lock()
         handler = type("Handler", (_Handler,), {"api": self})
@@ -228,9 +260,12 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, fmt: str, *args: Any) -> None:
         log.debug("http", extra=kv(client=self.client_address[0], line=fmt % args))
 
-    def _reply(self, status: int, body: Any, content_type: str = "application/json") -> None:
+    def _reply(self, status: int, body: Any, content_type: str = "application/json",
+               headers: dict[str, str] | None = None) -> None:
         data = (body if isinstance(body, str) else json.dumps(body, default=str) + "\n").encode()
         self.send_response(status)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -245,6 +280,12 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError as exc:
             raise ApiError(400, f"body is not JSON: {exc}") from None
 
+    def _authorized(self) -> bool:
+        got = self.headers.get("Authorization") or ""
+        scheme, _, token = got.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(),
+                                                                   self.api.token)
+
     def _dispatch(self, method: str) -> None:
         url = urlsplit(self.path)
         query = parse_qs(url.query)
@@ -252,6 +293,12 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if method == "GET" and url.path == "/healthz":
                 self._reply(200, {"ok": True})
+            elif not self._authorized():
+                log.warning("api_unauthorized", extra=kv(client=self.client_address[0],
+                                                         method=method, path=url.path))
+                self._reply(401, {"error": "a bearer token is required: Authorization: Bearer "
+                                           "TOKEN ([api] token, or the token_file's)"},
+                            headers={"WWW-Authenticate": 'Bearer realm="meterlink"'})
             elif method == "GET" and url.path == "/readyz":
                 ready = api.gateway.ready
                 self._reply(200 if ready else 503, {"ready": ready})

@@ -130,6 +130,13 @@ class ApiConfig:
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = 9480
+    token: str | None = None
+    token_file: Path | None = None
+
+    def __repr__(self) -> str:
+        token = None if self.token is None else "***"
+        return (f"ApiConfig(enabled={self.enabled}, host={self.host!r}, port={self.port}, "
+                f"token={token!r}, token_file={self.token_file})")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -299,6 +306,8 @@ SCHEMA: dict[str, dict[str, tuple[Checker, Any]]] = {
         "enabled": (_bool, True),
         "host": (_text(), "127.0.0.1"),
         "port": (_integer(0, 65535), 9480),
+        "token": (_text(), None),
+        "token_file": (_path, None),
     },
     "gateway": {
         "stats_file": (_path, None),

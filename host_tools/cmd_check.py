@@ -22,14 +22,11 @@ from __future__ import annotations
 
 import argparse
 import ast
-import json
 import time
-import urllib.error
-import urllib.request
 
 from gateway.channels import default_table
 from gateway.errors import UserError
-from host_tools import device
+from host_tools import device, gwapi
 from host_tools.cmd_status import channel_text
 from host_tools.device import Device, DeviceError, say
 
@@ -99,6 +96,7 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", metavar="PORT", help="serial port (default: the only one)")
     parser.add_argument("--gateway", metavar="URL",
                         help="gateway HTTP API: confirm it receives a reading from the node")
+    gwapi.add_token_option(parser)
     parser.add_argument("--timeout", type=float, default=60.0, metavar="S",
                         help="how long to wait for the gateway (default: 60)")
 
@@ -121,28 +119,22 @@ def plausibility(key, value, last: dict | None) -> str:
     return "ok"
 
 
-def _http(method: str, url: str, body: dict | None = None) -> dict:
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method,
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=90) as resp:
-            return json.loads(resp.read() or b"{}")
-    except urllib.error.HTTPError as exc:
-        raise UserError(f"the gateway answered {exc.code} to {method} {url}: "
-                        f"{exc.read().decode(errors='replace')[:300]}") from exc
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise UserError(f"cannot reach the gateway at {url} ({exc}): is it running with its "
-                        f"[api] enabled?") from exc
+def _http(method: str, url: str, body: dict | None = None, *, token: str | None) -> dict:
+    status, reply = gwapi.call(method, url, body, token=token, timeout=90)
+    if status >= 300:
+        raise UserError(f"the gateway answered {status} to {method} {url}: "
+                        f"{reply.get('error', reply)}")
+    return reply
 
 
-def confirm_gateway(url: str, node: str, timeout: float) -> int:
+def confirm_gateway(url: str, node: str, timeout: float, *, token: str | None = None) -> int:
     """Has the node read and send now (the `read` command) and waits until the gateway
     received that sequence number; returns it."""
     base = url.rstrip("/")
     deadline = time.monotonic() + timeout
     while True:  # the node needs a few seconds after the reset to connect and subscribe
-        res = _http("POST", f"{base}/api/send", {"node": node, "cmd": "read", "timeout_s": 15})
+        res = _http("POST", f"{base}/api/send", {"node": node, "cmd": "read", "timeout_s": 15},
+                    token=token)
         report = (res.get("results") or [{}])[0]
         if report.get("result") == "ok":
             break
@@ -154,7 +146,7 @@ def confirm_gateway(url: str, node: str, timeout: float) -> int:
     if not isinstance(seq, int):
         raise UserError(f"the node's acknowledgement has no sequence number: {report}")
     while time.monotonic() < deadline:
-        row = _http("GET", f"{base}/api/nodes/{node}")
+        row = _http("GET", f"{base}/api/nodes/{node}", token=token)
         got = row.get("max_seq")
         if isinstance(got, int) and got >= seq:
             return seq
@@ -209,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
             bad += verdict != "ok"
             say(f"  {label}: {channel_text(key, value):<32} {verdict}")
     if args.gateway:
-        seq = confirm_gateway(args.gateway, node_id, args.timeout)
+        seq = confirm_gateway(args.gateway, node_id, args.timeout, token=gwapi.token(args))
         say(f"  gateway {args.gateway} received reading seq={seq} from {node_id}")
     if bad:
         raise UserError(f"{bad} check(s) failed: see the lines above (wiring, address, the "

@@ -45,12 +45,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from gateway.errors import EXIT_INPUT, UserError
-from host_tools import device, toolchain
+from host_tools import device, gwapi, toolchain
 from host_tools.cmd_deploy import _no_space, prepare, write_file
 from host_tools.pki import Pki
 from host_tools.device import Device, DeviceError, say
@@ -97,6 +95,7 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
                         help="Mosquitto acl_file to update (created if missing)")
     parser.add_argument("--gateway", metavar="URL",
                         help="register the node with the gateway's HTTP API at URL")
+    gwapi.add_token_option(parser)
     parser.add_argument("--group", metavar="NAME", help="group for the gateway registry")
     parser.add_argument("--port", metavar="PORT", help="serial port (default: the only one)")
     parser.add_argument("--no-reset", action="store_true",
@@ -252,19 +251,12 @@ def update_acl_file(path: Path, node: str, block: str) -> None:
 
 
 # ------------------------------------------------------------------------------ gateway
-def register(url: str, node: str, body: dict) -> None:
-    req = urllib.request.Request(
-        f"{url.rstrip('/')}/api/nodes/{node}", data=json.dumps(body).encode(), method="PUT",
-        headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            resp.read()
-    except urllib.error.HTTPError as exc:
-        detail = exc.read().decode(errors="replace")[:300]
-        raise UserError(f"the gateway refused the registration ({exc.code}): {detail}") from exc
-    except (urllib.error.URLError, OSError) as exc:
-        raise UserError(f"cannot reach the gateway at {url} ({exc}): is it running, and is "
-                        f"[api] enabled in its config?") from exc
+def register(url: str, node: str, body: dict, *, token: str | None) -> None:
+    status, reply = gwapi.call("PUT", f"{url.rstrip('/')}/api/nodes/{node}", body, token=token,
+                               timeout=10)
+    if status >= 300:
+        raise UserError(f"the gateway refused the registration ({status}): "
+                        f"{reply.get('error', reply)}")
 
 
 # ------------------------------------------------------------------------------ the command
@@ -373,6 +365,6 @@ def run(args: argparse.Namespace) -> int:
                 "interval_s": min([s["interval_s"] for s in sensors] or [60])}
         if args.group:
             body["group"] = args.group
-        register(args.gateway, args.node_id, body)
+        register(args.gateway, args.node_id, body, token=gwapi.token(args))
         say(f"registered {args.node_id} with the gateway at {args.gateway}")
     return 0

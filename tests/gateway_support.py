@@ -102,14 +102,29 @@ class GatewayProcess:
         except (OSError, ValueError):
             return {}
 
-    def api(self, path: str, method: str = "GET", body=None, timeout: float = 30.0):
-        """(status, JSON or text) of one request to the gateway's HTTP API."""
+    @property
+    def token(self) -> str:
+        """The API's bearer token: the file the gateway made beside its outbox."""
+        return (self.dir / "api-token").read_text().strip()
+
+    @property
+    def url(self) -> str:
         port = self.counters().get("api_port")
         if not port:
             raise AssertionError("the gateway's API is not up (no api_port in its stats)")
+        return f"http://127.0.0.1:{port}"
+
+    def api(self, path: str, method: str = "GET", body=None, timeout: float = 30.0,
+            token: str | None = "default"):
+        """(status, JSON or text) of one request to the gateway's HTTP API, with its bearer
+        token (`token=None`: without one; a string: that one)."""
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data,
-                                     method=method, headers={"Content-Type": "application/json"})
+        headers = {"Content-Type": "application/json"}
+        token = self.token if token == "default" else token
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        req = urllib.request.Request(f"{self.url}{path}", data=data, method=method,
+                                     headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=timeout) as reply:
                 status, raw, ctype = reply.status, reply.read(), reply.headers["Content-Type"]

@@ -119,7 +119,7 @@ def test_check_reads_the_running_node_and_the_real_gateway_stores_its_test_readi
     boots = (board.flash / "boots.dat").read_text().strip()
     url = f"http://127.0.0.1:{gw.counters()['api_port']}"
     rc, out, err = run(capsys, "check", "--port", board.port, "--gateway", url,
-                       "--timeout", "30")
+                       "--gateway-token-file", str(gw.dir / "api-token"), "--timeout", "30")
     assert rc == 0, out + err
     assert f"{NODE} on {board.port}: 1 sensor(s)" in out
     assert re.search(r"temperature 17\.2\d Cel\s+ok", out), out

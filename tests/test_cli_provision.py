@@ -11,7 +11,6 @@ import re
 import signal
 import threading
 import time
-import urllib.request
 
 import paho.mqtt.client as paho
 import pytest
@@ -178,12 +177,18 @@ def test_provision_registers_the_node_with_the_gateway(board, broker, tmp_path, 
         url = f"http://127.0.0.1:{m.group(1)}"
         rc, out, err = provision(capsys, board.port, "--node-id", "park-01",
                                  "--broker", f"{broker.host}:{broker.port}", "--interval", "30",
-                                 "--gateway", url, "--group", "park")
+                                 "--gateway", url, "--group", "park",
+                                 "--gateway-token-file", str(gw.dir / "api-token"))
         assert rc == 0, err
         assert f"registered park-01 with the gateway at {url}" in out
-        with urllib.request.urlopen(f"{url}/api/nodes/park-01", timeout=5) as resp:
-            row = json.loads(resp.read())
+        status, row = gw.api("/api/nodes/park-01")
+        assert status == 200, row
         assert row["board"] == BOARD and row["interval_s"] == 30 and row["group"] == "park"
+        # without the gateway's token the registration is refused, and says what to give
+        rc, out, err = provision(capsys, board.port, "--node-id", "park-02",
+                                 "--broker", f"{broker.host}:{broker.port}", "--gateway", url)
+        assert rc == 1 and "wants its API token: pass --gateway-token-file" in err, err
+        assert gw.api("/api/nodes/park-02")[0] == 404
     finally:
         gw.stop()
 

@@ -108,7 +108,7 @@ def test_check_confirms_the_reading_at_the_real_gateway(broker, tmp_path):
         node.subscribe("m/pit-09/k", qos=1)
         node.loop_start()
         time.sleep(0.3)
-        assert cmd_check.confirm_gateway(url, "pit-09", timeout=30) == 41
+        assert cmd_check.confirm_gateway(url, "pit-09", timeout=30, token=gw.token) == 41
         assert seen and seen[0]["cmd"] == "read"
     finally:
         node.loop_stop()

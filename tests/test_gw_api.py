@@ -144,3 +144,37 @@ def test_registry_status_downlink_and_operations_endpoints(tmp_path, broker):
             node.close()
         gw.stop()
     assert "Traceback" not in gw.log()
+
+
+def test_every_endpoint_but_healthz_wants_the_bearer_token(tmp_path, broker):
+    gw = GatewayProcess(tmp_path / "gw", broker, "gw-auth")
+    try:
+        wait_for("the API", lambda: gw.counters().get("subscribed") and gw.counters()
+                 .get("api_port"))
+        token_file = tmp_path / "gw" / "api-token"
+        assert oct(token_file.stat().st_mode & 0o777) == "0o600"  # made by the gateway
+        assert len(gw.token) >= 40
+        assert gw.api("/healthz", token=None) == (200, {"ok": True})  # for load balancers
+        for method, path, body in (("GET", "/readyz", None), ("GET", "/metrics", None),
+                                   ("GET", "/api/nodes", None), ("GET", "/api/alarms", None),
+                                   ("PUT", "/api/nodes/n1", {"board": "b", "sensors": [],
+                                                             "interval_s": 60}),
+                                   ("POST", "/api/send", {"node": "n1", "cmd": "diag"})):
+            for token in (None, "wrong-token", gw.token[:-1]):
+                status, reply = gw.api(path, method, body, token=token)
+                assert status == 401, (method, path, token, status)
+                assert "bearer token is required" in reply["error"]
+        assert gw.api("/api/nodes/n1")[0] == 404  # the refused PUT registered nothing
+        assert gw.api("/readyz")[0] == 200 and gw.api("/api/nodes")[0] == 200
+    finally:
+        gw.stop()
+    # the same token after a restart: the file is kept
+    first = gw.token
+    gw.stats.unlink()
+    gw.start()
+    try:
+        wait_for("the API again", lambda: gw.counters().get("api_port"))
+        assert gw.token == first and gw.api("/api/nodes")[0] == 200
+    finally:
+        gw.stop()
+    assert "event=api_unauthorized" in gw.log()
