@@ -61,8 +61,8 @@ def payload(seq: int) -> bytes:
 
 
 def queue_messages(broker: Mosquitto, n: int, nodes: int = 10) -> None:
-    pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-pub",
-                      protocol=mqtt.MQTTv311)
+    pub = broker.secure(mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-pub",
+                                    protocol=mqtt.MQTTv311))
     pub.max_inflight_messages_set(100)
     pub.connect(broker.host, broker.port)
     pub.loop_start()
@@ -78,8 +78,8 @@ def queue_messages(broker: Mosquitto, n: int, nodes: int = 10) -> None:
 def register_session(broker: Mosquitto, client_id: str) -> None:
     """Creates the persistent session and its subscription, then leaves."""
     done = threading.Event()
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False,
-                    protocol=mqtt.MQTTv311)
+    c = broker.secure(mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                                  clean_session=False, protocol=mqtt.MQTTv311))
     c.on_subscribe = lambda *a: done.set()
     c.connect(broker.host, broker.port)
     c.loop_start()
@@ -92,8 +92,8 @@ def register_session(broker: Mosquitto, client_id: str) -> None:
 def drop_session(broker: Mosquitto, client_id: str) -> None:
     """Removes a persistent session (a clean-session connect), so that later rounds' messages
     are not queued for it."""
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True,
-                    protocol=mqtt.MQTTv311)
+    c = broker.secure(mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                                  clean_session=True, protocol=mqtt.MQTTv311))
     done = threading.Event()
     c.on_connect = lambda *a: done.set()
     c.connect(broker.host, broker.port)
@@ -118,8 +118,8 @@ def bare_subscriber_rate(broker: Mosquitto, n: int, client_id: str = "bench-bare
         if got == n:
             finished.set()
 
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False,
-                    protocol=mqtt.MQTTv311)
+    c = broker.secure(mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                                  clean_session=False, protocol=mqtt.MQTTv311))
     c.on_message = on_message
     t0 = time.perf_counter()
     c.connect(broker.host, broker.port)
@@ -139,8 +139,10 @@ def gateway_rate(broker: Mosquitto, work: Path, n: int,
     """(msg/s committed in the outbox, msg/s with every SenML record also written by the file
     sink): the first is the target's figure, the second what the gateway sustains when its
     sink must keep up (the sink threads share the interpreter with ingest)."""
-    config = parse_config({"mqtt": {"host": broker.host, "port": broker.port,
-                                    "client_id": client_id},
+    mqtt_cfg = {"host": broker.host, "port": broker.port, "client_id": client_id}
+    if broker.tls is not None:
+        mqtt_cfg["ca_file"] = str(broker.tls.ca_crt)
+    config = parse_config({"mqtt": mqtt_cfg,
                            "sinks": {"file": {"path": "readings.jsonl"}},
                            "api": {"enabled": False}}, base_dir=work)
     register_session(broker, client_id)
