@@ -179,3 +179,45 @@ def test_mqtt_bridge_republishes_and_fails_over_when_the_upstream_is_down(tmp_pa
     finally:
         sink.close()
         sub.loop_stop()
+
+
+def test_https_sinks_verify_the_platform_and_present_the_gateways_client_certificate(tmp_path,
+                                                                                     pki):
+    """A platform that authenticates the gateway by mTLS: the http and ngsi-ld sinks trust its
+    CA (ca_file), present cert_file/key_file, and a gateway without a certificate, or one that
+    does not trust the platform's CA, delivers nothing."""
+    import ssl
+
+    from host_tools.pki import Pki
+
+    pki.issue("broker", "platform", hosts=["localhost"], ips=["127.0.0.1"], renew=True)
+    pki.issue("client", "gw-platform", renew=True)
+    recorder = Recorder()
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki.ca_crt))
+    ctx.verify_mode = ssl.CERT_REQUIRED  # the platform wants a client certificate of the CA
+    ctx.load_cert_chain(pki.cert_path("broker", "platform"), pki.key_path("broker", "platform"))
+    recorder.server.socket = ctx.wrap_socket(recorder.server.socket, server_side=True)
+    url = recorder.url.replace("http://", "https://")
+    cert = {"cert_file": str(pki.cert_path("client", "gw-platform")),
+            "key_file": str(pki.key_path("client", "gw-platform"))}
+    stranger = Pki(tmp_path / "stranger")
+    stranger.init("not the platform's CA")
+    try:
+        for name, path in (("http", "/in"), ("ngsi-ld", "")):
+            (tmp_path / name).mkdir()
+            batch = batch_for(tmp_path / name, name)
+            sink = make_sink(sink_config(tmp_path, name, url=url + path,
+                                         ca_file=str(pki.ca_crt), **cert))
+            sink.deliver(batch)
+            assert recorder.requests, name
+            recorder.requests.clear()
+            for bad in ({"ca_file": str(pki.ca_crt)},  # no client certificate
+                        {"ca_file": str(stranger.ca_crt), **cert}):  # the platform unverified
+                sink = make_sink(sink_config(tmp_path, name, url=url + path, **bad))
+                with pytest.raises(DeliveryFailed):
+                    sink.deliver(batch)
+            assert not recorder.requests, name
+    finally:
+        recorder.close()
+    with pytest.raises(Exception, match="cert_file needs key_file"):
+        sink_config(tmp_path, "http", url=url, cert_file=cert["cert_file"])
