@@ -90,25 +90,15 @@ class Mosquitto:
         """The `broker.tls` section of a node's config for this broker (None: plain MQTT):
         the CA pinned, the server's certificate checked for the address the node connects to
         (127.0.0.1 is in it); with require_certificate, the node's client certificate."""
-        if self.tls is None:
-            return None
-        out = {"ca": "ca.der"}
-        if self.require_certificate and node_id:
-            out.update({"cert": "node.crt.der", "key": "node.key.der"})
-        return out
+        return None if self.tls is None else self._node(node_id)[0]
 
     def node_files(self, node_id: str | None = None) -> dict[str, bytes]:
         """The files `node_tls(node_id)` names, for the node's filesystem (the node's
         certificate is issued on first use)."""
-        if self.tls is None:
-            return {}
-        out = {"ca.der": self.tls.ca_der.read_bytes()}
-        if self.require_certificate and node_id:
-            self.client_cert(node_id, kind="node")
-            folder = self.tls.cert_path("node", node_id).parent
-            out["node.crt.der"] = (folder / f"{node_id}.crt.der").read_bytes()
-            out["node.key.der"] = (folder / f"{node_id}.key.der").read_bytes()
-        return out
+        return {} if self.tls is None else self._node(node_id)[1]
+
+    def _node(self, node_id: str | None) -> tuple[dict, dict[str, bytes]]:
+        return self.tls.node_tls(node_id or "", cert=bool(self.require_certificate and node_id))
 
     def client_cert(self, name: str, *, kind: str = "client") -> tuple[Path, Path]:
         """(cert, key) PEM files of a client certificate `name` (issued on first use)."""

@@ -290,18 +290,7 @@ def tls_files(args: argparse.Namespace) -> dict[str, bytes]:
         if args.client_cert or args.server_name:
             raise UserError("--client-cert and --server-name need --pki DIR", exit_code=EXIT_INPUT)
         return {}
-    pki = Pki(args.pki)
-    if not pki.ca_der.exists():
-        raise UserError(f"--pki {args.pki}: no CA there ({pki.ca_der} is missing; `meterlink "
-                        f"pki init --dir {args.pki}` makes one)", exit_code=EXIT_INPUT)
-    files = {"ca.der": pki.ca_der.read_bytes()}
-    if args.client_cert:
-        if not pki.cert_path("node", args.node_id).exists():
-            pki.issue("node", args.node_id)
-        base = pki.cert_path("node", args.node_id).with_suffix("")
-        files["node.crt.der"] = Path(f"{base}.crt.der").read_bytes()
-        files["node.key.der"] = Path(f"{base}.key.der").read_bytes()
-    return files
+    return Pki(args.pki).node_tls(args.node_id, cert=args.client_cert)[1]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -25,6 +25,7 @@ from pathlib import Path
 from gateway.errors import EXIT_INPUT, UserError
 from host_tools.cmd_provision import _parse_broker
 from host_tools.device import say
+from host_tools.pki import Pki
 
 HELP = "run N virtual nodes (the real firmware) against a broker"
 MIXES = ("bme280",)
@@ -62,26 +63,6 @@ def acked(console: str) -> int:
     return total
 
 
-def node_tls(folder: Path, node_id: str, *, certs: bool) -> tuple[dict, dict[str, bytes]]:
-    """The broker.tls section and the files of a node that trusts the PKI in `folder` (and
-    with `certs`, presents its own certificate, issued there on first use)."""
-    from host_tools.pki import Pki
-
-    pki = Pki(folder)
-    if not pki.ca_der.exists():
-        raise UserError(f"--pki {folder}: no CA there ({pki.ca_der} is missing; `meterlink pki "
-                        f"init --dir {folder}` makes one)", exit_code=EXIT_INPUT)
-    tls, files = {"ca": "ca.der"}, {"ca.der": pki.ca_der.read_bytes()}
-    if certs:
-        if not pki.cert_path("node", node_id).exists():
-            pki.issue("node", node_id)
-        base = pki.cert_path("node", node_id).with_suffix("")
-        tls.update(cert="node.crt.der", key="node.key.der")
-        files.update({"node.crt.der": Path(f"{base}.crt.der").read_bytes(),
-                      "node.key.der": Path(f"{base}.key.der").read_bytes()})
-    return tls, files
-
-
 def run(args: argparse.Namespace) -> int:
     from host_tools.vboard.node import VirtualNode, default_config
 
@@ -93,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         for i in range(1, args.nodes + 1):
             nid = f"{args.prefix_id}-{i:03d}"
-            tls, files = node_tls(args.pki, nid, certs=args.node_certs) if args.pki else (None, {})
+            tls, files = Pki(args.pki).node_tls(nid, cert=args.node_certs) if args.pki \
+                else (None, {})
             cfg = default_config(nid, host, port, interval_s=args.interval, tls=tls)
             if args.user:
                 cfg["broker"]["user"] = args.user

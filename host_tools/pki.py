@@ -243,6 +243,27 @@ class Pki:
         self._write_crl(ca_cert, ca_key, entries)
         return hits
 
+    def node_tls(self, node_id: str, *, cert: bool = False,
+                 server_name: str | None = None) -> tuple[dict, dict[str, bytes]]:
+        """What a node that trusts this CA gets: its config's `broker.tls` section and the files
+        it names, for its filesystem (`ca.der`; with `cert`, its own certificate and key,
+        issued here on first use)."""
+        if not self.ca_der.exists():
+            raise PkiError(f"no CA in {self.root}: {self.ca_der} is missing "
+                           f"(`meterlink pki init --dir {self.root}` makes one)")
+        tls: dict = {"ca": "ca.der"}
+        files = {"ca.der": self.ca_der.read_bytes()}
+        if server_name:
+            tls["server_name"] = server_name
+        if cert:
+            if not self.cert_path("node", node_id).exists():
+                self.issue("node", node_id)
+            folder = self.root / KINDS["node"]
+            tls.update(cert="node.crt.der", key="node.key.der")
+            files["node.crt.der"] = (folder / f"{node_id}.crt.der").read_bytes()
+            files["node.key.der"] = (folder / f"{node_id}.key.der").read_bytes()
+        return tls, files
+
     def refresh_crl(self) -> None:
         """Signs the CRL again with a new next-update date (it must not lapse: see CRL_DAYS)."""
         ca_cert, ca_key = self._ca()

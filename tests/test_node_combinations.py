@@ -20,7 +20,8 @@ from bench import node_combos
 from bench.node_combos import BY_NAME, LITRES_PER_PULSE
 from host_tools import toolchain
 
-pytestmark = pytest.mark.slow
+# one run of all eight (module fixture) takes 5-6 minutes on 2 cores: above the suite's default
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 CYCLES = 1000  # mains: readings of every sensor then publish; battery: wake-ups
 MIN_FREE = 40 * 1024
