@@ -289,6 +289,8 @@ class Result:
     seconds: float = 0.0
     node: VirtualNode | None = None
     output: str = ""
+    started: float = 0.0  # time.monotonic() at start
+    thread: threading.Thread | None = None  # mains: the process; battery: the meter's turn
 
     @property
     def free_kb(self) -> float:
@@ -306,8 +308,7 @@ def start(c: Combination, root: Path, broker, *, cycles: int, form: str) -> Resu
                      config=config(c, node_id, broker, cycles), board=c.board, form=form)
     meters = {gpio: {"forward": n} for gpio, n in c.pulses.items()}
     vn.set_environment(**c.env)
-    r = Result(c.name, form, cycles, node=vn, allowance=vn.allowance())
-    r.started = time.monotonic()
+    r = Result(c.name, form, cycles, node=vn, allowance=vn.allowance(), started=time.monotonic())
     if c.battery:
         cmd = vn.command()
         cmd[-1] = BATTERY_WAKE
