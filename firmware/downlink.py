@@ -137,6 +137,12 @@ async def command(node, msg, rid):
         body["t"] = clock.unix()
         if body["t"] is None:
             err = "t is required"
+    elif cmd == "cred":
+        err = _credential(node, msg, rid)
+        if not err:
+            log.info("down", "new credential: the next connect tries it")
+            await node.client.close()  # the publisher reconnects at once, with it
+            return  # answered after that connect (session.try_credential)
     else:
         err = 'unknown command "%s"' % cmd
     if err:
@@ -145,6 +151,37 @@ async def command(node, msg, rid):
     await node.ack(body)
     if cmd == "reboot":
         await node.restart()
+
+
+def _credential(node, msg, rid):
+    """Checks a new credential (a password, or a DER certificate and key) and keeps it in
+    `node.trial` for the next connect. The old one stays in the config, and in use, until the
+    new one has connected; a certificate goes to the file names the config does not use."""
+    pw, cert, key = msg.get("password"), msg.get("cert"), msg.get("key")
+    if pw is not None:
+        if not isinstance(pw, str) or not 1 <= len(pw) <= 128:
+            return "password must be a text string of 1-128 characters"
+        if cert is not None or key is not None:
+            return "give a password, or a cert and key: not both"
+        node.trial = {"id": rid, "password": pw}
+        return None
+    if not isinstance(cert, bytes) or not isinstance(key, bytes):
+        return "cred needs a password, or cert and key (DER byte strings)"
+    t = node.cfg["broker"]["tls"]
+    if not t:
+        return "a certificate needs TLS to the broker (broker.tls)"
+    import mqtt
+
+    try:
+        with open(t["ca"], "rb") as f:
+            mqtt.tls_context(f.read(), cert, key)  # parses both: a broken one is refused now
+    except Exception as exc:
+        return "cert and key are not usable: %r" % (exc,)
+    gen = "node2" if t["cert"] != "node2.crt.der" else "node"
+    write_text(gen + ".crt.der", cert)
+    write_text(gen + ".key.der", key)
+    node.trial = {"id": rid, "cert": gen + ".crt.der", "key": gen + ".key.der"}
+    return None
 
 
 def _interval(node, msg):

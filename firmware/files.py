@@ -21,8 +21,9 @@ def read_text(path):
 
 
 def write_text(path, text):
+    """Writes str or bytes atomically (temp file, then rename)."""
     tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    with open(tmp, "wb" if isinstance(text, (bytes, bytearray)) else "w") as f:
         f.write(text)
     os.rename(tmp, path)
 

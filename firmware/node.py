@@ -109,6 +109,7 @@ class Node:
         self.started = time.ticks_ms()
         self.heap_peak = 0
         self.connect_failures = 0
+        self.trial = None  # a new credential to try at the next connect (the `cred` command)
         self.safe = boot.safe
         # only a whole runtime is the REPL's to inspect and resume: Ctrl-C can stop this
         # constructor half way, and `meterlink status` then finds none and soft-resets
@@ -287,6 +288,10 @@ class Node:
 
     async def connect(self):
         await self._wifi(self.cfg["wifi"]["timeout_s"])
+        if self.trial is not None:
+            trial, self.trial = self.trial, None
+            await self._session("try_credential", trial)
+            return
         t = self.cfg["broker"]["tls"]
         if t and self.client.ssl is None:  # made once: the parsed certificates stay in it
             self.client.ssl = mqtt.tls_context(

@@ -43,6 +43,48 @@ async def established(node, present):
         asyncio.create_task(sync_ntp(node))
 
 
+async def try_credential(node, trial):
+    """Connects with the new credential of a `cred` command. Connected: the config names it
+    from now on (config.json and the last good copy), and the answer says so. Refused: the
+    old credential connects again, stays, and the answer gives the broker's reason. A power
+    cut on the way leaves the old credential in the config: nothing can lock the node out."""
+    import mqtt
+    from node import _read_file
+
+    c = node.client
+    old = (c.ssl, c.password)
+    b, raw = node.cfg["broker"], node.raw["broker"]
+    try:
+        if "password" in trial:
+            c.password = trial["password"]
+        else:
+            c.ssl = mqtt.tls_context(_read_file(b["tls"]["ca"]), _read_file(trial["cert"]),
+                                     _read_file(trial["key"]))
+        present = await c.connect()
+    except Exception as exc:
+        await c.close()
+        c.ssl, c.password = old
+        log.warn("mqtt", "the new credential was refused (%r): back to the old one", exc)
+        present = await c.connect()
+        await established(node, present)
+        await node.ack({"id": trial["id"], "cmd": "cred", "ok": False,
+                        "err": "the broker refused the new credential (%r): the old one stays "
+                               "in use" % (exc,)})
+        return
+    if "password" in trial:
+        b["password"] = raw["password"] = trial["password"]
+    else:
+        for k in ("cert", "key"):
+            b["tls"][k] = raw["tls"][k] = trial[k]
+    import json
+
+    _write_text("config.json", json.dumps(node.raw))
+    _copy("config.json", "config.good.json")  # it has just connected
+    log.info("mqtt", "the new credential connected: in use from now on")
+    await established(node, present)
+    await node.ack({"id": trial["id"], "cmd": "cred", "ok": True})
+
+
 async def sync_ntp(node):
     t = node.cfg["time"]
     try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import threading
+from pathlib import Path
 import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -26,7 +27,7 @@ from gateway.errors import WireError
 
 CONTROL_LIMIT = 1024
 STATUS_LIMIT = 512
-COMMANDS = ("read", "interval", "flush", "reboot", "diag", "time")
+COMMANDS = ("read", "interval", "flush", "reboot", "diag", "time", "cred")
 
 
 def new_request_id() -> str:
@@ -78,13 +79,19 @@ def _check_no_floats(obj: Any, where: str) -> None:
 
 
 def parse_args(pairs: list[str]) -> dict[str, Any]:
-    """`["s=60", "sensor=0", "x=abc"]` -> `{"s": 60, "sensor": 0, "x": "abc"}`."""
+    """`["s=60", "sensor=0", "x=abc", "cert=@node.crt.der"]` -> `{"s": 60, "sensor": 0,
+    "x": "abc", "cert": b"<the file's bytes>"}`."""
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ValueError(f"argument {pair!r} must be key=value")
-        if value.lstrip("-").isdigit():
+        if value.startswith("@"):
+            try:
+                out[key] = Path(value[1:]).read_bytes()
+            except OSError as exc:
+                raise ValueError(f"argument {key}: cannot read {value[1:]}: {exc.strerror}") from exc
+        elif value.lstrip("-").isdigit():
             out[key] = int(value)
         elif value in ("true", "false"):
             out[key] = value == "true"

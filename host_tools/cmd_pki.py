@@ -45,6 +45,9 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--days", type=int, help="validity (default: node/client 10 years, broker 825 days)")
     p.add_argument("--renew", action="store_true",
                    help="replace the name's valid certificate (the old one is revoked)")
+    p.add_argument("--keep-old", action="store_true",
+                   help="with --renew: the old certificate stays valid until you revoke it by "
+                        "its serial (rotation: the node switches first)")
     p = action("revoke", "revoke a certificate by name or serial and re-sign the CRL")
     p.add_argument("name")
     action("list", "every certificate issued, with its state")
@@ -69,11 +72,14 @@ def run(args: argparse.Namespace) -> int:
             f"ca.crt for the broker and gateways, ca.der for nodes; keep ca.key offline")
     elif cmd == "issue":
         cert = pki.issue(args.kind, args.name, hosts=args.host, ips=args.ip, days=args.days,
-                         renew=args.renew)
+                         renew=args.renew or args.keep_old, keep_old=args.keep_old)
         say(f"{args.kind} {args.name}: {pki.cert_path(args.kind, args.name)} and "
             f"{pki.key_path(args.kind, args.name)} (serial {cert.serial_number:x}, valid until "
             f"{cert.not_valid_after_utc:%Y-%m-%d})")
-        if args.renew:
+        if args.keep_old:
+            say("the previous certificate stays valid: revoke it by its serial once the node "
+                "uses the new one (`meterlink pki list`)")
+        elif args.renew:
             say(f"the previous certificate is revoked in {pki.crl}: reload Mosquitto")
     elif cmd == "revoke":
         for e in pki.revoke(args.name):

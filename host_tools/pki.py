@@ -163,10 +163,12 @@ class Pki:
 
     def issue(self, kind: str, name: str, *, hosts: tuple[str, ...] | list[str] = (),
               ips: tuple[str, ...] | list[str] = (), days: int | None = None,
-              renew: bool = False) -> x509.Certificate:
+              renew: bool = False, keep_old: bool = False) -> x509.Certificate:
         """Issues a certificate and key for `name`: kind "broker" (a server: `hosts` and `ips`
         go into its subjectAltName, at least one is required), "node" or "client". A name
-        with a valid certificate is refused unless `renew` (the old one is then revoked)."""
+        with a valid certificate is refused unless `renew`: the old one is then revoked, or
+        with `keep_old` stays valid until `revoke(serial)` (a rotation: the node switches to
+        the new one first, docs/security.md)."""
         if kind not in KINDS:
             raise PkiError(f"kind must be one of {', '.join(KINDS)}: got {kind!r}")
         if not NAME.match(name):
@@ -209,7 +211,7 @@ class Pki:
             san = [x509.DNSName(h) for h in hosts] + [x509.IPAddress(a) for a in addresses]
             builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
         cert = builder.sign(ca_key, hashes.SHA256())
-        for old in live:
+        for old in live if not keep_old else ():
             old["revoked"] = now.isoformat()
         entries.append({"serial": f"{cert.serial_number:x}", "kind": kind, "name": name,
                         "not_after": cert.not_valid_after_utc.isoformat(), "revoked": None})
@@ -222,7 +224,7 @@ class Pki:
                 serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
                 serialization.NoEncryption()), secret=True)
         self._save_index(entries)
-        if live:
+        if live and not keep_old:
             self._write_crl(ca_cert, ca_key, entries)
         return cert
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import ssl
 import stat
@@ -281,3 +282,126 @@ def test_a_node_with_a_password_connects_over_tls_only(tmp_path, pki):
         assert paho_connect(broker, ca=str(pki.ca_crt), user="pit-08",
                             password="wrong") != "connected"
     assert json.loads((node.flash / "config.json").read_text())["broker"]["tls"] == {"ca": "ca.der"}
+
+
+class Ops:
+    """The gateway's side of a downlink, as `meterlink gateway send` publishes it: a command on
+    `m/NODE/k`, the node's answer on `m/NODE/a` (under the gateway's certificate)."""
+
+    def __init__(self, broker, node_id: str) -> None:
+        self.node_id = node_id
+        self.acks: list[dict] = []
+        self.c = broker.secure(paho.Client(paho.CallbackAPIVersion.VERSION2,
+                                           client_id="ops-" + node_id), "gateway")
+        self.c.on_message = lambda c, u, m: self.acks.append(cbor2.loads(m.payload))
+        self.c.on_connect = lambda c, u, f, rc, p: c.subscribe(f"m/{node_id}/a", qos=1)
+        self.c.connect(broker.host, broker.port)
+        self.c.loop_start()
+        wait_for(self.c.is_connected, 10, "the operator's connection")
+        time.sleep(0.3)  # the subscription
+
+    def send(self, rid: int, **args) -> dict:
+        from gateway.downlink import command_message
+
+        self.c.publish(f"m/{self.node_id}/k",
+                       command_message("cred", args, request_id=str(rid)), qos=1)
+        return wait_for(lambda: next((a for a in self.acks if a.get("id") == str(rid)), None),
+                        30, f"the node's answer to request {rid}")
+
+    def close(self) -> None:
+        self.c.loop_stop()
+        self.c.disconnect()
+
+
+@pytest.mark.slow
+def test_credential_rotation_by_downlink_never_locks_the_node_out(tmp_path, pki):
+    """The gateway sends a node a new certificate. One from another CA is refused by the
+    broker: the node goes back to its old one at once and says why. One of the fleet CA is
+    used from then on; the old one is revoked, the broker restarts, and the node carries on.
+    Every reading it queued meanwhile reaches the gateway once."""
+    acl = tmp_path / "fleet.acl"
+    acl.write_text(fleet_acl())
+    stranger = Pki(tmp_path / "stranger")
+    stranger.init("Someone else's CA")
+    stranger.issue("node", "pit-21")
+    with Mosquitto(tmp_path / "broker", tls=pki, require_certificate=True,
+                   extra_conf=f"acl_file {acl}\n") as broker:
+        gw = GatewayProcess(tmp_path / "gw", broker).wait_subscribed()
+        node = VirtualNode(tmp_path / "pit-21", node_id="pit-21", broker=broker, interval_s=1)
+        config = node.flash / "config.json"
+        ops = None
+        try:
+            node.start()
+            wait_for(lambda: len(node_readings(gw, "pit-21")) >= 2, 30, "the first readings",
+                     lambda: node.console()[-2000:])
+            ops = Ops(broker, "pit-21")
+            old_serial = pki.index()[-1]["serial"]
+            before = config.read_text()
+
+            # a certificate the broker does not accept
+            bad = stranger.cert_path("node", "pit-21").parent
+            ack = ops.send(1, cert=(bad / "pit-21.crt.der").read_bytes(),
+                           key=(bad / "pit-21.key.der").read_bytes())
+            assert ack["ok"] is False and "refused the new credential" in ack["err"], ack
+            assert config.read_text() == before, "the old credential stays in the config"
+            n = len(node_readings(gw, "pit-21"))
+            wait_for(lambda: len(node_readings(gw, "pit-21")) >= n + 2, 30,
+                     "readings on the old credential", lambda: node.console()[-2000:])
+
+            # garbage is refused before the node even tries it
+            ack = ops.send(2, cert=b"not a certificate", key=b"nor a key")
+            assert ack["ok"] is False and "not usable" in ack["err"], ack
+
+            # a renewed certificate of the fleet CA, the old one still valid for the switch
+            pki.issue("node", "pit-21", renew=True, keep_old=True)
+            new = pki.cert_path("node", "pit-21").parent
+            ack = ops.send(3, cert=(new / "pit-21.crt.der").read_bytes(),
+                           key=(new / "pit-21.key.der").read_bytes())
+            assert ack == {"id": "3", "cmd": "cred", "ok": True}, ack
+            tls = json.loads(config.read_text())["broker"]["tls"]
+            assert tls["cert"] == "node2.crt.der" and tls["key"] == "node2.key.der"
+            assert (node.flash / "node2.crt.der").read_bytes() == \
+                (new / "pit-21.crt.der").read_bytes()
+            assert (node.flash / "config.good.json").read_text() == config.read_text()
+
+            # the old certificate revoked, the broker restarted: the node is back on the new one
+            pki.revoke(old_serial)
+            ops.close()
+            ops = None
+            broker.stop()
+            broker.start()
+            n = len(node_readings(gw, "pit-21"))
+            wait_for(lambda: len(node_readings(gw, "pit-21")) >= n + 3, 60,
+                     "readings after the old certificate was revoked",
+                     lambda: node.console()[-2000:])
+            # and a restart of the node keeps the new one (it is in the config now)
+            node.stop()
+            node.start()
+            n = len(node_readings(gw, "pit-21"))
+            wait_for(lambda: len(node_readings(gw, "pit-21")) >= n + 2, 60,
+                     "readings after the node restarted", lambda: node.console()[-2000:])
+            queued = {int(x) for x in re.findall(r" queued seq=(\d+) ", node.console())}
+            wait_for(lambda: queued <= node_readings(gw, "pit-21"), 30,
+                     "every queued reading at the gateway")
+        finally:
+            if ops is not None:
+                ops.close()
+            node.stop()
+            gw.stop()
+    seqs = sorted(node_readings(gw, "pit-21"))
+    assert seqs == list(range(len(seqs))), "a gap: a reading was lost on the way"
+    recs = [(r["seq"], r["n"]) for r in gw.records() if r["node"] == "pit-21"]
+    assert len(recs) == len(set(recs)), "a reading stored twice"
+
+
+def test_gateway_send_reads_a_credential_from_a_file(tmp_path):
+    from gateway.downlink import command_message, parse_args
+
+    der = bytes(range(256)) * 2
+    (tmp_path / "node.crt.der").write_bytes(der)
+    args = parse_args([f"cert=@{tmp_path / 'node.crt.der'}", "password=abc", "s=60"])
+    assert args == {"cert": der, "password": "abc", "s": 60}
+    msg = cbor2.loads(command_message("cred", {"cert": der}, request_id="7", now=1796000000))
+    assert msg == {"cmd": "cred", "id": "7", "cert": der, "t": 1796000000}
+    with pytest.raises(ValueError, match="cannot read"):
+        parse_args([f"cert=@{tmp_path / 'missing.der'}"])
