@@ -116,8 +116,7 @@ def tls_node(tmp_path, broker, node_id: str, *, tls: dict, files: dict) -> Virtu
 @pytest.mark.slow
 def test_a_node_trusts_only_its_fleet_ca_and_the_brokers_name(tmp_path, broker):
     gw = GatewayProcess(tmp_path / "gw", broker).wait_subscribed()
-    stranger = Pki(tmp_path / "stranger")
-    stranger.init("Someone else's CA")
+    stranger = stranger_ca(tmp_path)
     good = tls_node(tmp_path, broker, "good", tls={"ca": "ca.der"},
                     files=broker.node_files())
     wrong_ca = tls_node(tmp_path, broker, "wrong-ca", tls={"ca": "ca.der"},
@@ -170,15 +169,27 @@ def paho_connect(broker, *, ca: str | None, cert: tuple | None = None, client_id
         c.disconnect()
 
 
-@pytest.mark.slow
-def test_with_client_certificates_only_certified_clients_connect(tmp_path, pki):
+def fleet_broker(tmp_path, pki) -> Mosquitto:
+    """A broker as docs/security.md sets one up: TLS, client certificates of the fleet CA
+    required (the CN is the user name), the fleet ACL."""
     acl = tmp_path / "fleet.acl"
     acl.write_text(fleet_acl())
-    stranger = Pki(tmp_path / "stranger")
-    stranger.init("Someone else's CA")
+    return Mosquitto(tmp_path / "broker", tls=pki, require_certificate=True,
+                     extra_conf=f"acl_file {acl}\n")
+
+
+def stranger_ca(tmp_path) -> Pki:
+    """A CA that is not the fleet's."""
+    ca = Pki(tmp_path / "stranger")
+    ca.init("Someone else's CA")
+    return ca
+
+
+@pytest.mark.slow
+def test_with_client_certificates_only_certified_clients_connect(tmp_path, pki):
+    stranger = stranger_ca(tmp_path)
     stranger.issue("client", "gateway")
-    with Mosquitto(tmp_path / "broker", tls=pki, require_certificate=True,
-                   extra_conf=f"acl_file {acl}\n") as broker:
+    with fleet_broker(tmp_path, pki) as broker:
         gw = GatewayProcess(tmp_path / "gw", broker).wait_subscribed()  # its own certificate
         node = VirtualNode(tmp_path / "pit-07", node_id="pit-07", broker=broker, interval_s=1)
         ca = str(pki.ca_crt)
@@ -214,10 +225,7 @@ def test_a_node_cannot_publish_for_another_node_or_read_its_config(tmp_path, pki
     """Node A holds a valid certificate (its CN is its node id). Under the fleet ACL it can
     publish its own readings, but a reading it publishes as node B never reaches the gateway,
     and B's retained configuration never reaches it."""
-    acl = tmp_path / "fleet.acl"
-    acl.write_text(fleet_acl())
-    with Mosquitto(tmp_path / "broker", tls=pki, require_certificate=True,
-                   extra_conf=f"acl_file {acl}\n") as broker:
+    with fleet_broker(tmp_path, pki) as broker:
         gw = GatewayProcess(tmp_path / "gw", broker).wait_subscribed()
         ops = broker.secure(paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="gateway-ops"),
                             "gateway")  # the gateway's identity may write configs
@@ -319,13 +327,9 @@ def test_credential_rotation_by_downlink_never_locks_the_node_out(tmp_path, pki)
     broker: the node goes back to its old one at once and says why. One of the fleet CA is
     used from then on; the old one is revoked, the broker restarts, and the node carries on.
     Every reading it queued meanwhile reaches the gateway once."""
-    acl = tmp_path / "fleet.acl"
-    acl.write_text(fleet_acl())
-    stranger = Pki(tmp_path / "stranger")
-    stranger.init("Someone else's CA")
+    stranger = stranger_ca(tmp_path)
     stranger.issue("node", "pit-21")
-    with Mosquitto(tmp_path / "broker", tls=pki, require_certificate=True,
-                   extra_conf=f"acl_file {acl}\n") as broker:
+    with fleet_broker(tmp_path, pki) as broker:
         gw = GatewayProcess(tmp_path / "gw", broker).wait_subscribed()
         node = VirtualNode(tmp_path / "pit-21", node_id="pit-21", broker=broker, interval_s=1)
         config = node.flash / "config.json"
