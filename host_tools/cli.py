@@ -68,25 +68,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def reporting(prog: str, run: Callable[[], int]) -> int:
+    """Runs a command and turns what the user must read into `prog: message` on stderr and
+    the exit status: UserError (its code), Ctrl-C (130), a closed pipe on stdout (130)."""
+    try:
+        return run()
+    except UserError as exc:
+        sys.stdout.flush()
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # the reader of our output went away (`meterlink decode ... | head -1`)
+        sys.stderr.close()
+        return EXIT_INTERRUPTED
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # usage errors exit 2 from argparse
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_INPUT
-    try:
-        return args.handler(args)
-    except UserError as exc:
-        sys.stdout.flush()
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except BrokenPipeError:
-        # the reader of our output went away (`meterlink decode ... | head -1`)
-        sys.stderr.close()
-        return EXIT_INTERRUPTED
+    return reporting(PROG, lambda: args.handler(args))
 
 
 if __name__ == "__main__":

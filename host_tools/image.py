@@ -277,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--check", action="store_true",
                     help="only check that the board, ESP-IDF and MicroPython are there")
     args = ap.parse_args(argv)
-    try:
+
+    def run() -> int:
         board, folder = find_board(args.board)
         check_idf(dict(os.environ))
         mp = check_micropython(dict(os.environ))
@@ -286,14 +287,11 @@ def main(argv: list[str] | None = None) -> int:
         build_dir = args.build_dir.resolve() / folder.name
         build(folder, mp, build_dir)
         publish(board, folder, build_dir, args.out)
-    except UserError as exc:
-        sys.stdout.flush()
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
-    return 0
+        return 0
+
+    from host_tools.cli import reporting  # the CLI's error reporting, under our name
+
+    return reporting(PROG, run)
 
 
 if __name__ == "__main__":
