@@ -59,12 +59,14 @@ def _int(v):
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-async def reject(node, kind, rid, reason):
+async def reject(node, kind, rid, reason, extra=None):
     node.rejected += 1
     log.error("down", "%s rejected: %s", kind, reason)
     body = {"cmd": kind, "ok": False, "err": reason}
     if rid is not None:
         body["id"] = rid
+    if extra:
+        body.update(extra)
     await node.ack(body)
 
 
@@ -114,8 +116,8 @@ async def command(node, msg, rid):
         return await reject(node, "cmd", rid, "cmd must be a text string")
     body = {"id": rid, "cmd": cmd, "ok": True}
     err = None
-    if node.safe and cmd not in ("diag", "reboot", "time"):
-        err = "safe mode (%s): only diag, reboot, time and config" % node.safe
+    if node.safe and cmd not in ("diag", "reboot", "time", "ota"):
+        err = "safe mode (%s): only diag, reboot, time, ota and config" % node.safe
     elif cmd == "read":
         body["seq"] = await node.read_all()
     elif cmd == "interval":
@@ -137,6 +139,20 @@ async def command(node, msg, rid):
         body["t"] = clock.unix()
         if body["t"] is None:
             err = "t is required"
+    elif cmd == "ota":
+        import sys
+
+        import ota
+
+        try:
+            body.update(ota.handle(node, msg))
+        except ota.Refused as exc:
+            op = msg.get("op")
+            return await reject(node, "ota", rid, str(exc),
+                                {"op": op if isinstance(op, str) else "?", "next": exc.next})
+        finally:
+            ota = None
+            sys.modules.pop("ota", None)
     elif cmd == "cred":
         err = _credential(node, msg, rid)
         if not err:
@@ -147,9 +163,10 @@ async def command(node, msg, rid):
         err = 'unknown command "%s"' % cmd
     if err:
         return await reject(node, "cmd", rid, err)
-    log.info("down", "command %s done", cmd)
+    if cmd != "ota":  # hundreds of chunks: ota.py logs what matters
+        log.info("down", "command %s done", cmd)
     await node.ack(body)
-    if cmd == "reboot":
+    if cmd == "reboot" or node.restart_after_ack:
         await node.restart()
 
 

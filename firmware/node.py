@@ -110,6 +110,9 @@ class Node:
         self.heap_peak = 0
         self.connect_failures = 0
         self.trial = None  # a new credential to try at the next connect (the `cred` command)
+        self.app = getattr(boot, "app", None)  # app.json: the app update running, or None
+        self.app_trial = bool(self.app) and "trial" in self.app
+        self.restart_after_ack = False  # a downlink message asked for a restart
         self.safe = boot.safe
         # only a whole runtime is the REPL's to inspect and resume: Ctrl-C can stop this
         # constructor half way, and `meterlink status` then finds none and soft-resets
@@ -262,6 +265,20 @@ class Node:
             log.info("pub", "seq=%d..%d acked (%d records, %d bytes, heap free %d)",
                      first, last, last - first + 1, len(payload), gc.mem_free())
             self.boot.healthy()  # a reading reached the broker: this boot works
+            if self.app_trial:
+                await self.confirm_app()
+
+    async def confirm_app(self):
+        """The app update on trial made the node healthy: it stays (firmware/appslot.py)."""
+        self.app_trial = False
+        import appslot
+
+        ack = appslot.confirm()
+        sys.modules.pop("appslot", None)
+        if ack:
+            self.app = appslot.load()
+            log.info("ota", "update %s is healthy: kept", ack["v"])
+            await self.ack(ack)
 
     def _heap_mark(self):
         used = gc.mem_alloc()

@@ -25,7 +25,7 @@ async def run(node):
     asyncio.create_task(node.downlink())
     if not node.safe:
         await node.read_all()
-    if node.rtc.wakes % p["send_every"] == 0 or node.safe:
+    if node.rtc.wakes % p["send_every"] == 0 or node.safe or node.app_trial:
         try:
             await asyncio.wait_for_ms(_send_all(node), p["awake_max_s"] * 1000)
         except Exception as exc:  # unreachable, timed out: the readings wait on flash

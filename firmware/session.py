@@ -32,12 +32,13 @@ async def established(node, present):
     node.connect_failures = 0
     _confirm_config(node)
     await publish_status(node)
-    pending = _read_text("ack.pending")
-    if pending:  # the answer to a config update, checked at boot
-        import json
+    for name in ("ack.pending", "ota.ack"):  # answers decided at boot: config, app rollback
+        pending = _read_text(name)
+        if pending:
+            import json
 
-        await node.ack(json.loads(pending))
-        _remove("ack.pending")
+            await node.ack(json.loads(pending))
+            _remove(name)
     await node._resend_inflight()
     if not node.rtc.clock_src and node.cfg["time"]["ntp"]:
         asyncio.create_task(sync_ntp(node))

@@ -11,7 +11,7 @@ from node import FIRMWARE_VERSION, _rssi
 
 def status(node, on=True, sleep_s=None):
     gc.collect()
-    st = {"on": on, "fw": FIRMWARE_VERSION, "boot": node.boot.total_boots,
+    st = {"on": on, "fw": node.app["v"] if node.app else FIRMWARE_VERSION, "boot": node.boot.total_boots,
           "rst": node.boot.cause, "up": time.ticks_diff(time.ticks_ms(), node.started) // 1000,
           "mode": node.cfg["power"]["mode"], "cv": node.cfg["version"],
           "iv": node.interval(),
@@ -35,6 +35,8 @@ def status(node, on=True, sleep_s=None):
         st["cfg_err"] = node.boot.cfg_err
     if node.safe:
         st["safe"] = node.safe
+    if node.app_trial:
+        st["trial"] = True  # running an app update that is not yet confirmed
     return st
 
 

@@ -139,6 +139,17 @@ class ApiServer:
         return node_row(rows[0], missing=sum(b - a + 1 for a, b in gaps), gaps=gaps,
                         alarms=alarms)
 
+    def ota(self) -> dict[str, Any]:
+        """The last app-update rollout's progress per node (`meterlink gateway ota` writes it
+        beside the outbox), or 404 when there was none."""
+        path = Path(self.gateway.config.outbox.path).with_name("ota.json")
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ApiError(404, "no app update has been rolled out from this gateway") from None
+        except ValueError as exc:
+            raise ApiError(503, f"{path.name} is being rewritten or damaged: {exc}") from exc
+
     def register(self, node: str, body: Any) -> tuple[int, dict[str, Any]]:
         problem = node_id_problem(node)
         if problem:
@@ -319,6 +330,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._reply(200, api.listing("quarantine", query, "reason"))
             elif method == "GET" and url.path == "/api/deadletters":
                 self._reply(200, api.listing("deadletters", query, "sink"))
+            elif method == "GET" and url.path == "/api/ota":
+                self._reply(200, api.ota())
             elif method == "POST" and url.path == "/api/send":
                 self._reply(200, api.send(self._body()))
             else:

@@ -3,6 +3,7 @@
     meterlink gateway --config /etc/meterlink/gateway.toml
     meterlink gateway send --config FILE NODE config PATCH.json --version N
     meterlink gateway send --config FILE --group G cmd NAME [key=value ...]
+    meterlink gateway ota --config FILE --nodes a,b,c --bundle app.mlb [--canary 1]
 
 The config is checked completely before anything connects; an invalid one exits with status 2
 and a message naming the key. SIGINT or SIGTERM stop the gateway cleanly (status 0).
@@ -43,6 +44,38 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
                       help="seconds to wait for acknowledgements (default [gateway] "
                            "ack_timeout_s)")
     send.add_argument("words", nargs="*", metavar="[NODE] config PATCH | cmd NAME [k=v...]")
+    ota = sub.add_parser(
+        "ota", help="update nodes' code over the air from an app bundle, canaries first",
+        description="Sends an app bundle (`meterlink bundle`) to nodes in chunks over MQTT. "
+                    "Each node checks every chunk and the whole bundle (SHA-256), installs it "
+                    "in its idle slot, restarts on it and keeps it once healthy (connected, a "
+                    "reading acknowledged), or rolls back. The canaries go first; the rollout "
+                    "stops by itself when more than --max-failed percent of the nodes updated "
+                    "so far failed. Exit status 0 only when every node runs the bundle.")
+    ota.add_argument("--config", dest="send_config", metavar="FILE", help="gateway config")
+    ota.add_argument("--bundle", required=True, type=Path, metavar="FILE")
+    ota.add_argument("--nodes", metavar="A,B,...", help="node ids, comma-separated")
+    ota.add_argument("--group", help="every registered node of this group")
+    ota.add_argument("--canary", type=int, default=None, metavar="N",
+                     help="nodes updated first, alone (default: 1 when there are 3 or more "
+                          "nodes, else 0)")
+    ota.add_argument("--max-failed", type=float, default=0.0, metavar="PCT",
+                     help="stop when more than this percentage of the nodes updated so far "
+                          "failed (default 0: the first failure stops the rollout)")
+    ota.add_argument("--parallel", type=int, default=8, metavar="N",
+                     help="nodes updated at once after the canaries (default 8)")
+    ota.add_argument("--chunk", type=int, default=512, metavar="BYTES",
+                     help="bytes per chunk, 64-768 (default 512)")
+    ota.add_argument("--deadline", type=int, default=300, metavar="S",
+                     help="seconds a node has to become healthy on the update before it rolls "
+                          "back (10-3600, default 300)")
+    ota.add_argument("--ack-timeout", type=float, default=15.0, metavar="S",
+                     help="seconds of silence before asking a node where it is (default 15)")
+    ota.add_argument("--timeout", type=float, default=1800.0, metavar="S",
+                     help="seconds a wave may take before its silent nodes fail (default 1800)")
+    ota.add_argument("--force", action="store_true",
+                     help="install even when the node runs the same or a newer version, or "
+                          "rolled this one back")
 
 
 def _load(path: str | None):
@@ -58,6 +91,8 @@ def _load(path: str | None):
 def run(args: argparse.Namespace) -> int:
     if getattr(args, "gateway_action", None) == "send":
         return run_send(args)
+    if getattr(args, "gateway_action", None) == "ota":
+        return run_ota(args)
     config = _load(args.config)
     configure_logging(config.gateway.log_level)
     from gateway.daemon import Gateway
@@ -141,4 +176,76 @@ def run_send(args: argparse.Namespace) -> int:
         print(line)
     ok = sum(r["result"] == "ok" for r in reports)
     print(f"{ok} of {len(reports)} acknowledged ok")
+    return EXIT_OK if ok == len(reports) else EXIT_ERROR
+
+
+def run_ota(args: argparse.Namespace) -> int:
+    from gateway.api import ApiError, resolve_targets
+    from gateway.ota import Bundle, BundleError, Rollout, bar
+    from gateway.outbox import Outbox
+
+    config = _load(args.send_config or args.config)
+    try:
+        bundle = Bundle.read(args.bundle)
+    except BundleError as exc:
+        raise UserError(f"gateway ota: {exc}", exit_code=EXIT_INPUT) from exc
+    if bool(args.nodes) == bool(args.group):
+        raise UserError("gateway ota: give --nodes A,B or --group G", exit_code=EXIT_INPUT)
+    if args.nodes:
+        targets = [n for n in args.nodes.split(",") if n]
+    else:
+        import threading
+
+        box = Outbox(config.outbox.path)
+        try:
+            targets = resolve_targets(box, threading.Lock(), {"group": args.group})
+        except ApiError as exc:
+            raise UserError(f"gateway ota: {exc}", exit_code=EXIT_INPUT) from exc
+        finally:
+            box.close()
+    canary = args.canary if args.canary is not None else (1 if len(targets) >= 3 else 0)
+    try:
+        rollout = Rollout(config.mqtt, bundle, targets, canary=canary,
+                          max_failed_pct=args.max_failed, parallel=args.parallel,
+                          chunk=args.chunk, deadline_s=args.deadline,
+                          ack_timeout=args.ack_timeout, timeout=args.timeout, force=args.force,
+                          progress_file=config.outbox.path.parent / "ota.json")
+    except ValueError as exc:
+        raise UserError(f"gateway ota: {exc}", exit_code=EXIT_INPUT) from exc
+    print(f"{bundle.version}: {len(bundle.data)} bytes in {rollout.updates[targets[0]].chunks} "
+          f"chunks of {args.chunk} to {len(targets)} node(s)"
+          + (f", {canary} canary first" if canary else ""), flush=True)
+    tty = sys.stderr.isatty()
+    shown: dict[str, str] = {}
+
+    def progress(r: Rollout) -> None:
+        lines = [bar(u) for u in r.progress_view()["nodes"]]
+        if tty:
+            sys.stderr.write("\x1b[%dA" % len(shown) if shown else "")
+            sys.stderr.write("".join(f"\x1b[2K{line}\n" for line in lines))
+            shown.update({str(i): line for i, line in enumerate(lines)})
+        else:
+            for u, line in zip(r.progress_view()["nodes"], lines):
+                key = f"{u['state']}:{u['next'] * 10 // max(1, u['chunks'])}"
+                if shown.get(u["node"]) != key:  # a line per tenth and per state
+                    shown[u["node"]] = key
+                    print(line, file=sys.stderr)
+        sys.stderr.flush()
+
+    try:
+        reports = rollout.run(progress)
+    except OSError as exc:
+        raise UserError(f"gateway ota: broker {config.mqtt.host}:{config.mqtt.port}: "
+                        f"{exc.strerror or exc}") from exc
+    for r in reports:
+        line = f"{r['node']:<24} {r['state']}"
+        if r.get("error"):
+            line += f": {r['error']}"
+        if r.get("seconds") is not None:
+            line += f"  ({r['seconds']} s)"
+        print(line)
+    if rollout.stopped:
+        print(rollout.stopped)
+    ok = sum(r["state"] == "done" for r in reports)
+    print(f"{ok} of {len(reports)} nodes run {bundle.version}")
     return EXIT_OK if ok == len(reports) else EXIT_ERROR

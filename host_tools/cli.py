@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 from gateway import cli as cmd_gateway
 from gateway.errors import EXIT_INPUT, UserError
-from host_tools import (cmd_check, cmd_decode, cmd_deploy, cmd_flash, cmd_monitor, cmd_ports,
+from host_tools import (bundle, cmd_check, cmd_decode, cmd_deploy, cmd_flash, cmd_monitor, cmd_ports,
                         cmd_pki, cmd_provision, cmd_simulate, cmd_status, cmd_vboard,
                         demo)
 
@@ -44,6 +44,7 @@ COMMANDS: dict[str, tuple[Handler, ParserBuilder, str]] = {
     "simulate": (cmd_simulate.run, cmd_simulate.build_parser, cmd_simulate.HELP),
     "vboard": (cmd_vboard.run, cmd_vboard.build_parser, cmd_vboard.HELP),
     "pki": (cmd_pki.run, cmd_pki.build_parser, cmd_pki.HELP),
+    "bundle": (bundle.run, bundle.build_parser, bundle.HELP),
 }
 
 __all__ = ["COMMANDS", "UserError", "main"]

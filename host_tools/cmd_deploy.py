@@ -21,7 +21,9 @@ What goes on the node depends on the image it was flashed with, which deploy ask
    on the device, then renamed over the old one, so a cut cable or a power loss mid-copy leaves
    the old file whole (such halves are removed by the next deploy); modules that an earlier
    deploy put there and this one no longer has are removed (the list is kept on the device in
-   `.deploy.json`; nothing else is ever deleted: config.json, the queue and counters stay);
+   `.deploy.json`), and so is the state of an over-the-air app update (`app.json`, which
+   would run the update's slot instead of what was deployed); nothing else is ever deleted:
+   config.json, the queue and counters stay;
 3. soft-resets the node: boot.py, main.py, the node runs the new firmware.
 
 `--dry-run` stops after step 1 and lists what would change. Exit status 0 when the node has
@@ -44,6 +46,9 @@ from host_tools.device import Device, DeviceError, say
 
 HELP = "compile the firmware for a board and copy what changed to the node (--dry-run lists it)"
 MANIFEST = ".deploy.json"
+# An app update received over the air (docs/ota.md) runs from a slot in preference to the
+# firmware; a deploy removes what selects it, so the node runs what was deployed.
+OTA_STATE = ("app.json", "ota.json", "ota.bin", "ota.bad")
 CHUNK = 2048  # bytes per exec: 2.7 KB of base64 source, well inside a 96 KB heap
 
 _HASHES = """\
@@ -245,6 +250,10 @@ def run(args: argparse.Namespace) -> int:
         for n in stale:
             why = " (a copy of a frozen module)" if n in shadows else ""
             say(f"  {'would remove' if args.dry_run else 'remove'} {n}{why}")
+        ota = dev.eval(f"[n for n in {OTA_STATE!r} if n in __import__('os').listdir()]")
+        for n in ota:
+            say(f"  {'would remove' if args.dry_run else 'remove'} {n} (over-the-air update "
+                f"state: the deployed firmware runs instead)")
         if args.dry_run:
             return 0
         if need > free:
@@ -265,7 +274,7 @@ def run(args: argparse.Namespace) -> int:
             if tty:
                 sys.stdout.write("\r" + " " * 60 + "\r")
             say(f"  ok {n} sha256 {_sha(files[n])[:16]}")
-        for n in stale:
+        for n in stale + ota:
             dev.exec(f"import os\ntry:\n os.remove({n!r})\nexcept OSError:\n pass")
         dev.exec(f"with open({MANIFEST!r}, 'w') as _m:\n _m.write({json.dumps(names)!r})")
         # verify: every file of the build is on the node with the right hash, no frozen copy

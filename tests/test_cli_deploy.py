@@ -99,6 +99,10 @@ def test_on_the_meterlink_image_deploy_writes_boot_and_main_and_removes_frozen_c
     (board.flash / "wire.py").write_text("raise ImportError('shadowing the frozen wire')\n")
     (board.flash / ".deploy.json").write_text(json.dumps(["node.mpy"]))
     (board.flash / "config.json").write_text("{}")
+    # and an over-the-air app update (docs/ota.md), which would run instead of the deploy
+    (board.flash / "app.json").write_text('{"run": "app0", "v": "9.0.0"}')
+    (board.flash / "app0").mkdir()
+    (board.flash / "app0" / "node.mpy").write_bytes(build["node.mpy"])
 
     rc, out, err = deploy(capsys, board.port)
     assert rc == 0, err
@@ -106,8 +110,9 @@ def test_on_the_meterlink_image_deploy_writes_boot_and_main_and_removes_frozen_c
     assert "2 files" in out and "2 to copy" in out and "2 to remove" in out, out
     assert "remove node.mpy (a copy of a frozen module)" in out
     assert "remove wire.py (a copy of a frozen module)" in out
+    assert "remove app.json (over-the-air update state: the deployed firmware runs instead)" in out
     assert sorted(p.name for p in board.flash.iterdir()) == [
-        ".deploy.json", "boot.py", "config.json", "main.py"]
+        ".deploy.json", "app0", "boot.py", "config.json", "main.py"]
     for name in ("boot.py", "main.py"):
         assert (board.flash / name).read_bytes() == (cmd_deploy.toolchain.FIRMWARE_DIR / name).read_bytes()
     assert json.loads((board.flash / ".deploy.json").read_text()) == ["boot.py", "main.py"]

@@ -225,6 +225,11 @@ class VirtualNode:
             (self.flash / name).write_bytes(data)
         if not (self.root / "board.json").exists() or board is not None:
             write_json_atomic(self.root / "board.json", board or default_board())
+        if not (self.flash / "board.json").exists():  # what `meterlink provision` writes
+            spec = json.loads((self.root / "board.json").read_text())
+            write_json_atomic(self.flash / "board.json",
+                              {"name": spec.get("board", "esp32-devkitc"),
+                               "chip": spec.get("chip", "esp32")})
         if not (self.root / "env.json").exists():
             self.set_environment()
 

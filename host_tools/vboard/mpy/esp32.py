@@ -15,9 +15,10 @@ firmware uses."""
 #   NVS and Partition live in hw/flash.py, loaded on first use.
 # - PCNT (hw/pcnt.py, loaded on first use): the pulse counter units, edges counted as the pad
 #   changes; absent (AttributeError) on the ESP32-C3, which has no PCNT peripheral.
-# - Partition: the running app in the 4 MiB single-app layout (factory at 0x10000);
-#   Partition(Partition.RUNNING).info(), Partition.find(), get_next_update() raises
-#   OSError(ENOENT) (no OTA slots), mark_app_valid_cancel_rollback() does nothing.
+# - Partition: the partition table of the image on the board (the meterlink image's two OTA
+#   slots, or a stock image's single app), readblocks/writeblocks/ioctl on NOR-flash
+#   semantics, get_next_update(), set_boot() with the image checks of ESP-IDF and the
+#   bootloader's rollback, mark_app_valid_cancel_rollback() (hw/flash.py has the details).
 #
 # (Details are comments rather than docstring: loaded from source instead of frozen, a module
 # compiles on the node's heap, where a docstring costs memory and a comment does not.)

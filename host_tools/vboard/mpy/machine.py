@@ -44,7 +44,10 @@ restarting (e.g. EXT0_WAKE when it woke the node by a pin).
 #
 # UART (hw/uart.py, loaded on first use): serial lines with device models, real line timing.
 #
-# Not modelled: PWM, SPI, Timer, TouchPad, Signal, time_pulse_us, and the bit-level
+# Timer (hw/timer.py, loaded on first use): hardware timers with soft-IRQ callbacks, due in
+# real time and run when the firmware next touches the hardware.
+#
+# Not modelled: PWM, SPI, TouchPad, Signal, time_pulse_us, and the bit-level
 # primitives start/stop/readinto/write, which raise OSError on SoftI2C as on the hardware I2C.
 #
 # Heap: on the chip these modules are C code in flash. The toolchain freezes them into the
@@ -98,6 +101,10 @@ def __getattr__(name):
         from hw.uart import UART
 
         return UART
+    if name == "Timer":
+        from hw.timer import Timer
+
+        return Timer
     raise AttributeError(name)
 
 
@@ -117,8 +124,9 @@ def _power_on(b):
     _consume_reset_cause(b.dir)
     hw.pin.power_on()
     _freq[0] = 160000000
-    if "hw.rtc" in sys.modules:
-        sys.modules["hw.rtc"].power_on()
+    for m in ("hw.rtc", "hw.timer"):
+        if m in sys.modules:
+            sys.modules[m].power_on()
 
 
 hw.on_configure(_power_on)

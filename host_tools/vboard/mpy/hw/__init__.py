@@ -109,7 +109,12 @@ def wdt_poll():
 
 
 def tick():
-    """The GPIO-level parts driven by env.json (board.json "meters", hw/meter.py) catch up."""
+    """The GPIO-level parts driven by env.json (board.json "meters", hw/meter.py) catch up, and
+    the machine.Timer callbacks that are due are scheduled (hw/timer.py)."""
+    import sys
+
+    if "hw.timer" in sys.modules:
+        sys.modules["hw.timer"].poll()
     b = _board
     if b is not None and b.meters:
         for m in b.meters:

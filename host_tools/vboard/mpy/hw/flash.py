@@ -83,11 +83,46 @@ class NVS:
 
 
 # ---------------------------------------------------------------------------------- Partition
-# (type, subtype, address, size, label, encrypted) of the 4 MiB single-app layout
-_TABLE = ((1, 2, 0x9000, 0x6000, "nvs", False),
-          (1, 1, 0xF000, 0x1000, "phy_init", False),
-          (0, 0, 0x10000, 0x1F0000, "factory", False),
-          (1, 0x81, 0x200000, 0x200000, "vfs", False))
+# The partition table is the one the image flashed on the board brought: $VBOARD_DIR/
+# partitions.json, [[type, subtype, address, size, label], ...] (written by the launcher for
+# the meterlink image from boards/idf/<board>/partitions.csv: two OTA app slots), else the 4 MiB
+# single-app layout of a stock MicroPython image. App partitions hold their bytes in
+# $VBOARD_DIR/<label>.bin (missing bytes read as erased, 0xFF). Writes are NOR flash writes:
+# bits only go from 1 to 0 (new = old & data), so writing without erasing first corrupts, as on
+# the chip; writeblocks(block, buf) without an offset erases the blocks first, ioctl(6, block)
+# erases one 4 KiB block.
+#
+# otadata ($VBOARD_DIR/otadata.json: {"boot": label, "state": ..., "prev": label, "running":
+# label}) is what the ESP-IDF bootloader keeps with CONFIG_BOOTLOADER_APP_ROLLBACK_ENABLE:
+# set_boot() verifies the image in the partition as esp_ota_set_boot_partition() does (magic
+# 0xE9, the chip id, segments inside the partition, the XOR checksum, the appended SHA-256;
+# OSError(-0x1503, "ESP_ERR_OTA_VALIDATE_FAILED") otherwise) and marks it "new"; the launcher's
+# bootloader step (host_tools/vboard/bootloader.py) starts a "new" app as "pending_verify" and,
+# at the next start, rolls a "pending_verify" app that was not marked valid back to "prev";
+# mark_app_valid_cancel_rollback() marks the running app "valid".
+_STOCK = ((0, 0, 0x10000, 0x1F0000, "factory"), (1, 2, 0x9000, 0x6000, "nvs"),
+          (1, 1, 0xF000, 0x1000, "phy_init"), (1, 0x81, 0x200000, 0x200000, "vfs"))
+_CHIP_ID = {"esp32": 0, "esp32s2": 2, "esp32c3": 5, "esp32s3": 9, "esp32c6": 13}
+_BLOCK = 4096
+
+
+def _table():
+    t = hw.read_json(hw.board().file("partitions.json"))
+    return [tuple(p) for p in t] if t else list(_STOCK)
+
+
+def _otadata():
+    d = hw.read_json(hw.board().file("otadata.json")) or {}
+    ota = [p[4] for p in _table() if p[0] == 0 and 0x10 <= p[1] < 0x20]
+    first = ota[0] if ota else "factory"
+    d.setdefault("boot", first)
+    d.setdefault("running", d["boot"])
+    d.setdefault("state", "valid")
+    return d
+
+
+def _validate_failed():
+    return OSError(-0x1503, "ESP_ERR_OTA_VALIDATE_FAILED")
 
 
 class Partition:
@@ -98,14 +133,14 @@ class Partition:
 
     def __init__(self, id, block_size=4096):
         if id in (Partition.BOOT, Partition.RUNNING):
-            self._info = _TABLE[2]
+            d = _otadata()
+            id = d["running"] if id == Partition.RUNNING else d["boot"]
+        for p in _table():
+            if p[4] == id:
+                self._info = p + (False,)
+                break
         else:
-            for p in _TABLE:
-                if p[4] == id:
-                    self._info = p
-                    break
-            else:
-                raise OSError(errno.ENOENT)
+            raise OSError(errno.ENOENT)
         self._block_size = block_size
 
     def __repr__(self):
@@ -114,15 +149,112 @@ class Partition:
 
     @staticmethod
     def find(type=0, subtype=0xFF, label=None, block_size=4096):
-        return [Partition(p[4], block_size) for p in _TABLE
+        return [Partition(p[4], block_size) for p in _table()
                 if p[0] == type and subtype in (0xFF, p[1]) and label in (None, p[4])]
 
     def info(self):
         return self._info
 
+    def _path(self):
+        return hw.board().file(self._info[4] + ".bin")
+
+    def _read(self, offset, n):
+        if offset < 0 or offset + n > self._info[3]:
+            raise OSError(-0x102, "ESP_ERR_INVALID_ARG")
+        try:
+            with open(self._path(), "rb") as f:
+                f.seek(offset)
+                data = f.read(n)
+        except OSError:
+            data = b""
+        return data + b"\xff" * (n - len(data))
+
+    def _write(self, offset, data, erase=False):
+        old = b"\xff" * len(data) if erase else self._read(offset, len(data))
+        new = bytes(a & b for a, b in zip(old, data))
+        path = self._path()
+        try:
+            f = open(path, "r+b")
+        except OSError:
+            f = open(path, "wb")
+        with f:
+            f.seek(0, 2)
+            end = f.tell()
+            if end < offset:
+                f.write(b"\xff" * (offset - end))
+            f.seek(offset)
+            f.write(new)
+
+    def readblocks(self, block_num, buf, offset=0):
+        buf[:] = self._read(block_num * self._block_size + offset, len(buf))
+
+    def writeblocks(self, block_num, buf, offset=None):
+        start = block_num * self._block_size
+        if offset is None:
+            self._read(start, len(buf))  # range check
+            self._write(start, buf, erase=True)
+        else:
+            self._write(start + offset, buf)
+
+    def ioctl(self, cmd, arg):
+        if cmd in (1, 2, 3):
+            return 0
+        if cmd == 4:
+            return self._info[3] // self._block_size
+        if cmd == 5:
+            return self._block_size
+        if cmd == 6:
+            self._read(arg * self._block_size, self._block_size)  # range check
+            self._write(arg * self._block_size, b"\xff" * self._block_size, erase=True)
+            return 0
+        return None
+
     def get_next_update(self):
-        raise OSError(errno.ENOENT)
+        ota = [p[4] for p in _table() if p[0] == 0 and 0x10 <= p[1] < 0x20]
+        if not ota:
+            raise OSError(errno.ENOENT)
+        here = self._info[4]
+        nxt = ota[(ota.index(here) + 1) % len(ota)] if here in ota else ota[0]
+        return Partition(nxt, self._block_size)
+
+    def set_boot(self):
+        if self._info[0] != 0:
+            raise OSError(-0x102, "ESP_ERR_INVALID_ARG")
+        self._verify()
+        d = _otadata()
+        d.update(boot=self._info[4], state="new", prev=d["running"])
+        hw.write_json(hw.board().file("otadata.json"), d)
+
+    def _verify(self):
+        h = self._read(0, 24)
+        if h[0] != 0xE9 or h[12] | (h[13] << 8) != _CHIP_ID.get(hw.board().chip, -1):
+            raise _validate_failed()
+        import hashlib
+
+        pos, csum, sha = 24, 0xEF, hashlib.sha256(h)
+        for _ in range(h[1]):
+            seg = self._read(pos, 8)
+            n = seg[4] | seg[5] << 8 | seg[6] << 16 | seg[7] << 24
+            if pos + 8 + n > self._info[3]:
+                raise _validate_failed()
+            data = self._read(pos + 8, n)
+            for b in data:
+                csum ^= b
+            sha.update(seg)
+            sha.update(data)
+            pos += 8 + n
+        pad = 15 - pos % 16
+        tail = self._read(pos, pad + 1)
+        sha.update(tail)
+        pos += pad + 1
+        if tail[-1] != csum:
+            raise _validate_failed()
+        if h[23] == 1 and self._read(pos, 32) != sha.digest():
+            raise _validate_failed()
 
     @staticmethod
     def mark_app_valid_cancel_rollback():
-        pass
+        d = _otadata()
+        if d["state"] == "pending_verify":
+            d["state"] = "valid"
+            hw.write_json(hw.board().file("otadata.json"), d)

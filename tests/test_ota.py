@@ -1,0 +1,281 @@
+"""Over-the-air app updates (docs/ota.md): real nodes (the MicroPython unix port on virtual
+boards), a real Mosquitto over TLS, the real gateway; power cuts are SIGKILLs of the node.
+
+What a utility relies on: an update reaches the node intact or not at all; a node always runs
+either its old code or the new one, never neither; a bad update rolls itself back; the
+readings the node queues meanwhile reach the gateway exactly once; the gateway's view of the
+node's version is right; a rollout stops at its canaries when they fail."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from gateway.config import load_config
+from gateway.ota import Bundle, BundleError, Rollout
+from gateway_support import MELINK, GatewayProcess, wait_for
+from host_tools import bundle as bundles
+from host_tools import firmware_build
+from host_tools.vboard.node import VirtualNode
+
+pytestmark = pytest.mark.slow
+
+RUNNING = bundles.firmware_version()
+
+
+def newer(version: str = RUNNING, step: int = 1) -> str:
+    a, b, c = (int(x) for x in version.split("."))
+    return f"{a}.{b + step}.0"
+
+
+@pytest.fixture(scope="module")
+def good_bundle() -> bytes:
+    return bundles.build("xtensawin", version=newer())
+
+
+def broken_bundle(tmp_path: Path, version: str, file: str, old: str, new: str) -> bytes:
+    """The real firmware with one change: what a release with a bug looks like."""
+    src = tmp_path / "src"
+    src.mkdir(exist_ok=True)
+    sources = []
+    for p in firmware_build.sources():
+        text = p.read_text()
+        if p.name == file:
+            assert old in text, f"{old!r} not in {file}"
+            text = text.replace(old, new, 1)
+        (src / p.name).write_text(text)
+        sources.append(src / p.name)
+    return bundles.build("xtensawin", version=version, sources=sources)
+
+
+def readings(gw: GatewayProcess, node_id: str) -> set[int]:
+    return {r["seq"] for r in gw.records() if r["node"] == node_id}
+
+
+def fw_at_gateway(gw: GatewayProcess, node_id: str):
+    status, body = gw.api(f"/api/nodes/{node_id}")
+    return body.get("fw") if status == 200 else None
+
+
+def exactly_once(gw: GatewayProcess, node: VirtualNode) -> None:
+    """Every reading the running node has queued so far is at the gateway, once. (Sequence numbers skip ahead
+    after a power cut, by design (docs/wire-format.md): the node's log says what it queued.)"""
+    queued = {int(x) for x in re.findall(r" queued seq=(\d+) ", node.console())}
+    wait_for(lambda: queued <= readings(gw, node.node_id), 60,
+             "every queued reading at the gateway",
+             lambda: f"missing {sorted(queued - readings(gw, node.node_id))[:20]}")
+    recs = [(r["seq"], r["n"]) for r in gw.records() if r["node"] == node.node_id]
+    assert len(recs) == len(set(recs)), "a reading stored twice"
+
+
+def rollout(gw: GatewayProcess, data: bytes, nodes: list[str], **kw) -> Rollout:
+    kw.setdefault("ack_timeout", 3.0)
+    kw.setdefault("timeout", 300.0)
+    return Rollout(load_config(gw.conf).mqtt, Bundle.parse(data), nodes, **kw)
+
+
+class Site:
+    """A broker, the gateway and nodes sending a reading a second."""
+
+    def __init__(self, tmp_path: Path, broker, names: list[str]) -> None:
+        self.gw = GatewayProcess(tmp_path / "gw", broker).wait_subscribed()
+        self.nodes = [VirtualNode(tmp_path / n, node_id=n, broker=broker, interval_s=1)
+                      for n in names]
+        for n in self.nodes:
+            n.start()
+        for n in self.nodes:
+            wait_for(lambda: len(readings(self.gw, n.node_id)) >= 2, 60,
+                     f"{n.node_id}'s first readings", lambda: n.console()[-3000:])
+
+    def close(self) -> None:
+        for n in self.nodes:
+            n.stop()
+        self.gw.stop()
+
+
+def test_bundle_holds_the_firmware_as_mpy_and_never_the_code_that_picks_what_runs(good_bundle):
+    b = Bundle.parse(good_bundle)
+    names = {name for name, _ in b.files}
+    assert {"node.mpy", "mqtt.mpy", "ota.mpy", "bme280.mpy"} <= names
+    assert not names & {"appslot.mpy", "main.mpy", "boot.mpy", "main.py", "boot.py"}
+    assert b.version == newer() and b.chips == ["esp32", "esp32s3"] and b.mpy == [6, 3]
+    c3 = Bundle.parse(bundles.build("rv32imc"))
+    assert c3.chips == ["esp32c3"]
+    for bad, what in ((b"MLB2" + good_bundle[4:], "offset 0: not a meterlink bundle"),
+                      (good_bundle[:4] + b"\xff\xff\xff\xff" + good_bundle[8:],
+                       "offset 4: header length"),
+                      (good_bundle[:-1], "the bundle holds")):
+        with pytest.raises(BundleError, match=what):
+            Bundle.parse(bad)
+
+
+def test_an_update_installs_becomes_healthy_and_the_gateway_sees_the_new_version(
+        tmp_path, broker, good_bundle):
+    site = Site(tmp_path, broker, ["pit-01"])
+    node, gw = site.nodes[0], site.gw
+    try:
+        path = tmp_path / "app.mlb"
+        path.write_bytes(good_bundle)
+        out = subprocess.run([MELINK, "gateway", "ota", "--config", str(gw.conf), "--nodes",
+                              "pit-01", "--bundle", str(path), "--ack-timeout", "5"],
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stdout + out.stderr + node.console()[-3000:]
+        assert re.search(rf"pit-01 +done", out.stdout), out.stdout
+        assert f"1 of 1 nodes run {newer()}" in out.stdout
+        assert "[##############################]" in out.stderr  # the progress bar at 100 %
+        app = json.loads((node.flash / "app.json").read_text())
+        assert app == {"run": "app0", "v": newer(), "prev": None, "pv": RUNNING}
+        assert f"update {newer()} is healthy: kept" in node.console()
+        wait_for(lambda: fw_at_gateway(gw, "pit-01") == newer(), 30, "the new version at the gateway")
+        progress = json.loads((gw.dir / "ota.json").read_text())
+        assert progress["nodes"][0]["state"] == "done"
+        status, body = gw.api("/api/ota")
+        assert status == 200 and body["nodes"][0]["node"] == "pit-01", body
+        # the same bundle again: nothing to do
+        r = rollout(gw, good_bundle, ["pit-01"]).run()
+        assert r[0]["state"] == "done" and r[0]["next"] == r[0]["chunks"]
+        n = len(readings(gw, "pit-01"))
+        wait_for(lambda: len(readings(gw, "pit-01")) >= n + 3, 30, "readings on the new code")
+        exactly_once(gw, node)
+    finally:
+        site.close()
+
+
+def test_twenty_power_cuts_at_random_chunks_end_with_the_update_and_every_reading_once(
+        tmp_path, broker, good_bundle):
+    site = Site(tmp_path, broker, ["pit-02"])
+    node, gw = site.nodes[0], site.gw
+    rng = random.Random(20261204)
+    total = -(-len(good_bundle) // 512)
+    cuts = sorted(rng.sample(range(1, total), 20))
+    done: list = []
+    r = rollout(gw, good_bundle, ["pit-02"])
+    worker = threading.Thread(target=lambda: done.append(r.run()), daemon=True)
+    try:
+        worker.start()
+        cut_at = []
+        for chunk in cuts:
+            def at_chunk():
+                try:
+                    return json.loads((node.flash / "ota.json").read_text())["n"] >= chunk
+                except (OSError, ValueError, KeyError):
+                    return False
+            wait_for(at_chunk, 120, f"the transfer at chunk {chunk}",
+                     lambda: node.console()[-3000:], poll=0.005)
+            node.kill()  # power cut: RTC memory gone too
+            cut_at.append(json.loads((node.flash / "ota.json").read_text())["n"])
+            time.sleep(rng.uniform(0.1, 1.0))
+            node.start()
+        worker.join(300)
+        assert done, "the rollout did not finish"
+        assert done[0][0]["state"] == "done", (done, node.console()[-3000:])
+        assert len(cut_at) == 20
+        assert json.loads((node.flash / "app.json").read_text())["v"] == newer()
+        wait_for(lambda: fw_at_gateway(gw, "pit-02") == newer(), 30,
+                 "the new version at the gateway")
+        n = len(readings(gw, "pit-02"))
+        wait_for(lambda: len(readings(gw, "pit-02")) >= n + 2, 30, "readings on the new code")
+        exactly_once(gw, node)
+    finally:
+        site.close()
+
+
+def test_a_bad_update_rolls_back_and_stops_the_rollout_at_the_canary(tmp_path, broker):
+    """The update's MQTT client cannot connect: it never becomes healthy, its deadline resets
+    it, the node rolls back and says why; the second node is never touched."""
+    bad = broken_bundle(tmp_path, newer(step=2), "mqtt.py", "    async def connect(self):\n",
+                        "    async def connect(self):\n        raise OSError('bug in 0.x')\n")
+    site = Site(tmp_path, broker, ["pit-03", "pit-04"])
+    canary, other = site.nodes
+    gw = site.gw
+    try:
+        reports = rollout(gw, bad, ["pit-03", "pit-04"], canary=1, deadline_s=10).run()
+        by = {r["node"]: r for r in reports}
+        assert by["pit-03"]["state"] == "failed", (reports, canary.console()[-3000:])
+        assert "did not become healthy within 10 s: rolled back to " + RUNNING \
+            in by["pit-03"]["error"], by["pit-03"]
+        assert by["pit-04"]["state"] == "skipped" and "stopped: 1 of the canaries failed" \
+            in by["pit-04"]["error"]
+        assert not (other.flash / "ota.json").exists() and not (other.flash / "app.json").exists()
+        assert not (canary.flash / "app.json").exists(), "back on the image's firmware"
+        assert (canary.flash / "ota.bad").read_text() == newer(step=2)
+        wait_for(lambda: fw_at_gateway(gw, "pit-03") == RUNNING, 30, "the old version at the gateway")
+        # and the node refuses the same bad version again unless forced
+        r = rollout(gw, bad, ["pit-03"], deadline_s=10).run()
+        assert r[0]["state"] == "failed"
+        n = len(readings(gw, "pit-03"))
+        wait_for(lambda: len(readings(gw, "pit-03")) >= n + 2, 30, "readings on the old code")
+        for n in site.nodes:
+            exactly_once(gw, n)
+    finally:
+        site.close()
+
+
+class CorruptingRollout(Rollout):
+    """Damages chunk 3 on its first trip, as a flipped bit on the way would."""
+
+    damaged = False
+
+    def _publish(self, node, body):
+        if body.get("op") == "chunk" and body["n"] == 3 and not self.damaged:
+            self.damaged = True
+            body = dict(body, d=bytes([body["d"][0] ^ 0x01]) + body["d"][1:])
+        super()._publish(node, body)
+
+
+def test_refused_bundles_leave_the_node_on_its_code_and_a_damaged_chunk_is_sent_again(
+        tmp_path, broker, good_bundle):
+    site = Site(tmp_path, broker, ["pit-05"])
+    node, gw = site.nodes[0], site.gw
+    try:
+        r = rollout(gw, bundles.build("rv32imc", version=newer()), ["pit-05"]).run()
+        assert r[0]["state"] == "failed" and r[0]["error"] == "bundle for esp32c3, this node is esp32"
+        r = rollout(gw, bundles.build("xtensawin", version="0.1.0"), ["pit-05"]).run()
+        assert r[0]["state"] == "failed" and r[0]["error"] == \
+            f"0.1.0 is not newer than the running {RUNNING} (force=true installs it anyway)"
+        lying = rollout(gw, good_bundle, ["pit-05"])
+        lying.sha = bytes(32)  # begin announces another bundle's hash
+        r = lying.run()
+        assert r[0]["state"] == "failed" and r[0]["error"].startswith(
+            "bundle SHA-256 is ") and "transfer discarded, send it again" in r[0]["error"], r
+        assert lying.updates["pit-05"].restarts == 2  # sent again twice, then given up
+        assert not (node.flash / "ota.bin").exists() and not (node.flash / "app.json").exists()
+        n = len(readings(gw, "pit-05"))
+        wait_for(lambda: len(readings(gw, "pit-05")) >= n + 2, 30, "readings on the old code")
+
+        c = CorruptingRollout(load_config(gw.conf).mqtt, Bundle.parse(good_bundle), ["pit-05"],
+                              ack_timeout=3.0, timeout=300.0)
+        r = c.run()
+        assert r[0]["state"] == "done", (r, node.console()[-3000:])
+        assert c.damaged and r[0]["resends"] >= 1
+        assert "chunk 3: SHA-256 mismatch (corrupted on the way)" in node.console()
+        assert json.loads((node.flash / "app.json").read_text())["v"] == newer()
+        exactly_once(gw, node)
+    finally:
+        site.close()
+
+
+def test_an_update_that_cannot_even_start_rolls_back_at_once(tmp_path, broker):
+    bad = broken_bundle(tmp_path, newer(step=3), "sensors.py", '"""',
+                        'raise ImportError("sensors: bug in this build")\n"""')
+    site = Site(tmp_path, broker, ["pit-06"])
+    node, gw = site.nodes[0], site.gw
+    try:
+        start = time.monotonic()
+        r = rollout(gw, bad, ["pit-06"], deadline_s=300).run()
+        assert r[0]["state"] == "failed", r
+        assert r[0]["error"] == (f"{newer(step=3)} failed to start: ImportError('sensors: bug in "
+                                 f"this build',): rolled back to {RUNNING}"), r
+        assert time.monotonic() - start < 120, "it did not wait for the 300 s deadline"
+        assert not (node.flash / "app.json").exists()
+        wait_for(lambda: fw_at_gateway(gw, "pit-06") == RUNNING, 30, "the old version at the gateway")
+        exactly_once(gw, node)
+    finally:
+        site.close()
