@@ -1,6 +1,7 @@
-"""App updates over MQTT, the node's side: the `ota` command (docs/ota.md).
+"""Over-the-air updates, the node's side: the `ota` command (docs/ota.md).
 
-The gateway sends a bundle (the node's .mpy modules, host_tools/bundle.py) in chunks on `k`;
+The gateway sends an app bundle (the node's .mpy modules, host_tools/bundle.py; kind "app")
+or a firmware image (the ESP-IDF app image of `make image`; kind "image") in chunks on `k`;
 the node answers each on `a` with the chunk it wants next, so either side can stop at any
 point (a power cut, a lost link, a gateway restart) and the transfer goes on from where the
 node's flash says it is:
@@ -10,12 +11,15 @@ node's flash says it is:
     {"cmd": "ota", "op": "chunk", "n": 0, "d": <512 bytes>, "h": <SHA-256 of d>, "s": <sha[:8]>}
                                                                    -> {"next": 1}
 
-The bundle is written to `ota.bin` at each chunk's offset and the progress to `ota.json`
-(after the data), so a chunk is never counted before it is on flash. After the last chunk
-the node checks the whole bundle's SHA-256, unpacks it into the slot that is not running,
-switches `app.json` atomically (firmware/appslot.py) and restarts: the update is on trial
-until the node is healthy, and is rolled back if it does not get there. The queue of
-readings is never touched: they go on being read, queued and sent throughout.
+A bundle is written to `ota.bin` at each chunk's offset, an image to the idle OTA partition
+(esp32.Partition.get_next_update(): each 4 KiB block erased as the first chunk reaching it is
+written), and the progress to `ota.json` after the data, so a chunk is never counted before it
+is on flash. After the last chunk the node checks the whole SHA-256; a bundle is unpacked
+into the slot that is not running and `app.json` switched atomically, an image is made the
+boot partition (set_boot(), which verifies it); then the node restarts. The update is on
+trial until the node is healthy, and is rolled back if it does not get there
+(firmware/appslot.py; an image by the bootloader). The queue of readings is never touched:
+they go on being read, queued and sent throughout.
 
 Every refusal says what was wrong (`chunk 12: SHA-256 mismatch`, `bundle for esp32c3, this
 node is esp32`, `0.3.0 is not newer than the running 0.4.0`, ...) and the node goes on
@@ -67,7 +71,13 @@ def version_tuple(v):
 def running_version(node):
     from node import FIRMWARE_VERSION
 
-    return node.app["v"] if node.app else FIRMWARE_VERSION
+    return (node.app or {}).get("v") or FIRMWARE_VERSION
+
+
+def _partition(label=None):
+    import esp32
+
+    return esp32.Partition(label or esp32.Partition.RUNNING)
 
 
 def chip(node):
@@ -114,13 +124,13 @@ def handle(node, msg):
     raise Refused('op must be begin, chunk or abort: got %r' % (op,))
 
 
-def _check_target(node, chips, mpy):
+def _check_target(node, chips, mpy, what="bundle"):
     mine = chip(node)
     if not isinstance(chips, list) or not chips:
         raise Refused("chips must be a list of chip names")
     if mine not in chips:
-        raise Refused("bundle for %s, this node is %s" % ("/".join(chips), mine or "an unknown chip (no chip in board.json)"))
-    if mpy != mpy_version():
+        raise Refused("%s for %s, this node is %s" % (what, "/".join(chips), mine or "an unknown chip (no chip in board.json)"))
+    if what == "bundle" and mpy != mpy_version():
         raise Refused("bundle's .mpy version %r, this node runs %r" % (mpy, mpy_version()))
 
 
@@ -135,22 +145,46 @@ def begin(node, msg):
         raise Refused("cs must be an integer 64-768 (bytes per chunk)")
     if not _int(dl) or not 10 <= dl <= 3600:
         raise Refused("dl must be an integer 10-3600 (seconds to become healthy)")
-    _check_target(node, msg.get("chips"), msg.get("mpy"))
-    cur = running_version(node)
-    if new == version_tuple(cur) and not (node.app and "trial" in node.app):
+    kind = msg.get("kind", "app")
+    if kind not in ("app", "image"):
+        raise Refused("kind must be app or image: got %r" % (kind,))
+    part = None
+    if kind == "image":
+        _check_target(node, msg.get("chips"), None, "image")
+        try:
+            part = _partition().get_next_update().info()
+        except OSError:
+            raise Refused("this node's image has a single app partition (a stock MicroPython "
+                          "image): flash the meterlink image over USB once (meterlink flash)")
+        if size > part[3]:
+            raise Refused("the image is %d bytes, partition %s holds %d" % (size, part[4], part[3]))
+        from status import image_version
+
+        cur = image_version()
+        sys.modules.pop("status", None)
+    else:
+        _check_target(node, msg.get("chips"), msg.get("mpy"))
+        cur = running_version(node)
+    if node.app_trial:  # the answer comes when it is healthy or rolled back
+        trial = node.app.get("v") or node.app.get("img")
+        if trial != v:
+            raise Refused("update %s is on trial: wait for its answer" % trial)
+        return {"op": "installed", "v": v, "next": (size + cs - 1) // cs}
+    st = _state()
+    if cur is not None and new == version_tuple(cur) and not node.app_trial:
         return {"op": "done", "v": cur, "have": True}  # already running it
-    if new <= version_tuple(cur) and msg.get("force") is not True:
+    if cur is not None and new <= version_tuple(cur) and msg.get("force") is not True:
         raise Refused("%s is not newer than the running %s (force=true installs it anyway)"
                       % (v, cur))
     if read_text("ota.bad") == v and msg.get("force") is not True:
         raise Refused("%s was rolled back on this node (force=true tries it again)" % v)
-    st = _state()
     hexsha = _hex(sha)
     if st is None or st.get("sha") != hexsha or st.get("cs") != cs or st.get("size") != size:
         st = {"sha": hexsha, "size": size, "cs": cs, "v": v, "n": 0, "dl": dl,
-              "id": msg.get("id"), "force": msg.get("force") is True}
+              "id": msg.get("id"), "part": part and part[4]}
         remove(DATA)
-        _free_space(size)
+        if part is None:
+            _free_space(size)
         write_text(STATE, json.dumps(st))
         log.info("ota", "receiving %s: %d bytes in %d chunks", v, size, _chunks(st))
     else:
@@ -196,9 +230,18 @@ def chunk(node, msg):
             n, len(d) if isinstance(d, bytes) else "no", want), n)
     if hashlib.sha256(d).digest() != h:
         raise Refused("chunk %d: SHA-256 mismatch (corrupted on the way)" % n, n)
-    with open(DATA, "r+b" if n else "wb") as f:
-        f.seek(n * st["cs"])
-        f.write(d)
+    off = n * st["cs"]
+    if st["part"]:
+        p = _partition(st["part"])
+        b = (off + 4095) // 4096  # erase each block that starts inside this chunk
+        while b * 4096 < off + len(d):
+            p.ioctl(6, b)
+            b += 1
+        p.writeblocks(off // 4096, d, off % 4096)
+    else:
+        with open(DATA, "r+b" if n else "wb") as f:
+            f.seek(off)
+            f.write(d)
     st["n"] = n + 1
     write_text(STATE, json.dumps(st))  # after the data: a chunk counts once it is on flash
     if st["n"] < total:
@@ -206,12 +249,23 @@ def chunk(node, msg):
     return finish(node, st)
 
 
-def _sha_of_data(size):
+def _sha_of_data(size, part=None):
     import hashlib
 
     h = hashlib.sha256()
     buf = bytearray(_PIECE)
     left = size
+    if part:
+        p = _partition(part)
+        off = 0
+        while left:
+            k = min(left, _PIECE)
+            piece = memoryview(buf)[:k]
+            p.readblocks(off // 4096, piece, off % 4096)
+            h.update(piece)
+            off += k
+            left -= k
+        return _hex(h.digest())
     with open(DATA, "rb") as f:
         while left:
             k = f.readinto(memoryview(buf)[:min(left, _PIECE)])
@@ -224,13 +278,15 @@ def _sha_of_data(size):
 
 def finish(node, st):
     """The whole bundle is on flash: checked, unpacked into the idle slot, switched to."""
-    got = _sha_of_data(st["size"])
+    got = _sha_of_data(st["size"], st["part"])
     if got != st["sha"]:
         remove(DATA)
         remove(STATE)
-        raise Refused("bundle SHA-256 is %s, expected %s: transfer discarded, send it again"
-                      % (got[:16], st["sha"][:16]))
-    run = node.app["run"] if node.app else None
+        raise Refused("%s SHA-256 is %s, expected %s: transfer discarded, send it again"
+                      % ("image" if st["part"] else "bundle", got[:16], st["sha"][:16]))
+    if st["part"]:
+        return _install_image(node, st)
+    run = (node.app or {}).get("run")
     slot = "app1" if run == "app0" else "app0"
     try:
         _unpack(node, slot, st["size"], st["v"])
@@ -243,13 +299,38 @@ def finish(node, st):
     write_text("app.json", json.dumps(app))  # the switch: atomic
     remove(DATA)
     remove(STATE)
+    return _installed(node, st, slot)
+
+
+def _installed(node, st, where):
     r = node.rtc  # an operator's new start, like `reboot`: earlier crashes do not count
     r.crash_boots = 0
     r.flags &= ~2
     r.save()
-    log.info("ota", "%s installed in %s; restarting to try it", st["v"], slot)
+    log.info("ota", "%s installed in %s; restarting to try it", st["v"], where)
     node.restart_after_ack = True
     return {"op": "installed", "v": st["v"], "next": _chunks(st)}
+
+
+def _install_image(node, st):
+    """The image is in the idle partition: made the boot partition (set_boot() verifies it,
+    as the bootloader will), on trial from the next start (appslot.py, `img.json`)."""
+    p = _partition(st["part"])
+    try:
+        p.set_boot()
+    except OSError as exc:
+        remove(STATE)
+        raise Refused("the image does not verify (%r): not installed" % (exc,))
+    remove(STATE)
+    from status import image_version
+
+    pv = image_version()
+    sys.modules.pop("status", None)
+    if read_text("app.json") is not None:  # an app update would shadow the image's code
+        os.rename("app.json", "app.json.img")
+    write_text("img.json", json.dumps({"v": st["v"], "id": st["id"], "dl": st["dl"],
+                                       "to": st["part"], "pv": pv}))
+    return _installed(node, st, st["part"])
 
 
 def _unpack(node, slot, size, v):

@@ -11,7 +11,7 @@ from node import FIRMWARE_VERSION, _rssi
 
 def status(node, on=True, sleep_s=None):
     gc.collect()
-    st = {"on": on, "fw": node.app["v"] if node.app else FIRMWARE_VERSION, "boot": node.boot.total_boots,
+    st = {"on": on, "fw": (node.app or {}).get("v") or FIRMWARE_VERSION, "boot": node.boot.total_boots,
           "rst": node.boot.cause, "up": time.ticks_diff(time.ticks_ms(), node.started) // 1000,
           "mode": node.cfg["power"]["mode"], "cv": node.cfg["version"],
           "iv": node.interval(),
@@ -36,8 +36,28 @@ def status(node, on=True, sleep_s=None):
     if node.safe:
         st["safe"] = node.safe
     if node.app_trial:
-        st["trial"] = True  # running an app update that is not yet confirmed
+        st["trial"] = True  # running an update that is not yet confirmed
+    img = image_version()
+    if img:
+        st["img"] = img
     return st
+
+
+def image_version():
+    """The running firmware image's version: the ESP-IDF app description (esp_app_desc_t,
+    offset 32 of the app partition: magic 0xABCD5432, the version string at +16), or None."""
+    b = bytearray(48)
+    try:
+        import esp32
+
+        esp32.Partition(esp32.Partition.RUNNING).readblocks(0, b, 32)
+    except Exception:
+        return None
+    if b[:4] != b"\x32\x54\xcd\xab":
+        return None
+    v = bytes(b[16:48])
+    i = v.find(b"\0")
+    return (v[:i] if i >= 0 else v).decode()
 
 
 def diagnostics(node):

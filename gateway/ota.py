@@ -1,4 +1,5 @@
-"""App updates over MQTT, the gateway's side: `meterlink gateway ota` (docs/ota.md).
+"""Over-the-air updates, the gateway's side: `meterlink gateway ota` (docs/ota.md). An app
+bundle or a firmware image, sent the same way.
 
     bundle = Bundle.read(Path("app-0.4.0.mlb"))          # header checked; BundleError if bad
     rollout = Rollout(mqtt_cfg, bundle, nodes, canary=1, max_failed_pct=0)
@@ -52,15 +53,24 @@ class BundleError(ValueError):
     """A bundle file that cannot be sent: says what is wrong and where."""
 
 
+IMAGE_MAGIC = 0xE9
+APP_DESC_MAGIC = 0xABCD5432
+CHIP_IDS = {0x0000: "esp32", 0x0002: "esp32s2", 0x0005: "esp32c3", 0x0009: "esp32s3",
+            0x000D: "esp32c6"}
+
+
 @dataclass(frozen=True)
 class Bundle:
-    """An app bundle: the node's .mpy modules with a header (host_tools/bundle.py makes it)."""
+    """What a rollout sends: an app bundle (the node's .mpy modules with a header,
+    host_tools/bundle.py makes it; kind "app"), or a firmware image (the ESP-IDF app image
+    `make image` builds, written to the node's idle OTA partition; kind "image")."""
 
     data: bytes
     version: str
     chips: list[str]
-    mpy: list[int]
+    mpy: list[int] | None
     files: list[tuple[str, int]]
+    kind: str = "app"
 
     @property
     def sha256(self) -> bytes:
@@ -76,6 +86,8 @@ class Bundle:
 
     @classmethod
     def parse(cls, data: bytes, name: str = "bundle") -> "Bundle":
+        if data[:1] == bytes([IMAGE_MAGIC]):
+            return cls.parse_image(data, name)
         if data[:4] != MAGIC:
             raise BundleError(f"{name}: offset 0: not a meterlink bundle (magic {data[:4]!r}, "
                               f"expected {MAGIC!r})")
@@ -108,6 +120,38 @@ class Bundle:
         if not (isinstance(mpy, list) and len(mpy) == 2 and all(isinstance(x, int) for x in mpy)):
             raise BundleError(f"{name}: header mpy must be [version, sub-version]")
         return cls(data, v, chips, mpy, [(e[0], e[1]) for e in files])
+
+    @classmethod
+    def parse_image(cls, data: bytes, name: str = "image") -> "Bundle":
+        """An ESP-IDF app image: header (chip id at offset 12), the app description
+        (esp_app_desc_t at offset 32: magic, version at offset 48), segments, checksum and
+        the appended SHA-256, checked with esptool as the node's bootloader will."""
+        from esptool.bin_image import LoadFirmwareImage
+
+        if len(data) < 32 + 256:
+            raise BundleError(f"{name}: {len(data)} bytes: too short for an ESP-IDF app image")
+        (chip_id,) = struct.unpack_from("<H", data, 12)
+        chip = CHIP_IDS.get(chip_id)
+        if chip is None:
+            raise BundleError(f"{name}: offset 12: unknown chip id {chip_id:#06x}")
+        (magic,) = struct.unpack_from("<I", data, 32)
+        if magic != APP_DESC_MAGIC:
+            raise BundleError(f"{name}: offset 32: no app description (magic {magic:#010x}, "
+                              f"expected {APP_DESC_MAGIC:#010x}): not an app image")
+        version = data[48:80].split(b"\0")[0].decode(errors="replace")
+        if len(version.split(".")) != 3 or not all(p.isdigit() for p in version.split(".")):
+            raise BundleError(f"{name}: offset 48: the image's version {version!r} is not a.b.c "
+                              "(build it with `make image`, which sets it)")
+        try:
+            img = LoadFirmwareImage(chip, data)
+        except Exception as exc:  # noqa: BLE001 - esptool raises FatalError and struct errors
+            raise BundleError(f"{name}: not a valid {chip} image: {exc}") from exc
+        if img.checksum != img.calculate_checksum():
+            raise BundleError(f"{name}: checksum {img.checksum:#04x} does not match the "
+                              f"segments ({img.calculate_checksum():#04x}): a damaged image")
+        if getattr(img, "append_digest", False) and img.stored_digest != img.calc_digest:
+            raise BundleError(f"{name}: the appended SHA-256 does not match: a damaged image")
+        return cls(data, version, [chip], None, [], kind="image")
 
 
 @dataclass
@@ -186,9 +230,11 @@ class Rollout:
 
     def _begin(self, u: NodeUpdate) -> None:
         b = self.bundle
-        msg = {"op": "begin", "v": b.version, "size": len(b.data), "sha": self.sha,
-               "cs": self.chunk, "chips": b.chips, "mpy": b.mpy, "dl": self.deadline_s,
+        msg = {"op": "begin", "kind": b.kind, "v": b.version, "size": len(b.data),
+               "sha": self.sha, "cs": self.chunk, "chips": b.chips, "dl": self.deadline_s,
                "t": int(time.time())}
+        if b.mpy is not None:
+            msg["mpy"] = b.mpy
         if self.force:
             msg["force"] = True
         u.last_asked = time.monotonic()

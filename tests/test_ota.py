@@ -1,4 +1,4 @@
-"""Over-the-air app updates (docs/ota.md): real nodes (the MicroPython unix port on virtual
+"""Over-the-air updates, app bundles and firmware images (docs/ota.md): real nodes (the MicroPython unix port on virtual
 boards), a real Mosquitto over TLS, the real gateway; power cuts are SIGKILLs of the node.
 
 What a utility relies on: an update reaches the node intact or not at all; a node always runs
@@ -8,10 +8,13 @@ node's version is right; a rollout stops at its canaries when they fail."""
 
 from __future__ import annotations
 
+import io
 import json
 import random
 import re
+import struct
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -279,3 +282,120 @@ def test_an_update_that_cannot_even_start_rolls_back_at_once(tmp_path, broker):
         exactly_once(gw, node)
     finally:
         site.close()
+
+
+# ------------------------------------------------------------------------ firmware images
+def esp_image(version: str, *, chip: str = "esp32", size: int = 40000) -> bytes:
+    """An ESP-IDF app image made by esptool (not by our code): header, the app description
+    with `version` (esp_app_desc_t), code and data segments, checksum, appended SHA-256."""
+    from esptool.bin_image import ELFSection, ESP32C3FirmwareImage, ESP32FirmwareImage
+
+    desc = struct.pack("<II8x32s32s16s16s32s32s", 0xABCD5432, 0, version.encode(),
+                       b"meterlink", b"12:00:00", b"Dec  4 2026", b"v5.2.2", bytes(32))
+    img = (ESP32C3FirmwareImage if chip == "esp32c3" else ESP32FirmwareImage)()
+    img.entrypoint = 0x40080000
+    rng = random.Random(version)
+    img.segments = [ELFSection(b".flash.appdesc", 0x3F400020, desc + bytes(256 - len(desc)), 0),
+                    ELFSection(b".iram0.text", 0x40080000,
+                               bytes(rng.getrandbits(8) for _ in range(size)), 0)]
+    img.append_digest = True
+    out = io.BytesIO()
+    with tempfile.NamedTemporaryFile(suffix=".bin") as f:
+        img.save(f.name)
+        out.write(Path(f.name).read_bytes())
+    return out.getvalue()
+
+
+def otadata(node: VirtualNode) -> dict:
+    return json.loads((node.root / "otadata.json").read_text())
+
+
+def status_at_gateway(gw: GatewayProcess, node_id: str) -> dict:
+    status, body = gw.api(f"/api/nodes/{node_id}")
+    return body.get("status") or {} if status == 200 else {}
+
+
+def test_a_firmware_image_goes_to_the_idle_partition_survives_power_cuts_and_is_kept(
+        tmp_path, broker):
+    site = Site(tmp_path, broker, ["pit-07"])
+    node, gw = site.nodes[0], site.gw
+    image = esp_image("0.7.0")
+    try:
+        assert Bundle.parse(image).kind == "image" and Bundle.parse(image).chips == ["esp32"]
+        done: list = []
+        r = rollout(gw, image, ["pit-07"])
+        worker = threading.Thread(target=lambda: done.append(r.run()), daemon=True)
+        worker.start()
+        total = -(-len(image) // 512)
+        for chunk in sorted(random.Random(7).sample(range(1, total), 5)):
+            def at_chunk():
+                try:
+                    return json.loads((node.flash / "ota.json").read_text())["n"] >= chunk
+                except (OSError, ValueError, KeyError):
+                    return False
+            wait_for(at_chunk, 120, f"the image transfer at chunk {chunk}",
+                     lambda: node.console()[-3000:], poll=0.005)
+            node.kill()
+            time.sleep(0.3)
+            node.start()
+        worker.join(300)
+        assert done and done[0][0]["state"] == "done", (done, node.console()[-3000:])
+        d = otadata(node)
+        assert (d["boot"], d["running"], d["state"]) == ("ota_1", "ota_1", "valid"), d
+        assert (node.root / "ota_1.bin").read_bytes()[:len(image)] == image
+        assert "update 0.7.0 is healthy: kept" in node.console()
+        wait_for(lambda: status_at_gateway(gw, "pit-07").get("img") == "0.7.0", 30,
+                 "the image's version at the gateway")
+        exactly_once(gw, node)
+
+        # an image that does not become healthy (no Wi-Fi on its first start): its deadline
+        # resets it before it is marked valid, and the bootloader goes back to ota_1
+        done.clear()
+        r = rollout(gw, esp_image("0.8.0"), ["pit-07"], deadline_s=10)
+        worker = threading.Thread(target=lambda: done.append(r.run()), daemon=True)
+        worker.start()
+        wait_for(lambda: (node.flash / "img.json").exists(), 120, "the image installed",
+                 lambda: node.console()[-3000:], poll=0.002)
+        node.set_environment(faults={"wifi": "down"})
+        wait_for(lambda: otadata(node).get("aborted") == "ota_0", 60,
+                 "the bootloader's rollback", lambda: node.console()[-3000:])
+        node.set_environment()
+        worker.join(300)
+        assert done and done[0][0]["state"] == "failed", done
+        assert done[0][0]["error"] == ("image 0.8.0 did not become healthy within 10 s: the "
+                                       "bootloader went back to ota_1 (0.7.0)"), done
+        wait_for(lambda: status_at_gateway(gw, "pit-07").get("img") == "0.7.0", 30,
+                 "the running image's version at the gateway")
+        exactly_once(gw, node)
+
+        # refused: another chip's image; one that does not verify (a bit flipped after the
+        # gateway checked it, as a bad flash write would): set_boot() refuses it
+        r = rollout(gw, esp_image("0.9.0", chip="esp32c3"), ["pit-07"]).run()
+        assert r[0]["error"] == "image for esp32c3, this node is esp32", r
+        bad = bytearray(esp_image("0.9.0"))
+        bad[5000] ^= 0x10
+        with pytest.raises(BundleError, match="checksum"):
+            Bundle.parse(bytes(bad))
+        b = Bundle(bytes(bad), "0.9.0", ["esp32"], None, [], kind="image")
+        r = Rollout(load_config(gw.conf).mqtt, b, ["pit-07"], ack_timeout=3.0).run()
+        assert r[0]["state"] == "failed" and r[0]["error"].startswith(
+            "the image does not verify (OSError(-5379, 'ESP_ERR_OTA_VALIDATE_FAILED')"), r
+        assert otadata(node)["boot"] == "ota_1"
+    finally:
+        site.close()
+
+
+def test_a_node_on_a_stock_image_says_it_cannot_take_a_firmware_image(tmp_path, broker):
+    gw = GatewayProcess(tmp_path / "gw", broker).wait_subscribed()
+    node = VirtualNode(tmp_path / "pit-08", node_id="pit-08", broker=broker, interval_s=1,
+                       form="mpy")
+    try:
+        node.start()
+        wait_for(lambda: len(readings(gw, "pit-08")) >= 1, 60, "a reading",
+                 lambda: node.console()[-3000:])
+        r = rollout(gw, esp_image("0.7.0"), ["pit-08"]).run()
+        assert r[0]["state"] == "failed" and r[0]["error"].startswith(
+            "this node's image has a single app partition (a stock MicroPython image)"), r
+    finally:
+        node.stop()
+        gw.stop()

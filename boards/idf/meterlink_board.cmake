@@ -19,3 +19,12 @@ list(APPEND SDKCONFIG_DEFAULTS ${METERLINK_PARTITIONS_FRAGMENT})
 # Frozen modules: the board's manifest.py, which includes the port's own manifest and the
 # firmware's (boards/manifest.py).
 set(MICROPY_FROZEN_MANIFEST ${METERLINK_BOARD_DIR}/manifest.py)
+
+# The image's version, the one its app description (esp_app_desc_t) carries and `meterlink
+# gateway ota` reads to tell an image update's version: the firmware's FIRMWARE_VERSION
+# (firmware/node.py). ESP-IDF takes PROJECT_VER when it is set before project(), which the
+# port's CMakeLists.txt calls after including this file.
+file(STRINGS ${METERLINK_BOARD_DIR}/../../../firmware/node.py METERLINK_VERSION_LINE
+     REGEX "^FIRMWARE_VERSION = ")
+string(REGEX REPLACE "^FIRMWARE_VERSION = \"([^\"]+)\".*" "\\1" PROJECT_VER
+       "${METERLINK_VERSION_LINE}")

@@ -11,7 +11,7 @@ flash.py) reads and writes:
   `mark_app_valid_cancel_rollback()`: it is marked aborted, and the previous app starts;
 - otherwise the boot partition starts.
 
-`flash_layout(root, board)` writes the partition table the meterlink image brings (its
+`prepare(root, form)` (`flash_layout(root, board)`) writes the partition table the meterlink image brings (its
 boards/idf/<board>/partitions.csv) as `partitions.json`; without it the board has a stock
 MicroPython image's single app partition.
 """
@@ -27,6 +27,20 @@ from host_tools import image, toolchain
 TYPES = {"app": 0, "data": 1}
 SUBTYPES = {"factory": 0x00, "ota_0": 0x10, "ota_1": 0x11, "ota": 0x00, "phy": 0x01,
             "nvs": 0x02, "fat": 0x81, "spiffs": 0x82, "littlefs": 0x83}
+
+
+def prepare(root: Path, form: str) -> None:
+    """The partition table of the image a board of this `form` was flashed with: the
+    meterlink image's ("image"), or a stock image's single app partition ("mpy")."""
+    root = Path(root)
+    if form == "image":
+        try:
+            name = json.loads((root / "board.json").read_text()).get("board")
+        except (OSError, ValueError):
+            name = None
+        flash_layout(root, name)
+    else:
+        (root / "partitions.json").unlink(missing_ok=True)
 
 
 def flash_layout(root: Path, board_name: str | None) -> None:

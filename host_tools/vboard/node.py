@@ -44,6 +44,7 @@ from pathlib import Path
 
 from gateway.stats import write_json_atomic
 from host_tools import firmware_build, process, toolchain
+from host_tools.vboard import bootloader
 
 DEFAULT_HEAP = "96K"
 FORMS = {"image": "image", "mpy": "stock"}  # firmware form -> unix-port build it runs on
@@ -225,6 +226,7 @@ class VirtualNode:
             (self.flash / name).write_bytes(data)
         if not (self.root / "board.json").exists() or board is not None:
             write_json_atomic(self.root / "board.json", board or default_board())
+        bootloader.prepare(self.root, form)
         if not (self.flash / "board.json").exists():  # what `meterlink provision` writes
             spec = json.loads((self.root / "board.json").read_text())
             write_json_atomic(self.flash / "board.json",
@@ -305,6 +307,7 @@ class VirtualNode:
         return self
 
     def _spawn(self) -> None:
+        bootloader.start(self.root)  # the ESP-IDF bootloader picks the app partition
         self.proc = subprocess.Popen(
             self.command(), cwd=self.flash, env=self.environ(),
             stdin=subprocess.DEVNULL, stdout=self._console, stderr=subprocess.STDOUT,

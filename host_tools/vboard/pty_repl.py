@@ -67,6 +67,7 @@ from pathlib import Path
 
 from gateway.stats import write_json_atomic
 from host_tools import process, toolchain
+from host_tools.vboard import bootloader
 from host_tools.vboard.node import (DEFAULT_HEAP, FORMS, _heap_bytes, config_adc_pins,
                                    default_board, vboard_allowance)
 
@@ -117,6 +118,7 @@ class PtyBoard:
             write_json_atomic(self.root / "board.json", board or default_board())
         if not (self.root / "env.json").exists():
             write_json_atomic(self.root / "env.json", {})
+        bootloader.prepare(self.root, form)
         self.heap = heap
         self.chip = json.loads((self.root / "board.json").read_text()).get("chip", "esp32")
         self.port = ""
@@ -202,6 +204,7 @@ class PtyBoard:
 
     def _spawn(self) -> None:
         ctl_r, ctl_w = os.pipe()
+        bootloader.start(self.root)  # the ESP-IDF bootloader picks the app partition
         self._proc = subprocess.Popen(
             [toolchain.micropython(FORMS[self.form]), "-X", f"heapsize={self.heap_bytes()}",
              "-c", AGENT],

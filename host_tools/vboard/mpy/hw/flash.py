@@ -237,12 +237,15 @@ class Partition:
             n = seg[4] | seg[5] << 8 | seg[6] << 16 | seg[7] << 24
             if pos + 8 + n > self._info[3]:
                 raise _validate_failed()
-            data = self._read(pos + 8, n)
-            for b in data:
-                csum ^= b
             sha.update(seg)
-            sha.update(data)
-            pos += 8 + n
+            pos += 8
+            while n:  # in pieces: the bootloader's RAM is not the node's heap
+                data = self._read(pos, min(n, 512))
+                for b in data:
+                    csum ^= b
+                sha.update(data)
+                pos += len(data)
+                n -= len(data)
         pad = 15 - pos % 16
         tail = self._read(pos, pad + 1)
         sha.update(tail)
