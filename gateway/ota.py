@@ -28,6 +28,7 @@ import json
 import math
 import os
 import queue
+import socket
 import struct
 import threading
 import time
@@ -328,6 +329,9 @@ class Rollout:
         client.on_message = on_message
         client.on_subscribe = lambda *a: subscribed.set()
         client.connect(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive)
+        # one chunk at a time: each waits for the node's answer, so a small packet must not
+        # wait for the delayed ACK of the last one (Nagle): up to 40 ms per chunk
+        client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client.loop_start()
         client.subscribe([(f"{self.cfg.prefix}/{n}/a", 1) for n in self.updates])
         if not subscribed.wait(10):

@@ -46,6 +46,7 @@ log_type error
 log_type warning
 log_type notice
 connection_messages true
+set_tcp_nodelay true
 """
 
 

@@ -18,6 +18,7 @@ stop-and-wait costs on the wire, without a node). The ratio says what the node's
 from __future__ import annotations
 
 import hashlib
+import socket
 import statistics
 import sys
 import tempfile
@@ -63,6 +64,8 @@ def transport_s(broker: Mosquitto, data: bytes, chunk: int) -> float:
     ready.wait(10)
     ready.clear()
     sender = client("bench-sender")
+    for c in (echo, sender):  # as the rollout's client does (gateway/ota.py)
+        c.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sender.on_message = lambda c, u, m: answered.set()
     sender.subscribe("ml/bench/a", 1)
     ready.wait(10)
