@@ -326,14 +326,21 @@ class Rollout:
                     str(ack.get("id")) == self.updates[node].request_id:
                 self._acks.put((node, ack))
 
+        def on_connect(c: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+            if reason.is_failure:
+                return
+            # one chunk at a time: each waits for the node's answer, so a small packet must
+            # not wait for the delayed ACK of the last one (Nagle): up to 40 ms per chunk
+            c.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # on every connect: after a lost link paho connects again, with a clean session
+            c.subscribe([(f"{self.cfg.prefix}/{n}/a", 1) for n in self.updates])
+
         client.on_message = on_message
+        client.on_connect = on_connect
         client.on_subscribe = lambda *a: subscribed.set()
+        client.reconnect_delay_set(1, 5)
         client.connect(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive)
-        # one chunk at a time: each waits for the node's answer, so a small packet must not
-        # wait for the delayed ACK of the last one (Nagle): up to 40 ms per chunk
-        client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client.loop_start()
-        client.subscribe([(f"{self.cfg.prefix}/{n}/a", 1) for n in self.updates])
         if not subscribed.wait(10):
             client.loop_stop()
             raise OSError("the broker did not confirm the subscription to acknowledgements")

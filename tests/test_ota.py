@@ -399,3 +399,33 @@ def test_a_node_on_a_stock_image_says_it_cannot_take_a_firmware_image(tmp_path, 
     finally:
         node.stop()
         gw.stop()
+
+
+def test_a_broker_outage_midway_costs_a_chunk_at_most_and_no_reading(tmp_path, broker,
+                                                                   good_bundle):
+    """The link goes for everyone (the broker restarts) half way through: the node and the
+    rollout connect again and carry on from the node's chunk."""
+    site = Site(tmp_path, broker, ["pit-09"])
+    node, gw = site.nodes[0], site.gw
+    done: list = []
+    r = rollout(gw, good_bundle, ["pit-09"])
+    worker = threading.Thread(target=lambda: done.append(r.run()), daemon=True)
+    try:
+        worker.start()
+
+        def halfway():
+            try:
+                return json.loads((node.flash / "ota.json").read_text())["n"] >= 70
+            except (OSError, ValueError, KeyError):
+                return False
+        wait_for(halfway, 120, "the transfer half way", lambda: node.console()[-3000:])
+        broker.stop()
+        time.sleep(3)
+        broker.start()
+        worker.join(300)
+        assert done and done[0][0]["state"] == "done", (done, node.console()[-3000:])
+        assert "resuming" in node.console() or done[0][0].get("resends", 0) >= 1
+        wait_for(lambda: fw_at_gateway(gw, "pit-09") == newer(), 60, "the new version at the gateway")
+        exactly_once(gw, node)
+    finally:
+        site.close()
