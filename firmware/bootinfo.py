@@ -43,7 +43,12 @@ class Boot:
             r.boots += 1
             r.wakes = 0
             r.boot_time = time.time()
-            if r.flags & 2:  # the previous boot never reached a healthy loop
+            # The previous boot never reached a healthy loop and ended in a reset a failure
+            # makes: the watchdog, or a hard reset (the runtime's crash handler, a panic).
+            # A soft reset (Ctrl-D, what the technician's tools do) and a power cycle never
+            # count: safe mode is for real failures only. `meterlink reboot` and the reboot
+            # command clear the streak before they reset.
+            if r.flags & 2 and self.cause in ("hard", "wdt"):
                 r.crash_boots += 1
         r.flags |= 2  # "crash boot in progress" until the loop is healthy
         r.save()

@@ -61,7 +61,7 @@ def image_version():
 
 
 def diagnostics(node):
-    d = status(node)
+    d = status(node, on=node.client.connected)  # measured: is the MQTT session up now
     d["queue_bytes"] = node.q.bytes_used()
     d["heap_peak"] = node.heap_peak
     d["sent"] = node.sent

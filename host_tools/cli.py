@@ -14,15 +14,17 @@ invalid config, a payload the gateway rejects); 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from importlib import metadata
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from gateway import cli as cmd_gateway
 from gateway.errors import EXIT_INPUT, UserError
 from host_tools import (bundle, cmd_check, cmd_decode, cmd_deploy, cmd_flash, cmd_monitor, cmd_ports,
-                        cmd_pki, cmd_provision, cmd_simulate, cmd_status, cmd_vboard,
-                        demo)
+                        cmd_pki, cmd_provision, cmd_reboot, cmd_simulate, cmd_status,
+                        cmd_vboard, demo)
 
 Handler = Callable[[argparse.Namespace], int]
 ParserBuilder = Callable[[argparse.ArgumentParser], None]
@@ -39,6 +41,7 @@ COMMANDS: dict[str, tuple[Handler, ParserBuilder, str]] = {
     "deploy": (cmd_deploy.run, cmd_deploy.build_parser, cmd_deploy.HELP),
     "provision": (cmd_provision.run, cmd_provision.build_parser, cmd_provision.HELP),
     "status": (cmd_status.run, cmd_status.build_parser, cmd_status.HELP),
+    "reboot": (cmd_reboot.run, cmd_reboot.build_parser, cmd_reboot.HELP),
     "monitor": (cmd_monitor.run, cmd_monitor.build_parser, cmd_monitor.HELP),
     "check": (cmd_check.run, cmd_check.build_parser, cmd_check.HELP),
     "simulate": (cmd_simulate.run, cmd_simulate.build_parser, cmd_simulate.HELP),
@@ -69,11 +72,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Stopped(BaseException):
+    """SIGTERM or SIGHUP: unwinds the command like Ctrl-C does, so every `finally` and `with`
+    runs and the processes it started (virtual nodes, brokers, a gateway) are stopped with it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop(signum: int, frame: Any) -> None:
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):  # the clean-up runs to its end
+        signal.signal(sig, signal.SIG_IGN)
+    raise Stopped(signum)
+
+
 def reporting(prog: str, run: Callable[[], int]) -> int:
     """Runs a command and turns what the user must read into `prog: message` on stderr and
-    the exit status: UserError (its code), Ctrl-C (130), a closed pipe on stdout (130)."""
+    the exit status: UserError (its code), Ctrl-C (130), SIGTERM / SIGHUP (128 + the
+    signal, after the command's own clean-up ran), a closed pipe on stdout (130)."""
+    old = {}
+    if threading.current_thread() is threading.main_thread():
+        old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
+        for s in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(s, _stop)
     try:
         return run()
+    except Stopped as exc:
+        print(f"{prog}: stopped by {signal.Signals(exc.signum).name}", file=sys.stderr)
+        return 128 + exc.signum
     except UserError as exc:
         sys.stdout.flush()
         print(f"{prog}: {exc}", file=sys.stderr)
@@ -85,6 +112,10 @@ def reporting(prog: str, run: Callable[[], int]) -> int:
         # the reader of our output went away (`meterlink decode ... | head -1`)
         sys.stderr.close()
         return EXIT_INTERRUPTED
+    finally:
+        for sig, handler in old.items():
+            if handler is not None:
+                signal.signal(sig, handler)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

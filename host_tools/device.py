@@ -325,6 +325,13 @@ class Device:
         self.transport.serial.flush()
         self.transport.read_until(1, b"node.run(_ml_boot)\r\n", timeout=5)
 
+    def hard_reset(self) -> None:
+        """`machine.reset()` from the raw REPL, without waiting for an answer: the node resets
+        at once (as the board's EN button does) and the session ends."""
+        self.transport.exec_raw_no_follow("import machine\nmachine.reset()")
+        self.transport.in_raw_repl = False  # the chip reset: it is in no REPL mode now
+        self.close()
+
     def run_main(self) -> None:
         """Leaves the REPL with a soft reset in friendly mode: boot.py, then main.py (the
         node runs again)."""

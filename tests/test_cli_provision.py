@@ -279,3 +279,80 @@ def test_provision_with_the_pki_gives_the_node_tls_and_its_own_certificate(tmp_p
             gw.stop()
     rc, out, err = provision(capsys, "/dev/null", "--node-id", "x", "--client-cert")
     assert rc == 2 and "--client-cert and --server-name need --pki DIR" in err
+
+
+def status_json(capsys, port) -> tuple[int, dict]:
+    rc = cli.main(["status", "--port", port, "--json"])
+    out = capsys.readouterr().out.strip().splitlines()
+    return rc, json.loads(out[-1]) if out else {}
+
+
+def test_the_documented_steps_never_put_a_new_node_in_safe_mode(board, tmp_path, capsys):
+    """Deploy, `status` a few times on a node that has no config yet (each soft-resets it:
+    the node cannot start its runtime without a config), then provision: the node starts
+    normally. A reset the technician's tools make is not a crash (field trial, issue 1)."""
+    assert cli.main(["deploy", "--board", BOARD, "--port", board.port]) == 0
+    for _ in range(4):
+        cli.main(["status", "--port", board.port])
+        time.sleep(1.5)  # the node boots to its REPL (no config) before the next command
+    capsys.readouterr()
+    with Mosquitto(tmp_path / "broker") as broker:
+        rc, out, err = provision(capsys, board.port, "--node-id", "pit-11",
+                                 "--broker", f"127.0.0.1:{broker.port}",
+                                 "--wifi-ssid", "meterlink-lab")
+        assert rc == 0, err
+        time.sleep(1)
+        rc, d = status_json(capsys, board.port)
+        assert rc == 0 and "safe" not in d, d
+
+
+def test_reboot_clears_a_crash_streak_and_the_node_leaves_safe_mode(board, tmp_path, capsys):
+    """Real crashes put the node in safe mode: its sensor's bus hangs in every reading and the
+    watchdog resets it, boot after boot. The technician fixes the wiring and runs `meterlink
+    reboot`: the node starts normally, without a power cycle."""
+    with Mosquitto(tmp_path / "broker") as broker:
+        assert cli.main(["deploy", "--board", BOARD, "--port", board.port]) == 0
+        rc, out, err = provision(capsys, board.port, "--node-id", "pit-12", "--no-reset",
+                                 "--broker", f"127.0.0.1:{broker.port}",
+                                 "--wifi-ssid", "meterlink-lab", "--interval", "1")
+        assert rc == 0, err
+        cfg = json.loads((board.flash / "config.json").read_text())
+        cfg["watchdog_s"] = 2
+        (board.flash / "config.json").write_text(json.dumps(cfg))
+        (board.root / "env.json").write_text(json.dumps({"faults": {"i2c0": "hang"}}))
+        cli.main(["reboot", "--port", board.port])
+        capsys.readouterr()
+
+        def in_safe_mode():
+            rc, d = status_json(capsys, board.port)
+            return d.get("safe")
+        reason = wait_for(in_safe_mode, 120, "safe mode after watchdog resets", poll=2)
+        assert "boots in a row crashed" in reason
+        (board.root / "env.json").write_text("{}")  # the wiring fixed
+        assert cli.main(["reboot", "--port", board.port]) == 0
+        out = capsys.readouterr().out
+        assert "crashed boot(s) was cleared: it starts normally (out of safe mode)" in out, out
+        time.sleep(2)
+        rc, d = status_json(capsys, board.port)
+        assert rc == 0 and "safe" not in d, d
+
+
+def test_status_says_connected_only_when_the_node_is(board, tmp_path, capsys):
+    """`connected to the broker` is measured: False while the broker is not there, True once
+    the node's MQTT session is up (field trial: it said True for a node that never reached
+    its broker)."""
+    from host_tools.broker import free_port
+
+    port = free_port()
+    assert cli.main(["deploy", "--board", BOARD, "--port", board.port, "--no-reset"]) == 0
+    rc, out, err = provision(capsys, board.port, "--node-id", "pit-13",
+                             "--broker", f"127.0.0.1:{port}", "--wifi-ssid", "meterlink-lab")
+    assert rc == 0, err
+    time.sleep(3)
+    rc, d = status_json(capsys, board.port)
+    assert rc == 0 and d["on"] is False, d
+    with Mosquitto(tmp_path / "broker", port=port):
+        def connected():
+            rc, d = status_json(capsys, board.port)
+            return d.get("on") is True
+        wait_for(connected, 60, "the node's MQTT session", poll=2)

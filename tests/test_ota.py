@@ -78,6 +78,28 @@ def exactly_once(gw: GatewayProcess, node: VirtualNode) -> None:
     assert len(recs) == len(set(recs)), "a reading stored twice"
 
 
+def holds(node: VirtualNode, chunk: int) -> bool:
+    """Whether the node's flash holds `chunk` chunks (or more) of the update in progress."""
+    try:
+        return json.loads((node.flash / "ota.json").read_text())["n"] >= chunk
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def power_cuts(node: VirtualNode, chunks: list[int], pause) -> list[int]:
+    """Cuts the node's power (RTC memory lost too) as soon as its flash holds each of `chunks`,
+    and powers it on again after `pause()` seconds; returns the chunk each cut fell at."""
+    cut_at = []
+    for chunk in chunks:
+        wait_for(lambda: holds(node, chunk), 120, f"the transfer at chunk {chunk}",
+                 lambda: node.console()[-3000:], poll=0.005)
+        node.kill()
+        cut_at.append(json.loads((node.flash / "ota.json").read_text())["n"])
+        time.sleep(pause())
+        node.start()
+    return cut_at
+
+
 def rollout(gw: GatewayProcess, data: bytes, nodes: list[str], **kw) -> Rollout:
     kw.setdefault("ack_timeout", 3.0)
     kw.setdefault("timeout", 300.0)
@@ -163,19 +185,7 @@ def test_twenty_power_cuts_at_random_chunks_end_with_the_update_and_every_readin
     worker = threading.Thread(target=lambda: done.append(r.run()), daemon=True)
     try:
         worker.start()
-        cut_at = []
-        for chunk in cuts:
-            def at_chunk():
-                try:
-                    return json.loads((node.flash / "ota.json").read_text())["n"] >= chunk
-                except (OSError, ValueError, KeyError):
-                    return False
-            wait_for(at_chunk, 120, f"the transfer at chunk {chunk}",
-                     lambda: node.console()[-3000:], poll=0.005)
-            node.kill()  # power cut: RTC memory gone too
-            cut_at.append(json.loads((node.flash / "ota.json").read_text())["n"])
-            time.sleep(rng.uniform(0.1, 1.0))
-            node.start()
+        cut_at = power_cuts(node, cuts, lambda: rng.uniform(0.1, 1.0))
         worker.join(300)
         assert done, "the rollout did not finish"
         assert done[0][0]["state"] == "done", (done, node.console()[-3000:])
@@ -327,17 +337,7 @@ def test_a_firmware_image_goes_to_the_idle_partition_survives_power_cuts_and_is_
         worker = threading.Thread(target=lambda: done.append(r.run()), daemon=True)
         worker.start()
         total = -(-len(image) // 512)
-        for chunk in sorted(random.Random(7).sample(range(1, total), 5)):
-            def at_chunk():
-                try:
-                    return json.loads((node.flash / "ota.json").read_text())["n"] >= chunk
-                except (OSError, ValueError, KeyError):
-                    return False
-            wait_for(at_chunk, 120, f"the image transfer at chunk {chunk}",
-                     lambda: node.console()[-3000:], poll=0.005)
-            node.kill()
-            time.sleep(0.3)
-            node.start()
+        power_cuts(node, sorted(random.Random(7).sample(range(1, total), 5)), lambda: 0.3)
         worker.join(300)
         assert done and done[0][0]["state"] == "done", (done, node.console()[-3000:])
         d = otadata(node)
@@ -413,12 +413,8 @@ def test_a_broker_outage_midway_costs_a_chunk_at_most_and_no_reading(tmp_path, b
     try:
         worker.start()
 
-        def halfway():
-            try:
-                return json.loads((node.flash / "ota.json").read_text())["n"] >= 70
-            except (OSError, ValueError, KeyError):
-                return False
-        wait_for(halfway, 120, "the transfer half way", lambda: node.console()[-3000:])
+        wait_for(lambda: holds(node, 70), 120, "the transfer half way",
+                 lambda: node.console()[-3000:])
         broker.stop()
         time.sleep(3)
         broker.start()

@@ -74,6 +74,7 @@ from host_tools.vboard.node import (DEFAULT_HEAP, FORMS, _heap_bytes, config_adc
 AGENT = "import repl_agent"  # frozen: host_tools/vboard/mpy/repl_agent.py
 RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
 SOFT_REBOOT = b"MPY: soft reboot\r\n"
+SOFT_RESET_CAUSE = 5  # machine.SOFT_RESET
 PASTE_WINDOW = 128  # MICROPY_REPL_STDIN_BUFFER_MAX / 2, as on the ESP32 port
 MAX_PENDING_OUT = 64 * 1024
 MAX_SLEEP_S = 5.0  # a deep sleep longer than this is cut short: the pty board is for tools
@@ -383,6 +384,8 @@ class PtyBoard:
 
     def _soft_reset(self) -> None:
         self._write(SOFT_REBOOT)
+        # the next process is the same chip after a soft reset: machine.reset_cause() says so
+        write_json_atomic(self.root / "reset_cause.json", {"cause": SOFT_RESET_CAUSE, "wake": 0})
         self._boot()
 
     def _on_exit(self) -> None:
