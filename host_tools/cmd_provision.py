@@ -235,19 +235,32 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def update_password_file(path: Path, user: str, line: str) -> None:
-    old = path.read_text().splitlines() if path.exists() else []
+def update_password_file(path: Path, user: str, line: str) -> str:
+    """Puts `line` in place of `user`'s entry; returns what happened: "created" (no file
+    before), "added" (no entry before) or "replaced"."""
+    existed = path.exists()
+    old = path.read_text().splitlines() if existed else []
     kept = [ln for ln in old if ln.split(":", 1)[0] != user]
     _write_atomic(path, "\n".join(kept + [line]) + "\n")
+    return "created" if not existed else ("replaced" if len(kept) < len(old) else "added")
 
 
-def update_acl_file(path: Path, node: str, block: str) -> None:
-    text = path.read_text() if path.exists() else ""
+def update_acl_file(path: Path, node: str, block: str) -> str:
+    """Puts `block` in place of the node's block; returns "created", "added" or "replaced"."""
+    existed = path.exists()
+    text = path.read_text() if existed else ""
     begin, end = re.escape(ACL_BEGIN.format(node=node)), re.escape(ACL_END.format(node=node))
-    text = re.sub(rf"(?ms)^{begin}\n.*?^{end}\n?", "", text)
+    text, found = re.subn(rf"(?ms)^{begin}\n.*?^{end}\n?", "", text)
     if text and not text.endswith("\n"):
         text += "\n"
     _write_atomic(path, text + block)
+    return "created" if not existed else ("replaced" if found else "added")
+
+
+def _file_report(kind: str, path: Path, what: str, node: str, item: str) -> str:
+    if what == "created":
+        return f"{kind} {path}: created, with the {item} for {node}"
+    return f"{kind} {path}: {item} for {node} {what}"
 
 
 # ------------------------------------------------------------------------------ gateway
@@ -337,13 +350,13 @@ def run(args: argparse.Namespace) -> int:
         pass  # no password line: the broker knows the node by its certificate
     elif args.password_file:
         line = password_line(args.node_id, password)
-        update_password_file(args.password_file, args.node_id, line)
-        say(f"password_file {args.password_file}: entry for {args.node_id} replaced")
+        what = update_password_file(args.password_file, args.node_id, line)
+        say(_file_report("password_file", args.password_file, what, args.node_id, "entry"))
     else:
         say("\n# add to the broker's password_file:\n" + password_line(args.node_id, password))
     if args.acl_file:
-        update_acl_file(args.acl_file, args.node_id, acl)
-        say(f"acl_file {args.acl_file}: block for {args.node_id} replaced")
+        what = update_acl_file(args.acl_file, args.node_id, acl)
+        say(_file_report("acl_file", args.acl_file, what, args.node_id, "block"))
     else:
         say("\n# add to the broker's acl_file:\n" + acl, end="")
     if args.password_file or args.acl_file:

@@ -15,7 +15,9 @@ that says what is wrong and how to fix it (the `ERR_*` texts below); tests asser
 from __future__ import annotations
 
 import ast
+import contextlib
 import errno
+import io
 import json
 import sys
 import time
@@ -185,6 +187,12 @@ class DeviceError(UserError):
         super().__init__(f"the node answered with an error: {last}")
 
 
+def _quiet():
+    """mpremote prints what it read (`b''` for nothing) to stdout when it cannot enter the raw
+    REPL; our own error says what happened, so that goes nowhere."""
+    return contextlib.redirect_stdout(io.StringIO())
+
+
 class Device:
     """A raw-REPL session with a node. Entering it stops whatever the node runs (Ctrl-C);
     `soft_reset=True` also restarts MicroPython first (a clean heap, boot.py only), which is
@@ -213,8 +221,9 @@ class Device:
                     raise UserError(ERR_BUSY.format(port=port)) from exc
                 time.sleep(0.05)  # locked a moment ago and free now, or still locked: again
         try:
-            self.transport.enter_raw_repl(soft_reset=soft_reset,
-                                          timeout_overall=timeout or REPL_TIMEOUT)
+            with _quiet():
+                self.transport.enter_raw_repl(soft_reset=soft_reset,
+                                              timeout_overall=timeout or REPL_TIMEOUT)
         except TransportError as exc:
             self.transport.close()
             raise UserError(ERR_NOT_MICROPYTHON.format(port=port)) from exc
@@ -250,8 +259,9 @@ class Device:
                 # interrupt it once more and enter the raw REPL again before giving up.
                 if attempt == 1 and "raw repl" in str(exc):
                     try:
-                        self.transport.enter_raw_repl(soft_reset=False,
-                                                      timeout_overall=REPL_TIMEOUT)
+                        with _quiet():
+                            self.transport.enter_raw_repl(soft_reset=False,
+                                                          timeout_overall=REPL_TIMEOUT)
                         continue
                     except (TransportError, OSError):
                         pass

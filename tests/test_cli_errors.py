@@ -118,6 +118,7 @@ def test_not_a_micropython_device(monkeypatch, capsys):
         os.close(slave)
     assert rc == 1
     assert err == "meterlink: " + ERR_NOT_MICROPYTHON.format(port=name) + "\n"
+    assert out == "", "nothing but the error (field trial: a stray b'' on stdout)"
 
 
 SAFE_NODE = '''\

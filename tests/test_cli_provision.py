@@ -103,6 +103,9 @@ def test_provisioned_credentials_and_acl_are_enforced_by_mosquitto(board, tmp_pa
     assert user == "node-01" and len(password) == 24
     assert "password_file" in out and password not in out  # the secret never hits the screen
     assert acl.read_text().count("user node-01") == 1
+    # what happened to each file, as it happened (field trial: "replaced" for a new entry)
+    assert f"password_file {pw}: entry for node-01 added" in out, out
+    assert f"acl_file {acl}: block for node-01 added" in out, out
 
     conf = f"password_file {pw}\nacl_file {acl}\n"
     with Mosquitto(tmp_path / "broker", extra_conf=conf, anonymous=False) as broker:
@@ -136,6 +139,8 @@ def test_provisioned_credentials_and_acl_are_enforced_by_mosquitto(board, tmp_pa
         assert cfg2["wifi"]["ssid"] == "meterlink-lab"  # the rest of the config is kept
         assert pw.read_text().count("node-01:") == 1 and "observer:" in pw.read_text()
         assert acl.read_text().count("user node-01") == 1
+        assert f"password_file {pw}: entry for node-01 replaced" in out, out
+        assert f"acl_file {acl}: block for node-01 replaced" in out, out
         broker.proc.send_signal(signal.SIGHUP)
         time.sleep(0.5)
         old = Client(broker.port, user, password, "node-01c")
@@ -156,6 +161,17 @@ def test_wifi_key_can_be_typed_instead_of_given_on_the_command_line(board, capsy
     assert rc == 0, err
     cfg = json.loads((board.flash / "config.json").read_text())
     assert cfg["wifi"] == {"ssid": "site", "password": "k3y with spaces"}
+
+
+def test_provision_says_it_created_the_broker_files_it_created(board, tmp_path, capsys):
+    pw, acl = tmp_path / "new-passwd", tmp_path / "new-acl"
+    rc, out, err = provision(capsys, board.port, "--node-id", "node-06", "--no-reset",
+                             "--broker", "127.0.0.1:1883", "--password-file", str(pw),
+                             "--acl-file", str(acl))
+    assert rc == 0, err
+    assert f"password_file {pw}: created, with the entry for node-06" in out, out
+    assert f"acl_file {acl}: created, with the block for node-06" in out, out
+    assert pw.read_text().startswith("node-06:") and "user node-06" in acl.read_text()
 
 
 def test_invalid_config_is_refused_with_the_firmware_rules_and_nothing_is_written(board, capsys):
