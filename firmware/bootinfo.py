@@ -60,10 +60,7 @@ class Boot:
         r = self.rtc
         if self.safe:
             return  # leaving safe mode takes a reboot command, a new config or a power cycle
-        if r.flags & 2 or r.crash_boots:
-            r.flags &= ~2
-            r.crash_boots = 0
-            r.save()
+        r.clear_crashes()
 
 
 

@@ -129,9 +129,7 @@ async def command(node, msg, rid):
         node.flush = True
         node.wake.set()
     elif cmd == "reboot":
-        node.rtc.crash_boots = 0  # the operator asks for a normal start
-        node.rtc.flags &= ~2
-        node.rtc.save()
+        node.rtc.clear_crashes()  # the operator asks for a normal start
     elif cmd == "diag":
         body.update(node.diagnostics())
         body.pop("last", None)

@@ -32,6 +32,7 @@ import sys
 
 import log
 from files import read_text, remove, write_text
+from status import firmware_version, image_version  # (node.downlink() unloads both after)
 
 STATE = "ota.json"
 DATA = "ota.bin"
@@ -66,12 +67,6 @@ def version_tuple(v):
     if len(t) != 3:
         raise Refused("v must be a version a.b.c: got %r" % (v,))
     return t
-
-
-def running_version(node):
-    from node import FIRMWARE_VERSION
-
-    return (node.app or {}).get("v") or FIRMWARE_VERSION
 
 
 def _partition(label=None):
@@ -158,13 +153,10 @@ def begin(node, msg):
                           "image): flash the meterlink image over USB once (meterlink flash)")
         if size > part[3]:
             raise Refused("the image is %d bytes, partition %s holds %d" % (size, part[4], part[3]))
-        from status import image_version
-
         cur = image_version()
-        sys.modules.pop("status", None)
     else:
         _check_target(node, msg.get("chips"), msg.get("mpy"))
-        cur = running_version(node)
+        cur = firmware_version(node)
     if node.app_trial:  # the answer comes when it is healthy or rolled back
         trial = node.app.get("v") or node.app.get("img")
         if trial != v:
@@ -254,25 +246,21 @@ def _sha_of_data(size, part=None):
 
     h = hashlib.sha256()
     buf = bytearray(_PIECE)
-    left = size
-    if part:
-        p = _partition(part)
+    f = None if part else open(DATA, "rb")
+    p = _partition(part) if part else None
+    try:
         off = 0
-        while left:
-            k = min(left, _PIECE)
-            piece = memoryview(buf)[:k]
-            p.readblocks(off // 4096, piece, off % 4096)
+        while off < size:
+            piece = memoryview(buf)[:min(size - off, _PIECE)]
+            if p:
+                p.readblocks(off // 4096, piece, off % 4096)
+            elif f.readinto(piece) != len(piece):
+                break  # shorter than announced: the hash will not match
             h.update(piece)
-            off += k
-            left -= k
-        return _hex(h.digest())
-    with open(DATA, "rb") as f:
-        while left:
-            k = f.readinto(memoryview(buf)[:min(left, _PIECE)])
-            if not k:
-                break
-            h.update(memoryview(buf)[:k])
-            left -= k
+            off += len(piece)
+    finally:
+        if f:
+            f.close()
     return _hex(h.digest())
 
 
@@ -294,7 +282,7 @@ def finish(node, st):
         remove(DATA)
         remove(STATE)
         raise
-    app = {"run": slot, "v": st["v"], "prev": run, "pv": running_version(node), "trial": 0,
+    app = {"run": slot, "v": st["v"], "prev": run, "pv": firmware_version(node), "trial": 0,
            "dl": st["dl"], "id": st["id"]}
     write_text("app.json", json.dumps(app))  # the switch: atomic
     remove(DATA)
@@ -303,10 +291,7 @@ def finish(node, st):
 
 
 def _installed(node, st, where):
-    r = node.rtc  # an operator's new start, like `reboot`: earlier crashes do not count
-    r.crash_boots = 0
-    r.flags &= ~2
-    r.save()
+    node.rtc.clear_crashes()  # an operator's new start, like `reboot`: crashes before do not count
     log.info("ota", "%s installed in %s; restarting to try it", st["v"], where)
     node.restart_after_ack = True
     return {"op": "installed", "v": st["v"], "next": _chunks(st)}
@@ -322,10 +307,7 @@ def _install_image(node, st):
         remove(STATE)
         raise Refused("the image does not verify (%r): not installed" % (exc,))
     remove(STATE)
-    from status import image_version
-
     pv = image_version()
-    sys.modules.pop("status", None)
     if read_text("app.json") is not None:  # an app update would shadow the image's code
         os.rename("app.json", "app.json.img")
     write_text("img.json", json.dumps({"v": st["v"], "id": st["id"], "dl": st["dl"],

@@ -60,3 +60,13 @@ class RtcState:
         struct.pack_into(_FMT, mem, 0, b"ML", 1, *[getattr(self, n) for n in self.FIELDS])
         struct.pack_into("<I", mem, _SIZE, binascii.crc32(memoryview(mem)[:_SIZE]) & 0xFFFFFFFF)
         self._rtc.memory(mem)
+
+    def clear_crashes(self):
+        """Ends a crash streak (healthy, or a start an operator asked for): saved at once;
+        returns how many crashed boots it had counted."""
+        n = self.crash_boots
+        if self.flags & 2 or n:
+            self.flags &= ~2
+            self.crash_boots = 0
+            self.save()
+        return n

@@ -11,7 +11,7 @@ from node import FIRMWARE_VERSION, _rssi
 
 def status(node, on=True, sleep_s=None):
     gc.collect()
-    st = {"on": on, "fw": (node.app or {}).get("v") or FIRMWARE_VERSION, "boot": node.boot.total_boots,
+    st = {"on": on, "fw": firmware_version(node), "boot": node.boot.total_boots,
           "rst": node.boot.cause, "up": time.ticks_diff(time.ticks_ms(), node.started) // 1000,
           "mode": node.cfg["power"]["mode"], "cv": node.cfg["version"],
           "iv": node.interval(),
@@ -41,6 +41,11 @@ def status(node, on=True, sleep_s=None):
     if img:
         st["img"] = img
     return st
+
+
+def firmware_version(node):
+    """The version of the code that runs: the app update's, else the image's firmware."""
+    return (node.app or {}).get("v") or FIRMWARE_VERSION
 
 
 def image_version():

@@ -24,7 +24,6 @@ at `GET /api/ota`).
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import queue
@@ -41,6 +40,7 @@ import cbor2
 from gateway import mqtt_tls
 from gateway.downlink import parse_ack
 from gateway.errors import WireError
+from gateway.stats import write_json_atomic
 
 MAGIC = b"MLB1"
 HEADER_MAX = 4096
@@ -262,12 +262,10 @@ class Rollout:
         if op == "done":
             if ack.get("ok"):
                 u.state, u.finished, u.next = "done", time.time(), u.chunks
-                if ack.get("have"):
-                    u.error = None
             else:
                 self._fail(u, str(ack.get("err")))
             return
-        if u.state in ("trial",) and op != "installed":
+        if u.state == "trial" and op != "installed":
             return  # late answers to chunks: the node is past them
         if not ack.get("ok"):
             err = str(ack.get("err"))
@@ -287,12 +285,7 @@ class Rollout:
         if op == "installed":
             u.state, u.next = "trial", u.chunks
             return
-        if not isinstance(nxt, int):
-            return
-        if u.state == "waiting":
-            return
-        u.state = "sending"
-        if nxt >= u.chunks:
+        if not isinstance(nxt, int) or nxt >= u.chunks:
             return
         if nxt == u.next and nxt in u.sent_at and \
                 time.monotonic() - u.sent_at[nxt] < min(2.0, self.ack_timeout):
@@ -430,9 +423,7 @@ class Rollout:
     def _write_progress(self) -> None:
         if self.progress_file is None:
             return
-        tmp = self.progress_file.with_name(self.progress_file.name + ".tmp")
-        tmp.write_text(json.dumps(self.progress_view(), indent=1))
-        os.replace(tmp, self.progress_file)
+        write_json_atomic(self.progress_file, self.progress_view())
 
 
 def bar(u: dict[str, Any], width: int = 30) -> str:

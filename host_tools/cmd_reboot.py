@@ -21,11 +21,7 @@ HELP = "reset the node (clears the crash count that leads to safe mode); it star
 _CLEAR = """\
 try:
     import rtcstate
-    _r = rtcstate.RtcState()
-    print(_r.crash_boots)
-    _r.crash_boots = 0
-    _r.flags &= ~2
-    _r.save()
+    print(rtcstate.RtcState().clear_crashes())
 except ImportError:
     print(-1)
 """

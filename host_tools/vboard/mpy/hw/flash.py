@@ -111,9 +111,13 @@ def _table():
     return [tuple(p) for p in t] if t else list(_STOCK)
 
 
+def _ota_slots():
+    return [p[4] for p in _table() if p[0] == 0 and 0x10 <= p[1] < 0x20]  # app, ota_0..ota_15
+
+
 def _otadata():
     d = hw.read_json(hw.board().file("otadata.json")) or {}
-    ota = [p[4] for p in _table() if p[0] == 0 and 0x10 <= p[1] < 0x20]
+    ota = _ota_slots()
     first = ota[0] if ota else "factory"
     d.setdefault("boot", first)
     d.setdefault("running", d["boot"])
@@ -210,7 +214,7 @@ class Partition:
         return None
 
     def get_next_update(self):
-        ota = [p[4] for p in _table() if p[0] == 0 and 0x10 <= p[1] < 0x20]
+        ota = _ota_slots()
         if not ota:
             raise OSError(errno.ENOENT)
         here = self._info[4]
