@@ -9,6 +9,7 @@
     GET  /api/alarms              active alarms
     GET  /api/quarantine          rejected messages (?reason=&limit=, newest first)
     GET  /api/deadletters         batches sinks rejected (?sink=&limit=, newest first)
+    POST /api/deadletters/{id}/replay  queue a dead letter again for its sink: {"again"?}
     POST /api/send                downlink: {"node"|"nodes"|"group", "config"+"version" |
                                   "cmd"+"args", "timeout_s"?, "wait"?}
 
@@ -47,6 +48,7 @@ log = logging.getLogger("meterlink.gateway.api")
 
 MAX_BODY = 1 << 20
 NODE_PATH = re.compile(r"^/api/nodes/([^/]+)$")
+REPLAY_PATH = re.compile(r"^/api/deadletters/([0-9]{1,18})/replay$")
 
 
 class ApiError(Exception):
@@ -201,6 +203,26 @@ class ApiServer:
                 r["body"] = json.loads(r["body"])
         return rows
 
+    def replay(self, letter: int, body: Any) -> dict[str, Any]:
+        if body is None:
+            body = {}
+        if not isinstance(body, dict) or set(body) - {"again"}:
+            raise ApiError(400, "body must be empty or {\"again\": true}")
+        again = body.get("again", False)
+        if not isinstance(again, bool):
+            raise ApiError(400, "again must be true or false")
+        try:
+            with self.lock:
+                sink, items = self.box.replay(
+                    letter, again=again, sinks=[c.name for c in self.gateway.config.sinks])
+        except KeyError:
+            raise ApiError(404, f"no dead letter {letter}") from None
+        except ValueError as exc:
+            raise ApiError(409, str(exc)) from None
+        log.info("deadletter_replayed", extra=kv(letter=letter, sink=sink, items=items))
+        self.gateway.wake_sinks()
+        return {"id": letter, "sink": sink, "items": items}
+
     def alarms(self) -> list[dict[str, Any]]:
         with self.lock:
             return self.box.query("SELECT node, alarm, raised_at, detail FROM alarms "
@@ -332,6 +354,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self._reply(200, api.listing("deadletters", query, "sink"))
             elif method == "GET" and url.path == "/api/ota":
                 self._reply(200, api.ota())
+            elif method == "POST" and REPLAY_PATH.match(url.path):
+                self._reply(200, api.replay(int(REPLAY_PATH.match(url.path).group(1)),
+                                            self._body()))
             elif method == "POST" and url.path == "/api/send":
                 self._reply(200, api.send(self._body()))
             else:

@@ -12,7 +12,17 @@ its oldest item is `batch_max_age_s` old. Delivery is at least once:
   after an exponential backoff with jitter: `min(backoff_max_s, backoff_initial_s * 2^n)`
   times a random factor in [0.5, 1];
 - permanent reject (`DeliveryRejected`): the batch moves to the dead-letter table with the
-  reply, and the next batch goes.
+  reply, and the next batch goes;
+- items the sink cannot convert (`Unconvertible`, raised before anything is sent): each goes
+  to the dead-letter table with the reason, and the rest of the batch is delivered at once;
+- credential refused (`DeliveryUnauthorized`, HTTP 401/403): not the batch's fault, so
+  nothing is dead-lettered. The sink pauses: the `sink_auth:{sink}` alarm is raised (the
+  gateway's periodic check reads `auth_problem`), the batch stays with its key, and the sink
+  probes again every `AUTH_PROBE_S`, or at once when its token file changes (the operator put
+  in a new token). The first delivery that goes through clears the alarm.
+
+A sink may call `resume()` when its upstream is back (the `mqtt` sink does on reconnect):
+a backoff sleep then ends at once, so recovery does not wait out a long backoff.
 
 Each sink has its own thread and its own outbox connection, so one failing or slow sink never
 holds back another: its items simply wait in `pending` for it alone.
@@ -20,6 +30,7 @@ holds back another: its items simply wait in `pending` for it alone.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import threading
@@ -27,9 +38,10 @@ import time
 
 from gateway.channels import ChannelTable
 from gateway.config import SinkConfig
-from gateway.errors import DeliveryFailed, DeliveryRejected, MeterlinkError, SinkError
+from gateway.errors import (DeliveryFailed, DeliveryRejected, DeliveryUnauthorized,
+                            MeterlinkError, SinkError, Unconvertible)
 from gateway.logfmt import kv
-from gateway.outbox import Outbox
+from gateway.outbox import Batch, Outbox
 from gateway.sinks import Sink
 from gateway.stats import Stats
 
@@ -37,6 +49,7 @@ log = logging.getLogger("meterlink.gateway.batcher")
 
 IDLE_POLL_S = 1.0
 CRASH_PAUSE_S = 5.0  # after an unexpected error: the batch stays claimed, retried then
+AUTH_PROBE_S = 60.0  # between deliveries tried while the upstream refuses the credential
 
 
 def backoff_delay(attempts: int, *, initial: float, maximum: float,
@@ -60,6 +73,11 @@ class SinkWorker:
         self._clock = clock
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._resume = threading.Event()
+        self.auth_problem: str | None = None  # the refusal while paused, else None
+        self.delivered = False  # a batch went through since the start
+        self.auth_probe_s = AUTH_PROBE_S
+        sink.resume = self.resume
         self._thread: threading.Thread | None = None
         self.box: Outbox | None = None
 
@@ -75,9 +93,14 @@ class SinkWorker:
     def wake(self) -> None:
         self._wake.set()
 
+    def resume(self) -> None:
+        """The upstream is back (called by the sink, any thread): end a backoff sleep."""
+        self._resume.set()
+
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
         self._wake.set()
+        self._resume.set()
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
@@ -88,6 +111,42 @@ class SinkWorker:
 
     def _sleep(self, seconds: float) -> None:
         self._stop.wait(seconds)
+
+    def _backoff(self, seconds: float) -> None:
+        """Sleeps `seconds`, less when the sink says its upstream is back."""
+        self._resume.clear()
+        self._resume.wait(seconds)
+
+    def _paused(self, seconds: float) -> None:
+        """Sleeps `seconds` while the credential is refused, less when it changes or the
+        sink says its upstream took it (`resume`)."""
+        self._resume.clear()
+        end = time.monotonic() + seconds
+        while not self._stop.is_set() and time.monotonic() < end:
+            if self.sink.credential_changed():
+                log.info("sink_credential_changed", extra=kv(sink=self.name, action="probe"))
+                return
+            if self._resume.wait(min(1.0, max(0.0, end - time.monotonic()))):
+                return
+
+    def _deliver(self, batch: Batch, poison: list) -> None:
+        """Delivers `batch` less the items the sink cannot convert (added to `poison`)."""
+        view = batch
+        while True:
+            if not view.items:
+                return
+            try:
+                self.sink.deliver(view)
+                return
+            except Unconvertible as exc:
+                poison.extend(exc.items)
+                bad = {id(item) for item, _ in exc.items}
+                view = dataclasses.replace(view, items=tuple(
+                    it for it in view.items if id(it) not in bad))
+                for item, reason in exc.items:
+                    log.error("item_unconvertible", extra=kv(
+                        sink=self.name, node=item.node, seq=item.seq, kind=item.kind,
+                        error=reason, action="dead-letter"))
 
     def _due(self, box: Outbox) -> float:
         """0 when a batch should be cut now, else seconds until it should (at most the poll)."""
@@ -136,15 +195,27 @@ class SinkWorker:
         if batch is None:
             return
         started = time.monotonic()
+        poison: list = []
         try:
-            self.sink.deliver(batch)
+            self._deliver(batch, poison)
         except DeliveryRejected as exc:
-            box.dead_letter(batch, exc.status, exc.reply)
+            box.dead_letter(batch, exc.status, exc.reply, poison)
+            self._count_poison(poison)
             self.stats.labeled("sink_errors", f"{self.name}:rejected", 1)
             self.stats.labeled("sink_deadletters", self.name, 1)
             log.error("batch_rejected", extra=kv(sink=self.name, key=batch.key,
                                                  items=len(batch.items), status=exc.status,
                                                  error=str(exc), action="dead-letter"))
+            return
+        except DeliveryUnauthorized as exc:
+            box.failed(batch, str(exc))
+            self.stats.labeled("sink_errors", f"{self.name}:unauthorized", 1)
+            if self.auth_problem is None:
+                log.error("sink_paused", extra=kv(sink=self.name, error=str(exc),
+                                                  probe_every=self.auth_probe_s,
+                                                  action="keep the outbox, raise sink_auth"))
+            self.auth_problem = str(exc)
+            self._paused(self.auth_probe_s)
             return
         except (DeliveryFailed, MeterlinkError, OSError) as exc:
             retry_after = getattr(exc, "retry_after", None)
@@ -158,15 +229,27 @@ class SinkWorker:
                                                  items=len(batch.items), attempts=attempts,
                                                  retry_in=round(delay, 3),
                                                  retry_after=retry_after, error=str(exc)))
-            self._sleep(delay)
+            self._backoff(delay)
             return
         latency = time.monotonic() - started
-        box.confirm(batch)
-        records = sum(len(it.body) if it.kind == "reading" else 1 for it in batch.items)
+        box.confirm(batch, poison)
+        self._count_poison(poison)
+        self.delivered = True
+        if self.auth_problem is not None:
+            log.info("sink_resumed", extra=kv(sink=self.name))
+            self.auth_problem = None
+        bad = {id(item) for item, _ in poison}
+        sent = [it for it in batch.items if id(it) not in bad]
+        records = sum(len(it.body) if it.kind == "reading" else 1 for it in sent)
         self.stats.labeled("sink_batches", self.name, 1)
-        self.stats.labeled("sink_items", self.name, len(batch.items))
+        self.stats.labeled("sink_items", self.name, len(sent))
         self.stats.labeled("sink_records", self.name, records)
         self.stats.observe("sink_latency_seconds", self.name, latency)
         log.debug("batch_delivered", extra=kv(sink=self.name, key=batch.key,
-                                              items=len(batch.items), attempts=batch.attempts,
+                                              items=len(sent), attempts=batch.attempts,
                                               latency=round(latency, 4)))
+
+    def _count_poison(self, poison: list) -> None:
+        if poison:
+            self.stats.labeled("sink_errors", f"{self.name}:unconvertible", len(poison))
+            self.stats.labeled("sink_deadletters", self.name, len(poison))

@@ -4,6 +4,7 @@
     meterlink gateway send --config FILE NODE config PATCH.json --version N
     meterlink gateway send --config FILE --group G cmd NAME [key=value ...]
     meterlink gateway ota --config FILE --nodes a,b,c --bundle app.mlb [--canary 1]
+    meterlink gateway replay --config FILE [ID ... | --sink S --all] [--again]
 
 The config is checked completely before anything connects; an invalid one exits with status 2
 and a message naming the key. SIGINT or SIGTERM stop the gateway cleanly (status 0).
@@ -78,6 +79,26 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
                           "rolled this one back")
 
 
+    replay = sub.add_parser(
+        "replay", help="list dead letters, or queue them again for their sink",
+        description="Without IDs: lists the dead letters (newest first) with their reason: "
+                    "`rejected` (the platform refused the batch: status and reply) or "
+                    "`unconvertible` (the sink could not put the record in its format). "
+                    "With IDs (or --sink S --all): queues each letter's records again for its "
+                    "sink, in the outbox beside a running gateway, which delivers them within "
+                    "a second or two. A letter is replayed once; --again replays it anyway "
+                    "(the platform then sees its records twice and must dedup by rid).")
+    replay.add_argument("--config", dest="send_config", metavar="FILE", help="gateway config")
+    replay.add_argument("ids", nargs="*", type=int, metavar="ID", help="dead letter ids")
+    replay.add_argument("--sink", help="only this sink's letters")
+    replay.add_argument("--all", action="store_true",
+                        help="every letter not replayed yet (of --sink S when given)")
+    replay.add_argument("--again", action="store_true",
+                        help="replay letters that were replayed before, too")
+    replay.add_argument("--limit", type=int, default=50, metavar="N",
+                        help="letters listed (default 50)")
+
+
 def _load(path: str | None):
     if not path:
         raise UserError("gateway: --config FILE is required", exit_code=EXIT_INPUT)
@@ -93,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
         return run_send(args)
     if getattr(args, "gateway_action", None) == "ota":
         return run_ota(args)
+    if getattr(args, "gateway_action", None) == "replay":
+        return run_replay(args)
     config = _load(args.config)
     configure_logging(config.gateway.log_level)
     from gateway.daemon import Gateway
@@ -249,3 +272,61 @@ def run_ota(args: argparse.Namespace) -> int:
     ok = sum(r["state"] == "done" for r in reports)
     print(f"{ok} of {len(reports)} nodes run {bundle.version}")
     return EXIT_OK if ok == len(reports) else EXIT_ERROR
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from gateway.outbox import Outbox
+
+    config = _load(args.send_config or args.config)
+    if not config.outbox.path.exists():
+        raise UserError(f"gateway replay: no outbox at {config.outbox.path}",
+                        hint="the gateway creates it when it first runs", exit_code=EXIT_INPUT)
+    box = Outbox(config.outbox.path)
+    try:
+        where, values = ("WHERE sink=?", [args.sink]) if args.sink else ("", [])
+        if not args.ids and not args.all:
+            rows = box.query(f"SELECT id, at, sink, reason, status, reply, replayed, body "
+                             f"FROM deadletters {where} ORDER BY id DESC LIMIT ?",
+                             (*values, max(1, args.limit)))
+            if not rows:
+                print("no dead letters" + (f" for sink {args.sink}" if args.sink else ""))
+                return EXIT_OK
+            print(f"{'ID':>6}  {'WHEN (UTC)':<19}  {'SINK':<8} {'REASON':<13} {'ITEMS':>5}  "
+                  f"{'REPLAYED':>8}  REPLY")
+            for r in rows:
+                when = dt.datetime.fromtimestamp(r["at"], dt.timezone.utc)
+                reply = " ".join(str(r["reply"] or "").split())
+                if r["status"] is not None:
+                    reply = f"HTTP {r['status']}: {reply}"
+                print(f"{r['id']:>6}  {when:%Y-%m-%d %H:%M:%S}  {r['sink']:<8} "
+                      f"{r['reason']:<13} {len(json.loads(r['body'])):>5}  "
+                      f"{r['replayed']:>8}  {reply[:60]}")
+            return EXIT_OK
+        ids = list(args.ids)
+        if args.all:
+            cond = "" if args.again else ("AND " if where else "WHERE ") + "replayed=0"
+            ids += [r["id"] for r in box.query(f"SELECT id FROM deadletters {where} {cond} "
+                                               "ORDER BY id", values)]
+        failed = 0
+        for letter in dict.fromkeys(ids):
+            try:
+                sink, items = box.replay(letter, again=args.again,
+                                         sinks=[c.name for c in config.sinks])
+            except KeyError:
+                print(f"{letter:>6}  no such dead letter")
+                failed += 1
+                continue
+            except ValueError as exc:
+                print(f"{letter:>6}  not replayed: {exc}")
+                failed += 1
+                continue
+            print(f"{letter:>6}  {items} item(s) queued again for {sink}")
+        if not ids:
+            print("nothing to replay")
+        return EXIT_OK if not failed else EXIT_ERROR
+    except SinkError as exc:
+        raise UserError(f"gateway replay: {exc}", exit_code=EXIT_ERROR) from exc
+    finally:
+        box.close()

@@ -15,12 +15,12 @@ from __future__ import annotations
 import json
 import tomllib
 from dataclasses import dataclass
-from datetime import date, datetime, time
+from datetime import date, datetime, time, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from gateway.errors import ConfigError
-from gateway.wire import PREFIX_RE
+from gateway.wire import PREFIX_RE, SENML_RELATIVE_LIMIT, TIME_MIN_DEFAULT
 
 DEFAULT_MQTT_HOST = "127.0.0.1"
 DEFAULT_MQTT_PORT = 1883
@@ -111,6 +111,10 @@ class IngestConfig:
     max_topic_length: int = 128
     batch_messages: int = 256
     batch_wait_ms: int = 5
+    # plausible reading times: from `time_min` (Unix seconds) to the gateway's clock plus
+    # `max_future_s`; a reading with a record outside is quarantined as "time"
+    time_min: int = TIME_MIN_DEFAULT
+    max_future_s: int = 86400
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -260,6 +264,22 @@ def _path(key: str, value: Any, base: Path) -> Path:
     return path if path.is_absolute() else base / path
 
 
+def _time_min(key: str, value: Any, base: Path) -> int:
+    """A TOML date or date-time (UTC when it has no offset) -> Unix seconds."""
+    if type(value) is date:
+        value = datetime(value.year, value.month, value.day)
+    if not isinstance(value, datetime):
+        raise ConfigError(key, "must be a TOML date such as 2020-01-01 (no quotes)",
+                          got=show(value))
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    seconds = int(value.timestamp())
+    if seconds < SENML_RELATIVE_LIMIT:
+        raise ConfigError(key, "must be 1978-07-04T21:24:16Z or later (SenML reads a time "
+                               "below 2^28 as relative)", got=show(value))
+    return seconds
+
+
 def _log_level(key: str, value: Any, base: Path) -> str:
     if not isinstance(value, str) or value.upper() not in LOG_LEVELS:
         raise ConfigError(key, f"must be one of {', '.join(LOG_LEVELS)}", got=show(value))
@@ -295,6 +315,8 @@ SCHEMA: dict[str, dict[str, tuple[Checker, Any]]] = {
         "max_topic_length": (_integer(8, 65535), 128),
         "batch_messages": (_integer(1, 100000), 256),
         "batch_wait_ms": (_integer(0, 10000), 5),
+        "time_min": (_time_min, date(2020, 1, 1)),
+        "max_future_s": (_integer(0, 10 * 366 * 86400), 86400),
     },
     "outbox": {
         "path": (_path, "outbox.db"),
@@ -343,6 +365,7 @@ SINK_SCHEMAS: dict[str, dict[str, tuple[Checker, Any]]] = {
     "http": {
         "url": (_url, REQUIRED),
         "token": (_text(), None),
+        "token_file": (_path, None),
         "gzip": (_bool, True),
         "verify_tls": (_bool, True),
         "ca_file": (_path, None),
@@ -353,6 +376,7 @@ SINK_SCHEMAS: dict[str, dict[str, tuple[Checker, Any]]] = {
     "ngsi-ld": {
         "url": (_url, REQUIRED),
         "token": (_text(), None),
+        "token_file": (_path, None),
         "tenant": (_text(), None),
         "context": (_text(), "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context.jsonld"),
         "gzip": (_bool, False),
@@ -404,7 +428,7 @@ def _section(name: str, raw: Any, options: Mapping[str, tuple[Checker, Any]], ba
             out[key] = check(full, raw[key], base)
         elif default is REQUIRED:
             raise ConfigError(full, f"is required {_REQUIRED_WHY.get(full, '')}".rstrip())
-        elif isinstance(default, str) and check is _path:
+        elif (isinstance(default, str) and check is _path) or check is _time_min:
             out[key] = check(full, default, base)
         else:
             out[key] = default

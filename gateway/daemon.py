@@ -359,6 +359,26 @@ class Gateway:
                 self._warn_after = now + WARN_EVERY_S
                 log.warning("outbox_filling", extra=kv(bytes=size, limit=limit))
 
+    def wake_sinks(self) -> None:
+        """Items were queued outside ingest (a replayed dead letter): look now."""
+        for worker in self.workers:
+            worker.wake()
+
+    def _check_sinks(self) -> None:
+        """`sink_auth:{sink}` raised while a sink is paused on a refused credential, cleared
+        when it delivers again (the workers set `auth_problem`; alarms are written here, on
+        the ingest thread's connection, like every other alarm)."""
+        registry = self.ingestor.registry
+        for worker in self.workers:
+            problem = worker.auth_problem
+            if problem is None and not worker.delivered:
+                continue  # not known yet (after a restart the alarm stays until a delivery)
+            alarm = f"sink_auth:{worker.name}"
+            if (problem is not None) != registry.is_active(GATEWAY_NODE, alarm):
+                with self.box.transaction():
+                    self.ingestor.registry.set_alarm(GATEWAY_NODE, alarm, problem is not None,
+                                                     self._clock(), problem)
+
     def _ingest_loop(self) -> None:
         assert self.ingestor is not None
         next_periodic = 0.0
@@ -368,6 +388,7 @@ class Gateway:
                 if now >= next_periodic:
                     next_periodic = now + PERIODIC_S
                     self._check_outbox_size()
+                    self._check_sinks()
                     self.ingestor.periodic(self._clock())
                     self._expire_pending()
                 if self._outbox_full:

@@ -9,7 +9,9 @@
      ├── SinkError                  the outbox or a sink cannot be opened or written
      ├── DeliveryError              a sink could not deliver a batch upstream
      │    ├── DeliveryFailed        transient (5xx, timeout, connection): retry, same key
-     │    └── DeliveryRejected      permanent (4xx): the batch goes to dead letters
+     │    ├── DeliveryRejected      permanent (4xx): the batch goes to dead letters
+     │    ├── DeliveryUnauthorized  401/403: the credential is refused; the sink pauses
+     │    └── Unconvertible         items the sink cannot put in its format: dead letters
      └── UserError                  a command-line failure: `meterlink: msg` (+ hint), exit code
 
 Errors from the libraries underneath (cbor2, tomllib, OS calls) are translated into these at
@@ -120,6 +122,28 @@ class DeliveryRejected(DeliveryError):
         self.status = status
         self.reply = reply
         super().__init__(message)
+
+
+class DeliveryUnauthorized(DeliveryError):
+    """The upstream refused the sink's credential (HTTP 401/403, MQTT not authorised).
+
+    Not a fault of the batch: the batch stays in the outbox, the sink pauses (probing now and
+    then) and raises the `sink_auth` alarm until the credential is accepted again.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+class Unconvertible(DeliveryError):
+    """Some items of a batch cannot be put in the sink's format (a time past year 9999, a
+    non-finite value); raised before anything was sent. `items` holds `(item, reason)`: those
+    go to dead letters, the rest of the batch is delivered."""
+
+    def __init__(self, items: list) -> None:
+        self.items = items
+        super().__init__(f"{len(items)} item(s) cannot be converted: {items[0][1]}")
 
 
 class UserError(MeterlinkError):

@@ -11,7 +11,7 @@ It raises only SinkError (the outbox cannot be written): nothing is acknowledged
 
 Per message, by topic kind:
 
-    r  size/topic limits -> registration check -> decode_reading -> resolve ->
+    r  size/topic limits -> registration check -> decode_reading -> time window -> resolve ->
        per record: (node, seq) dedup, gap tracking, outbox item pending for every sink ->
        registry (last values, alarm bits, battery) -> alarm events
     s  status map -> registry (online/offline/asleep, fw, boot, q, qd, ...)
@@ -35,7 +35,8 @@ from gateway.logfmt import kv
 from gateway.outbox import Outbox
 from gateway.registry import Registry
 from gateway.stats import Stats
-from gateway.wire import decode_reading, fast_decode, parse_topic, resolve_records
+from gateway.wire import (decode_reading, fast_decode, parse_topic, reading_time_error,
+                          resolve_records, time_problem)
 
 log = logging.getLogger("meterlink.gateway")
 
@@ -230,18 +231,35 @@ class Ingestor:
                 raise Rejected("unregistered", f"node {node!r} is not registered "
                                                "(PUT /api/nodes/{node})")
             payload = msg.payload if type(msg.payload) is bytes else bytes(msg.payload)
+            received = int(msg.received_at)
             fast = fast_decode(payload, self._keys)
             if fast is not None:
+                time_value, recs = fast[1], fast[2]
+                base = received - (-1 - time_value) if time_value < 0 else time_value
+                self._check_time(payload, time_value, base, base + recs[-1][0], received)
                 hi = self.registry.ensure(node, msg.received_at)["max_seq"]
                 if hi is None or fast[0] > hi:
                     return self._store_new(node, payload, msg.received_at, *fast)
             reading = decode_reading(payload, self.table)
-            records = resolve_records(node, reading, self.table,
-                                      received_at=int(msg.received_at))
+            problem = reading_time_error(payload, reading, received_at=received,
+                                         time_min=limits.time_min,
+                                         max_future_s=limits.max_future_s)
+            if problem:
+                raise problem
+            records = resolve_records(node, reading, self.table, received_at=received)
         except RejectedInput as exc:
             return self._reject(msg, exc.reason, getattr(exc, "offset", None),
                                 getattr(exc, "detail", str(exc)))
         return self._store(node, records, msg.received_at)
+
+    def _check_time(self, payload: bytes, time_value: int, first: int, last: int,
+                    received: int) -> None:
+        """WireError "time" when a record time leaves the plausible window (see wire)."""
+        limits = self.config.ingest
+        if limits.time_min <= first and last <= received + limits.max_future_s:
+            return
+        raise time_problem(payload, time_value, first, last, low=limits.time_min,
+                           high=received + limits.max_future_s)
 
     def _store(self, node: str, records, now: float) -> Outcome:
         box = self.box

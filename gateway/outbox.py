@@ -118,6 +118,13 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE pending ADD COLUMN records INTEGER NOT NULL DEFAULT 1;
     """,
+    # 5: why a dead letter is there: "rejected" (the upstream refused the batch, `status` and
+    # `reply` say how) or "unconvertible" (the sink could not put the item in its format,
+    # `reply` says why); `replayed` counts the times it was queued again
+    """
+    ALTER TABLE deadletters ADD COLUMN reason TEXT NOT NULL DEFAULT 'rejected';
+    ALTER TABLE deadletters ADD COLUMN replayed INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -475,9 +482,12 @@ class Outbox:
             self.db.execute(f"DELETE FROM items WHERE id IN ({','.join('?' * len(part))}) "
                             "AND NOT EXISTS (SELECT 1 FROM pending WHERE item=items.id)", part)
 
-    def confirm(self, batch: Batch) -> None:
-        """The sink took the batch: it leaves the outbox for that sink."""
+    def confirm(self, batch: Batch, poison: Sequence[tuple[Item, str]] = ()) -> None:
+        """The sink took the batch: it leaves the outbox for that sink. `poison` are the
+        items the sink could not convert (left out of what it sent): dead letters, each with
+        its reason, in the same transaction."""
         with self.transaction():
+            self._poison(batch, poison)
             self._release(batch)
 
     def failed(self, batch: Batch, error: str) -> None:
@@ -486,15 +496,57 @@ class Outbox:
             self.db.execute("UPDATE batches SET attempts=attempts+1, last_error=? WHERE id=?",
                             (error[:500], batch.id))
 
-    def dead_letter(self, batch: Batch, status: int | None, reply: str) -> None:
-        """A permanent reject: the batch moves to `deadletters` with the reply."""
-        body = json.dumps([{"kind": it.kind, "node": it.node, "seq": it.seq, "body": it.body}
-                           for it in batch.items], separators=(",", ":"))
+    def dead_letter(self, batch: Batch, status: int | None, reply: str,
+                    poison: Sequence[tuple[Item, str]] = ()) -> None:
+        """A permanent reject: the batch moves to `deadletters` with the reply (its `poison`
+        items, which were never sent, each to a letter of its own)."""
+        bad = {id(item) for item, _ in poison}
         with self.transaction():
-            self.db.execute("INSERT INTO deadletters(at, sink, batch_key, status, reply, body) "
-                            "VALUES (?, ?, ?, ?, ?, ?)",
-                            (self._clock(), batch.sink, batch.key, status, reply[:65536], body))
+            self._poison(batch, poison)
+            self._letter(batch, [it for it in batch.items if id(it) not in bad], "rejected",
+                         status, reply)
             self._release(batch)
+
+    def _poison(self, batch: Batch, poison: Sequence[tuple[Item, str]]) -> None:
+        for item, reason in poison:
+            self._letter(batch, [item], "unconvertible", None, reason)
+
+    def _letter(self, batch: Batch, items: Sequence[Item], reason: str, status: int | None,
+                reply: str) -> None:
+        if not items:
+            return
+        body = json.dumps([{"kind": it.kind, "node": it.node, "seq": it.seq, "body": it.body}
+                           for it in items], separators=(",", ":"))
+        self.db.execute("INSERT INTO deadletters(at, sink, batch_key, status, reply, body, "
+                        "reason) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (self._clock(), batch.sink, batch.key, status, reply[:65536], body,
+                         reason))
+
+    def replay(self, letter: int, *, again: bool = False,
+               sinks: Sequence[str] | None = None) -> tuple[str, int]:
+        """Queues dead letter `letter` again for its sink (the platform was fixed): its items
+        go back to the outbox, pending for that sink only, and the letter is marked replayed.
+        Returns (sink, items queued). KeyError when there is no such letter; ValueError when
+        its sink is not among `sinks` (the configured ones), when it was replayed before (unless `again`: the platform then sees its records twice and
+        must dedup them by `rid`) or holds a value JSON cannot carry."""
+        with self.transaction():
+            row = self.db.execute("SELECT sink, body, replayed FROM deadletters WHERE id=?",
+                                  (letter,)).fetchone()
+            if row is None:
+                raise KeyError(letter)
+            sink, body, replayed = row
+            if sinks is not None and sink not in sinks:
+                raise ValueError(f"dead letter {letter} is for sink {sink!r}, which is not "
+                                 f"configured (sinks: {', '.join(sinks)})")
+            if replayed and not again:
+                raise ValueError(f"dead letter {letter} was replayed {replayed} time(s) "
+                                 "already; replaying it again sends its records twice")
+            now = self._clock()
+            items = json.loads(body)
+            for it in items:
+                self.add_item(it["kind"], it["node"], it["seq"], it["body"], now, sinks=[sink])
+            self.db.execute("UPDATE deadletters SET replayed=replayed+1 WHERE id=?", (letter,))
+        return sink, len(items)
 
     def backlog(self, sink: str) -> tuple[int, int, float | None]:
         """(records, bytes, created time of the oldest) waiting for `sink` (an event counts

@@ -145,6 +145,9 @@ class Registry:
 
     # ---- alarms -----------------------------------------------------------------------------
 
+    def is_active(self, node: str, alarm: str) -> bool:
+        return self._active.get((node, alarm), False)
+
     def set_alarm(self, node: str, alarm: str, active: bool, now: float,
                   detail: str = "") -> bool:
         """Records an alarm state; True (and an event) only when the state changed."""

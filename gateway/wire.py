@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import re
+from datetime import datetime, timezone
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -35,6 +36,11 @@ MAX_PAYLOAD = 4096
 MAX_RECORDS = 64
 MAX_SEQ = 2**32 - 1
 VALUE_LIMIT = 2**53  # |value| must be below: exact in a JSON (IEEE double) number
+# Record times the gateway takes (see `time_problem`): SenML (RFC 8428 4.5.3) reads a time
+# below 2^28 as relative to now, so no absolute time may be that small; by default nothing
+# before 2020-01-01 (the configured `[ingest] time_min`) and nothing more than a day ahead.
+SENML_RELATIVE_LIMIT = 2**28
+TIME_MIN_DEFAULT = 1577836800  # 2020-01-01T00:00:00Z
 
 # Reason classes of WireError, with what each covers. The gateway counts rejects by these.
 REASONS: dict[str, str] = {
@@ -52,6 +58,8 @@ REASONS: dict[str, str] = {
     "too_many_records": f"more than {MAX_RECORDS} records",
     "unknown_channel": "a channel key whose id is 0 or not in the table, or whose instance is "
                        "over 15",
+    "time": "a record time outside the plausible window ([ingest] time_min to the gateway's "
+            "clock plus max_future_s): a clock in milliseconds, unset or far off",
 }
 
 _MAJOR_NAMES = {2: "byte string", 3: "text string", 4: "array", 5: "map"}
@@ -408,6 +416,42 @@ def fast_decode(payload: bytes, keys: frozenset[int] | set[int]
     if size != len(payload):
         return None
     return seq, time_value, records
+
+
+def _utc(t: int) -> str:
+    try:
+        return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, OSError, ValueError):
+        return f"{t} s"
+
+
+def time_problem(payload: bytes, time_value: int, first: int, last: int, *, low: int,
+                 high: int) -> WireError | None:
+    """The "time" error when record times `first`..`last` (absolute, from the message's
+    `time_value`) leave the window `low`..`high`, else None. The offset is the time item's."""
+    if low <= first and last <= high:
+        return None
+    p = _Parser(payload)
+    _, _, _, off = p.head(0, "message")
+    for what in ("version", "seq"):
+        off = p.head(off, what)[3]
+    bad = first if first < low else last
+    if time_value < 0:
+        sent = f"time {time_value} (clock not set, age {-1 - time_value} s)"
+    else:
+        sent = f"time {time_value}"
+    hint = " (a clock in milliseconds?)" if bad > high and time_value >= 1000 * low else ""
+    return WireError("time", off, f"{sent} puts a record at {_utc(bad)}, outside the "
+                                  f"plausible window {_utc(low)} .. {_utc(high)}{hint}")
+
+
+def reading_time_error(payload: bytes, reading: Reading, *, received_at: int,
+                       time_min: int = TIME_MIN_DEFAULT,
+                       max_future_s: int = 86400) -> WireError | None:
+    """`time_problem` of a decoded reading, with relative time anchored at `received_at`."""
+    first = reading.base_time(received_at=received_at)
+    return time_problem(payload, reading.time, first, first + reading.records[-1].elapsed,
+                        low=time_min, high=received_at + max_future_s)
 
 
 def senml_name(node_id: str, channel_name: str, instance: int) -> str:

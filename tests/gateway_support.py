@@ -234,3 +234,38 @@ class Upstream:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class Recorder:
+    """An HTTP server that records requests and answers with `reply` (status, body, headers),
+    or with what `decide(path, headers, body)` returns. Bodies are kept as sent (gzip too)."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, dict, bytes]] = []
+        self.reply = (200, b"{}", {})
+        self.decide = None  # or (path, headers, body) -> (status, body, headers)
+        rec = self
+
+        class H(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):  # noqa: N802
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                rec.requests.append((self.path, dict(self.headers), body))
+                status, data, headers = rec.decide(self.path, dict(self.headers), body) \
+                    if rec.decide else rec.reply
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()

@@ -3,10 +3,8 @@ Mosquitto; batches come from a real outbox."""
 
 import gzip
 import json
-import threading
 import time
 from email.utils import formatdate
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -17,40 +15,9 @@ from gateway.errors import DeliveryFailed, DeliveryRejected
 from gateway.outbox import Outbox
 from gateway.sinks import make_sink
 from gateway.sinks.http import parse_retry_after
+from gateway_support import Recorder
 
 T0 = 1763712000
-
-
-class Recorder:
-    """An HTTP server that records requests and answers with `reply` (status, body, headers)."""
-
-    def __init__(self) -> None:
-        self.requests: list[tuple[str, dict, bytes]] = []
-        self.reply = (200, b"{}", {})
-        rec = self
-
-        class H(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_POST(self):  # noqa: N802
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                rec.requests.append((self.path, dict(self.headers), body))
-                status, data, headers = rec.reply
-                self.send_response(status)
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
@@ -221,3 +188,43 @@ def test_https_sinks_verify_the_platform_and_present_the_gateways_client_certifi
         recorder.close()
     with pytest.raises(Exception, match="cert_file needs key_file"):
         sink_config(tmp_path, "http", url=url, cert_file=cert["cert_file"])
+
+
+@pytest.mark.slow
+def test_mqtt_bridge_delivers_within_seconds_of_the_upstreams_return(tmp_path, broker):
+    """After an outage the bridge delivers as soon as it is connected again, not when its
+    backoff runs out: with a 30 s backoff configured, what waited goes within a few seconds
+    of the upstream broker's return (field trial: 44.5 s after a 60 s outage)."""
+    from gateway.batcher import SinkWorker
+    from gateway.stats import Stats
+    from gateway_support import wait_for
+
+    got: list[int] = []
+    config = sink_config(tmp_path, "mqtt", host=broker.host, port=broker.port,
+                         topic_prefix="city", timeout_s=2.0, tls=True,
+                         ca_file=str(broker.tls.ca_crt), batch_max_age_s=0,
+                         backoff_initial_s=30.0)
+    box = Outbox(tmp_path / "o.db", sinks=["mqtt"])
+    broker.stop()
+    worker = SinkWorker(make_sink(config), config, tmp_path / "o.db", Stats())
+    worker.start()
+    try:
+        with box.transaction():
+            box.add_item("reading", "w1", 1, [{"n": "w1:water_volume", "u": "m3", "v": 1.5,
+                                               "t": T0}], T0)
+        worker.wake()
+        time.sleep(3)  # the first attempt failed: the batcher now backs off for 15-30 s
+        broker.start()
+        back = time.monotonic()
+        sub = broker.secure(mqtt.Client(CallbackAPIVersion.VERSION2, client_id="platform",
+                                        protocol=mqtt.MQTTv311))
+        sub.on_message = lambda c, u, m: got.extend(r["seq"] for r in json.loads(m.payload))
+        sub.connect(broker.host, broker.port)
+        sub.subscribe("city/#", qos=1)
+        sub.loop_start()
+        wait_for(lambda: got == [1], 20, "the waiting reading upstream")
+        took = time.monotonic() - back
+        sub.loop_stop()
+        assert took < 6, f"delivered {took:.1f} s after the upstream came back"
+    finally:
+        worker.stop()

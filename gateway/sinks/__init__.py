@@ -5,8 +5,12 @@
 
 The seam is narrow on purpose: `deliver(batch)` returns when the upstream confirmed the whole
 batch, raises `DeliveryFailed` for a transient failure (the batch is retried later with the same
-items and the same idempotency key) and `DeliveryRejected` for a permanent one (the batch goes
-to the dead-letter table). Everything else (batching, retry timing, bookkeeping) is the
+items and the same idempotency key), `DeliveryRejected` for a permanent one (the batch goes
+to the dead-letter table) and `DeliveryUnauthorized` when the upstream refuses the credential
+(the batch stays, the sink pauses). A sink converts every item before it sends anything, with
+`convert_each`: an item it cannot convert (a time past year 9999, a value JSON cannot hold)
+raises `Unconvertible` naming it, and the batcher dead-letters that item alone and delivers the
+rest, so one bad record never holds up the records behind it. Everything else (batching, retry timing, bookkeeping) is the
 batcher's job (`gateway.batcher`), so a sink is only the protocol.
 
 Each sink's keys are in `gateway.config.SINK_SCHEMAS` and documented in `gateway/sample.toml`.
@@ -22,10 +26,17 @@ record gives one SenML record per channel value plus the meterlink fields `node`
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 from gateway.config import SinkConfig
+from gateway.errors import Unconvertible
 from gateway.outbox import Batch, Item
+
+# What converting a malformed value raises (json: ValueError for NaN, datetime: ValueError or
+# OverflowError past year 9999, a missing or mistyped field: KeyError, TypeError, ...).
+CONVERSION_ERRORS = (ValueError, TypeError, KeyError, IndexError, OverflowError,
+                     AttributeError)
 
 
 class Sink:
@@ -47,6 +58,14 @@ class Sink:
 
     def close(self) -> None:
         """Releases what `open` took."""
+
+    def resume(self) -> None:
+        """Tells the batcher the upstream is back (the batcher puts its own in place)."""
+
+    def credential_changed(self) -> bool:
+        """True when the sink's credential changed since the last delivery tried (a token
+        file rewritten): a sink paused on a refused credential probes again at once."""
+        return False
 
 
 def record_id(node: str, seq: int, name: str) -> str:
@@ -73,9 +92,41 @@ def senml_records(item: Item) -> list[dict[str, Any]]:
     return rec and [rec]
 
 
-def batch_records(batch: Batch, *, events: bool = True) -> list[dict[str, Any]]:
-    return [r for it in batch.items if events or it.kind == "reading"
-            for r in senml_records(it)]
+def item_problem(item: Item) -> str | None:
+    """The field at fault in an item a sink could not convert, named for the dead letter:
+    `w1:temperature: v nan is not a finite number`, `...: t 253402300800 is past 9999`."""
+    records = item.body if item.kind == "reading" else [item.body]
+    if not isinstance(records, list):
+        return f"body is {type(records).__name__}, not a list of records"
+    for i, rec in enumerate(records):
+        if not isinstance(rec, dict):
+            return f"record {i} is {type(rec).__name__}, not an object"
+        name = rec.get("n", rec.get("alarm", f"record {i}"))
+        for key in ("v", "t"):
+            value = rec.get(key)
+            if type(value) is float and not math.isfinite(value):
+                return f"{name}: {key} {value} is not a finite number"
+        t = rec.get("t")
+        if type(t) in (int, float) and not -62135596800 <= t < 253402300800:
+            return f"{name}: t {t} is outside years 1-9999"
+    return None
+
+
+def convert_each(batch: Batch, convert: Callable[[Item], Any]) -> list[Any]:
+    """`convert(item)` of every item in order; `Unconvertible` naming each item that raised
+    one of `CONVERSION_ERRORS` (with the reason), so the batcher can set those apart."""
+    out = []
+    bad = []
+    for item in batch.items:
+        try:
+            out.append(convert(item))
+        except CONVERSION_ERRORS as exc:
+            problem = item_problem(item)
+            error = f"{type(exc).__name__}: {exc}"
+            bad.append((item, f"{problem} ({error})" if problem else error))
+    if bad:
+        raise Unconvertible(bad)
+    return out
 
 
 def _registry() -> dict[str, Callable[[SinkConfig], Sink]]:

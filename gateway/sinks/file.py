@@ -25,7 +25,7 @@ from typing import Any
 from gateway.errors import DeliveryFailed, SinkError
 from gateway.logfmt import kv
 from gateway.outbox import Batch, Item
-from gateway.sinks import Sink, senml_records
+from gateway.sinks import Sink, convert_each, senml_records
 
 log = logging.getLogger("meterlink.gateway.sink.file")
 
@@ -218,15 +218,18 @@ class FileSink(Sink):
             except OSError as exc:
                 raise SinkError(f"cannot open sink {f.path}: {exc.strerror or exc}") from exc
 
+    @staticmethod
+    def convert(item: Item) -> list[bytes]:
+        """The JSONL lines of one item."""
+        if item.kind == "reading" and type(item.seq) is int:
+            return reading_lines(item)
+        return [encode_line(r) for r in senml_records(item)]
+
     def deliver(self, batch: Batch) -> None:
         readings: list[bytes] = []
         events: list[bytes] = []
-        for item in batch.items:
-            if item.kind == "reading" and type(item.seq) is int:
-                readings.extend(reading_lines(item))
-            else:
-                target = readings if item.kind == "reading" else events
-                target.extend(encode_line(r) for r in senml_records(item))
+        for item, lines in zip(batch.items, convert_each(batch, self.convert)):
+            (readings if item.kind == "reading" else events).extend(lines)
         maybe = self._suspect or batch.attempts > 0
         self._suspect = True
         try:

@@ -8,7 +8,9 @@
 
 The reply decides: 2xx delivered; 408, 429, 5xx, a timeout or a connection error are transient
 (retried with the same key and the same records, after `Retry-After` when the reply has one);
-any other 4xx is permanent and the batch goes to dead letters with the reply body.
+401 and 403 say the credential is refused, which is not the batch's fault: the batch stays
+and the sink pauses (see `gateway.batcher`); any other 4xx is permanent and the batch goes to
+dead letters with the reply body.
 
 Only the standard library (`http.client`, `ssl`): one request per batch needs no HTTP library.
 """
@@ -19,19 +21,23 @@ import email.utils
 import gzip
 import http.client
 import json
+import os
 import socket
 import ssl
 import time
 import urllib.parse
 from typing import Any
 
-from gateway.errors import DeliveryFailed, DeliveryRejected
+from gateway.errors import DeliveryFailed, DeliveryRejected, DeliveryUnauthorized
 from gateway.outbox import Batch
-from gateway.sinks import Sink, batch_records
+from gateway.sinks import Sink, convert_each, senml_records
 
 USER_AGENT = "meterlink-gateway/1"
 REPLY_LIMIT = 65536
 TRANSIENT_4XX = (408, 425, 429)
+UNAUTHORIZED = (401, 403)
+
+_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
@@ -57,11 +63,12 @@ class HttpPoster:
         ca_file, cert_file, key_file, timeout_s)."""
         return cls(o["url"], token=o["token"], gzip_body=o["gzip"], verify_tls=o["verify_tls"],
                    ca_file=o["ca_file"], timeout=o["timeout_s"], cert_file=o["cert_file"],
-                   key_file=o["key_file"])
+                   key_file=o["key_file"],
+                   token_file=None if o["token"] is not None else o.get("token_file"))
 
     def __init__(self, url: str, *, token: str | None, gzip_body: bool, verify_tls: bool,
                  ca_file: Any, timeout: float, cert_file: Any = None,
-                 key_file: Any = None) -> None:
+                 key_file: Any = None, token_file: Any = None) -> None:
         self.url = url
         parts = urllib.parse.urlsplit(url)
         self.https = parts.scheme == "https"
@@ -71,6 +78,10 @@ class HttpPoster:
         if parts.query:
             self.base_path += "?" + parts.query
         self.token = token
+        # a token in a file is read again whenever the file changes, so an operator fixes an
+        # expired credential by rewriting the file, without restarting the gateway
+        self.token_file = token_file
+        self._token_stamp: tuple[int, int] | None = None
         self.gzip = gzip_body
         self.timeout = timeout
         self.context: ssl.SSLContext | None = None
@@ -82,10 +93,34 @@ class HttpPoster:
             if cert_file:  # a client certificate, for platforms that authenticate by mTLS
                 self.context.load_cert_chain(str(cert_file), str(key_file))
 
+    def _stamp(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.token_file)
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size
+
+    def _read_token(self) -> None:
+        stamp = self._stamp()
+        if stamp is not None and stamp == self._token_stamp:
+            return
+        try:
+            with open(self.token_file, encoding="utf-8") as fp:
+                self.token = fp.readline().strip() or None
+        except OSError as exc:
+            raise DeliveryFailed(f"cannot read token_file {self.token_file}: "
+                                 f"{exc.strerror or exc}") from exc
+        self._token_stamp = stamp
+
+    def credential_changed(self) -> bool:
+        return self.token_file is not None and self._stamp() != self._token_stamp
+
     def post(self, body: bytes, headers: dict[str, str], *,
              path: str | None = None) -> tuple[int, str]:
         """Sends one request; returns (2xx status, reply) or raises DeliveryFailed/Rejected."""
         headers = {"User-Agent": USER_AGENT, **headers}
+        if self.token_file is not None:
+            self._read_token()
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         if self.gzip:
@@ -111,6 +146,9 @@ class HttpPoster:
             conn.close()
         if 200 <= status < 300:
             return status, text
+        if status in UNAUTHORIZED:
+            raise DeliveryUnauthorized(f"{self.url}: HTTP {status}: {text[:200]}",
+                                       status=status)
         if status >= 500 or status in TRANSIENT_4XX:
             raise DeliveryFailed(f"{self.url}: HTTP {status}: {text[:200]}",
                                  retry_after=retry_after)
@@ -127,8 +165,16 @@ class HttpSink(Sink):
         super().__init__(config)
         self.poster = HttpPoster.from_options(config.options)
 
+    def credential_changed(self) -> bool:
+        return self.poster.credential_changed()
+
     def deliver(self, batch: Batch) -> None:
-        pack = batch_records(batch)
-        body = json.dumps(pack, separators=(",", ":"), allow_nan=False).encode()
+        parts = convert_each(batch, self.convert)
+        body = ("[" + ",".join(p for p in parts if p) + "]").encode()
         self.poster.post(body, {"Content-Type": "application/senml+json",
                                 "Idempotency-Key": batch.key})
+
+    @staticmethod
+    def convert(item) -> str:
+        """The item's SenML records as JSON text, without the enclosing brackets."""
+        return ",".join(_encode(r) for r in senml_records(item))

@@ -30,11 +30,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 from typing import Any
 
 from gateway.errors import DeliveryRejected
-from gateway.outbox import Batch
-from gateway.sinks import Sink
+from gateway.outbox import Batch, Item
+from gateway.sinks import Sink, convert_each
 from gateway.sinks.http import HttpPoster
 
 UPSERT_PATH = "/ngsi-ld/v1/entityOperations/upsert?options=update"
@@ -74,38 +75,59 @@ def iso(t: float) -> str:
     return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def entities(batch: Batch, context: str) -> list[dict[str, Any]]:
-    """The upsert body for a batch: one entity per (type, node), latest value per attribute."""
+def item_entities(item: Item, context: str) -> list[dict[str, Any]]:
+    """The entities one outbox item updates (raises on a value it cannot convert)."""
+    if item.kind != "reading":
+        b = item.body
+        eid = f"urn:ngsi-ld:Alert:{b['node']}:{b['alarm']}"
+        return [{"id": eid, "type": "Alert", "@context": context,
+                 "category": {"type": "Property", "value": "meter"},
+                 "subCategory": {"type": "Property", "value": b["alarm"]},
+                 "active": {"type": "Property", "value": b["active"],
+                            "observedAt": iso(b["t"])},
+                 "description": {"type": "Property", "value": b.get("detail") or ""},
+                 "dateIssued": {"type": "Property", "value": iso(b["t"])},
+                 "alertSource": {"type": "Relationship",
+                                 "object": f"urn:ngsi-ld:Device:{b['node']}"}}]
     out: dict[str, dict[str, Any]] = {}
-    for item in batch.items:
-        if item.kind == "reading":
-            for rec in item.body:
-                _, channel, *inst = rec["n"].split(":")
-                etype = entity_type(channel)
-                eid = f"urn:ngsi-ld:{etype}:{item.node}"
-                ent = out.setdefault(eid, {"id": eid, "type": etype, "@context": context,
-                                           "refDevice": {"type": "Relationship", "object":
-                                                         f"urn:ngsi-ld:Device:{item.node}"}})
-                name = attribute_name(channel) + (f"_{inst[0]}" if inst else "")
-                prop: dict[str, Any] = {"type": "Property", "value": rec["v"],
-                                        "observedAt": iso(rec["t"])}
-                if rec.get("u") in UNIT_CODE:
-                    prop["unitCode"] = UNIT_CODE[rec["u"]]
-                old = ent.get(name)
-                if old is None or old["observedAt"] <= prop["observedAt"]:
-                    ent[name] = prop
-        else:
-            b = item.body
-            eid = f"urn:ngsi-ld:Alert:{b['node']}:{b['alarm']}"
-            out[eid] = {"id": eid, "type": "Alert", "@context": context,
-                        "category": {"type": "Property", "value": "meter"},
-                        "subCategory": {"type": "Property", "value": b["alarm"]},
-                        "active": {"type": "Property", "value": b["active"],
-                                   "observedAt": iso(b["t"])},
-                        "description": {"type": "Property", "value": b.get("detail") or ""},
-                        "dateIssued": {"type": "Property", "value": iso(b["t"])},
-                        "alertSource": {"type": "Relationship",
-                                        "object": f"urn:ngsi-ld:Device:{b['node']}"}}
+    for rec in item.body:
+        _, channel, *inst = rec["n"].split(":")
+        value = rec["v"]
+        if type(value) is float and not math.isfinite(value):
+            raise ValueError(f"{rec['n']}: value {value} is not a JSON number")
+        etype = entity_type(channel)
+        eid = f"urn:ngsi-ld:{etype}:{item.node}"
+        ent = out.setdefault(eid, {"id": eid, "type": etype, "@context": context,
+                                   "refDevice": {"type": "Relationship", "object":
+                                                 f"urn:ngsi-ld:Device:{item.node}"}})
+        name = attribute_name(channel) + (f"_{inst[0]}" if inst else "")
+        prop: dict[str, Any] = {"type": "Property", "value": value, "observedAt": iso(rec["t"])}
+        if rec.get("u") in UNIT_CODE:
+            prop["unitCode"] = UNIT_CODE[rec["u"]]
+        ent[name] = prop
+    return list(out.values())
+
+
+def merge(out: dict[str, dict[str, Any]], ent: dict[str, Any]) -> None:
+    """Adds `ent` to the upsert body `out`: the latest value of each attribute stays."""
+    old = out.get(ent["id"])
+    if old is None or ent["type"] == "Alert":
+        out[ent["id"]] = dict(ent)
+        return
+    for name, prop in ent.items():
+        if isinstance(prop, dict) and "observedAt" in prop:
+            prev = old.get(name)
+            if prev is None or prev["observedAt"] <= prop["observedAt"]:
+                old[name] = prop
+
+
+def entities(batch: Batch, context: str) -> list[dict[str, Any]]:
+    """The upsert body for a batch: one entity per (type, node), latest value per attribute.
+    `Unconvertible` names the items that cannot be converted."""
+    out: dict[str, dict[str, Any]] = {}
+    for ents in convert_each(batch, lambda item: item_entities(item, context)):
+        for ent in ents:
+            merge(out, ent)
     return list(out.values())
 
 
@@ -121,8 +143,12 @@ class NgsiLdSink(Sink):
         self.context = o["context"]
         self.tenant = o["tenant"]
 
+    def credential_changed(self) -> bool:
+        return self.poster.credential_changed()
+
     def deliver(self, batch: Batch) -> None:
-        body = json.dumps(entities(batch, self.context), separators=(",", ":")).encode()
+        body = json.dumps(entities(batch, self.context), separators=(",", ":"),
+                          allow_nan=False).encode()
         headers = {"Content-Type": "application/ld+json", "Idempotency-Key": batch.key}
         if self.tenant:
             headers["NGSILD-Tenant"] = self.tenant
