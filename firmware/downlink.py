@@ -105,7 +105,7 @@ async def config_update(node, msg, rid):
     write_text("config.req", json.dumps({"id": rid}))
     write_text("config.next.json", json.dumps(new))
     log.info("down", "config v%d stored; restarting to check and apply it", v)
-    await node.restart()
+    await node.restart("config")
 
 
 async def command(node, msg, rid):
@@ -165,7 +165,7 @@ async def command(node, msg, rid):
         log.info("down", "command %s done", cmd)
     await node.ack(body)
     if cmd == "reboot" or node.restart_after_ack:
-        await node.restart()
+        await node.restart("reboot" if cmd == "reboot" else "update")
 
 
 def _credential(node, msg, rid):

@@ -439,7 +439,18 @@ class Node:
     def interval(self):
         return min([s[0]["interval_s"] for s in self.sensors] or [0])
 
-    async def restart(self):
+    async def restart(self, why="reboot"):
+        """Resets the node after telling the gateway it will be back (`bye` in a retained
+        status, then a clean DISCONNECT, so no Last Will): a restart is not an outage."""
+        if self.client.connected:
+            try:
+                # built here, not by status.py: the downlink that asks for the restart holds
+                # the module lock (and the gateway needs only these two fields)
+                await self.client.publish(self.topic_s, cbor.encode({"on": False, "bye": why}),
+                                          1, True)
+                await self.client.disconnect()
+            except OSError as exc:
+                log.warn("mqtt", "restart not announced: %r", exc)
         await self.shutdown()
         _reset()
 

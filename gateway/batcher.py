@@ -162,6 +162,8 @@ class SinkWorker:
         if count >= self.config.batch_max_records or size >= self.config.batch_max_bytes:
             return 0.0
         age = self._clock() - oldest
+        if age < 0:  # stored "in the future": the clock was stepped back; do not wait for it
+            return 0.0
         return max(0.0, min(IDLE_POLL_S, self.config.batch_max_age_s - age))
 
     def _run(self) -> None:

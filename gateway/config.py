@@ -153,6 +153,7 @@ class GatewaySettings:
     low_battery_mv: int = 3300
     stale_intervals: int = 3
     ack_timeout_s: float = 60.0
+    offline_grace_s: float = 120.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -338,6 +339,7 @@ SCHEMA: dict[str, dict[str, tuple[Checker, Any]]] = {
         "low_battery_mv": (_integer(0, 100000), 3300),
         "stale_intervals": (_integer(1, 1000), 3),
         "ack_timeout_s": (_number(1, 86400), 60.0),
+        "offline_grace_s": (_number(0, 86400), 120.0),
     },
     # Short form of [sinks.file] path, kept for configs written before sinks had sections.
     "sink": {

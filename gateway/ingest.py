@@ -346,5 +346,6 @@ class Ingestor:
         """Stale-node check and gauges (its own transaction)."""
         with self.box.transaction():
             self.registry.flush()
+            self.registry.check_offline(now)
             self.registry.check_stale(now)
         self._stats.set_group("gaps_missing", self.box.missing())

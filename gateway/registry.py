@@ -22,7 +22,7 @@ Repeating the same state does nothing.
 | `stale` | no message for `stale_intervals` x `iv` (plus `sleep` for a sleeping node) | any message |
 | `queue_overflow` | status `qd` higher than the last status | a status with `qd` unchanged |
 | `gaps` | the node has missing sequence numbers (not with a shared subscription) | every gap filled |
-| `offline` | status `on: false` without `sleep` (the Last Will) | status `on: true` |
+| `offline` | status `on: false` without `sleep` (the Last Will, or a restart announced with `bye`) and nothing better for `[gateway] offline_grace_s` | status `on: true` (or asleep) |
 """
 
 from __future__ import annotations
@@ -90,6 +90,9 @@ class Registry:
         if state is None:
             self.box.db.execute("INSERT OR IGNORE INTO nodes(node, first_seen, last_seen) "
                                 "VALUES (?, ?, ?)", (node, now, now))
+            # a node registered before it was first heard of (provision) is first seen now
+            self.box.db.execute("UPDATE nodes SET first_seen=? WHERE node=? AND "
+                                "first_seen IS NULL", (now, node))
             row = self.box.db.execute("SELECT last_values, battery_mv, rssi, min_seq, max_seq "
                                       "FROM nodes WHERE node=?", (node,)).fetchone()
             state = {"values": json.loads(row[0]) if row[0] else {}, "battery": row[1],
@@ -310,7 +313,9 @@ class Registry:
         old_qd = row[0]
         on = status.get("on")
         sleep = status.get("sleep") if isinstance(status.get("sleep"), int) else None
-        state = "online" if on is True else ("asleep" if sleep is not None else "offline")
+        bye = status.get("bye") if isinstance(status.get("bye"), str) else None
+        state = "online" if on is True else ("asleep" if sleep is not None else
+                                             "restarting" if bye else "offline")
         sets = {"state": state, "sleep": sleep, "last_seen": now,
                 "status": json.dumps(status, separators=(",", ":"), default=str)}
         for key, column in STATUS_FIELDS.items():
@@ -329,9 +334,12 @@ class Registry:
                 st["battery"] = sets["battery_mv"]
             if "rssi" in sets:
                 st["rssi"] = sets["rssi"]
-        self.set_alarm(node, "offline", state == "offline", now)
-        if state != "offline":
+        if state in ("online", "asleep"):
+            self.set_alarm(node, "offline", False, now)
             self.set_alarm(node, "stale", False, now)
+        elif not self.settings.offline_grace_s and state == "offline":
+            self.set_alarm(node, "offline", True, now, "Last Will")
+        # else `check_offline` raises it if the node is not back within offline_grace_s
         qd = sets.get("qd")
         if qd is not None and old_qd is not None:
             if qd > old_qd:
@@ -341,6 +349,24 @@ class Registry:
                 self.set_alarm(node, "queue_overflow", False, now)
         if "battery_mv" in sets:
             self._battery(node, sets["battery_mv"], now)
+
+    def check_offline(self, now: float) -> None:
+        """Raises `offline` for nodes gone (Last Will, or an announced restart) for longer
+        than `offline_grace_s`: a node back within it (a technician's reset, a reboot, a
+        config change) raised nothing. The time it went is its `last_seen`."""
+        rows = self.box.db.execute(
+            "SELECT node, last_seen, state, status FROM nodes WHERE state IN "
+            "('offline', 'restarting') AND last_seen <= ?",
+            (now - self.settings.offline_grace_s,)).fetchall()
+        for node, since, state, status in rows:
+            if self._active.get((node, "offline"), False):
+                continue
+            if state == "restarting":
+                bye = json.loads(status).get("bye") if status else "restart"
+                why = f"announced a restart ({bye}) and not back"
+            else:
+                why = "Last Will: the connection dropped"
+            self.set_alarm(node, "offline", True, now, f"{why}, {int(now - since)} s ago")
 
     def check_stale(self, now: float) -> None:
         """Raises `stale` for nodes that missed `stale_intervals` intervals."""

@@ -52,6 +52,7 @@ prefix = "m"
 {tls}
 [sinks.file]
 path = "{sink}"
+events_path = "{events}"
 
 [gateway]
 stats_file = "{stats}"
@@ -143,7 +144,8 @@ def run(duration: float, out: Path, interval_s: int) -> int:
               f"of the demo's CA (config in {broker.conf_path})")
         gw_conf = work / "gateway.toml"
         gw_conf.write_text(GATEWAY_TOML.format(host=broker.host, port=broker.port,
-                                               sink=sink, stats=stats_path,
+                                               sink=sink, events=out / "events.jsonl",
+                                               stats=stats_path,
                                                tls=broker.gateway_conf()))
         gw_log = open(out / "gateway.log", "wb")
         gateway = subprocess.Popen(
@@ -161,6 +163,7 @@ def run(duration: float, out: Path, interval_s: int) -> int:
         print("demo: readings as the gateway stores them" +
               (f" for {duration:g} s" if duration else " (Ctrl-C to stop)"))
         last_weather = 0.0
+        api_shown = False
         while not stop["now"]:
             elapsed = time.monotonic() - started
             if duration and elapsed >= duration:
@@ -169,6 +172,8 @@ def run(duration: float, out: Path, interval_s: int) -> int:
                 for site, node in zip(SITES, nodes):
                     node.set_environment(**weather(site, elapsed))
                 last_weather = elapsed
+            if not api_shown:
+                api_shown = show_api(stats_path, work)
             for key in tail.poll():
                 print(tail.describe(key), flush=True)
             if gateway.poll() is not None:
@@ -187,6 +192,34 @@ def run(duration: float, out: Path, interval_s: int) -> int:
     for key in tail.poll():
         print(tail.describe(key))
     return summarize(tail, nodes, stats_path, gateway, out, work)
+
+
+def show_api(stats_path: Path, work: Path) -> bool:
+    """Prints the gateway's API address once it listens (its stats file says the port)."""
+    try:
+        port = json.loads(stats_path.read_text()).get("api_port")
+    except (FileNotFoundError, ValueError):
+        return False
+    if not port:
+        return False
+    print(f"demo: gateway API on http://127.0.0.1:{port} (bearer token in "
+          f"{work / 'api-token'}; try /api/nodes)", flush=True)
+    return True
+
+
+def raised_alarms(events: Path) -> list[str]:
+    """`node:alarm (detail)` of every alarm raised during the demo."""
+    out = []
+    try:
+        lines = events.read_text().splitlines()
+    except FileNotFoundError:
+        return out
+    for line in lines:
+        e = json.loads(line)
+        if e.get("vb"):
+            name = e["n"].replace(":alarm:", ":")
+            out.append(f"{name} ({e['vs']})" if e.get("vs") else name)
+    return out
 
 
 def summarize(tail: SinkTail, nodes: list[VirtualNode], stats_path: Path,
@@ -214,8 +247,10 @@ def summarize(tail: SinkTail, nodes: list[VirtualNode], stats_path: Path,
           (f" {stats.get('rejected_by_reason')}" if rejected else ""))
     print(f"  node errors     {sum(node_errors.values())}" +
           (f" {node_errors}" if any(node_errors.values()) else ""))
+    alarms = raised_alarms(out / "events.jsonl")
+    print(f"  alarms raised   {len(alarms)}" + (f": {'; '.join(alarms)}" if alarms else ""))
     ok = len(seen) == len(nodes) and not rejected and not any(node_errors.values()) \
-        and (gateway is None or gateway.returncode in (0, -signal.SIGTERM))
+        and not alarms and (gateway is None or gateway.returncode in (0, -signal.SIGTERM))
     print(f"  result          {'ok' if ok else 'PROBLEMS (see the logs in ' + str(out) + ')'}")
     return 0 if ok else 1
 

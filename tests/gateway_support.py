@@ -53,7 +53,7 @@ def wait_for(predicate, timeout: float, what: str, on_fail=lambda: "", poll: flo
 
 class GatewayProcess:
     def __init__(self, workdir: Path, broker, client_id: str = "gw-test", start: bool = True,
-                 extra: str = "", mqtt_extra: str = ""):
+                 extra: str = "", mqtt_extra: str = "", gateway_extra: str = ""):
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.sink = self.dir / "readings.jsonl"
@@ -64,7 +64,7 @@ class GatewayProcess:
             f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\nclient_id = "{client_id}"\n'
             f'{tls}{mqtt_extra}'
             f'[sinks.file]\npath = "{self.sink}"\n[gateway]\nstats_file = "{self.stats}"\n'
-            f'[api]\nport = 0\n{extra}')
+            f'{gateway_extra}[api]\nport = 0\n{extra}')
         self.proc: subprocess.Popen | None = None
         if start:
             self.start()

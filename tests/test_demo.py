@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -41,6 +42,8 @@ def test_demo_with_duration_exits_0_with_three_nodes(tmp_path):
     records = [json.loads(line) for line in (out / "readings.jsonl").read_text().splitlines()]
     assert {r["node"] for r in records} == {"park-01", "school-02", "pumpstation-03"}
     assert "nodes seen      3 of 3" in proc.stdout
+    assert "alarms raised   0" in proc.stdout and "result          ok" in proc.stdout
+    assert re.search(r"demo: gateway API on http://127\.0\.0\.1:\d+ ", proc.stdout), proc.stdout
     # a live line per reading, e.g. "08:41:07  school-02       seq=3    temperature 21.73 Cel ..."
     live = [line for line in proc.stdout.splitlines() if " seq=" in line]
     readings = {(r["node"], r["seq"]) for r in records}

@@ -168,7 +168,7 @@ def test_gaps_are_tracked_and_the_gaps_alarm_raised_and_cleared_once(tmp_path):
 
 
 def test_alarm_bits_battery_and_queue_overflow_raise_and_clear_once(tmp_path):
-    gw = make_gateway(tmp_path, low_battery_mv=3300)
+    gw = make_gateway(tmp_path, low_battery_mv=3300, offline_grace_s=0)
     h = gw.handle_message
     h("m/n1/r", reading(1, {16: 1, 7: 3600}), received_at=T0)        # leak
     h("m/n1/r", reading(2, {16: 1}, {16: 4}), received_at=T0 + 1)    # leak; + tamper (delta)
@@ -289,3 +289,51 @@ def test_a_bug_on_one_message_quarantines_only_that_message(tmp_path, monkeypatc
     rows = gw.box.query("SELECT topic, reason FROM quarantine")
     assert rows == [{"topic": "m/boom/s", "reason": "internal"}]
     assert gw.box.query("SELECT COUNT(*) AS n FROM items")[0]["n"] == 2
+
+
+def offline_events(gw: Gateway) -> list[tuple[bool, str | None]]:
+    return [(b["active"], b.get("detail")) for b in
+            (json.loads(r["body"]) for r in gw.box.query(
+                "SELECT body FROM items WHERE kind='event' ORDER BY id"))
+            if b["alarm"] == "offline"]
+
+
+def test_offline_is_raised_only_after_the_grace_and_a_restart_is_not_an_outage(tmp_path):
+    """Field trial: every technician action raised and cleared `offline` within 250 ms."""
+    gw = make_gateway(tmp_path, offline_grace_s=120)
+    h = gw.handle_message
+    h("m/n1/s", status(on=True), received_at=T0)
+    h("m/n1/s", status(on=False), received_at=T0 + 10)  # Last Will: a technician's reset
+    gw.ingestor.periodic(T0 + 11)
+    h("m/n1/s", status(on=True), received_at=T0 + 12)   # back 2 s later
+    h("m/n1/s", status(on=False, bye="reboot"), received_at=T0 + 20)  # announced
+    assert gw.box.query("SELECT state FROM nodes")[0]["state"] == "restarting"
+    gw.ingestor.periodic(T0 + 100)
+    h("m/n1/s", status(on=True), received_at=T0 + 125)  # a slow restart, inside the grace
+    gw.ingestor.periodic(T0 + 300)
+    assert offline_events(gw) == [], "no outage happened"
+
+    h("m/n1/s", status(on=False), received_at=T0 + 400)  # gone for good
+    gw.ingestor.periodic(T0 + 519)
+    assert offline_events(gw) == []
+    gw.ingestor.periodic(T0 + 521)
+    gw.ingestor.periodic(T0 + 522)
+    assert offline_events(gw) == [(True, "Last Will: the connection dropped, 121 s ago")]
+    h("m/n1/s", status(on=False, bye="update"), received_at=T0 + 600)  # still raised
+    h("m/n1/s", status(on=True), received_at=T0 + 610)
+    assert [a for a, _ in offline_events(gw)] == [True, False]
+
+    h("m/n2/s", status(on=False, bye="config"), received_at=T0)  # never came back
+    gw.ingestor.periodic(T0 + 121)
+    assert offline_events(gw)[-1] == (
+        True, "announced a restart (config) and not back, 121 s ago")
+
+
+def test_a_node_registered_before_it_was_heard_of_gets_first_seen(tmp_path):
+    gw = make_gateway(tmp_path)
+    with gw.box.transaction():  # what PUT /api/nodes/{id} (meterlink provision) writes
+        gw.box.db.execute("INSERT INTO nodes(node, registered, board, sensors, interval_s) "
+                          "VALUES ('n7', 1, 'esp32-devkitc', '[]', 60)")
+    gw.handle_message("m/n7/r", reading(1, {1: 1}), received_at=T0 + 5)
+    assert gw.box.query("SELECT first_seen FROM nodes WHERE node='n7'") == [
+        {"first_seen": T0 + 5}]

@@ -72,7 +72,7 @@ def send(gw: GatewayProcess, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_registry_status_downlink_and_operations_endpoints(tmp_path, broker):
-    gw = GatewayProcess(tmp_path / "gw", broker, "gw-api")
+    gw = GatewayProcess(tmp_path / "gw", broker, "gw-api", gateway_extra="offline_grace_s = 0\n")
     node = None
     try:
         wait_for("the API", lambda: gw.counters().get("subscribed") and gw.counters()

@@ -486,6 +486,49 @@ def test_without_ntp_relative_time_then_the_gateway_time(tmp_path, broker):
         gw.stop()
 
 
+def offline_events(gw: GatewayProcess, node_id: str) -> list[tuple[bool, str]]:
+    path = gw.dir / "events.jsonl"
+    events = map(json.loads, path.read_text().splitlines()) if path.exists() else []
+    return [(e["vb"], e.get("vs", "")) for e in events if e["n"] == f"{node_id}:alarm:offline"]
+
+
+def test_a_reboot_or_a_quick_reset_is_not_an_outage_and_a_node_gone_for_good_is(tmp_path,
+                                                                               broker):
+    """Field trial: every technician action raised and cleared `offline` (status, deploy,
+    reboot). A restart the node announces, or a reset it is back from within
+    `offline_grace_s`, raises nothing; a node that stays away raises it once."""
+    gw = GatewayProcess(tmp_path / "gw", broker,
+                        gateway_extra="offline_grace_s = 3\n").wait_subscribed()
+    node = fast_node(tmp_path / "r1", "r1", broker, entries=1)
+    ctl = Control(broker, "r1")
+    try:
+        node.start()
+        wait_for(lambda: len(delivered(gw, "r1")) >= 2, 30, "readings", debug(node, gw))
+        ctl.send("k", cbor2.dumps({"id": 1, "cmd": "reboot"}))
+        ctl.ack_for(30, id=1)
+        wait_for(lambda: any(s.get("bye") == "reboot" for s in ctl.status), 10,
+                 "the restart announced in the status", debug(node, gw))
+        mark = len(delivered(gw, "r1"))
+        wait_for(lambda: len(delivered(gw, "r1")) >= mark + 2, 30, "readings after the reboot",
+                 debug(node, gw))
+        assert "restart not announced" not in node.console()
+        node.kill(power_cut=False)  # a reset without warning (the technician's tools)
+        node.start()
+        mark = len(delivered(gw, "r1"))
+        wait_for(lambda: len(delivered(gw, "r1")) >= mark + 2, 30, "readings after the reset",
+                 debug(node, gw))
+        time.sleep(4)  # past the grace
+        assert offline_events(gw, "r1") == [], "no outage happened"
+        node.stop()  # gone for good
+        wait_for(lambda: offline_events(gw, "r1"), 20, "the offline alarm", debug(node, gw))
+        [(active, detail)] = offline_events(gw, "r1")
+        assert active and detail.startswith("Last Will"), detail
+    finally:
+        ctl.close()
+        node.stop()
+        gw.stop()
+
+
 # --------------------------------------------------------------------------- battery mode
 def test_battery_50_wakes_broker_reachable_every_10th(tmp_path, broker):
     gw = GatewayProcess(tmp_path / "gw", broker).wait_subscribed()
