@@ -17,6 +17,7 @@ every waiting reading (the outbox empty for the sink).
 
 from __future__ import annotations
 
+import logging
 import sys
 import tempfile
 import time
@@ -73,13 +74,13 @@ def recovery_s(work: Path, outage: float, *, baseline: bool) -> float:
 
 
 def main() -> None:
+    logging.getLogger("meterlink").setLevel(logging.ERROR)  # batch_failed, once per retry
     outage = float(sys.argv[1]) if len(sys.argv) > 1 else OUTAGE_S
     with tempfile.TemporaryDirectory() as tmp:
         ours = recovery_s(Path(tmp) / "ours", outage, baseline=False)
         base = recovery_s(Path(tmp) / "base", outage, baseline=True)
-    print(f"mqtt sink after a {outage:g} s upstream outage: first reading delivered "
-          f"{ours:.2f} s after the return (target: under 5 s)")
-    print("  (delivered: the upstream broker acknowledged every waiting reading)")
+    print(f"mqtt sink after a {outage:g} s upstream outage: the waiting readings acknowledged "
+          f"upstream {ours:.2f} s after its return (target: under 5 s)")
     print(f"  baseline (reconnect cap 30 s, waiting out the backoff): {base:.2f} s "
           f"-> {base / max(ours, 1e-3):.1f}x faster")
 
