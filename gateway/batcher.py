@@ -115,6 +115,8 @@ class SinkWorker:
     def _backoff(self, seconds: float) -> None:
         """Sleeps `seconds`, less when the sink says its upstream is back."""
         self._resume.clear()
+        if self._stop.is_set():  # stop() set _resume just before the clear above
+            return
         self._resume.wait(seconds)
 
     def _paused(self, seconds: float) -> None:

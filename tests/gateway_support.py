@@ -154,6 +154,39 @@ class GatewayProcess:
         self.stop()
 
 
+SENML_RELATIVE_LIMIT = 2**28  # RFC 8428 4.5.3: a resolved time below it is relative to now
+BASE_FIELDS = ("bver", "bn", "bt", "bu", "bv", "bs")
+
+
+def resolve_senml(pack: list[dict]) -> list[dict]:
+    """A SenML pack as its resolved records, as a platform resolves it (RFC 8428 section 4.6,
+    written here from the RFC, not from the gateway): `bn` prefixes `n`, `bt` adds to `t`, a
+    base unit fills a missing `u`, `bv`/`bs` add to `v`/`s`; base fields apply to the record
+    that holds them and every record after it. A version other than 10 (features this
+    platform does not know), a field ending in `_` (must-understand) or a resolved time below
+    2^28 fails the test: that pack would be rejected or misread."""
+    out = []
+    base: dict = {"bn": "", "bt": 0, "bu": None, "bv": 0, "bs": 0}
+    for record in pack:
+        rec = dict(record)
+        assert rec.pop("bver", 10) == 10, f"pack needs SenML features: {record}"
+        assert not [k for k in rec if k.endswith("_")], f"must-understand field: {record}"
+        for key in BASE_FIELDS[1:]:
+            if key in rec:
+                base[key] = rec.pop(key)
+        rec["n"] = base["bn"] + rec.get("n", "")
+        rec["t"] = base["bt"] + rec.get("t", 0)
+        if base["bu"] is not None:
+            rec.setdefault("u", base["bu"])
+        if "v" in rec:
+            rec["v"] += base["bv"]
+        if "s" in rec:
+            rec["s"] += base["bs"]
+        assert rec["t"] >= SENML_RELATIVE_LIMIT, f"time read as relative: {record}"
+        out.append(rec)
+    return out
+
+
 class Upstream:
     """A local HTTP server in place of the city platform, deduplicating by Idempotency-Key
     like a real platform does.
@@ -181,7 +214,7 @@ class Upstream:
                 raw = self.rfile.read(int(self.headers["Content-Length"]))
                 if self.headers.get("Content-Encoding") == "gzip":
                     raw = gzip.decompress(raw)
-                records = json.loads(raw)
+                records = resolve_senml(json.loads(raw))
                 key = self.headers.get("Idempotency-Key", "")
                 status, body, extra = upstream._decide(records)
                 if status == 0:  # a timeout: answer too late

@@ -55,15 +55,18 @@ def test_http_sink_posts_gzipped_senml_with_token_and_idempotency_key(tmp_path, 
     assert headers["Content-Type"] == "application/senml+json"
     assert headers["Content-Encoding"] == "gzip"
     pack = json.loads(gzip.decompress(body))
+    # each item's first record carries the base name and base time (RFC 8428 4.5), the
+    # records after it only what they do not share
     assert pack == [
-        {"n": "w1:water_volume", "u": "m3", "v": 12.345, "t": T0, "node": "w1", "seq": 7,
-         "rid": "w1/7/water_volume"},
-        {"n": "w1:temperature", "u": "Cel", "v": 9.5, "t": T0, "node": "w1", "seq": 7,
+        {"bn": "w1:", "bt": T0, "n": "water_volume", "u": "m3", "v": 12.345, "node": "w1",
+         "seq": 7, "rid": "w1/7/water_volume"},
+        {"n": "temperature", "u": "Cel", "v": 9.5, "node": "w1", "seq": 7,
          "rid": "w1/7/temperature"},
-        {"n": "w1:water_volume", "u": "m3", "v": 12.35, "t": T0 + 60, "node": "w1", "seq": 8,
-         "rid": "w1/8/water_volume"},
-        {"n": "w1:alarm:leak", "vb": True, "t": T0 + 61.5, "node": "w1", "event": "alarm",
-         "rid": f"w1/alarm/leak/{(T0 + 61.5) * 1000:.0f}/raised", "vs": "alarms channel = 1"}]
+        {"bn": "w1:", "bt": T0 + 60, "n": "water_volume", "u": "m3", "v": 12.35, "node": "w1",
+         "seq": 8, "rid": "w1/8/water_volume"},
+        {"bn": "w1:", "bt": T0 + 61.5, "n": "alarm:leak", "vb": True, "node": "w1",
+         "event": "alarm", "rid": f"w1/alarm/leak/{(T0 + 61.5) * 1000:.0f}/raised",
+         "vs": "alarms channel = 1"}]
 
 
 def test_http_sink_classifies_replies(tmp_path, recorder):

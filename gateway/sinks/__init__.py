@@ -22,6 +22,15 @@ record gives one SenML record per channel value plus the meterlink fields `node`
 `rid`; an alarm event gives one record `{"n": "node:alarm:leak", "vb": true, ...}` with `node`,
 `event` and `rid`. `rid` is the stable record id: `{node}/{seq}/{channel}` for readings,
 `{node}/alarm/{alarm}/{time in ms}/{raised|cleared}` for alarm events.
+
+Those are resolved records (RFC 8428 section 4.6: full name, absolute time), what the `file`
+sink writes one per line. The packs the `http` and `mqtt` sinks send (`senml_pack`) carry the
+node's name prefix as base name `bn` and the reading's time as base time `bt` on the first
+record of each item, so the records after it carry only their channel. Every unit sent is a
+primary SenML unit: a secondary unit of the RFC 8798 registry (`dBm`) is sent converted to its
+primary unit (`dBW`), so no pack needs the RFC 9100 feature bit in `bver`, and a consumer that
+knows only RFC 8428 reads every pack. An absolute time below 2^28 cannot be sent at all (SenML
+reads it as relative to now): such an item is unconvertible.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ from typing import Any, Callable
 from gateway.config import SinkConfig
 from gateway.errors import Unconvertible
 from gateway.outbox import Batch, Item
+from gateway.wire import SENML_RELATIVE_LIMIT
 
 # What converting a malformed value raises (json: ValueError for NaN, datetime: ValueError or
 # OverflowError past year 9999, a missing or mistyped field: KeyError, TypeError, ...).
@@ -78,18 +88,60 @@ def event_id(body: dict[str, Any]) -> str:
     return f"{body['node']}/alarm/{body['alarm']}/{int(round(body['t'] * 1000))}/{state}"
 
 
+# Secondary units (RFC 8798 registry) -> (primary unit, offset added to the value): the scale of
+# every registered secondary unit we send is 1.
+PRIMARY_UNIT = {"dBm": ("dBW", -30)}
+
+
+def _absolute(rec: dict[str, Any]) -> dict[str, Any]:
+    t = rec.get("t")
+    if type(t) in (int, float) and t < SENML_RELATIVE_LIMIT:
+        raise ValueError(f"{rec.get('n')}: t {t} is below 2^28, which SenML reads as a time "
+                         "relative to now")
+    return rec
+
+
 def senml_records(item: Item) -> list[dict[str, Any]]:
-    """The SenML records of one outbox item, with the meterlink fields."""
+    """The resolved SenML records of one outbox item, with the meterlink fields."""
     if item.kind == "reading":
-        return [{**r, "node": item.node, "seq": item.seq,
-                 "rid": record_id(item.node, item.seq, r["n"])} for r in item.body]
+        out = []
+        for r in item.body:
+            rec = _absolute({**r, "node": item.node, "seq": item.seq,
+                             "rid": record_id(item.node, item.seq, r["n"])})
+            primary = PRIMARY_UNIT.get(rec.get("u"))
+            if primary is not None:
+                rec["u"], rec["v"] = primary[0], rec["v"] + primary[1]
+            out.append(rec)
+        return out
     body = item.body
     rec: dict[str, Any] = {"n": f"{body['node']}:alarm:{body['alarm']}", "vb": body["active"],
                            "t": body["t"], "node": body["node"], "event": "alarm",
                            "rid": event_id(body)}
     if body.get("detail"):
         rec["vs"] = body["detail"]
-    return rec and [rec]
+    return [_absolute(rec)]
+
+
+def senml_pack(item: Item) -> list[dict[str, Any]]:
+    """The records of one item for a SenML pack: the first carries `bn` = `{node}:` and `bt`
+    = its time, and a record repeats neither (a later one with another time sets `bt` again).
+    An item's records never lean on base values set by the item before it, so one item can be
+    left out of a pack (`convert_each`) without changing how the others resolve."""
+    out = []
+    bn = bt = None
+    for rec in senml_records(item):
+        name, t = rec.pop("n"), rec.pop("t")
+        prefix = f"{rec['node']}:"
+        head: dict[str, Any] = {}
+        if not name.startswith(prefix):
+            prefix = ""
+        if prefix != bn:
+            head["bn"] = bn = prefix
+        if t != bt:
+            head["bt"] = bt = t
+        head["n"] = name[len(prefix):]
+        out.append({**head, **rec})
+    return out
 
 
 def item_problem(item: Item) -> str | None:
@@ -109,6 +161,8 @@ def item_problem(item: Item) -> str | None:
         t = rec.get("t")
         if type(t) in (int, float) and not -62135596800 <= t < 253402300800:
             return f"{name}: t {t} is outside years 1-9999"
+        if type(t) in (int, float) and t < SENML_RELATIVE_LIMIT:
+            return f"{name}: t {t} is below 2^28 (SenML would read it as relative)"
     return None
 
 

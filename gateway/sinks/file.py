@@ -1,4 +1,5 @@
-"""The `file` sink: rotating JSONL files, one SenML record per line (the embedded default).
+"""The `file` sink: rotating JSONL files, one resolved SenML record per line (RFC 8428 section
+4.6: no base fields, so each line stands alone; the embedded default).
 
     {"n":"node-01:temperature","u":"Cel","v":21.53,"t":1763712000,"node":"node-01","seq":1042,"rid":"node-01/1042/temperature"}
 
@@ -25,7 +26,8 @@ from typing import Any
 from gateway.errors import DeliveryFailed, SinkError
 from gateway.logfmt import kv
 from gateway.outbox import Batch, Item
-from gateway.sinks import Sink, convert_each, senml_records
+from gateway.sinks import PRIMARY_UNIT, Sink, convert_each, senml_records
+from gateway.wire import SENML_RELATIVE_LIMIT
 
 log = logging.getLogger("meterlink.gateway.sink.file")
 
@@ -78,6 +80,7 @@ def reading_lines(item: Item) -> list[bytes]:
         v, t = r.get("v"), r.get("t")
         shape = tuple(r)
         if parts is None or shape not in _SHAPES or type(t) is not int \
+                or t < SENML_RELATIVE_LIMIT or r.get("u") in PRIMARY_UNIT \
                 or not (type(v) is int or (type(v) is float and math.isfinite(v))):
             out.extend(encode_line(rec) for rec in senml_records(
                 Item(item.id, item.kind, node, seq, item.created, [r])))

@@ -1,4 +1,5 @@
-"""The `http` sink: each batch POSTed as one SenML pack (RFC 8428 JSON) to `url`.
+"""The `http` sink: each batch POSTed as one SenML pack (RFC 8428 JSON) to `url`, each item's
+records led by its base name and base time (`gateway.sinks.senml_pack`).
 
     POST {url}
     Content-Type: application/senml+json
@@ -30,7 +31,7 @@ from typing import Any
 
 from gateway.errors import DeliveryFailed, DeliveryRejected, DeliveryUnauthorized
 from gateway.outbox import Batch
-from gateway.sinks import Sink, convert_each, senml_records
+from gateway.sinks import Sink, convert_each, senml_pack
 
 USER_AGENT = "meterlink-gateway/1"
 REPLY_LIMIT = 65536
@@ -176,5 +177,5 @@ class HttpSink(Sink):
 
     @staticmethod
     def convert(item) -> str:
-        """The item's SenML records as JSON text, without the enclosing brackets."""
-        return ",".join(_encode(r) for r in senml_records(item))
+        """The item's SenML pack records as JSON text, without the enclosing brackets."""
+        return ",".join(_encode(r) for r in senml_pack(item))

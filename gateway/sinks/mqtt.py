@@ -1,7 +1,7 @@
 """The `mqtt` sink: a bridge that republishes to an upstream broker.
 
 Each reading record is published as a SenML pack (JSON array, the records of one reading
-record with `node`, `seq`, `rid`) to `{topic_prefix}/{node_id}/senml`, each alarm event to
+record with `node`, `seq`, `rid`, base name and base time on the first: `senml_pack`) to `{topic_prefix}/{node_id}/senml`, each alarm event to
 `{topic_prefix}/{node_id}/event`, QoS 1, not retained. The batch is confirmed when the
 upstream broker acknowledged every publish (PUBACK) within `timeout_s`; otherwise the whole
 batch is retried and the upstream may see some packs twice (consumers dedup by `rid`).
@@ -24,7 +24,7 @@ from gateway import mqtt_tls
 from gateway.errors import DeliveryFailed, DeliveryUnauthorized
 from gateway.logfmt import kv
 from gateway.outbox import Batch
-from gateway.sinks import Sink, convert_each, senml_records
+from gateway.sinks import Sink, convert_each, senml_pack
 
 log = logging.getLogger("meterlink.gateway.sink.mqtt")
 
@@ -107,7 +107,7 @@ class MqttSink(Sink):
     @staticmethod
     def convert(item) -> bytes:
         """The item's SenML pack (strict JSON: no NaN or Infinity)."""
-        return _encode(senml_records(item)).encode()
+        return _encode(senml_pack(item)).encode()
 
     def close(self) -> None:
         if self.client is not None:
