@@ -41,10 +41,12 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from host_tools.vboard import running
     from host_tools.vboard.pty_repl import PtyBoard
 
     board = default_board(chip=args.chip) if args.chip else None
-    with PtyBoard(args.dir, board=board, form=IMAGES[args.image]) as vb:
+    with PtyBoard(args.dir, board=board, form=IMAGES[args.image]) as vb, \
+            running.announce(vb.port, vb.chip, args.image, args.dir):
         say(vb.port)
         say(f"virtual {vb.chip} board ({args.image} image) in {args.dir}/ on {vb.port}; console in "
             f"{args.dir}/console.log; Ctrl-C stops it")

@@ -125,6 +125,12 @@ def pick_port(port: str | None) -> str:
         return port
     ports = list_ports()
     if not ports:
+        from host_tools.vboard.running import running
+        boards = running()
+        if boards:
+            raise UserError(ERR_NO_PORT + "; a virtual board runs on "
+                            + ", ".join(b.port for b in boards)
+                            + f": give --port {boards[0].port} to use it")
         raise UserError(ERR_NO_PORT)
     known = [p for p in ports if bridge_name(p.vid, p.pid)]
     if len(known) == 1:

@@ -1,7 +1,14 @@
+import os
+import tempfile
+
 import pytest
 
 from host_tools.broker import Mosquitto
 from host_tools.pki import Pki
+
+# The virtual boards the tests' `meterlink vboard` runs announce themselves here, not in the
+# user's runtime folder (host_tools/vboard/running.py); subprocesses inherit it.
+os.environ["METERLINK_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="meterlink-tests-run-")
 
 # tests/mpy/ runs inside MicroPython (tests/test_micropython_side.py), never under CPython;
 # tests/bench/ is `make bench`.

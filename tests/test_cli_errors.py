@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import threading
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -150,3 +151,44 @@ def test_firmware_without_diagnostics(board, capsys):
     rc, out, err = run(capsys, "status", "--port", board.port)
     assert rc == 1
     assert err == "meterlink: " + device.ERR_NO_DIAGNOSTICS + "\n"
+
+
+def start_vboard(folder):
+    """`meterlink vboard` as a technician starts it; returns (process, port)."""
+    from gateway_support import MELINK
+    proc = subprocess.Popen([MELINK, "vboard", "--dir", str(folder)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    port = proc.stdout.readline().strip()
+    assert port.startswith("/dev/"), (port, proc.stderr.read() if proc.poll() else "")
+    return proc, port
+
+
+def test_ports_lists_the_running_virtual_boards(monkeypatch, capsys, tmp_path):
+    """Field trial: the virtual board's error messages sent the user to `meterlink ports`,
+    which did not list it. It is listed while it runs, never picked without --port, and gone
+    once it stopped, also after a SIGKILL left its entry behind."""
+    monkeypatch.setattr(serial.tools.list_ports, "comports", lambda: [])
+    proc, port = start_vboard(tmp_path / "vb")
+    try:
+        rc, out, err = run(capsys, "ports")
+        assert rc == 0, err
+        line = out.splitlines()[0]
+        assert line.startswith(f"{port}  virtual    esp32 virtual board (meterlink image) in "
+                               f"{tmp_path / 'vb'}  pid {proc.pid}"), out
+        assert f"default port: none; a virtual board is used with --port {port}" in out
+        rc, out, err = run(capsys, "status")
+        assert rc == 1
+        assert err == (f"meterlink: {ERR_NO_PORT}; a virtual board runs on {port}: give --port "
+                       f"{port} to use it\n")
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    rc, out, err = run(capsys, "ports")
+    assert (rc, err) == (1, f"meterlink: {ERR_NO_PORT}\n")
+
+    proc, port = start_vboard(tmp_path / "vb2")
+    proc.kill()
+    proc.wait(30)
+    rc, out, err = run(capsys, "ports")
+    assert (rc, err) == (1, f"meterlink: {ERR_NO_PORT}\n"), out
+    assert not list(Path(os.environ["METERLINK_RUNTIME_DIR"]).glob("*.json"))
