@@ -3,9 +3,13 @@
     GET  /healthz                 200 while the process runs
     GET  /readyz                  200 when subscribed and the outbox takes messages, else 503
     GET  /metrics                 Prometheus text format
-    GET  /api/nodes               the registry (every node seen or registered)
+    GET  /api/nodes               the registry (every node seen or registered; ?retired=true
+                                  adds the retired ones)
     GET  /api/nodes/{id}          one node, with its gap ranges
     PUT  /api/nodes/{id}          register a node: {"board", "sensors", "interval_s", "group"?}
+    POST /api/nodes/{id}/retire   take a node out of service: {"note"?}
+    POST /api/nodes/{id}/reinstate  put a retired node back in service
+    DELETE /api/nodes/{id}        delete a node that never sent a reading
     GET  /api/alarms              active alarms
     GET  /api/quarantine          rejected messages (?reason=&limit=, newest first)
     GET  /api/deadletters         batches sinks rejected (?sink=&limit=, newest first)
@@ -49,6 +53,8 @@ log = logging.getLogger("meterlink.gateway.api")
 MAX_BODY = 1 << 20
 NODE_PATH = re.compile(r"^/api/nodes/([^/]+)$")
 REPLAY_PATH = re.compile(r"^/api/deadletters/([0-9]{1,18})/replay$")
+LIFECYCLE_PATH = re.compile(r"^/api/nodes/([^/]+)/(retire|reinstate)$")
+NOTE_LIMIT = 500
 
 
 class ApiError(Exception):
@@ -114,10 +120,14 @@ class ApiServer:
 
     # ---- handlers ---------------------------------------------------------------------------
 
-    def nodes(self) -> list[dict[str, Any]]:
+    def nodes(self, query: dict[str, list[str]]) -> list[dict[str, Any]]:
+        flag = query.get("retired", ["false"])[0]
+        if flag not in ("true", "false", "1", "0"):
+            raise ApiError(400, f"retired must be true or false: got {flag!r}")
+        retired = "" if flag in ("true", "1") else " AND retired_at IS NULL"
         with self.lock:
             rows = self.box.query(f"SELECT {', '.join(NODE_COLUMNS)} FROM nodes "
-                                  "WHERE node NOT LIKE '-%' ORDER BY node")
+                                  f"WHERE node NOT LIKE '-%'{retired} ORDER BY node")
             missing = self.box.missing()
             alarms = self._alarms_by_node()
         return [node_row(r, missing=missing.get(r["node"], 0), alarms=alarms.get(r["node"]))
@@ -184,6 +194,44 @@ class ApiServer:
         log.info("node_registered", extra=kv(node=node, board=board, group=group,
                                              interval_s=interval))
         return (200 if existed and existed[0] else 201), self.node(node)
+
+    def lifecycle(self, node: str, action: str, body: Any) -> dict[str, Any]:
+        """retire (with an optional note) or reinstate, on the ingest thread."""
+        problem = node_id_problem(node)
+        if problem:
+            raise ApiError(400, f"node_id: {problem[1]}")
+        if body is None:
+            body = {}
+        allowed = {"note"} if action == "retire" else set()
+        if not isinstance(body, dict) or set(body) - allowed:
+            raise ApiError(400, "body must be empty" + (" or {\"note\": \"...\"}"
+                                                        if allowed else ""))
+        note = body.get("note", "")
+        if not isinstance(note, str) or len(note) > NOTE_LIMIT:
+            raise ApiError(400, f"note must be a string of at most {NOTE_LIMIT} characters")
+        now = time.time()
+        try:
+            changed = self.gateway.on_ingest_thread(
+                (lambda reg: reg.retire(node, now, note)) if action == "retire"
+                else (lambda reg: reg.reinstate(node, now)))
+        except KeyError:
+            raise ApiError(404, f"node {node!r} is not known") from None
+        except TimeoutError:
+            raise ApiError(503, "the gateway is busy: try again") from None
+        row = self.node(node)
+        row["changed"] = changed
+        return row
+
+    def delete(self, node: str) -> dict[str, Any]:
+        try:
+            self.gateway.on_ingest_thread(lambda reg: reg.delete(node))
+        except KeyError:
+            raise ApiError(404, f"node {node!r} is not known") from None
+        except ValueError as exc:
+            raise ApiError(409, str(exc)) from None
+        except TimeoutError:
+            raise ApiError(503, "the gateway is busy: try again") from None
+        return {"deleted": node}
 
     def listing(self, table: str, query: dict[str, list[str]], filter_key: str) -> list[dict]:
         try:
@@ -340,12 +388,17 @@ class _Handler(BaseHTTPRequestHandler):
                 self._reply(200, render(api.gateway, api.box, api.lock),
                             "text/plain; version=0.0.4")
             elif method == "GET" and url.path == "/api/nodes":
-                self._reply(200, api.nodes())
+                self._reply(200, api.nodes(query))
             elif method == "GET" and NODE_PATH.match(url.path):
                 self._reply(200, api.node(NODE_PATH.match(url.path).group(1)))
             elif method == "PUT" and NODE_PATH.match(url.path):
                 status, row = api.register(NODE_PATH.match(url.path).group(1), self._body())
                 self._reply(status, row)
+            elif method == "POST" and LIFECYCLE_PATH.match(url.path):
+                node, action = LIFECYCLE_PATH.match(url.path).groups()
+                self._reply(200, api.lifecycle(node, action, self._body()))
+            elif method == "DELETE" and NODE_PATH.match(url.path):
+                self._reply(200, api.delete(NODE_PATH.match(url.path).group(1)))
             elif method == "GET" and url.path == "/api/alarms":
                 self._reply(200, api.alarms())
             elif method == "GET" and url.path == "/api/quarantine":
@@ -376,3 +429,6 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         self._dispatch("POST")
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        self._dispatch("DELETE")

@@ -5,6 +5,7 @@
     meterlink gateway send --config FILE --group G cmd NAME [key=value ...]
     meterlink gateway ota --config FILE --nodes a,b,c --bundle app.mlb [--canary 1]
     meterlink gateway replay --config FILE [ID ... | --sink S --all] [--again]
+    meterlink gateway node --config FILE retire NODE [--note TEXT] | reinstate NODE | delete NODE
 
 The config is checked completely before anything connects; an invalid one exits with status 2
 and a message naming the key. SIGINT or SIGTERM stop the gateway cleanly (status 0).
@@ -99,6 +100,20 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
                         help="letters listed (default 50)")
 
 
+    node = sub.add_parser(
+        "node", help="retire a node, put it back in service, or delete one registered by "
+                     "mistake (through the running gateway's API)",
+        description="retire: the node leaves the fleet views, its open alarms clear, it raises "
+                    "no more, and whatever still arrives under its id is quarantined as "
+                    "`retired` (bytes kept), never counted; its sequence state stays, so no "
+                    "reading can be counted twice if it comes back. reinstate: back in "
+                    "service. delete: only for a node that never sent a reading.")
+    node.add_argument("--config", dest="send_config", metavar="FILE", help="gateway config")
+    node.add_argument("node_action", choices=("retire", "reinstate", "delete"))
+    node.add_argument("node_id", metavar="NODE")
+    node.add_argument("--note", default="", help="why (retire): kept with the node")
+
+
 def _load(path: str | None):
     if not path:
         raise UserError("gateway: --config FILE is required", exit_code=EXIT_INPUT)
@@ -116,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
         return run_ota(args)
     if getattr(args, "gateway_action", None) == "replay":
         return run_replay(args)
+    if getattr(args, "gateway_action", None) == "node":
+        return run_node(args)
     config = _load(args.config)
     configure_logging(config.gateway.log_level)
     from gateway.daemon import Gateway
@@ -330,3 +347,67 @@ def run_replay(args: argparse.Namespace) -> int:
         raise UserError(f"gateway replay: {exc}", exit_code=EXIT_ERROR) from exc
     finally:
         box.close()
+
+
+def run_node(args: argparse.Namespace) -> int:
+    """retire / reinstate / delete through the running gateway's API: the registry's cache
+    lives in that process, so the change must be made there."""
+    import urllib.error
+    import urllib.request
+
+    from gateway.api import token_path
+
+    config = _load(args.send_config or args.config)
+    if not config.api.enabled:
+        raise UserError("gateway node: the gateway's API is off ([api] enabled = false)",
+                        exit_code=EXIT_INPUT)
+    token = config.api.token
+    if not token:
+        try:
+            token = token_path(config).read_text().strip()
+        except OSError as exc:
+            raise UserError(f"gateway node: no API token: {exc}",
+                            hint="the gateway writes it when it first runs",
+                            exit_code=EXIT_INPUT) from exc
+    host = "127.0.0.1" if config.api.host in ("0.0.0.0", "::", "") else config.api.host
+    port = config.api.port
+    if not port and config.gateway.stats_file:  # a port chosen at start: the stats say which
+        try:
+            port = json.loads(Path(config.gateway.stats_file).read_text()).get("api_port") or 0
+        except (OSError, ValueError):
+            port = 0
+    if not port:
+        raise UserError("gateway node: [api] port = 0 and no api_port in the stats file: is "
+                        "the gateway running?", exit_code=EXIT_ERROR)
+    url = f"http://{host}:{port}/api/nodes/{args.node_id}"
+    if args.node_action == "delete":
+        request = urllib.request.Request(url, method="DELETE")
+    else:
+        body = {"note": args.note} if args.node_action == "retire" and args.note else {}
+        request = urllib.request.Request(f"{url}/{args.node_action}", method="POST",
+                                         data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+    request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            answer = json.loads(reply.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            error = json.loads(exc.read()).get("error", exc.reason)
+        except ValueError:
+            error = exc.reason
+        raise UserError(f"gateway node {args.node_action} {args.node_id}: {error}",
+                        exit_code=EXIT_ERROR) from exc
+    except OSError as exc:
+        raise UserError(f"gateway node: cannot reach the gateway's API at {url}: {exc}",
+                        hint="is the gateway running?", exit_code=EXIT_ERROR) from exc
+    if args.node_action == "delete":
+        print(f"{args.node_id}: deleted")
+    elif args.node_action == "retire":
+        print(f"{args.node_id}: " + ("retired" if answer.get("changed") else
+                                     "was retired already") +
+              (f" ({answer['retired_note']})" if answer.get("retired_note") else ""))
+    else:
+        print(f"{args.node_id}: " + ("back in service" if answer.get("changed") else
+                                     "was not retired"))
+    return EXIT_OK

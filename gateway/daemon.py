@@ -29,6 +29,7 @@ sinks drained it below `warn_percent` of the limit; from `warn_percent` a warnin
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import contextlib
 import logging
 import signal
@@ -151,6 +152,10 @@ class Gateway:
         self._inbox: collections.deque[Message] = collections.deque()
         self._arrived = threading.Event()
         self._idle = False
+        # registry changes asked for by other threads (the API), run by the ingest thread
+        # between batches (`on_ingest_thread`)
+        self._control: collections.deque[tuple[Callable[[Any], Any],
+                                               concurrent.futures.Future]] = collections.deque()
         self._stats_writer = (StatsWriter(self.stats, config.gateway.stats_file,
                                           interval=stats_interval)
                               if config.gateway.stats_file else None)
@@ -306,6 +311,37 @@ class Gateway:
 
     # ---- ingest thread ----------------------------------------------------------------------
 
+    def on_ingest_thread(self, fn: Callable[[Any], Any], timeout: float = 10.0) -> Any:
+        """`fn(registry)` in one outbox transaction on the ingest thread, which owns the
+        registry's cache (retire a node, delete one); returns what it returns or raises what
+        it raised. A gateway whose ingest thread was never started (opened for a tool or a
+        test) runs it on the caller's thread."""
+        assert self.ingestor is not None and self.box is not None
+        thread = self._ingest_thread
+        if thread is None:
+            return self._run_control(fn)
+        if not thread.is_alive():
+            raise SinkError("the gateway's ingest thread is not running")
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._control.append((fn, future))
+        self._arrived.set()
+        return future.result(timeout)
+
+    def _run_control(self, fn: Callable[[Any], Any]) -> Any:
+        with self.box.transaction():
+            return fn(self.ingestor.registry)
+
+    def _drain_control(self) -> None:
+        while self._control:
+            fn, future = self._control.popleft()
+            try:
+                result = self._run_control(fn)
+            except Exception as exc:  # noqa: BLE001 - handed to the caller
+                self.ingestor.registry.forget()
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
     def _wait_inbox(self, timeout: float) -> bool:
         """Waits up to `timeout` for a message in the inbox; True when there is one."""
         inbox = self._inbox
@@ -384,6 +420,7 @@ class Gateway:
         next_periodic = 0.0
         try:
             while True:
+                self._drain_control()
                 now = time.monotonic()
                 if now >= next_periodic:
                     next_periodic = now + PERIODIC_S

@@ -11,7 +11,7 @@ It raises only SinkError (the outbox cannot be written): nothing is acknowledged
 
 Per message, by topic kind:
 
-    r  size/topic limits -> registration check -> decode_reading -> time window -> resolve ->
+    r  size/topic limits -> retired? -> registration check -> decode_reading -> time window -> resolve ->
        per record: (node, seq) dedup, gap tracking, outbox item pending for every sink ->
        registry (last values, alarm bits, battery) -> alarm events
     s  status map -> registry (online/offline/asleep, fw, boot, q, qd, ...)
@@ -215,6 +215,8 @@ class Ingestor:
                     self._topics.clear()
                 self._topics[msg.topic] = parsed
             node, kind = parsed
+            if node in self.registry.retired:
+                return self._retired(node, kind, msg)
             if kind == "s":
                 return self._status(node, msg)
             if kind == "a":
@@ -251,6 +253,17 @@ class Ingestor:
             return self._reject(msg, exc.reason, getattr(exc, "offset", None),
                                 getattr(exc, "detail", str(exc)))
         return self._store(node, records, msg.received_at)
+
+    def _retired(self, node: str, kind: str, msg: Message) -> Outcome:
+        """A message from a retired node: a reading is quarantined (bytes kept, nothing
+        counted), a status or acknowledgement only counted (a retained status comes back
+        at every gateway start)."""
+        if kind != "r":
+            self.stats.add(retired_ignored=1)
+            return "status" if kind == "s" else "ack"
+        raise Rejected("retired", f"node {node!r} is retired (since "
+                                  f"{self.registry.retired[node]:.0f}); reinstate it to take "
+                                  "its readings: POST /api/nodes/{node}/reinstate")
 
     def _check_time(self, payload: bytes, time_value: int, first: int, last: int,
                     received: int) -> None:

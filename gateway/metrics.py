@@ -41,6 +41,8 @@ def render(gateway, box, lock) -> str:
         ("duplicates_total", "duplicates", "reading records dropped as duplicates"),
         ("rejected_total", "rejected", "messages rejected and quarantined"),
         ("status_messages_total", "status_messages", "status messages processed"),
+        ("retired_ignored_total", "retired_ignored",
+         "status messages and acknowledgements of retired nodes, not processed"),
         ("ack_messages_total", "ack_messages", "acknowledgements processed"),
         ("events_total", "events", "alarm events raised or cleared"),
         ("connects_total", "connects", "connections to the broker"),

@@ -14,7 +14,7 @@ What it holds (schema in `MIGRATIONS`, version in `PRAGMA user_version`):
     gaps         per node, the missing sequence ranges between the lowest and highest seq
                  accepted (`nodes.min_seq`, `nodes.max_seq`): together they are the dedup
                  index, which survives restarts and grows with gaps, not with readings
-    nodes        the registry (registration, status, last values)
+    nodes        the registry (registration, status, last values, retirement)
     alarms       per node and alarm: active or not, raised/cleared times
     quarantine   every rejected message: raw bytes, topic, reason, offset, detail
     deadletters  batches a sink rejected for good (4xx), with the reply body
@@ -124,6 +124,12 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE deadletters ADD COLUMN reason TEXT NOT NULL DEFAULT 'rejected';
     ALTER TABLE deadletters ADD COLUMN replayed INTEGER NOT NULL DEFAULT 0;
+    """,
+    # 6: a node taken out of service (`retired_at`, with the operator's note): its messages
+    # are quarantined as "retired", its dedup state (min_seq, max_seq, gaps) stays
+    """
+    ALTER TABLE nodes ADD COLUMN retired_at REAL;
+    ALTER TABLE nodes ADD COLUMN retired_note TEXT;
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

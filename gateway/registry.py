@@ -52,7 +52,7 @@ STATUS_FIELDS = {"fw": "fw", "boot": "boot", "q": "q", "qd": "qd", "iv": "iv", "
 NODE_COLUMNS = ("node", "registered", "board", "sensors", "grp", "interval_s", "first_seen",
                 "last_seen", "last_reading", "state", "fw", "boot", "sleep", "battery_mv",
                 "rssi", "q", "qd", "iv", "cv", "min_seq", "max_seq", "accepted", "duplicates",
-                "last_values", "status")
+                "last_values", "status", "retired_at", "retired_note")
 
 
 class Registry:
@@ -78,6 +78,12 @@ class Registry:
         self.gap_alarms = True
         self._nodes: dict[str, dict[str, Any]] = {}
         self._dirty: set[str] = set()
+        # retired node -> when: its messages are quarantined as "retired" (`Ingestor._handle`)
+        self.retired: dict[str, float] = self._load_retired()
+
+    def _load_retired(self) -> dict[str, float]:
+        return dict(self.box.db.execute(
+            "SELECT node, retired_at FROM nodes WHERE retired_at IS NOT NULL"))
 
     def __repr__(self) -> str:
         return f"Registry({self.box!r}, active_alarms={sum(self._active.values())})"
@@ -138,6 +144,7 @@ class Registry:
         """Drops the cache (after a rolled-back transaction); reloaded from the database."""
         self._nodes.clear()
         self._dirty.clear()
+        self.retired = self._load_retired()
         self._active = {(n, a): bool(on) for n, a, on in self.box.db.execute(
             "SELECT node, alarm, active FROM alarms")}
 
@@ -145,6 +152,67 @@ class Registry:
         row = self.box.db.execute("SELECT registered FROM nodes WHERE node=?",
                                   (node,)).fetchone()
         return bool(row and row[0])
+
+    # ---- retirement --------------------------------------------------------------------------
+    # A meter replaced or removed, a station taken down: the node leaves the fleet views and
+    # raises nothing more, and whatever still arrives under its id is quarantined as "retired"
+    # (the bytes kept), never counted. Its dedup state stays, so a node put back in service
+    # (`reinstate`) or a device that resends old readings cannot count a reading twice. Only a
+    # node that never sent a reading (registered by mistake) can be deleted outright. These
+    # run on the ingest thread, in its transaction, like everything that writes the cache.
+
+    def retire(self, node: str, now: float, note: str = "") -> bool:
+        """Retires `node`; clears its open alarms (events with detail "node retired"). False
+        when it was retired already; KeyError when it is not known."""
+        row = self.box.db.execute("SELECT retired_at FROM nodes WHERE node=?",
+                                  (node,)).fetchone()
+        if row is None:
+            raise KeyError(node)
+        if row[0] is not None:
+            return False
+        self.flush()
+        self.box.db.execute("UPDATE nodes SET retired_at=?, retired_note=?, state='retired' "
+                            "WHERE node=?", (now, note or None, node))
+        for (n, alarm), active in sorted(self._active.items()):
+            if n == node and active:
+                self.set_alarm(node, alarm, False, now, "node retired")
+        self._nodes.pop(node, None)
+        self.retired[node] = now
+        log.info("node_retired", extra=kv(node=node, note=note))
+        return True
+
+    def reinstate(self, node: str, now: float) -> bool:
+        """Puts a retired node back in service (state unknown until it is heard from)."""
+        row = self.box.db.execute("SELECT retired_at FROM nodes WHERE node=?",
+                                  (node,)).fetchone()
+        if row is None:
+            raise KeyError(node)
+        if row[0] is None:
+            return False
+        self.box.db.execute("UPDATE nodes SET retired_at=NULL, retired_note=NULL, state=NULL, "
+                            "last_seen=? WHERE node=?", (now, node))
+        self.retired.pop(node, None)
+        log.info("node_reinstated", extra=kv(node=node))
+        return True
+
+    def delete(self, node: str) -> None:
+        """Deletes a node that never sent a reading; ValueError naming why not otherwise."""
+        row = self.box.db.execute("SELECT min_seq, max_seq FROM nodes WHERE node=?",
+                                  (node,)).fetchone()
+        if row is None:
+            raise KeyError(node)
+        if row[1] is not None:
+            raise ValueError(f"node {node!r} has sent readings (seq {row[0]}-{row[1]}): "
+                             "retire it instead, which keeps what stops a reading from being "
+                             "counted twice")
+        self.box.db.execute("DELETE FROM nodes WHERE node=?", (node,))
+        self.box.db.execute("DELETE FROM alarms WHERE node=?", (node,))
+        for key in [k for k in self._active if k[0] == node]:
+            del self._active[key]
+        self._nodes.pop(node, None)
+        self._dirty.discard(node)
+        self.retired.pop(node, None)
+        log.info("node_deleted", extra=kv(node=node))
 
     # ---- alarms -----------------------------------------------------------------------------
 
@@ -356,7 +424,7 @@ class Registry:
         config change) raised nothing. The time it went is its `last_seen`."""
         rows = self.box.db.execute(
             "SELECT node, last_seen, state, status FROM nodes WHERE state IN "
-            "('offline', 'restarting') AND last_seen <= ?",
+            "('offline', 'restarting') AND last_seen <= ? AND retired_at IS NULL",
             (now - self.settings.offline_grace_s,)).fetchall()
         for node, since, state, status in rows:
             if self._active.get((node, "offline"), False):
@@ -373,7 +441,8 @@ class Registry:
         n = self.settings.stale_intervals
         rows = self.box.db.execute(
             "SELECT node, last_seen, COALESCE(iv, interval_s), sleep, state FROM nodes "
-            "WHERE COALESCE(iv, interval_s) IS NOT NULL AND last_seen IS NOT NULL").fetchall()
+            "WHERE COALESCE(iv, interval_s) IS NOT NULL AND last_seen IS NOT NULL "
+            "AND retired_at IS NULL").fetchall()
         for node, last_seen, iv, sleep, state in rows:
             allowed = n * iv + (sleep or 0 if state == "asleep" else 0)
             if now - last_seen > allowed and not self._active.get((node, "stale"), False):

@@ -15,9 +15,10 @@ Keys of the stats file (JSON object):
     rejected            messages rejected (malformed topic or payload, or an internal error)
     rejected_by_reason  {reason: count}; reasons are gateway.wire.REASONS, "topic", "internal",
                         "too_large" (payload over [ingest] max_payload_bytes), "topic_length",
-                        "unregistered", "status", "ack", "outbox_full"
+                        "unregistered", "retired", "status", "ack", "outbox_full"
     status_messages     status (`s`) messages processed
     ack_messages        acknowledgements (`a`) processed
+    retired_ignored     status and acknowledgements of retired nodes, not processed
     events              alarm events raised or cleared
     gaps_missing        {node: missing seq count} (only nodes with gaps)
     outbox_bytes        bytes of data in the outbox (pages in use: what max_bytes bounds)
@@ -50,7 +51,8 @@ from gateway.logfmt import kv
 log = logging.getLogger("meterlink.gateway.stats")
 
 COUNTERS = ("received", "accepted_messages", "accepted_records", "duplicates", "senml_records",
-            "rejected", "connects", "status_messages", "ack_messages", "events")
+            "rejected", "connects", "status_messages", "ack_messages", "events",
+            "retired_ignored")
 DEFAULT_INTERVAL = 1.0
 
 

@@ -132,7 +132,10 @@ def expected_lines(name: str, node: str) -> list[dict]:
     out = []
     for r, seq in zip(v["senml"], seqs):
         name = r["n"].replace(f"{v['node_id']}:", f"{node}:", 1)
-        out.append(dict(r, n=name, node=node, seq=seq, rid=record_id(node, seq, name)))
+        line = dict(r, n=name, node=node, seq=seq, rid=record_id(node, seq, name))
+        if line.get("u") == "dBm":  # the feeds send primary units: dBW = dBm - 30
+            line.update(u="dBW", v=line["v"] - 30)
+        out.append(line)
     return out
 
 

@@ -159,7 +159,7 @@ def test_schema_3_outbox_with_pending_records_is_delivered_after_the_upgrade(tmp
                            "outbox": {"path": "o.db"}}, base_dir=tmp_path)
     gw = Gateway(config)
     gw.open_storage()
-    assert gw.box.schema_version == len(MIGRATIONS) == 5
+    assert gw.box.schema_version == len(MIGRATIONS) == 6
     assert gw.box.backlog("file")[0] == 1
     assert gw.handle_message("m/n1/r", cbor2.dumps([1, 7, T0, {1: 2150}]),
                              received_at=T0) == "duplicate"
@@ -246,7 +246,8 @@ def test_file_sink_lines_are_the_general_encoding_byte_for_byte():
            {"n": "x1:alarms:2", "v": 3, "t": T0},
            {"n": "x1:temperature", "u": "\u00b0C\"", "v": 2, "t": T0},  # escapes in u
            {"n": "x1:temperature", "u": "Cel", "v": True, "t": T0},     # bool, not number
-           {"n": "x1:temperature", "u": "Cel", "v": 2, "t": 1.5},       # float time
+           {"n": "x1:temperature", "u": "Cel", "v": 2, "t": T0 + 1.5},  # float time
+           {"n": "x1:rssi", "u": "dBm", "v": -61, "t": T0},              # a secondary unit
            {"n": "other:temperature", "u": "Cel", "v": 2, "t": T0}]     # another node's name
     items.append(Item(2, "reading", "x1", 5, T0, odd))
     assert len(items) >= 30
