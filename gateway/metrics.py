@@ -1,37 +1,73 @@
-"""`/metrics`: the gateway's counters in the Prometheus text exposition format (v0.0.4).
+"""`/metrics`: the gateway's counters in the Prometheus text format, through prometheus_client.
 
-Every name starts with `meterlink_gateway_`; the list with meanings is in docs/gateway.md
-(*Metrics*). Counters come from `gateway.stats.Stats`; outbox depth, backlog age, gaps and
-alarms are read from the outbox at scrape time.
+Every gateway name starts with `meterlink_gateway_`; the list with meanings is in
+docs/gateway.md (*Metrics*). Counters come from `gateway.stats.Stats`; outbox depth, backlog
+age, gaps and alarms are read from the outbox at scrape time (a custom collector: the values
+live in Stats and SQLite, not in prometheus_client objects updated on the hot path). The
+client's process and Python collectors add `process_*` (CPU, memory, open files) and
+`python_*` (GC) metrics.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Iterator
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, Metric,
+                                    SummaryMetricFamily)
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
 
 P = "meterlink_gateway_"
-
-
-def _esc(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
 class _Out:
+    """Collects the metric families of one scrape."""
+
     def __init__(self) -> None:
-        self.lines: list[str] = []
+        self.families: list[Metric] = []
 
     def metric(self, name: str, kind: str, help_text: str,
                samples: list[tuple[dict[str, str], Any]]) -> None:
-        self.lines.append(f"# HELP {P}{name} {help_text}")
-        self.lines.append(f"# TYPE {P}{name} {kind}")
-        for labels, value in samples:
-            lab = ",".join(f'{k}="{_esc(str(v))}"' for k, v in labels.items())
-            self.lines.append(f"{P}{name}{{{lab}}} {float(value):g}" if lab
-                              else f"{P}{name} {float(value):g}")
+        labels = list(dict.fromkeys(k for lab, _ in samples for k in lab))
+        if kind == "counter":
+            family: Metric = CounterMetricFamily(P + name.removesuffix("_total"), help_text,
+                                                 labels=labels)
+        else:
+            family = GaugeMetricFamily(P + name, help_text, labels=labels)
+        for lab, value in samples:
+            family.add_metric([str(lab[k]) for k in labels], float(value))
+        self.families.append(family)
 
 
-def render(gateway, box, lock) -> str:
+class GatewayCollector:
+    """The gateway's metrics, read at scrape time."""
+
+    def __init__(self, gateway, box, lock) -> None:
+        self.gateway, self.box, self.lock = gateway, box, lock
+
+    def collect(self) -> Iterator[Metric]:
+        yield from _families(self.gateway, self.box, self.lock)
+
+
+def make_registry(gateway, box, lock) -> CollectorRegistry:
+    """The registry one API serves: the gateway's collector, process, platform and GC."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(GatewayCollector(gateway, box, lock))
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)
+
+
+def _families(gateway, box, lock) -> list[Metric]:
     snap = gateway.stats.snapshot()
     out = _Out()
     counters = [
@@ -92,12 +128,12 @@ def render(gateway, box, lock) -> str:
                [({"sink": k.split(":")[0], "kind": k.split(":")[1]}, v)
                 for k, v in errors.items()])
     lat = snap.get("sink_latency_seconds", {})
-    out.lines.append(f"# HELP {P}sink_latency_seconds time to deliver a batch")
-    out.lines.append(f"# TYPE {P}sink_latency_seconds summary")
+    summary = SummaryMetricFamily(P + "sink_latency_seconds", "time to deliver a batch",
+                                  labels=["sink"])
     for s in sinks:
         cell = lat.get(s, {"count": 0, "sum": 0.0})
-        out.lines.append(f'{P}sink_latency_seconds_sum{{sink="{s}"}} {cell["sum"]:g}')
-        out.lines.append(f'{P}sink_latency_seconds_count{{sink="{s}"}} {cell["count"]:g}')
+        summary.add_metric([s], count_value=cell["count"], sum_value=cell["sum"])
+    out.families.append(summary)
     out.metric("deadletters", "gauge", "dead-letter rows by sink", [({"sink": s}, n)
                                                                      for s, n in dead])
     out.metric("quarantine", "gauge", "rows in the quarantine table", [({}, quarantined)])
@@ -107,4 +143,4 @@ def render(gateway, box, lock) -> str:
                [({"alarm": a}, n) for a, n in alarms])
     out.metric("nodes", "gauge", "nodes in the registry by state",
                [({"state": st}, n) for st, n in nodes])
-    return "\n".join(out.lines) + "\n"
+    return out.families

@@ -87,7 +87,7 @@ def test_registry_status_downlink_and_operations_endpoints(tmp_path, broker):
         assert gw.api("/api/nodes/n1", "PUT", reg)[0] == 200
         assert gw.api("/api/nodes/n2", "PUT", {**reg, "interval_s": 30})[0] == 201
         assert gw.api("/api/nodes/n3", "PUT", {**reg, "interval_s": 0}) == (
-            400, {"error": "interval_s must be an integer 1-86400: got 0"})
+            400, {"error": "interval_s: Input should be greater than or equal to 1 (got 0)"})
         assert gw.api("/api/nodes/Bad!", "PUT", reg)[0] == 400
         assert gw.api("/api/nodes/nope")[0] == 404
 

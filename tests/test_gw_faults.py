@@ -189,7 +189,7 @@ def test_platform_outage_retry_after_timeouts_recovery_and_a_dead_letter(tmp_pat
     assert {it["node"] for it in dead[0]["body"]} == {"bad-1"}
     counted = Counter(r["rid"] for r in up.records())
     assert max(counted.values()) == 1
-    assert 'meterlink_gateway_sink_errors_total{sink="http",kind="transient"}' in metrics
+    assert 'meterlink_gateway_sink_errors_total{kind="transient",sink="http"}' in metrics
     assert 'meterlink_gateway_sink_deadletters_total{sink="http"} 1' in metrics
     assert all(h.get("Content-Type") == "application/senml+json" for h in up.headers)
 

@@ -1,0 +1,334 @@
+"""The gateway's HTTP side as an ASGI application (FastAPI on uvicorn), over `ApiServer`.
+
+    app = make_app(api_server)      # served by uvicorn on the API's own thread (gateway.api)
+
+Why FastAPI: the request bodies are declared once, as pydantic models, and that one
+declaration validates every request and is the published OpenAPI description
+(`GET /openapi.json`, a copy in docs/openapi.json): the description cannot drift from what the
+gateway accepts, and the API is tested against it with malformed input (schemathesis,
+tests/test_gw_openapi.py). Starlette alone would have meant a hand-written description;
+http.server (before) a hand-written everything.
+
+Every error is `{"error": "..."}`: a body or query field that does not validate is a 400 naming
+the field (`interval_s: Input should be greater than or equal to 1`), a missing or wrong token
+a 401, an unknown node a 404, a state conflict a 409; an unexpected exception is logged with
+its traceback and answered 500 `{"error": "internal error: TypeError"}` (the tests fail on
+any). `/healthz` and the OpenAPI description need no token; everything else does.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from typing import TYPE_CHECKING, Annotated, Any, Optional
+
+from fastapi import Body, Depends, FastAPI, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt,
+                      StrictStr)
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from gateway.logfmt import kv
+
+if TYPE_CHECKING:
+    from gateway.api import ApiServer
+
+log = logging.getLogger("meterlink.gateway.api")
+
+MAX_BODY = 1 << 20
+NOTE_LIMIT = 500
+NODE_ID = r"^[a-z0-9][a-z0-9_-]{0,31}$"  # gateway.wire.node_id_problem's rule
+
+UNAUTHORIZED = ("a bearer token is required: Authorization: Bearer TOKEN ([api] token, or "
+                "the token_file's)")
+
+
+NodeId = Annotated[str, Path(pattern=NODE_ID, description="node id: a-z 0-9 _ -, at most 32")]
+
+
+def _whole(value: Any) -> Any:
+    """JSON's integers include 375.0 (JSON Schema's `integer`); strings and booleans stay out."""
+    return int(value) if type(value) is float and value.is_integer() else value
+
+
+WholeInt = Annotated[StrictInt, BeforeValidator(_whole)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Registration(_Model):
+    """What `meterlink provision` registers for a node."""
+
+    board: StrictStr = Field(min_length=1, max_length=64, description="board file name")
+    sensors: list[Any] = Field(description="the node's `sensors` configuration, stored as given")
+    interval_s: WholeInt = Field(ge=1, le=86400, description="the staleness clock until the "
+                                                             "node reports its own `iv`")
+    group: Optional[StrictStr] = Field(default=None, min_length=1, max_length=64,
+                                       description="the downlink group")
+
+
+class Retirement(_Model):
+    note: StrictStr = Field(default="", max_length=NOTE_LIMIT,
+                            description="why, kept with the node")
+
+
+class Replay(_Model):
+    again: StrictBool = Field(default=False, description="replay a letter replayed before")
+
+
+class Downlink(_Model):
+    """A config patch (`config` + `version`) or a command (`cmd` + `args`) to `node`, `nodes`
+    or every registered node of `group` (exactly one of the three)."""
+
+    node: Optional[StrictStr] = Field(default=None, pattern=NODE_ID)
+    nodes: Optional[list[Annotated[StrictStr, Field(pattern=NODE_ID)]]] = Field(
+        default=None, min_length=1, max_length=1000)
+    group: Optional[StrictStr] = Field(default=None, min_length=1, max_length=64)
+    config: Optional[dict[str, Any]] = None
+    version: Optional[WholeInt] = Field(default=None, ge=1, le=2**31 - 1)
+    cmd: Optional[StrictStr] = Field(default=None, max_length=32)
+    args: Optional[dict[str, Any]] = None
+    timeout_s: Optional[float] = Field(default=None, ge=0, le=3600, allow_inf_nan=False)
+    wait: StrictBool = True
+
+
+class ErrorReply(BaseModel):
+    error: str = Field(description="what is wrong, naming the field")
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorReply"}}}}
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's description, with the error replies this API gives: 400 (not FastAPI's 422)
+    for a field that does not validate, 401 without the token, 413 for a body over 1 MiB,
+    and `ErrorReply` for every 4xx listed."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    from fastapi.openapi.utils import get_openapi
+
+    doc = get_openapi(title=app.title, version=app.version, description=app.description,
+                      routes=app.routes)
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    schemas["ErrorReply"] = ErrorReply.model_json_schema()
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
+    for path, methods in doc["paths"].items():
+        for method, op in methods.items():
+            replies = op.setdefault("responses", {})
+            replies.pop("422", None)
+            for code, reply in list(replies.items()):
+                if code.startswith("4"):
+                    replies[code] = _error(reply.get("description", "refused"))
+            if path != "/healthz":
+                replies["400"] = _error("a parameter or body field does not validate")
+                replies["401"] = _error("no or a wrong bearer token")
+            if "requestBody" in op:
+                replies["413"] = _error("body over 1 MiB")
+    app.openapi_schema = doc
+    return doc
+
+
+def _field(loc: tuple) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "body"
+
+
+def validation_message(exc: RequestValidationError) -> str:
+    """The first problem, naming its field: `interval_s: Input should be ...`."""
+    errors = exc.errors()
+    if not errors:
+        return "request does not validate"
+    err = errors[0]
+    if err.get("type") == "json_invalid":
+        return f"body is not JSON: {err.get('ctx', {}).get('error', err.get('msg'))}"
+    if err.get("type") == "missing" and tuple(err.get("loc", ())) == ("body",):
+        return "body is required: a JSON object"
+    got = err.get("input")
+    shown = f" (got {got!r})" if isinstance(got, (int, float, str, bool)) and \
+        len(repr(got)) <= 40 and err.get("type") != "missing" else ""
+    return f"{_field(tuple(err.get('loc', ())))}: {err.get('msg')}{shown}"
+
+
+def make_app(api: "ApiServer") -> FastAPI:
+    app = FastAPI(title="meterlink gateway API", version="1",
+                  description="The gateway's registry, alarms, quarantine, dead letters, "
+                              "downlinks and update progress; see docs/gateway.md.",
+                  docs_url=None, redoc_url=None)
+    bearer = HTTPBearer(auto_error=False, description="[api] token, or the token file's")
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+
+    def authorized(request: Request,
+                   cred: Optional[HTTPAuthorizationCredentials] = Depends(bearer)) -> None:
+        token = cred.credentials.strip().encode() if cred else b""
+        if not cred or not hmac.compare_digest(token, api.token):
+            log.warning("api_unauthorized", extra=kv(
+                client=request.client.host if request.client else "-",
+                method=request.method, path=request.url.path))
+            raise StarletteHTTPException(401, UNAUTHORIZED,
+                                         headers={"WWW-Authenticate": 'Bearer realm="meterlink"'})
+
+    def known_query(request: Request) -> None:
+        """A query parameter the operation does not take is a mistake worth a 400 (a typo
+        such as `?limt=5` would otherwise be ignored without a word)."""
+        route = request.scope.get("route")
+        taken = {p.alias for p in getattr(getattr(route, "dependant", None),
+                                          "query_params", [])}
+        for name in request.query_params:
+            if len(request.query_params.getlist(name)) > 1:
+                raise StarletteHTTPException(400, f"{name[:40]}: given more than once")
+            if name not in taken:
+                raise StarletteHTTPException(
+                    400, f"{name[:40]}: unknown query parameter" +
+                    (f" (known: {', '.join(sorted(taken))})" if taken else " (none taken)"))
+
+    auth = [Depends(authorized), Depends(known_query)]
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
+            return JSONResponse({"error": f"body over {MAX_BODY} bytes"}, status_code=413)
+        return await call_next(request)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"error": validation_message(exc)}, status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = exc.detail
+        if exc.status_code in (404, 405) and message in ("Not Found", "Method Not Allowed"):
+            message = f"no {request.method} {request.url.path} (see docs/gateway.md)"
+        return JSONResponse({"error": message}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def crashed(request: Request, exc: Exception) -> JSONResponse:
+        log.error("api_error", exc_info=exc, extra=kv(method=request.method,
+                                                       path=request.url.path))
+        return JSONResponse({"error": f"internal error: {type(exc).__name__}"},
+                            status_code=500)
+
+    from gateway.api import ApiError
+
+    @app.exception_handler(ApiError)
+    async def refused(request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+
+    # ---- health and metrics --------------------------------------------------------------
+
+    @app.get("/healthz", tags=["health"], summary="200 while the process runs")
+    def healthz() -> dict[str, bool]:
+        return {"ok": True}
+
+    @app.get("/readyz", tags=["health"], dependencies=auth,
+             summary="200 when subscribed and the outbox takes messages, else 503",
+             responses={503: {"description": "not ready"}})
+    def readyz() -> JSONResponse:
+        ready = api.gateway.ready
+        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+
+    @app.get("/metrics", tags=["health"], dependencies=auth, response_class=PlainTextResponse,
+             summary="Prometheus text format, process metrics included")
+    def metrics() -> Response:
+        from gateway.metrics import CONTENT_TYPE, render
+        return Response(render(api.metrics), media_type=CONTENT_TYPE)
+
+    # ---- registry ------------------------------------------------------------------------
+
+    @app.get("/api/nodes", tags=["registry"], dependencies=auth,
+             summary="every node seen or registered, not retired")
+    def nodes(retired: StrictBool = Query(False, description="the retired nodes too")
+              ) -> list[dict[str, Any]]:
+        return api.nodes(include_retired=retired)
+
+    @app.get("/api/nodes/{node}", tags=["registry"], dependencies=auth,
+             summary="one node, with its gap ranges", responses={404: {"description": "unknown"}})
+    def node(node: NodeId) -> dict[str, Any]:
+        return api.node(node)
+
+    @app.put("/api/nodes/{node}", tags=["registry"], dependencies=auth,
+             summary="register a node (201 new, 200 updated)",
+             responses={201: {"description": "registered"}})
+    def register(node: NodeId, body: Registration) -> JSONResponse:
+        status, row = api.register(node, body.model_dump())
+        return JSONResponse(row, status_code=status)
+
+    @app.post("/api/nodes/{node}/retire", tags=["registry"], dependencies=auth,
+              summary="take a node out of service", responses={404: {"description": "unknown"}})
+    def retire(node: NodeId, body: Optional[Retirement] = Body(None)) -> dict[str, Any]:
+        return api.lifecycle(node, "retire", (body or Retirement()).note)
+
+    @app.post("/api/nodes/{node}/reinstate", tags=["registry"], dependencies=auth,
+              summary="put a retired node back in service",
+              responses={404: {"description": "unknown"}})
+    def reinstate(node: NodeId) -> dict[str, Any]:
+        return api.lifecycle(node, "reinstate", "")
+
+    @app.delete("/api/nodes/{node}", tags=["registry"], dependencies=auth,
+                summary="delete a node that never sent a reading",
+                responses={404: {"description": "unknown"},
+                           409: {"description": "it sent readings: retire it"}})
+    def delete(node: NodeId) -> dict[str, Any]:
+        return api.delete(node)
+
+    # ---- alarms, quarantine, dead letters ------------------------------------------------
+
+    @app.get("/api/alarms", tags=["operations"], dependencies=auth, summary="active alarms")
+    def alarms() -> list[dict[str, Any]]:
+        return api.alarms()
+
+    @app.get("/api/quarantine", tags=["operations"], dependencies=auth,
+             summary="rejected messages, newest first, payload in hex")
+    def quarantine(reason: Optional[str] = Query(None, max_length=64),
+                   limit: int = Query(100, ge=1, le=1000)) -> list[dict[str, Any]]:
+        return api.listing("quarantine", limit, "reason", reason)
+
+    @app.get("/api/deadletters", tags=["operations"], dependencies=auth,
+             summary="batches and items the sinks could not deliver, newest first")
+    def deadletters(sink: Optional[str] = Query(None, max_length=64),
+                    limit: int = Query(100, ge=1, le=1000)) -> list[dict[str, Any]]:
+        return api.listing("deadletters", limit, "sink", sink)
+
+    @app.post("/api/deadletters/{letter}/replay", tags=["operations"], dependencies=auth,
+              summary="queue a dead letter again for its sink",
+              responses={404: {"description": "no such letter"},
+                         409: {"description": "replayed before"}})
+    def replay(letter: int = Path(ge=1, le=2**63 - 1), body: Optional[Replay] = Body(None)) -> dict[str, Any]:
+        return api.replay(letter, (body or Replay()).again)
+
+    # ---- downlink and updates ------------------------------------------------------------
+
+    @app.post("/api/send", tags=["downlink"], dependencies=auth,
+              summary="a config patch or a command to nodes; waits for their answers",
+              responses={404: {"description": "the group has no registered nodes"}})
+    def send(body: Downlink) -> dict[str, Any]:
+        return api.send(body.model_dump(exclude_unset=True))
+
+    @app.get("/api/ota", tags=["downlink"], dependencies=auth,
+             summary="the last app-update rollout's progress",
+             responses={404: {"description": "no rollout yet"}})
+    def ota() -> dict[str, Any]:
+        return api.ota()
+
+    return app
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI description, without a gateway (docs/openapi.json is this)."""
+    return make_app(None).openapi()  # type: ignore[arg-type] - routes are not called
+
+
+if __name__ == "__main__":  # python -m gateway.webapp > docs/openapi.json
+    import json
+    import sys
+
+    json.dump(openapi_document(), sys.stdout, indent=1, sort_keys=True)
+    sys.stdout.write("\n")
