@@ -13,6 +13,7 @@ folder of the config file, so a service does not depend on its working directory
 from __future__ import annotations
 
 import json
+import math
 import tomllib
 from dataclasses import dataclass
 from datetime import date, datetime, time, timezone
@@ -225,6 +226,27 @@ def _number(low: float, high: float) -> Checker:
     return check
 
 
+def locations(key: str, value: Any, base: Path | None) -> dict[str, list[float]]:
+    """A table of node id (or "*", every other node) = [longitude, latitude] in degrees,
+    GeoJSON order."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(key, "must be a table of node id = [longitude, latitude]",
+                          got=show(value))
+    out = {}
+    for node, point in value.items():
+        where = f"{key}.{node}"
+        if (not isinstance(point, (list, tuple)) or len(point) != 2
+                or any(type(c) not in (int, float) or not math.isfinite(c) for c in point)):
+            raise ConfigError(where, "must be [longitude, latitude] in degrees",
+                              got=repr(point))
+        lon, lat = point
+        if not (-180 <= lon <= 180 and -90 <= lat <= 90):
+            raise ConfigError(where, "must be [longitude -180..180, latitude -90..90] "
+                                     "(GeoJSON order)", got=repr(point))
+        out[str(node)] = [lon, lat]
+    return out
+
+
 def _bool(key: str, value: Any, base: Path) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(key, "must be true or false", got=show(value))
@@ -380,7 +402,8 @@ SINK_SCHEMAS: dict[str, dict[str, tuple[Checker, Any]]] = {
         "token": (_text(), None),
         "token_file": (_path, None),
         "tenant": (_text(), None),
-        "context": (_text(), "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context.jsonld"),
+        "context": (_text(), None),
+        "locations": (locations, None),
         "gzip": (_bool, False),
         "verify_tls": (_bool, True),
         "ca_file": (_path, None),

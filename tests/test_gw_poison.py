@@ -194,8 +194,9 @@ def test_ngsild_sink_dead_letters_a_time_past_9999_and_upserts_the_rest(tmp_path
             out = set()
             for _, _, body in rec.requests:
                 for ent in json.loads(body):
-                    out.add({"urn:ngsi-ld:WaterMeter:w1": 1,
-                             "urn:ngsi-ld:WaterMeter:w2": 4}[ent["id"]])
+                    if ent["type"] == "WaterConsumptionObserved":
+                        out.add({"urn:ngsi-ld:WaterConsumptionObserved:w1": 1,
+                                 "urn:ngsi-ld:WaterConsumptionObserved:w2": 4}[ent["id"]])
             return sorted(out)
         box = run_worker(tmp_path, "ngsi-ld", {"url": rec.url}, [YEAR_10000, NAN], seqs)
         assert len(rec.requests) == 1, "the rest of the batch went in the same pass"

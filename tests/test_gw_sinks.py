@@ -104,19 +104,23 @@ def test_ngsi_ld_sink_upserts_smart_data_model_entities(tmp_path, recorder):
     assert headers["Content-Type"] == "application/ld+json"
     assert headers["NGSILD-Tenant"] == "city"
     entities = {e["id"]: e for e in json.loads(body)}
-    meter = entities["urn:ngsi-ld:WaterMeter:w1"]
-    assert meter["type"] == "WaterMeter"
-    assert meter["waterVolume"] == {"type": "Property", "value": 12.35, "unitCode": "MTQ",
-                                    "observedAt": "2025-11-21T08:01:00Z"}  # T0 is 08:00:00Z
-    weather = entities["urn:ngsi-ld:WeatherObserved:w1"]
-    assert weather["temperature"]["value"] == 9.5 and weather["temperature"]["unitCode"] == "CEL"
+    meter = entities["urn:ngsi-ld:WaterConsumptionObserved:w1"]
+    assert meter["type"] == "WaterConsumptionObserved"
+    assert meter["waterConsumption"] == {
+        "type": "Property", "value": 12350, "unitCode": "LTR",
+        "observedAt": "2025-11-21T08:01:00Z",  # T0 is 08:00:00Z
+        "observedBy": {"type": "Relationship", "object": "urn:ngsi-ld:Device:w1"}}
+    # the temperature in the water meter's record is the water's, not a weather station's
+    medium = entities["urn:ngsi-ld:DeviceMeasurement:w1:temperature"]
+    assert medium["numValue"]["value"] == 9.5 and medium["numValue"]["unitCode"] == "CEL"
     alert = entities["urn:ngsi-ld:Alert:w1:leak"]
-    assert alert["subCategory"]["value"] == "leak" and alert["active"]["value"] is True
+    assert alert["name"]["value"] == "leak" and alert["data"]["value"]["active"] is True
     assert all("@context" in e for e in entities.values())
-    recorder.reply = (207, b'{"errors": [{"entityId": "urn:ngsi-ld:WaterMeter:w1"}]}', {})
+    recorder.reply = (207, b'{"errors": [{"entityId": '
+                           b'"urn:ngsi-ld:WaterConsumptionObserved:w1"}]}', {})
     with pytest.raises(DeliveryRejected) as rej:
         sink.deliver(batch)
-    assert "urn:ngsi-ld:WaterMeter:w1" in rej.value.reply
+    assert "urn:ngsi-ld:WaterConsumptionObserved:w1" in rej.value.reply
 
 
 @pytest.mark.slow

@@ -1,134 +1,409 @@
-"""The `ngsi-ld` sink: FIWARE NGSI-LD batch upsert of Smart-Data-Models-style entities.
+"""The `ngsi-ld` sink: FIWARE NGSI-LD batch upsert of FIWARE Smart Data Models entities.
 
     POST {url}/ngsi-ld/v1/entityOperations/upsert?options=update
     Content-Type: application/ld+json        (each entity carries "@context")
     NGSILD-Tenant: {tenant}                   (with tenant)
 
-One entity per node and kind of station, id `urn:ngsi-ld:{Type}:{node_id}`:
+Every entity is one of a published Smart Data Model, filled the way its JSON Schema says
+(units, ranges, enumerations, required attributes); `tests/test_gw_ngsild.py` validates each
+entity this module builds against the schemas kept in `tests/data/sdm/` (sources there).
 
-| channels in the reading | entity type |
+One record of a reading is one sensor's sample, so the channels beside an ambiguous one say
+what it measures (`station`): a temperature beside `heat_energy` is a heat meter's flow
+temperature, not the weather; alarm bits beside `water_volume` are the water meter's.
+
+| the record holds | channel -> entity `urn:ngsi-ld:{Type}:{node}[:{instance}]`, attribute (unit sent) |
 |---|---|
-| `water_volume`, `water_flow`, `water_pressure`, `ph`, `conductivity`, `free_chlorine`, `night_flow`, `turbidity` | `WaterMeter` |
-| `gas_volume` | `GasMeter` |
-| `heat_energy` | `HeatMeter` |
-| `pm1`, `pm2_5`, `pm10` | `AirQualityObserved` |
-| anything else (temperature, humidity, pressure, battery, rssi, alarms) | `WeatherObserved` (the environment station) |
+| `heat_energy` | `heat_energy` -> `SmartMeteringObservation` id `...:{node}:heat`, `totalConsumption` (kWh, `KWH`), `meterType` Heat |
+| `water_volume` | `water_volume` -> `WaterConsumptionObserved` `waterConsumption` (whole litres, `LTR`); `alarms` -> its `alarmFlowPersistence` (leak), `alarmWaterQuality` (backflow), `alarmTamper`, `acquisitionStageFailure` (sensor fault), `alarmInProgress` (any) |
+| `gas_volume` | `gas_volume` -> `SmartMeteringObservation` id `...:{node}:gas`, `totalConsumption` (m3, `MTQ`), `meterType` Gas |
+| `ph`, `conductivity`, `free_chlorine`, `turbidity` | -> `WaterQualityObserved` `pH`, `conductivity` (`D10`), `turbidity` (NTU), `temperature` (`CEL`); free chlorine, which the model has no attribute for, as its `measurand` `"freeChlorine, 0.45, M1, free chlorine"` (mg/L) |
+| `pm1`, `pm2_5`, `pm10` | -> `AirQualityObserved` `pm1`, `pm25`, `pm10` (ug/m3, `GQ`), `temperature`, `relativeHumidity` (0-1) |
+| anything else | `temperature`, `humidity`, `pressure` -> `WeatherObserved` `temperature` (`CEL`), `relativeHumidity` (0-1), `atmosphericPressure` (hPa, `A97`) |
 
-Each channel is a Property named in camelCase after the channel (`waterVolume`, `pm2_5` ->
-`pm25`, `temperature`, `relativeHumidity`, `atmosphericPressure`) with `value` in the SenML
-unit, `unitCode` (UN/CEFACT common code) and `observedAt`. A batch holding several readings
-of one entity upserts the latest value of each attribute (the upsert keeps no history; a
-temporal store takes the `http` SenML feed). Alarm events upsert an `Alert` entity
-`urn:ngsi-ld:Alert:{node}:{alarm}` with `alertSource` pointing at the node's `Device`.
+`rssi` is the node's `Device` (`urn:ngsi-ld:Device:{node}`, `rssi` in dBm); every other
+channel (`water_flow`, `night_flow`, `water_pressure`, `battery_voltage`, the meters' flows and
+temperatures, alarm bits of a gas or heat meter, a channel the models have no attribute for)
+is a `DeviceMeasurement` `urn:ngsi-ld:DeviceMeasurement:{node}:{channel}[:{instance}]` with
+`numValue` in the SenML unit. A battery voltage is no `batteryLevel` (0-1): that needs the
+battery's discharge curve, which the gateway does not know. Each reading also upserts the
+node's `Device` (`controlledProperty`: what the node measured since the sink started,
+`dateLastValueReported`), which every `refDevice` (`observedBy` where a model has no
+`refDevice`) points at.
 
-Upsert is idempotent, so a retried batch does no harm; the batch key is also sent as
-`Idempotency-Key`. A 207 (some entities failed) is treated as a permanent reject of the batch:
-the reply body, which names the failing entities, lands in dead letters.
+`WeatherObserved`, `AirQualityObserved` and `WaterQualityObserved` require `location`; the
+gateway knows a node's place only from the sink's `locations` option (node id -> `[longitude,
+latitude]`, `"*"` for every node not listed). A record whose model needs a location the node has not got is sent as
+`DeviceMeasurement`s instead (logged once per node), never with made-up coordinates; the other
+entities carry `location` when it is known. Alarm events upsert `urn:ngsi-ld:Alert:{node}:{alarm}` with `category` and
+`subCategory` from the model's lists (`ALERTS`), the meterlink alarm in `name`, `description`
+and `data`, severity `informational` once cleared.
+
+Each entity carries its model's own `@context` (`CONTEXTS`) unless the `context` option names
+one for all (a platform's merged context). A batch holding several readings of one entity
+upserts the latest value of each attribute (the upsert keeps no history; a temporal store
+takes the `http` SenML feed). Upsert is idempotent, so a retried batch does no harm; the batch
+key is also sent as `Idempotency-Key`. A 207 (some entities failed) is treated as a permanent
+reject of the batch: the reply body, which names the failing entities, lands in dead letters.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import math
-from typing import Any
+from decimal import Decimal
+from typing import Any, Callable, Mapping, NamedTuple
 
-from gateway.errors import DeliveryRejected
+from gateway.channels import default_table
+from gateway.config import locations
+from gateway.errors import ConfigError, DeliveryRejected
+from gateway.logfmt import kv
 from gateway.outbox import Batch, Item
 from gateway.sinks import Sink, convert_each
 from gateway.sinks.http import HttpPoster
 
+log = logging.getLogger("meterlink.gateway.sink.ngsild")
+
 UPSERT_PATH = "/ngsi-ld/v1/entityOperations/upsert?options=update"
 
-WATER = {"water_volume", "water_flow", "water_pressure", "ph", "conductivity", "free_chlorine",
-         "night_flow", "turbidity"}
-GAS = {"gas_volume"}
-HEAT = {"heat_energy"}
-AIR = {"pm1", "pm2_5", "pm10"}
+_SUBJECT_CONTEXT = "https://raw.githubusercontent.com/smart-data-models/{}/master/context.jsonld"
+# Each model's @context: its subject's context.jsonld (the Smart Data Models' reference
+# context; the subjects map the same term to different IRIs, so one for all would not do).
+CONTEXTS = {t: _SUBJECT_CONTEXT.format(s) for t, s in (
+    ("WeatherObserved", "dataModel.Weather"), ("AirQualityObserved", "dataModel.Environment"),
+    ("WaterQualityObserved", "dataModel.WaterQuality"),
+    ("WaterConsumptionObserved", "dataModel.WaterConsumption"),
+    ("SmartMeteringObservation", "dataModel.Device"), ("Device", "dataModel.Device"),
+    ("DeviceMeasurement", "dataModel.Device"), ("Alert", "dataModel.Alert"))}
 
-ATTRIBUTE = {"humidity": "relativeHumidity", "pressure": "atmosphericPressure",
-             "pm2_5": "pm25", "battery_voltage": "batteryVoltage", "rssi": "rssi"}
+# What each model's schema has: `location` and `dateObserved` required, a `refDevice`
+# attribute (the others link each value to the device with `observedBy`, as their examples do).
+NEEDS_LOCATION = frozenset({"WeatherObserved", "AirQualityObserved", "WaterQualityObserved"})
+HAS_DATE_OBSERVED = NEEDS_LOCATION | {"DeviceMeasurement"}
+HAS_REF_DEVICE = frozenset({"WeatherObserved", "AirQualityObserved", "SmartMeteringObservation",
+                            "DeviceMeasurement"})
+
+WATER_QUALITY = frozenset({"ph", "conductivity", "free_chlorine", "turbidity"})
+AIR = frozenset({"pm1", "pm2_5", "pm10"})
+
+
+def shifted(value: int | float, power: int) -> int | float:
+    """`value * 10**power`, the exact decimal: 0.4567 for 45.67 %RH, not 0.45670000000000005."""
+    d = Decimal(repr(value)).scaleb(power)
+    return int(d) if d == d.to_integral_value() else float(d)
+
+
+def _shift(power: int) -> Callable[[int | float], int | float]:
+    return lambda v: shifted(v, power)
+
+
+def _litres(v: int | float) -> int:
+    """m3 -> whole litres (the channel's resolution; `waterConsumption` is an integer)."""
+    return int((Decimal(repr(v)) * 1000).to_integral_value())
+
+
+def _kwh(v: int | float) -> int | float:
+    """J -> kWh, to 6 decimals (3.6 J; the channel counts whole kJ)."""
+    d = round(Decimal(repr(v)) / 3600000, 6)
+    return int(d) if d == d.to_integral_value() else float(d)
+
+
+def _chlorine(v: int | float) -> list[str]:
+    """kg/m3 -> the model's measurand string `<measurand>, <value>, <unitCode>, <description>`."""
+    return [f"freeChlorine, {shifted(v, 3)}, M1, free chlorine"]
+
+
+def water_alarms(bits: int) -> dict[str, Any]:
+    """The WaterConsumptionObserved alarm attributes of the `alarms` channel's bits (1 leak: a
+    day of continuous flow, 2 backflow, 4 tamper, 8 sensor fault)."""
+    return {"alarmFlowPersistence": "In progress persistence" if bits & 1 else "No persistence",
+            "alarmWaterQuality": int(bool(bits & 2)), "alarmTamper": int(bool(bits & 4)),
+            "acquisitionStageFailure": int(bool(bits & 8)), "alarmInProgress": int(bool(bits))}
+
+
+class Home(NamedTuple):
+    """Where a channel goes in a model: entity type, attribute, the SenML unit the channel
+    must arrive in, the unitCode sent (None: the model fixes the unit) and the conversion.
+    With no attribute, `convert` gives several: {attribute: value}."""
+
+    type: str
+    attribute: str
+    unit: str
+    code: str | None
+    convert: Callable[[int | float], Any]
+
+
+_SAME = _shift(0)
+HOMES: dict[str, dict[str, Home]] = {
+    "heat": {"heat_energy": Home("SmartMeteringObservation", "totalConsumption", "J", "KWH",
+                                 _kwh)},
+    "water": {"water_volume": Home("WaterConsumptionObserved", "waterConsumption", "m3", "LTR",
+                                   _litres),
+              "alarms": Home("WaterConsumptionObserved", "", "", None, water_alarms)},
+    "gas": {"gas_volume": Home("SmartMeteringObservation", "totalConsumption", "m3", "MTQ",
+                               _SAME)},
+    "water_quality": {
+        "ph": Home("WaterQualityObserved", "pH", "pH", None, _SAME),
+        "conductivity": Home("WaterQualityObserved", "conductivity", "S/m", "D10", _SAME),
+        "turbidity": Home("WaterQualityObserved", "turbidity", "NTU", None, _SAME),
+        "free_chlorine": Home("WaterQualityObserved", "measurand", "kg/m3", None, _chlorine),
+        "temperature": Home("WaterQualityObserved", "temperature", "Cel", "CEL", _SAME)},
+    "air": {
+        "pm1": Home("AirQualityObserved", "pm1", "kg/m3", "GQ", _shift(9)),
+        "pm2_5": Home("AirQualityObserved", "pm25", "kg/m3", "GQ", _shift(9)),
+        "pm10": Home("AirQualityObserved", "pm10", "kg/m3", "GQ", _shift(9)),
+        "temperature": Home("AirQualityObserved", "temperature", "Cel", "CEL", _SAME),
+        "humidity": Home("AirQualityObserved", "relativeHumidity", "%RH", None, _shift(-2))},
+    "weather": {
+        "temperature": Home("WeatherObserved", "temperature", "Cel", "CEL", _SAME),
+        "humidity": Home("WeatherObserved", "relativeHumidity", "%RH", None, _shift(-2)),
+        "pressure": Home("WeatherObserved", "atmosphericPressure", "Pa", "A97", _shift(-2))},
+}
+METER_TYPE = {"heat": "Heat", "gas": "Gas"}
+
+# Device.controlledProperty terms (the model's enumeration) of the channels.
+CONTROLLED = {"temperature": "temperature", "humidity": "humidity",
+              "pressure": "atmosphericPressure", "water_volume": "waterConsumption",
+              "water_flow": "waterFlow", "night_flow": "waterFlow", "gas_volume": "gasConsumption",
+              "heat_energy": "energy", "battery_voltage": "batterySupply",
+              "pm1": "airPollution", "pm2_5": "airPollution", "pm10": "airPollution",
+              "ph": "pH", "conductivity": "conductivity", "free_chlorine": "freeChlorine",
+              "turbidity": "turbidity", "water_pressure": "pressure"}
+# UN/CEFACT common codes of the SenML units (pH and NTU have none), for DeviceMeasurement.
 UNIT_CODE = {"Cel": "CEL", "%RH": "P1", "Pa": "PAL", "m3": "MTQ", "m3/s": "MQS", "V": "VLT",
-             "kg/m3": "KMQ", "S/m": "D10", "J": "JOU"}
+             "kg/m3": "KMQ", "S/m": "D10", "J": "JOU", "dBm": "DBM"}
+
+# meterlink alarm -> (category, subCategory or None, severity while raised), from the model's
+# lists. A leak (a day of continuous flow through a meter) is no `flood`: it has no
+# subCategory. The categories are about the city, not the equipment: device and gateway
+# faults take the nearest, `security` (integrity and availability of the monitoring).
+ALERTS = {"leak": ("environment", None, "high"),
+          "backflow": ("environment", "waterPollution", "high"),
+          "tamper": ("security", "suspiciousAction", "high"),
+          "sensor": ("security", None, "medium"),
+          "low_battery": ("security", None, "low"),
+          "stale": ("security", None, "medium"),
+          "queue_overflow": ("security", None, "medium"),
+          "gaps": ("security", None, "low"),
+          "offline": ("security", None, "medium"),
+          "outbox_full": ("security", None, "high"),
+          "sink_auth": ("security", None, "high")}
+ALERT_DEFAULT = ("security", None, "medium")
 
 
-def entity_type(channel: str) -> str:
-    if channel in WATER:
-        return "WaterMeter"
-    if channel in GAS:
-        return "GasMeter"
-    if channel in HEAT:
-        return "HeatMeter"
-    if channel in AIR:
-        return "AirQualityObserved"
-    return "WeatherObserved"
-
-
-def attribute_name(channel: str) -> str:
-    if channel in ATTRIBUTE:
-        return ATTRIBUTE[channel]
-    head, *rest = channel.split("_")
-    return head + "".join(p.capitalize() for p in rest)
+def station(channels: set[str]) -> str:
+    """What kind of sensor took a record, from the channels it holds (a key of `HOMES`)."""
+    if "heat_energy" in channels:
+        return "heat"
+    if "water_volume" in channels:
+        return "water"
+    if "gas_volume" in channels:
+        return "gas"
+    if channels & WATER_QUALITY:
+        return "water_quality"
+    if channels & AIR:
+        return "air"
+    return "weather"
 
 
 def iso(t: float) -> str:
     return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def item_entities(item: Item, context: str) -> list[dict[str, Any]]:
-    """The entities one outbox item updates (raises on a value it cannot convert)."""
-    if item.kind != "reading":
-        b = item.body
-        eid = f"urn:ngsi-ld:Alert:{b['node']}:{b['alarm']}"
-        return [{"id": eid, "type": "Alert", "@context": context,
-                 "category": {"type": "Property", "value": "meter"},
-                 "subCategory": {"type": "Property", "value": b["alarm"]},
-                 "active": {"type": "Property", "value": b["active"],
-                            "observedAt": iso(b["t"])},
-                 "description": {"type": "Property", "value": b.get("detail") or ""},
-                 "dateIssued": {"type": "Property", "value": iso(b["t"])},
-                 "alertSource": {"type": "Relationship",
-                                 "object": f"urn:ngsi-ld:Device:{b['node']}"}}]
-    out: dict[str, dict[str, Any]] = {}
-    for rec in item.body:
-        _, channel, *inst = rec["n"].split(":")
-        value = rec["v"]
-        if type(value) is float and not math.isfinite(value):
-            raise ValueError(f"{rec['n']}: value {value} is not a JSON number")
-        etype = entity_type(channel)
-        eid = f"urn:ngsi-ld:{etype}:{item.node}"
-        ent = out.setdefault(eid, {"id": eid, "type": etype, "@context": context,
-                                   "refDevice": {"type": "Relationship", "object":
-                                                 f"urn:ngsi-ld:Device:{item.node}"}})
-        name = attribute_name(channel) + (f"_{inst[0]}" if inst else "")
-        prop: dict[str, Any] = {"type": "Property", "value": value, "observedAt": iso(rec["t"])}
-        if rec.get("u") in UNIT_CODE:
-            prop["unitCode"] = UNIT_CODE[rec["u"]]
-        ent[name] = prop
-    return list(out.values())
+def date_time(at: str) -> dict[str, Any]:
+    """A DateTime Property (NGSI-LD writes date-time values as typed JSON-LD values)."""
+    return {"type": "Property", "value": {"@type": "DateTime", "@value": at}}
+
+
+def relationship(eid: str) -> dict[str, Any]:
+    return {"type": "Relationship", "object": eid}
+
+
+def check_locations(raw: Any) -> dict[str, list[float]]:
+    """The `locations` option: node id (or "*") -> [longitude, latitude], GeoJSON order
+    (checked by the config loader, `gateway.config.locations`)."""
+    return {} if raw is None else locations("sinks.ngsi-ld.locations", raw, None)
+
+
+class Converter:
+    """Builds the upsert body of a batch. Remembers, per node, the controlled properties seen
+    since it was made (the Device's `controlledProperty`: one record holds one sensor's
+    channels) and the nodes it has warned about having no location."""
+
+    def __init__(self, *, context: str | None = None,
+                 locations: Mapping[str, list[float]] | None = None) -> None:
+        self.context = context
+        self.locations = check_locations(locations)
+        self.controlled: dict[str, set[str]] = {}
+        self._warned: set[str] = set()
+        self._describe = {ch.name: ch.description for ch in default_table()}
+
+    def __repr__(self) -> str:
+        return f"Converter(context={self.context!r}, locations={len(self.locations)})"
+
+    def location(self, node: str) -> dict[str, Any] | None:
+        point = self.locations.get(node, self.locations.get("*"))
+        if point is None:
+            return None
+        return {"type": "GeoProperty", "value": {"type": "Point", "coordinates": point}}
+
+    def _entity(self, etype: str, eid: str, node: str) -> dict[str, Any]:
+        ent: dict[str, Any] = {"id": eid, "type": etype,
+                               "@context": self.context or CONTEXTS[etype]}
+        where = self.location(node)
+        if where is not None:
+            ent["location"] = where
+        if etype in HAS_REF_DEVICE:
+            ent["refDevice"] = relationship(f"urn:ngsi-ld:Device:{node}")
+        return ent
+
+    def entities(self, batch: Batch) -> list[dict[str, Any]]:
+        """The upsert body: one entity per id, the latest value of each attribute.
+        `Unconvertible` names the items that cannot be converted."""
+        out: dict[str, dict[str, Any]] = {}
+        for ents in convert_each(batch, self.item_entities):
+            for ent in ents:
+                merge(out, ent)
+        return list(out.values())
+
+    def item_entities(self, item: Item) -> list[dict[str, Any]]:
+        """The entities one outbox item updates (raises on a value it cannot convert)."""
+        if item.kind != "reading":
+            return [self.alert(item.body)]
+        node = item.node
+        device = f"urn:ngsi-ld:Device:{node}"
+        names = [rec["n"].split(":") for rec in item.body]
+        kind = station({n[1] for n in names})
+        located = self.location(node) is not None
+        controlled = self.controlled.setdefault(node, set())
+        dev = self._entity("Device", device, node)
+        dev.update(name={"type": "Property", "value": node},
+                   supportedProtocol={"type": "Property", "value": ["mqtt"]},
+                   dateLastValueReported=date_time(iso(item.created)))
+        out: dict[str, dict[str, Any]] = {device: dev}
+        for rec, (_, channel, *inst) in zip(item.body, names):
+            value = rec["v"]
+            if type(value) not in (int, float):
+                raise TypeError(f"{rec['n']}: value {value!r} is not a number")
+            if type(value) is float and not math.isfinite(value):
+                raise ValueError(f"{rec['n']}: value {value} is not a JSON number")
+            at = iso(rec["t"])
+            suffix = f":{inst[0]}" if inst else ""
+            if channel in CONTROLLED:
+                controlled.add(CONTROLLED[channel])
+            home = HOMES[kind].get(channel)
+            if channel == "rssi":
+                dev["rssi"] = {"type": "Property", "value": value, "observedAt": at,
+                               "unitCode": "DBM"}
+            elif home is None or (home.type in NEEDS_LOCATION and not located):
+                if home is not None and node not in self._warned:
+                    self._warned.add(node)
+                    log.warning("ngsi_ld_no_location", extra=kv(
+                        node=node, model=home.type, sent="DeviceMeasurement",
+                        hint="set [sinks.ngsi-ld] locations"))
+                self._measurement(out, node, rec, channel, suffix, at)
+            else:
+                self._observed(out, node, kind, home, rec, suffix, at)
+        dev["controlledProperty"] = {"type": "Property", "value": sorted(controlled)}
+        return list(out.values())
+
+    def _observed(self, out: dict[str, dict[str, Any]], node: str, kind: str, home: Home,
+                  rec: dict[str, Any], suffix: str, at: str) -> None:
+        if rec.get("u", "") != home.unit:
+            raise ValueError(f"{rec['n']}: unit {rec.get('u')!r}, {home.type}.{home.attribute} "
+                             f"takes {home.unit!r}")
+        meter = f":{kind}" if home.type == "SmartMeteringObservation" else ""
+        eid = f"urn:ngsi-ld:{home.type}:{node}{meter}{suffix}"
+        ent = out.get(eid)
+        if ent is None:
+            ent = out[eid] = self._entity(home.type, eid, node)
+            if meter:
+                ent["meterType"] = {"type": "Property", "value": METER_TYPE[kind]}
+        values = ({home.attribute: home.convert(rec["v"])} if home.attribute
+                  else home.convert(rec["v"]))
+        for name, value in values.items():
+            prop: dict[str, Any] = {"type": "Property", "value": value, "observedAt": at}
+            if home.code:
+                prop["unitCode"] = home.code
+            if home.type not in HAS_REF_DEVICE:
+                prop["observedBy"] = relationship(f"urn:ngsi-ld:Device:{node}")
+            ent[name] = prop
+        if home.type in HAS_DATE_OBSERVED:
+            _date_observed(ent, at)
+
+    def _measurement(self, out: dict[str, dict[str, Any]], node: str, rec: dict[str, Any],
+                     channel: str, suffix: str, at: str) -> None:
+        eid = f"urn:ngsi-ld:DeviceMeasurement:{node}:{channel}{suffix}"
+        ent = out[eid] = self._entity("DeviceMeasurement", eid, node)
+        ent["name"] = {"type": "Property", "value": channel + suffix}
+        if channel in self._describe:
+            ent["description"] = {"type": "Property", "value": self._describe[channel]}
+        if channel in CONTROLLED:
+            ent["controlledProperty"] = {"type": "Property", "value": CONTROLLED[channel]}
+        num: dict[str, Any] = {"type": "Property", "value": rec["v"], "observedAt": at}
+        code = UNIT_CODE.get(rec.get("u", ""))
+        if code:
+            num["unitCode"] = code
+            ent["unit"] = {"type": "Property", "value": code}
+        ent["numValue"] = num
+        _date_observed(ent, at)
+
+    def alert(self, b: dict[str, Any]) -> dict[str, Any]:
+        """The Alert entity of an alarm event (raised or cleared)."""
+        node, alarm, active = b["node"], b["alarm"], b["active"]
+        category, sub, severity = ALERTS.get(alarm.split(":", 1)[0], ALERT_DEFAULT)
+        detail = b.get("detail") or ""
+        eid = f"urn:ngsi-ld:Alert:{node}:{alarm}"
+        ent = self._entity("Alert", eid, node)
+        ent["category"] = {"type": "Property", "value": category}
+        if sub:
+            ent["subCategory"] = {"type": "Property", "value": sub}
+        text = f"meterlink alarm {alarm} {'raised' if active else 'cleared'} on {node}"
+        ent.update(
+            severity={"type": "Property", "value": severity if active else "informational"},
+            name={"type": "Property", "value": alarm},
+            description={"type": "Property", "value": text + (f": {detail}" if detail else "")},
+            data={"type": "Property", "value": {"alarm": alarm, "active": active,
+                                                "detail": detail}},
+            dateIssued=date_time(iso(b["t"])),
+            alertSource=relationship(f"urn:ngsi-ld:Device:{node}"))
+        return ent
+
+
+def _date_observed(ent: dict[str, Any], at: str) -> None:
+    prev = ent.get("dateObserved")
+    if prev is None or _when(prev) < at:
+        ent["dateObserved"] = date_time(at)
+
+
+def _when(attr: Any) -> str:
+    """The time an attribute's value is of: `observedAt`, a DateTime's value, or "" (static)."""
+    if not isinstance(attr, dict):
+        return ""
+    if "observedAt" in attr:
+        return attr["observedAt"]
+    value = attr.get("value")
+    if isinstance(value, dict) and value.get("@type") == "DateTime":
+        return value["@value"]
+    return ""
 
 
 def merge(out: dict[str, dict[str, Any]], ent: dict[str, Any]) -> None:
-    """Adds `ent` to the upsert body `out`: the latest value of each attribute stays."""
+    """Adds `ent` to the upsert body `out`: the latest value of each attribute stays, a
+    Device's `controlledProperty` is the union, an Alert's latest event wins whole."""
     old = out.get(ent["id"])
     if old is None or ent["type"] == "Alert":
         out[ent["id"]] = dict(ent)
         return
-    for name, prop in ent.items():
-        if isinstance(prop, dict) and "observedAt" in prop:
-            prev = old.get(name)
-            if prev is None or prev["observedAt"] <= prop["observedAt"]:
-                old[name] = prop
-
-
-def entities(batch: Batch, context: str) -> list[dict[str, Any]]:
-    """The upsert body for a batch: one entity per (type, node), latest value per attribute.
-    `Unconvertible` names the items that cannot be converted."""
-    out: dict[str, dict[str, Any]] = {}
-    for ents in convert_each(batch, lambda item: item_entities(item, context)):
-        for ent in ents:
-            merge(out, ent)
-    return list(out.values())
+    for name, attr in ent.items():
+        prev = old.get(name)
+        if name == "controlledProperty" and ent["type"] == "Device" and prev is not None:
+            union = sorted(set(prev["value"]) | set(attr["value"]))
+            old[name] = {"type": "Property", "value": union}
+        elif prev is None or _when(prev) <= _when(attr):
+            old[name] = attr
 
 
 class NgsiLdSink(Sink):
@@ -140,14 +415,17 @@ class NgsiLdSink(Sink):
         super().__init__(config)
         o = config.options
         self.poster = HttpPoster.from_options(o)
-        self.context = o["context"]
+        self.converter = Converter(context=o.get("context"), locations=o.get("locations"))
         self.tenant = o["tenant"]
 
     def credential_changed(self) -> bool:
         return self.poster.credential_changed()
 
+    def entities(self, batch: Batch) -> list[dict[str, Any]]:
+        return self.converter.entities(batch)
+
     def deliver(self, batch: Batch) -> None:
-        body = json.dumps(entities(batch, self.context), separators=(",", ":"),
+        body = json.dumps(self.entities(batch), separators=(",", ":"),
                           allow_nan=False).encode()
         headers = {"Content-Type": "application/ld+json", "Idempotency-Key": batch.key}
         if self.tenant:
