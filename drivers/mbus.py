@@ -245,8 +245,8 @@ class MBusSensor:
         alarm = 8 if t["status"] & 0x1C or t["status"] & 3 in (2, 3) else 0
         for unit, exp, value, storage, tariff, subunit, fn, vifes in t["records"]:
             if storage or tariff or subunit or fn or vifes and unit != "error_flags" \
-                    or value is None:
-                continue  # history, tariffs, backward flow etc.: decoded, not sent
+                    or not isinstance(value, (int, float)):
+                continue  # history, tariffs, backward flow, text, dates: not sent
             if unit == "m3":
                 key = keys["gas"] if t["medium"] == _MEDIUM_GAS else keys["water"]
                 values[key] = mbusparse.scaled(value, exp, -3)  # litres

@@ -58,8 +58,9 @@ def test_hand_built_water_meter_frame_decodes_to_the_right_volume():
     recs = t["records"]
     assert recs[0][:3] == ("m3", -3, 123456)  # 123.456 m3
     assert mbusparse.scaled(recs[0][2], recs[0][1], -3) == 123456  # litres on the wire
-    assert recs[1][:3] == ("datetime", 0, (2025, 11, 21, 8, 30))
+    assert recs[1][:3] == ("datetime", 0, (2025, 11, 21, 8, 30, 0, 0))  # no seconds, winter
     assert recs[2][:3] == ("error_flags", 0, 0)
+    assert t["problems"] == []
 
 
 def test_corrupted_checksum_length_and_stop_byte_are_rejected_with_the_reason():
@@ -75,8 +76,10 @@ def test_corrupted_checksum_length_and_stop_byte_are_rejected_with_the_reason():
     _err(lambda: mbus.check_long(bad, len(bad)), "stop byte 0x00")
     _err(lambda: mbus.check_long(frame, len(frame) - 4), "cut short")
     bad = bytearray(frame)
-    bad[0x13 + 4] = 0x5A  # a BCD digit A inside the volume
-    _err(lambda: mbusparse.parse(_fix_checksum(bytes(bad))), "invalid BCD")
+    bad[0x13 + 4] = 0x5A  # a BCD digit A inside the volume: that value is unavailable, no number
+    t = mbusparse.parse(_fix_checksum(bytes(bad)))
+    assert t["problems"] == [(19, "m3", "value unavailable: hex digit in BCD")], t["problems"]
+    assert [r[0] for r in t["records"]] == ["datetime", "error_flags"]
 
 
 def test_water_meter_over_the_line_with_dife_vife_chains_and_history():
@@ -106,6 +109,26 @@ def test_gas_and_heat_meters_map_to_their_channels():
     heat = asyncio.run(_adapter({"address": 8, "instance": 2}).sample())
     # 4567 kWh = 16441200 kJ; flow and return temperature as instances 2 and 3
     assert heat == {19 + 128: 16441200, 4 + 128: 250000, 1 + 128: 7050, 1 + 192: 4520}, heat
+
+
+def test_a_value_that_cannot_be_decoded_is_left_out_and_the_total_still_sent():
+    # The meter's answer as a meter with a failed temperature sensor sends it: volume 0C 13
+    # 123.456 m3, flow temperature 05 5B as a 32-bit real NaN (00 00 C0 7F), return temperature
+    # 0A 5E as BCD showing dashes (AA AA). The volume is sent, the temperatures are omitted (not
+    # zero, not NaN), and the telegram's problems stay in `last` for diagnostics.
+    _board()
+    a = _adapter({"address": 5})
+    body = b"\x08\x05\x72" + _WATER[7:19] + b"\x0c\x13\x56\x34\x12\x00" \
+        b"\x05\x5b\x00\x00\xc0\x7f" b"\x0a\x5e\xaa\xaa"
+    frame = _fix_checksum(bytes((0x68, len(body), len(body), 0x68)) + body + b"\x00\x16")
+
+    async def answer(address):
+        return frame
+
+    a.bus.req_ud2 = answer
+    a._ready = True  # no SND_NKE: no meter on the line, the answer is given above
+    assert asyncio.run(a.sample()) == {4: 123456}
+    assert [p[:2] for p in a.last["problems"]] == [(25, "flow_temp_C"), (31, "return_temp_C")]
 
 
 def test_fcb_toggles_and_a_lost_answer_is_repeated_not_skipped():
