@@ -18,6 +18,8 @@
     POST /api/send                downlink: {"node"|"nodes"|"group", "config"+"version" |
                                   "cmd"+"args", "timeout_s"?, "wait"?}
     GET  /api/ota                 the last app-update rollout's progress
+    GET  /api/nodes/{id}/series   time series from the history (?channels=&from=&to=&step=)
+    GET  /api/nodes/{id}/consumption  a meter's use per day from its totals (?channel=&from=&to=)
 
 `ApiServer` is what the routes do (this module); the routes, request models, token check and
 error replies are the ASGI application in `gateway.webapp`. The server runs on its own thread
@@ -55,6 +57,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("meterlink.gateway.api")
 
 STOP_S = 5.0  # what stop() waits for requests under way
+MAX_POINTS = 10000  # per series and request
+MAX_POINTS_AUTO = 500  # when the request gives no step
 
 
 class ApiError(Exception):
@@ -112,6 +116,12 @@ class ApiServer:
             self.sock.close()
             self.box.close()
             raise
+        self.history = None
+        for sink in gateway.config.sinks:
+            if sink.name == "history":
+                from gateway.sinks.history import History
+                self.history = History(sink.options["path"],
+                                       raw_days=sink.options["raw_days"])
         from gateway.metrics import make_registry
         self.metrics = make_registry(gateway, self.box, self.lock)
         self.app = make_app(self)
@@ -138,6 +148,8 @@ class ApiServer:
             self.thread.join(STOP_S + 1)
         self.sock.close()
         self.box.close()
+        if self.history is not None:
+            self.history.close()
 
     # ---- handlers ---------------------------------------------------------------------------
 
@@ -168,6 +180,47 @@ class ApiServer:
             alarms = self._alarms_by_node().get(node)
         return node_row(rows[0], missing=sum(b - a + 1 for a, b in gaps), gaps=gaps,
                         alarms=alarms)
+
+    def _history(self, node: str):
+        if self.history is None:
+            raise ApiError(404, "this gateway keeps no history: add [sinks.history] to its "
+                                "config")
+        with self.lock:
+            known = self.box.db.execute("SELECT 1 FROM nodes WHERE node=?", (node,)).fetchone()
+        if not known:
+            raise ApiError(404, f"node {node!r} is not known")
+        return self.history
+
+    def series(self, node: str, channels: list[str] | None, t0: float | None,
+               t1: float | None, step: int | None) -> dict[str, Any]:
+        """Time series of a node's channels (the history sink's), one mean per step."""
+        history = self._history(node)
+        t1 = time.time() if t1 is None else t1
+        t0 = t1 - 86400 if t0 is None else t0
+        if t0 >= t1:
+            raise ApiError(400, f"from: must be before to (got from {t0:g}, to {t1:g})")
+        if step is None:
+            step = max(60, int(-(-(t1 - t0) // MAX_POINTS_AUTO)))
+        if (t1 - t0) / step > MAX_POINTS:
+            raise ApiError(400, f"step: {step} s gives more than {MAX_POINTS} points over "
+                                f"{t1 - t0:g} s; at least {int(-(-(t1 - t0) // MAX_POINTS))}")
+        names = channels or history.channels(node)
+        return {"node": node, "from": t0, "to": t1, "step": step,
+                "series": history.series(node, names, t0, t1, step)}
+
+    def consumption(self, node: str, channel: str, t0: float | None,
+                    t1: float | None) -> dict[str, Any]:
+        """A meter's consumption per day, from differences of its totals."""
+        from gateway.sinks.history import TOTALS
+
+        if channel.split(":")[0] not in TOTALS:
+            raise ApiError(400, f"channel: {channel!r} is no meter total "
+                                f"({', '.join(TOTALS)})")
+        history = self._history(node)
+        t1 = time.time() if t1 is None else t1
+        t0 = t1 - 30 * 86400 if t0 is None else t0
+        return {"node": node, "channel": channel, "period": "day",
+                "days": history.consumption(node, channel, t0, t1)}
 
     def ota(self) -> dict[str, Any]:
         """The last app-update rollout's progress per node (`meterlink gateway ota` writes it

@@ -35,6 +35,7 @@ import logging
 import random
 import threading
 import time
+from typing import Callable
 
 from gateway.channels import ChannelTable
 from gateway.config import SinkConfig
@@ -48,6 +49,11 @@ from gateway.stats import Stats
 log = logging.getLogger("meterlink.gateway.batcher")
 
 IDLE_POLL_S = 1.0
+# A background sink (`Sink.background`, the history) yields to ingest: it cuts a batch once
+# ingest was quiet for QUIET_S, or once its oldest item waited MAX_DEFER_S, so that a burst is
+# acknowledged to the nodes first and a sustained stream still cannot starve it.
+QUIET_S = 0.25
+MAX_DEFER_S = 10.0
 CRASH_PAUSE_S = 5.0  # after an unexpected error: the batch stays claimed, retried then
 AUTH_PROBE_S = 60.0  # between deliveries tried while the upstream refuses the credential
 
@@ -77,6 +83,9 @@ class SinkWorker:
         self.auth_problem: str | None = None  # the refusal while paused, else None
         self.delivered = False  # a batch went through since the start
         self.auth_probe_s = AUTH_PROBE_S
+        # seconds since ingest last handled a batch (set by the gateway for background sinks)
+        self.ingest_quiet: Callable[[], float] | None = None
+        self._age = 0.0  # of the oldest item waiting, as _due last saw it
         sink.resume = self.resume
         self._thread: threading.Thread | None = None
         self.box: Outbox | None = None
@@ -163,7 +172,7 @@ class SinkWorker:
             return IDLE_POLL_S
         if count >= self.config.batch_max_records or size >= self.config.batch_max_bytes:
             return 0.0
-        age = self._clock() - oldest
+        age = self._age = self._clock() - oldest
         if age < 0:  # stored "in the future": the clock was stepped back; do not wait for it
             return 0.0
         return max(0.0, min(IDLE_POLL_S, self.config.batch_max_age_s - age))
@@ -184,6 +193,10 @@ class SinkWorker:
                         self._wake.wait(wait)
                         self._wake.clear()
                         continue
+                    wait = self._yield_to_ingest()
+                    if wait > 0:
+                        self._stop.wait(wait)
+                        continue
                     self._one(box)
             except Exception:  # noqa: BLE001 - a bug or a locked database: loud, then go on
                 log.exception("sink_worker_error", extra=kv(sink=self.name,
@@ -192,6 +205,15 @@ class SinkWorker:
                 self._sleep(CRASH_PAUSE_S)
             finally:
                 box.close()
+
+    def _yield_to_ingest(self) -> float:
+        """Seconds a background sink waits before its batch (0: go now); see QUIET_S."""
+        if self.ingest_quiet is None:
+            return 0.0
+        quiet = self.ingest_quiet()
+        if quiet >= QUIET_S or self._age >= MAX_DEFER_S:
+            return 0.0
+        return QUIET_S - quiet
 
     def _one(self, box: Outbox) -> None:
         batch = box.claim_batch(self.name, max_records=self.config.batch_max_records,

@@ -426,8 +426,15 @@ SINK_SCHEMAS: dict[str, dict[str, tuple[Checker, Any]]] = {
         "timeout_s": (_number(0.1, 600), 10.0),
     },
 }
+SINK_SCHEMAS["history"] = {
+    "path": (_path, "history.db"),
+    "raw_days": (_number(1, 3660), 7.0),
+    "hourly_days": (_number(1, 36600), 366.0),
+}
 SINK_DEFAULTS: dict[str, dict[str, Any]] = {
     "file": {"batch_max_age_s": 0.05, "backoff_max_s": 30.0},
+    "history": {"batch_max_records": 2000, "batch_max_age_s": 2.0, "backoff_max_s": 30.0,
+                "events": False},
 }
 
 _REQUIRED_WHY = {"sink.path": "(the JSONL file accepted readings are appended to)",

@@ -168,6 +168,7 @@ class Gateway:
         self._pending_lock = threading.Lock()
         self._outbox_full = False
         self._warn_after = 0.0
+        self._ingested_at = 0.0  # monotonic time ingest last handled a batch
         self.client = self._make_client()
 
     def __repr__(self) -> str:
@@ -217,6 +218,8 @@ class Gateway:
         for sink_cfg in self.config.sinks:
             worker = SinkWorker(make_sink(sink_cfg), sink_cfg, self.config.outbox.path,
                                 self.stats, clock=self._clock, table=self.table)
+            if worker.sink.background:
+                worker.ingest_quiet = self.ingest_quiet_s
             worker.start()
             self.workers.append(worker)
         if self.config.api.enabled:
@@ -310,6 +313,10 @@ class Gateway:
             and self._ingest_thread is not None and self._ingest_thread.is_alive()
 
     # ---- ingest thread ----------------------------------------------------------------------
+
+    def ingest_quiet_s(self) -> float:
+        """Seconds since ingest last handled a batch (background sinks wait for quiet)."""
+        return time.monotonic() - self._ingested_at
 
     def on_ingest_thread(self, fn: Callable[[Any], Any], timeout: float = 10.0) -> Any:
         """`fn(registry)` in one outbox transaction on the ingest thread, which owns the
@@ -438,6 +445,7 @@ class Gateway:
                         break
                     continue
                 self.ingestor.handle_batch(batch)
+                self._ingested_at = time.monotonic()
                 self._ack(batch)
                 self._check_outbox_size()  # a few page counts: the limit holds to a batch
                 for worker in self.workers:

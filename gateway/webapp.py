@@ -45,6 +45,8 @@ UNAUTHORIZED = ("a bearer token is required: Authorization: Bearer TOKEN ([api] 
                 "the token_file's)")
 
 
+TOTAL = r"^(water_volume|gas_volume|heat_energy)(:[0-9]{1,2})?$"  # history.TOTALS
+CHANNELS = r"^[a-z][a-z0-9_]{0,31}(:[0-9]{1,2})?(,[a-z][a-z0-9_]{0,31}(:[0-9]{1,2})?)*$"
 NodeId = Annotated[str, Path(pattern=NODE_ID, description="node id: a-z 0-9 _ -, at most 32")]
 
 
@@ -278,6 +280,35 @@ def make_app(api: "ApiServer") -> FastAPI:
                            409: {"description": "it sent readings: retire it"}})
     def delete(node: NodeId) -> dict[str, Any]:
         return api.delete(node)
+
+    # ---- history --------------------------------------------------------------------------
+
+    @app.get("/api/nodes/{node}/series", tags=["history"], dependencies=auth,
+             summary="time series of a node's channels from the history, one mean per step",
+             responses={404: {"description": "unknown node, or no [sinks.history]"}})
+    def series(node: NodeId,
+               channels: Optional[str] = Query(None, max_length=2000, pattern=CHANNELS,
+                                               description="comma-separated; default all"),
+               t0: Optional[float] = Query(None, alias="from", ge=0, le=1e11,
+                                           description="Unix seconds; default to - 1 day"),
+               t1: Optional[float] = Query(None, alias="to", ge=0, le=1e11,
+                                           description="Unix seconds; default now"),
+               step: Optional[int] = Query(None, ge=1, le=366 * 86400,
+                                           description="seconds; default about 500 points")
+               ) -> dict[str, Any]:
+        names = channels.split(",") if channels else None
+        return api.series(node, names, t0, t1, step)
+
+    @app.get("/api/nodes/{node}/consumption", tags=["history"], dependencies=auth,
+             summary="a meter's consumption per day, from differences of its totals",
+             responses={404: {"description": "unknown node, or no [sinks.history]"}})
+    def consumption(node: NodeId,
+                    channel: str = Query("water_volume", pattern=TOTAL,
+                                         description="a meter total, with its instance"),
+                    t0: Optional[float] = Query(None, alias="from", ge=0, le=1e11),
+                    t1: Optional[float] = Query(None, alias="to", ge=0, le=1e11)
+                    ) -> dict[str, Any]:
+        return api.consumption(node, channel, t0, t1)
 
     # ---- alarms, quarantine, dead letters ------------------------------------------------
 

@@ -54,6 +54,9 @@ prefix = "m"
 path = "{sink}"
 events_path = "{events}"
 
+[sinks.history]
+path = "{history}"
+
 [gateway]
 stats_file = "{stats}"
 
@@ -145,6 +148,7 @@ def run(duration: float, out: Path, interval_s: int) -> int:
         gw_conf = work / "gateway.toml"
         gw_conf.write_text(GATEWAY_TOML.format(host=broker.host, port=broker.port,
                                                sink=sink, events=out / "events.jsonl",
+                                               history=out / "history.db",
                                                stats=stats_path,
                                                tls=broker.gateway_conf()))
         gw_log = open(out / "gateway.log", "wb")

@@ -97,7 +97,7 @@ log_level = "debug"
     ('[sinks.http]\nurl = "http://h.example"\nbackoff_initial_s = "1s"',
      'sinks.http.backoff_initial_s must be a number 0.01-3600: got "1s"'),
     ('[sinks.kafka]\nurl = 1',
-     "sinks.kafka is not a known sink (known: file, http, ngsi-ld, mqtt)"),
+     "sinks.kafka is not a known sink (known: file, http, ngsi-ld, mqtt, history)"),
     ('[sinks.mqtt]\nport = 1', "sinks.mqtt.host is required (the upstream broker)"),
     ('[gateway]\nlog_level = "verbose"',
      'gateway.log_level must be one of DEBUG, INFO, WARNING, ERROR: got "verbose"'),

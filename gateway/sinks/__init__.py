@@ -53,6 +53,9 @@ class Sink:
     """Base class: `open`, `deliver`, `close`. Subclasses set `name`."""
 
     name = ""
+    # A background sink yields to ingest (gateway.batcher.QUIET_S): its deliveries wait for a
+    # quiet moment, bounded, so that they never slow the acknowledgements to the nodes.
+    background = False
 
     def __init__(self, config: SinkConfig) -> None:
         self.config = config
@@ -185,10 +188,12 @@ def convert_each(batch: Batch, convert: Callable[[Item], Any]) -> list[Any]:
 
 def _registry() -> dict[str, Callable[[SinkConfig], Sink]]:
     from gateway.sinks.file import FileSink
+    from gateway.sinks.history import HistorySink
     from gateway.sinks.http import HttpSink
     from gateway.sinks.mqtt import MqttSink
     from gateway.sinks.ngsild import NgsiLdSink
-    return {"file": FileSink, "http": HttpSink, "ngsi-ld": NgsiLdSink, "mqtt": MqttSink}
+    return {"file": FileSink, "http": HttpSink, "ngsi-ld": NgsiLdSink, "mqtt": MqttSink,
+            "history": HistorySink}
 
 
 def make_sink(config: SinkConfig) -> Sink:
