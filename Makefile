@@ -19,6 +19,7 @@ setup:
 	@bash host_tools/toolchain/setup.sh
 
 test: setup
+	@bash host_tools/toolchain/setup.sh browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: setup

@@ -30,6 +30,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictBool,
                       StrictStr)
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gateway import dashboard
 from gateway.logfmt import kv
 
 if TYPE_CHECKING:
@@ -349,6 +350,7 @@ def make_app(api: "ApiServer") -> FastAPI:
     def ota() -> dict[str, Any]:
         return api.ota()
 
+    dashboard.mount(app, api)  # the operator pages (/, /login, /nodes/{id})
     return app
 
 

@@ -208,6 +208,8 @@ def show_api(stats_path: Path, work: Path) -> bool:
         return False
     print(f"demo: gateway API on http://127.0.0.1:{port} (bearer token in "
           f"{work / 'api-token'}; try /api/nodes)", flush=True)
+    print(f"demo: operator dashboard on http://127.0.0.1:{port}/ (log in with that token)",
+          flush=True)
     return True
 
 

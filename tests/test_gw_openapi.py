@@ -8,6 +8,7 @@ Also: the published copy docs/openapi.json is what the gateway serves.
 
 from __future__ import annotations
 
+import http.client
 import json
 import time
 import urllib.error
@@ -143,8 +144,17 @@ def test_malformed_requests_name_the_field(api):
         assert reply["error"].startswith(message), (path, body, reply)
     status, reply, _ = request(api, "PUT", "/api/nodes/n9", raw=b"{not json")
     assert status == 400 and reply["error"].startswith("body is not JSON"), reply
-    status, reply, _ = request(api, "POST", "/api/send", raw=b"x" * (2 << 20))
-    assert status == 413, reply
+    # a body announced over 1 MiB is refused on its header, before it is read
+    conn = http.client.HTTPConnection("127.0.0.1", api.port, timeout=30)
+    conn.putrequest("POST", "/api/send")
+    conn.putheader("Authorization", "Bearer t0ken")
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Content-Length", str(2 << 20))
+    conn.endheaders()
+    reply = conn.getresponse()
+    assert reply.status == 413, reply.read()
+    assert json.loads(reply.read()) == {"error": "body over 1048576 bytes"}
+    conn.close()
     status, reply, headers = request(api, "GET", "/api/nodes", token="wrong")
     assert status == 401 and headers["WWW-Authenticate"].startswith("Bearer")
     assert request(api, "GET", "/healthz", token=None)[:2] == (200, {"ok": True})

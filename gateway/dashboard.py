@@ -1,0 +1,331 @@
+"""The operator dashboard: server-rendered pages over `ApiServer`, for a browser.
+
+    mount(app, api)      # gateway.webapp.make_app calls it; adds the routes below
+
+    GET  /login                    the login form (the API token)
+    POST /login                    token right: a session cookie, then 303 to the page asked for
+    POST /logout                   the session cookie cleared
+    GET  /                         the fleet: every node not retired, polled every few seconds
+    GET  /nodes/{id}               one node: latest values with units, a chart per channel
+    GET  /dash/nodes.json          the fleet page's data (session, not bearer token)
+    GET  /dash/nodes/{id}.json     the node page's latest values
+    GET  /dash/nodes/{id}/series.json?range=1h|24h|7d   the node page's chart data
+    GET  /dash/static/{file}       our CSS and JS; /dash/uplot/{file}: uPlot (see below)
+
+Login is the `[api] token` operators already hold; user names with passwords (scrypt) are a
+later step. The session is our own signed cookie, not Starlette's SessionMiddleware: the
+session holds two fields (an expiry and a CSRF token), and a cookie signed with HMAC-SHA256
+over a key derived from a random secret (`dashboard-secret`, mode 0600, beside the token file)
+and the token itself needs no extra dependency, and a new token ends every session. The cookie
+is HttpOnly and SameSite=Strict (Secure over https). Every POST form carries the session's CSRF
+token, the login form too (an anonymous session is made for it). Sessions are not stored, so
+logout clears the cookie but cannot revoke a copy of it; changing the token does.
+
+The charts are uPlot from the npm registry, which `make setup` puts in
+`.cache/web/node_modules/uplot/dist` (host_tools/toolchain/setup.sh). A gateway installed by
+pip has no `.cache`: `METERLINK_UPLOT_DIR` names a folder holding `uPlot.iife.min.js` and
+`uPlot.min.css`. Without them the node page shows the values and says how to get the charts.
+
+These routes are left out of the OpenAPI description: they are pages, not the API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+from urllib.parse import parse_qs, quote
+
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+
+from gateway.logfmt import kv
+
+if TYPE_CHECKING:
+    from gateway.api import ApiServer
+
+log = logging.getLogger("meterlink.gateway.dashboard")
+
+HERE = Path(__file__).parent
+TEMPLATES = HERE / "templates"
+STATIC = HERE / "static"
+UPLOT_ENV = "METERLINK_UPLOT_DIR"
+UPLOT_CACHE = HERE.parent / ".cache" / "web" / "node_modules" / "uplot" / "dist"
+UPLOT_FILES = ("uPlot.iife.min.js", "uPlot.min.css")
+STATIC_FILES = {"dashboard.css": "text/css", "common.js": "text/javascript",
+                "fleet.js": "text/javascript", "node.js": "text/javascript"}
+
+COOKIE = "meterlink_session"
+SESSION_S = 12 * 3600
+ANON_S = 3600  # the login form's session, for its CSRF token
+REFUSED_DELAY_S = 0.5  # a wrong token waits this long: guessing is slow
+POLL_S = 3
+RANGES = {"1h": 3600, "24h": 86400, "7d": 7 * 86400}  # the node page's chart spans
+RANGE = "^(1h|24h|7d)$"
+HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
+                                      "frame-ancestors 'none'; form-action 'self'",
+           "X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff",
+           "Referrer-Policy": "same-origin", "Cache-Control": "no-store"}
+# SenML unit -> (unit shown, factor); a channel's own entry wins over its unit's
+SHOWN_UNITS = {"Cel": ("°C", 1), "%RH": ("%RH", 1), "Pa": ("hPa", 0.01), "m3": ("m³", 1),
+               "m3/s": ("L/s", 1e3), "V": ("V", 1), "dBm": ("dBm", 1),
+               "kg/m3": ("µg/m³", 1e9), "S/m": ("µS/cm", 1e4), "J": ("kWh", 1 / 3.6e6),
+               "pH": ("pH", 1), "NTU": ("NTU", 1)}
+SHOWN_CHANNELS = {"free_chlorine": ("mg/L", 1e3), "pressure": ("hPa", 0.01)}
+
+
+def uplot_dir() -> Optional[Path]:
+    """The folder uPlot's files are served from: $METERLINK_UPLOT_DIR, else the one
+    `make setup` fills; None when neither has both files."""
+    env = os.environ.get(UPLOT_ENV)
+    for folder in ([Path(env)] if env else []) + [UPLOT_CACHE]:
+        if all((folder / name).is_file() for name in UPLOT_FILES):
+            return folder
+    return None
+
+
+def shown_units() -> dict[str, list]:
+    """channel name -> [unit shown, factor from the SenML value], from the channel table."""
+    from gateway.channels import default_table
+
+    out: dict[str, list] = {}
+    for ch in default_table():
+        unit, factor = SHOWN_CHANNELS.get(ch.name) or SHOWN_UNITS.get(ch.unit, (ch.unit, 1))
+        out[ch.name] = [unit, factor]
+    return out
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class Sessions:
+    """Signed, unstored sessions: `payload.mac`, the payload base64url JSON
+    `{"exp", "csrf", "user"}` (user false for the login form's anonymous session)."""
+
+    def __init__(self, secret: bytes, token: bytes) -> None:
+        self._key = hmac.new(secret, b"meterlink dashboard session\0" + token,
+                             hashlib.sha256).digest()
+
+    def __repr__(self) -> str:
+        return "Sessions(<signed cookies>)"
+
+    def _mac(self, payload: str) -> str:
+        return _b64(hmac.new(self._key, payload.encode(), hashlib.sha256).digest())
+
+    def make(self, *, user: bool, now: float) -> tuple[str, dict[str, Any]]:
+        data = {"exp": int(now + (SESSION_S if user else ANON_S)),
+                "csrf": secrets.token_urlsafe(24), "user": user}
+        payload = _b64(json.dumps(data, separators=(",", ":")).encode())
+        return f"{payload}.{self._mac(payload)}", data
+
+    def read(self, cookie: Optional[str], now: float) -> Optional[dict[str, Any]]:
+        """The session in a cookie, or None (no cookie, a bad signature, expired)."""
+        if not cookie or cookie.count(".") != 1:
+            return None
+        payload, mac = cookie.split(".")
+        if not hmac.compare_digest(mac.encode(), self._mac(payload).encode()):
+            return None
+        try:
+            data = json.loads(_unb64(payload))
+        except ValueError:
+            return None
+        if not isinstance(data, dict) or not isinstance(data.get("exp"), int) or \
+                data["exp"] < now:
+            return None
+        return data
+
+
+def load_secret(path: Path) -> bytes:
+    """The session secret in `path`, made (32 random bytes as hex, mode 0600) the first time."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        text = path.read_text().strip()
+        if len(text) < 32:
+            raise ValueError(f"{path}: the dashboard's session secret is too short "
+                             f"(delete it to make a new one)") from None
+        return text.encode()
+    text = secrets.token_hex(32)
+    with os.fdopen(fd, "w") as f:
+        f.write(text + "\n")
+    log.info("dashboard_secret_created", extra=kv(path=str(path)))
+    return text.encode()
+
+
+def _safe_next(target: Optional[str]) -> str:
+    """A page of this site to go to after login; anything else (another host) is `/`."""
+    if target and target.startswith("/") and not target.startswith(("//", "/\\")):
+        return target
+    return "/"
+
+
+def mount(app: FastAPI, api: Optional["ApiServer"]) -> None:
+    """Adds the dashboard's routes to `app` (none without a gateway: the OpenAPI build)."""
+    if api is None:
+        return
+    from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+    from gateway.api import ApiError, token_path
+
+    sessions = Sessions(load_secret(token_path(api.gateway.config).with_name(
+        "dashboard-secret")), api.token)
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(),
+                      trim_blocks=True, lstrip_blocks=True)
+    units = shown_units()
+    no_schema = {"include_in_schema": False}
+
+    def page(request: Request, name: str, status: int = 200, *, signed_in: bool = True,
+             **context: Any) -> HTMLResponse:
+        html = env.get_template(name).render(request=request, signed_in=signed_in, **context)
+        return HTMLResponse(html, status_code=status, headers=HEADERS)
+
+    def set_cookie(request: Request, response: Response, value: str, max_age: int) -> None:
+        response.set_cookie(COOKIE, value, max_age=max_age, path="/", httponly=True,
+                            samesite="strict", secure=request.url.scheme == "https")
+
+    def session_of(request: Request) -> Optional[dict[str, Any]]:
+        return sessions.read(request.cookies.get(COOKIE), time.time())
+
+    def user(request: Request) -> Optional[dict[str, Any]]:
+        s = session_of(request)
+        return s if s and s.get("user") is True else None
+
+    def to_login(request: Request) -> RedirectResponse:
+        here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse(f"/login?next={quote(here, safe='/')}", status_code=303)
+
+    def not_logged_in() -> JSONResponse:
+        return JSONResponse({"error": "log in first: /login"}, status_code=401, headers=HEADERS)
+
+    async def form(request: Request) -> dict[str, str]:
+        body = (await request.body()).decode("utf-8", "replace")
+        return {k: v[0] for k, v in parse_qs(body, max_num_fields=10).items()}
+
+    def csrf_ok(session: Optional[dict[str, Any]], fields: dict[str, str]) -> bool:
+        return bool(session) and hmac.compare_digest(
+            fields.get("csrf", "").encode(), str(session["csrf"]).encode())
+
+    def login_form(request: Request, next_url: str, error: str = "",
+                   status: int = 200) -> HTMLResponse:
+        cookie, session = sessions.make(user=False, now=time.time())
+        response = page(request, "login.html", status, signed_in=False, csrf=session["csrf"],
+                        next=next_url, error=error, title="Log in")
+        set_cookie(request, response, cookie, ANON_S)
+        return response
+
+    # ---- login -------------------------------------------------------------------------------
+
+    @app.get("/login", **no_schema)
+    def login_page(request: Request, next: Optional[str] = Query(None)) -> Response:
+        if user(request):
+            return RedirectResponse(_safe_next(next), status_code=303)
+        return login_form(request, _safe_next(next))
+
+    @app.post("/login", **no_schema)
+    async def login(request: Request) -> Response:
+        fields = await form(request)
+        next_url = _safe_next(fields.get("next"))
+        client = request.client.host if request.client else "-"
+        if not csrf_ok(session_of(request), fields):
+            log.warning("dashboard_csrf_refused", extra=kv(client=client, path="/login"))
+            return login_form(request, next_url, "The form had expired: log in again.", 403)
+        token = fields.get("token", "").strip().encode()
+        if not token or not hmac.compare_digest(token, api.token):
+            log.warning("dashboard_login_refused", extra=kv(client=client))
+            await asyncio.sleep(REFUSED_DELAY_S)
+            return login_form(request, next_url, "That is not the gateway's API token.", 401)
+        log.info("dashboard_login", extra=kv(client=client))
+        cookie, _ = sessions.make(user=True, now=time.time())
+        response = RedirectResponse(next_url, status_code=303)
+        set_cookie(request, response, cookie, SESSION_S)
+        return response
+
+    @app.post("/logout", **no_schema)
+    async def logout(request: Request) -> Response:
+        fields = await form(request)
+        if not csrf_ok(user(request), fields):
+            return JSONResponse({"error": "csrf: the form's token does not match the session"},
+                                status_code=403, headers=HEADERS)
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
+        return response
+
+    # ---- pages -------------------------------------------------------------------------------
+
+    @app.get("/", **no_schema)
+    def fleet_page(request: Request) -> Response:
+        session = user(request)
+        if not session:
+            return to_login(request)
+        return page(request, "fleet.html", csrf=session["csrf"], nodes=api.nodes(),
+                    units=units, now=time.time(), poll_s=POLL_S, title="Fleet")
+
+    @app.get("/nodes/{node}", **no_schema)
+    def node_page(request: Request, node: str,
+                  span: str = Query("24h", alias="range", pattern=RANGE)) -> Response:
+        session = user(request)
+        if not session:
+            return to_login(request)
+        try:
+            row = api.node(node)
+        except ApiError as exc:
+            return page(request, "missing.html", exc.status, csrf=session["csrf"],
+                        message=str(exc), title=node)
+        return page(request, "node.html", csrf=session["csrf"], node=row, units=units,
+                    range=span, ranges=list(RANGES),
+                    history=api.history is not None, uplot=uplot_dir() is not None,
+                    uplot_env=UPLOT_ENV, poll_s=POLL_S, now=time.time(), title=node)
+
+    # ---- the pages' data (session authenticated) -----------------------------------------------
+
+    @app.get("/dash/nodes.json", **no_schema)
+    def fleet_data(request: Request) -> Response:
+        if not user(request):
+            return not_logged_in()
+        return JSONResponse({"now": time.time(), "nodes": api.nodes()}, headers=HEADERS)
+
+    @app.get("/dash/nodes/{node}.json", **no_schema)
+    def node_data(request: Request, node: str) -> Response:
+        if not user(request):
+            return not_logged_in()
+        return JSONResponse({"now": time.time(), "node": api.node(node)}, headers=HEADERS)
+
+    @app.get("/dash/nodes/{node}/series.json", **no_schema)
+    def series_data(request: Request, node: str,
+                    span: str = Query("24h", alias="range", pattern=RANGE)) -> Response:
+        if not user(request):
+            return not_logged_in()
+        now = time.time()
+        return JSONResponse(api.series(node, None, now - RANGES[span], now, None),
+                            headers=HEADERS)
+
+    # ---- files ---------------------------------------------------------------------------------
+
+    @app.get("/dash/static/{name}", **no_schema)
+    def static(name: str) -> Response:
+        if name not in STATIC_FILES:
+            return JSONResponse({"error": f"no static file {name[:40]!r}"}, status_code=404)
+        return FileResponse(STATIC / name, media_type=STATIC_FILES[name],
+                            headers={"Cache-Control": "no-cache"})
+
+    @app.get("/dash/uplot/{name}", **no_schema)
+    def uplot(name: str) -> Response:
+        folder = uplot_dir()
+        if name not in UPLOT_FILES or folder is None:
+            return JSONResponse({"error": f"uPlot is not installed: make setup, or set "
+                                          f"{UPLOT_ENV}"}, status_code=404)
+        return FileResponse(folder / name, media_type="text/css" if name.endswith(".css")
+                            else "text/javascript", headers={"Cache-Control": "max-age=3600"})

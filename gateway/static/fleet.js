@@ -1,0 +1,74 @@
+// The fleet page: the table is drawn from /dash/nodes.json, fetched every few seconds.
+(function () {
+  "use strict";
+  const {ago, number, shown, readJSON, getJSON, el} = window.meterlink;
+  const table = document.getElementById("fleet");
+  const body = table.querySelector("tbody");
+  const filter = document.getElementById("filter");
+  const status = document.getElementById("status");
+  const pollMs = Number(table.dataset.poll || 3) * 1000;
+  const units = readJSON("units");
+  let data = readJSON("fleet-data");
+  let skew = data.now - Date.now() / 1000;  // server clock - ours
+
+  function serverNow() { return Date.now() / 1000 + skew; }
+
+  function haystack(n) {
+    return [n.node, n.state, n.fw, n.group, n.board, ...(n.alarms || [])]
+      .filter(Boolean).join(" ").toLowerCase();
+  }
+
+  function row(n) {
+    const values = Object.entries(n.last_values || {})
+      .filter(([label]) => !label.startsWith("alarms"))
+      .slice(0, 4)
+      .map(([label, x]) => label + " " + shown(units, label, x.v)).join(", ");
+    return el("tr", {"data-node": n.node},
+      el("td", {}, el("a", {href: "/nodes/" + encodeURIComponent(n.node)}, n.node)),
+      el("td", {}, el("span", {class: "state state-" + (n.state || "unknown")}, n.state || "unknown")),
+      el("td", {class: "ago", "data-t": n.last_seen == null ? "" : n.last_seen,
+                title: n.last_seen ? new Date(n.last_seen * 1000).toISOString() : ""},
+         n.last_seen == null ? "never" : ago(serverNow() - n.last_seen)),
+      el("td", {class: "num"}, n.battery_mv == null ? "–" : number(n.battery_mv / 1000) + " V"),
+      el("td", {class: "num"}, n.rssi == null ? "–" : n.rssi + " dBm"),
+      el("td", {class: "num" + (n.qd ? " warn" : "")},
+         (n.q == null ? "–" : n.q) + " / " + (n.qd == null ? "–" : n.qd)),
+      el("td", {}, n.fw || "–"),
+      el("td", {class: (n.alarms || []).length ? "alarm" : ""}, (n.alarms || []).join(", ") || "–"),
+      el("td", {class: "values"}, values || "–"));
+  }
+
+  function render() {
+    const words = filter.value.trim().toLowerCase().split(/\s+/).filter(Boolean);
+    const shownNodes = data.nodes.filter(n => words.every(w => haystack(n).includes(w)));
+    body.replaceChildren(...shownNodes.map(row));
+    document.getElementById("count").textContent =
+      words.length ? shownNodes.length + " of " + data.nodes.length : data.nodes.length;
+    document.getElementById("empty").hidden = shownNodes.length > 0;
+  }
+
+  function tick() {  // the "12 s ago" cells, between polls
+    for (const cell of body.querySelectorAll("td.ago[data-t]")) {
+      if (cell.dataset.t) cell.textContent = ago(serverNow() - Number(cell.dataset.t));
+    }
+  }
+
+  async function poll() {
+    try {
+      data = await getJSON("/dash/nodes.json");
+      skew = data.now - Date.now() / 1000;
+      render();
+      status.textContent = "updated " + new Date().toLocaleTimeString();
+      status.classList.remove("stale");
+      table.dataset.updated = String(Number(table.dataset.updated || 0) + 1);
+    } catch (e) {
+      status.textContent = "not updated: " + e.message;
+      status.classList.add("stale");
+    }
+  }
+
+  filter.addEventListener("input", render);
+  render();
+  setInterval(poll, pollMs);
+  setInterval(tick, 1000);
+})();
