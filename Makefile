@@ -6,17 +6,26 @@
 #   make image BOARD=NAME     the node's MicroPython image, firmware frozen in: build/image/NAME/
 #                             (needs ESP-IDF and a MicroPython checkout: docs/board-bringup.md)
 #   make bench                every tests/bench/bench_*.py: figures against baselines measured in the same run
+#   make fuzz [FUZZ_RUNS=N]   every decoder fuzzed with atheris for N inputs (1 000 000), one
+#                             after another, a summary table, then the kept corpus
+#                             (tests/fuzz/corpus/) minimised; tests/fuzz/run.py
 #   make setup                venv, Mosquitto, MicroPython unix port (see host_tools/toolchain)
 
 VENV      := .venv
 PY        := $(VENV)/bin/python
 DURATION  ?= 0
 PYTEST_ARGS ?=
+FUZZ_RUNS ?= 1000000
+# setup.sh installs the package with its `test` extra; the `fuzz` extra (atheris) is added
+# here, again only when pyproject.toml changed since
+FUZZ_STAMP := $(VENV)/.fuzz-extra
 
-.PHONY: setup test demo firmware image bench clean
+.PHONY: setup test demo firmware image bench fuzz clean
 
 setup:
 	@bash host_tools/toolchain/setup.sh
+	@[ $(FUZZ_STAMP) -nt pyproject.toml ] || { $(PY) -m pip install -q \
+		--disable-pip-version-check -e '.[test,fuzz]' && touch $(FUZZ_STAMP); }
 
 test: setup
 	@bash host_tools/toolchain/setup.sh browser
@@ -43,6 +52,12 @@ $(PY):
 
 bench: setup
 	@set -e; for b in tests/bench/bench_*.py; do echo "== $$b"; $(PY) $$b; done
+
+# The campaign goes on past a finding (tests/fuzz/run.py records it); the corpus is minimised
+# even when a target stopped, and make fails then.
+fuzz: setup
+	@$(PY) tests/fuzz/run.py --all -runs=$(FUZZ_RUNS); status=$$?; \
+		$(PY) tests/fuzz/run.py --merge --all && exit $$status
 
 clean:
 	rm -rf build demo-out .pytest_cache

@@ -283,7 +283,11 @@ def _qos(key: str, value: Any, base: Path) -> int:
 def _path(key: str, value: Any, base: Path) -> Path:
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(key, "must be a non-empty path string", got=show(value))
-    path = Path(value).expanduser()
+    try:
+        path = Path(value).expanduser()
+    except RuntimeError as exc:  # "~user/..." of a user this machine does not have
+        raise ConfigError(key, f"names a home folder that does not exist ({exc})",
+                          got=show(value)) from None
     return path if path.is_absolute() else base / path
 
 
@@ -531,6 +535,9 @@ def load_config(path: str | Path) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(None, f"is not valid TOML: {exc}", source=str(path)) from exc
+    except RecursionError:
+        raise ConfigError(None, "is not valid TOML: arrays or tables nested too deeply",
+                          source=str(path)) from None
     try:
         return parse_config(data, base_dir=path.resolve().parent)
     except ConfigError as exc:

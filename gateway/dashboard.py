@@ -45,6 +45,8 @@ from typing import TYPE_CHECKING, Any, Optional
 from urllib.parse import parse_qs, quote
 
 from fastapi import FastAPI, Query, Request
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from gateway.logfmt import kv
@@ -211,7 +213,11 @@ def mount(app: FastAPI, api: Optional["ApiServer"]) -> None:
         return JSONResponse({"error": "log in first: /login"}, status_code=401, headers=HEADERS)
 
     async def form(request: Request) -> dict[str, str]:
-        body = (await request.body()).decode("utf-8", "replace")
+        try:
+            raw = await request.body()
+        except ClientDisconnect:  # the browser went away mid-body: nothing to answer
+            raise StarletteHTTPException(400, "the request body did not arrive") from None
+        body = raw.decode("utf-8", "replace")
         return {k: v[0] for k, v in parse_qs(body, max_num_fields=10).items()}
 
     def csrf_ok(session: Optional[dict[str, Any]], fields: dict[str, str]) -> bool:

@@ -33,7 +33,7 @@ from gateway.downlink import CONTROL_LIMIT, STATUS_LIMIT, decode_control, parse_
 from gateway.errors import RejectedInput, SinkError, TopicError, WireError
 from gateway.logfmt import kv
 from gateway.outbox import Outbox
-from gateway.registry import Registry
+from gateway.registry import Registry, is_int64
 from gateway.stats import Stats
 from gateway.wire import (decode_reading, fast_decode, parse_topic, reading_time_error,
                           resolve_records, time_problem)
@@ -347,7 +347,7 @@ class Ingestor:
             (msg.received_at, int(ack["ok"]), repr(ack), node, None if rid is None else str(rid)))
         self.registry.ensure(node, msg.received_at)["last_seen"] = msg.received_at
         self.registry._dirty.add(node)
-        if "cv" in ack and type(ack["cv"]) is int:
+        if "cv" in ack and is_int64(ack["cv"]):
             self.box.db.execute("UPDATE nodes SET cv=? WHERE node=?", (ack["cv"], node))
         acks.append((node, ack))
         self.stats.add(ack_messages=1)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import logging
 from typing import Any, Iterable, Sequence
 
@@ -380,18 +381,18 @@ class Registry:
         row = self.box.db.execute("SELECT qd FROM nodes WHERE node=?", (node,)).fetchone()
         old_qd = row[0]
         on = status.get("on")
-        sleep = status.get("sleep") if isinstance(status.get("sleep"), int) else None
+        sleep = status.get("sleep") if is_int64(status.get("sleep")) else None
         bye = status.get("bye") if isinstance(status.get("bye"), str) else None
         state = "online" if on is True else ("asleep" if sleep is not None else
                                              "restarting" if bye else "offline")
         sets = {"state": state, "sleep": sleep, "last_seen": now,
-                "status": json.dumps(status, separators=(",", ":"), default=str)}
+                "status": json.dumps(json_safe(status), separators=(",", ":"))}
         for key, column in STATUS_FIELDS.items():
             value = status.get(key)
             if key == "fw":
                 if isinstance(value, str):
                     sets[column] = value
-            elif type(value) is int:
+            elif is_int64(value):
                 sets[column] = value
         assign = ", ".join(f"{c}=?" for c in sets)
         self.box.db.execute(f"UPDATE nodes SET {assign} WHERE node=?", (*sets.values(), node))
@@ -448,6 +449,30 @@ class Registry:
             if now - last_seen > allowed and not self._active.get((node, "stale"), False):
                 self.set_alarm(node, "stale", True, now,
                                f"nothing for {int(now - last_seen)} s (interval {iv} s)")
+
+
+def is_int64(value: Any) -> bool:
+    """An integer SQLite can hold (a status field past it is ignored, never an error)."""
+    return type(value) is int and -2**63 <= value < 2**63
+
+
+def json_safe(value: Any, depth: int = 0) -> Any:
+    """A decoded control message as JSON can hold it: map keys as text, bytes as hex, at
+    most 16 levels (deeper, or a value that contains itself, becomes a placeholder)."""
+    if depth > 16:
+        return "..."
+    if isinstance(value, dict):
+        return {k if isinstance(k, str) else repr(k): json_safe(v, depth + 1)
+                for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v, depth + 1) for v in value]
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).hex()
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return repr(value)
 
 
 def node_row(row: dict[str, Any], *, missing: int = 0, gaps: list | None = None,
