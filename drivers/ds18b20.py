@@ -41,6 +41,7 @@ _MATCH_ROM = const(0x55)
 _CONVERT_T = const(0x44)
 _READ_SCRATCH = const(0xBE)
 _FAMILY = const(0x28)
+_MAX_PASSES = const(32)  # ROM search passes: one per part found, more than a node carries
 _POWER_ON = const(0x0550)
 _CONVERT_MS = const(750)
 _POLL_MS = const(20)
@@ -77,7 +78,12 @@ class DS18B20:
         found = []
         rom = bytearray(8)
         last_conflict = -1
+        passes = 0
         while True:
+            passes += 1
+            if passes > _MAX_PASSES:  # one pass per part: a line stuck low flips forever
+                raise OSError("%s: the ROM search does not end: the line is stuck low or "
+                              "noisy" % self._name)
             if not ow.reset():
                 if found:
                     break

@@ -36,6 +36,7 @@ import time
 
 from micropython import const
 
+_WIRE_LIMIT = 1 << 53  # |value| a reading carries (the gateway rejects the message otherwise)
 _ACK = const(0xE5)
 _SND_NKE = const(0x40)
 _REQ_UD2 = const(0x5B)  # FCV set; FCB is 0x20
@@ -242,24 +243,33 @@ class MBusSensor:
         self.last = t
         values = {}
         keys = self._keys
+        self.unsent = []  # (unit or channel key, why) of values decoded but not sendable
         alarm = 8 if t["status"] & 0x1C or t["status"] & 3 in (2, 3) else 0
         for unit, exp, value, storage, tariff, subunit, fn, vifes in t["records"]:
             if storage or tariff or subunit or fn or vifes and unit != "error_flags" \
                     or not isinstance(value, (int, float)):
                 continue  # history, tariffs, backward flow, text, dates: not sent
-            if unit == "m3":
-                key = keys["gas"] if t["medium"] == _MEDIUM_GAS else keys["water"]
-                values[key] = mbusparse.scaled(value, exp, -3)  # litres
-            elif unit == "m3/h":
-                values[keys["flow"]] = mbusparse.scaled(value * 1000000, exp, 0) // 3600  # mL/s
-            elif unit in ("flow_temp_C", "return_temp_C"):
-                values[keys[unit]] = mbusparse.scaled(value, exp, -2)
-            elif unit == "Wh":
-                values[keys["energy"]] = mbusparse.scaled(value * 36, exp - 1, 0)  # Wh x 3.6 = kJ
-            elif unit == "J":
-                values[keys["energy"]] = mbusparse.scaled(value, exp, 3)
-            elif unit == "error_flags" and value:
-                alarm = 8
+            if isinstance(value, float) and (value != value or value - value != 0):
+                continue  # a real that is no number here (32-bit floats): not a wrong one
+            try:
+                if unit == "m3":
+                    key = keys["gas"] if t["medium"] == _MEDIUM_GAS else keys["water"]
+                    values[key] = mbusparse.scaled(value, exp, -3)  # litres
+                elif unit == "m3/h":
+                    values[keys["flow"]] = mbusparse.scaled(value * 1000000, exp, 0) // 3600
+                elif unit in ("flow_temp_C", "return_temp_C"):
+                    values[keys[unit]] = mbusparse.scaled(value, exp, -2)
+                elif unit == "Wh":
+                    values[keys["energy"]] = mbusparse.scaled(value * 36, exp - 1, 0)  # kJ
+                elif unit == "J":
+                    values[keys["energy"]] = mbusparse.scaled(value, exp, 3)
+                elif unit == "error_flags" and value:
+                    alarm = 8
+            except (OverflowError, ValueError):  # a real too large once scaled (32-bit)
+                self.unsent.append((unit, "out of range once scaled"))
+        for key in [k for k, v in values.items() if not -_WIRE_LIMIT < v < _WIRE_LIMIT]:
+            self.unsent.append((key, "past what a reading carries (2^53)"))
+            del values[key]  # sent, the gateway would refuse the reading and its total
         values[keys["alarms"]] = alarm
         if not alarm and self.last_alarm == 0:
             del values[keys["alarms"]]

@@ -25,6 +25,7 @@ import time
 from micropython import const
 
 _MAX_REGS = const(125)
+_WIRE_LIMIT = 1 << 53  # |value| a reading carries (the gateway rejects the message otherwise)
 _EXC = {1: "illegal function", 2: "illegal data address", 3: "illegal data value",
         4: "slave device failure", 5: "acknowledge", 6: "slave device busy",
         8: "memory parity error", 10: "gateway path unavailable",
@@ -179,6 +180,10 @@ class ModbusSensor:
                 raise OSError("%s: %s (fn %d reg %d): %s"
                               % (self.label, r["channel"], r["fn"], r["reg"], exc))
             v = decode(data, r["type"], r["order"])
+            if r["type"] == "f32" and (v != v or v - v != 0):
+                raise OSError("%s: %s (fn %d reg %d): the register holds %s, no value"
+                              % (self.label, r["channel"], r["fn"], r["reg"],
+                                 "NaN" if v != v else "an infinity"))
             if r["mask"] is not None:
                 values[key] = values.get(key, 0) | (8 if int(v) & r["mask"] else 0)
             elif r["type"] == "f32":
@@ -187,4 +192,7 @@ class ModbusSensor:
             else:
                 num = v * r["mul"]
                 values[key] = (2 * num + r["div"]) // (2 * r["div"])  # rounded
+            if not -_WIRE_LIMIT < values[key] < _WIRE_LIMIT:
+                raise OSError("%s: %s (fn %d reg %d): %s is past what a reading carries (2^53)"
+                              % (self.label, r["channel"], r["fn"], r["reg"], values[key]))
         return values

@@ -200,16 +200,28 @@ def read_raw(path="config.json"):
             raw = f.read(MAX_FILE + 1)
     except OSError:
         raise ConfigError("%s: cannot read the file" % path)
+    except UnicodeError:  # a corrupted file: fall back, never stop the boot
+        raise ConfigError("%s: not UTF-8 text" % path)
     if len(raw) > MAX_FILE:
         raise ConfigError("%s: larger than %d bytes" % (path, MAX_FILE))
     try:
         return json.loads(raw)
     except ValueError:
         raise ConfigError("%s: not valid JSON" % path)
+    except RuntimeError:  # the recursion limit
+        raise ConfigError("%s: nested too deeply" % path)
+
+
+def _checked(raw, path):
+    """validate(raw), with a structure too deep for the interpreter as a ConfigError."""
+    try:
+        return validate(raw)
+    except RuntimeError:
+        raise ConfigError("%s: nested too deeply" % path)
 
 
 def load(path="config.json"):
-    return validate(read_raw(path))
+    return _checked(read_raw(path), path)
 
 
 def load_with_fallback(path="config.json", good="config.good.json"):
@@ -217,12 +229,12 @@ def load_with_fallback(path="config.json", good="config.good.json"):
     used and the last good one was. Raises ConfigError when neither is usable."""
     try:
         raw = read_raw(path)
-        return raw, validate(raw), None
+        return raw, _checked(raw, path), None
     except ConfigError as exc:
         problem = str(exc)
     try:
         raw = read_raw(good)
-        cfg = validate(raw)
+        cfg = _checked(raw, good)
     except ConfigError:
         raise ConfigError(problem)
     return raw, cfg, "%s rejected (%s); running the last good configuration (version %d)" % (

@@ -83,6 +83,32 @@ def merge_patch(target, patch):
     return out
 
 
+def _json_problem(v, where, depth):
+    """Why `v` cannot be stored as JSON text and read back (a map key that is not text, bytes,
+    a float that is not finite, nesting past 8), or None."""
+    if depth > 8:
+        return "%s: nested deeper than 8" % where
+    if isinstance(v, dict):
+        for k in v:
+            if not isinstance(k, str):
+                return "%s: a map key is not text" % where
+            bad = _json_problem(v[k], where + "." + k, depth + 1)
+            if bad:
+                return bad
+        return None
+    if isinstance(v, list):
+        for i, x in enumerate(v):
+            bad = _json_problem(x, "%s[%d]" % (where, i), depth + 1)
+            if bad:
+                return bad
+        return None
+    if isinstance(v, float):
+        return None if v == v and v - v == 0 else "%s: not a finite number" % where
+    if v is None or isinstance(v, (str, int, bool)):
+        return None
+    return "%s: a %s has no JSON form" % (where, type(v).__name__)
+
+
 async def config_update(node, msg, rid):
     for k in msg:
         if k not in _CFG_KEYS:
@@ -100,6 +126,9 @@ async def config_update(node, msg, rid):
     for k in ("node_id", "version"):
         if k in patch:
             return await reject(node, "config", rid, "patch cannot change %s" % k)
+    bad = _json_problem(patch, "patch", 0)
+    if bad:  # would be written to config.next.json as something no boot can read back
+        return await reject(node, "config", rid, bad)
     new = merge_patch(node.raw, patch)
     new["version"] = v
     write_text("config.req", json.dumps({"id": rid}))

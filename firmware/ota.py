@@ -60,10 +60,12 @@ def _int(v):
 
 
 def version_tuple(v):
-    try:
-        t = tuple(int(x) for x in v.split("."))
-    except (AttributeError, ValueError):
-        t = ()
+    t = ()
+    if isinstance(v, str):
+        try:
+            t = tuple(int(x) for x in v.split("."))
+        except ValueError:
+            pass
     if len(t) != 3:
         raise Refused("v must be a version a.b.c: got %r" % (v,))
     return t
@@ -121,7 +123,8 @@ def handle(node, msg):
 
 def _check_target(node, chips, mpy, what="bundle"):
     mine = chip(node)
-    if not isinstance(chips, list) or not chips:
+    if not isinstance(chips, list) or not chips or \
+            not all(isinstance(c, str) for c in chips):
         raise Refused("chips must be a list of chip names")
     if mine not in chips:
         raise Refused("%s for %s, this node is %s" % (what, "/".join(chips), mine or "an unknown chip (no chip in board.json)"))
