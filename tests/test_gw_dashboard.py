@@ -51,6 +51,15 @@ def status(node: str, **fields) -> tuple[str, bytes]:
     return f"m/{node}/s", cbor2.dumps(fields)
 
 
+def table(browser, rows: str, key: str) -> dict[str, list[str]]:
+    """{row's data-KEY: [each cell's text]} of the rows matching `rows`, read at one instant."""
+    return browser.execute_script(
+        "const out = {};"
+        "for (const r of document.querySelectorAll(arguments[0]))"
+        "  out[r.dataset[arguments[1]]] = Array.from(r.cells, c => c.innerText.trim());"
+        "return out;", rows, key)
+
+
 @pytest.fixture
 def browser(tmp_path):
     # a missing browser fails the test: the dashboard must be shown to work, not skipped
@@ -144,9 +153,9 @@ def test_login_fleet_live_update_and_node_charts_in_chromium(tmp_path, broker, b
         assert gw.token not in cookie["value"] and gw.token not in gw.log()
 
         def rows() -> dict[str, list[str]]:
-            return {r.get_attribute("data-node"): [c.text for c in
-                                                   r.find_elements(By.TAG_NAME, "td")]
-                    for r in browser.find_elements(By.CSS_SELECTOR, "#fleet tbody tr")}
+            # one snapshot in the page: the table is rebuilt by every poll, so reading it cell
+            # by cell from here can meet rows that are gone (stale elements)
+            return table(browser, "#fleet tbody tr", "node")
 
         wait.until(lambda d: set(rows()) == {"n1", "n2", "n3"})
         got = rows()
@@ -186,8 +195,8 @@ def test_login_fleet_live_update_and_node_charts_in_chromium(tmp_path, broker, b
         assert points == {"temperature": HISTORY_POINTS, "water_volume": HISTORY_POINTS,
                           "battery_voltage": HISTORY_POINTS, "rssi": HISTORY_POINTS}
         assert browser.find_elements(By.CSS_SELECTOR, ".chart canvas")
-        latest = {r.get_attribute("data-channel"): r.find_elements(By.TAG_NAME, "td")[1].text
-                  for r in browser.find_elements(By.CSS_SELECTOR, "#latest tbody tr")}
+        latest = {ch: cells[1] for ch, cells in
+                  table(browser, "#latest tbody tr", "channel").items()}
         last = HISTORY_POINTS - 1
         assert latest["temperature"] == f"{(2000 + int(300 * math.sin(last / 4))) / 100:g}"
         assert latest["water_volume"] == f"{(1000 + 7 * last) / 1000:g}"
