@@ -240,15 +240,18 @@ class ApiServer:
             raise ApiError(400, f"node_id: {problem[1]}")
         board, sensors, interval = body["board"], body["sensors"], body["interval_s"]
         group = body.get("group")
+        where = body.get("location") or {}
         with self.lock, self.box.transaction():
             existed = self.box.db.execute("SELECT registered FROM nodes WHERE node=?",
                                           (node,)).fetchone()
             self.box.db.execute(
-                "INSERT INTO nodes(node, registered, board, sensors, grp, interval_s) "
-                "VALUES (?, 1, ?, ?, ?, ?) ON CONFLICT(node) DO UPDATE SET registered=1, "
-                "board=excluded.board, sensors=excluded.sensors, grp=excluded.grp, "
-                "interval_s=excluded.interval_s",
-                (node, board, json.dumps(sensors), group, interval))
+                "INSERT INTO nodes(node, registered, board, sensors, grp, interval_s, lat, lon, "
+                "district, public) VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(node) DO "
+                "UPDATE SET registered=1, board=excluded.board, sensors=excluded.sensors, "
+                "grp=excluded.grp, interval_s=excluded.interval_s, lat=excluded.lat, "
+                "lon=excluded.lon, district=excluded.district, public=excluded.public",
+                (node, board, json.dumps(sensors), group, interval, where.get("lat"),
+                 where.get("lon"), body.get("district"), int(bool(body.get("public")))))
         log.info("node_registered", extra=kv(node=node, board=board, group=group,
                                              interval_s=interval))
         return (200 if existed and existed[0] else 201), self.node(node)

@@ -131,6 +131,28 @@ MIGRATIONS: list[str] = [
     ALTER TABLE nodes ADD COLUMN retired_at REAL;
     ALTER TABLE nodes ADD COLUMN retired_note TEXT;
     """,
+    # 7: the alarms' history (each raise a row, cleared and acknowledged with who, when and a
+    # note), a node's status history (state changes, reboots, firmware), and where a node is
+    # (coordinates, district, shown on the public page or not)
+    """
+    CREATE TABLE alarm_log(
+        id INTEGER PRIMARY KEY, node TEXT NOT NULL, alarm TEXT NOT NULL,
+        raised_at REAL NOT NULL, cleared_at REAL, detail TEXT, acked_at REAL, acked_by TEXT,
+        ack_note TEXT);
+    CREATE INDEX alarm_log_node ON alarm_log(node, alarm, cleared_at);
+    CREATE INDEX alarm_log_raised ON alarm_log(raised_at);
+    INSERT INTO alarm_log(node, alarm, raised_at, cleared_at, detail)
+        SELECT node, alarm, raised_at, cleared_at, detail FROM alarms
+        WHERE raised_at IS NOT NULL ORDER BY raised_at;
+    CREATE TABLE node_log(
+        id INTEGER PRIMARY KEY, node TEXT NOT NULL, at REAL NOT NULL, event TEXT NOT NULL,
+        detail TEXT);
+    CREATE INDEX node_log_node ON node_log(node, at);
+    ALTER TABLE nodes ADD COLUMN lat REAL;
+    ALTER TABLE nodes ADD COLUMN lon REAL;
+    ALTER TABLE nodes ADD COLUMN district TEXT;
+    ALTER TABLE nodes ADD COLUMN public INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

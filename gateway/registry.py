@@ -53,7 +53,8 @@ STATUS_FIELDS = {"fw": "fw", "boot": "boot", "q": "q", "qd": "qd", "iv": "iv", "
 NODE_COLUMNS = ("node", "registered", "board", "sensors", "grp", "interval_s", "first_seen",
                 "last_seen", "last_reading", "state", "fw", "boot", "sleep", "battery_mv",
                 "rssi", "q", "qd", "iv", "cv", "min_seq", "max_seq", "accepted", "duplicates",
-                "last_values", "status", "retired_at", "retired_note")
+                "last_values", "status", "retired_at", "retired_note", "lat", "lon",
+                "district", "public")
 
 
 class Registry:
@@ -481,6 +482,11 @@ def node_row(row: dict[str, Any], *, missing: int = 0, gaps: list | None = None,
     out = dict(row)
     out["group"] = out.pop("grp", None)
     out["registered"] = bool(out.get("registered"))
+    if "lat" in out:
+        lat, lon = out.pop("lat"), out.pop("lon")
+        out["location"] = None if lat is None or lon is None else {"lat": lat, "lon": lon}
+    if "public" in out:
+        out["public"] = bool(out["public"])
     for key in ("sensors", "last_values", "status"):
         if out.get(key):
             out[key] = json.loads(out[key])

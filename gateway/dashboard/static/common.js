@@ -1,4 +1,4 @@
-// Helpers shared by the dashboard's pages (gateway/dashboard.py serves them).
+// Helpers shared by the dashboard's pages (gateway/dashboard/__init__.py serves them).
 (function () {
   "use strict";
 
