@@ -218,8 +218,8 @@ def test_a_session_cookie_is_refused_when_tampered_with_expired_or_from_another_
     from gateway.dashboard import SESSION_S, Sessions, _safe_next
 
     sessions = Sessions(b"s" * 64, b"token-a")
-    cookie, data = sessions.make(user=True, now=1000)
-    assert sessions.read(cookie, 1001) == data and data["user"] is True
+    cookie, data = sessions.make(user="ana", now=1000)
+    assert sessions.read(cookie, 1001) == data and data["user"] == "ana"
     assert sessions.read(cookie, 1000 + SESSION_S + 1) is None
     payload, mac = cookie.split(".")
     forged = payload[:-2] + ("AA" if payload[-2:] != "AA" else "BB")

@@ -73,6 +73,7 @@ SESSION_S = 12 * 3600
 ANON_S = 3600  # the login form's session, for its CSRF token
 REFUSED_DELAY_S = 0.5  # a wrong token waits this long: guessing is slow
 POLL_S = 3
+TOKEN_USER = "api-token"  # who the API token's holder is in the dashboard (acknowledgements)
 RANGES = {"1h": 3600, "24h": 86400, "7d": 7 * 86400}  # the node page's chart spans
 RANGE = "^(1h|24h|7d)$"
 HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
@@ -118,7 +119,8 @@ def _unb64(text: str) -> bytes:
 
 class Sessions:
     """Signed, unstored sessions: `payload.mac`, the payload base64url JSON
-    `{"exp", "csrf", "user"}` (user false for the login form's anonymous session)."""
+    `{"exp", "csrf", "user"}`: `user` the operator's name, "" for the login form's anonymous
+    session."""
 
     def __init__(self, secret: bytes, token: bytes) -> None:
         self._key = hmac.new(secret, b"meterlink dashboard session\0" + token,
@@ -130,7 +132,7 @@ class Sessions:
     def _mac(self, payload: str) -> str:
         return _b64(hmac.new(self._key, payload.encode(), hashlib.sha256).digest())
 
-    def make(self, *, user: bool, now: float) -> tuple[str, dict[str, Any]]:
+    def make(self, *, user: str, now: float) -> tuple[str, dict[str, Any]]:
         data = {"exp": int(now + (SESSION_S if user else ANON_S)),
                 "csrf": secrets.token_urlsafe(24), "user": user}
         payload = _b64(json.dumps(data, separators=(",", ":")).encode())
@@ -222,7 +224,7 @@ class Dash:
     def user(self, request: Request) -> Optional[dict[str, Any]]:
         """The logged-in session of the request, or None."""
         s = self.session_of(request)
-        return s if s and s.get("user") else None
+        return s if s and isinstance(s.get("user"), str) and s["user"] else None
 
     @staticmethod
     def to_login(request: Request) -> RedirectResponse:
@@ -260,7 +262,7 @@ def mount(app: FastAPI, api: Optional["ApiServer"]) -> None:
 
     def login_form(request: Request, next_url: str, error: str = "",
                    status: int = 200) -> HTMLResponse:
-        cookie, session = dash.sessions.make(user=False, now=time.time())
+        cookie, session = dash.sessions.make(user="", now=time.time())
         response = dash.page(request, "login.html", status, session=session, next=next_url,
                              error=error, title="Log in")
         dash.set_cookie(request, response, cookie, ANON_S)
@@ -288,7 +290,7 @@ def mount(app: FastAPI, api: Optional["ApiServer"]) -> None:
             await asyncio.sleep(REFUSED_DELAY_S)
             return login_form(request, next_url, "That is not the gateway's API token.", 401)
         log.info("dashboard_login", extra=kv(client=client))
-        cookie, _ = dash.sessions.make(user=True, now=time.time())
+        cookie, _ = dash.sessions.make(user=TOKEN_USER, now=time.time())
         response = RedirectResponse(next_url, status_code=303)
         dash.set_cookie(request, response, cookie, SESSION_S)
         return response
