@@ -1,8 +1,10 @@
 import os
+import shutil
 import tempfile
 
 import pytest
 
+from dashboard_support import CHROMEDRIVER, CHROMIUM
 from host_tools.broker import Mosquitto
 from host_tools.pki import Pki
 
@@ -29,3 +31,30 @@ def broker(tmp_path, pki):
     tests' CA as production brokers do (docs/security.md)."""
     with Mosquitto(tmp_path / "broker", tls=pki) as b:
         yield b
+
+
+@pytest.fixture
+def browser(tmp_path):
+    """Debian's headless chromium driven by Selenium (tests/dashboard_support.py)."""
+    # a missing browser fails the test: the dashboard must be shown to work, not skipped
+    assert CHROMIUM.exists() and CHROMEDRIVER.exists(), \
+        "no Debian chromium + chromium-driver: `bash host_tools/toolchain/setup.sh browser` " \
+        "(make test runs it)"
+    from selenium.webdriver import Chrome, ChromeOptions
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="chromium-", dir=tmp_path)
+    options = ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run", "--disable-sync", "--window-size=1280,900",
+                 f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    driver = Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)

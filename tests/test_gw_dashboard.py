@@ -16,84 +16,22 @@ without uPlot installed.
 
 from __future__ import annotations
 
-import http.cookiejar
 import math
 import os
 import re
-import shutil
 import stat
-import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from pathlib import Path
 
-import cbor2
 import pytest
 
+from dashboard_support import IMAGES, WAIT_S, logged_in, post_form, reading, status, table
 from gateway_support import GatewayProcess, wait_for
 from test_gw_lifecycle import publish
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
-IMAGES = Path(__file__).resolve().parent.parent / "docs" / "images"
 HISTORY_POINTS = 25  # n1's readings over the last hour, one per 2 minutes
-WAIT_S = 20
-
-
-def reading(node: str, seq: int, t: int, temp_cc: int, litres: int, mv: int,
-            rssi: int) -> tuple[str, bytes]:
-    return f"m/{node}/r", cbor2.dumps([1, seq, t, {1: temp_cc, 4: litres, 7: mv, 8: rssi}])
-
-
-def status(node: str, **fields) -> tuple[str, bytes]:
-    return f"m/{node}/s", cbor2.dumps(fields)
-
-
-def table(browser, rows: str, key: str) -> dict[str, list[str]]:
-    """{row's data-KEY: [each cell's text]} of the rows matching `rows`, read at one instant."""
-    return browser.execute_script(
-        "const out = {};"
-        "for (const r of document.querySelectorAll(arguments[0]))"
-        "  out[r.dataset[arguments[1]]] = Array.from(r.cells, c => c.innerText.trim());"
-        "return out;", rows, key)
-
-
-@pytest.fixture
-def browser(tmp_path):
-    # a missing browser fails the test: the dashboard must be shown to work, not skipped
-    assert CHROMIUM.exists() and CHROMEDRIVER.exists(), \
-        "no Debian chromium + chromium-driver: `bash host_tools/toolchain/setup.sh browser` " \
-        "(make test runs it)"
-    from selenium.webdriver import Chrome, ChromeOptions
-    from selenium.webdriver.chrome.service import Service
-
-    profile = tempfile.mkdtemp(prefix="chromium-", dir=tmp_path)
-    options = ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--no-first-run", "--disable-sync", "--window-size=1280,900",
-                 f"--user-data-dir={profile}"):
-        options.add_argument(flag)
-    driver = Chrome(options=options, service=Service(str(CHROMEDRIVER)))
-    driver.set_page_load_timeout(30)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
-
-
-def post_form(url: str, body: str, cookie: str = "") -> int:
-    req = urllib.request.Request(url, data=body.encode(), method="POST", headers={
-        "Content-Type": "application/x-www-form-urlencoded", "Cookie": cookie})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as reply:
-            return reply.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
 
 
 @pytest.mark.slow
@@ -255,17 +193,6 @@ def gateway_api(tmp_path, monkeypatch):
     finally:
         server.stop()
         gw.box.close()
-
-
-def logged_in(base: str, token: str) -> urllib.request.OpenerDirector:
-    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(
-        http.cookiejar.CookieJar()))
-    with opener.open(f"{base}/login", timeout=10) as reply:
-        csrf = re.search(r'name="csrf" value="([^"]+)"', reply.read().decode()).group(1)
-    body = urllib.parse.urlencode({"csrf": csrf, "token": token, "next": "/"}).encode()
-    with opener.open(f"{base}/login", data=body, timeout=10) as reply:
-        assert reply.url == f"{base}/"
-    return opener
 
 
 def test_the_node_page_without_uplot_says_how_to_install_it(gateway_api, monkeypatch):
