@@ -6,6 +6,7 @@
     meterlink gateway ota --config FILE --nodes a,b,c --bundle app.mlb [--canary 1]
     meterlink gateway replay --config FILE [ID ... | --sink S --all] [--again]
     meterlink gateway node --config FILE retire NODE [--note TEXT] | reinstate NODE | delete NODE
+    meterlink gateway user --config FILE add NAME [--password-stdin] | remove NAME | list
 
 The config is checked completely before anything connects; an invalid one exits with status 2
 and a message naming the key. SIGINT or SIGTERM stop the gateway cleanly (status 0).
@@ -113,6 +114,21 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     node.add_argument("node_id", metavar="NODE")
     node.add_argument("--note", default="", help="why (retire): kept with the node")
 
+    user = sub.add_parser(
+        "user", help="dashboard users: add one (or give it a new password), remove one, list",
+        description="Operators log in to the dashboard with a user name and password (or the "
+                    "API token). The users live in `dashboard-users` beside the API token file "
+                    "(scrypt hashes, mode 0600); the running gateway picks changes up at once, "
+                    "and removing a user or giving it a new password ends its sessions. The "
+                    "password is asked twice on the terminal, or read from the first line of "
+                    "stdin with --password-stdin; it is never an argument (it would show in "
+                    "the process list and the shell's history).")
+    user.add_argument("--config", dest="send_config", metavar="FILE", help="gateway config")
+    user.add_argument("user_action", choices=("add", "remove", "list"))
+    user.add_argument("user_name", nargs="?", metavar="NAME")
+    user.add_argument("--password-stdin", action="store_true",
+                      help="read the password from the first line of stdin")
+
 
 def _load(path: str | None):
     if not path:
@@ -133,6 +149,8 @@ def run(args: argparse.Namespace) -> int:
         return run_replay(args)
     if getattr(args, "gateway_action", None) == "node":
         return run_node(args)
+    if getattr(args, "gateway_action", None) == "user":
+        return run_user(args)
     config = _load(args.config)
     configure_logging(config.gateway.log_level)
     from gateway.daemon import Gateway
@@ -411,3 +429,50 @@ def run_node(args: argparse.Namespace) -> int:
         print(f"{args.node_id}: " + ("back in service" if answer.get("changed") else
                                      "was not retired"))
     return EXIT_OK
+
+
+def run_user(args: argparse.Namespace) -> int:
+    """add / remove / list the dashboard's users (gateway/users.py), in their file."""
+    import getpass
+    import time
+
+    from gateway.users import Users, UsersError, users_path
+
+    config = _load(args.send_config or args.config)
+    users = Users(users_path(config))
+    try:
+        if args.user_action == "list":
+            info = users.info()
+            for name, entry in info.items():
+                created = entry.get("created")
+                when = time.strftime("%Y-%m-%d %H:%M", time.localtime(created)) \
+                    if isinstance(created, (int, float)) else "-"
+                print(f"{name:<32}  added {when}")
+            if not info:
+                print(f"no users in {users.path} (log in with the API token, or "
+                      f"`meterlink gateway user add NAME`)")
+            return EXIT_OK
+        if not args.user_name:
+            raise UserError(f"gateway user {args.user_action}: NAME is required",
+                            exit_code=EXIT_INPUT)
+        if args.user_action == "remove":
+            users.remove(args.user_name)
+            print(f"{args.user_name}: removed (its sessions have ended)")
+            return EXIT_OK
+        if args.password_stdin:
+            password = sys.stdin.readline().rstrip("\r\n")
+        else:
+            password = getpass.getpass(f"password for {args.user_name}: ")
+            if getpass.getpass("again: ") != password:
+                raise UserError("gateway user add: the two passwords differ",
+                                exit_code=EXIT_INPUT)
+        new = users.add(args.user_name, password)
+        print(f"{args.user_name}: " + ("added" if new else
+                                       "new password (its sessions have ended)"))
+        return EXIT_OK
+    except UsersError as exc:
+        raise UserError(f"gateway user {args.user_action}: {exc}",
+                        exit_code=EXIT_INPUT) from exc
+    except OSError as exc:
+        raise UserError(f"gateway user {args.user_action}: {users.path}: {exc}",
+                        exit_code=EXIT_ERROR) from exc

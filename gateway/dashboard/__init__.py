@@ -11,14 +11,17 @@ and the pages, one module each (`PAGES`), every one `mount(app, dash)` with the 
 fleet.py (the fleet and node pages). A page's own data is JSON under `/dash/`, authenticated
 by the session, not the bearer token.
 
-Login is the `[api] token` operators already hold; user names with passwords (scrypt) are a
-later step. The session is our own signed cookie, not Starlette's SessionMiddleware: the
-session holds two fields (an expiry and a CSRF token), and a cookie signed with HMAC-SHA256
-over a key derived from a random secret (`dashboard-secret`, mode 0600, beside the token file)
-and the token itself needs no extra dependency, and a new token ends every session. The cookie
-is HttpOnly and SameSite=Strict (Secure over https). Every POST form carries the session's CSRF
-token, the login form too (an anonymous session is made for it). Sessions are not stored, so
-logout clears the cookie but cannot revoke a copy of it; changing the token does.
+Login is a user name and password (gateway/users.py: scrypt hashes in `dashboard-users`,
+managed with `meterlink gateway user`), or the `[api] token` with no user name. A logged-in
+session lives in the gateway's memory (`SessionStore`): the cookie holds a random id, logout
+forgets it, and removing a user or changing its password ends its sessions; a restart ends
+them all. The login form's own session (for its CSRF token) is a signed cookie that is not
+stored (`Sessions`: HMAC-SHA256 over a key derived from a random secret, `dashboard-secret`,
+mode 0600, beside the token file), so anonymous visitors cost the gateway no memory. Cookies
+are HttpOnly and SameSite=Strict (Secure over https). Every POST form carries the session's
+CSRF token. Ten failed logins from one address in ten minutes lock that address out for the
+rest of the ten minutes (`LoginGuard`); each refusal waits half a second. Passwords and the
+token are never logged; user names and client addresses are.
 
 The charts are uPlot from the npm registry, which `make setup` puts in
 `.cache/web/node_modules/uplot/dist` (host_tools/toolchain/setup.sh). A gateway installed by
@@ -40,6 +43,7 @@ import logging
 import os
 import re
 import secrets
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -51,6 +55,7 @@ from starlette.requests import ClientDisconnect
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from gateway.logfmt import kv
+from gateway.users import UsersError
 
 if TYPE_CHECKING:
     from gateway.api import ApiServer
@@ -74,6 +79,10 @@ ANON_S = 3600  # the login form's session, for its CSRF token
 REFUSED_DELAY_S = 0.5  # a wrong token waits this long: guessing is slow
 POLL_S = 3
 TOKEN_USER = "api-token"  # who the API token's holder is in the dashboard (acknowledgements)
+SID_PREFIX = "u."  # a logged-in session's cookie: SID_PREFIX + its random id (SessionStore)
+MAX_SESSIONS = 1000
+LOCK_AFTER = 10  # failed logins from one address within LOCK_WINDOW_S lock it out
+LOCK_WINDOW_S = 600
 RANGES = {"1h": 3600, "24h": 86400, "7d": 7 * 86400}  # the node page's chart spans
 RANGE = "^(1h|24h|7d)$"
 HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
@@ -172,6 +181,74 @@ def load_secret(path: Path) -> bytes:
     return text.encode()
 
 
+class SessionStore:
+    """Logged-in sessions, kept in the gateway's memory: the cookie holds a random id only.
+    Logging out forgets the id (a copy of the cookie is then worthless too); so does a
+    restart of the gateway (everyone logs in again). At most `limit` sessions: the oldest go
+    first."""
+
+    def __init__(self, limit: int = MAX_SESSIONS) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._live: dict[str, dict[str, Any]] = {}
+
+    def __repr__(self) -> str:
+        return f"SessionStore({len(self._live)} live)"
+
+    def make(self, user: str, fingerprint: Optional[str], now: float) -> tuple[str, dict]:
+        sid = secrets.token_urlsafe(32)
+        data = {"exp": int(now + SESSION_S), "csrf": secrets.token_urlsafe(24), "user": user,
+                "fp": fingerprint}
+        with self._lock:
+            for old in [k for k, v in self._live.items() if v["exp"] < now]:
+                del self._live[old]
+            while len(self._live) >= self.limit:
+                del self._live[next(iter(self._live))]
+            self._live[sid] = data
+        return SID_PREFIX + sid, data
+
+    def read(self, cookie: str, now: float) -> Optional[dict[str, Any]]:
+        with self._lock:
+            data = self._live.get(cookie[len(SID_PREFIX):])
+        return data if data and data["exp"] >= now else None
+
+    def drop(self, cookie: str) -> None:
+        with self._lock:
+            self._live.pop(cookie[len(SID_PREFIX):], None)
+
+
+class LoginGuard:
+    """Failed logins per client address: after `LOCK_AFTER` in `LOCK_WINDOW_S` seconds the
+    address is refused until the window has passed (a password is not guessed by trying)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._failed: dict[str, list[float]] = {}
+
+    def __repr__(self) -> str:
+        return f"LoginGuard({len(self._failed)} addresses)"
+
+    def wait_s(self, client: str, now: float) -> float:
+        """Seconds until `client` may try again (0: now)."""
+        with self._lock:
+            recent = [t for t in self._failed.get(client, ()) if t > now - LOCK_WINDOW_S]
+            if recent:
+                self._failed[client] = recent
+            else:
+                self._failed.pop(client, None)
+        return recent[0] + LOCK_WINDOW_S - now if len(recent) >= LOCK_AFTER else 0.0
+
+    def failed(self, client: str, now: float) -> None:
+        with self._lock:
+            if len(self._failed) > 10000:  # a flood of addresses: start again
+                self._failed.clear()
+            self._failed.setdefault(client, []).append(now)
+
+    def succeeded(self, client: str) -> None:
+        with self._lock:
+            self._failed.pop(client, None)
+
+
 def _safe_next(target: Optional[str]) -> str:
     """A page of this site to go to after login; anything else (another host) is `/`."""
     if target and target.startswith("/") and not target.startswith(("//", "/\\")):
@@ -189,6 +266,7 @@ class Dash:
         from jinja2 import Environment, FileSystemLoader, select_autoescape
 
         from gateway.api import token_path
+        from gateway.users import Users, users_path
 
         self.api = api
         self.sessions = Sessions(load_secret(token_path(api.gateway.config).with_name(
@@ -197,6 +275,9 @@ class Dash:
                                autoescape=select_autoescape(), trim_blocks=True,
                                lstrip_blocks=True)
         self.units = shown_units()
+        self.users = Users(users_path(api.gateway.config))
+        self.store = SessionStore()
+        self.guard = LoginGuard()
 
     def __repr__(self) -> str:
         return f"Dash({self.api!r})"
@@ -219,7 +300,23 @@ class Dash:
                             samesite="strict", secure=request.url.scheme == "https")
 
     def session_of(self, request: Request) -> Optional[dict[str, Any]]:
-        return self.sessions.read(request.cookies.get(COOKIE), time.time())
+        """The request's session: a logged-in one (SessionStore; it ends when its user is
+        removed or given a new password), or the login form's signed anonymous one."""
+        cookie = request.cookies.get(COOKIE) or ""
+        now = time.time()
+        if not cookie.startswith(SID_PREFIX):
+            return self.sessions.read(cookie, now)
+        session = self.store.read(cookie, now)
+        if session and session["user"] != TOKEN_USER:
+            try:
+                current = self.users.current(session["user"])
+            except UsersError as exc:
+                log.error("dashboard_users_unreadable", extra=kv(error=str(exc)))
+                current = None
+            if current != session["fp"]:
+                self.store.drop(cookie)
+                return None
+        return session
 
     def user(self, request: Request) -> Optional[dict[str, Any]]:
         """The logged-in session of the request, or None."""
@@ -284,13 +381,35 @@ def mount(app: FastAPI, api: Optional["ApiServer"]) -> None:
         if not dash.csrf_ok(dash.session_of(request), fields):
             log.warning("dashboard_csrf_refused", extra=kv(client=client, path="/login"))
             return login_form(request, next_url, "The form had expired: log in again.", 403)
-        token = fields.get("token", "").strip().encode()
-        if not token or not hmac.compare_digest(token, api.token):
-            log.warning("dashboard_login_refused", extra=kv(client=client))
+        now = time.time()
+        wait = dash.guard.wait_s(client, now)
+        if wait:
+            log.warning("dashboard_login_locked", extra=kv(client=client, wait_s=round(wait)))
+            return login_form(request, next_url, f"Too many failed logins from this address: "
+                                                 f"try again in {wait / 60:.0f} min.", 429)
+        name = fields.get("user", "").strip()
+        secret = fields.get("token", "")
+        if name:  # a user name and its password (gateway/users.py)
+            try:
+                fingerprint = await asyncio.to_thread(dash.users.verify, name, secret)
+            except UsersError as exc:
+                log.error("dashboard_users_unreadable", extra=kv(error=str(exc)))
+                return login_form(request, next_url, "The gateway's user file cannot be read: "
+                                                     "see its log.", 503)
+            refusal = "Wrong user name or password."
+        else:  # the API token
+            token = secret.strip().encode()
+            fingerprint = "" if token and hmac.compare_digest(token, api.token) else None
+            refusal = "That is not the gateway's API token."
+        if fingerprint is None:
+            dash.guard.failed(client, now)
+            log.warning("dashboard_login_refused", extra=kv(client=client, user=name or None))
             await asyncio.sleep(REFUSED_DELAY_S)
-            return login_form(request, next_url, "That is not the gateway's API token.", 401)
-        log.info("dashboard_login", extra=kv(client=client))
-        cookie, _ = dash.sessions.make(user=TOKEN_USER, now=time.time())
+            return login_form(request, next_url, refusal, 401)
+        dash.guard.succeeded(client)
+        user = name or TOKEN_USER
+        log.info("dashboard_login", extra=kv(client=client, user=user))
+        cookie, _ = dash.store.make(user, fingerprint or None, time.time())
         response = RedirectResponse(next_url, status_code=303)
         dash.set_cookie(request, response, cookie, SESSION_S)
         return response
@@ -298,8 +417,11 @@ def mount(app: FastAPI, api: Optional["ApiServer"]) -> None:
     @app.post("/logout", **no_schema)
     async def logout(request: Request) -> Response:
         fields = await dash.form(request)
-        if not dash.csrf_ok(dash.user(request), fields):
+        session = dash.user(request)
+        if not dash.csrf_ok(session, fields):
             return dash.csrf_refused()
+        dash.store.drop(request.cookies.get(COOKIE) or "")
+        log.info("dashboard_logout", extra=kv(user=session["user"]))
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
         return response
