@@ -114,6 +114,24 @@ def test_series_from_raw_values_and_from_hourly_aggregates_with_gaps_kept(tmp_pa
         store.close()
 
 
+def test_means_keep_their_digits_whatever_the_units_scale(tmp_path):
+    """PM is stored in kg/m³: 1 µg/m³ is 1e-9, so a mean of 1 and 2 µg/m³ must stay 1.5e-9
+    (rounding to decimal places once made it 2e-9), and 0.1 + 0.2 shows no float noise."""
+    sink = history_sink(tmp_path)
+    h0 = NOW - 2 * HOUR
+    sink.deliver(outbox_batch(tmp_path, [
+        ("a1", 1, [("pm2_5", "kg/m3", 1e-9, h0), ("temperature", "Cel", 0.1, h0)]),
+        ("a1", 2, [("pm2_5", "kg/m3", 2e-9, h0 + 60), ("temperature", "Cel", 0.2, h0 + 60)])]))
+    sink.close()
+    store = History(tmp_path / "history.db", raw_days=7, clock=lambda: NOW)
+    try:
+        for step in (600, HOUR):
+            got = store.series("a1", ["pm2_5", "temperature"], h0, NOW, step)
+            assert got == {"pm2_5": [[h0, 1.5e-9]], "temperature": [[h0, 0.15]]}, step
+    finally:
+        store.close()
+
+
 def test_daily_consumption_is_a_difference_of_totals_and_a_lost_reading_moves_nothing(tmp_path):
     """Totals (m3) every 6 hours over three days; the reading at day 2 06:00 never arrived.
     Day 1 used 1.2 - 1.0, day 2 1.9 - 1.2, day 3 2.0 - 1.9: the lost reading changes nothing."""

@@ -77,6 +77,12 @@ def channel_of(name: str) -> str:
     return name.split(":", 1)[1] if ":" in name else name
 
 
+def _tidy(v: float) -> float:
+    """`v` to 12 significant digits: a mean or a difference without float noise (0.1 + 0.2),
+    whatever the unit's scale (PM in kg/m³ is 1e-9 per µg/m³: decimal places would erase it)."""
+    return float(f"{v:.12g}")
+
+
 class History:
     """Reads the history database (the API's side; one connection, used under a lock)."""
 
@@ -115,7 +121,7 @@ class History:
                         "GROUP BY b ORDER BY b",
                         (max(step, HOUR), max(step, HOUR), node, ch,
                          int(t0 // HOUR * HOUR), t1)).fetchall()
-                out[ch] = [[b, round(v, 9)] for b, v in rows]
+                out[ch] = [[b, _tidy(v)] for b, v in rows]
         return out
 
     def consumption(self, node: str, channel: str, t0: float, t1: float,
@@ -134,7 +140,7 @@ class History:
             ends[int(hour // period * period)] = last  # the last total of each period
         for start in sorted(ends):
             if previous is not None and start >= t0:
-                out.append([start, round(ends[start] - previous, 9)])
+                out.append([start, _tidy(ends[start] - previous)])
             previous = ends[start]
         return out
 
