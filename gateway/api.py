@@ -12,14 +12,18 @@
     POST /api/nodes/{id}/reinstate  put a retired node back in service
     DELETE /api/nodes/{id}        delete a node that never sent a reading
     GET  /api/alarms              active alarms
+    GET  /api/alarms/log          the alarms' history (?state=&node=&limit=, newest first)
+    POST /api/alarms/{id}/ack     acknowledge an alarm of the log: {"note"?}
     GET  /api/quarantine          rejected messages (?reason=&limit=, newest first)
     GET  /api/deadletters         batches sinks rejected (?sink=&limit=, newest first)
     POST /api/deadletters/{id}/replay  queue a dead letter again for its sink: {"again"?}
     POST /api/send                downlink: {"node"|"nodes"|"group", "config"+"version" |
                                   "cmd"+"args", "timeout_s"?, "wait"?}
+    GET  /api/downlinks           downlinks sent and their answers (?node=&limit=, newest first)
     GET  /api/ota                 the last app-update rollout's progress
     GET  /api/nodes/{id}/series   time series from the history (?channels=&from=&to=&step=)
     GET  /api/nodes/{id}/consumption  a meter's use per day from its totals (?channel=&from=&to=)
+    GET  /api/nodes/{id}/events   its status history: state changes, reboots, firmware (?limit=)
 
 `ApiServer` is what the routes do (this module); the routes, request models, token check and
 error replies are the ASGI application in `gateway.webapp`. The server runs on its own thread
@@ -48,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.downlink import command_message, config_message
 from gateway.logfmt import kv
 from gateway.outbox import Outbox
-from gateway.registry import NODE_COLUMNS, node_row
+from gateway.registry import NODE_COLUMNS, node_events, node_row
 from gateway.wire import node_id_problem
 
 if TYPE_CHECKING:
@@ -59,6 +63,17 @@ log = logging.getLogger("meterlink.gateway.api")
 STOP_S = 5.0  # what stop() waits for requests under way
 MAX_POINTS = 10000  # per series and request
 MAX_POINTS_AUTO = 500  # when the request gives no step
+RECENT_S = 7 * 86400  # the alarm log's `recent`
+# GET /api/alarms/log?state=: which rows of the alarm log
+ALARM_LOG_STATES = {
+    "open": "cleared_at IS NULL",  # raised and not cleared yet
+    "unacked": "acked_at IS NULL",  # no operator acknowledged it (active or cleared)
+    "attention": "(cleared_at IS NULL OR acked_at IS NULL)",  # either: the dashboard's first list
+    "recent": "raised_at >= :since",  # raised within RECENT_S
+    "all": "1",
+}
+ALARM_LOG_COLUMNS = ("id, node, alarm, raised_at, cleared_at, detail, acked_at, acked_by, "
+                     "ack_note")
 
 
 class ApiError(Exception):
@@ -170,6 +185,19 @@ class ApiServer:
             out.setdefault(node, []).append(alarm)
         return out
 
+    def public_nodes(self) -> list[dict[str, Any]]:
+        """The nodes the public page may show (registered public, not retired), with only
+        what it needs: district, registered sensors, latest values (gateway/dashboard/public.py
+        picks the channels it shows from them)."""
+        with self.lock:
+            rows = self.box.query("SELECT node, district, sensors, last_values FROM nodes "
+                                  "WHERE public=1 AND retired_at IS NULL AND node NOT LIKE '-%' "
+                                  "ORDER BY node")
+        return [{"node": r["node"], "district": r["district"],
+                 "sensors": json.loads(r["sensors"]) if r["sensors"] else [],
+                 "last_values": json.loads(r["last_values"]) if r["last_values"] else {}}
+                for r in rows]
+
     def node(self, node: str) -> dict[str, Any]:
         with self.lock:
             rows = self.box.query(f"SELECT {', '.join(NODE_COLUMNS)} FROM nodes WHERE node=?",
@@ -221,6 +249,13 @@ class ApiServer:
         t0 = t1 - 30 * 86400 if t0 is None else t0
         return {"node": node, "channel": channel, "period": "day",
                 "days": history.consumption(node, channel, t0, t1)}
+
+    def events(self, node: str, limit: int) -> list[dict[str, Any]]:
+        """The node's status history (the registry's `node_log`), newest first."""
+        with self.lock:
+            if not self.box.db.execute("SELECT 1 FROM nodes WHERE node=?", (node,)).fetchone():
+                raise ApiError(404, f"node {node!r} is not known")
+            return node_events(self.box.db, node, limit)
 
     def ota(self) -> dict[str, Any]:
         """The last app-update rollout's progress per node (`meterlink gateway ota` writes it
@@ -286,8 +321,11 @@ class ApiServer:
         return {"deleted": node}
 
     def listing(self, table: str, limit: int, filter_key: str,
-                value: str | None) -> list[dict]:
+                value: str | None, *, before: int | None = None) -> list[dict]:
+        """Rows of `table`, newest first; `before`: only ids below it (the next page)."""
         where, args = ("", []) if value is None else (f"WHERE {filter_key}=?", [value])
+        if before is not None:
+            where, args = f"{where} {'AND' if where else 'WHERE'} id<?", [*args, before]
         with self.lock:
             rows = self.box.query(f"SELECT * FROM {table} {where} ORDER BY id DESC LIMIT ?",
                                   (*args, limit))
@@ -316,6 +354,41 @@ class ApiServer:
             return self.box.query("SELECT node, alarm, raised_at, detail FROM alarms "
                                   "WHERE active=1 ORDER BY node, alarm")
 
+    def alarm_log(self, state: str = "all", node: str | None = None,
+                  limit: int = 100) -> list[dict[str, Any]]:
+        """The alarms' history (`alarm_log`: the registry opens a row when an alarm is raised
+        and closes it when it clears), newest first; `state` one of `ALARM_LOG_STATES`."""
+        where = ALARM_LOG_STATES[state] + ("" if node is None else " AND node=:node")
+        with self.lock:
+            rows = self.box.query(
+                f"SELECT {ALARM_LOG_COLUMNS} FROM alarm_log WHERE {where} "
+                f"ORDER BY raised_at DESC, id DESC LIMIT :limit",
+                {"since": time.time() - RECENT_S, "node": node, "limit": limit})
+        return [_alarm_row(r) for r in rows]
+
+    def acknowledge(self, alarm_id: int, note: str, by: str) -> dict[str, Any]:
+        """An operator saw alarm `alarm_id` (a row of `alarm_log`, active or cleared): who,
+        when and their note (empty: none). 404 when there is no such row, 409 naming who
+        acknowledged it when that was done already (the first acknowledgement stands)."""
+        note = note.strip()
+        now = time.time()
+        with self.lock, self.box.transaction():
+            done = self.box.db.execute(
+                "UPDATE alarm_log SET acked_at=?, acked_by=?, ack_note=? WHERE id=? AND "
+                "acked_at IS NULL", (now, by, note or None, alarm_id)).rowcount
+            rows = self.box.query(f"SELECT {ALARM_LOG_COLUMNS} FROM alarm_log WHERE id=?",
+                                  (alarm_id,))
+        if not rows:
+            raise ApiError(404, f"no alarm {alarm_id} in the alarm log")
+        row = rows[0]
+        if not done:
+            at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(row["acked_at"]))
+            raise ApiError(409, f"alarm {alarm_id} ({row['node']} {row['alarm']}) was "
+                                f"acknowledged already, by {row['acked_by']} at {at}")
+        log.info("alarm_acknowledged", extra=kv(id=alarm_id, node=row["node"],
+                                                alarm=row["alarm"], by=by))
+        return _alarm_row(row)
+
     def send(self, body: dict[str, Any]) -> dict[str, Any]:
         """`body` validated by `webapp.Downlink` (fields as given)."""
         targets = resolve_targets(self.box, self.lock, body)
@@ -331,6 +404,25 @@ class ApiServer:
                                     wait=bool(body.get("wait", True)), lock=self.lock)
         return {"kind": kind, "results": reports,
                 "ok": all(r["result"] == "ok" for r in reports)}
+
+    def downlinks(self, node: str | None, limit: int) -> list[dict[str, Any]]:
+        """The downlinks sent through the API (table `downlinks`), newest first, each with its
+        `result`: "waiting" (unanswered, its deadline ahead), "ok", "failed" (the node refused
+        it; `ack.err` says why) or "timeout" (unanswered at its deadline; a late answer still
+        counts). `request` is what was sent (without `id`), `ack` the node's answer (without
+        `id` and `ok`: `result` says)."""
+        where, args = ("", []) if node is None else ("WHERE node=?", [node])
+        with self.lock:
+            rows = self.box.query(
+                f"SELECT id, node, kind, request_id, body, sent_at, deadline, acked_at, ok, "
+                f"reply FROM downlinks {where} ORDER BY id DESC LIMIT ?", (*args, limit))
+        now = time.time()
+        return [_downlink_row(r, now) for r in rows]
+
+
+def _alarm_row(row: dict[str, Any]) -> dict[str, Any]:
+    """An `alarm_log` row for the API: `active` while it is not cleared."""
+    return {**row, "active": row["cleared_at"] is None}
 
 
 def resolve_targets(box: Outbox, lock: Any, body: dict[str, Any]) -> list[str]:
@@ -371,3 +463,52 @@ def message_builder(body: dict[str, Any]):
         raise ValueError("args must be a JSON object")
     command_message(cmd, args, request_id="x")
     return cmd, lambda rid: command_message(cmd, args, request_id=rid, now=now)
+
+
+def _plain(obj: Any) -> Any:
+    """A decoded control message as JSON can carry it: bytes as hex, other odd values as text."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, (bytes, bytearray)):
+        return bytes(obj).hex()
+    if isinstance(obj, float) and obj - obj != 0:  # inf, nan: not JSON
+        return repr(obj)
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    return repr(obj)
+
+
+def _downlink_row(row: dict[str, Any], now: float) -> dict[str, Any]:
+    """A `downlinks` row for the API. The body is the CBOR sent, as hex; the reply is the
+    ingest's `repr()` of the acknowledgement, read back with `ast.literal_eval` (a value
+    it cannot read, such as a CBOR tag, leaves the text as `{"text": ...}`)."""
+    import ast
+
+    import cbor2
+
+    if row["acked_at"] is not None:
+        result = "ok" if row["ok"] else "failed"
+    else:
+        result = "waiting" if now < row["deadline"] else "timeout"
+    try:
+        request = _plain(cbor2.loads(bytes.fromhex(row["body"])))
+    except Exception:  # noqa: BLE001 - cbor2 raises several types; the row is ours anyway
+        request = {"hex": row["body"]}
+    ack = None
+    if row["reply"] is not None:
+        try:
+            ack = _plain(ast.literal_eval(row["reply"]))
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            ack = {"text": row["reply"]}
+    if isinstance(request, dict):
+        request.pop("id", None)
+    if isinstance(ack, dict):
+        ack.pop("id", None)
+        ack.pop("ok", None)
+    return {"id": row["id"], "node": row["node"], "kind": row["kind"],
+            "request_id": row["request_id"], "sent_at": row["sent_at"],
+            "deadline": row["deadline"], "acked_at": row["acked_at"], "result": result,
+            "request": request if isinstance(request, dict) else {"value": request},
+            "ack": ack if ack is None or isinstance(ack, dict) else {"value": ack}}

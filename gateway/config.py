@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import tomllib
 from dataclasses import dataclass
 from datetime import date, datetime, time, timezone
@@ -31,6 +32,15 @@ DEFAULT_KEEPALIVE = 30
 MQTT_QOS = 1  # fixed: a reading is acknowledged only after it is stored
 DEFAULT_LOG_LEVEL = "INFO"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+DEFAULT_MAP_TILES = "https://tile.openstreetmap.org/{z}/{x}/{y}.png"
+DEFAULT_MAP_ATTRIBUTION = "© OpenStreetMap contributors"
+# a tile URL template: http(s), a host (its first label may be Leaflet's {s}), an optional
+# port, and a path with {z}, {x} and {y}; nothing a Content-Security-Policy header could not
+# carry (the host goes into the fleet page's img-src)
+_TILES_RE = re.compile(r"^(https?)://((?:\{s\}\.)?[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)"
+                       r"(:[0-9]{1,5})?(/[^\s\"'<>;,\\]*)$")
+_TILE_FIELDS = {"z", "x", "y", "-y", "s", "r"}  # what Leaflet fills in a tile URL by itself
 
 SAMPLE_PATH = Path(__file__).with_name("sample.toml")
 SECRET_KEYS = frozenset({"password", "token"})
@@ -158,6 +168,24 @@ class GatewaySettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class DashboardConfig:
+    """`[dashboard]`: the operator pages' map (the fleet page)."""
+
+    map_tiles: str = DEFAULT_MAP_TILES  # "" : no tiles, the markers on a blank background
+    map_attribution: str = DEFAULT_MAP_ATTRIBUTION
+
+    @property
+    def tile_origin(self) -> str | None:
+        """The tile server as a Content-Security-Policy source (`https://*.tile.example` for
+        a `{s}` subdomain), for the fleet page's img-src; None without tiles."""
+        match = _TILES_RE.match(self.map_tiles)
+        if not match:
+            return None
+        scheme, host, port, _ = match.groups()
+        return f"{scheme}://{host.replace('{s}', '*')}{port or ''}"
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     """The whole gateway configuration."""
 
@@ -167,6 +195,7 @@ class Config:
     ingest: IngestConfig = IngestConfig()
     api: ApiConfig = ApiConfig()
     gateway: GatewaySettings = GatewaySettings()
+    dashboard: DashboardConfig = DashboardConfig()
 
     @property
     def sink(self) -> SinkConfig:
@@ -307,6 +336,20 @@ def _time_min(key: str, value: Any, base: Path) -> int:
     return seconds
 
 
+def _tiles(key: str, value: Any, base: Path) -> str:
+    """A map tile URL template (Leaflet's), or "" for none."""
+    if value == "":
+        return value
+    match = _TILES_RE.match(value) if isinstance(value, str) else None
+    path = match.group(4) if match else ""
+    if not match or not all(f"{{{c}}}" in path for c in "zxy") or \
+            set(re.findall(r"\{([^}]*)\}", path)) - _TILE_FIELDS:
+        raise ConfigError(key, "must be an http:// or https:// URL with {z}, {x} and {y} in its "
+                               "path (also allowed: {s} starting the host, {r}, {-y}), or \"\" "
+                               "for no tiles", got=show(value))
+    return value
+
+
 def _log_level(key: str, value: Any, base: Path) -> str:
     if not isinstance(value, str) or value.upper() not in LOG_LEVELS:
         raise ConfigError(key, f"must be one of {', '.join(LOG_LEVELS)}", got=show(value))
@@ -366,6 +409,10 @@ SCHEMA: dict[str, dict[str, tuple[Checker, Any]]] = {
         "stale_intervals": (_integer(1, 1000), 3),
         "ack_timeout_s": (_number(1, 86400), 60.0),
         "offline_grace_s": (_number(0, 86400), 120.0),
+    },
+    "dashboard": {
+        "map_tiles": (_tiles, DEFAULT_MAP_TILES),
+        "map_attribution": (_text(allow_empty=True), DEFAULT_MAP_ATTRIBUTION),
     },
     # Short form of [sinks.file] path, kept for configs written before sinks had sections.
     "sink": {
@@ -517,7 +564,8 @@ def parse_config(data: Mapping[str, Any], *, base_dir: str | Path = ".") -> Conf
     return Config(mqtt=MqttConfig(**values["mqtt"]), sinks=tuple(sinks),
                   outbox=OutboxConfig(**values["outbox"]),
                   ingest=IngestConfig(**values["ingest"]), api=ApiConfig(**values["api"]),
-                  gateway=GatewaySettings(**values["gateway"]))
+                  gateway=GatewaySettings(**values["gateway"]),
+                  dashboard=DashboardConfig(**values["dashboard"]))
 
 
 def load_config(path: str | Path) -> Config:

@@ -23,6 +23,15 @@ Repeating the same state does nothing.
 | `queue_overflow` | status `qd` higher than the last status | a status with `qd` unchanged |
 | `gaps` | the node has missing sequence numbers (not with a shared subscription) | every gap filled |
 | `offline` | status `on: false` without `sleep` (the Last Will, or a restart announced with `bye`) and nothing better for `[gateway] offline_grace_s` | status `on: true` (or asleep) |
+
+A node's status history (`node_log`, read by `node_events`) gets a row when something an
+operator cares about changes, compared with the cached hot state (no query per message; a
+status arrives on every wake, a row does not): `first_seen`, a state (`online`, `asleep`,
+`offline`, `restarting`; not the wake cycle online <-> asleep of a battery node, which would
+be a row per wake), `reboot` (the boot counter moved), `firmware` (another version),
+`safe_mode` / `safe_mode_left`, `retired` / `reinstated`. It keeps the newest
+`NODE_LOG_KEEP` rows per node, not an age: a node that flaps cannot push the other nodes'
+history out, and a quiet node keeps its last reboot however old it is.
 """
 
 from __future__ import annotations
@@ -50,6 +59,10 @@ BATTERY_HYSTERESIS_MV = 100
 SPECIAL_CHANNELS = ("battery_voltage", "rssi", "alarms")
 STATUS_FIELDS = {"fw": "fw", "boot": "boot", "q": "q", "qd": "qd", "iv": "iv", "cv": "cv",
                  "rssi": "rssi", "bat": "battery_mv"}
+NODE_LOG_KEEP = 500  # node_log rows kept per node (the newest)
+ALARM_LOG_KEEP = 1000  # cleared alarm_log rows kept per node (the newest; open ones all)
+NODE_EVENTS = ("first_seen", "online", "asleep", "offline", "restarting", "reboot", "firmware",
+               "safe_mode", "safe_mode_left", "retired", "reinstated")
 NODE_COLUMNS = ("node", "registered", "board", "sensors", "grp", "interval_s", "first_seen",
                 "last_seen", "last_reading", "state", "fw", "boot", "sleep", "battery_mv",
                 "rssi", "q", "qd", "iv", "cv", "min_seq", "max_seq", "accepted", "duplicates",
@@ -96,18 +109,24 @@ class Registry:
         """The node's cached hot state, creating its registry row on first sight."""
         state = self._nodes.get(node)
         if state is None:
-            self.box.db.execute("INSERT OR IGNORE INTO nodes(node, first_seen, last_seen) "
-                                "VALUES (?, ?, ?)", (node, now, now))
+            new = self.box.db.execute("INSERT OR IGNORE INTO nodes(node, first_seen, last_seen) "
+                                      "VALUES (?, ?, ?)", (node, now, now)).rowcount
             # a node registered before it was first heard of (provision) is first seen now
-            self.box.db.execute("UPDATE nodes SET first_seen=? WHERE node=? AND "
-                                "first_seen IS NULL", (now, node))
-            row = self.box.db.execute("SELECT last_values, battery_mv, rssi, min_seq, max_seq "
-                                      "FROM nodes WHERE node=?", (node,)).fetchone()
+            registered = self.box.db.execute("UPDATE nodes SET first_seen=? WHERE node=? AND "
+                                             "first_seen IS NULL", (now, node)).rowcount
+            row = self.box.db.execute("SELECT last_values, battery_mv, rssi, min_seq, max_seq, "
+                                      "state, fw, boot, status FROM nodes WHERE node=?",
+                                      (node,)).fetchone()
             state = {"values": json.loads(row[0]) if row[0] else {}, "battery": row[1],
                      "rssi": row[2], "min_seq": row[3], "max_seq": row[4], "accepted": 0,
                      "duplicates": 0,
-                     "last_seen": now, "last_reading": None, "raw": {}}
+                     "last_seen": now, "last_reading": None, "raw": {},
+                     # what the status history compares a status with
+                     "state": row[5], "fw": row[6], "boot": row[7], "safe": _safe_of(row[8])}
             self._nodes[node] = state
+            if new or registered:
+                self._log(node, now, "first_seen", "registered before" if registered
+                          else "not registered")
         return state
 
     def flush(self) -> None:
@@ -175,6 +194,7 @@ class Registry:
         self.flush()
         self.box.db.execute("UPDATE nodes SET retired_at=?, retired_note=?, state='retired' "
                             "WHERE node=?", (now, note or None, node))
+        self._log(node, now, "retired", note or None, quiet=True)
         for (n, alarm), active in sorted(self._active.items()):
             if n == node and active:
                 self.set_alarm(node, alarm, False, now, "node retired")
@@ -193,6 +213,7 @@ class Registry:
             return False
         self.box.db.execute("UPDATE nodes SET retired_at=NULL, retired_note=NULL, state=NULL, "
                             "last_seen=? WHERE node=?", (now, node))
+        self._log(node, now, "reinstated", None, quiet=True)
         self.retired.pop(node, None)
         log.info("node_reinstated", extra=kv(node=node))
         return True
@@ -209,6 +230,8 @@ class Registry:
                              "counted twice")
         self.box.db.execute("DELETE FROM nodes WHERE node=?", (node,))
         self.box.db.execute("DELETE FROM alarms WHERE node=?", (node,))
+        self.box.db.execute("DELETE FROM node_log WHERE node=?", (node,))
+        self.box.db.execute("DELETE FROM alarm_log WHERE node=?", (node,))
         for key in [k for k in self._active if k[0] == node]:
             del self._active[key]
         self._nodes.pop(node, None)
@@ -223,7 +246,9 @@ class Registry:
 
     def set_alarm(self, node: str, alarm: str, active: bool, now: float,
                   detail: str = "") -> bool:
-        """Records an alarm state; True (and an event) only when the state changed."""
+        """Records an alarm state; True (and an event) only when the state changed. A raise
+        also opens a row of the alarm's history (`alarm_log`), a clear closes the open one
+        (its acknowledgement, by an operator, is the API's: `ApiServer.acknowledge`)."""
         if self._active.get((node, alarm), False) == active:
             return False
         self._active[(node, alarm)] = active
@@ -232,9 +257,18 @@ class Registry:
                 "INSERT INTO alarms(node, alarm, active, raised_at, detail) VALUES (?,?,1,?,?) "
                 "ON CONFLICT(node, alarm) DO UPDATE SET active=1, raised_at=excluded.raised_at, "
                 "cleared_at=NULL, detail=excluded.detail", (node, alarm, now, detail))
+            self.box.db.execute("INSERT INTO alarm_log(node, alarm, raised_at, detail) "
+                                "VALUES (?,?,?,?)", (node, alarm, now, detail))
+            # bounded: a flapping alarm cannot grow the table without end (rare: raises only)
+            self.box.db.execute(
+                "DELETE FROM alarm_log WHERE id IN (SELECT id FROM alarm_log WHERE node=? AND "
+                "cleared_at IS NOT NULL ORDER BY id DESC LIMIT -1 OFFSET ?)",
+                (node, ALARM_LOG_KEEP))
         else:
             self.box.db.execute("UPDATE alarms SET active=0, cleared_at=? WHERE node=? AND "
                                 "alarm=?", (now, node, alarm))
+            self.box.db.execute("UPDATE alarm_log SET cleared_at=? WHERE node=? AND alarm=? "
+                                "AND cleared_at IS NULL", (now, node, alarm))
         event = {"node": node, "alarm": alarm, "active": active, "t": round(now, 3),
                  "detail": detail}
         if self.event_sinks:
@@ -378,7 +412,7 @@ class Registry:
 
     def status(self, node: str, status: dict[str, Any], now: float) -> None:
         """A status (`s`) message: the node's state and health fields."""
-        self.ensure(node, now)
+        hot = self.ensure(node, now)
         row = self.box.db.execute("SELECT qd FROM nodes WHERE node=?", (node,)).fetchone()
         old_qd = row[0]
         on = status.get("on")
@@ -397,6 +431,7 @@ class Registry:
                 sets[column] = value
         assign = ", ".join(f"{c}=?" for c in sets)
         self.box.db.execute(f"UPDATE nodes SET {assign} WHERE node=?", (*sets.values(), node))
+        self._status_history(node, hot, status, sets, now)
         st = self._nodes.get(node)
         if st is not None:  # keep the cache in step with what this UPDATE wrote
             st["last_seen"] = now
@@ -419,6 +454,61 @@ class Registry:
                 self.set_alarm(node, "queue_overflow", False, now)
         if "battery_mv" in sets:
             self._battery(node, sets["battery_mv"], now)
+
+    # ---- status history ---------------------------------------------------------------------
+
+    def _log(self, node: str, now: float, event: str, detail: str | None, *,
+             quiet: bool = False) -> None:
+        """A `node_log` row, keeping the newest NODE_LOG_KEEP of the node (rare: changes only,
+        so the pruning query, which walks the node's index, costs nothing that matters)."""
+        db = self.box.db
+        db.execute("INSERT INTO node_log(node, at, event, detail) VALUES (?, ?, ?, ?)",
+                   (node, now, event, detail))
+        db.execute("DELETE FROM node_log WHERE id IN (SELECT id FROM node_log WHERE node=? "
+                   "ORDER BY at DESC, id DESC LIMIT -1 OFFSET ?)", (node, NODE_LOG_KEEP))
+        if not quiet:
+            log.info("node_event", extra=kv(node=node, event=event, detail=detail))
+
+    def _status_history(self, node: str, hot: dict[str, Any], status: dict[str, Any],
+                        sets: dict[str, Any], now: float) -> None:
+        """Rows for what a status changed against the cached state (`hot`), which it updates:
+        a reboot, a firmware version, safe mode, then the state (read newest first: the state
+        the node came back in, above the reboot that led to it)."""
+        boot, fw = sets.get("boot"), sets.get("fw")
+        if boot is not None:
+            if hot["boot"] is not None and boot != hot["boot"]:
+                rst = status.get("rst")
+                self._log(node, now, "reboot", f"boot {hot['boot']} -> {boot}" +
+                          (f", reset cause {rst}" if isinstance(rst, str) else ""))
+            hot["boot"] = boot
+        if fw is not None:
+            if hot["fw"] is not None and fw != hot["fw"]:
+                self._log(node, now, "firmware", f"{hot['fw']} -> {fw}")
+            hot["fw"] = fw
+            # safe mode only from the node's own report: the Last Will and `bye` carry no fw
+            safe = status.get("safe") if isinstance(status.get("safe"), str) else None
+            if safe != hot["safe"]:
+                if safe:
+                    self._log(node, now, "safe_mode", safe)
+                else:
+                    self._log(node, now, "safe_mode_left", None)
+                hot["safe"] = safe
+        old, state = hot["state"], sets["state"]
+        if state == old:
+            return
+        hot["state"] = state
+        if {old, state} == {"online", "asleep"}:
+            return  # a battery node's wake cycle
+        was = f"was {old}" if old else None
+        if state == "offline":
+            detail = "Last Will: the connection dropped"
+        elif state == "restarting":
+            detail = f"announced: {status.get('bye')}"
+        elif state == "asleep":
+            detail = ", ".join(filter(None, [f"wakes in {sets['sleep']} s", was]))
+        else:
+            detail = was
+        self._log(node, now, state, detail)
 
     def check_offline(self, now: float) -> None:
         """Raises `offline` for nodes gone (Last Will, or an announced restart) for longer
@@ -474,6 +564,22 @@ def json_safe(value: Any, depth: int = 0) -> Any:
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
     return repr(value)
+
+
+def node_events(db: Any, node: str, limit: int) -> list[dict[str, Any]]:
+    """The node's status history, newest first: [{"at", "event", "detail"}, ...]."""
+    return [{"at": at, "event": event, "detail": detail} for at, event, detail in db.execute(
+        "SELECT at, event, detail FROM node_log WHERE node=? ORDER BY at DESC, id DESC LIMIT ?",
+        (node, limit))]
+
+
+def _safe_of(status: str | None) -> str | None:
+    """Why the node was in safe mode in a stored status (JSON), or None."""
+    try:
+        safe = json.loads(status).get("safe") if status else None
+    except (ValueError, AttributeError):
+        return None
+    return safe if isinstance(safe, str) else None
 
 
 def node_row(row: dict[str, Any], *, missing: int = 0, gaps: list | None = None,

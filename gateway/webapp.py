@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hmac
 import logging
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional
 
 from fastapi import Body, Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -32,6 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway import dashboard
 from gateway.logfmt import kv
+from gateway.registry import NODE_EVENTS, NODE_LOG_KEEP
 
 if TYPE_CHECKING:
     from gateway.api import ApiServer
@@ -41,6 +42,8 @@ log = logging.getLogger("meterlink.gateway.api")
 MAX_BODY = 1 << 20
 NOTE_LIMIT = 500
 NODE_ID = r"^[a-z0-9][a-z0-9_-]{0,31}$"  # gateway.wire.node_id_problem's rule
+ALARM_NODE = r"^-?[a-z0-9][a-z0-9_-]{0,31}$"  # a node id, or -gateway (daemon.GATEWAY_NODE)
+ALARM_STATES = r"^(open|unacked|attention|recent|all)$"  # api.ALARM_LOG_STATES
 
 UNAUTHORIZED = ("a bearer token is required: Authorization: Bearer TOKEN ([api] token, or "
                 "the token_file's)")
@@ -103,6 +106,27 @@ class Replay(_Model):
     again: StrictBool = Field(default=False, description="replay a letter replayed before")
 
 
+class Acknowledgement(_Model):
+    note: StrictStr = Field(default="", max_length=NOTE_LIMIT,
+                            description="what was seen or done (optional: who and when are "
+                                        "recorded either way)")
+
+
+class AlarmLogRow(BaseModel):
+    """One raise of an alarm (the alarm log): cleared and acknowledged, or not yet."""
+
+    id: int = Field(description="what POST /api/alarms/{id}/ack takes")
+    node: str = Field(description="the node id; -gateway for the gateway's own alarms")
+    alarm: str = Field(description="leak, low_battery, ... (docs/operations.md, Alarms)")
+    raised_at: float = Field(description="Unix seconds")
+    cleared_at: Optional[float] = Field(description="Unix seconds; null while active")
+    detail: Optional[str] = Field(description="why it was raised")
+    acked_at: Optional[float] = Field(description="Unix seconds; null until acknowledged")
+    acked_by: Optional[str] = Field(description="the operator's user name, or api-token")
+    ack_note: Optional[str] = Field(description="the operator's note; null without one")
+    active: bool = Field(description="not cleared yet")
+
+
 class Downlink(_Model):
     """A config patch (`config` + `version`) or a command (`cmd` + `args`) to `node`, `nodes`
     or every registered node of `group` (exactly one of the three)."""
@@ -117,6 +141,35 @@ class Downlink(_Model):
     args: Optional[dict[str, Any]] = None
     timeout_s: Optional[float] = Field(default=None, ge=0, le=3600, allow_inf_nan=False)
     wait: StrictBool = True
+
+
+class SentDownlink(BaseModel):
+    """A downlink sent through the API (`POST /api/send`) and what became of it."""
+
+    id: int
+    node: str
+    kind: str = Field(description='"config", or the command\'s name')
+    request_id: Optional[str] = Field(description="the `id` the node's answer carries")
+    sent_at: float = Field(description="Unix seconds")
+    deadline: float = Field(description="Unix seconds: the answer is awaited until then")
+    acked_at: Optional[float] = Field(description="Unix seconds the answer came; null before")
+    result: Literal["waiting", "ok", "failed", "timeout"] = Field(
+        description="waiting: no answer yet, before the deadline; failed: the node refused it "
+                    "(`ack.err` says why); timeout: no answer by the deadline")
+    request: dict[str, Any] = Field(description="what was sent, decoded (bytes as hex), "
+                                                "without `id`")
+    ack: Optional[dict[str, Any]] = Field(description="the node's answer without `id` and "
+                                                      "`ok`; null before it came")
+
+
+class NodeEvent(BaseModel):
+    """One row of a node's status history (docs/gateway.md, "Status history")."""
+
+    at: float = Field(description="Unix seconds")
+    event: str = Field(description=", ".join(NODE_EVENTS))
+    detail: Optional[str] = Field(description='what changed: "boot 7 -> 8, reset cause wdt", '
+                                              '"1.3.2 -> 1.4.0", "was offline"; null: nothing '
+                                              'to add')
 
 
 class ErrorReply(BaseModel):
@@ -302,6 +355,18 @@ def make_app(api: "ApiServer") -> FastAPI:
     def delete(node: NodeId) -> dict[str, Any]:
         return api.delete(node)
 
+    @app.get("/api/nodes/{node}/events", tags=["registry"], dependencies=auth,
+             response_model=list[NodeEvent],
+             summary="a node's status history, newest first: state changes, reboots, "
+                     "firmware versions, safe mode, retirement",
+             responses={404: {"description": "unknown"}})
+    def node_events(node: NodeId,
+                    limit: int = Query(100, ge=1, le=NODE_LOG_KEEP,
+                                       description=f"rows, newest first (the gateway keeps "
+                                                   f"the last {NODE_LOG_KEEP} per node)")
+                    ) -> list[dict[str, Any]]:
+        return api.events(node, limit)
+
     # ---- history --------------------------------------------------------------------------
 
     @app.get("/api/nodes/{node}/series", tags=["history"], dependencies=auth,
@@ -337,6 +402,29 @@ def make_app(api: "ApiServer") -> FastAPI:
     def alarms() -> list[dict[str, Any]]:
         return api.alarms()
 
+    @app.get("/api/alarms/log", tags=["operations"], dependencies=auth,
+             response_model=list[AlarmLogRow],
+             summary="the alarms' history, newest first: each raise, when it cleared, who "
+                     "acknowledged it")
+    def alarm_log(state: str = Query("all", pattern=ALARM_STATES,
+                                     description="open: not cleared; unacked: not "
+                                                 "acknowledged; attention: either; recent: "
+                                                 "raised in the last 7 days; all"),
+                  node: Optional[str] = Query(None, pattern=ALARM_NODE,
+                                              description="only this node's (-gateway: the "
+                                                          "gateway's own)"),
+                  limit: int = Query(100, ge=1, le=1000)) -> list[dict[str, Any]]:
+        return api.alarm_log(state, node, limit)
+
+    @app.post("/api/alarms/{alarm}/ack", tags=["operations"], dependencies=auth,
+              response_model=AlarmLogRow,
+              summary="acknowledge an alarm of the log (active or cleared), with a note",
+              responses={404: {"description": "no such alarm in the log"},
+                         409: {"description": "acknowledged already: says by whom and when"}})
+    def acknowledge(alarm: int = Path(ge=1, le=2**63 - 1),
+                    body: Optional[Acknowledgement] = Body(None)) -> dict[str, Any]:
+        return api.acknowledge(alarm, (body or Acknowledgement()).note, dashboard.TOKEN_USER)
+
     @app.get("/api/quarantine", tags=["operations"], dependencies=auth,
              summary="rejected messages, newest first, payload in hex")
     def quarantine(reason: Optional[str] = Query(None, max_length=64),
@@ -363,6 +451,14 @@ def make_app(api: "ApiServer") -> FastAPI:
               responses={404: {"description": "the group has no registered nodes"}})
     def send(body: Downlink) -> dict[str, Any]:
         return api.send(body.model_dump(exclude_unset=True))
+
+    @app.get("/api/downlinks", tags=["downlink"], dependencies=auth,
+             response_model=list[SentDownlink],
+             summary="downlinks sent through the API and their answers, newest first")
+    def downlinks(node: Optional[str] = Query(None, pattern=NODE_ID,
+                                              description="only the downlinks to this node"),
+                  limit: int = Query(50, ge=1, le=1000)) -> list[dict[str, Any]]:
+        return api.downlinks(node, limit)
 
     @app.get("/api/ota", tags=["downlink"], dependencies=auth,
              summary="the last app-update rollout's progress",

@@ -3,7 +3,8 @@
     meterlink provision --board esp32-devkitc --node-id park-01 --broker 192.168.1.10:8883 \\
         --wifi-ssid utility-iot --wifi-password '...' --pki pki --client-cert \\
         [--password-file /etc/mosquitto/meterlink.passwd] [--acl-file /etc/mosquitto/meterlink.acl] \\
-        [--gateway http://127.0.0.1:8080] [--group park] [--interval 60] [--port PORT]
+        [--gateway http://127.0.0.1:8080] [--group park] [--interval 60] [--port PORT] \\
+        [--location 50.8466,4.3601] [--district centre] [--public]
 
 1. The configuration: what the node already has in `config.json` (re-provisioning keeps its
    Wi-Fi and sensors), else the board's defaults (its I2C pins, and a BME280 at 0x76 on i2c0
@@ -28,7 +29,9 @@
    the node's previous entries in those files (the rest is kept); without, they are printed.
    Mosquitto reads both files again on SIGHUP (`systemctl reload mosquitto`).
 6. With `--gateway URL`, the node is registered: `PUT URL/api/nodes/{node_id}` with
-   {"board", "sensors", "interval_s", "group"}.
+   {"board", "sensors", "interval_s", "group", "location", "district", "public"}: where it is
+   (the dashboard's map), the district and whether the public page shows it. These are
+   checked before anything is written to the node, and need `--gateway`.
 
 The password appears only in the device's config.json and, hashed, in the password file.
 """
@@ -38,6 +41,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import math
 import os
 import re
 import secrets
@@ -97,6 +101,13 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
                         help="register the node with the gateway's HTTP API at URL")
     gwapi.add_token_option(parser)
     parser.add_argument("--group", metavar="NAME", help="group for the gateway registry")
+    parser.add_argument("--location", metavar="LAT,LON",
+                        help="with --gateway: where the node is, WGS 84 degrees, for the "
+                             "dashboard's map (a negative latitude: --location=-33.92,18.42)")
+    parser.add_argument("--district", metavar="NAME",
+                        help="with --gateway: the district the public page groups it under")
+    parser.add_argument("--public", action="store_true",
+                        help="with --gateway: show its environment values on the public page")
     parser.add_argument("--port", metavar="PORT", help="serial port (default: the only one)")
     parser.add_argument("--no-reset", action="store_true",
                         help="leave the node stopped at the REPL afterwards")
@@ -264,6 +275,47 @@ def _file_report(kind: str, path: Path, what: str, node: str, item: str) -> str:
 
 
 # ------------------------------------------------------------------------------ gateway
+DISTRICT_MAX = 64  # webapp.Registration's rule
+
+
+def registration_extras(args: argparse.Namespace) -> dict:
+    """`location`, `district` and `public` for the registration, checked (UserError naming
+    the flag) before anything is written to the node."""
+    given = [f for f, v in (("--location", args.location), ("--district", args.district),
+                            ("--public", args.public)) if v]
+    if given and not args.gateway:
+        raise UserError(f"{' and '.join(given)} need{'s' if len(given) == 1 else ''} "
+                        "--gateway URL: they are registered with the gateway",
+                        exit_code=EXIT_INPUT)
+    out: dict = {}
+    if args.location is not None:
+        out["location"] = parse_location(args.location)
+    if args.district is not None:
+        district = args.district.strip()
+        if not 1 <= len(district) <= DISTRICT_MAX:
+            raise UserError(f"--district must be 1-{DISTRICT_MAX} characters: got "
+                            f"{args.district!r}", exit_code=EXIT_INPUT)
+        out["district"] = district
+    if args.public:
+        out["public"] = True
+    return out
+
+
+def parse_location(text: str) -> dict:
+    """`LAT,LON` in degrees -> {"lat", "lon"}; UserError naming --location otherwise."""
+    rule = (f"--location must be LAT,LON in degrees, latitude -90..90 and longitude "
+            f"-180..180 (50.8466,4.3601): got {text!r}")
+    parts = text.split(",")
+    try:
+        lat, lon = (float(p) for p in parts) if len(parts) == 2 else (math.nan, math.nan)
+    except ValueError:
+        raise UserError(rule, exit_code=EXIT_INPUT) from None
+    if not (math.isfinite(lat) and math.isfinite(lon) and -90 <= lat <= 90
+            and -180 <= lon <= 180):
+        raise UserError(rule, exit_code=EXIT_INPUT)
+    return {"lat": lat, "lon": lon}
+
+
 def register(url: str, node: str, body: dict, *, token: str | None) -> None:
     status, reply = gwapi.call("PUT", f"{url.rstrip('/')}/api/nodes/{node}", body, token=token,
                                timeout=10)
@@ -307,6 +359,7 @@ def tls_files(args: argparse.Namespace) -> dict[str, bytes]:
 
 
 def run(args: argparse.Namespace) -> int:
+    extras = registration_extras(args)
     board = device.load_board(args.board)
     port = device.pick_port(args.port)
     files = tls_files(args)
@@ -367,6 +420,7 @@ def run(args: argparse.Namespace) -> int:
                 "interval_s": min([s["interval_s"] for s in sensors] or [60])}
         if args.group:
             body["group"] = args.group
+        body.update(extras)
         register(args.gateway, args.node_id, body, token=gwapi.token(args))
         say(f"registered {args.node_id} with the gateway at {args.gateway}")
     return 0

@@ -194,12 +194,15 @@ def test_provision_registers_the_node_with_the_gateway(board, broker, tmp_path, 
         rc, out, err = provision(capsys, board.port, "--node-id", "park-01",
                                  "--broker", f"{broker.host}:{broker.port}", "--interval", "30",
                                  "--gateway", url, "--group", "park",
-                                 "--gateway-token-file", str(gw.dir / "api-token"))
+                                 "--location=-33.9249,18.4241", "--district", "Gardens",
+                                 "--public", "--gateway-token-file", str(gw.dir / "api-token"))
         assert rc == 0, err
         assert f"registered park-01 with the gateway at {url}" in out
         status, row = gw.api("/api/nodes/park-01")
         assert status == 200, row
         assert row["board"] == BOARD and row["interval_s"] == 30 and row["group"] == "park"
+        assert row["location"] == {"lat": -33.9249, "lon": 18.4241}
+        assert row["district"] == "Gardens" and row["public"] is True
         # without the gateway's token the registration is refused, and says what to give
         rc, out, err = provision(capsys, board.port, "--node-id", "park-02",
                                  "--broker", f"{broker.host}:{broker.port}", "--gateway", url)
@@ -207,6 +210,24 @@ def test_provision_registers_the_node_with_the_gateway(board, broker, tmp_path, 
         assert gw.api("/api/nodes/park-02")[0] == 404
     finally:
         gw.stop()
+
+
+@pytest.mark.parametrize("words, message", [
+    (["--location", "52.1", "--gateway", "http://127.0.0.1:9"],
+     "--location must be LAT,LON in degrees, latitude -90..90 and longitude -180..180 "
+     "(50.8466,4.3601): got '52.1'"),
+    (["--location", "4.36,150.8,1", "--gateway", "http://127.0.0.1:9"],
+     "got '4.36,150.8,1'"),
+    (["--location=-91,4.3", "--gateway", "http://127.0.0.1:9"], "got '-91,4.3'"),
+    (["--district", " ", "--gateway", "http://127.0.0.1:9"],
+     "--district must be 1-64 characters: got ' '"),
+    (["--location", "50.8,4.3", "--public"],
+     "--location and --public need --gateway URL: they are registered with the gateway"),
+])
+def test_location_district_and_public_are_checked_before_the_node_is_touched(capsys, words,
+                                                                             message):
+    rc, out, err = provision(capsys, "/dev/null", "--node-id", "park-09", *words)
+    assert rc == 2 and message in err, err
 
 
 NODE_MQTT = """\

@@ -103,7 +103,11 @@ log_level = "debug"
      'gateway.log_level must be one of DEBUG, INFO, WARNING, ERROR: got "verbose"'),
     ("[gateway]\nstats_file = 3", "gateway.stats_file must be a non-empty path string: got 3"),
     ("[extra]\na = 1", "extra is not a known section (known: mqtt, ingest, outbox, api, gateway, "
-                      "sink, sinks)"),
+                      "dashboard, sink, sinks)"),
+    ('[dashboard]\nmap_tiles = "https://tile.example/{z}/{x}.png"',
+     'dashboard.map_tiles must be an http:// or https:// URL with {z}, {x} and {y} in its path '
+     '(also allowed: {s} starting the host, {r}, {-y}), or "" for no tiles: '
+     'got "https://tile.example/{z}/{x}.png"'),
     ('mqtt = "x"', 'mqtt must be a table [mqtt]: got "x"'),
 ])
 def test_errors_name_key_rule_and_value(tmp_path, text, message):

@@ -8,8 +8,10 @@
     GET  /dash/static/{file}       our CSS and JS; /dash/uplot/{file}: uPlot (see below)
 
 and the pages, one module each (`PAGES`), every one `mount(app, dash)` with the `Dash` below:
-fleet.py (the fleet and node pages). A page's own data is JSON under `/dash/`, authenticated
-by the session, not the bearer token.
+fleet.py (the fleet with its map, the node pages), alarms.py (open and recent alarms,
+acknowledged with a note), operations.py (quarantine, dead letters with replay, commands) and
+public.py (`/public`: environment data per district for anyone, no login). A page's own data
+is JSON under `/dash/`, authenticated by the session, not the bearer token.
 
 Login is a user name and password (gateway/users.py: scrypt hashes in `dashboard-users`,
 managed with `meterlink gateway user`), or the `[api] token` with no user name. A logged-in
@@ -27,6 +29,10 @@ The charts are uPlot from the npm registry, which `make setup` puts in
 `.cache/web/node_modules/uplot/dist` (host_tools/toolchain/setup.sh). A gateway installed by
 pip has no `.cache`: `METERLINK_UPLOT_DIR` names a folder holding `uPlot.iife.min.js` and
 `uPlot.min.css`. Without them the node page shows the values and says how to get the charts.
+The fleet page's map is Leaflet, the same way: `.cache/web/node_modules/leaflet/dist`, else
+`METERLINK_LEAFLET_DIR` (`leaflet.js`, `leaflet.css`, `images/`), served at `/dash/leaflet/`.
+Its tiles come from `[dashboard] map_tiles`: that host, and only on the fleet page, is added to
+the Content-Security-Policy's img-src (`headers()`); every other page keeps `HEADERS`.
 
 These routes are left out of the OpenAPI description: they are pages, not the API.
 """
@@ -68,10 +74,15 @@ STATIC = HERE / "static"
 UPLOT_ENV = "METERLINK_UPLOT_DIR"
 UPLOT_CACHE = HERE.parent.parent / ".cache" / "web" / "node_modules" / "uplot" / "dist"
 UPLOT_FILES = ("uPlot.iife.min.js", "uPlot.min.css")
+LEAFLET_ENV = "METERLINK_LEAFLET_DIR"
+LEAFLET_CACHE = HERE.parent.parent / ".cache" / "web" / "node_modules" / "leaflet" / "dist"
+LEAFLET_FILES = ("leaflet.js", "leaflet.css")
+LEAFLET_IMAGES = ("marker-icon.png", "marker-icon-2x.png", "marker-shadow.png", "layers.png",
+                  "layers-2x.png")  # in images/, named by leaflet.css and its default icon
 STATIC_TYPES = {".css": "text/css", ".js": "text/javascript"}  # files of STATIC served
 STATIC_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*\.(css|js)$")
 # the page modules: each has mount(app, dash)
-PAGES = ("fleet",)
+PAGES = ("fleet", "public", "operations", "alarms")
 
 COOKIE = "meterlink_session"
 SESSION_S = 12 * 3600
@@ -105,6 +116,26 @@ def uplot_dir() -> Optional[Path]:
         if all((folder / name).is_file() for name in UPLOT_FILES):
             return folder
     return None
+
+
+def leaflet_dir() -> Optional[Path]:
+    """The folder Leaflet's files are served from: $METERLINK_LEAFLET_DIR, else the one
+    `make setup` fills; None when neither has leaflet.js and leaflet.css."""
+    env = os.environ.get(LEAFLET_ENV)
+    for folder in ([Path(env)] if env else []) + [LEAFLET_CACHE]:
+        if all((folder / name).is_file() for name in LEAFLET_FILES):
+            return folder
+    return None
+
+
+def headers(*, img_src: tuple[str, ...] = ()) -> dict[str, str]:
+    """The headers of a page: `HEADERS`, with its Content-Security-Policy's img-src widened by
+    `img_src` (the fleet page's map tiles) for that page alone."""
+    if not img_src:
+        return HEADERS
+    csp = HEADERS["Content-Security-Policy"].replace(
+        "img-src 'self' data:", "img-src 'self' data: " + " ".join(img_src), 1)
+    return {**HEADERS, "Content-Security-Policy": csp}
 
 
 def shown_units() -> dict[str, list]:
@@ -283,12 +314,13 @@ class Dash:
         return f"Dash({self.api!r})"
 
     def page(self, request: Request, name: str, status: int = 200, *,
+             img_src: tuple[str, ...] = (),
              session: Optional[dict[str, Any]] = None, **context: Any) -> HTMLResponse:
         """Template `name` rendered; `session` the visitor's (None: the signed-out header)."""
         html = self.env.get_template(name).render(
             request=request, signed_in=bool(session and session.get("user")),
             csrf=session["csrf"] if session else "", **context)
-        return HTMLResponse(html, status_code=status, headers=HEADERS)
+        return HTMLResponse(html, status_code=status, headers=headers(img_src=img_src))
 
     @staticmethod
     def json(data: Any, status: int = 200) -> JSONResponse:
@@ -440,6 +472,23 @@ def mount(app: FastAPI, api: Optional["ApiServer"]) -> None:
             return JSONResponse({"error": f"no static file {name[:40]!r}"}, status_code=404)
         return FileResponse(STATIC / name, media_type=kind,
                             headers={"Cache-Control": "no-cache"})
+
+    def leaflet_file(name: str, known: tuple[str, ...], sub: str = "") -> Response:
+        folder = leaflet_dir()
+        path = folder / sub / name if folder is not None else None
+        if name not in known or path is None or not path.is_file():
+            return JSONResponse({"error": f"no Leaflet file {name[:40]!r}: make setup, or set "
+                                          f"{LEAFLET_ENV}"}, status_code=404)
+        kind = {".js": "text/javascript", ".css": "text/css"}.get(path.suffix, "image/png")
+        return FileResponse(path, media_type=kind, headers={"Cache-Control": "max-age=3600"})
+
+    @app.get("/dash/leaflet/{name}", **no_schema)
+    def leaflet(name: str) -> Response:
+        return leaflet_file(name, LEAFLET_FILES)
+
+    @app.get("/dash/leaflet/images/{name}", **no_schema)
+    def leaflet_image(name: str) -> Response:
+        return leaflet_file(name, LEAFLET_IMAGES, "images")
 
     @app.get("/dash/uplot/{name}", **no_schema)
     def uplot(name: str) -> Response:

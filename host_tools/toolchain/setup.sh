@@ -12,6 +12,8 @@
 # `setup.sh micropython` does only the MicroPython part; the Python side calls it once per
 # process, so an edit to the virtual board is rebuilt (a few seconds) before anything runs.
 #   - .venv with the project installed (editable) and its pinned dependencies.
+#   - The dashboard's web assets, pinned, from the npm registry into .cache/web: uPlot (charts)
+#     and Leaflet (the fleet page's map).
 #
 # Result: .cache/bin/micropython and micropython-stock (links to the two builds), and
 # .venv/bin/meterlink.
@@ -266,6 +268,26 @@ if [ "$(uplot_version)" != "$UPLOT_VERSION" ] || [ ! -f "$UPLOT_DIR/dist/uPlot.i
         "uplot@$UPLOT_VERSION" >/dev/null
     [ "$(uplot_version)" = "$UPLOT_VERSION" ] && [ -f "$UPLOT_DIR/dist/uPlot.iife.min.js" ] \
         || die "npm did not install uplot@$UPLOT_VERSION into $CACHE/web"
+fi
+# Leaflet, the fleet page's map, the same way: pinned, from the npm registry, into
+# .cache/web/node_modules/leaflet/dist (leaflet.js, leaflet.css and images/, its marker
+# icons); METERLINK_LEAFLET_DIR names the folder for a gateway installed by pip.
+LEAFLET_VERSION=1.9.4
+LEAFLET_DIR="$CACHE/web/node_modules/leaflet"
+leaflet_version() {
+    "$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["version"])' \
+        "$LEAFLET_DIR/package.json" 2>/dev/null || true
+}
+if [ "$(leaflet_version)" != "$LEAFLET_VERSION" ] || [ ! -f "$LEAFLET_DIR/dist/leaflet.js" ] \
+        || [ ! -f "$LEAFLET_DIR/dist/leaflet.css" ] \
+        || [ ! -f "$LEAFLET_DIR/dist/images/marker-icon.png" ]; then
+    command -v npm >/dev/null || apt_install npm
+    say "installing leaflet@$LEAFLET_VERSION from npm into .cache/web (the fleet page's map)"
+    mkdir -p "$CACHE/web"
+    npm install --prefix "$CACHE/web" --save-exact --no-audit --no-fund --silent \
+        "leaflet@$LEAFLET_VERSION" >/dev/null
+    [ "$(leaflet_version)" = "$LEAFLET_VERSION" ] && [ -f "$LEAFLET_DIR/dist/leaflet.js" ] \
+        || die "npm did not install leaflet@$LEAFLET_VERSION into $CACHE/web"
 fi
 
 say "ready: MicroPython $(mp_version_of "$CACHE/bin/micropython") unix port, 32-bit (.cache/bin/micropython: firmware frozen; micropython-stock: without), mosquitto $(command -v mosquitto || echo /usr/sbin/mosquitto), .venv"

@@ -1,4 +1,5 @@
-// The fleet page: the table is drawn from /dash/nodes.json, fetched every few seconds.
+// The fleet page: the table is drawn from /dash/nodes.json, fetched every few seconds, and the
+// nodes that have a location are markers on a map (Leaflet; tiles from [dashboard] map_tiles).
 (function () {
   "use strict";
   const {ago, number, shown, readJSON, getJSON, el} = window.meterlink;
@@ -45,6 +46,82 @@
     document.getElementById("count").textContent =
       words.length ? shownNodes.length + " of " + data.nodes.length : data.nodes.length;
     document.getElementById("empty").hidden = shownNodes.length > 0;
+    renderMap(shownNodes);
+  }
+
+  // ---- the map: a marker per node with a location (the filter applies to it too)
+  const mapBox = document.getElementById("map");
+  let map = null;
+  const markers = {};  // node id -> Leaflet marker
+  const icons = {};  // state -> icon (its class colours the marker: dashboard.css)
+
+  function located(n) {
+    return n.location != null && isFinite(n.location.lat) && isFinite(n.location.lon);
+  }
+
+  function iconFor(state) {
+    const key = state || "unknown";
+    if (!icons[key]) icons[key] = new L.Icon.Default({className: "marker-" + key});
+    return icons[key];
+  }
+
+  function popup(n) {
+    return el("div", {class: "map-popup"},
+      el("a", {href: "/nodes/" + encodeURIComponent(n.node)}, n.node), " ",
+      el("span", {class: "state state-" + (n.state || "unknown")}, n.state || "unknown"),
+      el("div", {}, n.last_seen == null ? "never heard of"
+                                        : "last seen " + ago(serverNow() - n.last_seen)));
+  }
+
+  function renderMap(nodes) {
+    const here = nodes.filter(located);
+    const anywhere = data.nodes.some(located);
+    if (typeof L === "undefined") {
+      document.getElementById("map-off").hidden = !anywhere;
+      return;
+    }
+    const appears = mapBox.hidden && anywhere;
+    mapBox.hidden = !anywhere;
+    if (!anywhere) return;
+    if (map && appears) map.invalidateSize();  // it was drawn while hidden (no size)
+    let fit = false;
+    if (!map) {
+      map = L.map(mapBox, {maxZoom: 19});
+      const tiles = mapBox.dataset.tiles;
+      if (tiles) {
+        // the dashboard's origin as the Referer (not the page: Referrer-Policy same-origin
+        // would send none, and OpenStreetMap's tile servers refuse requests without one)
+        L.tileLayer(tiles, {maxZoom: 19, attribution: "", referrerPolicy: "strict-origin"})
+          .addTo(map);
+        map.attributionControl.addAttribution(  // plain text, never markup
+          el("span", {}, mapBox.dataset.attribution).innerHTML);
+      }
+      fit = true;
+    }
+    const seen = new Set();
+    for (const n of here) {
+      seen.add(n.node);
+      const at = [n.location.lat, n.location.lon];
+      let m = markers[n.node];
+      if (!m) {
+        m = markers[n.node] = L.marker(at, {icon: iconFor(n.state), title: n.node, alt: n.node})
+          .addTo(map);
+        m.bindPopup("");
+        m.bindTooltip("");
+      }
+      m.setLatLng(at);
+      if (m.options.icon !== iconFor(n.state)) m.setIcon(iconFor(n.state));
+      m.setPopupContent(popup(n));
+      m.setTooltipContent(el("span", {}, n.node + " · " + (n.state || "unknown")));
+    }
+    for (const id of Object.keys(markers)) {
+      if (!seen.has(id)) { markers[id].remove(); delete markers[id]; }
+    }
+    if (fit) {
+      const all = data.nodes.filter(located).map(n => [n.location.lat, n.location.lon]);
+      map.fitBounds(L.latLngBounds(all), {padding: [40, 40], maxZoom: 15});
+    }
+    mapBox.dataset.markers = String(Object.keys(markers).length);
   }
 
   function tick() {  // the "12 s ago" cells, between polls
