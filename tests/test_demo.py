@@ -1,15 +1,21 @@
 """`make demo` as a newcomer runs it: `meterlink demo --duration N` exits 0 with readings from
-all three nodes in readings.jsonl, and Ctrl-C stops everything with no stray process."""
+all five nodes in readings.jsonl (the air-quality station's particulates among them), the
+household meter's leak alarm raised, every node registered with the gateway with where it
+stands and whether the public page shows it; and Ctrl-C stops everything with no stray
+process."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -34,20 +40,83 @@ def processes_mentioning(text: str) -> list[str]:
     return found
 
 
-def test_demo_with_duration_exits_0_with_three_nodes(tmp_path):
+NODES = {"park-01", "school-02", "pumpstation-03", "household-04", "airquality-05"}
+PUBLIC = NODES - {"household-04"}  # a household's water meter is nobody else's business
+
+
+def api_nodes(api: str, token_file: str) -> dict[str, dict]:
+    token = Path(token_file).read_text().splitlines()[0].strip()
+    req = urllib.request.Request(f"{api}/api/nodes", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return {n["node"]: n for n in json.loads(resp.read())}
+
+
+def metres(a: dict, b: dict) -> float:
+    """Distance of two WGS 84 points, equirectangular (fine at city scale)."""
+    x = math.radians(b["lon"] - a["lon"]) * math.cos(math.radians((a["lat"] + b["lat"]) / 2))
+    y = math.radians(b["lat"] - a["lat"])
+    return 6_371_000 * math.hypot(x, y)
+
+
+def test_demo_with_duration_exits_0_with_every_node(tmp_path):
     out = tmp_path / "demo-out"
-    proc = subprocess.run([METERLINK, "demo", "--duration", "12", "--out", str(out)],
-                          capture_output=True, text=True, timeout=90)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = subprocess.Popen([METERLINK, "demo", "--duration", "12", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    killer = threading.Timer(90, proc.kill)
+    killer.start()
+    lines, registry, api = [], {}, None
+    try:
+        for line in proc.stdout:  # the registry is asked while the gateway still runs
+            lines.append(line)
+            m = re.match(r"demo: gateway API on (http://127\.0\.0\.1:\d+) \(bearer token in (\S+);",
+                         line)
+            if m:
+                api = m.groups()
+            if line.startswith("demo: registered ") and api:
+                registry = api_nodes(*api)
+        proc.wait()
+    finally:
+        killer.cancel()
+    stdout = "".join(lines)
+    assert proc.returncode == 0, stdout
+    assert api, stdout
     records = [json.loads(line) for line in (out / "readings.jsonl").read_text().splitlines()]
-    assert {r["node"] for r in records} == {"park-01", "school-02", "pumpstation-03"}
-    assert "nodes seen      3 of 3" in proc.stdout
-    assert "alarms raised   0" in proc.stdout and "result          ok" in proc.stdout
-    assert re.search(r"demo: gateway API on http://127\.0\.0\.1:\d+ ", proc.stdout), proc.stdout
+    assert {r["node"] for r in records} == NODES
+    assert "nodes seen      5 of 5" in stdout and "result          ok" in stdout, stdout
     # a live line per reading, e.g. "08:41:07  school-02       seq=3    temperature 21.73 Cel ..."
-    live = [line for line in proc.stdout.splitlines() if " seq=" in line]
+    live = [line for line in lines if " seq=" in line]
     readings = {(r["node"], r["seq"]) for r in records}
-    assert len(live) == len(readings) > 6
+    assert len(live) == len(readings) > 10
+    # the nodes start once the gateway listens: no node's first reading is lost at the broker
+    firsts = {node: min(seq for n, seq in readings if n == node) for node in NODES}
+    assert set(firsts.values()) == {0}, firsts
+
+    # the household's leak: the node's alarms channel says leak (bit 1), the gateway raised it,
+    # the demo said so as it happened and in its summary, and nothing else was raised
+    water = [r for r in records if r["node"] == "household-04"]
+    assert any(r["n"] == "household-04:water_volume" and r["u"] == "m3" for r in water), water
+    assert any(r["n"] == "household-04:alarms" and int(r["v"]) & 1 for r in water), water
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    raised = [e["n"] for e in events if e.get("event") == "alarm" and e.get("vb")]
+    assert raised == ["household-04:alarm:leak"], events
+    assert "demo: alarm raised: household-04:leak" in stdout, stdout
+    assert "alarms raised   1: household-04:leak" in stdout, stdout
+
+    # the air-quality station's particulates reached the sink (SenML: kg/m3), besides its weather
+    air = {r["n"].split(":", 1)[1]: r for r in records if r["node"] == "airquality-05"}
+    assert {"pm1", "pm2_5", "pm10", "temperature", "humidity", "pressure"} <= set(air), air
+    assert all(air[n]["u"] == "kg/m3" and 0 < air[n]["v"] < 1e-6 for n in ("pm1", "pm2_5", "pm10"))
+
+    # registered through the API: a location in one city, a district, the public flag
+    assert set(registry) == NODES, registry
+    for node_id, row in registry.items():
+        assert row["registered"] and row["board"] and row["sensors"], row
+        assert row["district"] and row["location"], row
+        assert row["public"] == (node_id in PUBLIC), row
+    where = [row["location"] for row in registry.values()]
+    assert max(metres(a, b) for a in where for b in where) < 3000, where
+    assert min(metres(a, b) for a in where for b in where if a is not b) > 100, where
+    assert "/public (" in stdout, stdout
 
 
 def test_ctrl_c_stops_everything(tmp_path):
@@ -65,9 +134,9 @@ def test_ctrl_c_stops_everything(tmp_path):
         return {json.loads(line)["node"] for line in sink.read_text().splitlines() if line.strip()}
 
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and len(nodes_seen()) < 3:
+    while time.monotonic() < deadline and nodes_seen() != NODES:
         time.sleep(0.2)
-    assert len(nodes_seen()) == 3, "the demo did not store readings from three nodes"
+    assert nodes_seen() == NODES, "the demo did not store readings from every node"
     marker = str(out)  # the gateway's config and every node's environment name this folder
     proc.send_signal(signal.SIGINT)
     stdout, _ = proc.communicate(timeout=30)
