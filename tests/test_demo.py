@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from dashboard_support import table
+
 pytestmark = pytest.mark.slow
 
 METERLINK = str(Path(sys.executable).with_name("meterlink"))
@@ -58,13 +60,30 @@ def metres(a: dict, b: dict) -> float:
     return 6_371_000 * math.hypot(x, y)
 
 
-def test_demo_with_duration_exits_0_with_every_node(tmp_path):
+def fleet_page(browser, api: str, token_file: str) -> dict[str, list[str]]:
+    """The dashboard's fleet table as an operator sees it (logged in with the demo's token),
+    once it lists every demo node and the household's leak: {node: [cell texts]}."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(f"{api}/login")
+    browser.find_element(By.ID, "token").send_keys(Path(token_file).read_text().strip())
+    browser.find_element(By.ID, "login").click()
+
+    def rows():
+        got = table(browser, "#fleet tbody tr", "node")
+        return got if set(got) == NODES and "leak" in got["household-04"][7] else None
+
+    return WebDriverWait(browser, 10).until(lambda d: rows())
+
+
+def test_demo_with_duration_exits_0_with_every_node(tmp_path, browser):
     out = tmp_path / "demo-out"
     proc = subprocess.Popen([METERLINK, "demo", "--duration", "12", "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     killer = threading.Timer(90, proc.kill)
     killer.start()
-    lines, registry, api = [], {}, None
+    lines, registry, api, fleet = [], {}, None, {}
     try:
         for line in proc.stdout:  # the registry is asked while the gateway still runs
             lines.append(line)
@@ -74,6 +93,7 @@ def test_demo_with_duration_exits_0_with_every_node(tmp_path):
                 api = m.groups()
             if line.startswith("demo: registered ") and api:
                 registry = api_nodes(*api)
+                fleet = fleet_page(browser, *api)
         proc.wait()
     finally:
         killer.cancel()
@@ -117,6 +137,10 @@ def test_demo_with_duration_exits_0_with_every_node(tmp_path):
     assert max(metres(a, b) for a in where for b in where) < 3000, where
     assert min(metres(a, b) for a in where for b in where if a is not b) > 100, where
     assert "/public (" in stdout, stdout
+
+    # the operator's fleet page listed every node, the household with its leak
+    assert set(fleet) == NODES and fleet["household-04"][7] == "leak", fleet
+    assert fleet["airquality-05"][1] == "online", fleet
 
 
 def test_ctrl_c_stops_everything(tmp_path):
