@@ -24,6 +24,7 @@ import cbor2
 
 from gateway import mqtt_tls
 from gateway.errors import WireError
+from gateway.wire import cbor_loads
 
 CONTROL_LIMIT = 1024
 STATUS_LIMIT = 512
@@ -105,7 +106,7 @@ def decode_control(payload: bytes, *, limit: int, what: str) -> dict[str, Any]:
     if len(payload) > limit:
         raise WireError("too_large", limit, f"{what} is {len(payload)} bytes, over {limit}")
     try:
-        obj = cbor2.loads(payload)
+        obj = cbor_loads(payload)
     except Exception as exc:  # noqa: BLE001 - cbor2 raises several types for bad input
         raise WireError("cbor", 0, f"{what} is not well-formed CBOR: {exc}") from exc
     if not isinstance(obj, dict) or not all(isinstance(k, str) for k in obj):

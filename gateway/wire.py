@@ -64,6 +64,11 @@ REASONS: dict[str, str] = {
 
 _MAJOR_NAMES = {2: "byte string", 3: "text string", 4: "array", 5: "map"}
 _PREVIEW_CHARS = 24
+# cbor2 5.9's C decoder leaks the text it was building (about 650 bytes) each time a text
+# string is not valid UTF-8 and it raises: a node sending such payloads over and over would
+# grow the gateway's memory without end. Decoding with str_errors="replace" never raises for
+# that, and leaks nothing; `cbor_loads` then holds the text to strict UTF-8 itself.
+_REPLACEMENT = "\ufffd"
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +132,7 @@ class _Parser:
         """A cbor2 decoder on the payload, made on first use (only error messages need it)."""
         if self._decoder is None:
             self.fp = io.BytesIO(self.buf)
-            self._decoder = cbor2.CBORDecoder(self.fp)
+            self._decoder = cbor2.CBORDecoder(self.fp, str_errors="replace")  # _REPLACEMENT
         return self._decoder
 
     def _truncated(self, off: int, what: str) -> WireError:
@@ -224,6 +229,36 @@ class _Parser:
                                          "integer with indefinite length, which is not "
                                          "well-formed")
         return (arg if major == 0 else -1 - arg), end
+
+
+def _replaced(value: Any, depth: int = 0) -> bool:
+    """True when a text string in `value` (keys too) holds U+FFFD."""
+    if isinstance(value, str):
+        return _REPLACEMENT in value
+    if depth > 64:  # cbor2 stops far deeper payloads itself; this walk stays bounded
+        return True
+    if isinstance(value, (list, tuple)):
+        return any(_replaced(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return any(_replaced(k, depth + 1) or _replaced(v, depth + 1)
+                   for k, v in value.items())
+    return False
+
+
+def cbor_loads(payload: bytes) -> Any:
+    """`cbor2.loads` with strict UTF-8, without the C decoder's leak (see `_REPLACEMENT`):
+    decoded with replacement, and only when a text string then holds U+FFFD (invalid UTF-8,
+    or a U+FFFD that was sent) decoded again by cbor2's pure-Python decoder, strictly, which
+    does not leak; invalid UTF-8 is then a `CBORDecodeError`."""
+    value = cbor2.loads(payload, str_errors="replace")
+    if _replaced(value):
+        from cbor2._decoder import loads as strict_loads
+
+        try:
+            value = strict_loads(payload)
+        except Exception as exc:  # noqa: BLE001 - its own error classes, not cbor2's public ones
+            raise cbor2.CBORDecodeValueError("a text string is not valid UTF-8") from exc
+    return value
 
 
 def decode_reading(payload: bytes, table: ChannelTable | None = None) -> Reading:
@@ -363,8 +398,8 @@ def fast_decode(payload: bytes, keys: frozenset[int] | set[int]
     indefinite length, tag, non-shortest head or trailing byte makes the payload longer than
     that, so none of them gets through. `keys` holds the valid channel keys of the table.
     """
-    try:
-        msg = cbor2.loads(payload)
+    try:  # no text belongs in this shape: replacement (no leak, _REPLACEMENT) is enough
+        msg = cbor2.loads(payload, str_errors="replace")
     except Exception:  # noqa: BLE001 - anything odd: the careful decoder names it
         return None
     if type(msg) is not list:
