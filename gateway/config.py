@@ -475,6 +475,9 @@ SINK_SCHEMAS: dict[str, dict[str, tuple[Checker, Any]]] = {
         "key_file": (_path, None),
         "keepalive": (_integer(1, 65535), 30),
         "timeout_s": (_number(0.1, 600), 10.0),
+        # the largest SenML pack published (readings in batch order up to this size): 1 KiB
+        # holds any one SenML record; 16 MiB is far above what brokers take (AWS IoT 128 KB)
+        "pack_max_bytes": (_integer(1024, 1 << 24), 65536),
     },
 }
 SINK_SCHEMAS["history"] = {

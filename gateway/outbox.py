@@ -46,11 +46,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple, Sequence
 
+import cbor2
+
 from gateway.channels import KEY_BASE, MAX_INSTANCE, ChannelTable, default_table
 from gateway.errors import SinkError
 from gateway.logfmt import kv
-from gateway.wire import (decode_reading, fast_decode, resolve_records, senml_name,
-                          senml_value)
+from gateway.wire import decode_reading, resolve_records, senml_name, senml_value
 
 log = logging.getLogger("meterlink.gateway.outbox")
 
@@ -457,30 +458,47 @@ class Outbox:
                          payload: bytes) -> list[Item]:
         """A stored reading message as one "reading" item per record (resolved to SenML).
 
-        The message was validated with the same channel table when it was accepted.
+        The message passed `fast_decode` with the same channel table when it was accepted
+        (only that path stores messages), so it is not checked again here: one pass turns
+        its values into SenML records (`_resolve_plain`). One that does not decode that way
+        takes the careful decoder, which resolves it or names what is wrong.
         """
         if self._table is None:
             self._table = default_table()
-            self._keys = frozenset(k for k in range(1, KEY_BASE * (MAX_INSTANCE + 1))
-                                   if self._table.key_problem(k) is None)
-        fast = fast_decode(payload, self._keys)
-        if fast is None:
-            reading = decode_reading(payload, self._table)
-            return [Item(id=item, kind="reading", node=node, seq=rec.seq, created=created,
-                         body=senml)
-                    for rec, senml in resolve_records(node, reading, self._table,
-                                                      received_at=int(created))]
-        first, time_value, records = fast
+        try:
+            return self._resolve_plain(item, node, created, payload)
+        except Exception:  # noqa: BLE001 - anything odd: the careful decoder names it
+            pass
+        reading = decode_reading(payload, self._table)
+        return [Item(id=item, kind="reading", node=node, seq=rec.seq, created=created,
+                     body=senml)
+                for rec, senml in resolve_records(node, reading, self._table,
+                                                  received_at=int(created))]
+
+    def _resolve_plain(self, item: int, node: str, created: float,
+                       payload: bytes) -> list[Item]:
+        """`_resolve_message` of a message in the plain shape (`fast_decode`'s): the same
+        arithmetic, done in the one loop that builds the SenML records."""
+        msg = cbor2.loads(payload, str_errors="replace")
+        first, time_value = msg[1], msg[2]
         received = int(created)
         base = received - (-1 - time_value) if time_value < 0 else time_value
         names = self._names.get(node)
         if names is None:
             names = self._names[node] = {}
+        last: dict[int, int] = {}  # key -> its value in the record before (values are deltas)
+        elapsed = 0
         out = []
-        for index, (elapsed, values) in enumerate(records):
+        for index in range(3, len(msg)):
+            rec = msg[index]
+            elapsed += rec.get(0, 0)
             t = base + elapsed
             senml = []
-            for key, value in values.items():
+            for key, sent in rec.items():
+                if not key:
+                    continue
+                prev = last.get(key)
+                value = last[key] = sent if prev is None else sent + prev
                 how = names.get(key)
                 if how is None:
                     channel, instance = self._table.lookup(key)
@@ -488,17 +506,17 @@ class Outbox:
                                         channel.scale, 10 ** -channel.scale
                                         if channel.scale < 0 else 0)
                 name, unit, scale, div = how
-                if div:  # senml_value(value, scale), written out: it runs for every value
-                    whole, rest = divmod(value, div)
-                    v = float(f"{value}e{scale}") if rest else whole
+                if div:  # senml_value(value, scale), written out: it runs for every value.
+                    # value / div is float(f"{value}e{scale}"): both are correctly rounded
+                    # (|value| < 2^53, div a power of ten), so both give the nearest double.
+                    v = value / div if value % div else value // div
                 else:
                     v = senml_value(value, scale)
                 if unit:
                     senml.append({"n": name, "u": unit, "v": v, "t": t})
                 else:  # a unitless channel (the alarm bits): SenML omits "u"
                     senml.append({"n": name, "v": v, "t": t})
-            out.append(Item(id=item, kind="reading", node=node, seq=first + index,
-                            created=created, body=senml))
+            out.append(Item(item, "reading", node, first + index - 3, created, senml))
         return out
 
     def _release(self, batch: Batch) -> None:

@@ -17,16 +17,14 @@ import dataclasses
 import gzip
 import json
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.config import parse_config
 from gateway.errors import Unconvertible
 from gateway.outbox import Outbox
 from gateway.sinks import convert_each, make_sink
 from gateway.sinks.mqtt import MqttSink
-from gateway_support import Recorder, resolve_senml, wait_for
+from gateway_support import Recorder, resolve_senml, subscriber, wait_for
 
 T0 = 1763712000
 EVENT_T = T0 + 61.5
@@ -107,23 +105,19 @@ def test_the_file_sink_writes_the_same_records_resolved_one_per_line(tmp_path):
 
 def test_the_mqtt_packs_resolve_to_the_same_records(tmp_path, broker):
     got: list[tuple[str, list]] = []
-    sub = broker.secure(mqtt.Client(CallbackAPIVersion.VERSION2, client_id="upstream-sub",
-                                    protocol=mqtt.MQTTv311))
-    sub.on_message = lambda c, u, m: got.append((m.topic, json.loads(m.payload)))
-    sub.connect(broker.host, broker.port)
-    sub.subscribe("city/#", qos=1)
-    sub.loop_start()
+    sub = subscriber(broker, lambda topic, pack: got.append((topic, pack)))
     sink = make_sink(config(tmp_path, "mqtt", host=broker.host, port=broker.port,
                             topic_prefix="city", tls=True, ca_file=str(broker.tls.ca_crt)))
     sink.open()
     try:
         wait_for(lambda: sink.client.is_connected(), 10, "the bridge connected")
         sink.deliver(batch(tmp_path, "mqtt"))
-        wait_for(lambda: len(got) == 3, 10, "three packs upstream")
+        wait_for(lambda: len(got) == 2, 10, "the readings' pack and the event upstream")
     finally:
         sink.close()
         sub.loop_stop()
-    assert [t for t, _ in got] == ["city/w1/senml", "city/w2/senml", "city/w1/event"]
+    # one pack holds the batch's readings (both nodes); the event goes on its own
+    assert [t for t, _ in got] == ["city/senml", "city/w1/event"]
     assert [r for _, pack in got for r in resolve_senml(pack)] == RESOLVED + [EVENT]
     for _, pack in got:
         assert_compact(pack)
@@ -148,3 +142,86 @@ def test_an_absolute_time_below_2_28_is_never_sent(tmp_path, sink):
     assert "w1:water_volume: t 86400 is below 2^28" in reason
     rest = dataclasses.replace(b, items=tuple(i for i in b.items if i.seq != 8))
     assert len(convert_each(rest, convert)) == len(b.items) - 1
+
+
+# ---- the packs as sent: formatted straight from the records, bounded for MQTT ---------------
+
+def test_pack_json_is_the_encoded_pack_byte_for_byte():
+    """The http and mqtt sinks format a usual reading's JSON themselves (`pack_json`); every
+    shape, value and name gives exactly the bytes (or the error) of encoding `senml_pack`."""
+    import itertools
+    import math
+
+    from gateway.outbox import Item
+    from gateway.sinks import CONVERSION_ERRORS, _encode, pack_json, senml_pack
+
+    def encoded(item):
+        try:
+            return _encode(senml_pack(item))[1:-1]
+        except CONVERSION_ERRORS as exc:
+            return type(exc)
+
+    def formatted(item):
+        try:
+            return pack_json(item)
+        except CONVERSION_ERRORS as exc:
+            return type(exc)
+
+    values = [0, -61, 21.53, -0.0, 1e22, 3.0, 2**53 - 1, math.nan, math.inf, True, None, "1"]
+    times = [T0, T0 + 0.5, EVENT_T, 86400, math.nan, None]
+    units = ["Cel", "dBm", "m3", 'a"b', "µS", None]
+    names = ["w1:temperature", "w1:temperature:2", "w2:rssi", 'w1:x"y', "w1:ü", "rssi"]
+    fast = checked = 0
+    for v, t, u, n in itertools.product(values, times, units, names):
+        for body in ([{"n": n, "u": u, "v": v, "t": t}], [{"n": n, "v": v, "t": t}],
+                     [{"n": "w1:water_volume", "u": "m3", "v": 1.5, "t": T0},
+                      {"n": n, "u": u, "v": v, "t": t}],
+                     [{"n": n, "t": t, "u": u, "v": v}]):
+            for node, seq in (("w1", 7), ("w1", None), ('w"1', 7)):
+                item = Item(1, "reading", node, seq, T0, body)
+                want = encoded(item)
+                assert formatted(item) == want, item
+                checked += 1
+                fast += isinstance(want, str) and node == "w1" and seq == 7 and \
+                    n.startswith("w1:")
+    assert checked > 10000 and fast > 500
+    event = Item(2, "event", "w1", None, T0, {"node": "w1", "alarm": "leak", "active": True,
+                                               "t": EVENT_T, "detail": 'alarms "1"'})
+    assert pack_json(event) == _encode(senml_pack(event))[1:-1]
+
+
+def test_the_mqtt_packs_fit_pack_max_bytes_and_resolve_to_the_batch(tmp_path):
+    """The bridge packs a batch's readings into as few messages as fit `pack_max_bytes`; a
+    reading record too big for one pack is cut into parts, each led by its base name and
+    time again; an event goes on its own. Together they resolve to the file sink's records."""
+    big = [(8, [{"n": f"w1:temperature:{i}" if i else "w1:temperature", "u": "Cel",
+                 "v": 10 + i / 4, "t": T0 + 30} for i in range(16)])]
+    small = [(9 + i, [{"n": "w1:water_volume", "u": "m3", "v": 12.5 + i, "t": T0 + 60 + i},
+                      {"n": "w1:rssi", "u": "dBm", "v": -60 - i, "t": T0 + 60 + i}])
+             for i in range(12)]
+    b = outbox(tmp_path / "m.db", "mqtt", big + small).claim_batch(
+        "mqtt", max_records=50, max_bytes=1 << 20)
+    file_sink = make_sink(config(tmp_path, "file"))
+    want = [json.loads(line) for item in b.items for line in file_sink.convert(item)]
+    sink = make_sink(config(tmp_path, "mqtt", host="127.0.0.1", pack_max_bytes=1024))
+    messages = sink.messages(b)
+    assert [t for t, _ in messages] == ["meterlink/senml"] * (len(messages) - 1) + [
+        "meterlink/w1/event"]
+    assert all(len(payload) <= 1024 for _, payload in messages), \
+        [len(p) for _, p in messages]
+    packs = [json.loads(payload) for _, payload in messages]
+    assert [r for pack in packs for r in resolve_senml(pack)] == want
+    for pack in packs:
+        assert_compact(pack)
+        assert pack[0]["bn"] and pack[0]["bt"]
+    assert 5 <= len(messages) <= 8, "as few packs as fit, not one per record"
+    # the big record (16 values, about 1.6 KB) is cut in two; no other record is cut
+    seqs = [{r.get("seq") for r in pack} for pack in packs]
+    assert sum(8 in s for s in seqs) == 2
+    assert all(sum(seq in s for s in seqs) == 1 for seq in [7, *range(9, 21)])
+    # and the whole batch in one message when it fits
+    roomy = make_sink(config(tmp_path, "mqtt", host="127.0.0.1"))
+    assert [t for t, _ in roomy.messages(b)] == ["meterlink/senml", "meterlink/w1/event"]
+    with pytest.raises(Exception, match=r"sinks\.mqtt\.pack_max_bytes must be an integer "
+                                        r"1024-16777216: got 100"):
+        config(tmp_path, "mqtt", host="127.0.0.1", pack_max_bytes=100)

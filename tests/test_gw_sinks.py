@@ -6,16 +6,14 @@ import json
 import time
 from email.utils import formatdate
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.config import parse_config
 from gateway.errors import DeliveryFailed, DeliveryRejected
 from gateway.outbox import Outbox
 from gateway.sinks import make_sink
 from gateway.sinks.http import parse_retry_after
-from gateway_support import Recorder
+from gateway_support import Recorder, subscriber
 
 T0 = 1763712000
 
@@ -126,12 +124,7 @@ def test_ngsi_ld_sink_upserts_smart_data_model_entities(tmp_path, recorder):
 @pytest.mark.slow
 def test_mqtt_bridge_republishes_and_fails_over_when_the_upstream_is_down(tmp_path, broker):
     got: list[tuple[str, list]] = []
-    sub = broker.secure(mqtt.Client(CallbackAPIVersion.VERSION2, client_id="upstream-sub",
-                                    protocol=mqtt.MQTTv311))
-    sub.on_message = lambda c, u, m: got.append((m.topic, json.loads(m.payload)))
-    sub.connect(broker.host, broker.port)
-    sub.subscribe("city/#", qos=1)
-    sub.loop_start()
+    sub = subscriber(broker, lambda topic, pack: got.append((topic, pack)))
     batch = batch_for(tmp_path, "mqtt")
     sink = make_sink(sink_config(tmp_path, "mqtt", host=broker.host, port=broker.port,
                                  topic_prefix="city", timeout_s=2.0, tls=True,
@@ -143,10 +136,11 @@ def test_mqtt_bridge_republishes_and_fails_over_when_the_upstream_is_down(tmp_pa
             time.sleep(0.05)
         sink.deliver(batch)
         deadline = time.monotonic() + 10
-        while len(got) < 3 and time.monotonic() < deadline:
+        while len(got) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert [t for t, _ in got] == ["city/w1/senml", "city/w1/senml", "city/w1/event"]
-        assert [r["rid"] for r in got[0][1]] == ["w1/7/water_volume", "w1/7/temperature"]
+        assert [t for t, _ in got] == ["city/senml", "city/w1/event"]
+        assert [r["rid"] for r in got[0][1]] == ["w1/7/water_volume", "w1/7/temperature",
+                                                 "w1/8/water_volume"]
         broker.stop()
         with pytest.raises(DeliveryFailed):
             sink.deliver(batch)
@@ -213,14 +207,8 @@ def test_mqtt_bridge_delivers_within_seconds_of_the_upstreams_return(tmp_path, b
                          backoff_initial_s=30.0)
     box = Outbox(tmp_path / "o.db", sinks=["mqtt"])
     # the platform's subscriber, with a session the broker keeps through its outage
-    sub = broker.secure(mqtt.Client(CallbackAPIVersion.VERSION2, client_id="platform",
-                                    clean_session=False,
-                                    protocol=mqtt.MQTTv311))
-    sub.reconnect_delay_set(1, 1)
-    sub.on_message = lambda c, u, m: got.extend(r["seq"] for r in json.loads(m.payload))
-    sub.connect(broker.host, broker.port)
-    sub.subscribe("city/#", qos=1)
-    sub.loop_start()
+    sub = subscriber(broker, lambda topic, pack: got.extend(r["seq"] for r in pack),
+                     client_id="platform", clean_session=False)
     wait_for(sub.is_connected, 10, "the platform's subscriber")
     time.sleep(0.2)
     broker.stop()
@@ -265,3 +253,201 @@ def test_a_clock_stepped_back_does_not_hold_the_backlog(tmp_path):
                  "the reading in the file")
     finally:
         worker.stop()
+
+
+# ---- the http sink keeps its connection; the mqtt sink packs its batches ---------------------
+
+class KeepAlivePlatform:
+    """An HTTP/1.1 platform that keeps connections open and deduplicates by Idempotency-Key.
+    `plan(n)` decides what its n-th request (from 0) gets: "ok"; "close": the answer, then
+    the connection closed without a word (as when a platform's keep-alive timeout runs out);
+    "drop": the connection closed halfway through reading the request, and no answer."""
+
+    def __init__(self, plan=lambda n: "ok") -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from gateway_support import resolve_senml
+
+        self.plan = plan
+        self.lock = threading.Lock()
+        self.connections = 0
+        self.requests: list[tuple[int, str, str]] = []  # (connection, key, what it got)
+        self.by_key: dict[str, list[dict]] = {}
+        platform = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def setup(self) -> None:
+                super().setup()
+                with platform.lock:
+                    platform.connections += 1
+                    self.number = platform.connections
+
+            def do_POST(self) -> None:  # noqa: N802
+                key = self.headers["Idempotency-Key"]
+                with platform.lock:
+                    what = platform.plan(len(platform.requests))
+                    platform.requests.append((self.number, key, what))
+                length = int(self.headers["Content-Length"])
+                if what == "drop":
+                    self.rfile.read(length // 2)
+                    self.close_connection = True
+                    return
+                records = resolve_senml(json.loads(gzip.decompress(self.rfile.read(length))))
+                with platform.lock:
+                    platform.by_key.setdefault(key, records)
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+                if what == "close":
+                    self.close_connection = True
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                         daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/senml"
+
+    def rids(self) -> list[str]:
+        """The record ids accepted, once per key (the platform's dedup)."""
+        with self.lock:
+            return sorted(r["rid"] for records in self.by_key.values() for r in records)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def readings_outbox(path, sink: str, seqs) -> tuple[Outbox, list[str]]:
+    """An outbox holding a reading of two values for each seq (nodes n0..n2), and their rids."""
+    box = Outbox(path, sinks=[sink])
+    rids = []
+    with box.transaction():
+        for seq in seqs:
+            node = f"n{seq % 3}"
+            box.add_item("reading", node, seq, [
+                {"n": f"{node}:water_volume", "u": "m3", "v": 1000 + seq / 1000, "t": T0 + seq},
+                {"n": f"{node}:rssi", "u": "dBm", "v": -60 - seq % 30, "t": T0 + seq}], T0)
+            rids += [f"{node}/{seq}/water_volume", f"{node}/{seq}/rssi"]
+    return box, sorted(rids)
+
+
+def test_http_sink_keeps_one_connection_for_many_batches(tmp_path):
+    platform = KeepAlivePlatform()
+    box, rids = readings_outbox(tmp_path / "o.db", "http", range(1, 13))
+    sink = make_sink(sink_config(tmp_path, "http", url=platform.url))
+    try:
+        for _ in range(4):
+            batch = box.claim_batch("http", max_records=3, max_bytes=1 << 20)
+            sink.deliver(batch)
+            box.confirm(batch)
+    finally:
+        sink.close()
+        platform.close()
+    assert platform.connections == 1 and len(platform.requests) == 4
+    assert platform.rids() == rids
+
+
+@pytest.mark.parametrize("plan", ["close", "drop"])
+def test_http_sink_reconnects_without_losing_or_doubling_a_record(tmp_path, plan):
+    """A platform that closes the connection after every answer (saying nothing): the next
+    batch notices on its first write and goes at once on a new connection, nothing is sent
+    twice and nothing waits for a backoff. One that drops every third request halfway: the
+    batch goes again, with its key, on a new connection. Either way the platform, deduplicating
+    by key, has every record exactly once."""
+    from gateway.batcher import SinkWorker
+    from gateway.stats import Stats
+    from gateway_support import wait_for
+
+    platform = KeepAlivePlatform({"close": lambda n: "close",
+                                  "drop": lambda n: "drop" if n % 3 == 1 else "ok"}[plan])
+    box, rids = readings_outbox(tmp_path / "o.db", "http", range(1, 41))
+    config = sink_config(tmp_path, "http", url=platform.url, batch_max_records=4,
+                         batch_max_age_s=0, backoff_initial_s=0.05, backoff_max_s=0.2)
+    stats = Stats()
+    worker = SinkWorker(make_sink(config), config, tmp_path / "o.db", stats)
+    worker.start()
+    try:
+        wait_for(lambda: box.backlog("http")[0] == 0, 30, "the backlog delivered")
+    finally:
+        worker.stop()
+        platform.close()
+    assert platform.rids() == rids, "every record once, after dedup by key"
+    batches = len(platform.by_key)
+    assert batches == 10
+    if plan == "close":
+        assert platform.connections == batches
+        assert [key for _, key, _ in platform.requests] == list(platform.by_key), \
+            "no batch sent twice"
+        assert "http:transient" not in stats.snapshot().get("sink_errors", {})
+    else:
+        dropped = {key for _, key, what in platform.requests if what == "drop"}
+        assert len(dropped) >= 3 and dropped <= set(platform.by_key)
+        assert platform.connections > len(dropped)
+
+
+@pytest.mark.slow
+def test_mqtt_bridge_packs_fit_and_every_record_arrives_once_across_an_upstream_restart(
+        tmp_path, broker):
+    """A stream through the bridge with pack_max_bytes = 1024 while its upstream broker is
+    restarted: every message the platform receives fits 1024 bytes, and after dedup by rid the
+    platform has every record exactly once (a copy, from a batch published again, is the same
+    record)."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from gateway.batcher import SinkWorker
+    from gateway.stats import Stats
+    from gateway_support import resolve_senml, wait_for
+
+    got: list[tuple[int, list[dict]]] = []  # (payload bytes, resolved records)
+    sub = broker.secure(mqtt.Client(CallbackAPIVersion.VERSION2, client_id="platform",
+                                    clean_session=False, protocol=mqtt.MQTTv311))
+    sub.reconnect_delay_set(1, 1)
+    sub.on_message = lambda c, u, m: got.append((len(m.payload),
+                                                 resolve_senml(json.loads(m.payload))))
+    sub.connect(broker.host, broker.port)
+    sub.subscribe("city/#", qos=1)
+    sub.loop_start()
+    config = sink_config(tmp_path, "mqtt", host=broker.host, port=broker.port,
+                         topic_prefix="city", tls=True, ca_file=str(broker.tls.ca_crt),
+                         pack_max_bytes=1024, timeout_s=2.0, batch_max_records=40,
+                         batch_max_age_s=0, backoff_initial_s=0.2, backoff_max_s=1.0)
+    box, rids = readings_outbox(tmp_path / "o.db", "mqtt", [])
+    worker = SinkWorker(make_sink(config), config, tmp_path / "o.db", Stats())
+    worker.start()
+    received = lambda: {r["rid"] for _, records in got for r in records}
+    try:
+        wait_for(lambda: worker.sink.client.is_connected() and sub.is_connected(), 10,
+                 "the bridge and the platform connected")
+        for first in range(1, 601, 20):
+            if first == 301:  # mid-stream: part of it upstream, the rest still coming
+                wait_for(lambda: len(received()) >= 200, 20, "the stream's first part")
+                broker.stop()
+            if first == 401:
+                broker.start()
+            more = readings_outbox(tmp_path / "o.db", "mqtt", range(first, first + 20))[1]
+            rids = sorted(rids + more)
+            worker.wake()
+            time.sleep(0.05)
+        wait_for(lambda: received() == set(rids) and box.backlog("mqtt")[0] == 0, 60,
+                 "every record at the platform")
+    finally:
+        worker.stop()
+        sub.loop_stop()
+    assert max(size for size, _ in got) <= 1024
+    assert len(got) < len(rids) / 5, "packs of about ten records, not one message each"
+    copies: dict[str, list[dict]] = {}
+    for _, records in got:
+        for r in records:
+            copies.setdefault(r["rid"], []).append(r)
+    assert sorted(copies) == rids
+    assert all(all(c == same[0] for c in same) for same in copies.values())
+    assert copies["n1/301/rssi"][0] == {"n": "n1:rssi", "u": "dBW", "v": -91, "t": T0 + 301,
+                                        "node": "n1", "seq": 301, "rid": "n1/301/rssi"}

@@ -24,17 +24,19 @@ record gives one SenML record per channel value plus the meterlink fields `node`
 `{node}/alarm/{alarm}/{time in ms}/{raised|cleared}` for alarm events.
 
 Those are resolved records (RFC 8428 section 4.6: full name, absolute time), what the `file`
-sink writes one per line. The packs the `http` and `mqtt` sinks send (`senml_pack`) carry the
-node's name prefix as base name `bn` and the reading's time as base time `bt` on the first
-record of each item, so the records after it carry only their channel. Every unit sent is a
-primary SenML unit: a secondary unit of the RFC 8798 registry (`dBm`) is sent converted to its
-primary unit (`dBW`), so no pack needs the RFC 9100 feature bit in `bver`, and a consumer that
-knows only RFC 8428 reads every pack. An absolute time below 2^28 cannot be sent at all (SenML
-reads it as relative to now): such an item is unconvertible.
+sink writes one per line. The packs the `http` and `mqtt` sinks send (`senml_pack`, as JSON
+text `pack_json`) carry the node's name prefix as base name `bn` and the reading's time as
+base time `bt` on the first record of each item, so the records after it carry only their
+channel. Every unit sent is a primary SenML unit: a secondary unit of the RFC 8798 registry
+(`dBm`) is sent converted to its primary unit (`dBW`), so no pack needs the RFC 9100 feature
+bit in `bver`, and a consumer that knows only RFC 8428 reads every pack. An absolute time
+below 2^28 cannot be sent at all (SenML reads it as relative to now): such an item is
+unconvertible.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any, Callable
 
@@ -95,6 +97,8 @@ def event_id(body: dict[str, Any]) -> str:
 # every registered secondary unit we send is 1.
 PRIMARY_UNIT = {"dBm": ("dBW", -30)}
 
+_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
 
 def _absolute(rec: dict[str, Any]) -> dict[str, Any]:
     t = rec.get("t")
@@ -145,6 +149,114 @@ def senml_pack(item: Item) -> list[dict[str, Any]]:
         head["n"] = name[len(prefix):]
         out.append({**head, **rec})
     return out
+
+
+# the shapes of a stored reading record `pack_json` formats itself (as the file sink does)
+_FULL = ("n", "u", "v", "t")
+_UNITLESS = ("n", "v", "t")
+# node -> SenML n -> its channel, or "" when `pack_json` leaves that name to the encoder (not
+# `{node}:...`, or something in it JSON escapes); unit -> `_unit(unit)`
+_channels: dict[str, dict[str, str]] = {}
+_units: dict[str, tuple[str, int]] = {}
+_NOT_PLAIN = ("", 0)
+_CACHE_LIMIT = 100_000
+
+
+def _plain(text: str) -> bool:
+    """True when JSON writes `text` as it is, between quotes."""
+    return _encode(text)[1:-1] == text
+
+
+def _channel(node: str, name: str) -> str:
+    prefix = node + ":"
+    channel = name[len(prefix):]
+    return channel if name.startswith(prefix) and _plain(channel) else ""
+
+
+def _unit(unit: str) -> tuple[str, int]:
+    """(the unit sent, the offset added to the value) for a stored unit (`PRIMARY_UNIT`)."""
+    sent, offset = PRIMARY_UNIT.get(unit, (unit, 0))
+    return (sent, offset) if _plain(sent) else _NOT_PLAIN
+
+
+def pack_json(item: Item) -> str:
+    """`senml_pack(item)` as compact JSON text, its records without the enclosing brackets:
+    what the `http` and `mqtt` sinks send, one item after the other. Byte for byte
+    `_encode(senml_pack(item))[1:-1]` (tests/test_gw_senml.py checks it), and it raises what
+    that raises (an unconvertible item).
+
+    A reading of the usual shape (records `{n, u, v, t}` or `{n, v, t}` named `{node}:...`,
+    finite numbers, nothing JSON escapes) is formatted straight from its stored records, as
+    the file sink writes its lines: building the pack's dicts and encoding them cost three
+    times as much, and this runs for every value sent. Anything else is encoded."""
+    if item.kind == "reading":
+        text = _reading_json(item)
+        if text is not None:
+            return text
+    return _encode(senml_pack(item))[1:-1]
+
+
+def _reading_json(item: Item) -> str | None:
+    """`pack_json` of a reading of the usual shape; None when it is not."""
+    node, seq = item.node, item.seq
+    names = _channels.get(node)
+    if names is None:
+        if type(node) is not str or ":" in node or not _plain(node) or type(seq) is not int:
+            return None
+        if len(_channels) >= _CACHE_LIMIT:
+            _channels.clear()
+        names = _channels[node] = {}
+    elif type(seq) is not int:
+        return None
+    tail = f',"node":"{node}","seq":{seq},"rid":"{node}/{seq}/'
+    parts = []
+    bt = None
+    isfinite = math.isfinite
+    for r in item.body:
+        if type(r) is not dict:
+            return None
+        shape = tuple(r)
+        full = shape == _FULL
+        if not full and shape != _UNITLESS:
+            return None
+        name, v, t = r["n"], r["v"], r["t"]
+        if type(name) is not str:
+            return None
+        channel = names.get(name)
+        if channel is None:
+            if len(names) >= _CACHE_LIMIT:
+                names.clear()
+            channel = names[name] = _channel(node, name)
+        if not channel:
+            return None
+        tv, tt = type(v), type(t)
+        if not (tv is int or (tv is float and isfinite(v))) \
+                or not (tt is int or (tt is float and isfinite(t))) or t < SENML_RELATIVE_LIMIT:
+            return None
+        if full:
+            u = r["u"]
+            how = _units.get(u) if type(u) is str else _NOT_PLAIN
+            if how is None:
+                if len(_units) >= _CACHE_LIMIT:
+                    _units.clear()
+                how = _units[u] = _unit(u)
+            sent, offset = how
+            if not sent:
+                return None
+            if offset:
+                v += offset
+            values = f'"n":"{channel}","u":"{sent}","v":{v!r}'
+        else:
+            values = f'"n":"{channel}","v":{v!r}'
+        if bt is None:
+            bt = t
+            parts.append(f'{{"bn":"{node}:","bt":{t!r},{values}{tail}{channel}"}}')
+        elif t != bt:
+            bt = t
+            parts.append(f'{{"bt":{t!r},{values}{tail}{channel}"}}')
+        else:
+            parts.append(f'{{{values}{tail}{channel}"}}')
+    return ",".join(parts)
 
 
 def item_problem(item: Item) -> str | None:

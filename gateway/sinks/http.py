@@ -14,6 +14,18 @@ and the sink pauses (see `gateway.batcher`); any other 4xx is permanent and the 
 dead letters with the reply body.
 
 Only the standard library (`http.client`, `ssl`): one request per batch needs no HTTP library.
+
+One connection is kept open across batches (HTTP/1.1 keep-alive): a new TCP connection per
+batch, and a TLS handshake over a slow uplink, can cost more than the request. `http.client`
+opens a new one when the platform said it closes (`Connection: close`, HTTP/1.0); one the
+platform closed while it was idle (its keep-alive timeout) only shows when the next request
+fails on it, so a request that fails on a reused connection is sent once more at once, on a
+new one. That is safe because every request of a batch carries the batch's records and its
+`Idempotency-Key`, and the platform counts a batch once. Any other failure closes the
+connection; the next batch opens a new one.
+
+Each item's records are formatted as JSON text straight from the outbox's records
+(`gateway.sinks.pack_json`) and the body is their concatenation.
 """
 
 from __future__ import annotations
@@ -21,7 +33,6 @@ from __future__ import annotations
 import email.utils
 import gzip
 import http.client
-import json
 import os
 import socket
 import ssl
@@ -31,14 +42,12 @@ from typing import Any
 
 from gateway.errors import DeliveryFailed, DeliveryRejected, DeliveryUnauthorized
 from gateway.outbox import Batch
-from gateway.sinks import Sink, convert_each, senml_pack
+from gateway.sinks import Sink, convert_each, pack_json
 
 USER_AGENT = "meterlink-gateway/1"
 REPLY_LIMIT = 65536
 TRANSIENT_4XX = (408, 425, 429)
 UNAUTHORIZED = (401, 403)
-
-_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
@@ -93,6 +102,7 @@ class HttpPoster:
                 self.context.verify_mode = ssl.CERT_NONE
             if cert_file:  # a client certificate, for platforms that authenticate by mTLS
                 self.context.load_cert_chain(str(cert_file), str(key_file))
+        self._conn: http.client.HTTPConnection | None = None  # kept open between requests
 
     def _stamp(self) -> tuple[int, int] | None:
         try:
@@ -128,23 +138,26 @@ class HttpPoster:
             body = gzip.compress(body, compresslevel=5)
             headers["Content-Encoding"] = "gzip"
         headers["Content-Length"] = str(len(body))
-        if self.https:
-            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-                self.host, self.port, timeout=self.timeout, context=self.context)
-        else:
-            conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-        try:
-            conn.request("POST", path or self.base_path, body=body, headers=headers)
-            reply = conn.getresponse()
-            text = reply.read(REPLY_LIMIT).decode("utf-8", "replace")
-            status = reply.status
-            retry_after = parse_retry_after(reply.getheader("Retry-After"))
-        except (socket.timeout, TimeoutError) as exc:
-            raise DeliveryFailed(f"{self.url}: timed out after {self.timeout:g}s") from exc
-        except (OSError, http.client.HTTPException) as exc:
-            raise DeliveryFailed(f"{self.url}: {type(exc).__name__}: {exc}") from exc
-        finally:
-            conn.close()
+        for attempt in (1, 2):
+            reused = self._conn is not None and self._conn.sock is not None
+            conn = self._conn = self._conn or self._connect()
+            try:
+                conn.request("POST", path or self.base_path, body=body, headers=headers)
+                reply = conn.getresponse()
+                text = reply.read(REPLY_LIMIT).decode("utf-8", "replace")
+                status = reply.status
+                retry_after = parse_retry_after(reply.getheader("Retry-After"))
+            except (socket.timeout, TimeoutError) as exc:
+                self.close()
+                raise DeliveryFailed(f"{self.url}: timed out after {self.timeout:g}s") from exc
+            except (OSError, http.client.HTTPException) as exc:
+                self.close()
+                if reused and attempt == 1:
+                    continue  # most likely closed by the platform while idle: again, anew
+                raise DeliveryFailed(f"{self.url}: {type(exc).__name__}: {exc}") from exc
+            if not reply.isclosed():  # a reply longer than REPLY_LIMIT: not read to its end
+                self.close()
+            break
         if 200 <= status < 300:
             return status, text
         if status in UNAUTHORIZED:
@@ -155,6 +168,18 @@ class HttpPoster:
                                  retry_after=retry_after)
         raise DeliveryRejected(f"{self.url}: HTTP {status}: {text[:200]}", status=status,
                                reply=text)
+
+    def _connect(self) -> http.client.HTTPConnection:
+        if self.https:
+            return http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout,
+                                               context=self.context)
+        return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+
+    def close(self) -> None:
+        """Closes the kept connection (the next request opens a new one)."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
 
 class HttpSink(Sink):
@@ -175,7 +200,10 @@ class HttpSink(Sink):
         self.poster.post(body, {"Content-Type": "application/senml+json",
                                 "Idempotency-Key": batch.key})
 
+    def close(self) -> None:
+        self.poster.close()
+
     @staticmethod
     def convert(item) -> str:
         """The item's SenML pack records as JSON text, without the enclosing brackets."""
-        return ",".join(_encode(r) for r in senml_pack(item))
+        return pack_json(item)

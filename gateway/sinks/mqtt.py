@@ -1,10 +1,19 @@
 """The `mqtt` sink: a bridge that republishes to an upstream broker.
 
-Each reading record is published as a SenML pack (JSON array, the records of one reading
-record with `node`, `seq`, `rid`, base name and base time on the first: `senml_pack`) to `{topic_prefix}/{node_id}/senml`, each alarm event to
-`{topic_prefix}/{node_id}/event`, QoS 1, not retained. The batch is confirmed when the
+Each batch's readings are published as SenML packs (JSON arrays, `pack_json`: each reading
+record's values with `node`, `seq`, `rid`, and its base name and base time on the first) to
+`{topic_prefix}/senml`, as few packs as fit in `pack_max_bytes` each: whole reading records in
+batch order, and only a reading record too big for one pack on its own is cut, each part led
+by its base name and base time again. Each alarm event goes on its own to
+`{topic_prefix}/{node_id}/event`. QoS 1, not retained. The batch is confirmed when the
 upstream broker acknowledged every publish (PUBACK) within `timeout_s`; otherwise the whole
-batch is retried and the upstream may see some packs twice (consumers dedup by `rid`).
+batch is published again, and the upstream may see some packs twice (consumers dedup by
+`rid`; a pack has no key of its own: a batch is several messages, any of which may have
+arrived before the failure).
+
+Packs, not a message per record: a QoS 1 publish costs the same acknowledgement round trip
+and broker work whatever its size, so one per reading record (what this sink sent before)
+capped the bridge at a few thousand readings a second.
 
 After an outage the client reconnects within `RECONNECT_DELAY`'s cap of the broker's return
 and tells the batcher (`resume`), which then delivers at once instead of waiting out its
@@ -13,7 +22,6 @@ backoff. A CONNACK refusing the credential pauses the sink (`DeliveryUnauthorize
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 
@@ -23,8 +31,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from gateway import mqtt_tls
 from gateway.errors import DeliveryFailed, DeliveryUnauthorized
 from gateway.logfmt import kv
-from gateway.outbox import Batch
-from gateway.sinks import Sink, convert_each, senml_pack
+from gateway.outbox import Batch, Item
+from gateway.sinks import Sink, convert_each, pack_json
 
 log = logging.getLogger("meterlink.gateway.sink.mqtt")
 
@@ -34,8 +42,6 @@ log = logging.getLogger("meterlink.gateway.sink.mqtt")
 RECONNECT_DELAY = (1, 4)
 REFUSED_DELAY = (5, 15)
 REFUSED_CREDENTIALS = (134, 135)  # CONNACK: bad user name or password, not authorized
-
-_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 
 class MqttSink(Sink):
@@ -87,11 +93,8 @@ class MqttSink(Sink):
         if self.client is None or not self.client.is_connected():
             raise DeliveryFailed(f"upstream broker {self.config.options['host']}:"
                                  f"{self.config.options['port']} not connected")
-        prefix = self.config.options["topic_prefix"]
-        infos = []
-        for item, payload in zip(batch.items, convert_each(batch, self.convert)):
-            kind = "senml" if item.kind == "reading" else "event"
-            infos.append(self.client.publish(f"{prefix}/{item.node}/{kind}", payload, qos=1))
+        infos = [self.client.publish(topic, payload, qos=1)
+                 for topic, payload in self.messages(batch)]
         deadline = time.monotonic() + self.config.options["timeout_s"]
         for info in infos:
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
@@ -104,13 +107,63 @@ class MqttSink(Sink):
                 raise DeliveryFailed("upstream broker did not acknowledge within "
                                      f"{self.config.options['timeout_s']:g}s")
 
+    def messages(self, batch: Batch) -> list[tuple[str, bytes]]:
+        """(topic, payload) of every publish of the batch, in order: the readings in packs of
+        at most `pack_max_bytes` (see the module docstring), each event on its own."""
+        prefix = self.config.options["topic_prefix"]
+        limit = self.config.options["pack_max_bytes"]
+        topic = f"{prefix}/senml"
+        out: list[tuple[str, bytes]] = []
+        pack: list[str] = []
+        size = 1  # "[", and "]" or "," after each record's text
+        for item, text in zip(batch.items, convert_each(batch, self.convert)):
+            if item.kind != "reading":
+                if pack:
+                    out.append((topic, f"[{','.join(pack)}]".encode()))
+                    pack, size = [], 1
+                out.append((f"{prefix}/{item.node}/event", f"[{text}]".encode()))
+                continue
+            for part in (_cut(item, limit) if len(text) + 2 > limit else (text,)):
+                if not part:
+                    continue
+                if pack and size + len(part) + 1 > limit:
+                    out.append((topic, f"[{','.join(pack)}]".encode()))
+                    pack, size = [], 1
+                pack.append(part)
+                size += len(part) + 1
+        if pack:
+            out.append((topic, f"[{','.join(pack)}]".encode()))
+        return out
+
     @staticmethod
-    def convert(item) -> bytes:
-        """The item's SenML pack (strict JSON: no NaN or Infinity)."""
-        return _encode(senml_pack(item)).encode()
+    def convert(item) -> str:
+        """The item's SenML pack records as JSON text, without the enclosing brackets (strict
+        JSON: no NaN or Infinity; ASCII, so its length is its size in bytes)."""
+        return pack_json(item)
 
     def close(self) -> None:
         if self.client is not None:
             self.client.disconnect()
             self.client.loop_stop()
             self.client = None
+
+
+def _cut(item: Item, limit: int) -> list[str]:
+    """The records of a reading record too big for one pack, as `pack_json` texts of parts of
+    it that fit in `limit` bytes each with their brackets (each part a pack of its own, led
+    by base name and base time). A record's size alone, with that lead, bounds its size in
+    a part, so the parts fit; a record bigger than `limit` by itself (none is: a few hundred
+    bytes at most, and the limit is at least 1 KiB) goes alone."""
+    parts: list[str] = []
+    chunk: list = []
+    size = 1
+    for record in item.body:
+        alone = len(pack_json(item._replace(body=[record]))) + 1
+        if chunk and size + alone > limit:
+            parts.append(pack_json(item._replace(body=chunk)))
+            chunk, size = [], 1
+        chunk.append(record)
+        size += alone
+    if chunk:
+        parts.append(pack_json(item._replace(body=chunk)))
+    return parts

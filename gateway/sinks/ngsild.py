@@ -58,7 +58,7 @@ from typing import Any, Callable, Mapping, NamedTuple
 
 from gateway.channels import default_table
 from gateway.config import locations
-from gateway.errors import ConfigError, DeliveryRejected
+from gateway.errors import DeliveryRejected
 from gateway.logfmt import kv
 from gateway.outbox import Batch, Item
 from gateway.sinks import Sink, convert_each
@@ -420,6 +420,9 @@ class NgsiLdSink(Sink):
 
     def credential_changed(self) -> bool:
         return self.poster.credential_changed()
+
+    def close(self) -> None:
+        self.poster.close()  # the kept-alive connection to the broker
 
     def entities(self, batch: Batch) -> list[dict[str, Any]]:
         return self.converter.entities(batch)

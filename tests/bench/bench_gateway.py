@@ -15,8 +15,22 @@ in the same run on the same machine.
 2. Outbox commit latency: one `handle_batch` transaction of 1, 20 and 256 messages, against a
    plain SQLite insert of the same rows (same synchronous=FULL, same batch size).
 3. Upstream drain: a backlog of 100 000 records in the outbox, delivered by the `http` sink
-   (SenML, gzip, Idempotency-Key) to a local HTTP server. Baseline: the same server receiving
-   the same packs from a bare loop of `http.client` POSTs (prebuilt gzip bodies).
+   (SenML, gzip, Idempotency-Key) to a local HTTP/1.1 server. Baseline: the same server
+   receiving the same packs from a bare loop of `http.client` POSTs (prebuilt gzip bodies).
+   Both keep their connection open between requests.
+4. The `mqtt` bridge end to end: READINGS QoS 1 reading messages published to a real Mosquitto
+   (by a child process, the nodes), received by the gateway (ingest, outbox, the `mqtt` sink
+   and nothing else) and republished to a second real Mosquitto, from the first publish to
+   the last record's arrival at a platform's subscriber there (another child process).
+   Baseline: a bare paho relay (subscribes on the first broker, republishes every message as
+   it is to the second, QoS 1 both ways) between the same publisher and subscriber. Three
+   rounds, each a relay run and the gateway run right after it; the ratio is the median of
+   the rounds' ratios. The sink's `batch_max_age_s` is 0.1 s (default 1 s): otherwise the
+   stream's last partial batch waits a second, a sizeable part of a run this short.
+
+    .venv/bin/python tests/bench/bench_gateway.py [ingest] [latency] [drain] [bridge]
+
+runs the parts named (all by default).
 """
 
 from __future__ import annotations
@@ -25,6 +39,7 @@ import gzip
 import json
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -53,6 +68,9 @@ ROUNDS = 5
 RECORDS_PER_MESSAGE = 2
 SENML_PER_MESSAGE = 5  # the two reading records carry 4 + 1 channel values
 BACKLOG_RECORDS = 100_000
+READINGS = 20_000
+BRIDGE_ROUNDS = 3
+PARTS = ("ingest", "latency", "drain", "bridge")
 
 
 def payload(seq: int) -> bytes:
@@ -205,7 +223,7 @@ class Platform:
         plat = self
 
         class H(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.0"
+            protocol_version = "HTTP/1.1"  # keep-alive, as a platform's server
 
             def log_message(self, *a):
                 pass
@@ -259,58 +277,225 @@ def drain_rates(work: Path) -> tuple[float, float, int]:
     host, port = plat.server.server_address
     plat.records = 0
     t0 = time.perf_counter()
+    conn = http.client.HTTPConnection(host, port, timeout=10)
     while plat.records < records:
-        conn = http.client.HTTPConnection(host, port, timeout=10)
         conn.request("POST", "/senml", body=body, headers={
             "Content-Type": "application/senml+json", "Content-Encoding": "gzip",
             "Content-Length": str(len(body))})
         conn.getresponse().read()
-        conn.close()
     bare = records / (time.perf_counter() - t0)
+    conn.close()
     plat.server.shutdown()
     return ours, bare, records
 
 
-def main() -> int:
+def ingest(work: Path) -> None:
+    """Part 1, printed: five rounds of `bare_subscriber_rate` and `gateway_rate`."""
+    bares, gws, ends = [], [], []
+    with Mosquitto(work / "broker") as broker:
+        for r in range(ROUNDS):
+            bares.append(bare_subscriber_rate(broker, MESSAGES, f"bench-bare-{r}"))
+            committed, written = gateway_rate(broker, work / f"gw{r}", MESSAGES,
+                                              f"bench-gw-{r}")
+            gws.append(committed)
+            ends.append(written)
+    bare, gw_msgs, end = (statistics.median(x) for x in (bares, gws, ends))
+    ratios = [g / b for g, b in zip(gws, bares)]
+    print(f"ingest, QoS 1 publish -> committed in the outbox ({MESSAGES} queued messages, "
+          f"{RECORDS_PER_MESSAGE} records each, real Mosquitto, median of {ROUNDS} rounds):")
+    print(f"  bare paho QoS 1 subscriber   {bare:9.0f} msg/s   rounds "
+          + " ".join(f"{x:.0f}" for x in bares))
+    print(f"  gateway                      {gw_msgs:9.0f} msg/s   rounds "
+          + " ".join(f"{x:.0f}" for x in gws)
+          + f"   ({gw_msgs * RECORDS_PER_MESSAGE:.0f} records/s)")
+    print(f"  ratio gateway / bare         {statistics.median(ratios):9.2f}   rounds "
+          + " ".join(f"{x:.2f}" for x in ratios) + "   (target >= 0.70)")
+    print(f"  through the file sink too    {end:9.0f} msg/s   rounds "
+          + " ".join(f"{x:.0f}" for x in ends)
+          + f"   (ratio {statistics.median(e / b for e, b in zip(ends, bares)):.2f}: every "
+          "record also written to readings.jsonl)")
+
+
+def stop_client(client: mqtt.Client) -> None:
+    client.disconnect()
+    client.loop_stop()
+
+
+def publisher_child(host: str, port: str, n: str, client_id: str) -> None:
+    """(A child process: the nodes.) Publishes `n` reading messages, QoS 1, 100 in flight,
+    once told to (a line on stdin); prints the monotonic time of the first publish, and
+    returns once the broker acknowledged them all."""
+    pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
+    pub.max_inflight_messages_set(100)
+    pub.connect(host, int(port))
+    pub.loop_start()
+    payloads = [(f"m/b{i % 10}/r", payload(i // 10 * RECORDS_PER_MESSAGE))
+                for i in range(int(n))]
+    print("ready", flush=True)
+    sys.stdin.readline()
+    t0 = time.monotonic()
+    infos = [pub.publish(topic, data, qos=1) for topic, data in payloads]
+    print(t0, flush=True)
+    for info in infos:
+        info.wait_for_publish(300)
+    stop_client(pub)
+
+
+def platform_child(host: str, port: str, topic: str, want: str, packs: str) -> None:
+    """(A child process: the platform.) Subscribes to `topic` at QoS 1, prints "ready", then
+    the monotonic time of the arrival that completes `want` (records of SenML packs, counted
+    by their `rid`, or else messages)."""
+    want_n, got = int(want), [0]
+    done = threading.Event()
+    count = (lambda data: data.count(b'"rid"')) if packs == "1" else (lambda data: 1)
+
+    def on_message(c, u, m):
+        got[0] += count(m.payload)
+        if got[0] >= want_n and not done.is_set():
+            print(time.monotonic(), flush=True)
+            done.set()
+
+    subscribed = threading.Event()
+    sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="platform", protocol=mqtt.MQTTv311)
+    sub.on_message = on_message
+    sub.on_subscribe = lambda *a: subscribed.set()
+    sub.connect(host, int(port))
+    sub.loop_start()
+    sub.subscribe(topic, qos=1)
+    subscribed.wait(10)
+    print("ready", flush=True)
+    done.wait(300)
+    stop_client(sub)
+
+
+def _child(function: str, *args: object) -> subprocess.Popen:
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+            f"import bench_gateway; bench_gateway.{function}(*sys.argv[1:])")
+    child = subprocess.Popen([sys.executable, "-c", code, *map(str, args)], text=True,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    if child.stdout.readline().strip() != "ready":
+        child.kill()
+        raise RuntimeError(f"bench child {function} did not start")
+    return child
+
+
+def stream_rate(source: Mosquitto, upstream: Mosquitto, topic: str, *, packs: bool,
+                n: int, r: int) -> float:
+    """Readings/s from the first publish of `n` readings to `source` (a child process) to
+    the last arrival at a platform subscribed to `topic` on `upstream` (another)."""
+    want = n * SENML_PER_MESSAGE if packs else n
+    plat = _child("platform_child", upstream.host, upstream.port, topic, want, int(packs))
+    pub = _child("publisher_child", source.host, source.port, n, f"bench-pub-{topic}-{r}")
+    try:
+        t0 = float(pub.communicate("go\n", timeout=300)[0])
+        done = plat.communicate(timeout=300)[0].strip()
+    finally:
+        for child in (pub, plat):
+            child.kill()
+            child.wait()
+    if not done:
+        raise RuntimeError(f"the platform did not receive all {want} on {topic}")
+    return n / (float(done) - t0)
+
+
+def relay_rate(source: Mosquitto, upstream: Mosquitto, n: int, r: int) -> float:
+    """Readings/s through a bare paho relay: every message republished as it is, QoS 1."""
+    out = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"relay-out-{r}",
+                      protocol=mqtt.MQTTv311)
+    out.max_inflight_messages_set(100)
+    out.connect(upstream.host, upstream.port)
+    out.loop_start()
+    relay = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"relay-in-{r}",
+                        protocol=mqtt.MQTTv311)
+    relay.on_message = lambda c, u, m: out.publish("relay/" + m.topic, m.payload, qos=1)
+    subscribed = threading.Event()
+    relay.on_subscribe = lambda *a: subscribed.set()
+    relay.connect(source.host, source.port)
+    relay.loop_start()
+    relay.subscribe("m/+/r", qos=1)
+    try:
+        if not subscribed.wait(10):
+            raise RuntimeError("the relay did not subscribe")
+        return stream_rate(source, upstream, "relay/#", packs=False, n=n, r=r)
+    finally:
+        stop_client(relay)
+        stop_client(out)
+
+
+def bridge_rate(source: Mosquitto, upstream: Mosquitto, work: Path, n: int, r: int) -> float:
+    """Readings/s through the gateway and its `mqtt` sink (and nothing else)."""
+    client_id = f"bench-bridge-{r}"
+    config = parse_config({"mqtt": {"host": source.host, "port": source.port,
+                                    "client_id": client_id},
+                           "sinks": {"mqtt": {"host": upstream.host, "port": upstream.port,
+                                              "topic_prefix": "city",
+                                              "client_id": f"bench-bridge-up-{r}",
+                                              "batch_max_age_s": 0.1}},
+                           "api": {"enabled": False}}, base_dir=work)
+    gw = Gateway(config)
+    gw.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not (gw.stats.snapshot().get("subscribed")
+                   and all(w.sink.client.is_connected() for w in gw.workers)):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the gateway did not subscribe or connect upstream")
+            time.sleep(0.01)
+        return stream_rate(source, upstream, "city/#", packs=True, n=n, r=r)
+    finally:
+        gw.stop()
+        gw.shutdown()
+        drop_session(source, client_id)
+
+
+def bridge_rates(work: Path) -> tuple[list[float], list[float]]:
+    relays, ours = [], []
+    with Mosquitto(work / "source") as source, Mosquitto(work / "upstream") as upstream:
+        for r in range(BRIDGE_ROUNDS):
+            relays.append(relay_rate(source, upstream, READINGS, r))
+            ours.append(bridge_rate(source, upstream, work / f"bridge{r}", READINGS, r))
+    return relays, ours
+
+
+def main(argv: list[str]) -> int:
+    parts = argv or list(PARTS)
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        print(f"bench_gateway: unknown part {unknown[0]!r} (parts: {', '.join(PARTS)})",
+              file=sys.stderr)
+        return 2
     configure_logging("ERROR")
     with tempfile.TemporaryDirectory(prefix="bench-gw-") as tmp:
         work = Path(tmp)
-        bares, gws, ends = [], [], []
-        with Mosquitto(work / "broker") as broker:
-            for r in range(ROUNDS):
-                bares.append(bare_subscriber_rate(broker, MESSAGES, f"bench-bare-{r}"))
-                committed, written = gateway_rate(broker, work / f"gw{r}", MESSAGES,
-                                                  f"bench-gw-{r}")
-                gws.append(committed)
-                ends.append(written)
-        bare, gw_msgs, end = (statistics.median(x) for x in (bares, gws, ends))
-        ratios = [g / b for g, b in zip(gws, bares)]
-        print(f"ingest, QoS 1 publish -> committed in the outbox ({MESSAGES} queued messages, "
-              f"{RECORDS_PER_MESSAGE} records each, real Mosquitto, median of {ROUNDS} rounds):")
-        print(f"  bare paho QoS 1 subscriber   {bare:9.0f} msg/s   rounds "
-              + " ".join(f"{x:.0f}" for x in bares))
-        print(f"  gateway                      {gw_msgs:9.0f} msg/s   rounds "
-              + " ".join(f"{x:.0f}" for x in gws)
-              + f"   ({gw_msgs * RECORDS_PER_MESSAGE:.0f} records/s)")
-        print(f"  ratio gateway / bare         {statistics.median(ratios):9.2f}   rounds "
-              + " ".join(f"{x:.2f}" for x in ratios) + "   (target >= 0.70)")
-        print(f"  through the file sink too    {end:9.0f} msg/s   rounds "
-              + " ".join(f"{x:.0f}" for x in ends)
-              + f"   (ratio {statistics.median(e / b for e, b in zip(ends, bares)):.2f}: every "
-              "record also written to readings.jsonl)")
-        print("outbox commit latency (median), one transaction, against plain SQLite inserts "
-              "of the same rows:")
-        for size, ours, base in commit_latency(work):
-            print(f"  {size:4d} messages   gateway {ours * 1000:8.2f} ms   plain sqlite "
-                  f"{base * 1000:8.2f} ms   ratio {ours / base:6.2f}")
-        ours, bare_post, records = drain_rates(work)
-        print(f"upstream drain of a {records} record backlog, http sink (SenML, gzip, "
-              "Idempotency-Key) to a local server:")
-        print(f"  bare http.client POST loop   {bare_post:9.0f} records/s")
-        print(f"  gateway http sink            {ours:9.0f} records/s")
-        print(f"  ratio gateway / bare         {ours / bare_post:9.2f}")
+        if "ingest" in parts:
+            ingest(work)
+        if "latency" in parts:
+            print("outbox commit latency (median), one transaction, against plain SQLite "
+                  "inserts of the same rows:")
+            for size, ours, base in commit_latency(work):
+                print(f"  {size:4d} messages   gateway {ours * 1000:8.2f} ms   plain sqlite "
+                      f"{base * 1000:8.2f} ms   ratio {ours / base:6.2f}")
+        if "drain" in parts:
+            ours, bare_post, records = drain_rates(work)
+            print(f"upstream drain of a {records} record backlog, http sink (SenML, gzip, "
+                  "Idempotency-Key) to a local server, keep-alive both:")
+            print(f"  bare http.client POST loop   {bare_post:9.0f} records/s")
+            print(f"  gateway http sink            {ours:9.0f} records/s")
+            print(f"  ratio gateway / bare         {ours / bare_post:9.2f}")
+        if "bridge" in parts:
+            relays, ours = bridge_rates(work)
+            ratios = [o / b for o, b in zip(ours, relays)]
+            print(f"mqtt bridge end to end, first publish to last arrival upstream ({READINGS} "
+                  f"QoS 1 readings of {SENML_PER_MESSAGE} values, two real Mosquittos, median "
+                  f"of {BRIDGE_ROUNDS} rounds):")
+            print(f"  bare paho relay              {statistics.median(relays):9.0f} readings/s"
+                  "   rounds " + " ".join(f"{x:.0f}" for x in relays))
+            print(f"  gateway mqtt sink            {statistics.median(ours):9.0f} readings/s"
+                  "   rounds " + " ".join(f"{x:.0f}" for x in ours))
+            print(f"  ratio gateway / relay        {statistics.median(ratios):9.2f}   rounds "
+                  + " ".join(f"{x:.2f}" for x in ratios))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
