@@ -11,7 +11,6 @@ aside (`config.rejected.json`), the last good one is restored, the reason goes t
 
 import asyncio
 import gc
-import time
 
 import cbor
 import clock

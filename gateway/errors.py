@@ -14,6 +14,11 @@
      │    └── Unconvertible         items the sink cannot put in its format: dead letters
      └── UserError                  a command-line failure: `meterlink: msg` (+ hint), exit code
 
+`MeterlinkError`, `UserError` and the exit codes (`EXIT_OK`, `EXIT_ERROR`, `EXIT_INPUT`) are
+defined in `meterlink_common`, which the technician tools share with the gateway; they are
+imported here so that the whole tree is in reach from one module. The other errors are the
+gateway's own.
+
 Errors from the libraries underneath (cbor2, tomllib, OS calls) are translated into these at
 the boundary that calls the library, with `raise ... from exc`, so callers catch one hierarchy.
 Anything else that escapes is a bug, not an input problem.
@@ -21,14 +26,13 @@ Anything else that escapes is a bug, not an input problem.
 
 from __future__ import annotations
 
-# Exit codes of the `meterlink` command, shared by every subcommand.
-EXIT_OK = 0
-EXIT_ERROR = 1  # the command could not do its job (I/O, device, broker, ...)
-EXIT_INPUT = 2  # the input was invalid: usage, config file, payload
+from meterlink_common.errors import EXIT_ERROR, EXIT_INPUT, EXIT_OK, MeterlinkError, UserError
 
-
-class MeterlinkError(Exception):
-    """Base of every error meterlink raises on purpose."""
+__all__ = [
+    "EXIT_ERROR", "EXIT_INPUT", "EXIT_OK", "ChannelTableError", "ConfigError", "DeliveryError",
+    "DeliveryFailed", "DeliveryRejected", "DeliveryUnauthorized", "MeterlinkError",
+    "RejectedInput", "SinkError", "TopicError", "Unconvertible", "UserError", "WireError",
+]
 
 
 class ConfigError(MeterlinkError):
@@ -144,21 +148,3 @@ class Unconvertible(DeliveryError):
     def __init__(self, items: list) -> None:
         self.items = items
         super().__init__(f"{len(items)} item(s) cannot be converted: {items[0][1]}")
-
-
-class UserError(MeterlinkError):
-    """A command-line failure, printed as `meterlink: msg` plus an optional hint.
-
-    Raised by command handlers only; library code raises the specific errors above and the
-    handler translates them, choosing the exit code (`EXIT_ERROR` unless the input was bad).
-    """
-
-    def __init__(self, message: str, *, hint: str | None = None,
-                 exit_code: int = EXIT_ERROR) -> None:
-        self.message = message
-        self.hint = hint
-        self.exit_code = exit_code
-        super().__init__(message)
-
-    def __str__(self) -> str:
-        return f"{self.message} ({self.hint})" if self.hint else self.message

@@ -1,9 +1,10 @@
 """Gateway counters, and the stats file they are published to.
 
 `Stats` is shared by the MQTT thread (which counts) and the writer thread (which publishes);
-every access holds one lock. `StatsWriter` replaces the stats file atomically (temporary file
-in the same folder, then `os.replace`), about once a second while the gateway runs and once
-more at exit, so a reader never sees a half-written file.
+every access holds one lock. `StatsWriter` replaces the stats file atomically
+(`write_json_atomic`: a temporary file in the same folder, then `os.replace`), about once a
+second while the gateway runs and once more at exit, so a reader never sees a half-written
+file.
 
 Keys of the stats file (JSON object):
 
@@ -38,7 +39,6 @@ Keys of the stats file (JSON object):
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from gateway.logfmt import kv
+from meterlink_common import write_json_atomic  # also imported from here by gateway.ota
 
 log = logging.getLogger("meterlink.gateway.stats")
 
@@ -144,16 +145,6 @@ class Stats:
         with self._lock:
             self._changed.wait_for(lambda: self._generation != generation, timeout)
             return self._generation
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Replaces `path` with `data` as JSON, atomically (readers see old or new, never half)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class StatsWriter:

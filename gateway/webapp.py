@@ -196,7 +196,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     for name in ("HTTPValidationError", "ValidationError"):
         schemas.pop(name, None)
     for path, methods in doc["paths"].items():
-        for method, op in methods.items():
+        for op in methods.values():
             replies = op.setdefault("responses", {})
             replies.pop("422", None)
             for code, reply in list(replies.items()):

@@ -31,9 +31,9 @@ from pathlib import Path
 
 import cbor2
 
-from gateway.errors import EXIT_INPUT, UserError
 from gateway.ota import MAGIC, Bundle
 from host_tools import device, firmware_build, toolchain
+from meterlink_common import EXIT_INPUT, UserError
 
 HELP = "build an app bundle (the node's code as .mpy) for `meterlink gateway ota`"
 NOT_IN_BUNDLE = {"boot.py", "main.py", "appslot.py"}
@@ -73,11 +73,11 @@ def build(arch: str, *, version: str | None = None, sources: list[Path] | None =
             if src.name in NOT_IN_BUNDLE:
                 continue
             out = Path(tmp) / (src.stem + ".mpy")
-            r = subprocess.run([firmware_build.mpy_cross(), f"-march={arch}", "-O1", "-s",
-                                src.name, "-o", str(out), str(src)],
-                               capture_output=True, text=True)
-            if r.returncode:
-                raise UserError(f"bundle: {src.name} does not compile: {r.stderr.strip()}")
+            try:
+                firmware_build.compile_module(src, arch, out)
+            except subprocess.CalledProcessError as exc:
+                raise UserError(f"bundle: {src.name} does not compile: "
+                                f"{exc.stderr.strip()}") from exc
             files.append((out.name, out.read_bytes()))
     header = cbor2.dumps({"v": version, "chips": chips_for(arch), "mpy": mpy_version(),
                           "files": [[name, len(data)] for name, data in files]}, canonical=True)

@@ -21,16 +21,15 @@ from importlib import metadata
 from typing import Any, Callable, Sequence
 
 from gateway import cli as cmd_gateway
-from gateway.errors import EXIT_INPUT, UserError
 from host_tools import (bundle, cmd_check, cmd_decode, cmd_deploy, cmd_flash, cmd_monitor, cmd_ports,
                         cmd_pki, cmd_provision, cmd_reboot, cmd_simulate, cmd_status,
                         cmd_vboard, demo)
+from meterlink_common import EXIT_INPUT, EXIT_INTERRUPTED, UserError
 
 Handler = Callable[[argparse.Namespace], int]
 ParserBuilder = Callable[[argparse.ArgumentParser], None]
 
 PROG = "meterlink"
-EXIT_INTERRUPTED = 130
 
 COMMANDS: dict[str, tuple[Handler, ParserBuilder, str]] = {
     "decode": (cmd_decode.run, cmd_decode.build_parser, cmd_decode.HELP),

@@ -25,10 +25,10 @@ import ast
 import time
 
 from gateway.channels import default_table
-from gateway.errors import UserError
 from host_tools import device, gwapi
-from host_tools.cmd_status import channel_text
+from host_tools.channels import channel_text
 from host_tools.device import Device, DeviceError, say
+from meterlink_common import UserError
 
 HELP = "commissioning: read every sensor now, check plausibility, confirm the gateway gets a reading"
 

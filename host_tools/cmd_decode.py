@@ -16,8 +16,9 @@ import time
 from typing import Any
 
 from gateway.channels import default_table
-from gateway.errors import EXIT_INPUT, EXIT_OK, UserError, WireError
+from gateway.errors import WireError
 from gateway.wire import decode_reading, node_id_problem, resolve
+from meterlink_common import EXIT_INPUT, EXIT_OK, UserError
 
 HELP = "decode a reading payload (hex, or - for raw bytes on stdin) to SenML JSON"
 DEFAULT_NODE = "node"

@@ -33,59 +33,31 @@ exactly the built firmware.
 from __future__ import annotations
 
 import argparse
-import base64
 import hashlib
 import json
 import re
 import sys
 import time
 
-from gateway.errors import UserError
 from host_tools import device, firmware_build, toolchain
-from host_tools.device import Device, DeviceError, say
+from host_tools.device import Device, DeviceError, no_space, prepare_files, say, write_file
+from meterlink_common import UserError
 
 HELP = "compile the firmware for a board and copy what changed to the node (--dry-run lists it)"
 MANIFEST = ".deploy.json"
 # An app update received over the air (docs/ota.md) runs from a slot in preference to the
 # firmware; a deploy removes what selects it, so the node runs what was deployed.
 OTA_STATE = ("app.json", "ota.json", "ota.bin", "ota.bad")
-CHUNK = 2048  # bytes per exec: 2.7 KB of base64 source, well inside a 96 KB heap
 
-_HASHES = """\
-import os, hashlib, binascii
-def _h(p):
-    try:
-        f = open(p, 'rb')
-    except OSError:
-        return None
-    h = hashlib.sha256()
-    b = bytearray(512)
-    m = memoryview(b)
-    while True:
-        n = f.readinto(b)
-        if not n:
-            break
-        h.update(m[:n])
-    f.close()
-    return binascii.hexlify(h.digest()).decode()
+# deploy's own helpers on the node, next to device.FILE_HELPERS (_h, _clean, _free): the
+# manifest's text, and the frozen firmware's version (None: a stock image)
+_DEPLOY_HELPERS = """\
 def _man():
     try:
         with open('%(manifest)s') as f:
             return f.read()
     except OSError:
         return ''
-def _clean(names):
-    for n in names:
-        try:
-            os.remove(n + '.new')
-        except OSError:
-            pass
-def _free():
-    try:
-        s = os.statvfs('/')
-    except (AttributeError, OSError):
-        s = os.statvfs('.')
-    return s[0] * s[4]
 def _image():
     import sys
     p = sys.path[:]
@@ -102,7 +74,7 @@ def _image():
 
 def _remote_state(dev: Device, names: list[str]) -> tuple[list, str, int]:
     """(sha256 hex or None per name, the manifest text, free bytes) from the node (after
-    _HASHES was run there)."""
+    _prepare(dev))."""
     return dev.eval(f"([_h(n) for n in {names!r}], _man(), _free())")
 
 
@@ -110,19 +82,6 @@ def local_version() -> str:
     m = re.search(r'^FIRMWARE_VERSION = "([^"]+)"', (toolchain.FIRMWARE_DIR / "node.py").read_text(),
                   re.M)
     return m.group(1) if m else "?"
-
-
-def image_files() -> dict[str, bytes]:
-    """What a node with the meterlink image gets on its filesystem: boot.py and main.py."""
-    return {name: (toolchain.FIRMWARE_DIR / name).read_bytes()
-            for name in firmware_build.KEEP_SOURCE}
-
-
-def frozen_copies() -> list[str]:
-    """File names that would take a frozen module's place on a meterlink image (the firmware's
-    modules as .mpy or .py)."""
-    return sorted(src.stem + ext for src in firmware_build.sources()
-                  if src.name not in firmware_build.KEEP_SOURCE for ext in (".mpy", ".py"))
 
 
 def build_parser(parser: argparse.ArgumentParser) -> None:
@@ -137,73 +96,22 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def firmware_files(board: device.Board) -> dict[str, bytes]:
-    """Device file name -> contents of the build for this board."""
-    from host_tools.vboard.node import compiled_firmware
-
+    """Device file name -> contents of the .mpy build for this board (firmware_build), with
+    mpy-cross's failure as the technician's error."""
     try:
-        out = compiled_firmware(board.mpy_arch)
+        return firmware_build.mpy_files(board)
     except Exception as exc:  # CalledProcessError from mpy-cross, naming the file
         detail = getattr(exc, "stderr", "") or str(exc)
         raise UserError(f"mpy-cross failed for {board.mpy_arch}: {detail.strip()}") from exc
-    # A driver some board lists but this one does not stays off this node; everything else
-    # in drivers/ (this board's drivers, the bus adapters, helpers) goes on it.
-    other = set()
-    for path in device.BOARDS_DIR.glob("*.json"):
-        try:
-            other.update(json.loads(path.read_text()).get("drivers") or [])
-        except (OSError, ValueError):
-            pass
-    skip = other - set(board.drivers) if board.drivers is not None else set()
-    files = {}
-    for path in sorted(out.iterdir()):  # what was compiled, even if sources changed since
-        if path.suffix not in (".mpy", ".py") or path.stem in skip:
-            continue
-        files[path.name] = path.read_bytes()
-    return files
-
-
-def _no_space(exc: DeviceError) -> bool:
-    """OSError ENOSPC: `OSError: [Errno 28] ENOSPC` on the ESP32 port, `OSError: 28` on unix."""
-    return re.search(r"OSError: (\[Errno )?28\b|ENOSPC", exc.output) is not None
 
 
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _progress(name: str, done: int, total: int, tty: bool) -> None:
-    if not tty:
-        return
-    width = 24
-    fill = width * done // max(total, 1)
-    sys.stdout.write(f"\r  {name:<20} [{'#' * fill}{'-' * (width - fill)}] {done * 100 // max(total, 1):3d}%")
-    sys.stdout.flush()
-
-
-def prepare(dev: Device) -> None:
+def _prepare(dev: Device) -> None:
     """Defines the helpers write_file and the listings use on the node (once per session)."""
-    dev.exec(_HASHES % {"manifest": MANIFEST})
-
-
-def write_file(dev: Device, name: str, data: bytes, tty: bool = False) -> None:
-    """Writes one file to the node: NAME.new, its SHA-256 checked on the node, renamed over
-    NAME (a cut cable leaves the old file whole). After prepare(dev)."""
-    tmp = name + ".new"
-    dev.exec(f"import binascii, os\n_f = open({tmp!r}, 'wb')")
-    done = 0
-    for i in range(0, len(data), CHUNK):
-        chunk = base64.b64encode(data[i:i + CHUNK]).decode()
-        dev.exec(f"_f.write(binascii.a2b_base64({chunk!r}))")
-        done = min(i + CHUNK, len(data))
-        _progress(name, done, len(data), tty)
-    dev.exec("_f.close()\ndel _f")
-    got = dev.eval(f"_h({tmp!r})")
-    if got != _sha(data):
-        raise UserError(f"{name}: the copy on the node does not match (sha256 {got}, expected "
-                        f"{_sha(data)}): check the cable and deploy again")
-    # littlefs renames over a file; FAT needs the old one removed first
-    dev.exec(f"try:\n os.rename({tmp!r}, {name!r})\nexcept OSError:\n os.remove({name!r})\n"
-             f" os.rename({tmp!r}, {name!r})")
+    prepare_files(dev, _DEPLOY_HELPERS % {"manifest": MANIFEST})
 
 
 def run(args: argparse.Namespace) -> int:
@@ -213,13 +121,13 @@ def run(args: argparse.Namespace) -> int:
     with Device(port, soft_reset=True) as dev:
         dev.check_chip(board)
         try:
-            prepare(dev)
+            _prepare(dev)
             image = dev.eval("_image()")  # the frozen firmware's version; None: a stock image
         except DeviceError as exc:
             raise UserError(f"the node could not say which image it runs: {exc}") from exc
-        files = image_files() if image else firmware_files(board)
+        files = firmware_build.image_files() if image else firmware_files(board)
         names = sorted(files)
-        extra = [n for n in frozen_copies() if n not in files] if image else []
+        extra = [n for n in firmware_build.frozen_copies() if n not in files] if image else []
         try:
             remote, manifest, free = _remote_state(dev, names + extra)
         except DeviceError as exc:
@@ -266,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
             try:
                 write_file(dev, n, files[n], tty)
             except DeviceError as exc:
-                if _no_space(exc):
+                if no_space(exc):
                     dev.exec(f"import os\ntry:\n os.remove({n + '.new'!r})\nexcept OSError:\n pass")
                     raise UserError(device.ERR_NO_SPACE.format(
                         detail=f"writing {n} failed (ENOSPC)", port=port)) from exc

@@ -4,9 +4,9 @@
     meterlink flash --board esp32-devkitc --firmware ESP32_GENERIC-v1.25.0.bin [--erase]
 
 Without --firmware it writes the meterlink image of the board, the firmware frozen in, that
-`make image BOARD=<board>` left in build/image/<board>/firmware.bin (host_tools/image.py); with
-it, any image, such as MicroPython's own from micropython.org (the firmware then goes on as
-.mpy files, `meterlink deploy`).
+`make image BOARD=<board>` left in build/image/<board>/firmware.bin (host_tools/image.py
+builds it, `firmware_build.image_bin` finds it); with it, any image, such as MicroPython's own
+from micropython.org (the firmware then goes on as .mpy files, `meterlink deploy`).
 
 Runs esptool (the pinned release, as `python -m esptool`) with the chip and flash offset of
 the board file:
@@ -32,9 +32,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gateway.errors import EXIT_INPUT, UserError
-from host_tools import device, image
+from host_tools import device, firmware_build
 from host_tools.device import say
+from meterlink_common import EXIT_INPUT, UserError
 
 HELP = ("write the board's image (`make image`) or a MicroPython .bin to the node with esptool "
         "(chip and offset from the board file)")
@@ -96,12 +96,12 @@ def esptool_failure(port: str, board: device.Board, output: str) -> UserError:
 
 def default_firmware(board: device.Board) -> Path:
     """The board's meterlink image from `make image`; UserError naming the fix when absent."""
-    path = image.image_path(board.name)
-    if not path.is_file():
-        raise UserError(f"no image for {board.name}: {path} does not exist; build it with "
-                        f"`make image BOARD={board.name}` (docs/board-bringup.md), or pass "
-                        f"--firmware FILE.bin")
-    return path
+    try:
+        return firmware_build.image_bin(board)
+    except FileNotFoundError as exc:
+        raise UserError(f"no image for {board.name}: {exc.filename} does not exist; build it "
+                        f"with `make image BOARD={board.name}` (docs/board-bringup.md), or pass "
+                        f"--firmware FILE.bin") from exc
 
 
 def run(args: argparse.Namespace) -> int:

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import argparse
 
-from gateway.errors import UserError
 from host_tools import device
 from host_tools.device import say
 from host_tools.vboard import running
+from meterlink_common import UserError
 
 HELP = "list USB serial ports with the USB-serial bridge (CP210x, CH34x, FTDI, ESP32 USB)"
 

@@ -42,7 +42,6 @@ import argparse
 import getpass
 import json
 import math
-import os
 import re
 import secrets
 import shutil
@@ -51,11 +50,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from gateway.errors import EXIT_INPUT, UserError
 from host_tools import device, gwapi, toolchain
-from host_tools.cmd_deploy import _no_space, prepare, write_file
+from host_tools.device import Device, DeviceError, no_space, prepare_files, say, write_file
+from host_tools.options import parse_broker
 from host_tools.pki import Pki
-from host_tools.device import Device, DeviceError, say
+from meterlink_common import EXIT_INPUT, UserError, write_atomic
 
 HELP = "give a node its id, MQTT credentials and validated config; emit Mosquitto auth lines"
 PASSWORD_BYTES = 18  # 24 characters of URL-safe base64
@@ -114,14 +113,6 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
 
 
 # ------------------------------------------------------------------------------ config
-def _parse_broker(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise UserError(f"--broker must be HOST:PORT with a port 1-65535: got {text!r}",
-                        exit_code=EXIT_INPUT)
-    return host, int(port)
-
-
 def default_config(board: device.Board) -> dict:
     cfg: dict = {"prefix": "m", "wifi": {}, "broker": {"port": 1883, "keepalive": 60}}
     i2c = board.raw.get("i2c") or {}
@@ -156,7 +147,7 @@ def build_config(board: device.Board, current: dict | None, args: argparse.Names
         cfg["prefix"] = args.prefix
     broker = cfg.setdefault("broker", {})
     if args.broker:
-        broker["host"], broker["port"] = _parse_broker(args.broker)
+        broker["host"], broker["port"] = parse_broker(args.broker)
     if args.pki:
         tls = {"ca": "ca.der"}
         if args.server_name:
@@ -237,13 +228,10 @@ def acl_block(node: str, prefix: str) -> str:
     ]) + "\n"
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def _write_broker_file(path: Path, text: str) -> None:
+    """A Mosquitto password or ACL file, replaced atomically with the permissions it had."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    if path.exists():
-        shutil.copymode(path, tmp)
-    os.replace(tmp, path)
+    write_atomic(path, text.encode(), keep_mode=True)
 
 
 def update_password_file(path: Path, user: str, line: str) -> str:
@@ -252,7 +240,7 @@ def update_password_file(path: Path, user: str, line: str) -> str:
     existed = path.exists()
     old = path.read_text().splitlines() if existed else []
     kept = [ln for ln in old if ln.split(":", 1)[0] != user]
-    _write_atomic(path, "\n".join(kept + [line]) + "\n")
+    _write_broker_file(path, "\n".join(kept + [line]) + "\n")
     return "created" if not existed else ("replaced" if len(kept) < len(old) else "added")
 
 
@@ -264,7 +252,7 @@ def update_acl_file(path: Path, node: str, block: str) -> str:
     text, found = re.subn(rf"(?ms)^{begin}\n.*?^{end}\n?", "", text)
     if text and not text.endswith("\n"):
         text += "\n"
-    _write_atomic(path, text + block)
+    _write_broker_file(path, text + block)
     return "created" if not existed else ("replaced" if found else "added")
 
 
@@ -375,7 +363,7 @@ def run(args: argparse.Namespace) -> int:
         text = json.dumps(raw, separators=(",", ":"), sort_keys=True)
         try:
             if files:
-                prepare(dev)
+                prepare_files(dev)
                 for name, data in files.items():  # before the config that names them
                     write_file(dev, name, data)
             for name, body in (("config.json", text), ("board.json", board_file(board))):
@@ -385,7 +373,7 @@ def run(args: argparse.Namespace) -> int:
                          f" os.remove({name!r})\n os.rename({name + '.new'!r}, {name!r})")
             back = dev.exec("with open('config.json') as _f:\n print(_f.read())").strip()
         except DeviceError as exc:
-            if _no_space(exc):
+            if no_space(exc):
                 raise UserError(device.ERR_NO_SPACE.format(
                     detail="writing config.json failed (ENOSPC)", port=port)) from exc
             raise

@@ -22,10 +22,10 @@ import random
 import time
 from pathlib import Path
 
-from gateway.errors import EXIT_INPUT, UserError
-from host_tools.cmd_provision import _parse_broker
 from host_tools.device import say
+from host_tools.options import parse_broker
 from host_tools.pki import Pki
+from meterlink_common import EXIT_INPUT, UserError
 
 HELP = "run N virtual nodes (the real firmware) against a broker"
 MIXES = ("bme280",)
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not 1 <= args.nodes <= 500:
         raise UserError(f"--nodes must be 1-500: got {args.nodes}", exit_code=EXIT_INPUT)
-    host, port = _parse_broker(args.broker)
+    host, port = parse_broker(args.broker)
     rng = random.Random(1)
     nodes = []
     try:

@@ -20,10 +20,10 @@ import ast
 import json
 import sys
 
-from gateway.channels import default_table
-from gateway.errors import UserError
 from host_tools import device
+from host_tools.channels import channel_text
 from host_tools.device import Device, DeviceError, say
+from meterlink_common import UserError
 
 HELP = "show the node's diagnostics (heap, queue, last readings, errors) over the serial port"
 
@@ -67,23 +67,6 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
                         help="leave the node stopped at the REPL afterwards")
 
 
-def channel_text(key, value) -> str:
-    """`temperature 21.53 Cel` for a channel key and its scaled integer."""
-    table = default_table()
-    try:
-        ch, inst = table.lookup(int(key))
-    except (KeyError, ValueError, TypeError):
-        return f"channel {key} = {value}"
-    name = ch.name + (f":{inst}" if inst else "")
-    if not isinstance(value, int):
-        return f"{name} {value!r}"
-    if ch.scale < 0:
-        text = f"{value / 10 ** -ch.scale:.{-ch.scale}f}"
-    else:
-        text = str(value * 10 ** ch.scale)
-    return f"{name} {text} {ch.unit}".rstrip()
-
-
 def _heap_error(exc: DeviceError) -> UserError:
     return UserError("the node has no free heap left for the REPL (MemoryError): its firmware "
                      "uses too much memory; `meterlink monitor` shows its heap, `meterlink "
@@ -95,7 +78,9 @@ def read_diagnostics(dev: Device) -> dict:
     try:
         text = dev.exec(_DIAG).strip()
     except DeviceError as exc:
-        raise _heap_error(exc) if "MemoryError" in exc.output else exc
+        if "MemoryError" in exc.output:
+            raise _heap_error(exc) from exc
+        raise
     if text == "'NO-DIAGNOSTICS'":
         raise UserError(device.ERR_NO_DIAGNOSTICS)
     try:
@@ -137,7 +122,9 @@ def run(args: argparse.Namespace) -> int:
             dev.exec("import node")
         except DeviceError as exc:
             if "ImportError" not in exc.output:
-                raise _heap_error(exc) if "MemoryError" in exc.output else exc
+                if "MemoryError" in exc.output:
+                    raise _heap_error(exc) from exc
+                raise
             raise UserError(f"the node has no firmware ({exc.output.strip().splitlines()[-1]}):"
                             f" install it with `meterlink deploy --board NAME`") from exc
         d = read_diagnostics(dev)

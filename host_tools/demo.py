@@ -33,12 +33,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.errors import UserError
 from host_tools import gwapi, process, toolchain
 from host_tools.broker import Mosquitto
 from host_tools.pki import Pki
 from host_tools.vboard import VirtualNode, default_board, default_config
 from host_tools.vboard.node import FORMS
+from meterlink_common import UserError
 
 WEATHER, AIR, WATER = "weather", "air", "water"
 BOARD = "esp32-devkitc"

@@ -1,10 +1,12 @@
 """A node on a serial port, for the technician commands: finding the port, the board files,
-and a REPL session that runs code on the device.
+a REPL session that runs code on the device, and files written to it safely.
 
     port = pick_port(args.port)               # --port, or the only USB serial port there is
     with Device(port) as dev:                 # raw REPL; the node's main loop is interrupted
         dev.exec("import os")
         print(dev.eval("os.listdir()"))
+        prepare_files(dev)
+        write_file(dev, "config.json", data)  # all of it or, after a cut cable, the old file
 
 The session is mpremote's own `SerialTransport` (the same code `mpremote` runs, so what
 works here works with `mpremote` by hand and the other way round); this module adds the
@@ -15,10 +17,13 @@ that says what is wrong and how to fix it (the `ERR_*` texts below); tests asser
 from __future__ import annotations
 
 import ast
+import base64
 import contextlib
 import errno
+import hashlib
 import io
 import json
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -27,8 +32,8 @@ from pathlib import Path
 import serial
 import serial.tools.list_ports
 
-from gateway.errors import EXIT_INPUT, UserError
 from host_tools import toolchain
+from meterlink_common import EXIT_INPUT, UserError
 
 BOARDS_DIR = toolchain.ROOT / "boards"
 REPL_TIMEOUT = 5.0  # seconds for a board to show its raw REPL prompt
@@ -354,6 +359,87 @@ class Device:
         self.transport.exit_raw_repl()
         self.transport.serial.write(b"\x04")
         self.transport.serial.flush()
+
+
+# ------------------------------------------------------------------------------ files on the node
+# What write_file and the listings use on the node, defined once per session (prepare_files):
+# _h(p) a file's SHA-256 in hex (None when there is none), _clean(names) removes the NAME.new
+# halves a cut copy left, _free() the filesystem's free bytes.
+FILE_HELPERS = """\
+import os, hashlib, binascii
+def _h(p):
+    try:
+        f = open(p, 'rb')
+    except OSError:
+        return None
+    h = hashlib.sha256()
+    b = bytearray(512)
+    m = memoryview(b)
+    while True:
+        n = f.readinto(b)
+        if not n:
+            break
+        h.update(m[:n])
+    f.close()
+    return binascii.hexlify(h.digest()).decode()
+def _clean(names):
+    for n in names:
+        try:
+            os.remove(n + '.new')
+        except OSError:
+            pass
+def _free():
+    try:
+        s = os.statvfs('/')
+    except (AttributeError, OSError):
+        s = os.statvfs('.')
+    return s[0] * s[4]
+"""
+CHUNK = 2048  # bytes per exec: 2.7 KB of base64 source, well inside a 96 KB heap
+
+
+def prepare_files(dev: Device, more: str = "") -> None:
+    """Defines FILE_HELPERS on the node, and the caller's own helpers `more` in the same exec
+    (once per session, before write_file)."""
+    dev.exec(FILE_HELPERS + more)
+
+
+def write_file(dev: Device, name: str, data: bytes, tty: bool = False) -> None:
+    """Writes one file to the node: NAME.new, its SHA-256 checked on the node, renamed over
+    NAME (a cut cable leaves the old file whole). After prepare_files(dev); `tty` shows a
+    progress bar."""
+    tmp = name + ".new"
+    dev.exec(f"import binascii, os\n_f = open({tmp!r}, 'wb')")
+    done = 0
+    for i in range(0, len(data), CHUNK):
+        chunk = base64.b64encode(data[i:i + CHUNK]).decode()
+        dev.exec(f"_f.write(binascii.a2b_base64({chunk!r}))")
+        done = min(i + CHUNK, len(data))
+        _progress(name, done, len(data), tty)
+    dev.exec("_f.close()\ndel _f")
+    got = dev.eval(f"_h({tmp!r})")
+    want = hashlib.sha256(data).hexdigest()
+    if got != want:
+        raise UserError(f"{name}: the copy on the node does not match (sha256 {got}, expected "
+                        f"{want}): check the cable and deploy again")
+    # littlefs renames over a file; FAT needs the old one removed first
+    dev.exec(f"try:\n os.rename({tmp!r}, {name!r})\nexcept OSError:\n os.remove({name!r})\n"
+             f" os.rename({tmp!r}, {name!r})")
+
+
+def no_space(exc: DeviceError) -> bool:
+    """Whether the node's error is OSError ENOSPC: `OSError: [Errno 28] ENOSPC` on the ESP32
+    port, `OSError: 28` on unix."""
+    return re.search(r"OSError: (\[Errno )?28\b|ENOSPC", exc.output) is not None
+
+
+def _progress(name: str, done: int, total: int, tty: bool) -> None:
+    if not tty:
+        return
+    width = 24
+    fill = width * done // max(total, 1)
+    sys.stdout.write(f"\r  {name:<20} [{'#' * fill}{'-' * (width - fill)}] {done * 100 // max(total, 1):3d}%")
+    sys.stdout.flush()
 
 
 def say(text: str = "", *, end: str = "\n") -> None:

@@ -14,7 +14,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from gateway.errors import EXIT_INPUT, UserError
+from meterlink_common import EXIT_INPUT, UserError
 
 TOKEN_ENV = "METERLINK_GATEWAY_TOKEN"
 

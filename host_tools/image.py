@@ -48,9 +48,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.errors import EXIT_INPUT, UserError
 from host_tools import device, toolchain
 from host_tools.device import say
+from meterlink_common import EXIT_INPUT, UserError
 
 PROG = "meterlink image"
 IDF_BOARDS_DIR = device.BOARDS_DIR / "idf"

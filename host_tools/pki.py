@@ -38,7 +38,6 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import json
-import os
 import re
 from pathlib import Path
 
@@ -47,7 +46,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from gateway.errors import UserError
+from meterlink_common import UserError, write_atomic
 
 KINDS = {"broker": "broker", "node": "nodes", "client": "clients"}  # kind -> folder
 CA_DAYS = 20 * 365  # the fleet's lifetime: a CA cannot be replaced without touching every node
@@ -66,14 +65,10 @@ def _now() -> dt.datetime:
 
 
 def _write(path: Path, data: bytes, *, secret: bool = False) -> None:
+    """A key (`secret`: mode 0600 from its creation) or a certificate, replaced atomically
+    and on the disk before it is used."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if secret else 0o644)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, data, mode=0o600 if secret else 0o644, durable=True)
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:

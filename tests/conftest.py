@@ -58,3 +58,31 @@ def browser(tmp_path):
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture
+def gateway_api(tmp_path, monkeypatch):
+    """The API with the dashboard over an outbox with one node, on a loopback port, and uPlot
+    nowhere to be found: (base URL, the gateway's folder); the API token is "t0ken".
+    In-process (tests/test_gw_dashboard.py, tests/test_gw_dash_login.py)."""
+    from gateway import dashboard
+    from gateway.api import ApiServer
+    from gateway.config import parse_config
+    from gateway.daemon import Gateway
+
+    monkeypatch.setattr(dashboard, "UPLOT_CACHE", tmp_path / "no-uplot")
+    monkeypatch.delenv(dashboard.UPLOT_ENV, raising=False)
+    config = parse_config({"sinks": {"history": {}}, "api": {"port": 0, "token": "t0ken"}},
+                          base_dir=tmp_path)
+    gw = Gateway(config)
+    gw.open_storage()
+    with gw.box.transaction():
+        gw.box.db.execute("INSERT INTO nodes(node, registered, board, sensors, interval_s) "
+                          "VALUES ('n1', 1, 'esp32-devkitc', '[]', 60)")
+    server = ApiServer(gw)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{server.port}", tmp_path
+    finally:
+        server.stop()
+        gw.box.close()

@@ -1,4 +1,5 @@
-"""The real gateway as a child process, for tests of the whole reading path.
+"""The real gateway as a child process, for tests of the whole reading path, and the MQTT
+clients and HTTP servers around it.
 
     gw = GatewayProcess(tmp_path / "gw", broker)   # writes its config, starts `meterlink gateway`
     gw.records()          # SenML records delivered to the file sink so far (dicts with node, seq)
@@ -12,6 +13,10 @@
 
     with Upstream() as up:   # a real local HTTP server standing in for the city platform
         up.url, up.records() (deduplicated by Idempotency-Key), up.requests, up.mode = ...
+
+    publish(broker, [(topic, payload), ...])   # as one MQTT client, QoS 1, all acknowledged
+    sub = subscriber(broker, lambda topic, pack: got.append(pack))   # a platform on city/#
+    sub.loop_stop()
 
 Tests of node and gateway faults use this one class, so a change to the gateway's config or
 sink layout is made here once.
@@ -28,8 +33,13 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 from host_tools.process import stop
 
@@ -49,6 +59,45 @@ def wait_for(predicate, timeout: float, what: str, on_fail=lambda: "", poll: flo
             raise AssertionError(f"timed out after {timeout}s waiting for {what}"
                                  + (f"\n{extra}" if extra else ""))
         time.sleep(poll)
+
+
+def publish(broker, messages: Iterable[tuple[str, bytes]], client_id: str = "test-publisher",
+            timeout: float = 30.0) -> None:
+    """Publishes each (topic, payload) at QoS 1, in order, as one client of `broker` (TLS when
+    it speaks it); returns once the broker has acknowledged every one (AssertionError if not
+    within `timeout` seconds each)."""
+    pub = broker.secure(mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                                    protocol=mqtt.MQTTv311))
+    pub.connect(broker.host, broker.port)
+    pub.loop_start()
+    try:
+        infos = [pub.publish(topic, payload, qos=1) for topic, payload in messages]
+        for info in infos:
+            info.wait_for_publish(timeout)
+            assert info.is_published()
+    finally:
+        pub.disconnect()
+        pub.loop_stop()
+
+
+def subscriber(broker, on_message: Callable[[str, Any], None], topic: str = "city/#", *,
+               client_id: str = "upstream-sub", clean_session: bool = True,
+               username: str | None = None, password: str | None = None) -> mqtt.Client:
+    """A platform's MQTT client on `broker` (TLS when it speaks it): subscribed to `topic` at
+    QoS 1, its network loop running, `on_message(topic, payload)` called with each message's
+    topic and JSON payload. It reconnects a second after the broker comes back (with
+    `clean_session=False` the broker keeps its subscription and messages meanwhile). Stop it
+    with `sub.loop_stop()`."""
+    sub = broker.secure(mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                                    clean_session=clean_session, protocol=mqtt.MQTTv311))
+    if username is not None:
+        sub.username_pw_set(username, password)
+    sub.reconnect_delay_set(1, 1)
+    sub.on_message = lambda client, userdata, msg: on_message(msg.topic, json.loads(msg.payload))
+    sub.connect(broker.host, broker.port)
+    sub.subscribe(topic, qos=1)
+    sub.loop_start()
+    return sub
 
 
 class GatewayProcess:

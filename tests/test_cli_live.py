@@ -11,7 +11,7 @@ import pytest
 
 from host_tools import cli, cmd_status
 from host_tools.broker import Mosquitto
-from host_tools.cmd_deploy import image_files
+from host_tools.firmware_build import image_files
 from host_tools.pki import Pki
 from host_tools.vboard.node import default_config
 from host_tools.vboard.pty_repl import PtyBoard

@@ -7,7 +7,6 @@ kept publishing for ten minutes."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import time

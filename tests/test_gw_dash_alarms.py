@@ -326,8 +326,7 @@ def test_an_alarm_appears_live_and_is_acknowledged_in_chromium(tmp_path, broker,
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from gateway_support import GatewayProcess, wait_for
-    from test_gw_lifecycle import publish
+    from gateway_support import GatewayProcess, publish, wait_for
 
     note = "Plumber on the way; main valve closed"
     with GatewayProcess(tmp_path / "gw", broker) as gw:

@@ -10,18 +10,15 @@ import logging
 import re
 import stat
 import subprocess
-import sys
 import urllib.error
 import urllib.parse
 import urllib.request
-from pathlib import Path
 
 import pytest
 
 from dashboard_support import logged_in
-from test_gw_dashboard import gateway_api  # noqa: F401  (the fixture)
+from gateway_support import MELINK
 
-MELINK = str(Path(sys.executable).with_name("meterlink"))
 PASSWORD = "correct horse battery staple"
 
 

@@ -32,7 +32,7 @@ from gateway.errors import ConfigError
 from gateway.outbox import Outbox
 from gateway.registry import node_events
 from gateway.sinks import make_sink
-from gateway_support import GatewayProcess, wait_for
+from gateway_support import GatewayProcess, publish, wait_for
 
 T0 = 1763712000
 DAY = 86400
@@ -342,8 +342,6 @@ def test_node_page_consumption_gaps_history_and_the_fleet_map_in_chromium(tmp_pa
                                                                             browser):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
-
-    from test_gw_lifecycle import publish
 
     extra = (f'[sinks.history]\npath = "{tmp_path / "gw" / "history.db"}"\n'
              'batch_max_age_s = 0.05\nraw_days = 30\n[dashboard]\nmap_tiles = ""\n')

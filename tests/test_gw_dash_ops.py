@@ -32,7 +32,7 @@ import cbor2
 import pytest
 
 from dashboard_support import IMAGES, WAIT_S
-from gateway_support import GatewayProcess, Recorder, wait_for
+from gateway_support import GatewayProcess, Recorder, publish, wait_for
 
 TOKEN = "t0ken"
 
@@ -394,7 +394,6 @@ def test_a_command_round_trips_to_the_real_firmware_in_chromium(tmp_path, broker
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
     from host_tools.vboard import VirtualNode
-    from test_gw_lifecycle import publish
 
     platform = Recorder()  # refuses w1's readings until "fixed": a dead letter to replay
     fixed, accepted = [False], []

@@ -24,8 +24,7 @@ import cbor2
 import pytest
 
 from dashboard_support import IMAGES, WAIT_S, table
-from gateway_support import GatewayProcess, wait_for
-from test_gw_lifecycle import publish
+from gateway_support import GatewayProcess, publish, wait_for
 
 HOUR, DAY = 3600, 86400
 # wire keys of the channel table (gateway/channels.json); instance 1 is key + 64

@@ -28,8 +28,7 @@ import urllib.request
 import pytest
 
 from dashboard_support import IMAGES, WAIT_S, logged_in, post_form, reading, status, table
-from gateway_support import GatewayProcess, wait_for
-from test_gw_lifecycle import publish
+from gateway_support import GatewayProcess, publish, wait_for
 
 HISTORY_POINTS = 25  # n1's readings over the last hour, one per 2 minutes
 
@@ -166,33 +165,6 @@ def test_a_session_cookie_is_refused_when_tampered_with_expired_or_from_another_
     assert sessions.read("", 1001) is None and sessions.read("a.b.c", 1001) is None
     assert [_safe_next(t) for t in ("/nodes/n1?range=1h", "//evil.example/", "https://x/",
                                     "/\\evil", None)] == ["/nodes/n1?range=1h", "/", "/", "/", "/"]
-
-
-@pytest.fixture
-def gateway_api(tmp_path, monkeypatch):
-    """The API with the dashboard over an outbox with one node, on a loopback port, and uPlot
-    nowhere to be found."""
-    from gateway import dashboard
-    from gateway.api import ApiServer
-    from gateway.config import parse_config
-    from gateway.daemon import Gateway
-
-    monkeypatch.setattr(dashboard, "UPLOT_CACHE", tmp_path / "no-uplot")
-    monkeypatch.delenv(dashboard.UPLOT_ENV, raising=False)
-    config = parse_config({"sinks": {"history": {}}, "api": {"port": 0, "token": "t0ken"}},
-                          base_dir=tmp_path)
-    gw = Gateway(config)
-    gw.open_storage()
-    with gw.box.transaction():
-        gw.box.db.execute("INSERT INTO nodes(node, registered, board, sensors, interval_s) "
-                          "VALUES ('n1', 1, 'esp32-devkitc', '[]', 60)")
-    server = ApiServer(gw)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{server.port}", tmp_path
-    finally:
-        server.stop()
-        gw.box.close()
 
 
 def test_the_node_page_without_uplot_says_how_to_install_it(gateway_api, monkeypatch):

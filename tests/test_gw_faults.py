@@ -135,7 +135,7 @@ def test_sigkill_at_20_random_instants_loses_nothing_and_counts_once(tmp_path, b
     assert events and max(events.values()) == 1
     # a record that arrived twice did so only inside the same batch, retried under its key
     keys_of = defaultdict(set)
-    for _, key, records, status in up.requests:
+    for _, key, records, _status in up.requests:
         for r in records:
             keys_of[r["rid"]].add(key)
     assert all(len(k) == 1 for k in keys_of.values())

@@ -11,15 +11,13 @@ import sqlite3
 import time
 
 import cbor2
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.config import parse_config
 from gateway.outbox import Outbox
 from gateway.sinks import make_sink
 from gateway.sinks.history import History
-from gateway_support import GatewayProcess, wait_for
+from gateway_support import GatewayProcess, publish, wait_for
 
 HOUR, DAY = 3600, 86400
 NOW = 1763712000 + 12 * HOUR  # a fixed "now" for the sink's and the reader's clocks
@@ -151,21 +149,6 @@ def test_daily_consumption_is_a_difference_of_totals_and_a_lost_reading_moves_no
     finally:
         store.close()
     assert used == [[d0 + DAY, 0.2], [d0 + 2 * DAY, 0.7], [d0 + 3 * DAY, 0.1]]
-
-
-def publish(broker, messages):
-    pub = broker.secure(mqtt.Client(CallbackAPIVersion.VERSION2, client_id="pub-history",
-                                    protocol=mqtt.MQTTv311))
-    pub.connect(broker.host, broker.port)
-    pub.loop_start()
-    try:
-        infos = [pub.publish(topic, payload, qos=1) for topic, payload in messages]
-        for info in infos:
-            info.wait_for_publish(30)
-            assert info.is_published()
-    finally:
-        pub.disconnect()
-        pub.loop_stop()
 
 
 @pytest.mark.slow

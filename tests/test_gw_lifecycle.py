@@ -12,28 +12,11 @@ import subprocess
 import time
 
 import cbor2
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway_support import MELINK, GatewayProcess, wait_for
+from gateway_support import MELINK, GatewayProcess, publish, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-def publish(broker, messages: list[tuple[str, bytes]]) -> None:
-    pub = broker.secure(mqtt.Client(CallbackAPIVersion.VERSION2, client_id="pub-lifecycle",
-                                    protocol=mqtt.MQTTv311))
-    pub.connect(broker.host, broker.port)
-    pub.loop_start()
-    try:
-        for topic, payload in messages:
-            info = pub.publish(topic, payload, qos=1)
-            info.wait_for_publish(10)
-            assert info.is_published()
-    finally:
-        pub.disconnect()
-        pub.loop_stop()
 
 
 def reading(node: str, seq: int, **extra: int) -> tuple[str, bytes]:

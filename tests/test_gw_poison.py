@@ -22,9 +22,7 @@ import subprocess
 import time
 
 import cbor2
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.batcher import SinkWorker
 from gateway.config import parse_config
@@ -32,7 +30,7 @@ from gateway.daemon import Gateway
 from gateway.outbox import Outbox
 from gateway.sinks import make_sink
 from gateway.stats import Stats
-from gateway_support import MELINK, GatewayProcess, Recorder, wait_for
+from gateway_support import MELINK, GatewayProcess, Recorder, publish, subscriber, wait_for
 from host_tools.broker import Mosquitto
 
 T0 = 1763712000
@@ -208,12 +206,7 @@ def test_ngsild_sink_dead_letters_a_time_past_9999_and_upserts_the_rest(tmp_path
 
 def test_mqtt_sink_dead_letters_the_poison_and_republishes_the_rest(tmp_path, broker):
     got: list[int] = []
-    sub = broker.secure(mqtt.Client(CallbackAPIVersion.VERSION2, client_id="upstream-sub",
-                                    protocol=mqtt.MQTTv311))
-    sub.on_message = lambda c, u, m: got.extend(r["seq"] for r in json.loads(m.payload))
-    sub.connect(broker.host, broker.port)
-    sub.subscribe("city/#", qos=1)
-    sub.loop_start()
+    sub = subscriber(broker, lambda topic, pack: got.extend(r["seq"] for r in pack))
     try:
         box = run_worker(tmp_path, "mqtt", {"host": broker.host, "port": broker.port,
                                             "topic_prefix": "city", "tls": True,
@@ -226,20 +219,9 @@ def test_mqtt_sink_dead_letters_the_poison_and_republishes_the_rest(tmp_path, br
 
 # ---- a refused credential pauses the sink -----------------------------------------------------
 
-def publish(broker, node: str, seqs) -> None:
-    pub = broker.secure(mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{node}",
-                                    protocol=mqtt.MQTTv311))
-    pub.connect(broker.host, broker.port)
-    pub.loop_start()
-    try:
-        for seq in seqs:
-            info = pub.publish(f"m/{node}/r", cbor2.dumps([1, seq, int(time.time()),
-                                                           {1: 2000 + seq}]), qos=1)
-            info.wait_for_publish(10)
-            assert info.is_published()
-    finally:
-        pub.disconnect()
-        pub.loop_stop()
+def readings(node: str, seqs) -> list[tuple[str, bytes]]:
+    return [(f"m/{node}/r", cbor2.dumps([1, seq, int(time.time()), {1: 2000 + seq}]))
+            for seq in seqs]
 
 
 def posted_seqs(rec: Recorder) -> list[int]:
@@ -267,7 +249,7 @@ def test_a_refused_token_pauses_the_sink_until_the_token_file_is_fixed(tmp_path,
         f'[sinks.http]\nurl = "{rec.url}"\ntoken_file = "{token}"\nbatch_max_age_s = 0.1\n'))
     try:
         gw.wait_subscribed()
-        publish(broker, "n1", range(1, 6))
+        publish(broker, readings("n1", range(1, 6)))
         wait_for(lambda: gw.readings() >= {("n1", s) for s in range(1, 6)}, 20,
                  "the file sink, which a refused platform token must not hold back", gw.log)
         wait_for(lambda: "sink_paused" in gw.log(), 20, "the http sink pausing", gw.log)
@@ -311,7 +293,7 @@ def test_a_refused_mqtt_credential_pauses_the_bridge_until_the_broker_takes_it(t
             f'username = "gateway"\npassword = "changed"\nbatch_max_age_s = 0.1\n'))
         try:
             gw.wait_subscribed()
-            publish(broker, "n2", range(1, 4))
+            publish(broker, readings("n2", range(1, 4)))
             wait_for(lambda: ("-gateway:alarm:sink_auth:mqtt", True) in alarm_events(gw), 30,
                      "the sink_auth alarm for the bridge", gw.log)
             assert re.search(r'bridge_refused .* reason="(Not authorized|Bad user name or '
@@ -321,18 +303,13 @@ def test_a_refused_mqtt_credential_pauses_the_bridge_until_the_broker_takes_it(t
             assert box.backlog("mqtt")[0] >= 3, "the readings wait in the outbox"
             box.close()
 
-            sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="platform",
-                              protocol=mqtt.MQTTv311)
-            sub.username_pw_set("gateway", "changed")
-            sub.on_message = lambda c, u, m: got.extend(
-                r["seq"] for r in json.loads(m.payload) if r.get("node") == "n2")
             passwd("changed")  # the platform takes the new password
             pw.chmod(0o644)
             upstream.proc.send_signal(1)  # SIGHUP: mosquitto reads its password file again
             time.sleep(0.5)
-            sub.connect(upstream.host, upstream.port)
-            sub.subscribe("meterlink/#", qos=1)
-            sub.loop_start()
+            sub = subscriber(upstream, lambda topic, pack: got.extend(
+                r["seq"] for r in pack if r.get("node") == "n2"), "meterlink/#",
+                client_id="platform", username="gateway", password="changed")
             wait_for(lambda: sorted(set(got)) == [1, 2, 3], 30,
                      "the held readings upstream once the broker took the credential", gw.log)
             sub.loop_stop()
@@ -359,7 +336,7 @@ def test_dead_letters_replay_from_the_api_and_the_command_line_once(tmp_path, br
         'batch_max_records = 1\n'))
     try:
         gw.wait_subscribed()
-        publish(broker, "n3", [1, 2])
+        publish(broker, readings("n3", [1, 2]))
         wait_for(lambda: len(gw.api("/api/deadletters")[1]) == 2, 20, "two dead letters",
                  gw.log)
         fixed[0] = True  # the platform learnt the unit

@@ -9,7 +9,6 @@ import subprocess
 import threading
 
 import paho.mqtt.client as paho
-import pytest
 
 from host_tools import toolchain
 from host_tools.broker import Mosquitto

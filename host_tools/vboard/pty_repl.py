@@ -65,11 +65,11 @@ import time
 import tty
 from pathlib import Path
 
-from gateway.stats import write_json_atomic
 from host_tools import process, toolchain
 from host_tools.vboard import bootloader
-from host_tools.vboard.node import (DEFAULT_HEAP, FORMS, _heap_bytes, config_adc_pins,
-                                   default_board, vboard_allowance)
+from host_tools.vboard.node import (DEFAULT_HEAP, FORMS, config_adc_pins, default_board,
+                                   heap_size, vboard_allowance)
+from meterlink_common import write_json_atomic
 
 AGENT = "import repl_agent"  # frozen: host_tools/vboard/mpy/repl_agent.py
 RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
@@ -200,8 +200,8 @@ class PtyBoard:
     def heap_bytes(self) -> int:
         """The node's heap plus what the virtual board's own models take (as `VirtualNode`
         runs it; the REPL agent is frozen and takes none)."""
-        return _heap_bytes(self.heap) + vboard_allowance(self.root / "board.json",
-                                                          config_adc_pins(self.flash), self.form)
+        return heap_size(self.heap) + vboard_allowance(self.root / "board.json",
+                                                       config_adc_pins(self.flash), self.form)
 
     def _spawn(self) -> None:
         ctl_r, ctl_w = os.pipe()
@@ -413,7 +413,7 @@ class PtyBoard:
 
     # ------------------------------------------------------------------ input
     def _feed(self, data: bytes) -> None:
-        for i, c in enumerate(data):
+        for c in data:
             if self._busy is not None:
                 if c == CTRL_C:
                     self._interrupt()

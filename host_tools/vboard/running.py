@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
+from meterlink_common import write_atomic
+
 
 @dataclass(frozen=True)
 class RunningBoard:
@@ -60,9 +62,7 @@ def announce(port: str, chip: str, image: str, folder: str | Path) -> Iterator[P
     path = where / f"{os.getpid()}.json"
     entry = RunningBoard(port=port, chip=chip, image=image,
                          dir=str(Path(folder).resolve()), pid=os.getpid())
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(entry)))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(asdict(entry)).encode())
     try:
         yield path
     finally:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from pathlib import Path
 
 from gateway.channels import load_table
 from gateway.wire import decode_reading, resolve

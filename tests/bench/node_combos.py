@@ -48,9 +48,9 @@ from host_tools.vboard.node import VirtualNode, default_config  # noqa: E402
 BUDGET = 96 * 1024  # the firmware's heap (-X heapsize=96K, the virtual board's allowance added)
 LITRES_PER_PULSE = 10
 # The pulse meter model makes at most one pulse each time the firmware touches the hardware,
-# at least once a second (the watchdog feed): 40 pulses are made well inside a run of 1000
-# mains cycles (90 s and more), so the last reading has them all.
-MAINS_PULSES = 40
+# at least once a second (the watchdog feed): 16 pulses are made well inside a run of 250
+# mains cycles (the suite's; 30 s and more), so the last reading has them all.
+MAINS_PULSES = 16
 
 # --------------------------------------------------------------------------- what the parts measure
 DS18B20_C = 11.25  # a 1/16 degC step, so the reading is exact: 1125

@@ -8,7 +8,7 @@ import os
 
 import machine
 from hw import write_json
-from hw.meter import PulseMeter
+from hw.meter import PulseMeter  # noqa: F401 - test_pulse*.py import it from here
 
 import config
 import cfg_pulse  # noqa: F401 - loaded once: sensors then keeps it (no recompiling)

@@ -95,7 +95,7 @@ def test_exception_timeout_crc_and_wrong_line_settings_are_clear_errors():
 
 
 def test_a_late_answer_is_not_taken_for_the_next_request():
-    slave = _board(address=1)
+    _board(address=1)
     a = _adapter({"registers": _PROBE[:2], "timeout_ms": 50, "retries": 0})
     machine.vboard_set_env(faults={"uart2:1": "late"})
     _err(a, "no answer")

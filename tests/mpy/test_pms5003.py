@@ -46,7 +46,7 @@ def test_passive_read_after_warm_up_then_sleep():
 
 def test_reading_during_warm_up_is_what_the_waiting_avoids():
     # the control: read at once after waking and the values are low
-    m = _board(warmup_ms=5000)
+    _board(warmup_ms=5000)
     machine.vboard_set_env(pm2_5_ug_m3=30)
     dev = pms5003.PMS5003(machine.UART(1, 9600))
     asyncio.run(dev.wake())
@@ -54,7 +54,7 @@ def test_reading_during_warm_up_is_what_the_waiting_avoids():
 
 
 def test_checksum_length_and_silence_are_errors():
-    m = _board(warmup_ms=0)
+    _board(warmup_ms=0)
     a = _adapter({"warmup_ms": 0})
     machine.vboard_set_env(faults={"uart1": "noise"})
     _err(lambda: asyncio.run(a.sample()), "pms5003@uart1", "check code")

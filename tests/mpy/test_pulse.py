@@ -1,7 +1,5 @@
 # Pulse meters: counting, bounce, backflow, leak, tamper, PCNT and config. Helpers and the
 # model set-up are in pulse_support.py.
-import os
-
 import machine
 
 from pulse_support import (_C3, _DIR, _ESP32, _K_ALARMS, _K_FLOW, _K_GAS, _K_NIGHT,  # noqa: F401

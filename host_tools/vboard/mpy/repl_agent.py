@@ -39,7 +39,7 @@ def _run(k, s):
             except OSError:
                 s = None
             if s:
-                execfile(s, _g)
+                execfile(s, _g)  # noqa: F821 - a MicroPython builtin
         elif k == 0x73:
             exec(compile(s, "<stdin>", "single"), _g)
         else:

@@ -64,7 +64,7 @@ class ModbusSlave:
             for i in range(5):
                 regs[i] = (w[2 * i] << 8) | w[2 * i + 1]
         else:
-            for i, (key, default, mul, signed) in enumerate(_MAPS[self.profile]):
+            for i, (key, default, mul, _signed) in enumerate(_MAPS[self.profile]):
                 v = int(round(float(e.data.get(key, default)) * mul))
                 regs[i] = v & 0xFFFF
         regs.update(self.overrides)
