@@ -1,5 +1,6 @@
 """Wired M-Bus master (EN 13757-2 link layer) over a UART at 2400 baud 8E1, and the node
-adapter for water, gas and heat meters; the telegram parser is drivers/mbusparse.py."""
+adapter for water, gas and heat meters; the telegram parser is drivers/mbusparse.py, which also
+defines MBusError (this module imports it, never the reverse)."""
 
 #     from mbus import MBus
 #     from mbusparse import parse
@@ -34,6 +35,9 @@ adapter for water, gas and heat meters; the telegram parser is drivers/mbusparse
 import asyncio
 import time
 
+import mbusparse
+from mbusparse import MBusError
+
 from micropython import const
 
 _WIRE_LIMIT = 1 << 53  # |value| a reading carries (the gateway rejects the message otherwise)
@@ -44,9 +48,6 @@ _SND_UD = const(0x53)
 _SELECT = const(0xFD)
 _CI_SELECT = const(0x52)
 _GAP_MS = const(50)  # the longest silence inside an answer
-
-class MBusError(OSError):
-    pass
 
 
 def checksum(data, start, end):
@@ -222,8 +223,6 @@ class MBusSensor:
         self.last = None  # the last decoded telegram, for diagnostics
 
     async def sample(self):
-        import mbusparse
-
         b = self.bus
         try:
             if self._sec is not None:

@@ -12,6 +12,9 @@ the records after it (the billing total) still decode. Where the length itself i
 (a reserved LVAR or DIF) the records before it stand, the problem says where and why, and the
 rest of the telegram is not read. A header that cannot be trusted raises MBusError.
 
+MBusError, the M-Bus driver's one error (an OSError, as the sensors' contract asks), is defined
+here and used by the link layer too: mbus.py imports this module, never the reverse.
+
 Data field coding (DIF bits 0-3), EN 13757-3 clause 6.3 and Annex A, as read here:
 - BCD (type A; codings 9-C, E; LSB first): an F in the most significant digit is the minus sign
   (negative power of a Techem Ultra S3 in libmbus issue 191; libmbus, wmbusmeters and
@@ -43,8 +46,6 @@ Data field coding (DIF bits 0-3), EN 13757-3 clause 6.3 and Annex A, as read her
 
 from micropython import const
 
-from mbus import MBusError
-
 _CI_RSP_LONG = const(0x72)
 # primary VIF (without the extension bit) -> (mask base, mask, unit, exponent offset)
 _VIFS = (
@@ -56,6 +57,10 @@ _VIFS = (
 )
 _SIZES = (0, 1, 2, 3, 4, 4, 6, 8, 0, 1, 2, 3, 4, -1, 6, 0)  # data field coding -> bytes
 _REST = ": the records after it are not read"
+
+
+class MBusError(OSError):
+    """A frame or telegram that cannot be trusted (link layer or header), or no answer."""
 
 
 def _bcd(data, i, size, signed):

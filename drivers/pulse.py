@@ -31,8 +31,8 @@ survives resets, deep sleep, power loss and firmware updates; leak, backflow, ta
 # in hardware; the IRQ on the unit's min/max limits folds the 16-bit hardware count into a
 # small-int accumulator.
 #
-# Persistence (drivers/pulsenode.py; why hand-written: no flash-journal library fits the heap,
-# and the layout must be readable by every later firmware):
+# Persistence (the functions after the constants below; why hand-written: no flash-journal
+# library fits the heap, and the layout must be readable by every later firmware):
 # - RTC slow memory, bytes 64..255 of machine.RTC().memory() (the runtime owns 0..63): one
 #   96-byte slot per pulse meter (slot 0 at 64, slot 1 at 160), rewritten by save(). It holds
 #   the exact count, the debounced contact state and the hour history, and survives deep
@@ -76,9 +76,8 @@ survives resets, deep sleep, power loss and firmware updates; leak, backflow, ta
 # one large string while the module compiles; a comment costs nothing.)
 
 
+import struct
 import time
-
-import pulsenode
 
 from micropython import const
 
@@ -90,6 +89,165 @@ _PCNT_LIM = const(32000)
 LEAK = const(1)
 BACKFLOW = const(2)
 TAMPER = const(4)
+
+# ------------------------------------------------------------------ persistence
+# The RTC slot and the flash journal of the comment above. (drivers/pulsenode.py, the node's
+# adapter, imports this module, never the reverse.)
+_RTC_BASE = const(64)
+_RTC_SLOT = const(96)
+_RTC_END = const(256)
+_RTC_MAGIC = const(0x3150)
+_J_MAGIC = const(0x4A50)
+_VERSION = const(1)
+_J_SIZE = const(24)
+_J_PER_FILE = const(170)
+_RTC_FMT = "<HBBIqiIqBBBB24HI"  # without the trailing crc
+_J_FMT = "<HBBIqi"
+
+try:
+    from binascii import crc32 as _crc32
+except ImportError:  # a port built without it
+    def _crc32(data):
+        c = 0xFFFFFFFF
+        for b in data:
+            c ^= b
+            for _ in range(8):
+                c = (c >> 1) ^ (0xEDB88320 & -(c & 1))
+        return c ^ 0xFFFFFFFF
+
+
+def _save_rtc(m):
+    import machine
+
+    m.seq += 1
+    flags = m._closed | (2 if m._b is not None and not m._b.value() else 0) | \
+        (4 if m._counted else 0)
+    body = struct.pack(_RTC_FMT, _RTC_MAGIC, _VERSION, m._pin_no & 0xFF, m.seq,
+                       m.net, m.rev, m.hour, m.hour_start, flags, m.hist_n,
+                       m.last_alarms, 0, *m.hist, m.last_reverse)
+    rtc = machine.RTC()
+    cur = rtc.memory()
+    mem = bytearray(max(len(cur), _RTC_END))
+    mem[:len(cur)] = cur
+    off = _RTC_BASE + _RTC_SLOT * m._slot
+    mem[off:off + len(body)] = body
+    mem[off + len(body):off + len(body) + 4] = struct.pack("<I", _crc32(body))
+    rtc.memory(mem)
+
+
+def _journal(m):
+    if m._jnet == (m.net, m.rev):
+        return
+    import os
+
+    m.seq += 1
+    body = struct.pack(_J_FMT, _J_MAGIC, _VERSION, m._pin_no & 0xFF, m.seq,
+                       m.net, m.rev)
+    rec = body + struct.pack("<I", _crc32(body))
+    if m._jcount >= _J_PER_FILE:
+        m._jfile ^= 1
+        m._jcount = 0
+        mode = "wb"
+    else:
+        mode = "ab"
+    with open(_jname(m, m._jfile), mode) as f:
+        f.write(rec)
+    try:
+        os.sync()
+    except (AttributeError, OSError):
+        pass
+    m._jcount += 1
+    m._jnet = (m.net, m.rev)
+
+
+def _jname(m, i):
+    return "%s%s.log" % (m._jpath, "ab"[i])
+
+
+def _read_journal(m):
+    """The newest good record of both files: (seq, net, rev) or None; sets which file to
+    append to."""
+    best = None
+    buf = bytearray(_J_SIZE)
+    for i in (0, 1):
+        n = 0
+        damaged = False
+        try:
+            f = open(_jname(m, i), "rb")
+        except OSError:
+            continue
+        with f:
+            while True:
+                got = f.readinto(buf)
+                if not got:
+                    break
+                if got != _J_SIZE:
+                    damaged = True  # torn tail
+                    break
+                n += 1
+                mv = memoryview(buf)
+                if _crc32(mv[:20]) != struct.unpack_from("<I", buf, 20)[0]:
+                    damaged = True
+                    continue
+                magic, ver, pin, seq, net, rev = struct.unpack_from(_J_FMT, buf)
+                if magic != _J_MAGIC or ver != _VERSION or pin != m._pin_no & 0xFF:
+                    damaged = True
+                    continue
+                if best is None or seq > best[0]:
+                    best = (seq, net, rev)
+                    m._jfile = i
+                    m._jcount = _J_PER_FILE if damaged else n
+        if damaged and m._jfile == i:
+            m._jcount = _J_PER_FILE  # never append after damage: start the other file
+    return best
+
+
+def _read_rtc(m, machine):
+    mem = machine.RTC().memory()
+    off = _RTC_BASE + _RTC_SLOT * m._slot
+    size = struct.calcsize(_RTC_FMT)
+    if len(mem) < off + size + 4:
+        return None
+    body = memoryview(mem)[off:off + size]
+    if _crc32(body) != struct.unpack_from("<I", mem, off + size)[0]:
+        return None
+    v = struct.unpack_from(_RTC_FMT, mem, off)
+    if v[0] != _RTC_MAGIC or v[1] != _VERSION or v[2] != m._pin_no & 0xFF:
+        return None
+    return v
+
+
+def _restore(m, machine):
+    j = _read_journal(m)
+    r = _read_rtc(m, machine)
+    flags = 0
+    if r is not None:
+        # the hour history and contact state live only here; the count is the newer of
+        # the two copies
+        (_, _, _, m.seq, m.net, m.rev, m.hour, m.hour_start, flags,
+         m.hist_n, m.last_alarms, _) = r[:12]
+        m.hist = list(r[12:12 + 24])
+        m.last_reverse = r[12 + 24]
+    if j is not None and (r is None or j[0] > r[3]):
+        m.seq, m.net, m.rev = j
+    if j is not None:
+        m._jnet = (j[1], j[2])
+        m.seq = max(m.seq, j[0])
+    # a pulse that began (or came and went) while the node was down
+    was_closed = flags & 1
+    closed = 1 - m._a.value()
+    woke_by_a = machine.reset_cause() == machine.DEEPSLEEP_RESET and \
+        machine.wake_reason() == machine.EXT0_WAKE
+    if not was_closed and (closed or woke_by_a):
+        b_closed = m._b is not None and not m._b.value() if closed else flags & 2
+        if m._b is not None and b_closed:
+            m.net -= 1
+            m.rev += 1
+        else:
+            m.net += 1
+        m._counted = 1
+    m._closed = closed
+
 
 class PulseMeter:
     def __init__(self, *, kind="water", pin_a, pin_b=None, tamper_pin=None,
@@ -136,10 +294,10 @@ class PulseMeter:
         self._rev_seen = 0
         self._jnet = None  # (net, rev) of the newest journal record
         self._jfile = 0  # 0: "a", 1: "b"
-        self._jcount = pulsenode.J_PER_FILE  # records in the current file (full: start the other)
+        self._jcount = _J_PER_FILE  # records in the current file (full: start the other)
         self._flow = None  # (time, net) of the previous report
 
-        pulsenode.restore(self, machine)
+        _restore(self, machine)
         if counter == "pcnt":
             self._start_pcnt()
         else:
@@ -252,8 +410,8 @@ class PulseMeter:
             self._tamper_events = 0
             alarms |= TAMPER
         if report:
-            pulsenode.journal(self)
-        pulsenode.save_rtc(self)  # cheap, no flash wear: a crash reset loses nothing counted
+            _journal(self)
+        _save_rtc(self)  # cheap, no flash wear: a crash reset loses nothing counted
         return alarms
 
     def night_flow_ul_s(self):
@@ -281,5 +439,5 @@ class PulseMeter:
         """Persists the count: RTC memory always, the flash journal if the count changed."""
         if self._pcnt is not None:
             self._pcnt_fold()
-        pulsenode.journal(self)
-        pulsenode.save_rtc(self)
+        _journal(self)
+        _save_rtc(self)

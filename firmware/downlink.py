@@ -233,11 +233,12 @@ def _interval(node, msg):
     if not _int(s) or not 1 <= s <= 86400:
         return "s must be an integer 1-86400"
     which = msg.get("sensor")
-    n = len(node.sensors)
+    specs = node.cfg["sensors"]  # the specs the sensor tasks read their interval from
+    n = len(specs)
     if which is not None and (not _int(which) or not 0 <= which < n):
         return "sensor must be an index 0-%d" % (n - 1)
     for i in (range(n) if which is None else (which,)):
-        node.sensors[i][0]["interval_s"] = s
+        specs[i]["interval_s"] = s
         node.raw["sensors"][i]["interval_s"] = s
     _save_raw(node)
     return None

@@ -25,6 +25,24 @@ Downlink: configuration updates (`c`) and commands (`k`) are checked, applied an
 by a task that runs only while the loop is healthy. After `safe_mode_after` boots in a row that
 crashed before reaching a healthy loop, the node starts in safe mode: no sensors, the MQTT
 session and the REPL only. docs/node-runtime.md is the operator's description of all of it.
+
+Modules: this one imports what runs every cycle. The code for rare events is imported for the
+call and dropped after it (heap): session.py (the connect duties, the status message, the last
+good configuration; it loads status.py), downlink.py (with cbordec.py, and ota.py for an
+update), appslot.py; power.py only on a battery node. None of them imports this module: each is
+handed the running Node and uses its attributes and methods (`firmware`, `tls_context()`,
+`wake_pins()`, `ack()` ...), so every dependency goes one way (tests/test_node_imports.py fails
+on an import cycle among firmware/ and drivers/).
+
+Sensor slots: Node.sensors holds one list per sensor, read with the indices _SPEC, _LABEL,
+_ADAPTER, _LOCK and _FAILS (and Node.inflight one list per message in flight: _PID, _FIRST,
+_LAST, _PAYLOAD). They are const(): inlined when the module is compiled, so a name costs no
+global, no lookup and no heap. A namedtuple (MicroPython 1.25 has collections.namedtuple)
+cannot change in place, and a slot must (the adapter is made, dropped after a failure and made
+again; the failures are counted); an object per sensor would cost its own dict (MicroPython
+accepts __slots__ and ignores it). Only this module reads the slots: power.py asks
+wake_pins(), and downlink.py's `interval` command changes cfg["sensors"], the very dicts the
+slots hold as _SPEC.
 """
 
 import asyncio
@@ -52,6 +70,18 @@ _HEALTHY_AFTER_MS = const(30000)  # running this long without a crash ends a cra
 _DOWNLINK_MAX = const(1024)
 _REVERT_AFTER = const(8)  # failed connects with an unconfirmed new config before reverting
 
+# A sensor's slot in Node.sensors (the module docstring says why a list with const indices)
+_SPEC = const(0)  # its validated config entry (the same dict as cfg["sensors"][i])
+_LABEL = const(1)  # sensors.label(spec), for logs, `err` and `diag`
+_ADAPTER = const(2)  # the driver's adapter, or None until made (and after a failure)
+_LOCK = const(3)  # an asyncio.Lock: one reading of the part at a time
+_FAILS = const(4)  # failed readings in a row (the retry backoff)
+# An `r` message in flight in Node.inflight (a re-send changes its packet id in place)
+_PID = const(0)  # its MQTT packet id
+_FIRST = const(1)  # the first and last sequence numbers it carries
+_LAST = const(2)
+_PAYLOAD = const(3)  # the bytes sent, sent again byte for byte after a reconnect
+
 _current = None  # the running Node, for diagnostics() at the REPL
 
 
@@ -61,6 +91,9 @@ def _jitter_ms(limit):
 
 
 class Node:
+    # for the modules handed the node (status, ota), which must not import this one
+    firmware = FIRMWARE_VERSION
+
     def __init__(self, boot):
         global _current
         self.boot = boot
@@ -91,7 +124,7 @@ class Node:
         if self.q.truncated:
             log.warn("queue", "recovered: cut a torn record of %d bytes", self.q.truncated)
         self.hw = sensors.Hardware(cfg)  # reads board.json when a driver first asks
-        self.sensors = []  # [spec, label, adapter or None, lock, failures in a row]
+        self.sensors = []  # one slot per sensor: [_SPEC, _LABEL, _ADAPTER, _LOCK, _FAILS]
         for spec in cfg["sensors"]:
             self.sensors.append([spec, sensors.label(spec), None, asyncio.Lock(), 0])
         self.errors = {}  # sensor label -> failed readings since boot
@@ -102,7 +135,7 @@ class Node:
         self.inbox = []  # downlink messages waiting for the handler
         self.inbox_ev = asyncio.Event()
         self.mod_lock = asyncio.Lock()  # one on-demand module (session, downlink) at a time
-        self.inflight = []  # [pid, first seq, last seq, payload]
+        self.inflight = []  # [_PID, _FIRST, _LAST, _PAYLOAD], oldest first
         self.sent = 0
         self.rejected = 0  # downlink messages rejected
         self.flush = False
@@ -148,21 +181,21 @@ class Node:
 
     async def read_sensor(self, s):
         """Reads one sensor now; returns its values, or None when it failed (logged, counted)."""
-        spec, label, adapter, lock, _ = s
-        async with lock:
+        label, adapter = s[_LABEL], s[_ADAPTER]
+        async with s[_LOCK]:
             try:
                 if adapter is None:
-                    adapter = s[2] = sensors.create(spec, self.hw)
+                    adapter = s[_ADAPTER] = sensors.create(s[_SPEC], self.hw)
                     log.info("sensor", "%s ready", label)
                 values = await adapter.sample()
             except Exception as exc:  # OSError from the bus, a driver bug: never fatal
-                if not hasattr(s[2], "save"):  # one that keeps counts (pulses) keeps them
-                    s[2] = None  # re-probe the part next time
-                s[4] += 1
+                if not hasattr(s[_ADAPTER], "save"):  # one that keeps counts (pulses) keeps them
+                    s[_ADAPTER] = None  # re-probe the part next time
+                s[_FAILS] += 1
                 self.errors[label] = self.errors.get(label, 0) + 1
-                log.error("sensor", "%s failed (%d in a row): %r", label, s[4], exc)
+                log.error("sensor", "%s failed (%d in a row): %r", label, s[_FAILS], exc)
                 return None
-        s[4] = 0
+        s[_FAILS] = 0
         if values:
             self.last[label] = values
             self.record(values)
@@ -178,14 +211,14 @@ class Node:
         while True:
             try:
                 values = await self.read_sensor(s)
-                interval = s[0]["interval_s"]
+                interval = s[_SPEC]["interval_s"]
                 if values is None:  # failed: retry with backoff, 1 2 4 ... s, at most the interval
-                    delay = min(interval, 1 << min(s[4] - 1, 10)) * 1000
+                    delay = min(interval, 1 << min(s[_FAILS] - 1, 10)) * 1000
                 else:
                     t = clock.unix()
                     delay = interval * 1000 if t is None else (interval - t % interval) * 1000
             except Exception as exc:  # MemoryError in the queue or the log: the task lives on
-                log.error("sensor", "%s: %r", s[1], exc)
+                log.error("sensor", "%s: %r", s[_LABEL], exc)
                 delay = 1000
             await asyncio.sleep_ms(delay)
 
@@ -228,7 +261,7 @@ class Node:
         return first, out, (now_raw if rel else None)
 
     async def _send_next(self):
-        after = self.inflight[-1][2] if self.inflight else None
+        after = self.inflight[-1][_LAST] if self.inflight else None
         batch = self._records(after)
         if batch is None:
             return False
@@ -245,7 +278,7 @@ class Node:
 
     async def _resend_inflight(self):
         for m in self.inflight:
-            m[0] = await self.client.send(self.topic_r, m[3], 1, dup=True, pid=m[0])
+            m[_PID] = await self.client.send(self.topic_r, m[_PAYLOAD], 1, dup=True, pid=m[_PID])
         if self.inflight:
             log.info("pub", "re-sent %d unacknowledged message(s) with DUP", len(self.inflight))
 
@@ -311,15 +344,21 @@ class Node:
             return
         t = self.cfg["broker"]["tls"]
         if t and self.client.ssl is None:  # made once: the parsed certificates stay in it
-            self.client.ssl = mqtt.tls_context(
-                _read_file(t["ca"]), t["cert"] and _read_file(t["cert"]),
-                t["key"] and _read_file(t["key"]))
+            self.client.ssl = self.tls_context(t["cert"], t["key"])
         present = await self.client.connect()
         await self._session("established", present)
 
+    def tls_context(self, cert, key):
+        """A TLS context to the broker: the configured CA, and the client certificate and key
+        in the files `cert` and `key` (None: no client certificate). Also for session.py's
+        credential trial."""
+        return mqtt.tls_context(_read_file(self.cfg["broker"]["tls"]["ca"]),
+                                cert and _read_file(cert), key and _read_file(key))
+
     async def _session(self, fn, *args):
-        """Runs a function of session.py (status, diagnostics, the connect duties), loaded for
-        the call and dropped after it: heap."""
+        """Runs a function of session.py (the connect duties, the status message, the last
+        good configuration), loaded for the call and dropped after it, with the status.py it
+        may load: heap."""
         async with self.mod_lock:  # never this and the downlink module at once: heap
             gc.collect()
             import session
@@ -335,7 +374,7 @@ class Node:
                 sys.modules.pop("status", None)
 
     def diagnostics(self):
-        import status
+        import status  # loaded for the call, dropped after it: heap
 
         try:
             return status.diagnostics(self)
@@ -348,9 +387,10 @@ class Node:
     async def _connect_failed(self, exc):
         self.connect_failures += 1
         log.warn("mqtt", "connect failed (%r), %d in a row", exc, self.connect_failures)
-        if self.connect_failures >= _REVERT_AFTER:
-            await self._session("revert_config", "could not connect %d times in a row (%r)" % (
-                self.connect_failures, exc))
+        if self.connect_failures >= _REVERT_AFTER and await self._session(
+                "revert_config", "could not connect %d times in a row (%r)" % (
+                    self.connect_failures, exc)):
+            _reset()  # the last good configuration is back in config.json: start on it
 
     async def publisher(self):
         backoff = 1
@@ -437,7 +477,7 @@ class Node:
             log.warn("down", "ack not delivered: %r", exc)
 
     def interval(self):
-        return min([s[0]["interval_s"] for s in self.sensors] or [0])
+        return min([s[_SPEC]["interval_s"] for s in self.sensors] or [0])
 
     async def restart(self, why="reboot"):
         """Resets the node after telling the gateway it will be back (`bye` in a retained
@@ -476,13 +516,23 @@ class Node:
     def save(self):
         """Saves what must survive a reset: sensor state (pulse totals), the queue's tail."""
         for s in self.sensors:
-            a = s[2]
+            a = s[_ADAPTER]
             if a is not None and hasattr(a, "save"):
                 try:
                     a.save()
                 except Exception as exc:
-                    log.error("sensor", "%s save failed: %r", s[1], exc)
+                    log.error("sensor", "%s save failed: %r", s[_LABEL], exc)
         self.q.close()
+
+    def wake_pins(self):
+        """The (gpio, level) pairs the adapters ask to be woken by from deep sleep (asked
+        after save(), as firmware/sensors.py's contract says)."""
+        pins = []
+        for s in self.sensors:
+            a = s[_ADAPTER]
+            if a is not None and hasattr(a, "wake_pins"):
+                pins.extend(a.wake_pins())
+        return pins
 
     async def run_mains(self):
         gc.collect()
@@ -548,18 +598,6 @@ def _read_file(name):
         raise OSError("tls: cannot read %s (%r): provision the node again" % (name, exc))
 
 
-def _rssi():
-    try:
-        import network
-
-        wlan = network.WLAN(network.STA_IF)
-        if wlan.isconnected():
-            return wlan.status("rssi")
-    except Exception:
-        pass
-    return None
-
-
 def _reset():
     import machine
 
@@ -581,7 +619,7 @@ def run(boot):
     try:
         n = Node(boot)
         if n.battery:
-            import power
+            import power  # only a battery node loads it: heap
 
             asyncio.run(power.run(n))
         else:

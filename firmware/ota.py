@@ -197,7 +197,7 @@ def _free_space(size):
         s = os.statvfs(".")
     except (AttributeError, OSError):
         return
-    free = s[0] * s[4]
+    free = s[0] * s[4]  # f_bsize * f_bavail: MicroPython's statvfs() is a plain tuple
     need = 2 * size + 8192  # the bundle and its unpacked modules
     if free < need:
         raise Refused("not enough flash: the bundle needs %d bytes free, %d are" % (need, free))

@@ -59,12 +59,7 @@ async def sleep(node):
 
     ms = _sleep_ms(node)
     await node.shutdown()
-    pins = []  # (gpio, level) pairs, asked after save() as the adapters' contract says
-    for s in node.sensors:
-        a = s[2]
-        if a is not None and hasattr(a, "wake_pins"):
-            pins.extend(a.wake_pins())
-    sensors.arm_wake(pins)  # all at once: ext0/ext1 hold one setting each
+    sensors.arm_wake(node.wake_pins())  # all at once: ext0/ext1 hold one setting each
     node.boot.healthy()  # this wake-up ran to its end
     log.info("node", "deep sleep for %d ms", ms)
     machine.deepsleep(ms)

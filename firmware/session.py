@@ -7,6 +7,9 @@ The last good configuration: `config.good.json` is the last `config.json` the no
 with. A new configuration that cannot reach the broker for several attempts in a row is put
 aside (`config.rejected.json`), the last good one is restored, the reason goes to
 `config.err` (reported as `cfg_err`) and the node restarts.
+
+Every function is handed the running Node (node._session() calls it) and never imports
+node.py: what it needs of the node is the Node's (firmware/node.py, "Modules").
 """
 
 import asyncio
@@ -18,7 +21,7 @@ import log
 from files import copy as _copy, exists as _exists, read_text as _read_text, remove as _remove
 from files import same as _same
 from files import write_text as _write_text
-from node import _reset
+
 
 async def established(node, present):
     """What the node does on every connect: subscribe, birth status, pending answers,
@@ -48,9 +51,6 @@ async def try_credential(node, trial):
     from now on (config.json and the last good copy), and the answer says so. Refused: the
     old credential connects again, stays, and the answer gives the broker's reason. A power
     cut on the way leaves the old credential in the config: nothing can lock the node out."""
-    import mqtt
-    from node import _read_file
-
     c = node.client
     old = (c.ssl, c.password)
     b, raw = node.cfg["broker"], node.raw["broker"]
@@ -58,8 +58,7 @@ async def try_credential(node, trial):
         if "password" in trial:
             c.password = trial["password"]
         else:
-            c.ssl = mqtt.tls_context(_read_file(b["tls"]["ca"]), _read_file(trial["cert"]),
-                                     _read_file(trial["key"]))
+            c.ssl = node.tls_context(trial["cert"], trial["key"])
         present = await c.connect()
     except Exception as exc:
         await c.close()
@@ -97,7 +96,7 @@ async def sync_ntp(node):
 
 
 async def publish_status(node, on=True, sleep_s=None):
-    import status
+    import status  # only this duty needs it; node._session() drops it with this module: heap
 
     payload = cbor.encode(status.status(node, on, sleep_s))
     gc.collect()
@@ -116,12 +115,14 @@ def _confirm_config(node):
 
 
 def revert_config(node, why):
+    """Puts the running configuration aside for the last good one; True when it did (the node
+    must restart on it), False when there is nothing better to go back to (keep trying)."""
     if _config_confirmed(node) or not _exists("config.good.json"):
-        return  # nothing better to go back to: keep trying
+        return False
     reason = "config v%d %s; reverted to the last good configuration" % (
         node.cfg["version"], why)
     log.error("config", "%s", reason)
     _copy("config.json", "config.rejected.json")
     _copy("config.good.json", "config.json")
     _write_text("config.err", reason)
-    _reset()
+    return True

@@ -1,12 +1,12 @@
 """The status and diagnostics maps of docs/wire-format.md (`s`, and the `diag` command's
 answer). Its own small module so that the connect duties (session.py) and the downlink
-(downlink.py) load it only while they use it."""
+(downlink.py, ota.py) load it only while they use it. It reads the Node it is handed and never
+imports node.py (firmware/node.py, "Modules")."""
 
 import gc
 import time
 
 import clock
-from node import FIRMWARE_VERSION, _rssi
 
 
 def status(node, on=True, sleep_s=None):
@@ -45,7 +45,20 @@ def status(node, on=True, sleep_s=None):
 
 def firmware_version(node):
     """The version of the code that runs: the app update's, else the image's firmware."""
-    return (node.app or {}).get("v") or FIRMWARE_VERSION
+    return (node.app or {}).get("v") or node.firmware
+
+
+def _rssi():
+    """The Wi-Fi signal (dBm) while connected, else None."""
+    try:
+        import network
+
+        wlan = network.WLAN(network.STA_IF)
+        if wlan.isconnected():
+            return wlan.status("rssi")
+    except Exception:
+        pass
+    return None
 
 
 def image_version():

@@ -5,13 +5,17 @@ Modules, one job each:
     channels   the channel table (gateway/channels.json) and its Markdown rendering
     wire       wire format v1: decode_reading, resolve (SenML), parse_topic
     config     the TOML config file (gateway/sample.toml documents every key)
-    outbox     the SQLite store: outbox, dedup, gaps, registry, quarantine, dead letters
+    outbox     the SQLite store: outbox, dedup, gaps, quarantine, dead letters, transactions
+    store/     the outbox's table classes: nodes and node_log, alarms and alarm_log, downlinks
+               (outbox and store/ are the only code that runs SQL on the outbox's database)
     ingest     messages -> validated, deduplicated, committed (one transaction per batch)
     registry   nodes, status, alarms (raised once, cleared once, forwarded as events)
     batcher    one thread per sink: outbox -> batch -> sink -> confirm, retries, dead letters
-    sinks/     sink plugins: file (JSONL), http (SenML), ngsi-ld, mqtt (bridge)
+    sinks/     sink plugins: file (JSONL), http (SenML), ngsi-ld, mqtt (bridge), history;
+               what they share in sinks/base
     downlink   config updates and commands to nodes, acknowledgements
-    api        the local HTTP API; metrics renders /metrics (Prometheus)
+    api        what the local HTTP API does; webapp its routes (FastAPI) and server (uvicorn);
+               dashboard/ the operator pages; metrics renders /metrics (Prometheus)
     stats      counters and the stats file
     daemon     Gateway: the threads and the MQTT client tying it together (imports paho)
     cli        the `meterlink gateway` and `meterlink gateway send` commands

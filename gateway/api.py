@@ -25,10 +25,17 @@
     GET  /api/nodes/{id}/consumption  a meter's use per day from its totals (?channel=&from=&to=)
     GET  /api/nodes/{id}/events   its status history: state changes, reboots, firmware (?limit=)
 
-`ApiServer` is what the routes do (this module); the routes, request models, token check and
-error replies are the ASGI application in `gateway.webapp`. The server runs on its own thread
-with its own event loop; the route functions are plain functions that uvicorn runs in its
-thread pool, each with the API's own outbox connection under `lock`.
+`Api` is what the routes do (this module); the routes, request models, token check and
+error replies are the ASGI application in `gateway.webapp`, whose `ApiServer` serves it with
+uvicorn on its own thread with its own event loop. The route functions are plain functions
+that uvicorn runs in its thread pool, each with the API's own outbox connection under `lock`;
+every read and write goes through the outbox's methods (`box.nodes`, `box.alarms`, ...).
+
+The layers import downwards only: the daemon starts `webapp.ApiServer`, which builds an `Api`
+over the running gateway, and the dashboard's pages sit beside the routes and call `Api` the
+same way. The gateway is seen here through `GatewayControl`, the few things the API asks of
+it, not by importing the daemon, which starts the API: each would need the other (no import
+cycles in gateway/, tests/test_gw_imports.py).
 
 It listens on `[api] host` (default 127.0.0.1). Every request but `GET /healthz` and the
 OpenAPI description needs `Authorization: Bearer TOKEN` (401 without it): `[api] token`, else
@@ -43,37 +50,57 @@ import json
 import logging
 import os
 import secrets
-import socket
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable, Protocol
 
+from gateway.config import Config
 from gateway.downlink import command_message, config_message
 from gateway.logfmt import kv
 from gateway.outbox import Outbox
-from gateway.registry import NODE_COLUMNS, node_events, node_row
+from gateway.registry import Registry, node_row
+from gateway.stats import Stats
+from gateway.store.alarms import LOG_STATES
 from gateway.wire import node_id_problem
-
-if TYPE_CHECKING:
-    from gateway.daemon import Gateway
 
 log = logging.getLogger("meterlink.gateway.api")
 
-STOP_S = 5.0  # what stop() waits for requests under way
 MAX_POINTS = 10000  # per series and request
 MAX_POINTS_AUTO = 500  # when the request gives no step
 RECENT_S = 7 * 86400  # the alarm log's `recent`
-# GET /api/alarms/log?state=: which rows of the alarm log
-ALARM_LOG_STATES = {
-    "open": "cleared_at IS NULL",  # raised and not cleared yet
-    "unacked": "acked_at IS NULL",  # no operator acknowledged it (active or cleared)
-    "attention": "(cleared_at IS NULL OR acked_at IS NULL)",  # either: the dashboard's first list
-    "recent": "raised_at >= :since",  # raised within RECENT_S
-    "all": "1",
-}
-ALARM_LOG_COLUMNS = ("id, node, alarm, raised_at, cleared_at, detail, acked_at, acked_by, "
-                     "ack_note")
+# GET /api/alarms/log?state=: which rows of the alarm log (`open`: not cleared, `unacked`: not
+# acknowledged, `attention`: either, `recent`: raised within RECENT_S, `all`)
+ALARM_LOG_STATES = tuple(LOG_STATES)
+NOTE_LIMIT = 500  # characters of an acknowledgement's note
+
+
+class GatewayControl(Protocol):
+    """What the API asks of the running gateway (`gateway.daemon.Gateway` is one).
+
+    A protocol rather than an import of the daemon: the daemon starts the API, so the API
+    knowing the daemon would make each need the other; this is the whole of the seam."""
+
+    config: Config
+    stats: Stats
+
+    @property
+    def ready(self) -> bool:
+        """Subscribed, the outbox writable, ingest running (`GET /readyz`)."""
+        ...
+
+    def on_ingest_thread(self, fn: Callable[[Registry], Any], timeout: float = 10.0) -> Any:
+        """`fn(registry)` in a transaction on the thread that owns the registry's cache."""
+        ...
+
+    def wake_sinks(self) -> None:
+        """Items were queued outside ingest (a replayed dead letter)."""
+        ...
+
+    def send(self, box: Outbox, nodes: list[str], kind: str, build: Callable[[str], bytes], *,
+             timeout: float, wait: bool = True, lock: Any = None) -> list[dict[str, Any]]:
+        """Publishes a downlink to each node, recorded in `box`, and waits for the acks."""
+        ...
 
 
 class ApiError(Exception):
@@ -107,30 +134,15 @@ def load_token(config) -> str:
     return token
 
 
-class ApiServer:
-    """Runs the API for one Gateway on its own thread and outbox connection. The socket is
-    bound here (an OSError when the address is taken), served from `start()`."""
+class Api:
+    """What the API does for one gateway, on the API's own outbox connection (`box`, used
+    under `lock`: uvicorn runs the routes in a thread pool)."""
 
-    def __init__(self, gateway: "Gateway") -> None:
-        import uvicorn
-
-        from gateway.webapp import make_app
-
+    def __init__(self, gateway: GatewayControl) -> None:
         self.gateway = gateway
-        cfg = gateway.config.api
         self.token = load_token(gateway.config).encode()
         self.box = Outbox(gateway.config.outbox.path)
         self.lock = threading.Lock()
-        family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
-        self.sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            self.sock.bind((cfg.host, cfg.port))
-            self.sock.listen(128)
-        except OSError:
-            self.sock.close()
-            self.box.close()
-            raise
         self.history = None
         for sink in gateway.config.sinks:
             if sink.name == "history":
@@ -139,29 +151,11 @@ class ApiServer:
                                        raw_days=sink.options["raw_days"])
         from gateway.metrics import make_registry
         self.metrics = make_registry(gateway, self.box, self.lock)
-        self.app = make_app(self)
-        logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
-        self.server = uvicorn.Server(uvicorn.Config(
-            self.app, log_config=None, access_log=False, lifespan="off",
-            timeout_graceful_shutdown=int(STOP_S)))
-        self.thread: threading.Thread | None = None
 
-    @property
-    def port(self) -> int:
-        return self.sock.getsockname()[1]
+    def __repr__(self) -> str:
+        return f"Api({self.box!r})"
 
-    def start(self) -> int:
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
-                                       name="api", daemon=True)
-        self.thread.start()
-        log.info("api_listening", extra=kv(host=self.gateway.config.api.host, port=self.port))
-        return self.port
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        if self.thread is not None:
-            self.thread.join(STOP_S + 1)
-        self.sock.close()
+    def close(self) -> None:
         self.box.close()
         if self.history is not None:
             self.history.close()
@@ -169,30 +163,19 @@ class ApiServer:
     # ---- handlers ---------------------------------------------------------------------------
 
     def nodes(self, *, include_retired: bool = False) -> list[dict[str, Any]]:
-        retired = "" if include_retired else " AND retired_at IS NULL"
         with self.lock:
-            rows = self.box.query(f"SELECT {', '.join(NODE_COLUMNS)} FROM nodes "
-                                  f"WHERE node NOT LIKE '-%'{retired} ORDER BY node")
+            rows = self.box.nodes.rows(include_retired=include_retired)
             missing = self.box.missing()
-            alarms = self._alarms_by_node()
+            alarms = self.box.alarms.active_by_node()
         return [node_row(r, missing=missing.get(r["node"], 0), alarms=alarms.get(r["node"]))
                 for r in rows]
-
-    def _alarms_by_node(self) -> dict[str, list[str]]:
-        out: dict[str, list[str]] = {}
-        for node, alarm in self.box.db.execute("SELECT node, alarm FROM alarms WHERE active=1 "
-                                               "ORDER BY node, alarm"):
-            out.setdefault(node, []).append(alarm)
-        return out
 
     def public_nodes(self) -> list[dict[str, Any]]:
         """The nodes the public page may show (registered public, not retired), with only
         what it needs: district, registered sensors, latest values (gateway/dashboard/public.py
         picks the channels it shows from them)."""
         with self.lock:
-            rows = self.box.query("SELECT node, district, sensors, last_values FROM nodes "
-                                  "WHERE public=1 AND retired_at IS NULL AND node NOT LIKE '-%' "
-                                  "ORDER BY node")
+            rows = self.box.nodes.public_rows()
         return [{"node": r["node"], "district": r["district"],
                  "sensors": json.loads(r["sensors"]) if r["sensors"] else [],
                  "last_values": json.loads(r["last_values"]) if r["last_values"] else {}}
@@ -200,13 +183,12 @@ class ApiServer:
 
     def node(self, node: str) -> dict[str, Any]:
         with self.lock:
-            rows = self.box.query(f"SELECT {', '.join(NODE_COLUMNS)} FROM nodes WHERE node=?",
-                                  (node,))
-            if not rows:
+            row = self.box.nodes.row(node)
+            if row is None:
                 raise ApiError(404, f"node {node!r} is not known")
             gaps = [(a, b) for _, a, b in self.box.gaps(node)]
-            alarms = self._alarms_by_node().get(node)
-        return node_row(rows[0], missing=sum(b - a + 1 for a, b in gaps), gaps=gaps,
+            alarms = self.box.alarms.active_by_node().get(node)
+        return node_row(row, missing=sum(b - a + 1 for a, b in gaps), gaps=gaps,
                         alarms=alarms)
 
     def _history(self, node: str):
@@ -214,7 +196,7 @@ class ApiServer:
             raise ApiError(404, "this gateway keeps no history: add [sinks.history] to its "
                                 "config")
         with self.lock:
-            known = self.box.db.execute("SELECT 1 FROM nodes WHERE node=?", (node,)).fetchone()
+            known = self.box.nodes.exists(node)
         if not known:
             raise ApiError(404, f"node {node!r} is not known")
         return self.history
@@ -253,9 +235,9 @@ class ApiServer:
     def events(self, node: str, limit: int) -> list[dict[str, Any]]:
         """The node's status history (the registry's `node_log`), newest first."""
         with self.lock:
-            if not self.box.db.execute("SELECT 1 FROM nodes WHERE node=?", (node,)).fetchone():
+            if not self.box.nodes.exists(node):
                 raise ApiError(404, f"node {node!r} is not known")
-            return node_events(self.box.db, node, limit)
+            return self.box.nodes.events(node, limit)
 
     def ota(self) -> dict[str, Any]:
         """The last app-update rollout's progress per node (`meterlink gateway ota` writes it
@@ -277,19 +259,13 @@ class ApiServer:
         group = body.get("group")
         where = body.get("location") or {}
         with self.lock, self.box.transaction():
-            existed = self.box.db.execute("SELECT registered FROM nodes WHERE node=?",
-                                          (node,)).fetchone()
-            self.box.db.execute(
-                "INSERT INTO nodes(node, registered, board, sensors, grp, interval_s, lat, lon, "
-                "district, public) VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(node) DO "
-                "UPDATE SET registered=1, board=excluded.board, sensors=excluded.sensors, "
-                "grp=excluded.grp, interval_s=excluded.interval_s, lat=excluded.lat, "
-                "lon=excluded.lon, district=excluded.district, public=excluded.public",
-                (node, board, json.dumps(sensors), group, interval, where.get("lat"),
-                 where.get("lon"), body.get("district"), int(bool(body.get("public")))))
+            before = self.box.nodes.register(
+                node, board=board, sensors=sensors, interval_s=interval, group=group,
+                lat=where.get("lat"), lon=where.get("lon"), district=body.get("district"),
+                public=bool(body.get("public")))
         log.info("node_registered", extra=kv(node=node, board=board, group=group,
                                              interval_s=interval))
-        return (200 if existed and existed[0] else 201), self.node(node)
+        return (200 if before else 201), self.node(node)
 
     def lifecycle(self, node: str, action: str, note: str) -> dict[str, Any]:
         """retire (with a note) or reinstate, on the ingest thread."""
@@ -320,20 +296,25 @@ class ApiServer:
             raise ApiError(503, "the gateway is busy: try again") from None
         return {"deleted": node}
 
-    def listing(self, table: str, limit: int, filter_key: str,
-                value: str | None, *, before: int | None = None) -> list[dict]:
-        """Rows of `table`, newest first; `before`: only ids below it (the next page)."""
-        where, args = ("", []) if value is None else (f"WHERE {filter_key}=?", [value])
-        if before is not None:
-            where, args = f"{where} {'AND' if where else 'WHERE'} id<?", [*args, before]
+    def quarantined(self, limit: int, *, reason: str | None = None,
+                    row_id: int | None = None, before: int | None = None) -> list[dict]:
+        """Quarantine rows (payload in hex), newest first: of one `reason`, or the row
+        `row_id`; `before`: only ids below it (the next page)."""
         with self.lock:
-            rows = self.box.query(f"SELECT * FROM {table} {where} ORDER BY id DESC LIMIT ?",
-                                  (*args, limit))
+            rows = self.box.quarantined(limit, reason=reason, row_id=row_id, before=before)
         for r in rows:
             if isinstance(r.get("payload"), bytes):
                 r["payload"] = r["payload"].hex()
-            if table == "deadletters":
-                r["body"] = json.loads(r["body"])
+        return rows
+
+    def dead_letters(self, limit: int, *, sink: str | None = None,
+                     before: int | None = None) -> list[dict]:
+        """Dead letters (`body`: the items), newest first: of one `sink` or all; `before`:
+        only ids below it (the next page)."""
+        with self.lock:
+            rows = self.box.dead_letters(limit, sink=sink, before=before)
+        for r in rows:
+            r["body"] = json.loads(r["body"])
         return rows
 
     def replay(self, letter: int, again: bool) -> dict[str, Any]:
@@ -351,19 +332,14 @@ class ApiServer:
 
     def alarms(self) -> list[dict[str, Any]]:
         with self.lock:
-            return self.box.query("SELECT node, alarm, raised_at, detail FROM alarms "
-                                  "WHERE active=1 ORDER BY node, alarm")
+            return self.box.alarms.active()
 
     def alarm_log(self, state: str = "all", node: str | None = None,
                   limit: int = 100) -> list[dict[str, Any]]:
         """The alarms' history (`alarm_log`: the registry opens a row when an alarm is raised
         and closes it when it clears), newest first; `state` one of `ALARM_LOG_STATES`."""
-        where = ALARM_LOG_STATES[state] + ("" if node is None else " AND node=:node")
         with self.lock:
-            rows = self.box.query(
-                f"SELECT {ALARM_LOG_COLUMNS} FROM alarm_log WHERE {where} "
-                f"ORDER BY raised_at DESC, id DESC LIMIT :limit",
-                {"since": time.time() - RECENT_S, "node": node, "limit": limit})
+            rows = self.box.alarms.log(state, node, limit=limit, since=time.time() - RECENT_S)
         return [_alarm_row(r) for r in rows]
 
     def acknowledge(self, alarm_id: int, note: str, by: str) -> dict[str, Any]:
@@ -373,14 +349,9 @@ class ApiServer:
         note = note.strip()
         now = time.time()
         with self.lock, self.box.transaction():
-            done = self.box.db.execute(
-                "UPDATE alarm_log SET acked_at=?, acked_by=?, ack_note=? WHERE id=? AND "
-                "acked_at IS NULL", (now, by, note or None, alarm_id)).rowcount
-            rows = self.box.query(f"SELECT {ALARM_LOG_COLUMNS} FROM alarm_log WHERE id=?",
-                                  (alarm_id,))
-        if not rows:
+            done, row = self.box.alarms.acknowledge(alarm_id, now, by, note or None)
+        if row is None:
             raise ApiError(404, f"no alarm {alarm_id} in the alarm log")
-        row = rows[0]
         if not done:
             at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(row["acked_at"]))
             raise ApiError(409, f"alarm {alarm_id} ({row['node']} {row['alarm']}) was "
@@ -411,11 +382,8 @@ class ApiServer:
         it; `ack.err` says why) or "timeout" (unanswered at its deadline; a late answer still
         counts). `request` is what was sent (without `id`), `ack` the node's answer (without
         `id` and `ok`: `result` says)."""
-        where, args = ("", []) if node is None else ("WHERE node=?", [node])
         with self.lock:
-            rows = self.box.query(
-                f"SELECT id, node, kind, request_id, body, sent_at, deadline, acked_at, ok, "
-                f"reply FROM downlinks {where} ORDER BY id DESC LIMIT ?", (*args, limit))
+            rows = self.box.downlinks.rows(node, limit=limit)
         now = time.time()
         return [_downlink_row(r, now) for r in rows]
 
@@ -438,8 +406,7 @@ def resolve_targets(box: Outbox, lock: Any, body: dict[str, Any]) -> list[str]:
             raise ApiError(400, "nodes must be a non-empty list")
     else:
         with lock:
-            nodes = [r[0] for r in box.db.execute("SELECT node FROM nodes WHERE grp=? "
-                                                  "ORDER BY node", (body["group"],))]
+            nodes = box.nodes.in_group(body["group"])
         if not nodes:
             raise ApiError(404, f"group {body['group']!r} has no registered nodes")
     for n in nodes:

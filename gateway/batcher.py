@@ -43,7 +43,7 @@ from gateway.errors import (DeliveryFailed, DeliveryRejected, DeliveryUnauthoriz
                             MeterlinkError, SinkError, Unconvertible)
 from gateway.logfmt import kv
 from gateway.outbox import Batch, Outbox
-from gateway.sinks import Sink
+from gateway.sinks.base import Sink
 from gateway.stats import Stats
 
 log = logging.getLogger("meterlink.gateway.batcher")
@@ -59,10 +59,11 @@ AUTH_PROBE_S = 60.0  # between deliveries tried while the upstream refuses the c
 
 
 def backoff_delay(attempts: int, *, initial: float, maximum: float,
-                  rng: random.Random = random._inst) -> float:  # type: ignore[attr-defined]
-    """Seconds before retry number `attempts` (1 = first retry), with jitter."""
+                  rng: random.Random | None = None) -> float:
+    """Seconds before retry number `attempts` (1 = first retry), with jitter (from `rng`,
+    else the `random` module's generator)."""
     base = min(maximum, initial * (2 ** max(0, attempts - 1)))
-    return base * (0.5 + 0.5 * rng.random())
+    return base * (0.5 + 0.5 * (rng or random).random())
 
 
 class SinkWorker:
@@ -161,8 +162,7 @@ class SinkWorker:
 
     def _due(self, box: Outbox) -> float:
         """0 when a batch should be cut now, else seconds until it should (at most the poll)."""
-        if box.db.execute("SELECT 1 FROM batches WHERE sink=? LIMIT 1",
-                          (self.name,)).fetchone():
+        if box.has_open_batch(self.name):
             return 0.0
         count, size, oldest = box.backlog(self.name)
         self.stats.gauge("sink_backlog", self.name, count)

@@ -320,11 +320,8 @@ def run_replay(args: argparse.Namespace) -> int:
                         hint="the gateway creates it when it first runs", exit_code=EXIT_INPUT)
     box = Outbox(config.outbox.path)
     try:
-        where, values = ("WHERE sink=?", [args.sink]) if args.sink else ("", [])
         if not args.ids and not args.all:
-            rows = box.query(f"SELECT id, at, sink, reason, status, reply, replayed, body "
-                             f"FROM deadletters {where} ORDER BY id DESC LIMIT ?",
-                             (*values, max(1, args.limit)))
+            rows = box.dead_letters(max(1, args.limit), sink=args.sink or None)
             if not rows:
                 print("no dead letters" + (f" for sink {args.sink}" if args.sink else ""))
                 return EXIT_OK
@@ -341,9 +338,7 @@ def run_replay(args: argparse.Namespace) -> int:
             return EXIT_OK
         ids = list(args.ids)
         if args.all:
-            cond = "" if args.again else ("AND " if where else "WHERE ") + "replayed=0"
-            ids += [r["id"] for r in box.query(f"SELECT id FROM deadletters {where} {cond} "
-                                               "ORDER BY id", values)]
+            ids += box.dead_letter_ids(sink=args.sink or None, replayed=args.again)
         failed = 0
         for letter in dict.fromkeys(ids):
             try:

@@ -121,6 +121,24 @@ class _Client(mqtt.Client):
             rc = super().loop_read(max_packets)
         return rc
 
+    def puback_all(self, mids: Sequence[int]) -> None:
+        """PUBACKs for the QoS 1 messages `mids`, queued as one write (one packet each on
+        the wire, 4 bytes: 0x40 0x02 and the message id).
+
+        paho has no call for that; `ack()` queues, wakes the network thread and writes one
+        packet per message, a third of the gateway's per-message cost. So the PUBACKs go
+        through paho's own packet queue, which this subclass may use (paho is pinned; the
+        test `test_acknowledged_messages_are_not_delivered_again` fails if this stops
+        reaching the broker). Without that queue, `ack()` for each.
+        """
+        queue_packet = getattr(self, "_packet_queue", None)
+        if queue_packet is None:
+            for mid in mids:
+                self.ack(mid, 1)
+        else:
+            queue_packet(mqtt.PUBACK, struct.pack(f">{len(mids)}I",
+                                                  *[_PUBACK | mid for mid in mids]), 0, 0)
+
 
 class _PahoLog(logging.LoggerAdapter):
     """paho's log lines into the gateway log: debug text as it is, a callback's exception
@@ -178,7 +196,7 @@ class Gateway:
 
     # ---- lifecycle --------------------------------------------------------------------------
 
-    def _make_client(self) -> mqtt.Client:
+    def _make_client(self) -> _Client:
         cfg = self.config.mqtt
         client = _Client(CallbackAPIVersion.VERSION2, client_id=cfg.client_id,
                          clean_session=False, protocol=mqtt.MQTTv311, manual_ack=True)
@@ -223,7 +241,7 @@ class Gateway:
             worker.start()
             self.workers.append(worker)
         if self.config.api.enabled:
-            from gateway.api import ApiServer
+            from gateway.webapp import ApiServer
             try:
                 self.api = ApiServer(self)
             except OSError as exc:
@@ -462,23 +480,10 @@ class Gateway:
 
     def _ack(self, batch: Sequence[Message]) -> None:
         """Acknowledges committed messages to the broker: the PUBACKs of a batch go out as
-        one write (one packet each on the wire, 4 bytes: 0x40 0x02 and the message id).
-
-        paho has no call for that; `client.ack()` queues, wakes the network thread and
-        writes one packet per message, a third of the gateway's per-message cost. So the
-        PUBACKs are queued together through paho's own packet queue (paho is pinned; the
-        test `test_acknowledged_messages_are_not_delivered_again` fails if this stops
-        reaching the broker). QoS 2 messages take `client.ack()` (PUBCOMP).
-        """
+        one write (`_Client.puback_all`); QoS 2 messages take `client.ack()` (PUBCOMP)."""
         mids = [m.mid for m in batch if m.qos == 1 and m.mid]
         if mids:
-            queue_packet = getattr(self.client, "_packet_queue", None)
-            if queue_packet is None:
-                for mid in mids:
-                    self.client.ack(mid, 1)
-            else:
-                queue_packet(mqtt.PUBACK, struct.pack(f">{len(mids)}I",
-                                                      *[_PUBACK | mid for mid in mids]), 0, 0)
+            self.client.puback_all(mids)
         for m in batch:
             if m.qos == 2:
                 self.client.ack(m.mid, 2)
@@ -528,8 +533,9 @@ class Gateway:
             return  # the outbox failed: acknowledge nothing more, the broker keeps it all
         try:
             topic = message.topic
-        except UnicodeDecodeError:
-            topic = message._topic.decode("utf-8", "replace")  # broker let bad UTF-8 through
+        except UnicodeDecodeError:  # a broker let bad UTF-8 through: paho's raw bytes (it
+            # has no public name for them), decoded with replacement
+            topic = message._topic.decode("utf-8", "replace")
         self._inbox.append(Message(topic, message.payload, message.mid, message.qos,
                                    self._clock(), bool(message.retain)))
         if self._idle:
@@ -573,9 +579,7 @@ class Gateway:
             with self._pending_lock:
                 self._pending[(node, rid)] = p
             with lock or contextlib.nullcontext(), box.transaction():
-                box.db.execute("INSERT INTO downlinks(node, kind, request_id, body, sent_at, "
-                               "deadline) VALUES (?, ?, ?, ?, ?, ?)",
-                               (node, kind, rid, payload.hex(), now, now + timeout))
+                box.downlinks.sent(node, kind, rid, payload.hex(), now, now + timeout)
             self.client.publish(f"{prefix}/{node}/{topic_kind}", payload, qos=1,
                                 retain=(kind == "config"))
             log.info("downlink_sent", extra=kv(node=node, kind=kind, id=rid,

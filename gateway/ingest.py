@@ -152,8 +152,7 @@ class Ingestor:
                         # rows collected for the batch insert are written first, so that
                         # rolling back to the savepoint touches this message only; the
                         # in-memory dedup and registry state is put back with it
-                        self.box.flush_messages()
-                        self.box.db.execute("SAVEPOINT m")
+                        self.box.savepoint()
                         snap = self.registry.snapshot(msg.topic)
                     try:
                         outcome = self._handle(msg, acks)
@@ -164,15 +163,14 @@ class Ingestor:
                     except Exception as exc:  # noqa: BLE001 - a bug: rerun carefully
                         if not careful:
                             raise _Bug() from exc
-                        self.box.db.execute("ROLLBACK TO m")
-                        self.box.drop_messages()
+                        self.box.rollback_savepoint()
                         self.registry.restore(snap)
                         log.exception("internal_error", extra=kv(
                             topic=msg.topic, payload=bytes(msg.payload[:512]).hex()))
                         outcome = self._reject(msg, "internal", None, "internal error "
                                                "(see the gateway log)")
                     if careful:
-                        self.box.db.execute("RELEASE m")
+                        self.box.release_savepoint()
                     outcomes.append(outcome)
                 self.registry.flush()
         except sqlite3.Error as exc:
@@ -239,9 +237,10 @@ class Ingestor:
                 time_value, recs = fast[1], fast[2]
                 base = received - (-1 - time_value) if time_value < 0 else time_value
                 self._check_time(payload, time_value, base, base + recs[-1][0], received)
-                hi = self.registry.ensure(node, msg.received_at)["max_seq"]
+                state = self.registry.ensure(node, msg.received_at)
+                hi = state["max_seq"]
                 if hi is None or fast[0] > hi:
-                    return self._store_new(node, payload, msg.received_at, *fast)
+                    return self._store_new(node, state, payload, msg.received_at, *fast)
             reading = decode_reading(payload, self.table)
             problem = reading_time_error(payload, reading, received_at=received,
                                          time_min=limits.time_min,
@@ -296,19 +295,18 @@ class Ingestor:
                        senml_records=sum(len(s) for s in new))
         return "accepted" if new else "duplicate"
 
-    def _store_new(self, node: str, payload: bytes, now: float, seq: int, time_value: int,
-                   records: list[tuple[int, dict[int, int]]]) -> Outcome:
+    def _store_new(self, node: str, state: dict, payload: bytes, now: float, seq: int,
+                   time_value: int, records: list[tuple[int, dict[int, int]]]) -> Outcome:
         """The hot path: a well-formed message whose records all come after the node's
         highest seq. Stored as it came (resolved to SenML when a sink claims it); dedup
-        and gap state move in memory and are written with the batch."""
-        state = self.registry._nodes[node]
+        and gap state move in memory (`state`: the registry's cached state of the node,
+        from `Registry.ensure`) and are written with the batch."""
         lo, hi = state["min_seq"], state["max_seq"]
         missing = 0
         if hi is None or lo is None:
             lo = seq
         elif seq > hi + 1:
-            self.box.db.execute("INSERT INTO gaps(node, first, last) VALUES (?, ?, ?)",
-                                (node, hi + 1, seq - 1))
+            self.box.add_gap(node, hi + 1, seq - 1)
             missing = seq - hi - 1
         count = len(records)
         state["min_seq"], state["max_seq"] = lo, seq + count - 1
@@ -341,14 +339,11 @@ class Ingestor:
             raise WireError("too_large", CONTROL_LIMIT, "acknowledgement over 1024 bytes")
         ack = parse_ack(bytes(msg.payload))
         rid = ack.get("id")
-        self.box.db.execute(
-            "UPDATE downlinks SET acked_at=?, ok=?, reply=? WHERE node=? AND request_id=? "
-            "AND acked_at IS NULL",
-            (msg.received_at, int(ack["ok"]), repr(ack), node, None if rid is None else str(rid)))
-        self.registry.ensure(node, msg.received_at)["last_seen"] = msg.received_at
-        self.registry._dirty.add(node)
+        self.box.downlinks.acked(node, None if rid is None else str(rid), msg.received_at,
+                                 ok=ack["ok"], reply=repr(ack))
+        self.registry.seen(node, msg.received_at)
         if "cv" in ack and is_int64(ack["cv"]):
-            self.box.db.execute("UPDATE nodes SET cv=? WHERE node=?", (ack["cv"], node))
+            self.box.nodes.set_cv(node, ack["cv"])
         acks.append((node, ack))
         self.stats.add(ack_messages=1)
         log.info("ack", extra=kv(node=node, id=rid, cmd=ack.get("cmd"), ok=ack["ok"],

@@ -65,11 +65,10 @@ def configure_logging(level: str, *, stream: TextIO | None = None) -> logging.Lo
     """
     root = logging.getLogger(LOGGER_ROOT)
     for handler in list(root.handlers):
-        if getattr(handler, "_meterlink", False):
+        if isinstance(handler.formatter, KeyValueFormatter):
             root.removeHandler(handler)
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(KeyValueFormatter())
-    handler._meterlink = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level)
     root.propagate = False

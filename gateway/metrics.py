@@ -93,16 +93,13 @@ def _families(gateway, box, lock) -> list[Metric]:
                [({}, int(gateway.ready))])
     now = time.time()
     with lock:
-        depth = box.db.execute("SELECT COUNT(*) FROM items").fetchone()[0]
-        backlog = box.db.execute("SELECT sink, COALESCE(SUM(records), 0), MIN(created) "
-                                 "FROM pending GROUP BY sink").fetchall()
+        depth = box.item_count()
+        backlog = box.backlogs()
         missing = box.missing()
-        alarms = box.db.execute("SELECT alarm, COUNT(*) FROM alarms WHERE active=1 "
-                                "GROUP BY alarm").fetchall()
-        quarantined = box.db.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0]
-        dead = box.db.execute("SELECT sink, COUNT(*) FROM deadletters GROUP BY sink").fetchall()
-        nodes = box.db.execute("SELECT COALESCE(state, 'unknown'), COUNT(*) FROM nodes "
-                               "WHERE node NOT LIKE '-%' GROUP BY 1").fetchall()
+        alarms = box.alarms.active_counts()
+        quarantined = box.quarantine_count()
+        dead = box.dead_letter_counts()
+        nodes = box.nodes.state_counts()
         used = box.size_bytes()
     out.metric("outbox_items", "gauge", "items in the outbox not yet delivered to every sink",
                [({}, depth)])

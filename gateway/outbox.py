@@ -14,11 +14,18 @@ What it holds (schema in `MIGRATIONS`, version in `PRAGMA user_version`):
     gaps         per node, the missing sequence ranges between the lowest and highest seq
                  accepted (`nodes.min_seq`, `nodes.max_seq`): together they are the dedup
                  index, which survives restarts and grows with gaps, not with readings
-    nodes        the registry (registration, status, last values, retirement)
-    alarms       per node and alarm: active or not, raised/cleared times
     quarantine   every rejected message: raw bytes, topic, reason, offset, detail
     deadletters  batches a sink rejected for good (4xx), with the reply body
-    downlinks    config updates and commands sent, and their acknowledgements
+
+and, through the table classes it makes on its connection (gateway/store/, which says why):
+
+    nodes, node_log       the registry and each node's status history    `box.nodes`
+    alarms, alarm_log     per node and alarm: active or not; each raise   `box.alarms`
+    downlinks             config updates and commands sent, and the acks  `box.downlinks`
+
+This module and gateway/store/ are the only code that runs SQL on this database: the
+registry, ingest, the API, metrics and the CLI call methods (tests/test_gw_imports.py checks).
+`db` (the connection) and `query()` are for tests and tools that inspect the file.
 
 Durability: `synchronous=FULL` in WAL mode, so a committed transaction survives a power cut;
 the gateway acknowledges MQTT messages only after the transaction holding them committed.
@@ -51,6 +58,10 @@ import cbor2
 from gateway.channels import KEY_BASE, MAX_INSTANCE, ChannelTable, default_table
 from gateway.errors import SinkError
 from gateway.logfmt import kv
+from gateway.store import dicts
+from gateway.store.alarms import AlarmTable
+from gateway.store.downlinks import DownlinkTable
+from gateway.store.nodes import NodeTable
 from gateway.wire import decode_reading, resolve_records, senml_name, senml_value
 
 log = logging.getLogger("meterlink.gateway.outbox")
@@ -158,6 +169,7 @@ MIGRATIONS: list[str] = [
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+_GAP_SQL = "INSERT INTO gaps(node, first, last) VALUES (?, ?, ?)"
 _PENDING_SQL = "INSERT INTO pending(sink, item, batch, bytes, created) VALUES (?, ?, NULL, ?, ?)"
 _MESSAGE_SQL = "INSERT INTO items(id, kind, node, seq, created, body) VALUES "
 _MESSAGE_ROW = "(?, 'message', ?, ?, ?, ?)"
@@ -241,7 +253,9 @@ class Outbox:
             self._migrate()
         except sqlite3.Error as exc:
             raise SinkError(f"cannot open outbox {self.path}: {exc}") from exc
-        self._depth = 0
+        self.nodes = NodeTable(self.db)
+        self.alarms = AlarmTable(self.db)
+        self.downlinks = DownlinkTable(self.db)
 
     def __repr__(self) -> str:
         return f"Outbox({str(self.path)!r}, sinks={list(self.sinks)})"
@@ -321,6 +335,22 @@ class Outbox:
                 self.db.execute("ROLLBACK")
             raise SinkError(f"outbox {self.path}: cannot commit: {exc}") from exc
 
+    def savepoint(self) -> None:
+        """Opens savepoint `m` inside the transaction, after writing the messages collected
+        so far (so that rolling back to it touches what came after only). Ingest's careful
+        rerun puts one around each message."""
+        self.flush_messages()
+        self.db.execute("SAVEPOINT m")
+
+    def rollback_savepoint(self) -> None:
+        """Undoes what was written since `savepoint()`, and forgets the messages collected
+        since; the savepoint stays open (`release_savepoint` ends it)."""
+        self.db.execute("ROLLBACK TO m")
+        self.drop_messages()
+
+    def release_savepoint(self) -> None:
+        self.db.execute("RELEASE m")
+
     # ---- ingest side (inside a transaction) -------------------------------------------------
 
     def add_item(self, kind: str, node: str, seq: int | None, body: Any, now: float,
@@ -382,13 +412,11 @@ class Outbox:
             return True, seq, seq, 0
         if seq > hi:
             if seq > hi + 1:
-                self.db.execute("INSERT INTO gaps(node, first, last) VALUES (?, ?, ?)",
-                                (node, hi + 1, seq - 1))
+                self.db.execute(_GAP_SQL, (node, hi + 1, seq - 1))
             return True, lo, seq, seq - hi - 1
         if seq < lo:
             if seq < lo - 1:
-                self.db.execute("INSERT INTO gaps(node, first, last) VALUES (?, ?, ?)",
-                                (node, seq + 1, lo - 1))
+                self.db.execute(_GAP_SQL, (node, seq + 1, lo - 1))
             return True, seq, hi, lo - seq - 1
         gap = self.db.execute("SELECT first, last FROM gaps WHERE node=? AND first<=? "
                               "ORDER BY first DESC LIMIT 1", (node, seq)).fetchone()
@@ -401,6 +429,11 @@ class Outbox:
         if seq + 1 <= last:
             self.db.execute("INSERT INTO gaps VALUES (?, ?, ?)", (node, seq + 1, last))
         return True, lo, hi, -1
+
+    def add_gap(self, node: str, first: int, last: int) -> None:
+        """Seqs `first`..`last` of `node` are missing (ingest's hot path: a new message that
+        jumps past the highest seq, dedup state kept in memory)."""
+        self.db.execute(_GAP_SQL, (node, first, last))
 
     def quarantine(self, topic: str, payload: bytes, reason: str, offset: int | None,
                    detail: str, now: float, *, keep: int) -> None:
@@ -594,6 +627,11 @@ class Outbox:
             self.db.execute("UPDATE deadletters SET replayed=replayed+1 WHERE id=?", (letter,))
         return sink, len(items)
 
+    def has_open_batch(self, sink: str) -> bool:
+        """A batch claimed by `sink` and not yet confirmed, failed for good or released."""
+        return self.db.execute("SELECT 1 FROM batches WHERE sink=? LIMIT 1",
+                               (sink,)).fetchone() is not None
+
     def backlog(self, sink: str) -> tuple[int, int, float | None]:
         """(records, bytes, created time of the oldest) waiting for `sink` (an event counts
         as one record)."""
@@ -620,10 +658,11 @@ class Outbox:
                 total += os.stat(f"{self.path}{suffix}").st_size
         return total
 
-    def query(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        cur = self.db.execute(sql, args)
-        names = [d[0] for d in cur.description]
-        return [dict(zip(names, row)) for row in cur.fetchall()]
+    def query(self, sql: str,
+              args: Sequence[Any] | dict[str, Any] = ()) -> list[dict[str, Any]]:
+        """Rows of any statement as dicts: for tests and tools inspecting the file, not for
+        the gateway's modules (they call the methods)."""
+        return dicts(self.db.execute(sql, args))
 
     def gaps(self, node: str | None = None) -> list[tuple[str, int, int]]:
         if node is None:
@@ -634,5 +673,56 @@ class Outbox:
 
     def missing(self) -> dict[str, int]:
         return dict(self.db.execute("SELECT node, SUM(last-first+1) FROM gaps GROUP BY node"))
+
+    def missing_of(self, node: str) -> int:
+        """How many seqs of `node` are missing (in its gaps)."""
+        return self.db.execute("SELECT COALESCE(SUM(last-first+1), 0) FROM gaps "
+                               "WHERE node=?", (node,)).fetchone()[0]
+
+    def item_count(self) -> int:
+        """Items not yet delivered to every sink (a stored message is one item)."""
+        return self.db.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+
+    def backlogs(self) -> list[tuple[str, int, float]]:
+        """(sink, records waiting, created time of the oldest) of every sink with a backlog."""
+        return self.db.execute("SELECT sink, COALESCE(SUM(records), 0), MIN(created) "
+                               "FROM pending GROUP BY sink").fetchall()
+
+    def quarantine_count(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0]
+
+    def dead_letter_counts(self) -> list[tuple[str, int]]:
+        """(sink, dead letters)."""
+        return self.db.execute("SELECT sink, COUNT(*) FROM deadletters GROUP BY sink").fetchall()
+
+    def quarantined(self, limit: int, *, reason: str | None = None, row_id: int | None = None,
+                    before: int | None = None) -> list[dict[str, Any]]:
+        """Quarantine rows, newest first: of one `reason`, or the one with id `row_id`; `before`:
+        only ids below it (the next page)."""
+        column, value = ("id", row_id) if row_id is not None else ("reason", reason)
+        return self._listing("quarantine", limit, column, value, before)
+
+    def dead_letters(self, limit: int, *, sink: str | None = None,
+                     before: int | None = None) -> list[dict[str, Any]]:
+        """Dead letters (`body`: the items as JSON text), newest first: of one `sink` or
+        all; `before`: only ids below it (the next page)."""
+        return self._listing("deadletters", limit, "sink", sink, before)
+
+    def _listing(self, table: str, limit: int, column: str, value: Any,
+                 before: int | None) -> list[dict[str, Any]]:
+        where, args = ("", []) if value is None else (f"WHERE {column}=?", [value])
+        if before is not None:
+            where, args = f"{where} {'AND' if where else 'WHERE'} id<?", [*args, before]
+        return dicts(self.db.execute(f"SELECT * FROM {table} {where} ORDER BY id DESC LIMIT ?",
+                                     (*args, limit)))
+
+    def dead_letter_ids(self, *, sink: str | None = None,
+                        replayed: bool = True) -> list[int]:
+        """Ids of the dead letters (of one `sink`), oldest first; without the ones replayed
+        before unless `replayed`."""
+        where, values = ("WHERE sink=?", [sink]) if sink else ("", [])
+        cond = "" if replayed else ("AND " if where else "WHERE ") + "replayed=0"
+        return [r[0] for r in self.db.execute(f"SELECT id FROM deadletters {where} {cond} "
+                                              "ORDER BY id", values)]
 
 

@@ -6,10 +6,13 @@
     reg.check_stale(now)                         # periodic: nodes that missed their intervals
 
 Every call runs inside the caller's outbox transaction, so a reading, the registry update and
-the alarm events it causes commit together (or not at all). The hot fields of a node (last
-values, battery, RSSI, highest seq, counts) are cached here and written once per batch by
-`flush()`, which the ingest path calls before its commit: one UPDATE per node and batch
-instead of one per message. Only the ingest thread writes those columns.
+the alarm events it causes commit together (or not at all). This module decides what to write
+and when; the rows are written by the outbox's table classes (`box.nodes`, `box.alarms`:
+gateway/store/), and no SQL is run here. The hot fields of a node (last values, battery, RSSI,
+highest seq, counts) are cached here and written once per batch by `flush()`, which the
+ingest path calls before its commit: one UPDATE per node and batch instead of one per
+message (`NodeTable.write_hot`). Only the ingest thread writes those columns; other modules
+read and change the cache through methods (`ensure`, `seen`, `snapshot`, `restore`).
 
 Alarms (`ALARMS`) are raised once and cleared once: a state change writes the `alarms` row, an
 event item into the outbox for every sink that takes events, a log line and a counter.
@@ -24,7 +27,7 @@ Repeating the same state does nothing.
 | `gaps` | the node has missing sequence numbers (not with a shared subscription) | every gap filled |
 | `offline` | status `on: false` without `sleep` (the Last Will, or a restart announced with `bye`) and nothing better for `[gateway] offline_grace_s` | status `on: true` (or asleep) |
 
-A node's status history (`node_log`, read by `node_events`) gets a row when something an
+A node's status history (`node_log`, read by `box.nodes.events`) gets a row when something an
 operator cares about changes, compared with the cached hot state (no query per message; a
 status arrives on every wake, a row does not): `first_seen`, a state (`online`, `asleep`,
 `offline`, `restarting`; not the wake cycle online <-> asleep of a battery node, which would
@@ -63,11 +66,6 @@ NODE_LOG_KEEP = 500  # node_log rows kept per node (the newest)
 ALARM_LOG_KEEP = 1000  # cleared alarm_log rows kept per node (the newest; open ones all)
 NODE_EVENTS = ("first_seen", "online", "asleep", "offline", "restarting", "reboot", "firmware",
                "safe_mode", "safe_mode_left", "retired", "reinstated")
-NODE_COLUMNS = ("node", "registered", "board", "sensors", "grp", "interval_s", "first_seen",
-                "last_seen", "last_reading", "state", "fw", "boot", "sleep", "battery_mv",
-                "rssi", "q", "qd", "iv", "cv", "min_seq", "max_seq", "accepted", "duplicates",
-                "last_values", "status", "retired_at", "retired_note", "lat", "lon",
-                "district", "public")
 
 
 class Registry:
@@ -76,6 +74,8 @@ class Registry:
     def __init__(self, box: Outbox, settings: GatewaySettings, *, event_sinks: Sequence[str],
                  stats: Stats, table: ChannelTable | None = None) -> None:
         self.box = box
+        self.nodes = box.nodes
+        self.alarms = box.alarms
         self.table = table if table is not None else default_table()
         # wire key -> (channel label as in last_values, base name, instance, scale)
         self._keys: dict[int, tuple[str, str, str, int]] = {}
@@ -85,20 +85,14 @@ class Registry:
         self.settings = settings
         self.event_sinks = list(event_sinks)
         self.stats = stats
-        self._active: dict[tuple[str, str], bool] = {
-            (n, a): bool(on) for n, a, on in box.db.execute(
-                "SELECT node, alarm, active FROM alarms")}
+        self._active: dict[tuple[str, str], bool] = self.alarms.states()
         # With a shared subscription each instance sees only part of a node's messages, so
         # its gaps say nothing about the node: no gaps alarm then (gaps are still tracked).
         self.gap_alarms = True
         self._nodes: dict[str, dict[str, Any]] = {}
         self._dirty: set[str] = set()
         # retired node -> when: its messages are quarantined as "retired" (`Ingestor._handle`)
-        self.retired: dict[str, float] = self._load_retired()
-
-    def _load_retired(self) -> dict[str, float]:
-        return dict(self.box.db.execute(
-            "SELECT node, retired_at FROM nodes WHERE retired_at IS NOT NULL"))
+        self.retired: dict[str, float] = self.nodes.retired()
 
     def __repr__(self) -> str:
         return f"Registry({self.box!r}, active_alarms={sum(self._active.values())})"
@@ -109,14 +103,8 @@ class Registry:
         """The node's cached hot state, creating its registry row on first sight."""
         state = self._nodes.get(node)
         if state is None:
-            new = self.box.db.execute("INSERT OR IGNORE INTO nodes(node, first_seen, last_seen) "
-                                      "VALUES (?, ?, ?)", (node, now, now)).rowcount
             # a node registered before it was first heard of (provision) is first seen now
-            registered = self.box.db.execute("UPDATE nodes SET first_seen=? WHERE node=? AND "
-                                             "first_seen IS NULL", (now, node)).rowcount
-            row = self.box.db.execute("SELECT last_values, battery_mv, rssi, min_seq, max_seq, "
-                                      "state, fw, boot, status FROM nodes WHERE node=?",
-                                      (node,)).fetchone()
+            new, registered, row = self.nodes.first_sight(node, now)
             state = {"values": json.loads(row[0]) if row[0] else {}, "battery": row[1],
                      "rssi": row[2], "min_seq": row[3], "max_seq": row[4], "accepted": 0,
                      "duplicates": 0,
@@ -129,20 +117,23 @@ class Registry:
                           else "not registered")
         return state
 
+    def seen(self, node: str, now: float) -> None:
+        """A message of `node` other than a reading or status (an acknowledgement): its
+        `last_seen`, written with the batch."""
+        self.ensure(node, now)["last_seen"] = now
+        self._dirty.add(node)
+
     def flush(self) -> None:
         """Writes the cached state of the nodes changed since the last flush."""
+        write = self.nodes.write_hot
         for node in self._dirty:
             st = self._nodes[node]
             if st["raw"]:
                 self._merge_raw(st)
-            self.box.db.execute(
-                "UPDATE nodes SET last_seen=MAX(COALESCE(last_seen, 0), ?), "
-                "last_reading=COALESCE(?, last_reading), last_values=?, battery_mv=?, rssi=?, "
-                "min_seq=?, max_seq=?, accepted=accepted+?, duplicates=duplicates+? "
-                "WHERE node=?",
-                (st["last_seen"], st["last_reading"],
-                 json.dumps(st["values"], separators=(",", ":")), st["battery"], st["rssi"],
-                 st["min_seq"], st["max_seq"], st["accepted"], st["duplicates"], node))
+            write(node, last_seen=st["last_seen"], last_reading=st["last_reading"],
+                  values=json.dumps(st["values"], separators=(",", ":")),
+                  battery_mv=st["battery"], rssi=st["rssi"], min_seq=st["min_seq"],
+                  max_seq=st["max_seq"], accepted=st["accepted"], duplicates=st["duplicates"])
             st["accepted"] = st["duplicates"] = 0
         self._dirty.clear()
 
@@ -165,14 +156,11 @@ class Registry:
         """Drops the cache (after a rolled-back transaction); reloaded from the database."""
         self._nodes.clear()
         self._dirty.clear()
-        self.retired = self._load_retired()
-        self._active = {(n, a): bool(on) for n, a, on in self.box.db.execute(
-            "SELECT node, alarm, active FROM alarms")}
+        self.retired = self.nodes.retired()
+        self._active = self.alarms.states()
 
     def is_registered(self, node: str) -> bool:
-        row = self.box.db.execute("SELECT registered FROM nodes WHERE node=?",
-                                  (node,)).fetchone()
-        return bool(row and row[0])
+        return self.nodes.is_registered(node)
 
     # ---- retirement --------------------------------------------------------------------------
     # A meter replaced or removed, a station taken down: the node leaves the fleet views and
@@ -185,15 +173,10 @@ class Registry:
     def retire(self, node: str, now: float, note: str = "") -> bool:
         """Retires `node`; clears its open alarms (events with detail "node retired"). False
         when it was retired already; KeyError when it is not known."""
-        row = self.box.db.execute("SELECT retired_at FROM nodes WHERE node=?",
-                                  (node,)).fetchone()
-        if row is None:
-            raise KeyError(node)
-        if row[0] is not None:
+        if self.nodes.retired_at(node) is not None:
             return False
         self.flush()
-        self.box.db.execute("UPDATE nodes SET retired_at=?, retired_note=?, state='retired' "
-                            "WHERE node=?", (now, note or None, node))
+        self.nodes.retire(node, now, note or None)
         self._log(node, now, "retired", note or None, quiet=True)
         for (n, alarm), active in sorted(self._active.items()):
             if n == node and active:
@@ -205,14 +188,9 @@ class Registry:
 
     def reinstate(self, node: str, now: float) -> bool:
         """Puts a retired node back in service (state unknown until it is heard from)."""
-        row = self.box.db.execute("SELECT retired_at FROM nodes WHERE node=?",
-                                  (node,)).fetchone()
-        if row is None:
-            raise KeyError(node)
-        if row[0] is None:
+        if self.nodes.retired_at(node) is None:
             return False
-        self.box.db.execute("UPDATE nodes SET retired_at=NULL, retired_note=NULL, state=NULL, "
-                            "last_seen=? WHERE node=?", (now, node))
+        self.nodes.reinstate(node, now)
         self._log(node, now, "reinstated", None, quiet=True)
         self.retired.pop(node, None)
         log.info("node_reinstated", extra=kv(node=node))
@@ -220,18 +198,13 @@ class Registry:
 
     def delete(self, node: str) -> None:
         """Deletes a node that never sent a reading; ValueError naming why not otherwise."""
-        row = self.box.db.execute("SELECT min_seq, max_seq FROM nodes WHERE node=?",
-                                  (node,)).fetchone()
-        if row is None:
-            raise KeyError(node)
-        if row[1] is not None:
-            raise ValueError(f"node {node!r} has sent readings (seq {row[0]}-{row[1]}): "
+        lo, hi = self.nodes.seq_range(node)
+        if hi is not None:
+            raise ValueError(f"node {node!r} has sent readings (seq {lo}-{hi}): "
                              "retire it instead, which keeps what stops a reading from being "
                              "counted twice")
-        self.box.db.execute("DELETE FROM nodes WHERE node=?", (node,))
-        self.box.db.execute("DELETE FROM alarms WHERE node=?", (node,))
-        self.box.db.execute("DELETE FROM node_log WHERE node=?", (node,))
-        self.box.db.execute("DELETE FROM alarm_log WHERE node=?", (node,))
+        self.nodes.delete(node)
+        self.alarms.delete_node(node)
         for key in [k for k in self._active if k[0] == node]:
             del self._active[key]
         self._nodes.pop(node, None)
@@ -248,27 +221,14 @@ class Registry:
                   detail: str = "") -> bool:
         """Records an alarm state; True (and an event) only when the state changed. A raise
         also opens a row of the alarm's history (`alarm_log`), a clear closes the open one
-        (its acknowledgement, by an operator, is the API's: `ApiServer.acknowledge`)."""
+        (its acknowledgement, by an operator, is the API's: `Api.acknowledge`)."""
         if self._active.get((node, alarm), False) == active:
             return False
         self._active[(node, alarm)] = active
         if active:
-            self.box.db.execute(
-                "INSERT INTO alarms(node, alarm, active, raised_at, detail) VALUES (?,?,1,?,?) "
-                "ON CONFLICT(node, alarm) DO UPDATE SET active=1, raised_at=excluded.raised_at, "
-                "cleared_at=NULL, detail=excluded.detail", (node, alarm, now, detail))
-            self.box.db.execute("INSERT INTO alarm_log(node, alarm, raised_at, detail) "
-                                "VALUES (?,?,?,?)", (node, alarm, now, detail))
-            # bounded: a flapping alarm cannot grow the table without end (rare: raises only)
-            self.box.db.execute(
-                "DELETE FROM alarm_log WHERE id IN (SELECT id FROM alarm_log WHERE node=? AND "
-                "cleared_at IS NOT NULL ORDER BY id DESC LIMIT -1 OFFSET ?)",
-                (node, ALARM_LOG_KEEP))
+            self.alarms.raised(node, alarm, now, detail, keep=ALARM_LOG_KEEP)
         else:
-            self.box.db.execute("UPDATE alarms SET active=0, cleared_at=? WHERE node=? AND "
-                                "alarm=?", (now, node, alarm))
-            self.box.db.execute("UPDATE alarm_log SET cleared_at=? WHERE node=? AND alarm=? "
-                                "AND cleared_at IS NULL", (now, node, alarm))
+            self.alarms.cleared(node, alarm, now)
         event = {"node": node, "alarm": alarm, "active": active, "t": round(now, 3),
                  "detail": detail}
         if self.event_sinks:
@@ -316,8 +276,7 @@ class Registry:
         self._battery(node, st["battery"], now)
         self.set_alarm(node, "stale", False, now)
         if missing_delta and self.gap_alarms:
-            missing = self.box.db.execute("SELECT COALESCE(SUM(last-first+1), 0) FROM gaps "
-                                          "WHERE node=?", (node,)).fetchone()[0]
+            missing = self.box.missing_of(node)
             self.set_alarm(node, "gaps", missing > 0, now,
                            f"{missing} sequence numbers missing" if missing else "")
 
@@ -388,8 +347,7 @@ class Registry:
         if self._active.get((node, "stale"), False):
             self.set_alarm(node, "stale", False, now)
         if missing_delta and self.gap_alarms:
-            missing = self.box.db.execute("SELECT COALESCE(SUM(last-first+1), 0) FROM gaps "
-                                          "WHERE node=?", (node,)).fetchone()[0]
+            missing = self.box.missing_of(node)
             self.set_alarm(node, "gaps", missing > 0, now,
                            f"{missing} sequence numbers missing" if missing else "")
 
@@ -413,8 +371,7 @@ class Registry:
     def status(self, node: str, status: dict[str, Any], now: float) -> None:
         """A status (`s`) message: the node's state and health fields."""
         hot = self.ensure(node, now)
-        row = self.box.db.execute("SELECT qd FROM nodes WHERE node=?", (node,)).fetchone()
-        old_qd = row[0]
+        old_qd = self.nodes.qd(node)
         on = status.get("on")
         sleep = status.get("sleep") if is_int64(status.get("sleep")) else None
         bye = status.get("bye") if isinstance(status.get("bye"), str) else None
@@ -429,8 +386,7 @@ class Registry:
                     sets[column] = value
             elif is_int64(value):
                 sets[column] = value
-        assign = ", ".join(f"{c}=?" for c in sets)
-        self.box.db.execute(f"UPDATE nodes SET {assign} WHERE node=?", (*sets.values(), node))
+        self.nodes.set_status(node, sets)
         self._status_history(node, hot, status, sets, now)
         st = self._nodes.get(node)
         if st is not None:  # keep the cache in step with what this UPDATE wrote
@@ -459,13 +415,8 @@ class Registry:
 
     def _log(self, node: str, now: float, event: str, detail: str | None, *,
              quiet: bool = False) -> None:
-        """A `node_log` row, keeping the newest NODE_LOG_KEEP of the node (rare: changes only,
-        so the pruning query, which walks the node's index, costs nothing that matters)."""
-        db = self.box.db
-        db.execute("INSERT INTO node_log(node, at, event, detail) VALUES (?, ?, ?, ?)",
-                   (node, now, event, detail))
-        db.execute("DELETE FROM node_log WHERE id IN (SELECT id FROM node_log WHERE node=? "
-                   "ORDER BY at DESC, id DESC LIMIT -1 OFFSET ?)", (node, NODE_LOG_KEEP))
+        """A `node_log` row, keeping the newest NODE_LOG_KEEP of the node."""
+        self.nodes.log(node, now, event, detail, keep=NODE_LOG_KEEP)
         if not quiet:
             log.info("node_event", extra=kv(node=node, event=event, detail=detail))
 
@@ -514,11 +465,7 @@ class Registry:
         """Raises `offline` for nodes gone (Last Will, or an announced restart) for longer
         than `offline_grace_s`: a node back within it (a technician's reset, a reboot, a
         config change) raised nothing. The time it went is its `last_seen`."""
-        rows = self.box.db.execute(
-            "SELECT node, last_seen, state, status FROM nodes WHERE state IN "
-            "('offline', 'restarting') AND last_seen <= ? AND retired_at IS NULL",
-            (now - self.settings.offline_grace_s,)).fetchall()
-        for node, since, state, status in rows:
+        for node, since, state, status in self.nodes.gone(now - self.settings.offline_grace_s):
             if self._active.get((node, "offline"), False):
                 continue
             if state == "restarting":
@@ -531,11 +478,7 @@ class Registry:
     def check_stale(self, now: float) -> None:
         """Raises `stale` for nodes that missed `stale_intervals` intervals."""
         n = self.settings.stale_intervals
-        rows = self.box.db.execute(
-            "SELECT node, last_seen, COALESCE(iv, interval_s), sleep, state FROM nodes "
-            "WHERE COALESCE(iv, interval_s) IS NOT NULL AND last_seen IS NOT NULL "
-            "AND retired_at IS NULL").fetchall()
-        for node, last_seen, iv, sleep, state in rows:
+        for node, last_seen, iv, sleep, state in self.nodes.intervals():
             allowed = n * iv + (sleep or 0 if state == "asleep" else 0)
             if now - last_seen > allowed and not self._active.get((node, "stale"), False):
                 self.set_alarm(node, "stale", True, now,
@@ -564,13 +507,6 @@ def json_safe(value: Any, depth: int = 0) -> Any:
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
     return repr(value)
-
-
-def node_events(db: Any, node: str, limit: int) -> list[dict[str, Any]]:
-    """The node's status history, newest first: [{"at", "event", "detail"}, ...]."""
-    return [{"at": at, "event": event, "detail": detail} for at, event, detail in db.execute(
-        "SELECT at, event, detail FROM node_log WHERE node=? ORDER BY at DESC, id DESC LIMIT ?",
-        (node, limit))]
 
 
 def _safe_of(status: str | None) -> str | None:

@@ -1,6 +1,8 @@
-"""The gateway's HTTP side as an ASGI application (FastAPI on uvicorn), over `ApiServer`.
+"""The gateway's HTTP side as an ASGI application (FastAPI on uvicorn), over `Api`.
 
-    app = make_app(api_server)      # served by uvicorn on the API's own thread (gateway.api)
+    server = ApiServer(gateway)     # the socket bound (OSError when taken), app made
+    port = server.start()           # uvicorn on its own thread; server.stop()
+    app = make_app(api)             # the routes over an `api.Api` (what they do)
 
 Why FastAPI: the request bodies are declared once, as pydantic models, and that one
 declaration validates every request and is the published OpenAPI description
@@ -20,7 +22,9 @@ from __future__ import annotations
 
 import hmac
 import logging
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional
+import socket
+import threading
+from typing import Annotated, Any, Literal, Optional
 
 from fastapi import Body, Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -31,16 +35,17 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictBool,
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway import dashboard
+from gateway.api import NOTE_LIMIT, Api, ApiError, GatewayControl
+from gateway.dashboard import alarms, fleet, operations, public
 from gateway.logfmt import kv
 from gateway.registry import NODE_EVENTS, NODE_LOG_KEEP
-
-if TYPE_CHECKING:
-    from gateway.api import ApiServer
 
 log = logging.getLogger("meterlink.gateway.api")
 
 MAX_BODY = 1 << 20
-NOTE_LIMIT = 500
+STOP_S = 5.0  # what stop() waits for requests under way
+# the dashboard's pages, one module each (gateway/dashboard/__init__.py), in routing order
+PAGES = (fleet, public, operations, alarms)
 NODE_ID = r"^[a-z0-9][a-z0-9_-]{0,31}$"  # gateway.wire.node_id_problem's rule
 ALARM_NODE = r"^-?[a-z0-9][a-z0-9_-]{0,31}$"  # a node id, or -gateway (daemon.GATEWAY_NODE)
 ALARM_STATES = r"^(open|unacked|attention|recent|all)$"  # api.ALARM_LOG_STATES
@@ -232,7 +237,7 @@ def validation_message(exc: RequestValidationError) -> str:
     return f"{_field(tuple(err.get('loc', ())))}: {err.get('msg')}{shown}"
 
 
-def make_app(api: "ApiServer") -> FastAPI:
+def make_app(api: Api) -> FastAPI:
     app = FastAPI(title="meterlink gateway API", version="1",
                   description="The gateway's registry, alarms, quarantine, dead letters, "
                               "downlinks and update progress; see docs/gateway.md.",
@@ -291,8 +296,6 @@ def make_app(api: "ApiServer") -> FastAPI:
                                                        path=request.url.path))
         return JSONResponse({"error": f"internal error: {type(exc).__name__}"},
                             status_code=500)
-
-    from gateway.api import ApiError
 
     @app.exception_handler(ApiError)
     async def refused(request: Request, exc: ApiError) -> JSONResponse:
@@ -429,13 +432,13 @@ def make_app(api: "ApiServer") -> FastAPI:
              summary="rejected messages, newest first, payload in hex")
     def quarantine(reason: Optional[str] = Query(None, max_length=64),
                    limit: int = Query(100, ge=1, le=1000)) -> list[dict[str, Any]]:
-        return api.listing("quarantine", limit, "reason", reason)
+        return api.quarantined(limit, reason=reason)
 
     @app.get("/api/deadletters", tags=["operations"], dependencies=auth,
              summary="batches and items the sinks could not deliver, newest first")
     def deadletters(sink: Optional[str] = Query(None, max_length=64),
                     limit: int = Query(100, ge=1, le=1000)) -> list[dict[str, Any]]:
-        return api.listing("deadletters", limit, "sink", sink)
+        return api.dead_letters(limit, sink=sink)
 
     @app.post("/api/deadletters/{letter}/replay", tags=["operations"], dependencies=auth,
               summary="queue a dead letter again for its sink",
@@ -466,8 +469,61 @@ def make_app(api: "ApiServer") -> FastAPI:
     def ota() -> dict[str, Any]:
         return api.ota()
 
-    dashboard.mount(app, api)  # the operator pages (/, /login, /nodes/{id})
+    dashboard.mount(app, api, PAGES)  # the operator pages (/, /login, /nodes/{id})
     return app
+
+
+class ApiServer:
+    """The API of one gateway (`Api` over its own outbox connection, the routes of
+    `make_app`) served by uvicorn on its own thread. The socket is bound here (an OSError when
+    the address is taken), served from `start()`."""
+
+    def __init__(self, gateway: GatewayControl) -> None:
+        import uvicorn
+
+        cfg = gateway.config.api
+        self.api = Api(gateway)
+        family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.sock.bind((cfg.host, cfg.port))
+            self.sock.listen(128)
+        except OSError:
+            self.sock.close()
+            self.api.close()
+            raise
+        self.app = make_app(self.api)
+        logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
+        self.server = uvicorn.Server(uvicorn.Config(
+            self.app, log_config=None, access_log=False, lifespan="off",
+            timeout_graceful_shutdown=int(STOP_S)))
+        self.thread: threading.Thread | None = None
+
+    def __repr__(self) -> str:
+        return f"ApiServer({self.api!r}, port={self.port})"
+
+    @property
+    def gateway(self) -> GatewayControl:
+        return self.api.gateway
+
+    @property
+    def port(self) -> int:
+        return self.sock.getsockname()[1]
+
+    def start(self) -> int:
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
+                                       name="api", daemon=True)
+        self.thread.start()
+        log.info("api_listening", extra=kv(host=self.gateway.config.api.host, port=self.port))
+        return self.port
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        if self.thread is not None:
+            self.thread.join(STOP_S + 1)
+        self.sock.close()
+        self.api.close()
 
 
 def openapi_document() -> dict[str, Any]:

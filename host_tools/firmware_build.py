@@ -31,6 +31,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from host_tools import device, image, toolchain
@@ -89,8 +90,9 @@ def compiled(arch: str) -> Path:
         digest.update(src.name.encode() + b"\0" + src.read_bytes())
     out = CACHE_DIR / f"{arch}-{digest.hexdigest()[:16]}"
     if not (out / ".complete").exists():
-        tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
+        # a folder of its own per build: threads of one process may build at the same time
+        CACHE_DIR.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp", dir=CACHE_DIR))
         build(arch, tmp)
         (tmp / ".complete").touch()
         try:

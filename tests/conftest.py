@@ -66,7 +66,7 @@ def gateway_api(tmp_path, monkeypatch):
     nowhere to be found: (base URL, the gateway's folder); the API token is "t0ken".
     In-process (tests/test_gw_dashboard.py, tests/test_gw_dash_login.py)."""
     from gateway import dashboard
-    from gateway.api import ApiServer
+    from gateway.webapp import ApiServer
     from gateway.config import parse_config
     from gateway.daemon import Gateway
 

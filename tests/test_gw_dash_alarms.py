@@ -150,7 +150,7 @@ def test_a_version_6_outbox_carries_its_alarms_into_the_log(tmp_path):
 def served(tmp_path):
     """A gateway's API and dashboard on a loopback port, with alarms in its log: n1's leak
     (active), n2's low battery (raised and cleared), n0's leak eight days ago (cleared)."""
-    from gateway.api import ApiServer
+    from gateway.webapp import ApiServer
 
     gw = make_gateway(tmp_path)
     h = gw.handle_message

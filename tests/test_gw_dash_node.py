@@ -30,7 +30,6 @@ from gateway.config import parse_config
 from gateway.daemon import Gateway
 from gateway.errors import ConfigError
 from gateway.outbox import Outbox
-from gateway.registry import node_events
 from gateway.sinks import make_sink
 from gateway_support import GatewayProcess, publish, wait_for
 
@@ -62,7 +61,7 @@ def feed(gw: Gateway, messages: list[tuple[str, bytes]], t: float = T0) -> None:
 
 
 def events(gw: Gateway, node: str) -> list[tuple[str, str | None]]:
-    return [(e["event"], e["detail"]) for e in node_events(gw.box.db, node, 1000)]
+    return [(e["event"], e["detail"]) for e in gw.box.nodes.events(node, 1000)]
 
 
 @pytest.fixture
@@ -70,7 +69,7 @@ def api(tmp_path, monkeypatch):
     """(start(gw) -> base URL): the API with the dashboard over `gw`'s outbox, on a loopback
     port; stopped at the end."""
     from gateway import dashboard
-    from gateway.api import ApiServer
+    from gateway.webapp import ApiServer
 
     monkeypatch.setattr(dashboard, "LEAFLET_CACHE", tmp_path / "no-leaflet")
     monkeypatch.delenv(dashboard.LEAFLET_ENV, raising=False)
@@ -126,7 +125,7 @@ def test_a_status_history_row_per_change_and_none_for_a_repeated_status(tmp_path
         ("online", None),
         ("first_seen", "not registered")]
     # newest first, at the time each message arrived
-    assert [e["at"] for e in node_events(gw.box.db, "n1", 3)] == [T0 + 11, T0 + 11, T0 + 10]
+    assert [e["at"] for e in gw.box.nodes.events("n1", 3)] == [T0 + 11, T0 + 11, T0 + 10]
 
     # a repeated status costs no query of the history: compared with the cached state
     statements: list[str] = []

@@ -95,7 +95,7 @@ def unescape(html: str) -> str:
 def site(tmp_path):
     """(Gateway, ApiServer, base URL) over an outbox with three registered nodes (n1 and n2 in
     group roof), the file sink configured, no broker."""
-    from gateway.api import ApiServer
+    from gateway.webapp import ApiServer
     from gateway.config import parse_config
     from gateway.daemon import Gateway
 
@@ -356,7 +356,7 @@ def test_the_downlinks_show_each_node_s_answer(site):
                                                      ("patch", '{"sensors": []}'),
                                                      ("version", "4"), ("timeout_s", "1")])
         assert status == 303
-    rid = {r["node"]: r["request_id"] for r in server.downlinks(None, 10)}
+    rid = {r["node"]: r["request_id"] for r in server.api.downlinks(None, 10)}
     now = time.time()
     assert gw.handle_message("m/n1/a", cbor2.dumps({"id": rid["n1"], "cmd": "config",
                                                     "ok": True, "cv": 4}),

@@ -84,7 +84,7 @@ class Site:
     the dashboard on a loopback port."""
 
     def __init__(self, tmp_path) -> None:
-        from gateway.api import ApiServer
+        from gateway.webapp import ApiServer
         from gateway.config import parse_config
         from gateway.daemon import Gateway
         from gateway.sinks import make_sink

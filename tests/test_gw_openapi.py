@@ -20,7 +20,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis import GenerationMode
 
-from gateway.api import ApiServer
+from gateway.webapp import ApiServer
 from gateway.config import parse_config
 from gateway.daemon import Gateway
 from gateway.webapp import openapi_document

@@ -153,7 +153,7 @@ def test_pack_json_is_the_encoded_pack_byte_for_byte():
     import math
 
     from gateway.outbox import Item
-    from gateway.sinks import CONVERSION_ERRORS, _encode, pack_json, senml_pack
+    from gateway.sinks.base import CONVERSION_ERRORS, _encode, pack_json, senml_pack
 
     def encoded(item):
         try:

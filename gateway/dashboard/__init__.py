@@ -1,13 +1,15 @@
-"""The operator dashboard: server-rendered pages over `ApiServer`, for a browser.
+"""The operator dashboard: server-rendered pages over `gateway.api.Api`, for a browser.
 
-    mount(app, api)      # gateway.webapp.make_app calls it; adds the routes below
+    mount(app, api, pages)   # gateway.webapp.make_app calls it; adds the routes below
 
     GET  /login                    the login form (the API token)
     POST /login                    token right: a session cookie, then 303 to the page asked for
     POST /logout                   the session cookie cleared
     GET  /dash/static/{file}       our CSS and JS; /dash/uplot/{file}: uPlot (see below)
 
-and the pages, one module each (`PAGES`), every one `mount(app, dash)` with the `Dash` below:
+and the pages, one module each (`gateway.webapp.PAGES`), every one `mount(app, dash)` with the
+`Dash` below (the pages import this module, so this module does not import them: the app
+hands them to `mount`):
 fleet.py (the fleet with its map, the node pages), alarms.py (open and recent alarms,
 acknowledged with a note), operations.py (quarantine, dead letters with replay, commands) and
 public.py (`/public`: environment data per district for anyone, no login). A page's own data
@@ -43,7 +45,6 @@ import asyncio
 import base64
 import hashlib
 import hmac
-import importlib
 import json
 import logging
 import os
@@ -64,7 +65,9 @@ from gateway.logfmt import kv
 from gateway.users import UsersError
 
 if TYPE_CHECKING:
-    from gateway.api import ApiServer
+    from types import ModuleType
+
+    from gateway.api import Api
 
 log = logging.getLogger("meterlink.gateway.dashboard")
 
@@ -82,7 +85,6 @@ LEAFLET_IMAGES = ("marker-icon.png", "marker-icon-2x.png", "marker-shadow.png", 
 STATIC_TYPES = {".css": "text/css", ".js": "text/javascript"}  # files of STATIC served
 STATIC_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*\.(css|js)$")
 # the page modules: each has mount(app, dash)
-PAGES = ("fleet", "public", "operations", "alarms")
 
 COOKIE = "meterlink_session"
 SESSION_S = 12 * 3600
@@ -289,11 +291,11 @@ def _safe_next(target: Optional[str]) -> str:
 
 class Dash:
     """What every page module of the dashboard uses: the API (`api`), the templates, the
-    session rules. Each page module has `mount(app, dash)` (PAGES lists them)."""
+    session rules. Each page module has `mount(app, dash)` (`gateway.webapp.PAGES`)."""
 
     no_schema = {"include_in_schema": False}
 
-    def __init__(self, api: "ApiServer") -> None:
+    def __init__(self, api: "Api") -> None:
         from jinja2 import Environment, FileSystemLoader, select_autoescape
 
         from gateway.api import token_path
@@ -382,8 +384,9 @@ class Dash:
         return self.json({"error": "csrf: the form's token does not match the session"}, 403)
 
 
-def mount(app: FastAPI, api: Optional["ApiServer"]) -> None:
-    """Adds the dashboard's routes to `app` (none without a gateway: the OpenAPI build)."""
+def mount(app: FastAPI, api: Optional["Api"], pages: "tuple[ModuleType, ...]") -> None:
+    """Adds the dashboard's routes to `app`: login, then each of `pages` (a module with
+    `mount(app, dash)`), then the files (none without a gateway: the OpenAPI build)."""
     if api is None:
         return
     dash = Dash(api)
@@ -460,8 +463,8 @@ def mount(app: FastAPI, api: Optional["ApiServer"]) -> None:
 
     # ---- the pages ---------------------------------------------------------------------------
 
-    for name in PAGES:
-        importlib.import_module(f"gateway.dashboard.{name}").mount(app, dash)
+    for page in pages:
+        page.mount(app, dash)
 
     # ---- files ---------------------------------------------------------------------------------
 

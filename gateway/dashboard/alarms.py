@@ -8,8 +8,8 @@
 An alarm needs attention while it is active or not acknowledged: a leak that came and went
 overnight is still shown until someone has seen it, and an acknowledged alarm stays until it
 clears. Everything else raised in the last 7 days is listed below it. The rows are the
-gateway's alarm log (`ApiServer.alarm_log`, the same as `GET /api/alarms/log`); the
-acknowledgement is `ApiServer.acknowledge`, so the page and the API record it the same way
+gateway's alarm log (`Api.alarm_log`, the same as `GET /api/alarms/log`); the
+acknowledgement is `Api.acknowledge`, so the page and the API record it the same way
 (who: the user name, or `api-token` for a session opened with the API token).
 """
 
@@ -31,8 +31,7 @@ SHOWN = 500  # rows per list; the page says when a list is cut
 
 
 def mount(app: FastAPI, dash: "Dash") -> None:
-    from gateway.api import ApiError
-    from gateway.webapp import NOTE_LIMIT
+    from gateway.api import NOTE_LIMIT, ApiError
 
     api = dash.api
 

@@ -9,7 +9,7 @@
     GET /dash/nodes/{id}/series.json?range=1h|24h|7d   the node page's chart data
     GET /dash/nodes/{id}/consumption.json              each meter total's use per day
 
-Consumption is the API's (`ApiServer.consumption`: differences of the meter's totals at the
+Consumption is the API's (`Api.consumption`: differences of the meter's totals at the
 ends of UTC days, never summed deltas) over the last `CONSUMPTION_DAYS` days, for every meter
 total among the node's latest values. The map's tiles are `[dashboard] map_tiles`; the fleet
 page's Content-Security-Policy allows images from that host, the other pages' do not.

@@ -10,7 +10,8 @@
                                            and the form again, each problem by its field
     GET  /dash/downlinks.json?limit=       the recent downlinks: the commands page polls it
 
-Every page is over `ApiServer` (`dash.api`), which runs the SQL: this module reads no table.
+Every page is over `gateway.api.Api` (`dash.api`), which reads and writes through the
+outbox's methods: this module reads no table.
 
 Pages go older by id (`before`: the ids below the last one shown), not by OFFSET: a page keeps
 its rows while new ones arrive at the top, and SQLite walks the primary key instead of
@@ -368,7 +369,7 @@ def mount(app: FastAPI, dash: "Dash") -> None:
         if not session:
             return dash.to_login(request)
         reason = reason or None
-        rows = api.listing("quarantine", PAGE_ROWS + 1, "reason", reason, before=before)
+        rows = api.quarantined(PAGE_ROWS + 1, reason=reason, before=before)
         older = rows[PAGE_ROWS - 1]["id"] if len(rows) > PAGE_ROWS else None
         now = time.time()
         return page(request, session, "quarantine.html", title="Quarantine",
@@ -383,7 +384,7 @@ def mount(app: FastAPI, dash: "Dash") -> None:
     def quarantine_payload(request: Request, qid: int = Path(ge=1, le=ID_MAX)) -> Response:
         if not dash.user(request):
             return dash.not_logged_in()
-        rows = api.listing("quarantine", 1, "id", qid)
+        rows = api.quarantined(1, row_id=qid)
         if not rows:
             return dash.json({"error": f"no quarantined message {qid}"}, 404)
         return Response(bytes.fromhex(rows[0]["payload"] or ""),
@@ -401,7 +402,7 @@ def mount(app: FastAPI, dash: "Dash") -> None:
         if not session:
             return dash.to_login(request)
         sink = sink or None
-        rows = api.listing("deadletters", PAGE_ROWS + 1, "sink", sink, before=before)
+        rows = api.dead_letters(PAGE_ROWS + 1, sink=sink, before=before)
         older = rows[PAGE_ROWS - 1]["id"] if len(rows) > PAGE_ROWS else None
         now = time.time()
         here = request.url.path + (f"?{request.url.query}" if request.url.query else "")

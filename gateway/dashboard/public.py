@@ -5,7 +5,7 @@ anyone, read-only, without a login.
     GET /public/data.json?range=24h|30d    the same data as JSON (the page polls it every 60 s)
 
 **What is shown.** Only nodes registered with `public: true` and a `district`, not retired
-(`ApiServer.public_nodes`), and of those only the channels of the allow-list `THEMES`:
+(`Api.public_nodes`), and of those only the channels of the allow-list `THEMES`:
 
     air            pm2_5, pm10, pm1
     weather        temperature, humidity, pressure

@@ -26,7 +26,7 @@ from typing import Any
 from gateway.errors import DeliveryFailed, SinkError
 from gateway.logfmt import kv
 from gateway.outbox import Batch, Item
-from gateway.sinks import PRIMARY_UNIT, Sink, convert_each, senml_records
+from gateway.sinks.base import PRIMARY_UNIT, Sink, convert_each, senml_records
 from gateway.wire import SENML_RELATIVE_LIMIT
 
 log = logging.getLogger("meterlink.gateway.sink.file")

@@ -42,7 +42,7 @@ from typing import Sequence
 from gateway.errors import DeliveryFailed, SinkError
 from gateway.logfmt import kv
 from gateway.outbox import Batch
-from gateway.sinks import Sink, convert_each
+from gateway.sinks.base import Sink, convert_each
 
 log = logging.getLogger("meterlink.gateway.sink.history")
 

@@ -42,7 +42,7 @@ from typing import Any
 
 from gateway.errors import DeliveryFailed, DeliveryRejected, DeliveryUnauthorized
 from gateway.outbox import Batch
-from gateway.sinks import Sink, convert_each, pack_json
+from gateway.sinks.base import Sink, convert_each, pack_json
 
 USER_AGENT = "meterlink-gateway/1"
 REPLY_LIMIT = 65536

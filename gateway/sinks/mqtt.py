@@ -32,7 +32,7 @@ from gateway import mqtt_tls
 from gateway.errors import DeliveryFailed, DeliveryUnauthorized
 from gateway.logfmt import kv
 from gateway.outbox import Batch, Item
-from gateway.sinks import Sink, convert_each, pack_json
+from gateway.sinks.base import Sink, convert_each, pack_json
 
 log = logging.getLogger("meterlink.gateway.sink.mqtt")
 

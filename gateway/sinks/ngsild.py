@@ -61,7 +61,7 @@ from gateway.config import locations
 from gateway.errors import DeliveryRejected
 from gateway.logfmt import kv
 from gateway.outbox import Batch, Item
-from gateway.sinks import Sink, convert_each
+from gateway.sinks.base import Sink, convert_each
 from gateway.sinks.http import HttpPoster
 
 log = logging.getLogger("meterlink.gateway.sink.ngsild")

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_gateway import (SENML_PER_MESSAGE, drop_session, queue_messages,  # noqa: E402
                            register_session)
-from gateway.api import ApiServer  # noqa: E402
+from gateway.webapp import ApiServer  # noqa: E402
 from gateway.config import parse_config  # noqa: E402
 from gateway.daemon import Gateway  # noqa: E402
 from gateway.logfmt import configure_logging  # noqa: E402

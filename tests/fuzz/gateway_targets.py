@@ -300,7 +300,7 @@ def _api() -> tuple[Any, sqlite3.Connection, _Capture]:
         history.deliver(batch)
         gw.box.confirm(batch)
     history.close()
-    from gateway.api import ApiServer
+    from gateway.webapp import ApiServer
 
     server = ApiServer(gw)
     gw.api = server

@@ -36,7 +36,7 @@ import downlink
 import ds18b20
 import log
 import mbus
-import mbusparse  # noqa: F401 - imported by MBusSensor.sample
+import mbusparse  # noqa: F401 - mbus imports it at its top
 import modbus
 import ota  # downlink imports it per `ota` command and unloads it after: see node_downlink
 import pms5003
@@ -262,6 +262,7 @@ class FakeClient:
 class FakeNode:
     topic_c = "m/fz-01/c"
     topic_k = "m/fz-01/k"
+    firmware = "0.3.0"  # Node.firmware: the image's version (status.firmware_version)
 
     def __init__(self, flags):
         raw = json.loads(json.dumps(GOOD_TLS if flags & 2 else GOOD))

@@ -114,3 +114,41 @@ def test_fallback_to_last_good_with_reason():
         f.write(json.dumps(good()))
     raw, cfg, problem = config.load_with_fallback()
     assert problem is None and cfg["version"] == 0
+
+
+def test_a_new_config_that_never_connects_is_put_aside_for_the_last_good_one():
+    # node.py counts the failed connects; session.py (loaded for the call) swaps the files and
+    # says whether the node must restart on the last good configuration
+    import asyncio
+    import json
+
+    import bootinfo
+    import node
+
+    with open("config.good.json", "w") as f:
+        f.write(json.dumps(dict(good(), version=4)))
+    new = dict(good(), version=5)
+    with open("config.json", "w") as f:
+        f.write(json.dumps(new))
+    boot = bootinfo.Boot()
+    boot.raw, boot.cfg = new, config.validate(new)
+    n = node.Node(boot)
+    resets = []
+    reset, node._reset = node._reset, lambda: resets.append(n.connect_failures)
+    try:
+        for _ in range(8):
+            asyncio.run(n._connect_failed(OSError(113)))
+        assert resets == [8], resets
+        with open("config.json") as f:
+            assert json.loads(f.read())["version"] == 4
+        with open("config.rejected.json") as f:
+            assert json.loads(f.read())["version"] == 5
+        with open("config.err") as f:
+            err = f.read()
+        assert "config v5 could not connect 8 times in a row" in err, err
+        # now on the last good one: nothing better to go back to, no restart
+        asyncio.run(n._connect_failed(OSError(113)))
+        assert resets == [8], resets
+    finally:
+        node._reset = reset
+        n.q.close()
