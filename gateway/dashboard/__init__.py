@@ -282,6 +282,19 @@ class LoginGuard:
             self._failed.pop(client, None)
 
 
+def ago(seconds: float) -> str:
+    """`12 s ago`, `5 min ago`, `3 h ago`, `2 d ago`: static/common.js's `ago`, for the pages
+    rendered here."""
+    s = max(0, round(seconds))
+    if s < 90:
+        return f"{s} s ago"
+    if s < 90 * 60:
+        return f"{round(s / 60)} min ago"
+    if s < 36 * 3600:
+        return f"{round(s / 3600)} h ago"
+    return f"{round(s / 86400)} d ago"
+
+
 def _safe_next(target: Optional[str]) -> str:
     """A page of this site to go to after login; anything else (another host) is `/`."""
     if target and target.startswith("/") and not target.startswith(("//", "/\\")):

@@ -45,7 +45,7 @@ from fastapi.responses import RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gateway.dashboard import HEADERS, POLL_S
+from gateway.dashboard import HEADERS, POLL_S, ago
 from gateway.downlink import COMMANDS
 from gateway.logfmt import kv
 from gateway.wire import REASONS
@@ -90,18 +90,6 @@ PREFILL_NODES = 50
 
 
 # ---- shown times and bytes ------------------------------------------------------------------
-
-def ago(seconds: float) -> str:
-    """`12 s ago`, `5 min ago`, `3 h ago`, `2 d ago` (common.js's `ago`, for server pages)."""
-    s = max(0, round(seconds))
-    if s < 90:
-        return f"{s} s ago"
-    if s < 90 * 60:
-        return f"{round(s / 60)} min ago"
-    if s < 36 * 3600:
-        return f"{round(s / 3600)} h ago"
-    return f"{round(s / 86400)} d ago"
-
 
 def utc(t: float) -> str:
     return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")

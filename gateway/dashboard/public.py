@@ -59,7 +59,7 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-from gateway.dashboard import HEADERS, uplot_dir
+from gateway.dashboard import HEADERS, ago, uplot_dir
 
 if TYPE_CHECKING:
     from gateway.dashboard import Dash
@@ -234,18 +234,6 @@ def _series(history: Any, found: list[tuple[str, str]], t0: float, t1: float, st
             acc[0] += v
             acc[1] += 1
     return [[b, _round(s / n * factor)] for b, (s, n) in sorted(sums.items())]
-
-
-def ago(seconds: float) -> str:
-    """12 s ago, 5 min ago, 3 h ago, 2 d ago (as static/common.js says it)."""
-    s = max(0, round(seconds))
-    if s < 90:
-        return f"{s} s ago"
-    if s < 90 * 60:
-        return f"{round(s / 60)} min ago"
-    if s < 36 * 3600:
-        return f"{round(s / 3600)} h ago"
-    return f"{round(s / 86400)} d ago"
 
 
 def number(x: float) -> str:

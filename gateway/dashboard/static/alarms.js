@@ -3,7 +3,7 @@
 // the note being typed in it, and the focus) across refreshes.
 (function () {
   "use strict";
-  const {ago, readJSON, getJSON, el} = window.meterlink;
+  const {ago, readJSON, el, poll} = window.meterlink;
   const tables = {attention: document.getElementById("attention"),
                   recent: document.getElementById("recent")};
   const first = tables.attention;
@@ -109,21 +109,11 @@
     }
   }
 
-  async function poll() {
-    try {
-      data = await getJSON("/dash/alarms.json");
-      skew = data.now - Date.now() / 1000;
-      render();
-      status.textContent = "updated " + new Date().toLocaleTimeString();
-      status.classList.remove("stale");
-      first.dataset.updated = String(Number(first.dataset.updated || 0) + 1);
-    } catch (e) {
-      status.textContent = "not updated: " + e.message;
-      status.classList.add("stale");
-    }
-  }
-
   render();
-  setInterval(poll, pollMs);
+  poll("/dash/alarms.json", pollMs, (answer) => {
+    data = answer;
+    skew = data.now - Date.now() / 1000;
+    render();
+  }, status, first);
   setInterval(tick, 1000);
 })();

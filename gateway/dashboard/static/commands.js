@@ -2,7 +2,7 @@
 // /dash/downlinks.json every few seconds so that each node's answer shows as it arrives.
 (function () {
   "use strict";
-  const {ago, readJSON, getJSON, el} = window.meterlink;
+  const {ago, readJSON, el, poll} = window.meterlink;
   const table = document.getElementById("downlinks");
   const body = table.querySelector("tbody");
   const status = document.getElementById("status");
@@ -94,21 +94,11 @@
     });
   }
 
-  async function poll() {
-    try {
-      data = await getJSON("/dash/downlinks.json");
-      skew = data.now - Date.now() / 1000;
-      render();
-      status.textContent = "updated " + new Date().toLocaleTimeString();
-      status.classList.remove("stale");
-      table.dataset.updated = String(Number(table.dataset.updated || 0) + 1);
-    } catch (e) {
-      status.textContent = "not updated: " + e.message;
-      status.classList.add("stale");
-    }
-  }
-
   render();
-  setInterval(poll, pollMs);
+  poll("/dash/downlinks.json", pollMs, (answer) => {
+    data = answer;
+    skew = data.now - Date.now() / 1000;
+    render();
+  }, status, table);
   setInterval(tick, 1000);
 })();

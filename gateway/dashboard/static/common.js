@@ -57,5 +57,22 @@
     return e;
   }
 
-  window.meterlink = {ago, number, unitOf, shown, readJSON, getJSON, el};
+  // GETs `url` every `ms` and hands each answer to `onData`; `status` says when that last
+  // worked (class "stale" when it failed) and `marker.dataset.updated` counts the answers
+  function poll(url, ms, onData, status, marker) {
+    async function once() {
+      try {
+        onData(await getJSON(url));
+        status.textContent = "updated " + new Date().toLocaleTimeString();
+        status.classList.remove("stale");
+        marker.dataset.updated = String(Number(marker.dataset.updated || 0) + 1);
+      } catch (e) {
+        status.textContent = "not updated: " + e.message;
+        status.classList.add("stale");
+      }
+    }
+    setInterval(once, ms);
+  }
+
+  window.meterlink = {ago, number, unitOf, shown, readJSON, getJSON, el, poll};
 })();

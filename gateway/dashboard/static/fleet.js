@@ -2,7 +2,7 @@
 // nodes that have a location are markers on a map (Leaflet; tiles from [dashboard] map_tiles).
 (function () {
   "use strict";
-  const {ago, number, shown, readJSON, getJSON, el} = window.meterlink;
+  const {ago, number, shown, readJSON, el, poll} = window.meterlink;
   const table = document.getElementById("fleet");
   const body = table.querySelector("tbody");
   const filter = document.getElementById("filter");
@@ -130,22 +130,12 @@
     }
   }
 
-  async function poll() {
-    try {
-      data = await getJSON("/dash/nodes.json");
-      skew = data.now - Date.now() / 1000;
-      render();
-      status.textContent = "updated " + new Date().toLocaleTimeString();
-      status.classList.remove("stale");
-      table.dataset.updated = String(Number(table.dataset.updated || 0) + 1);
-    } catch (e) {
-      status.textContent = "not updated: " + e.message;
-      status.classList.add("stale");
-    }
-  }
-
   filter.addEventListener("input", render);
   render();
-  setInterval(poll, pollMs);
+  poll("/dash/nodes.json", pollMs, (answer) => {
+    data = answer;
+    skew = data.now - Date.now() / 1000;
+    render();
+  }, status, table);
   setInterval(tick, 1000);
 })();
