@@ -30,10 +30,11 @@ from gateway.channels import Channel, ChannelTable, default_table
 from gateway.config import Config, load_config
 from gateway.errors import (ConfigError, MeterlinkError, RejectedInput, SinkError, TopicError,
                             WireError)
-from gateway.wire import Reading, Record, decode_reading, parse_topic, resolve
+from gateway.wire import Reading, Record, Resolver, decode_reading, parse_topic, resolve
 
 __all__ = [
     "Channel", "ChannelTable", "Config", "ConfigError", "MeterlinkError", "Reading", "Record",
-    "RejectedInput", "SinkError", "TopicError", "WireError", "decode_reading", "default_table",
+    "RejectedInput", "Resolver", "SinkError", "TopicError", "WireError", "decode_reading",
+    "default_table",
     "load_config", "parse_topic", "resolve",
 ]

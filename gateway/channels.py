@@ -71,6 +71,9 @@ class ChannelTable:
                 raise ChannelTableError(f"channel name {ch.name!r} is defined twice")
             self._by_id[ch.id] = ch
             names.add(ch.name)
+        # every valid wire key (`key_problem` None): what the decoder checks a key against
+        self.keys = frozenset(make_key(cid, inst) for cid in self._by_id
+                              for inst in range(MAX_INSTANCE + 1))
 
     def __repr__(self) -> str:
         return f"ChannelTable(version={self.version}, channels={len(self._by_id)})"

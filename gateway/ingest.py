@@ -11,9 +11,10 @@ It raises only SinkError (the outbox cannot be written): nothing is acknowledged
 
 Per message, by topic kind:
 
-    r  size/topic limits -> retired? -> registration check -> decode_reading -> time window -> resolve ->
-       per record: (node, seq) dedup, gap tracking, outbox item pending for every sink ->
-       registry (last values, alarm bits, battery) -> alarm events
+    r  size/topic limits -> retired? -> registration check -> decode_reading (once: the
+       record shape of gateway/wire.py) -> time window -> per record: (node, seq) dedup and
+       gap tracking -> the new records to the outbox, pending for every sink -> registry
+       (last values, alarm bits, battery) -> alarm events
     s  status map -> registry (online/offline/asleep, fw, boot, q, qd, ...)
     a  acknowledgement -> downlinks table (and any waiter in the daemon)
 
@@ -27,7 +28,7 @@ import logging
 import sqlite3
 from typing import Callable, Literal, NamedTuple, Sequence
 
-from gateway.channels import KEY_BASE, MAX_INSTANCE, ChannelTable
+from gateway.channels import ChannelTable
 from gateway.config import Config
 from gateway.downlink import CONTROL_LIMIT, STATUS_LIMIT, decode_control, parse_ack
 from gateway.errors import RejectedInput, SinkError, TopicError, WireError
@@ -35,17 +36,13 @@ from gateway.logfmt import kv
 from gateway.outbox import Outbox
 from gateway.registry import Registry, is_int64
 from gateway.stats import Stats
-from gateway.wire import (decode_reading, fast_decode, parse_topic, reading_time_error,
-                          resolve_records, time_problem)
+from gateway.wire import Reading, decode_reading, parse_topic, reading_time_error
 
 log = logging.getLogger("meterlink.gateway")
 
 # What the quarantine keeps of a message (a hostile sender must not fill the disk by itself).
 QUARANTINE_BYTES = 65536
 QUARANTINE_TOPIC = 1024
-# SenML bytes of one value besides the node id, for batch sizing of stored messages:
-# {"n":"<node>:temperature","u":"Cel","v":21.53,"t":1763712000}
-SENML_BYTES = 48
 TOPIC_CACHE = 100_000  # parsed topics kept (three per node)
 
 Outcome = Literal["accepted", "duplicate", "rejected", "internal", "status", "ack"]
@@ -84,7 +81,7 @@ class _Counts:
         self.added: dict[str, int] = {}
         self.reasons: list[str] = []
         # the hot path's counters, plain attributes (no keyword call per message)
-        self.received = self.fast_messages = self.fast_records = self.fast_values = 0
+        self.received = self.readings = self.records = self.values = 0
 
     def add(self, **increments: int) -> None:
         for name, n in increments.items():
@@ -94,9 +91,9 @@ class _Counts:
         self.reasons.append(reason)
 
     def apply(self, stats: Stats) -> None:
-        if self.received or self.fast_messages:
-            self.add(received=self.received, accepted_messages=self.fast_messages,
-                     accepted_records=self.fast_records, senml_records=self.fast_values)
+        if self.received or self.readings:
+            self.add(received=self.received, accepted_messages=self.readings,
+                     accepted_records=self.records, senml_records=self.values)
         if self.added:
             stats.add(**self.added)
         for reason in self.reasons:
@@ -117,8 +114,6 @@ class Ingestor:
         self.registry = Registry(box, config.gateway, stats=stats,
                                  event_sinks=[s.name for s in config.sinks if s.events],
                                  table=table)
-        self._keys = frozenset(k for k in range(1, KEY_BASE * (MAX_INSTANCE + 1))
-                               if table.key_problem(k) is None)
         self.registry.gap_alarms = config.mqtt.shared_group is None
         self.on_ack = on_ack
         self.prefix = config.mqtt.prefix
@@ -232,26 +227,17 @@ class Ingestor:
                                                "(PUT /api/nodes/{node})")
             payload = msg.payload if type(msg.payload) is bytes else bytes(msg.payload)
             received = int(msg.received_at)
-            fast = fast_decode(payload, self._keys)
-            if fast is not None:
-                time_value, recs = fast[1], fast[2]
-                base = received - (-1 - time_value) if time_value < 0 else time_value
-                self._check_time(payload, time_value, base, base + recs[-1][0], received)
-                state = self.registry.ensure(node, msg.received_at)
-                hi = state["max_seq"]
-                if hi is None or fast[0] > hi:
-                    return self._store_new(node, state, payload, msg.received_at, *fast)
             reading = decode_reading(payload, self.table)
             problem = reading_time_error(payload, reading, received_at=received,
                                          time_min=limits.time_min,
                                          max_future_s=limits.max_future_s)
             if problem:
                 raise problem
-            records = resolve_records(node, reading, self.table, received_at=received)
         except RejectedInput as exc:
             return self._reject(msg, exc.reason, getattr(exc, "offset", None),
                                 getattr(exc, "detail", str(exc)))
-        return self._store(node, records, msg.received_at)
+        return self._store(node, reading, reading.base_time(received_at=received),
+                           msg.received_at)
 
     def _retired(self, node: str, kind: str, msg: Message) -> Outcome:
         """A message from a retired node: a reading is quarantined (bytes kept, nothing
@@ -264,64 +250,50 @@ class Ingestor:
                                   f"{self.registry.retired[node]:.0f}); reinstate it to take "
                                   "its readings: POST /api/nodes/{node}/reinstate")
 
-    def _check_time(self, payload: bytes, time_value: int, first: int, last: int,
-                    received: int) -> None:
-        """WireError "time" when a record time leaves the plausible window (see wire)."""
-        limits = self.config.ingest
-        if limits.time_min <= first and last <= received + limits.max_future_s:
-            return
-        raise time_problem(payload, time_value, first, last, low=limits.time_min,
-                           high=received + limits.max_future_s)
-
-    def _store(self, node: str, records, now: float) -> Outcome:
+    def _store(self, node: str, reading: Reading, base: int, now: float) -> Outcome:
+        """Dedup and gap tracking per record (in memory: `state` is the registry's cached
+        state of the node, written with the batch); the new records, a run of consecutive
+        seqs per item, go to the outbox and the registry."""
         box = self.box
         state = self.registry.ensure(node, now)
-        new = []
-        missing_delta = 0
-        for rec, senml in records:
-            fresh, state["min_seq"], state["max_seq"], delta = box.accept_seq(
-                node, rec.seq, state["min_seq"], state["max_seq"])
-            if fresh:
-                box.add_item("reading", node, rec.seq, senml, now, sinks=self.sinks)
-                missing_delta += delta
-                new.append(senml)
-        dups = len(records) - len(new)
-        if new:
-            self.registry.reading(node, new, now, stored=len(new), duplicates=dups,
-                                  missing_delta=missing_delta)
-        else:
-            self.registry.duplicate_only(node, dups, now)
-        self.stats.add(accepted_messages=1, accepted_records=len(new), duplicates=dups,
-                       senml_records=sum(len(s) for s in new))
-        return "accepted" if new else "duplicate"
-
-    def _store_new(self, node: str, state: dict, payload: bytes, now: float, seq: int,
-                   time_value: int, records: list[tuple[int, dict[int, int]]]) -> Outcome:
-        """The hot path: a well-formed message whose records all come after the node's
-        highest seq. Stored as it came (resolved to SenML when a sink claims it); dedup
-        and gap state move in memory (`state`: the registry's cached state of the node,
-        from `Registry.ensure`) and are written with the batch."""
         lo, hi = state["min_seq"], state["max_seq"]
-        missing = 0
-        if hi is None or lo is None:
-            lo = seq
-        elif seq > hi + 1:
-            self.box.add_gap(node, hi + 1, seq - 1)
-            missing = seq - hi - 1
+        seq, records = reading.seq, reading.records
         count = len(records)
-        state["min_seq"], state["max_seq"] = lo, seq + count - 1
-        values = 0
-        for _, vals in records:
-            values += len(vals)
-        self.box.add_message(node, seq, payload, now, records=count,
-                             size=values * (len(node) + SENML_BYTES))
-        received = int(now)
-        base = received - (-1 - time_value) if time_value < 0 else time_value
-        self.registry.reading_values(node, records, base, now, missing_delta=missing)
+        runs = []  # (first, end) indexes of the runs of new records
+        start = -1
+        missing = 0
+        for i in range(count):
+            new, lo, hi, delta = box.accept_seq(node, seq + i, lo, hi)
+            if new:
+                missing += delta
+                if start < 0:
+                    start = i
+            elif start >= 0:
+                runs.append((start, i))
+                start = -1
+        if start >= 0:
+            runs.append((start, count))
+        state["min_seq"], state["max_seq"] = lo, hi
         counts = self.stats
-        counts.fast_messages += 1
-        counts.fast_records += count
-        counts.fast_values += values
+        counts.readings += 1
+        if not runs:
+            self.registry.duplicate_only(node, count, now)
+            counts.add(duplicates=count)
+            return "duplicate"
+        if runs[0] == (0, count):
+            fresh = records
+            box.add_reading(node, seq, base, records, now)
+        else:
+            fresh = []
+            for first, end in runs:
+                box.add_reading(node, seq + first, base, records[first:end], now)
+                fresh.extend(records[first:end])
+            counts.add(duplicates=count - len(fresh))
+        self.registry.reading(node, fresh, base, now, missing_delta=missing,
+                              duplicates=count - len(fresh))
+        counts.records += len(fresh)
+        for rec in fresh:
+            counts.values += len(rec.values)
         return "accepted"
 
     def _status(self, node: str, msg: Message) -> Outcome:

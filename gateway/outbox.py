@@ -2,13 +2,16 @@
 
     box = Outbox(path, sinks=["file", "http"])   # opens, migrates, returns ready
     with box.transaction():
-        box.add_reading(node, seq, senml, now)     # False when (node, seq) is a duplicate
+        box.add_reading(node, seq, base, records, now)   # new records of a decoded message
     batch = box.claim_batch("http", max_records=500, max_bytes=1 << 20)
     box.confirm(batch)                             # the sink took it: it leaves the outbox
 
 What it holds (schema in `MIGRATIONS`, version in `PRAGMA user_version`):
 
-    items        what is waiting for delivery: a reading record (its SenML list) or an event
+    items        what is waiting for delivery: the new records of a reading message (kind
+                 "records": the record shape of gateway/wire.py, as CBOR), an alarm event
+                 ("event"), or resolved SenML records queued again from a dead letter
+                 ("reading")
     pending      one row per (sink, item) not yet confirmed by that sink; `batch` once claimed
     batches      claimed batches with their idempotency key (a retry reuses key and content)
     gaps         per node, the missing sequence ranges between the lowest and highest seq
@@ -55,14 +58,14 @@ from typing import Any, Iterator, NamedTuple, Sequence
 
 import cbor2
 
-from gateway.channels import KEY_BASE, MAX_INSTANCE, ChannelTable, default_table
-from gateway.errors import SinkError
+from gateway.channels import ChannelTable, default_table
+from gateway.errors import SinkError, WireError
 from gateway.logfmt import kv
 from gateway.store import dicts
 from gateway.store.alarms import AlarmTable
 from gateway.store.downlinks import DownlinkTable
 from gateway.store.nodes import NodeTable
-from gateway.wire import decode_reading, resolve_records, senml_name, senml_value
+from gateway.wire import Reading, Record, Resolver, decode_reading
 
 log = logging.getLogger("meterlink.gateway.outbox")
 
@@ -72,7 +75,7 @@ BEGIN_RETRY_S = 0.0005  # between attempts to begin a write transaction (see `_b
 
 # Versioned migrations: MIGRATIONS[i] takes the schema from version i to i + 1. Never edit a
 # released entry; append a new one.
-MIGRATIONS: list[str] = [
+MIGRATIONS: list[Any] = [  # SQL text, or a function of (connection, channel table)
     """
     CREATE TABLE items(
         id INTEGER PRIMARY KEY, kind TEXT NOT NULL, node TEXT NOT NULL, seq INTEGER,
@@ -166,16 +169,49 @@ MIGRATIONS: list[str] = [
     ALTER TABLE nodes ADD COLUMN public INTEGER NOT NULL DEFAULT 0;
     """,
 ]
+
+
+def _records_from_messages(db: sqlite3.Connection, table: ChannelTable) -> None:
+    """8: a reading is stored in the record shape (kind "records", `add_reading`) instead of
+    as the message came (kind "message"), so it is decoded once, at ingest. A stored message
+    the gateway's table no longer decodes is quarantined with its bytes."""
+    rows = db.execute("SELECT id, node, created, body FROM items WHERE kind='message'")
+    for item, node, created, payload in rows.fetchall():
+        try:
+            reading = decode_reading(payload, table)
+        except WireError as exc:
+            db.execute("INSERT INTO quarantine(at, topic, payload, reason, offset, detail) "
+                       "VALUES (?, ?, ?, ?, ?, ?)", (created, f"outbox item {item} ({node})",
+                                                     payload, exc.reason, exc.offset,
+                                                     exc.detail))
+            db.execute("DELETE FROM pending WHERE item=?", (item,))
+            db.execute("DELETE FROM items WHERE id=?", (item,))
+            continue
+        base = reading.base_time(received_at=int(created))
+        db.execute("UPDATE items SET kind='records', body=? WHERE id=?",
+                   (_records_body(reading.seq, base, reading.records), item))
+
+
+MIGRATIONS.append(_records_from_messages)
 SCHEMA_VERSION = len(MIGRATIONS)
+# SenML bytes of one value besides the node id, for batch sizing of stored records:
+# {"n":"<node>:temperature","u":"Cel","v":21.53,"t":1763712000}
+SENML_BYTES = 48
 
 _encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 _GAP_SQL = "INSERT INTO gaps(node, first, last) VALUES (?, ?, ?)"
 _PENDING_SQL = "INSERT INTO pending(sink, item, batch, bytes, created) VALUES (?, ?, NULL, ?, ?)"
 _MESSAGE_SQL = "INSERT INTO items(id, kind, node, seq, created, body) VALUES "
-_MESSAGE_ROW = "(?, 'message', ?, ?, ?, ?)"
+_MESSAGE_ROW = "(?, 'records', ?, ?, ?, ?)"
 _MESSAGE_PENDING_SQL = "INSERT INTO pending(sink, item, batch, bytes, created, records) VALUES "
 _MESSAGE_PENDING_ROW = "(?, ?, NULL, ?, ?, ?)"
 _CHUNKS = (64, 16, 4, 1)  # rows per INSERT statement: few distinct statements to prepare
+
+
+def _records_body(seq: int, base: int, records: Sequence[Record]) -> bytes:
+    """A "records" item's body: CBOR `[seq, base, [elapsed, {key: value}], ...]`, the record
+    shape of gateway/wire.py with the message's time made absolute (`base`)."""
+    return cbor2.dumps([seq, base, *records])
 
 
 def _insert_rows(db: sqlite3.Connection, head: str, row: str, rows: list[tuple]) -> None:
@@ -198,9 +234,9 @@ def _insert_rows(db: sqlite3.Connection, head: str, row: str, rows: list[tuple])
 class Item(NamedTuple):
     """One thing to deliver: `kind` "reading" (body: list of SenML dicts) or "event".
 
-    A stored "message" item (a whole reading message, kept as CBOR) is handed out by
-    `claim_batch` as one "reading" item per record, all with the message's `id`. (A tuple:
-    sinks get one per record.)
+    A stored "records" item (the new records of one reading message) is handed out by
+    `claim_batch` as one "reading" item per record, all with the stored item's `id`. (A
+    tuple: sinks get one per record.)
     """
 
     id: int
@@ -232,12 +268,7 @@ class Outbox:
         self.sinks = tuple(sinks)
         self._clock = clock
         self._table = table
-        self._keys: frozenset[int] = frozenset()
-        # node -> wire key -> (SenML n, unit, scale, 10**-scale for a negative scale, else 0)
-        self._names: dict[str, dict[int, tuple[str, str, int, int]]] = {}
-        if table is not None:
-            self._keys = frozenset(k for k in range(1, KEY_BASE * (MAX_INSTANCE + 1))
-                                   if table.key_problem(k) is None)
+        self._resolver: Resolver | None = None
         self._messages: list[tuple[str, int, float, bytes, int, int]] = []
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -274,9 +305,13 @@ class Outbox:
                 raise SinkError(f"outbox {self.path} has schema version {version}, this gateway "
                                 f"knows up to {SCHEMA_VERSION}: use a newer gateway")
             for number in range(version, SCHEMA_VERSION):
-                for statement in MIGRATIONS[number].split(";"):
-                    if statement.strip():
-                        self.db.execute(statement)
+                step = MIGRATIONS[number]
+                if callable(step):
+                    step(self.db, self._table or default_table())
+                else:
+                    for statement in step.split(";"):
+                        if statement.strip():
+                            self.db.execute(statement)
                 self.db.execute(f"PRAGMA user_version={number + 1}")
                 log.info("outbox_migrated", extra=kv(path=str(self.path), version=number + 1))
             self.db.execute("COMMIT")
@@ -369,18 +404,22 @@ class Outbox:
             self.db.executemany(_PENDING_SQL, [(s, item, len(text), now) for s in targets])
         return item
 
-    def add_message(self, node: str, seq: int, payload: bytes, now: float, *, records: int,
-                    size: int) -> None:
-        """Stores a whole reading message (its CBOR `payload`, first record `seq`, `records`
-        records) pending for every sink; `size` estimates its SenML bytes for batch sizing.
+    def add_reading(self, node: str, seq: int, base: int, records: Sequence[Record],
+                    now: float) -> None:
+        """Stores new records of one reading message of `node`, pending for every sink: record
+        `i` has seq `seq + i` and time `base + records[i].elapsed` (absolute Unix seconds).
 
         Rows are written by one statement per batch (`flush_messages`, which the transaction
         runs before its commit), not one per message: this is the ingest hot path.
         """
-        self._messages.append((node, seq, now, payload, records, size))
+        values = 0
+        for rec in records:
+            values += len(rec.values)
+        self._messages.append((node, seq, now, _records_body(seq, base, records),
+                               len(records), values * (len(node) + SENML_BYTES)))
 
     def flush_messages(self) -> None:
-        """Writes the messages `add_message` collected (inside the transaction)."""
+        """Writes the readings `add_reading` collected (inside the transaction)."""
         rows = self._messages
         if not rows:
             return
@@ -430,11 +469,6 @@ class Outbox:
             self.db.execute("INSERT INTO gaps VALUES (?, ?, ?)", (node, seq + 1, last))
         return True, lo, hi, -1
 
-    def add_gap(self, node: str, first: int, last: int) -> None:
-        """Seqs `first`..`last` of `node` are missing (ingest's hot path: a new message that
-        jumps past the highest seq, dedup state kept in memory)."""
-        self.db.execute(_GAP_SQL, (node, first, last))
-
     def quarantine(self, topic: str, payload: bytes, reason: str, offset: int | None,
                    detail: str, now: float, *, keep: int) -> None:
         self.db.execute("INSERT INTO quarantine(at, topic, payload, reason, offset, detail) "
@@ -479,78 +513,23 @@ class Outbox:
                 (sink, row[0])).fetchall()
         out: list[Item] = []
         for r in items:
-            if r[1] == "message":
-                out.extend(self._resolve_message(*r))
+            if r[1] == "records":
+                out.extend(self._resolve(*r))
             else:
                 out.append(Item(id=r[0], kind=r[1], node=r[2], seq=r[3], created=r[4],
                                 body=json.loads(r[5])))
         return Batch(id=row[0], sink=sink, key=row[1], created=row[2], attempts=row[3],
                      items=tuple(out))
 
-    def _resolve_message(self, item: int, kind: str, node: str, seq: int, created: float,
-                         payload: bytes) -> list[Item]:
-        """A stored reading message as one "reading" item per record (resolved to SenML).
-
-        The message passed `fast_decode` with the same channel table when it was accepted
-        (only that path stores messages), so it is not checked again here: one pass turns
-        its values into SenML records (`_resolve_plain`). One that does not decode that way
-        takes the careful decoder, which resolves it or names what is wrong.
-        """
-        if self._table is None:
-            self._table = default_table()
-        try:
-            return self._resolve_plain(item, node, created, payload)
-        except Exception:  # noqa: BLE001 - anything odd: the careful decoder names it
-            pass
-        reading = decode_reading(payload, self._table)
-        return [Item(id=item, kind="reading", node=node, seq=rec.seq, created=created,
-                     body=senml)
-                for rec, senml in resolve_records(node, reading, self._table,
-                                                  received_at=int(created))]
-
-    def _resolve_plain(self, item: int, node: str, created: float,
-                       payload: bytes) -> list[Item]:
-        """`_resolve_message` of a message in the plain shape (`fast_decode`'s): the same
-        arithmetic, done in the one loop that builds the SenML records."""
-        msg = cbor2.loads(payload, str_errors="replace")
-        first, time_value = msg[1], msg[2]
-        received = int(created)
-        base = received - (-1 - time_value) if time_value < 0 else time_value
-        names = self._names.get(node)
-        if names is None:
-            names = self._names[node] = {}
-        last: dict[int, int] = {}  # key -> its value in the record before (values are deltas)
-        elapsed = 0
-        out = []
-        for index in range(3, len(msg)):
-            rec = msg[index]
-            elapsed += rec.get(0, 0)
-            t = base + elapsed
-            senml = []
-            for key, sent in rec.items():
-                if not key:
-                    continue
-                prev = last.get(key)
-                value = last[key] = sent if prev is None else sent + prev
-                how = names.get(key)
-                if how is None:
-                    channel, instance = self._table.lookup(key)
-                    how = names[key] = (senml_name(node, channel.name, instance), channel.unit,
-                                        channel.scale, 10 ** -channel.scale
-                                        if channel.scale < 0 else 0)
-                name, unit, scale, div = how
-                if div:  # senml_value(value, scale), written out: it runs for every value.
-                    # value / div is float(f"{value}e{scale}"): both are correctly rounded
-                    # (|value| < 2^53, div a power of ten), so both give the nearest double.
-                    v = value / div if value % div else value // div
-                else:
-                    v = senml_value(value, scale)
-                if unit:
-                    senml.append({"n": name, "u": unit, "v": v, "t": t})
-                else:  # a unitless channel (the alarm bits): SenML omits "u"
-                    senml.append({"n": name, "v": v, "t": t})
-            out.append(Item(item, "reading", node, first + index - 3, created, senml))
-        return out
+    def _resolve(self, item: int, kind: str, node: str, seq: int, created: float,
+                 body: bytes) -> list[Item]:
+        """Stored records as one "reading" item per record, resolved to SenML by the
+        gateway's one resolver (`wire.Resolver`)."""
+        if self._resolver is None:
+            self._resolver = Resolver(self._table or default_table())
+        first, base, *records = cbor2.loads(body)
+        senml = self._resolver.records(node, Reading(first, base, records), received_at=0)
+        return [Item(item, "reading", node, first + i, created, s) for i, s in enumerate(senml)]
 
     def _release(self, batch: Batch) -> None:
         self.db.execute("DELETE FROM pending WHERE sink=? AND batch=?", (batch.sink, batch.id))

@@ -1,7 +1,7 @@
 """The device registry and alarms, kept in the outbox database (`nodes`, `gaps`, `alarms`).
 
     reg = Registry(box, settings, event_sinks=["file", "http"])
-    reg.reading(node, senml_by_record, now)     # last seen, last values, alarm bits, battery
+    reg.reading(node, records, base, now, missing_delta=0)   # last seen, values, alarm bits, battery
     reg.status(node, status_map, now)            # `s`: online/offline/asleep, fw, boot, q, qd...
     reg.check_stale(now)                         # periodic: nodes that missed their intervals
 
@@ -43,7 +43,7 @@ import copy
 import json
 import math
 import logging
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 from gateway.channels import MAX_INSTANCE, ChannelTable, default_table, make_key
 from gateway.config import GatewaySettings
@@ -244,42 +244,6 @@ class Registry:
 
     # ---- inputs -----------------------------------------------------------------------------
 
-    def reading(self, node: str, records: Iterable[Sequence[dict[str, Any]]], now: float,
-                *, stored: int, duplicates: int, missing_delta: int) -> None:
-        """A reading message was accepted: `records` are the SenML lists of its new records."""
-        st = self.ensure(node, now)
-        if st["raw"]:
-            self._merge_raw(st)
-        values = st["values"]
-        alarm_bits: dict[str, int] = {}
-        for senml in records:
-            for rec in senml:
-                channel = rec["n"].split(":", 1)[1]
-                old = values.get(channel)
-                if old is None or old["t"] <= rec["t"]:
-                    values[channel] = {"v": rec["v"], "t": rec["t"]}
-                    base, _, inst = channel.partition(":")
-                    if base == "battery_voltage":
-                        st["battery"] = int(round(rec["v"] * 1000))
-                    elif base == "rssi":
-                        st["rssi"] = int(rec["v"])
-                    elif base == "alarms":
-                        alarm_bits[inst] = int(rec["v"])
-        st["last_seen"] = st["last_reading"] = now
-        st["accepted"] += stored
-        st["duplicates"] += duplicates
-        self._dirty.add(node)
-        for inst, bits in alarm_bits.items():
-            for bit, name in ALARM_BITS:
-                self.set_alarm(node, f"{name}:{inst}" if inst else name, bool(bits & bit), now,
-                               f"alarms channel = {bits}")
-        self._battery(node, st["battery"], now)
-        self.set_alarm(node, "stale", False, now)
-        if missing_delta and self.gap_alarms:
-            missing = self.box.missing_of(node)
-            self.set_alarm(node, "gaps", missing > 0, now,
-                           f"{missing} sequence numbers missing" if missing else "")
-
     def _key(self, key: int) -> tuple[str, str, str, int]:
         info = self._keys.get(key)
         if info is None:
@@ -299,14 +263,15 @@ class Registry:
                 values[label] = {"v": senml_value(raw, scale), "t": t}
         st["raw"].clear()
 
-    def reading_values(self, node: str, records: Sequence[tuple[int, dict[int, int]]],
-                       base: int, now: float, *, missing_delta: int) -> None:
-        """`reading` for the ingest hot path, from wire values: `records` are
-        `(elapsed, {key: value})` of a wholly new message whose records start at time `base`.
+    def reading(self, node: str, records: Sequence[tuple[int, dict[int, int]]], base: int,
+                now: float, *, missing_delta: int, duplicates: int = 0) -> None:
+        """New records of a reading message were accepted: `records` are `(elapsed, {key:
+        value})` in the record shape (gateway/wire.py), at times `base + elapsed`;
+        `duplicates` records of the message were dropped.
 
-        The same outcome as `reading`, cheaper: plain channel values stay as wire integers
-        until `flush` (the last one per channel wins, by time, as in `reading`); battery,
-        RSSI and the alarm bits are resolved at once because they drive alarms.
+        Plain channel values stay as wire integers until `flush` (the newest per channel
+        wins, by time); battery, RSSI and the alarm bits are resolved at once because they
+        drive alarms.
         """
         st = self.ensure(node, now)
         raw = st["raw"]
@@ -336,6 +301,7 @@ class Registry:
                     raw[key] = (value, t)
         st["last_seen"] = st["last_reading"] = now
         st["accepted"] += len(records)
+        st["duplicates"] += duplicates
         self._dirty.add(node)
         if alarm_bits:
             for inst, bits in alarm_bits.items():

@@ -23,8 +23,7 @@ from __future__ import annotations
 import io
 import re
 from datetime import datetime, timezone
-from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, NamedTuple
 
 import cbor2
 
@@ -71,31 +70,23 @@ _PREVIEW_CHARS = 24
 _REPLACEMENT = "\ufffd"
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One reading record, with its deltas resolved.
+class Record(NamedTuple):
+    """One reading record: `elapsed` is seconds from the message `time` (the sum of the key-0
+    deltas up to and including this record); `values` maps channel keys to absolute wire
+    values (deltas added back), in wire order."""
 
-    `elapsed` is seconds from the message `time` to this record (the sum of the key-0 deltas up
-    to and including this record); `values` maps channel keys to absolute values, in wire
-    order; `offset` is the byte offset of the record's map in the payload.
-    """
-
-    index: int
-    seq: int
     elapsed: int
-    values: Mapping[int, int]
-    offset: int
+    values: dict[int, int]
 
 
-@dataclass(frozen=True, slots=True)
-class Reading:
-    """A decoded reading message: `time` as sent (negative: clock not set, `-1 - age`)."""
+class Reading(NamedTuple):
+    """A reading message in the gateway's one record shape: wire integers, deltas resolved,
+    keys of the channel table. Record `i` has seq `seq + i`; `time` is as sent (negative:
+    the node's clock was not set, `-1 - age`)."""
 
-    version: int
     seq: int
     time: int
-    records: tuple[Record, ...]
-    size: int
+    records: list[Record]
 
     @property
     def relative(self) -> bool:
@@ -112,12 +103,9 @@ class Reading:
         return self.seq + len(self.records) - 1
 
     def base_time(self, *, received_at: int) -> int:
-        """Absolute Unix time that record elapsed times count from."""
+        """Absolute Unix time that record elapsed times count from (the one place the
+        relative-time rule is written: `time < 0` is anchored at `received_at`)."""
         return received_at - (-1 - self.time) if self.time < 0 else self.time
-
-    def record_time(self, record: Record, *, received_at: int) -> int:
-        """Absolute Unix time of `record` (relative time is anchored at `received_at`)."""
-        return self.base_time(received_at=received_at) + record.elapsed
 
 
 class _Parser:
@@ -261,11 +249,41 @@ def cbor_loads(payload: bytes) -> Any:
     return value
 
 
-def decode_reading(payload: bytes, table: ChannelTable | None = None) -> Reading:
-    """Decodes a reading message (`r` topic payload) and resolves its deltas.
+class _Fault(Exception):
+    """A rule of the format broken by the decoded message, at item `path` (see `_locate`)."""
 
-    Raises WireError (reason class, byte offset, detail) for anything wire format v1 rejects.
-    `table` defaults to the table shipped with the gateway.
+    def __init__(self, path: tuple[int, ...], reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.path, self.reason, self.detail = path, reason, detail
+
+
+class _Odd(Exception):
+    """The decoded message is not made of what the format allows where it is (a float, a
+    text string, a tag's value, an array where an integer is due ...): `_locate` names it."""
+
+
+# Paths of items for `_locate`: (0,) the message; (1, i) item i of the message array (0
+# version, 1 seq, 2 time, 3 + r record r); (2, r, k) key k in record r (its first pair);
+# (3, r, k) its value; (4, r) record r once its pairs are read (where "holds no channel value" is told).
+_MESSAGE = (0,)
+_new = tuple.__new__  # a NamedTuple made without its Python-level __new__ (hot path)
+_ITEM_NAMES = ("version", "seq", "time")
+
+
+def decode_reading(payload: bytes, table: ChannelTable | None = None) -> Reading:
+    """The gateway's one decoder of reading messages (`r` topic payloads).
+
+    Returns the message as a `Reading` (deltas resolved), or raises WireError (reason class,
+    byte offset, detail) for anything wire format v1 rejects. `table` defaults to the table
+    shipped with the gateway.
+
+    How: cbor2's C decoder reads the payload, `_parse` holds the result to the format and
+    computes the length of its shortest definite-length encoding. When that length is the
+    payload's, nothing the decoded values cannot show is there either (a repeated map key,
+    which the decode loses, an indefinite length, a tag, a non-shortest head or a trailing
+    byte all make the payload longer). Otherwise, and for every fault, `_locate` walks the
+    CBOR heads in byte order to name the first fault and its offset; a payload longer only
+    by non-shortest heads is well-formed, and accepted with the values decoded.
     """
     table = table if table is not None else default_table()
     payload = bytes(payload)
@@ -275,8 +293,136 @@ def decode_reading(payload: bytes, table: ChannelTable | None = None) -> Reading
     if size > MAX_PAYLOAD:
         raise WireError("too_large", 0,
                         f"payload too large: {size} bytes, at most {MAX_PAYLOAD}")
-    p = _Parser(payload)
+    try:  # no text belongs in a reading: replacement (no leak, _REPLACEMENT) is enough
+        msg = cbor2.loads(payload, str_errors="replace")
+    except Exception:  # noqa: BLE001 - not well-formed CBOR: `_locate` names what and where
+        msg = _partial(payload)
+    try:
+        reading, encoded = _parse(msg, table)
+    except _Fault as fault:
+        raise fault_error(payload, fault) from None
+    except _Odd:
+        _locate(payload, None)
+        raise WireError("cbor", 0, "payload does not decode as a reading message") from None
+    if encoded != size:
+        _locate(payload, None)  # raises, unless only non-shortest heads made the difference
+    return reading
 
+
+class _Missing:
+    """An item of the message array that `_partial` could not read."""
+
+
+_MISSING = _Missing()
+
+
+def _partial(payload: bytes) -> list[Any] | None:
+    """The items of a message array that does not decode whole, each decoded on its own up
+    to the first that cannot be, the rest `_MISSING`: so that a fault before the broken item
+    (a version 2, a bad seq, an unknown key in an earlier record) is the one named."""
+    p = _Parser(payload)
+    try:
+        major, info, count, pos = p.head(0, "message")
+    except WireError:
+        return None
+    if major != 4 or info == 31 or count > MAX_PAYLOAD:  # (every item takes a byte)
+        return None
+    decoder = p.decoder
+    p.fp.seek(pos)
+    items: list[Any] = []
+    while len(items) < min(count, MAX_RECORDS + 3):
+        try:
+            items.append(decoder.decode())
+        except Exception:  # noqa: BLE001 - the broken item: `_locate` names it
+            break
+    return items + [_MISSING] * (count - len(items))
+
+
+def fault_error(payload: bytes, fault: _Fault) -> WireError:
+    """The WireError of `fault` at its item's offset (or the fault `_locate` meets first)."""
+    return WireError(fault.reason, _locate(payload, fault.path), fault.detail)
+
+
+def _parse(msg: Any, table: ChannelTable) -> tuple[Reading, int]:
+    """`(reading, length of its shortest encoding)` of a decoded message; `_Fault` for a
+    broken rule, `_Odd` for an item of the wrong kind. The format's rules on values, in
+    byte order; written for speed, as it runs for every value the gateway takes."""
+    if type(msg) is not list:
+        raise _Odd()
+    count = len(msg)
+    if count < 4:
+        raise _Fault(_MESSAGE, "structure", f"message array has {count} items: needs version, "
+                                            "seq, time and at least one record")
+    if count - 3 > MAX_RECORDS:
+        raise _Fault(_MESSAGE, "too_many_records",
+                     f"message has {count - 3} records, at most {MAX_RECORDS}")
+    version, seq, time_value = msg[0], msg[1], msg[2]
+    if type(version) is not int:
+        raise _Odd()
+    if version != FORMAT_VERSION:
+        raise _Fault((1, 0), "version", f"unsupported version {version}")
+    if type(seq) is not int:
+        raise _Odd()
+    if not 0 <= seq <= MAX_SEQ:
+        raise _Fault((1, 1), "range", f"seq must be 0-{MAX_SEQ}, got {seq}")
+    if type(time_value) is not int:
+        raise _Odd()
+    keys = table.keys
+    size = 1 + (count >= 24) + 1 + _head_len(seq) + \
+        _head_len(time_value if time_value >= 0 else -1 - time_value)
+    records = []
+    last: dict[int, int] = {}  # channel key -> latest absolute value in this message
+    elapsed = 0
+    for r in range(count - 3):
+        rec = msg[r + 3]
+        if type(rec) is not dict:
+            raise _Odd()
+        if seq + r > MAX_SEQ:
+            raise _Fault((1, r + 3), "range", f"record {r}: seq {seq + r} is over {MAX_SEQ} "
+                                              f"(message seq {seq} + {r})")
+        pairs = len(rec)
+        size += 1 if pairs < 24 else _head_len(pairs)
+        values = {}
+        # the head lengths are written out (not `_head_len`): this loop runs for every value
+        for key, sent in rec.items():
+            if type(key) is not int or key < 0:  # (every valid key is below 2^16)
+                raise _Odd()
+            if key and key not in keys:
+                raise _Fault((2, r, key), "unknown_channel", f"record {r}: {table.key_problem(key)}")
+            if type(sent) is not int:
+                raise _Odd()
+            m = sent if sent >= 0 else -1 - sent
+            size += (1 if key < 24 else 2 if key < 0x100 else 3) + \
+                (1 if m < 24 else 2 if m < 0x100 else 3 if m < 0x10000 else
+                 5 if m < 0x100000000 else 9)
+            if not key:
+                if sent < 0:
+                    raise _Fault((3, r, key), "range", f"record {r}: key 0 (seconds since the "
+                                                     f"previous record) must be >= 0, got {sent}")
+                elapsed += sent
+                continue
+            prev = last.get(key)
+            value = sent if prev is None else sent + prev
+            if not -VALUE_LIMIT < value < VALUE_LIMIT:
+                how = f" (delta {sent} from {prev})" if prev is not None else ""
+                raise _Fault((3, r, key), "range", f"record {r}: channel key {key} value {value}"
+                                                 f"{how} is out of range: |v| must be < 2^53")
+            values[key] = value
+        if not values:
+            raise _Fault((4, r), "structure", f"record {r} holds no channel value"
+                                              f"{' (only key 0)' if pairs else ''}")
+        last.update(values)
+        records.append(_new(Record, (elapsed, values)))
+    return _new(Reading, (seq, time_value, records)), size
+
+
+def _locate(payload: bytes, want: tuple[int, ...] | None) -> int:
+    """Walks the message's CBOR heads in byte order and raises the first fault of form it
+    meets (not well-formed CBOR, an indefinite length, a repeated key, an item of the wrong
+    kind, a trailing byte), or returns the offset of item `want` when it gets there first.
+    With `want` None it walks to the end and returns -1 when it met no fault: a payload
+    longer than its shortest encoding only by non-shortest heads."""
+    p = _Parser(payload)
     major, info, count, pos = p.head(0, "message")
     if major != 4:
         raise WireError("structure", 0, "message must be an array [version, seq, time, "
@@ -284,42 +430,27 @@ def decode_reading(payload: bytes, table: ChannelTable | None = None) -> Reading
     if info == 31:
         raise WireError("indefinite", 0, "message array has indefinite length: "
                                          "definite lengths only")
-    if count < 4:
-        raise WireError("structure", 0, f"message array has {count} items: needs version, "
-                                        "seq, time and at least one record")
-    if count - 3 > MAX_RECORDS:
-        raise WireError("too_many_records", 0,
-                        f"message has {count - 3} records, at most {MAX_RECORDS}")
-
-    off = pos
-    version, pos = p.integer(off, "version")
-    if version != FORMAT_VERSION:
-        raise WireError("version", off, f"unsupported version {version}")
-    off = pos
-    seq, pos = p.integer(off, "seq")
-    if not 0 <= seq <= MAX_SEQ:
-        raise WireError("range", off, f"seq must be 0-{MAX_SEQ}, got {seq}")
-    time_value, pos = p.integer(pos, "time")
-
-    records: list[Record] = []
-    last: dict[int, int] = {}  # channel key -> latest absolute value in this message
-    elapsed = 0
-    for index in range(count - 3):
-        rec_off = pos
-        where = f"record {index}"
-        major, info, pairs, pos = p.head(rec_off, where)
+    if want == _MESSAGE:
+        return 0
+    for i in range(count):  # each item takes a byte at least: a bogus count meets the end
+        off = pos
+        if i < 3:
+            _, pos = p.integer(off, _ITEM_NAMES[i])
+            if want == (1, i):
+                return off
+            continue
+        r = i - 3
+        where = f"record {r}"
+        major, info, pairs, pos = p.head(off, where)
         if major != 5:
-            raise WireError("structure", rec_off,
-                            f"{where} must be a map, got {p.describe(rec_off, where)}")
+            raise WireError("structure", off,
+                            f"{where} must be a map, got {p.describe(off, where)}")
         if info == 31:
-            raise WireError("indefinite", rec_off,
+            raise WireError("indefinite", off,
                             f"{where} is an indefinite-length map: definite lengths only")
-        if seq + index > MAX_SEQ:
-            raise WireError("range", rec_off, f"{where}: seq {seq + index} is over {MAX_SEQ} "
-                                              f"(message seq {seq} + {index})")
-        values: dict[int, int] = {}
-        delta = 0
-        seen_keys: set[int] = set()
+        if want == (1, i):
+            return off
+        seen: set[int] = set()
         for _ in range(pairs):
             key_off = pos
             if key_off < len(payload) and payload[key_off] >> 5 != 0:
@@ -327,40 +458,26 @@ def decode_reading(payload: bytes, table: ChannelTable | None = None) -> Reading
                                 f"{where}: map key must be an unsigned integer, got "
                                 f"{p.describe(key_off, where + ' map key')}")
             key, pos = p.integer(key_off, f"{where} map key")
-            if key in seen_keys:
+            if key in seen:
                 raise WireError("structure", key_off, f"{where}: key {key} appears twice")
-            seen_keys.add(key)
+            seen.add(key)
+            if want == (2, r, key):
+                return key_off
             val_off = pos
-            if key == 0:
-                what = f"{where}: key 0 (seconds since the previous record)"
-                delta, pos = p.integer(val_off, what)
-                if delta < 0:
-                    raise WireError("range", val_off, f"{what} must be >= 0, got {delta}")
-                continue
-            problem = table.key_problem(key)
-            if problem:
-                raise WireError("unknown_channel", key_off, f"{where}: {problem}")
-            sent, pos = p.integer(val_off, f"{where}: channel key {key} value")
-            value = sent + last[key] if key in last else sent
-            if not -VALUE_LIMIT < value < VALUE_LIMIT:
-                how = f" (delta {sent} from {last[key]})" if key in last else ""
-                raise WireError("range", val_off, f"{where}: channel key {key} value {value}"
-                                                  f"{how} is out of range: |v| must be < 2^53")
-            values[key] = value
-        if not values:
-            raise WireError("structure", rec_off, f"{where} holds no channel value"
-                                                  f"{' (only key 0)' if pairs else ''}")
-        elapsed += delta
-        last.update(values)
-        records.append(Record(index=index, seq=seq + index, elapsed=elapsed, values=values,
-                              offset=rec_off))
-
-    if pos != size:
-        extra = size - pos
+            what = f"{where}: key 0 (seconds since the previous record)" if key == 0 else \
+                f"{where}: channel key {key} value"
+            _, pos = p.integer(val_off, what)
+            if want == (3, r, key):
+                return val_off
+        if want == (4, r):
+            return off
+    if pos != len(payload):
+        extra = len(payload) - pos
         raise WireError("trailing", pos, f"{extra} byte{'s' if extra > 1 else ''} after the end "
                                          "of the message array")
-    return Reading(version=version, seq=seq, time=time_value, records=tuple(records),
-                   size=size)
+    if want is not None:
+        raise WireError("structure", 0, f"no item at {want} in the message")
+    return -1
 
 
 def senml_value(value: int, scale: int) -> int | float:
@@ -368,89 +485,20 @@ def senml_value(value: int, scale: int) -> int | float:
 
     An int when the result is whole (scale >= 0, or 1500 with scale -2 -> 15, as the vectors
     write it); otherwise the float nearest the exact decimal (2153, -2 -> 21.53), which
-    prints back as that same decimal in JSON. (`float("2153e-2")` rounds correctly, exactly
-    as `float(Decimal(...))` does, at a fraction of the cost.)
+    prints back as that same decimal in JSON. (`value / 10**-scale` rounds correctly, exactly
+    as `float(Decimal(...))` does, at a fraction of the cost: |value| < 2^53 and the divisor a
+    power of ten are both exact doubles.)
     """
     if scale >= 0:
         return value * 10**scale
-    whole, rest = divmod(value, 10**-scale)
-    if not rest:
-        return whole
-    return float(f"{value}e{scale}")
+    div = 10**-scale
+    return value / div if value % div else value // div
 
 
 def _head_len(n: int) -> int:
     """Bytes of the shortest CBOR head carrying argument `n` (n >= 0)."""
     return 1 if n < 24 else 2 if n < 0x100 else 3 if n < 0x10000 else \
         5 if n < 0x100000000 else 9
-
-
-def fast_decode(payload: bytes, keys: frozenset[int] | set[int]
-                ) -> tuple[int, int, list[tuple[int, dict[int, int]]]] | None:
-    """The gateway's hot path: `(seq, time, [(elapsed, {key: absolute value}), ...])` of a
-    well-formed reading message, or None to say "use `decode_reading`".
-
-    None does not mean invalid: it means "not the plain shape", and `decode_reading` then
-    accepts it or names the error. What this accepts, `decode_reading` accepts with the same
-    numbers (the test vectors check both): the payload is decoded by cbor2's C decoder and
-    then held to wire format v1 here, and its length must equal the length of the shortest
-    definite-length encoding of what was decoded. Any repeated map key (lost by the decode),
-    indefinite length, tag, non-shortest head or trailing byte makes the payload longer than
-    that, so none of them gets through. `keys` holds the valid channel keys of the table.
-    """
-    try:  # no text belongs in this shape: replacement (no leak, _REPLACEMENT) is enough
-        msg = cbor2.loads(payload, str_errors="replace")
-    except Exception:  # noqa: BLE001 - anything odd: the careful decoder names it
-        return None
-    if type(msg) is not list:
-        return None
-    count = len(msg)
-    if count < 4 or count - 3 > MAX_RECORDS:
-        return None
-    version, seq, time_value = msg[0], msg[1], msg[2]
-    if version != FORMAT_VERSION or type(version) is not int or type(seq) is not int \
-            or type(time_value) is not int or seq < 0 or seq + count - 4 > MAX_SEQ:
-        return None
-    size = 1 + 1 + _head_len(seq) + _head_len(time_value if time_value >= 0 else -1 - time_value)
-    if count >= 24:
-        size += 1
-    records = []
-    last: dict[int, int] = {}
-    elapsed = 0
-    # the head lengths are written out (not `_head_len`): this loop runs for every value
-    for rec in msg[3:]:
-        if type(rec) is not dict:
-            return None
-        pairs = len(rec)
-        size += 1 if pairs < 24 else _head_len(pairs)
-        values = {}
-        for key, sent in rec.items():
-            if type(key) is not int or type(sent) is not int:
-                return None
-            if key == 0:
-                if sent < 0:
-                    return None
-                elapsed += sent
-                size += 2 if sent < 24 else 1 + _head_len(sent)
-                continue
-            if key not in keys:
-                return None
-            m = sent if sent >= 0 else -1 - sent
-            size += (1 if key < 24 else 2 if key < 0x100 else 3) + \
-                (1 if m < 24 else 2 if m < 0x100 else 3 if m < 0x10000 else
-                 5 if m < 0x100000000 else 9)
-            prev = last.get(key)
-            value = sent if prev is None else sent + prev
-            if not -VALUE_LIMIT < value < VALUE_LIMIT:
-                return None
-            values[key] = value
-        if not values:
-            return None
-        last.update(values)
-        records.append((elapsed, values))
-    if size != len(payload):
-        return None
-    return seq, time_value, records
 
 
 def _utc(t: int) -> str:
@@ -460,33 +508,26 @@ def _utc(t: int) -> str:
         return f"{t} s"
 
 
-def time_problem(payload: bytes, time_value: int, first: int, last: int, *, low: int,
-                 high: int) -> WireError | None:
-    """The "time" error when record times `first`..`last` (absolute, from the message's
-    `time_value`) leave the window `low`..`high`, else None. The offset is the time item's."""
-    if low <= first and last <= high:
-        return None
-    p = _Parser(payload)
-    _, _, _, off = p.head(0, "message")
-    for what in ("version", "seq"):
-        off = p.head(off, what)[3]
-    bad = first if first < low else last
-    if time_value < 0:
-        sent = f"time {time_value} (clock not set, age {-1 - time_value} s)"
-    else:
-        sent = f"time {time_value}"
-    hint = " (a clock in milliseconds?)" if bad > high and time_value >= 1000 * low else ""
-    return WireError("time", off, f"{sent} puts a record at {_utc(bad)}, outside the "
-                                  f"plausible window {_utc(low)} .. {_utc(high)}{hint}")
-
-
 def reading_time_error(payload: bytes, reading: Reading, *, received_at: int,
                        time_min: int = TIME_MIN_DEFAULT,
                        max_future_s: int = 86400) -> WireError | None:
-    """`time_problem` of a decoded reading, with relative time anchored at `received_at`."""
+    """The "time" error when a record of `reading` falls outside the plausible window
+    `time_min` .. `received_at + max_future_s` (relative time anchored at `received_at`),
+    else None. The offset is the time item's."""
     first = reading.base_time(received_at=received_at)
-    return time_problem(payload, reading.time, first, first + reading.records[-1].elapsed,
-                        low=time_min, high=received_at + max_future_s)
+    last = first + reading.records[-1].elapsed
+    low, high = time_min, received_at + max_future_s
+    if low <= first and last <= high:
+        return None
+    bad = first if first < low else last
+    if reading.time < 0:
+        sent = f"time {reading.time} (clock not set, age {-1 - reading.time} s)"
+    else:
+        sent = f"time {reading.time}"
+    hint = " (a clock in milliseconds?)" if bad > high and reading.time >= 1000 * low else ""
+    return WireError("time", _locate(payload, (1, 2)),
+                     f"{sent} puts a record at {_utc(bad)}, outside the plausible window "
+                     f"{_utc(low)} .. {_utc(high)}{hint}")
 
 
 def senml_name(node_id: str, channel_name: str, instance: int) -> str:
@@ -495,23 +536,46 @@ def senml_name(node_id: str, channel_name: str, instance: int) -> str:
     return f"{name}:{instance}" if instance else name
 
 
-def resolve_records(node_id: str, reading: Reading, table: ChannelTable, *,
-                    received_at: int) -> list[tuple[Record, list[dict[str, Any]]]]:
-    """Each record of `reading` with its SenML records (see `resolve`)."""
-    base = reading.base_time(received_at=received_at)
-    out = []
-    for record in reading.records:
-        t = base + record.elapsed
-        senml = []
-        for key, value in record.values.items():
-            channel, instance = table.lookup(key)
-            rec = {"n": senml_name(node_id, channel.name, instance), "u": channel.unit,
-                   "v": senml_value(value, channel.scale), "t": t}
-            if not channel.unit:  # a unitless channel (the alarm bits): SenML omits "u"
-                del rec["u"]
-            senml.append(rec)
-        out.append((record, senml))
-    return out
+class Resolver:
+    """Turns readings into SenML records: the one place the gateway does it, for every sink
+    and for `meterlink decode`. Remembers each node's names, units and scales (bounded)."""
+
+    NODES_KEPT = 10_000
+
+    def __init__(self, table: ChannelTable) -> None:
+        self.table = table
+        # node -> wire key -> (SenML n, unit, scale)
+        self._names: dict[str, dict[int, tuple[str, str, int]]] = {}
+
+    def records(self, node_id: str, reading: Reading, *,
+                received_at: int) -> list[list[dict[str, Any]]]:
+        """The SenML records `{n, u, v, t}` of each record of `reading`, in record order
+        (`u` left out for a unitless channel: the alarm bits). `t` is absolute Unix seconds
+        (`Reading.base_time`)."""
+        names = self._names.get(node_id)
+        if names is None:
+            if len(self._names) >= self.NODES_KEPT:
+                self._names.clear()
+            names = self._names[node_id] = {}
+        base = reading.base_time(received_at=received_at)
+        out = []
+        for elapsed, values in reading.records:
+            t = base + elapsed
+            senml = []
+            for key, value in values.items():
+                how = names.get(key)
+                if how is None:
+                    channel, instance = self.table.lookup(key)
+                    how = names[key] = (senml_name(node_id, channel.name, instance),
+                                        channel.unit, channel.scale)
+                name, unit, scale = how
+                v = senml_value(value, scale)
+                if unit:
+                    senml.append({"n": name, "u": unit, "v": v, "t": t})
+                else:
+                    senml.append({"n": name, "v": v, "t": t})
+            out.append(senml)
+        return out
 
 
 def resolve(node_id: str, reading: Reading, table: ChannelTable, *,
@@ -521,9 +585,8 @@ def resolve(node_id: str, reading: Reading, table: ChannelTable, *,
     `t` is absolute Unix seconds; a relative-time message is anchored at `received_at`
     (first record time = `received_at - age`).
     """
-    return [item for _, senml in resolve_records(node_id, reading, table,
-                                                  received_at=received_at)
-            for item in senml]
+    return [rec for senml in Resolver(table).records(node_id, reading, received_at=received_at)
+            for rec in senml]
 
 
 # ---- topics -------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ the wire format defines, so a value reads on site as the platform will store it.
 from __future__ import annotations
 
 from gateway.channels import default_table
+from gateway.wire import senml_value
 
 
 def channel_text(key, value) -> str:
@@ -22,8 +23,6 @@ def channel_text(key, value) -> str:
     name = ch.name + (f":{inst}" if inst else "")
     if not isinstance(value, int):
         return f"{name} {value!r}"
-    if ch.scale < 0:
-        text = f"{value / 10 ** -ch.scale:.{-ch.scale}f}"
-    else:
-        text = str(value * 10 ** ch.scale)
+    v = senml_value(value, ch.scale)
+    text = f"{v:.{-ch.scale}f}" if ch.scale < 0 else str(v)
     return f"{name} {text} {ch.unit}".rstrip()

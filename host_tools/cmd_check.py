@@ -25,6 +25,7 @@ import ast
 import time
 
 from gateway.channels import default_table
+from gateway.wire import senml_value
 from host_tools import device, gwapi
 from host_tools.channels import channel_text
 from host_tools.device import Device, DeviceError, say
@@ -109,7 +110,7 @@ def plausibility(key, value, last: dict | None) -> str:
         return "unknown channel"
     if not isinstance(value, int):
         return f"not an integer: {value!r}"
-    v = value * 10 ** ch.scale
+    v = senml_value(value, ch.scale)
     if ch.name in PLAUSIBLE:
         lo, hi = PLAUSIBLE[ch.name]
         if not lo <= v <= hi:

@@ -222,3 +222,45 @@ def test_no_private_state_of_another_module() -> None:
         found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)}")
     assert not found, "private state of another object (add a public method or property, " \
         "or list a third-party one in FOREIGN_PRIVATE with its reason):\n" + "\n".join(found)
+
+
+# ---- the reading rules, each in one place (gateway/wire.py) --------------------------------
+
+def _source_without_docstrings(path: Path) -> str:
+    """The code of `path` as `ast.unparse` writes it, without docstrings and comments."""
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+            body[0] = ast.Pass()
+    return ast.unparse(tree)
+
+
+# what writes a rule of a reading again, and the one module that may
+READING_RULES = {
+    "the relative-time rule (-1 - age)": "-1 -",
+    "the decimal scale (value * 10 ** scale)": "10 **",
+    "the SenML name (node:channel:instance)": "senml_name(",
+    "a reading decoder": "def decode_reading",
+    "a SenML resolver": "class Resolver",
+    "the key-0 delta (elapsed)": "elapsed +=",
+}
+
+
+def test_each_reading_rule_is_written_in_wire_only() -> None:
+    """Decoding, the base time, the decimal scale and SenML naming live in gateway/wire.py;
+    any other module (host_tools too) calls it, so a fix there is a fix everywhere."""
+    found = []
+    paths = [*sorted((ROOT / "gateway").rglob("*.py")), *sorted((ROOT / "host_tools").rglob("*.py"))]
+    for path in paths:
+        name = module_name(path) if path.is_relative_to(ROOT / "gateway") else str(path)
+        if name == "gateway.wire":
+            continue
+        code = _source_without_docstrings(path)
+        for rule, text in READING_RULES.items():
+            if text in code:
+                found.append(f"{name}: {rule} ({text!r})")
+    assert not found, "reading rules outside gateway/wire.py:\n" + "\n".join(found)
+    wire = _source_without_docstrings(ROOT / "gateway" / "wire.py")
+    assert all(text in wire for text in READING_RULES.values())  # the checks look for real text

@@ -10,8 +10,8 @@ import pytest
 
 from gateway.channels import default_table
 from gateway.errors import TopicError, WireError
-from gateway.wire import (MAX_PAYLOAD, REASONS, decode_reading, parse_topic,
-                          reading_time_error, resolve, resolve_records, senml_value)
+from gateway.wire import (MAX_PAYLOAD, REASONS, Resolver, decode_reading, parse_topic,
+                          reading_time_error, resolve, senml_value)
 
 VECTORS_DIR = Path(__file__).parent / "vectors"
 VECTORS = sorted(VECTORS_DIR.glob("*.json"))
@@ -74,12 +74,12 @@ def test_records_carry_consecutive_seq_and_deltas_resolved():
     vector = load(VECTORS_DIR / "batch-3-deltas.json")
     table = default_table()
     reading = decode_reading(bytes.fromhex(vector["hex"]), table)
-    assert [r.seq for r in reading.records] == [100, 101, 102]
+    assert (reading.seq, reading.last_seq) == (100, 102)
     assert [r.elapsed for r in reading.records] == [0, 60, 120]
     for record, want in zip(reading.records, vector["input"]["records"]):
         assert {str(k): v for k, v in record.values.items()} == want["values"]
-    pairs = resolve_records("n1", reading, table, received_at=0)
-    assert [len(senml) for _, senml in pairs] == [3, 3, 3]
+    per_record = Resolver(table).records("n1", reading, received_at=0)
+    assert [len(senml) for senml in per_record] == [3, 3, 3]
 
 
 # ---- byte budgets (docs/wire-format.md "Size budgets"), from the vector bytes -------------

@@ -147,11 +147,10 @@ def senml_pack(item: Item) -> list[dict[str, Any]]:
     return out
 
 
-# the shapes of a stored reading record `pack_json` formats itself (as the file sink does)
-_FULL = ("n", "u", "v", "t")
-_UNITLESS = ("n", "v", "t")
-# node -> SenML n -> its channel, or "" when `pack_json` leaves that name to the encoder (not
-# `{node}:...`, or something in it JSON escapes); unit -> `_unit(unit)`
+# the shapes of a stored reading record `pack_json` and the file sink format themselves
+FULL = ("n", "u", "v", "t")
+UNITLESS = ("n", "v", "t")
+# node -> SenML n -> its channel, or "" (see `channel_of`); unit -> `_unit(unit)`
 _channels: dict[str, dict[str, str]] = {}
 _units: dict[str, tuple[str, int]] = {}
 _NOT_PLAIN = ("", 0)
@@ -163,10 +162,28 @@ def _plain(text: str) -> bool:
     return _encode(text)[1:-1] == text
 
 
-def _channel(node: str, name: str) -> str:
-    prefix = node + ":"
-    channel = name[len(prefix):]
-    return channel if name.startswith(prefix) and _plain(channel) else ""
+def channel_of(node: str, name: Any) -> str:
+    """The channel of SenML name `name` (`{node}:{channel}`, as the resolver builds it), or
+    "" when the name is not that or JSON escapes something in it: then the sink's general
+    encoder writes the record. Remembered per node (bounded): the fast formatters of the
+    `http`, `mqtt` and `file` sinks ask for every value."""
+    names = _channels.get(node)
+    if names is None:
+        if type(node) is not str or ":" in node or not _plain(node):
+            return ""
+        if len(_channels) >= _CACHE_LIMIT:
+            _channels.clear()
+        names = _channels[node] = {}
+    channel = names.get(name)
+    if channel is None:
+        if type(name) is not str:
+            return ""
+        if len(names) >= _CACHE_LIMIT:
+            names.clear()
+        prefix = node + ":"
+        channel = name[len(prefix):]
+        channel = names[name] = channel if name.startswith(prefix) and _plain(channel) else ""
+    return channel
 
 
 def _unit(unit: str) -> tuple[str, int]:
@@ -195,14 +212,7 @@ def pack_json(item: Item) -> str:
 def _reading_json(item: Item) -> str | None:
     """`pack_json` of a reading of the usual shape; None when it is not."""
     node, seq = item.node, item.seq
-    names = _channels.get(node)
-    if names is None:
-        if type(node) is not str or ":" in node or not _plain(node) or type(seq) is not int:
-            return None
-        if len(_channels) >= _CACHE_LIMIT:
-            _channels.clear()
-        names = _channels[node] = {}
-    elif type(seq) is not int:
+    if type(seq) is not int:
         return None
     tail = f',"node":"{node}","seq":{seq},"rid":"{node}/{seq}/'
     parts = []
@@ -212,17 +222,11 @@ def _reading_json(item: Item) -> str | None:
         if type(r) is not dict:
             return None
         shape = tuple(r)
-        full = shape == _FULL
-        if not full and shape != _UNITLESS:
+        full = shape == FULL
+        if not full and shape != UNITLESS:
             return None
-        name, v, t = r["n"], r["v"], r["t"]
-        if type(name) is not str:
-            return None
-        channel = names.get(name)
-        if channel is None:
-            if len(names) >= _CACHE_LIMIT:
-                names.clear()
-            channel = names[name] = _channel(node, name)
+        v, t = r["v"], r["t"]
+        channel = channel_of(node, r["n"])
         if not channel:
             return None
         tv, tt = type(v), type(t)

@@ -26,7 +26,8 @@ from typing import Any
 from gateway.errors import DeliveryFailed, SinkError
 from gateway.logfmt import kv
 from gateway.outbox import Batch, Item
-from gateway.sinks.base import PRIMARY_UNIT, Sink, convert_each, senml_records
+from gateway.sinks.base import (FULL, PRIMARY_UNIT, UNITLESS, Sink, channel_of, convert_each,
+                                senml_records)
 from gateway.wire import SENML_RELATIVE_LIMIT
 
 log = logging.getLogger("meterlink.gateway.sink.file")
@@ -41,21 +42,9 @@ def encode_line(record: dict[str, Any]) -> bytes:
     return (_encode(record) + "\n").encode()
 
 
-_SHAPES = (("n", "u", "v", "t"), ("n", "v", "t"))
-# node -> SenML n -> (JSON of n, the channel for `rid`), or None: not `node:channel` with
-# nothing JSON must escape (the general encoder then); units -> their JSON
-_names: dict[str, dict[str, tuple[str, str] | None]] = {}
-_units: dict[str, str] = {}
+_SHAPES = (FULL, UNITLESS)
+_units: dict[str, str] = {}  # unit -> its JSON
 _CACHE_LIMIT = 100_000
-
-
-def _name_parts(name: str, node: str) -> tuple[str, str] | None:
-    if not name.startswith(node + ":"):
-        return None
-    channel = name.split(":", 1)[1]
-    if _encode(channel)[1:-1] != channel or _encode(node)[1:-1] != node:
-        return None
-    return _encode(name), channel
 
 
 def reading_lines(item: Item) -> list[bytes]:
@@ -63,23 +52,13 @@ def reading_lines(item: Item) -> list[bytes]:
     byte for byte, formatted straight from the SenML record (this is most of the sink's
     work per reading). A record of any other shape goes through `encode_line`."""
     node, seq = item.node, item.seq
-    names = _names.get(node)
-    if names is None:
-        if len(_names) >= _CACHE_LIMIT:
-            _names.clear()
-        names = _names[node] = {}
     tail = f'"node":"{node}","seq":{seq},"rid":"{node}/{seq}/'
     out = []
     for r in item.body:
-        n = r.get("n")
-        parts = names.get(n) if type(n) is str else None
-        if parts is None and type(n) is str and n not in names:
-            if len(names) >= _CACHE_LIMIT:
-                names.clear()
-            parts = names[n] = _name_parts(n, node)
+        channel = channel_of(node, r.get("n"))
         v, t = r.get("v"), r.get("t")
         shape = tuple(r)
-        if parts is None or shape not in _SHAPES or type(t) is not int \
+        if not channel or shape not in _SHAPES or type(t) is not int \
                 or t < SENML_RELATIVE_LIMIT or r.get("u") in PRIMARY_UNIT \
                 or not (type(v) is int or (type(v) is float and math.isfinite(v))):
             out.extend(encode_line(rec) for rec in senml_records(
@@ -92,9 +71,9 @@ def reading_lines(item: Item) -> list[bytes]:
                 ju = _encode(u)
                 if type(u) is str and len(_units) < _CACHE_LIMIT:
                     _units[u] = ju
-            line = f'{{"n":{parts[0]},"u":{ju},"v":{v!r},"t":{t},{tail}{parts[1]}"}}\n'
+            line = f'{{"n":"{node}:{channel}","u":{ju},"v":{v!r},"t":{t},{tail}{channel}"}}\n'
         else:
-            line = f'{{"n":{parts[0]},"v":{v!r},"t":{t},{tail}{parts[1]}"}}\n'
+            line = f'{{"n":"{node}:{channel}","v":{v!r},"t":{t},{tail}{channel}"}}\n'
         out.append(line.encode())
     return out
 
