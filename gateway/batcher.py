@@ -56,6 +56,7 @@ QUIET_S = 0.25
 MAX_DEFER_S = 10.0
 CRASH_PAUSE_S = 5.0  # after an unexpected error: the batch stays claimed, retried then
 AUTH_PROBE_S = 60.0  # between deliveries tried while the upstream refuses the credential
+GAUGE_S = 1.0  # the backlog gauges are brought up to date at most this often
 
 
 def backoff_delay(attempts: int, *, initial: float, maximum: float,
@@ -87,6 +88,7 @@ class SinkWorker:
         # seconds since ingest last handled a batch (set by the gateway for background sinks)
         self.ingest_quiet: Callable[[], float] | None = None
         self._age = 0.0  # of the oldest item waiting, as _due last saw it
+        self._gauged = -GAUGE_S  # monotonic time the backlog gauges were last set
         sink.resume = self.resume
         self._thread: threading.Thread | None = None
         self.box: Outbox | None = None
@@ -161,14 +163,23 @@ class SinkWorker:
                         error=reason, action="dead-letter"))
 
     def _due(self, box: Outbox) -> float:
-        """0 when a batch should be cut now, else seconds until it should (at most the poll)."""
+        """0 when a batch should be cut now, else seconds until it should (at most the poll).
+
+        Decided from the head of the backlog (one batch's worth); the whole backlog is
+        summed for the gauges at most every GAUGE_S, as that costs a scan of every row."""
         if box.has_open_batch(self.name):
             return 0.0
-        count, size, oldest = box.backlog(self.name)
-        self.stats.gauge("sink_backlog", self.name, count)
-        self.stats.gauge("sink_backlog_age_seconds", self.name,
-                         0.0 if oldest is None else max(0.0, self._clock() - oldest))
+        now = time.monotonic()
+        if now >= self._gauged + GAUGE_S:
+            self._gauged = now
+            total, _, first = box.backlog(self.name)
+            self.stats.gauge("sink_backlog", self.name, total)
+            self.stats.gauge("sink_backlog_age_seconds", self.name,
+                             0.0 if first is None else max(0.0, self._clock() - first))
+        count, size, oldest = box.backlog(self.name, head=self.config.batch_max_records)
         if not count:
+            self.stats.gauge("sink_backlog", self.name, 0)
+            self.stats.gauge("sink_backlog_age_seconds", self.name, 0.0)
             return IDLE_POLL_S
         if count >= self.config.batch_max_records or size >= self.config.batch_max_bytes:
             return 0.0

@@ -236,8 +236,7 @@ class Ingestor:
         except RejectedInput as exc:
             return self._reject(msg, exc.reason, getattr(exc, "offset", None),
                                 getattr(exc, "detail", str(exc)))
-        return self._store(node, reading, reading.base_time(received_at=received),
-                           msg.received_at)
+        return self._store(node, reading, payload, msg.received_at)
 
     def _retired(self, node: str, kind: str, msg: Message) -> Outcome:
         """A message from a retired node: a reading is quarantined (bytes kept, nothing
@@ -250,50 +249,54 @@ class Ingestor:
                                   f"{self.registry.retired[node]:.0f}); reinstate it to take "
                                   "its readings: POST /api/nodes/{node}/reinstate")
 
-    def _store(self, node: str, reading: Reading, base: int, now: float) -> Outcome:
+    def _store(self, node: str, reading: Reading, payload: bytes, now: float) -> Outcome:
         """Dedup and gap tracking per record (in memory: `state` is the registry's cached
         state of the node, written with the batch); the new records, a run of consecutive
-        seqs per item, go to the outbox and the registry."""
+        seqs per outbox item, go to the outbox and the registry."""
         box = self.box
         state = self.registry.ensure(node, now)
         lo, hi = state["min_seq"], state["max_seq"]
         seq, records = reading.seq, reading.records
         count = len(records)
-        runs = []  # (first, end) indexes of the runs of new records
-        start = -1
         missing = 0
-        for i in range(count):
-            new, lo, hi, delta = box.accept_seq(node, seq + i, lo, hi)
-            if new:
-                missing += delta
-                if start < 0:
-                    start = i
-            elif start >= 0:
-                runs.append((start, i))
-                start = -1
-        if start >= 0:
-            runs.append((start, count))
-        state["min_seq"], state["max_seq"] = lo, hi
         counts = self.stats
         counts.readings += 1
-        if not runs:
-            self.registry.duplicate_only(node, count, now)
-            counts.add(duplicates=count)
-            return "duplicate"
-        if runs[0] == (0, count):
+        if hi is not None and lo is not None and seq > hi:  # the usual case: all new
+            if seq > hi + 1:
+                missing = seq - hi - 1
+                box.add_gap(node, hi + 1, seq - 1)
+            state["max_seq"] = seq + count - 1
             fresh = records
-            box.add_reading(node, seq, base, records, now)
+            counts.values += box.add_reading(node, seq, payload, records, now)
         else:
+            runs = []  # (first, end) indexes of the runs of new records
+            start = -1
+            for i in range(count):
+                new, lo, hi, delta = box.accept_seq(node, seq + i, lo, hi)
+                if new:
+                    missing += delta
+                    if start < 0:
+                        start = i
+                elif start >= 0:
+                    runs.append((start, i))
+                    start = -1
+            if start >= 0:
+                runs.append((start, count))
+            state["min_seq"], state["max_seq"] = lo, hi
+            if not runs:
+                self.registry.duplicate_only(node, count, now)
+                counts.add(duplicates=count)
+                return "duplicate"
             fresh = []
             for first, end in runs:
-                box.add_reading(node, seq + first, base, records[first:end], now)
+                counts.values += box.add_reading(node, seq + first, payload,
+                                                 records[first:end], now)
                 fresh.extend(records[first:end])
-            counts.add(duplicates=count - len(fresh))
-        self.registry.reading(node, fresh, base, now, missing_delta=missing,
-                              duplicates=count - len(fresh))
+            if count > len(fresh):
+                counts.add(duplicates=count - len(fresh))
+        self.registry.reading(node, fresh, reading.base_time(received_at=int(now)), now,
+                              missing_delta=missing, duplicates=count - len(fresh))
         counts.records += len(fresh)
-        for rec in fresh:
-            counts.values += len(rec.values)
         return "accepted"
 
     def _status(self, node: str, msg: Message) -> Outcome:

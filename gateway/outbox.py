@@ -2,16 +2,16 @@
 
     box = Outbox(path, sinks=["file", "http"])   # opens, migrates, returns ready
     with box.transaction():
-        box.add_reading(node, seq, base, records, now)   # new records of a decoded message
+        box.add_reading(node, seq, payload, records, now)   # new records of a decoded message
     batch = box.claim_batch("http", max_records=500, max_bytes=1 << 20)
     box.confirm(batch)                             # the sink took it: it leaves the outbox
 
 What it holds (schema in `MIGRATIONS`, version in `PRAGMA user_version`):
 
-    items        what is waiting for delivery: the new records of a reading message (kind
-                 "records": the record shape of gateway/wire.py, as CBOR), an alarm event
-                 ("event"), or resolved SenML records queued again from a dead letter
-                 ("reading")
+    items        what is waiting for delivery: new records of a reading message (kind
+                 "message": the message's bytes as they came, `seq` its first new record),
+                 an alarm event ("event"), or resolved SenML records queued again from a
+                 dead letter ("reading")
     pending      one row per (sink, item) not yet confirmed by that sink; `batch` once claimed
     batches      claimed batches with their idempotency key (a retry reuses key and content)
     gaps         per node, the missing sequence ranges between the lowest and highest seq
@@ -56,16 +56,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple, Sequence
 
-import cbor2
 
 from gateway.channels import ChannelTable, default_table
-from gateway.errors import SinkError, WireError
+from gateway.errors import SinkError
 from gateway.logfmt import kv
 from gateway.store import dicts
 from gateway.store.alarms import AlarmTable
 from gateway.store.downlinks import DownlinkTable
 from gateway.store.nodes import NodeTable
-from gateway.wire import Reading, Record, Resolver, decode_reading
+from gateway.wire import Record, Resolver, decode_reading
 
 log = logging.getLogger("meterlink.gateway.outbox")
 
@@ -75,7 +74,7 @@ BEGIN_RETRY_S = 0.0005  # between attempts to begin a write transaction (see `_b
 
 # Versioned migrations: MIGRATIONS[i] takes the schema from version i to i + 1. Never edit a
 # released entry; append a new one.
-MIGRATIONS: list[Any] = [  # SQL text, or a function of (connection, channel table)
+MIGRATIONS: list[str] = [
     """
     CREATE TABLE items(
         id INTEGER PRIMARY KEY, kind TEXT NOT NULL, node TEXT NOT NULL, seq INTEGER,
@@ -171,28 +170,6 @@ MIGRATIONS: list[Any] = [  # SQL text, or a function of (connection, channel tab
 ]
 
 
-def _records_from_messages(db: sqlite3.Connection, table: ChannelTable) -> None:
-    """8: a reading is stored in the record shape (kind "records", `add_reading`) instead of
-    as the message came (kind "message"), so it is decoded once, at ingest. A stored message
-    the gateway's table no longer decodes is quarantined with its bytes."""
-    rows = db.execute("SELECT id, node, created, body FROM items WHERE kind='message'")
-    for item, node, created, payload in rows.fetchall():
-        try:
-            reading = decode_reading(payload, table)
-        except WireError as exc:
-            db.execute("INSERT INTO quarantine(at, topic, payload, reason, offset, detail) "
-                       "VALUES (?, ?, ?, ?, ?, ?)", (created, f"outbox item {item} ({node})",
-                                                     payload, exc.reason, exc.offset,
-                                                     exc.detail))
-            db.execute("DELETE FROM pending WHERE item=?", (item,))
-            db.execute("DELETE FROM items WHERE id=?", (item,))
-            continue
-        base = reading.base_time(received_at=int(created))
-        db.execute("UPDATE items SET kind='records', body=? WHERE id=?",
-                   (_records_body(reading.seq, base, reading.records), item))
-
-
-MIGRATIONS.append(_records_from_messages)
 SCHEMA_VERSION = len(MIGRATIONS)
 # SenML bytes of one value besides the node id, for batch sizing of stored records:
 # {"n":"<node>:temperature","u":"Cel","v":21.53,"t":1763712000}
@@ -202,16 +179,10 @@ _encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 _GAP_SQL = "INSERT INTO gaps(node, first, last) VALUES (?, ?, ?)"
 _PENDING_SQL = "INSERT INTO pending(sink, item, batch, bytes, created) VALUES (?, ?, NULL, ?, ?)"
 _MESSAGE_SQL = "INSERT INTO items(id, kind, node, seq, created, body) VALUES "
-_MESSAGE_ROW = "(?, 'records', ?, ?, ?, ?)"
+_MESSAGE_ROW = "(?, 'message', ?, ?, ?, ?)"
 _MESSAGE_PENDING_SQL = "INSERT INTO pending(sink, item, batch, bytes, created, records) VALUES "
 _MESSAGE_PENDING_ROW = "(?, ?, NULL, ?, ?, ?)"
 _CHUNKS = (64, 16, 4, 1)  # rows per INSERT statement: few distinct statements to prepare
-
-
-def _records_body(seq: int, base: int, records: Sequence[Record]) -> bytes:
-    """A "records" item's body: CBOR `[seq, base, [elapsed, {key: value}], ...]`, the record
-    shape of gateway/wire.py with the message's time made absolute (`base`)."""
-    return cbor2.dumps([seq, base, *records])
 
 
 def _insert_rows(db: sqlite3.Connection, head: str, row: str, rows: list[tuple]) -> None:
@@ -234,7 +205,7 @@ def _insert_rows(db: sqlite3.Connection, head: str, row: str, rows: list[tuple])
 class Item(NamedTuple):
     """One thing to deliver: `kind` "reading" (body: list of SenML dicts) or "event".
 
-    A stored "records" item (the new records of one reading message) is handed out by
+    A stored "message" item (new records of one reading message) is handed out by
     `claim_batch` as one "reading" item per record, all with the stored item's `id`. (A
     tuple: sinks get one per record.)
     """
@@ -305,13 +276,9 @@ class Outbox:
                 raise SinkError(f"outbox {self.path} has schema version {version}, this gateway "
                                 f"knows up to {SCHEMA_VERSION}: use a newer gateway")
             for number in range(version, SCHEMA_VERSION):
-                step = MIGRATIONS[number]
-                if callable(step):
-                    step(self.db, self._table or default_table())
-                else:
-                    for statement in step.split(";"):
-                        if statement.strip():
-                            self.db.execute(statement)
+                for statement in MIGRATIONS[number].split(";"):
+                    if statement.strip():
+                        self.db.execute(statement)
                 self.db.execute(f"PRAGMA user_version={number + 1}")
                 log.info("outbox_migrated", extra=kv(path=str(self.path), version=number + 1))
             self.db.execute("COMMIT")
@@ -404,10 +371,14 @@ class Outbox:
             self.db.executemany(_PENDING_SQL, [(s, item, len(text), now) for s in targets])
         return item
 
-    def add_reading(self, node: str, seq: int, base: int, records: Sequence[Record],
-                    now: float) -> None:
-        """Stores new records of one reading message of `node`, pending for every sink: record
-        `i` has seq `seq + i` and time `base + records[i].elapsed` (absolute Unix seconds).
+    def add_reading(self, node: str, seq: int, payload: bytes, records: Sequence[Record],
+                    now: float) -> int:
+        """Stores new records of one reading message of `node` (`payload`, which
+        `wire.decode_reading` took), pending for every sink: `records`, a run of the message's
+        records, the first with seq `seq`. The message is kept as its own bytes: the most
+        compact form of the record shape, and writing it costs nothing (encoding the decoded
+        records again cost 5-8 us a message on the ingest thread). `now` is when it came,
+        the anchor of a relative time. Returns how many channel values the records hold.
 
         Rows are written by one statement per batch (`flush_messages`, which the transaction
         runs before its commit), not one per message: this is the ingest hot path.
@@ -415,8 +386,9 @@ class Outbox:
         values = 0
         for rec in records:
             values += len(rec.values)
-        self._messages.append((node, seq, now, _records_body(seq, base, records),
-                               len(records), values * (len(node) + SENML_BYTES)))
+        self._messages.append((node, seq, now, payload, len(records),
+                               values * (len(node) + SENML_BYTES)))
+        return values
 
     def flush_messages(self) -> None:
         """Writes the readings `add_reading` collected (inside the transaction)."""
@@ -469,6 +441,11 @@ class Outbox:
             self.db.execute("INSERT INTO gaps VALUES (?, ?, ?)", (node, seq + 1, last))
         return True, lo, hi, -1
 
+    def add_gap(self, node: str, first: int, last: int) -> None:
+        """Seqs `first`..`last` of `node` are missing (ingest: a message past the node's
+        highest seq, its dedup state kept in memory)."""
+        self.db.execute(_GAP_SQL, (node, first, last))
+
     def quarantine(self, topic: str, payload: bytes, reason: str, offset: int | None,
                    detail: str, now: float, *, keep: int) -> None:
         self.db.execute("INSERT INTO quarantine(at, topic, payload, reason, offset, detail) "
@@ -508,12 +485,12 @@ class Outbox:
                 self.db.execute("UPDATE pending SET batch=? WHERE sink=? AND batch IS NULL "
                                 "AND item<=?", (row[0], sink, chosen[-1]))
             items = self.db.execute(
-                "SELECT i.id, i.kind, i.node, i.seq, i.created, i.body FROM pending p "
+                "SELECT i.id, i.kind, i.node, i.seq, i.created, i.body, p.records FROM pending p "
                 "JOIN items i ON i.id = p.item WHERE p.sink=? AND p.batch=? ORDER BY i.id",
                 (sink, row[0])).fetchall()
         out: list[Item] = []
         for r in items:
-            if r[1] == "records":
+            if r[1] == "message":
                 out.extend(self._resolve(*r))
             else:
                 out.append(Item(id=r[0], kind=r[1], node=r[2], seq=r[3], created=r[4],
@@ -522,14 +499,19 @@ class Outbox:
                      items=tuple(out))
 
     def _resolve(self, item: int, kind: str, node: str, seq: int, created: float,
-                 body: bytes) -> list[Item]:
-        """Stored records as one "reading" item per record, resolved to SenML by the
-        gateway's one resolver (`wire.Resolver`)."""
+                 payload: bytes, count: int) -> list[Item]:
+        """A stored message's `count` records from seq `seq` as one "reading" item each,
+        read by the gateway's one decoder and resolved to SenML by its one resolver."""
         if self._resolver is None:
             self._resolver = Resolver(self._table or default_table())
-        first, base, *records = cbor2.loads(body)
-        senml = self._resolver.records(node, Reading(first, base, records), received_at=0)
-        return [Item(item, "reading", node, first + i, created, s) for i, s in enumerate(senml)]
+        reading = decode_reading(payload, self._resolver.table)
+        if seq != reading.seq or count != len(reading.records):  # a run of the records
+            first = seq - reading.seq
+            reading = reading._replace(seq=seq, records=reading.records[first:first + count])
+        senml = self._resolver.records(node, reading, received_at=int(created))
+        new = tuple.__new__  # (an Item per record: its Python-level __new__ costs)
+        return [new(Item, (item, "reading", node, seq + i, created, body))
+                for i, body in enumerate(senml)]
 
     def _release(self, batch: Batch) -> None:
         self.db.execute("DELETE FROM pending WHERE sink=? AND batch=?", (batch.sink, batch.id))
@@ -611,11 +593,18 @@ class Outbox:
         return self.db.execute("SELECT 1 FROM batches WHERE sink=? LIMIT 1",
                                (sink,)).fetchone() is not None
 
-    def backlog(self, sink: str) -> tuple[int, int, float | None]:
+    def backlog(self, sink: str, *, head: int | None = None) -> tuple[int, int, float | None]:
         """(records, bytes, created time of the oldest) waiting for `sink` (an event counts
-        as one record)."""
-        row = self.db.execute("SELECT COALESCE(SUM(records), 0), COALESCE(SUM(bytes), 0), "
-                              "MIN(created) FROM pending WHERE sink=?", (sink,)).fetchone()
+        as one record); with `head`, of its first `head` unclaimed items only, which is what
+        deciding to cut a batch needs, and costs the same however long the backlog is."""
+        if head is None:
+            row = self.db.execute("SELECT COALESCE(SUM(records), 0), COALESCE(SUM(bytes), 0), "
+                                  "MIN(created) FROM pending WHERE sink=?", (sink,)).fetchone()
+        else:
+            row = self.db.execute(
+                "SELECT COALESCE(SUM(records), 0), COALESCE(SUM(bytes), 0), MIN(created) "
+                "FROM (SELECT records, bytes, created FROM pending WHERE sink=? "
+                "AND batch IS NULL ORDER BY item LIMIT ?)", (sink, head)).fetchone()
         return row[0], row[1], row[2]
 
     # ---- inspection -------------------------------------------------------------------------

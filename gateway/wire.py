@@ -373,11 +373,11 @@ def _parse(msg: Any, table: ChannelTable) -> tuple[Reading, int]:
     records = []
     last: dict[int, int] = {}  # channel key -> latest absolute value in this message
     elapsed = 0
-    for r in range(count - 3):
-        rec = msg[r + 3]
+    over = MAX_SEQ - seq + 1  # the first record whose seq would be over MAX_SEQ
+    for r, rec in enumerate(msg[3:]):
         if type(rec) is not dict:
             raise _Odd()
-        if seq + r > MAX_SEQ:
+        if r == over:
             raise _Fault((1, r + 3), "range", f"record {r}: seq {seq + r} is over {MAX_SEQ} "
                                               f"(message seq {seq} + {r})")
         pairs = len(rec)

@@ -3,8 +3,8 @@
 `wire.decode_reading` is the gateway's only decoder: these tests hold it to encodings the
 vectors do not spell out (non-shortest heads, repeated keys, tags ...) and to mutations of the
 vectors against a reference built from cbor2's plain decode; what ingest stores resolves to the
-vectors' SenML; a partly duplicate message stores its new records only; outboxes of older
-schemas (per-record SenML items, whole wire messages) are carried forward and delivered.
+vectors' SenML; a partly duplicate message stores its new records only; an outbox of schema 3
+(per-record SenML items) is carried forward and delivered.
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ def test_stored_records_resolve_to_the_vectors_senml(tmp_path):
         assert gw.handle_message(f"m/{node}/r", payload, received_at=received) == "accepted"
         want += [{**r, "n": node + r["n"][len(vector["node_id"]):]} for r in vector["senml"]]
     kinds = {k for (k,) in gw.box.db.execute("SELECT kind FROM items")}
-    assert kinds == {"records"}
+    assert kinds == {"message"}  # kept as they came
     got = [r for _, _, body in outbox_items(Outbox(config.outbox.path), "file") for r in body]
     assert json.dumps(got) == json.dumps(want)  # same values, same types (21.53, not 21.5300)
 
@@ -164,7 +164,7 @@ def test_schema_3_outbox_with_pending_records_is_delivered_after_the_upgrade(tmp
                            "outbox": {"path": "o.db"}}, base_dir=tmp_path)
     gw = Gateway(config)
     gw.open_storage()
-    assert gw.box.schema_version == len(MIGRATIONS) == 8
+    assert gw.box.schema_version == len(MIGRATIONS) == 7
     assert gw.box.backlog("file")[0] == 1
     assert gw.handle_message("m/n1/r", cbor2.dumps([1, 7, T0, {1: 2150}]),
                              received_at=T0) == "duplicate"
@@ -316,36 +316,3 @@ def test_a_rolled_back_message_leaves_no_trace_in_dedup(tmp_path, monkeypatch):
     assert gw.box.db.execute("SELECT node, seq FROM items ORDER BY id").fetchall() == [
         ("n1", 1), ("n2", 7)]
 
-
-def test_schema_7_outbox_with_stored_messages_is_delivered_after_the_upgrade(tmp_path):
-    """Until schema 8 a reading message was stored as it came (kind "message", its CBOR
-    payload) and decoded again when a sink claimed it. The upgrade turns those items into
-    the record shape; one the table cannot decode goes to the quarantine with its bytes."""
-    path = tmp_path / "o.db"
-    db = sqlite3.connect(path, isolation_level=None)
-    for number, script in enumerate(MIGRATIONS[:7]):
-        db.executescript(script)
-        db.execute(f"PRAGMA user_version={number + 1}")
-    good = cbor2.dumps([1, 20, -1 - 60, {1: 2153, 2: 4010}, {0: 60, 1: -3}])  # clock not set
-    bad = cbor2.dumps([1, 5, T0, {40: 1}])  # channel 40 is not in the table
-    for item, node, seq, payload in ((1, "n1", 20, good), (2, "n2", 5, bad)):
-        db.execute("INSERT INTO items(id, kind, node, seq, created, body) "
-                   "VALUES (?, 'message', ?, ?, ?, ?)", (item, node, seq, T0 + 0.5, payload))
-        db.execute("INSERT INTO pending(sink, item, batch, bytes, created, records) VALUES "
-                   "('file', ?, NULL, 100, ?, 2)", (item, T0 + 0.5))
-    db.close()
-    config = parse_config({"sinks": {"file": {}}, "api": {"enabled": False},
-                           "outbox": {"path": "o.db"}}, base_dir=tmp_path)
-    gw = Gateway(config)
-    gw.open_storage()
-    assert gw.box.schema_version == 8
-    items = outbox_items(gw.box, "file")
-    # received at T0 (whole seconds), the first record 60 s before, the second at T0
-    assert [(k, s, b) for k, s, b in items] == [
-        ("reading", 20, [{"n": "n1:temperature", "u": "Cel", "v": 21.53, "t": T0 - 60},
-                         {"n": "n1:humidity", "u": "%RH", "v": 40.1, "t": T0 - 60}]),
-        ("reading", 21, [{"n": "n1:temperature", "u": "Cel", "v": 21.5, "t": T0}])]
-    rows = gw.box.query("SELECT topic, payload, reason, offset FROM quarantine")
-    assert rows == [{"topic": "outbox item 2 (n2)", "payload": bad, "reason": "unknown_channel",
-                     "offset": 9}]
-    assert gw.box.backlog("file")[0] == 2

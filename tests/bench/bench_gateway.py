@@ -28,7 +28,14 @@ in the same run on the same machine.
    the rounds' ratios. The sink's `batch_max_age_s` is 0.1 s (default 1 s): otherwise the
    stream's last partial batch waits a second, a sizeable part of a run this short.
 
-    .venv/bin/python tests/bench/bench_gateway.py [ingest] [latency] [drain] [bridge]
+5. The `http` sink end to end: the same READINGS QoS 1 readings published to a real Mosquitto,
+   received by the gateway (ingest, outbox, the `http` sink and nothing else) and POSTed as
+   SenML packs (gzip, Idempotency-Key, keep-alive) to a local HTTP/1.1 server in a child
+   process (the platform), from the first publish to the last record's arrival there.
+   Baseline: a bare relay (paho QoS 1 subscriber, POSTing what arrived since its last POST
+   as one body of the raw payloads, keep-alive) to the same server. Three rounds, as in 4.
+
+    .venv/bin/python tests/bench/bench_gateway.py [ingest] [latency] [drain] [bridge] [http]
 
 runs the parts named (all by default).
 """
@@ -70,7 +77,7 @@ SENML_PER_MESSAGE = 5  # the two reading records carry 4 + 1 channel values
 BACKLOG_RECORDS = 100_000
 READINGS = 20_000
 BRIDGE_ROUNDS = 3
-PARTS = ("ingest", "latency", "drain", "bridge")
+PARTS = ("ingest", "latency", "drain", "bridge", "http")
 
 
 def payload(seq: int) -> bytes:
@@ -448,6 +455,168 @@ def bridge_rate(source: Mosquitto, upstream: Mosquitto, work: Path, n: int, r: i
         drop_session(source, client_id)
 
 
+def http_platform_child(want: str) -> None:
+    """(A child process: the platform.) An HTTP/1.1 server on a free loopback port; prints
+    "ready PORT", then the monotonic time of the POST that completes `want`: SenML packs are
+    gunzipped and their reading records counted (distinct `{node}/{seq}` of the rids), a
+    relay's raw bodies count the messages in their X-Messages header."""
+    want_n = int(want)
+    seen: set[bytes] = set()
+    got = [0]
+    done = threading.Event()
+
+    class H(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *a):
+            pass
+
+        def do_POST(self):  # noqa: N802
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            if self.headers.get("X-Messages"):
+                got[0] += int(self.headers["X-Messages"])
+            else:
+                if self.headers.get("Content-Encoding") == "gzip":
+                    body = gzip.decompress(body)
+                for rec in json.loads(body):  # a reading is node/seq, its values share it
+                    seen.add(rec["rid"].rsplit("/", 1)[0].encode())
+                got[0] = len(seen)
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            if got[0] >= want_n and not done.is_set():
+                print(time.monotonic(), flush=True)
+                done.set()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    print(f"ready {server.server_address[1]}", flush=True)
+    done.wait(300)
+    server.shutdown()
+
+
+def http_stream_rate(source: Mosquitto, start_receiver, n: int, r: int, *, want: int) -> float:
+    """Readings/s from the first publish of `n` reading messages to `source` to the last
+    arrival at the HTTP platform child (`want`: what it counts then); `start_receiver(url)`
+    starts what carries them there (and returns a function that stops it)."""
+    plat = subprocess.Popen([sys.executable, "-c",
+                             f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+                             "import bench_gateway; bench_gateway.http_platform_child(sys.argv[1])",
+                             str(want)], text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    line = plat.stdout.readline().split()
+    if not line or line[0] != "ready":
+        plat.kill()
+        raise RuntimeError("bench child http_platform_child did not start")
+    stop = start_receiver(f"http://127.0.0.1:{line[1]}/senml")
+    try:
+        pub = _child("publisher_child", source.host, source.port, n, f"bench-pub-http-{r}")
+        try:
+            t0 = float(pub.communicate("go\n", timeout=300)[0])
+            done = plat.communicate(timeout=300)[0].strip()
+        finally:
+            pub.kill()
+            pub.wait()
+    finally:
+        plat.kill()
+        plat.wait()
+        stop()
+    if not done:
+        raise RuntimeError(f"the HTTP platform did not receive all {n} readings")
+    return n / (float(done) - t0)
+
+
+def http_relay(source: Mosquitto, r: int):
+    """A bare relay to HTTP: a paho QoS 1 subscriber; a thread POSTs what arrived since its
+    last POST as one body (the raw payloads), keep-alive. Returns start_receiver for
+    `http_stream_rate`."""
+    import http.client
+    import urllib.parse
+
+    def start(url: str):
+        inbox: list[bytes] = []
+        lock = threading.Condition()
+        stop = threading.Event()
+        relay = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"relay-http-{r}",
+                            protocol=mqtt.MQTTv311)
+
+        def on_message(c, u, m):
+            with lock:
+                inbox.append(m.payload)
+                lock.notify()
+
+        def poster():
+            parts = urllib.parse.urlsplit(url)
+            conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+            while not stop.is_set():
+                with lock:
+                    if not inbox:
+                        lock.wait(0.05)
+                        continue
+                    taken = inbox[:]
+                    inbox.clear()
+                body = b"".join(taken)
+                conn.request("POST", parts.path, body=body, headers={
+                    "Content-Type": "application/octet-stream", "X-Messages": str(len(taken)),
+                    "Content-Length": str(len(body))})
+                conn.getresponse().read()
+            conn.close()
+
+        subscribed = threading.Event()
+        relay.on_message = on_message
+        relay.on_subscribe = lambda *a: subscribed.set()
+        relay.connect(source.host, source.port)
+        relay.loop_start()
+        relay.subscribe("m/+/r", qos=1)
+        thread = threading.Thread(target=poster, daemon=True)
+        thread.start()
+        if not subscribed.wait(10):
+            raise RuntimeError("the relay did not subscribe")
+
+        def halt() -> None:
+            stop.set()
+            thread.join(10)
+            stop_client(relay)
+        return halt
+    return start
+
+
+def http_gateway(source: Mosquitto, work: Path, r: int):
+    """The gateway with its `http` sink (and nothing else); start_receiver for
+    `http_stream_rate`."""
+    def start(url: str):
+        client_id = f"bench-http-{r}"
+        config = parse_config({"mqtt": {"host": source.host, "port": source.port,
+                                        "client_id": client_id},
+                               "sinks": {"http": {"url": url, "batch_max_age_s": 0.1}},
+                               "api": {"enabled": False}}, base_dir=work)
+        gw = Gateway(config)
+        gw.start()
+        deadline = time.monotonic() + 20
+        while not gw.stats.snapshot().get("subscribed"):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the gateway did not subscribe")
+            time.sleep(0.01)
+
+        def halt() -> None:
+            gw.stop()
+            gw.shutdown()
+            drop_session(source, client_id)
+        return halt
+    return start
+
+
+def http_rates(work: Path) -> tuple[list[float], list[float]]:
+    relays, ours = [], []
+    with Mosquitto(work / "http-source") as source:
+        for r in range(BRIDGE_ROUNDS):
+            relays.append(http_stream_rate(source, http_relay(source, r), READINGS, r,
+                                           want=READINGS))
+            ours.append(http_stream_rate(source, http_gateway(source, work / f"http{r}", r),
+                                         READINGS, r, want=READINGS * RECORDS_PER_MESSAGE))
+    return relays, ours
+
+
 def bridge_rates(work: Path) -> tuple[list[float], list[float]]:
     relays, ours = [], []
     with Mosquitto(work / "source") as source, Mosquitto(work / "upstream") as upstream:
@@ -491,6 +660,18 @@ def main(argv: list[str]) -> int:
             print(f"  bare paho relay              {statistics.median(relays):9.0f} readings/s"
                   "   rounds " + " ".join(f"{x:.0f}" for x in relays))
             print(f"  gateway mqtt sink            {statistics.median(ours):9.0f} readings/s"
+                  "   rounds " + " ".join(f"{x:.0f}" for x in ours))
+            print(f"  ratio gateway / relay        {statistics.median(ratios):9.2f}   rounds "
+                  + " ".join(f"{x:.2f}" for x in ratios))
+        if "http" in parts:
+            relays, ours = http_rates(work)
+            ratios = [o / b for o, b in zip(ours, relays)]
+            print(f"http sink end to end, first publish to last arrival at a local HTTP server "
+                  f"({READINGS} QoS 1 readings of {SENML_PER_MESSAGE} values, real Mosquitto, "
+                  f"median of {BRIDGE_ROUNDS} rounds):")
+            print(f"  bare relay (paho -> POST)    {statistics.median(relays):9.0f} readings/s"
+                  "   rounds " + " ".join(f"{x:.0f}" for x in relays))
+            print(f"  gateway http sink            {statistics.median(ours):9.0f} readings/s"
                   "   rounds " + " ".join(f"{x:.0f}" for x in ours))
             print(f"  ratio gateway / relay        {statistics.median(ratios):9.2f}   rounds "
                   + " ".join(f"{x:.2f}" for x in ratios))
