@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from gateway.config import Config
+from gateway.errors import ConfigError
 from gateway.downlink import command_message, config_message
 from gateway.logfmt import kv
 from gateway.outbox import Outbox
@@ -95,6 +96,10 @@ class GatewayControl(Protocol):
 
     def wake_sinks(self) -> None:
         """Items were queued outside ingest (a replayed dead letter)."""
+        ...
+
+    def reload_rules(self) -> list[str]:
+        """Reads the config file's `[rules]` again and puts them in force (ConfigError)."""
         ...
 
     def send(self, box: Outbox, nodes: list[str], kind: str, build: Callable[[str], bytes], *,
@@ -333,6 +338,31 @@ class Api:
     def alarms(self) -> list[dict[str, Any]]:
         with self.lock:
             return self.box.alarms.active()
+
+    def rules(self) -> list[dict[str, Any]]:
+        """The early-warning rules in force, each with the nodes it is raised on."""
+        with self.lock:
+            active = self.box.alarms.active()
+        out = []
+        for rule in self.gateway.config.rules:
+            scope: Any = ({"nodes": list(rule.nodes)} if rule.nodes else
+                          {"group": rule.group} if rule.group else
+                          {"district": rule.district} if rule.district else "all")
+            if rule.kind == "balance":
+                scope = {"meter": rule.meter, "district": rule.district}
+            out.append({"name": rule.name, "kind": rule.kind, "channel": rule.channel,
+                        "alarm": rule.alarm, "description": rule.description, "scope": scope,
+                        "raised": [{"node": a["node"], "raised_at": a["raised_at"],
+                                    "detail": a["detail"]}
+                                   for a in active if a["alarm"] == rule.alarm]})
+        return out
+
+    def reload_rules(self) -> dict[str, Any]:
+        try:
+            changes = self.gateway.reload_rules()
+        except ConfigError as exc:
+            raise ApiError(409, str(exc)) from exc
+        return {"rules": len(self.gateway.config.rules), "changes": changes}
 
     def alarm_log(self, state: str = "all", node: str | None = None,
                   limit: int = 100) -> list[dict[str, Any]]:

@@ -155,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(config.gateway.log_level)
     from gateway.daemon import Gateway
     try:
-        return Gateway(config).run()
+        return Gateway(config, config_path=args.config).run()
     except SinkError as exc:
         raise UserError(f"gateway: {exc}", exit_code=EXIT_ERROR) from exc
 

@@ -21,8 +21,9 @@ from datetime import date, datetime, time, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from gateway.channels import ChannelTable, default_table
 from gateway.errors import ConfigError
-from gateway.wire import PREFIX_RE, SENML_RELATIVE_LIMIT, TIME_MIN_DEFAULT
+from gateway.wire import PREFIX_RE, SENML_RELATIVE_LIMIT, TIME_MIN_DEFAULT, node_id_problem
 
 DEFAULT_MQTT_HOST = "127.0.0.1"
 DEFAULT_MQTT_PORT = 1883
@@ -186,6 +187,46 @@ class DashboardConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Rule:
+    """`[rules.NAME]`: one early-warning rule (gateway/rules.py evaluates them).
+
+    `kind` "threshold" (`below` or `above`, `clear`, `hold_s`), "rate" (`drop_percent` or
+    `rise_percent` within `window_s`), "stale" (no value for `after_s`) or "balance" (a
+    district meter's consumption per hour against the sum of its district's other meters:
+    `meter`, `loss_percent`, `hours`, `wait_s`). `channel` is the channel label
+    (`water_pressure`, `temperature:1`) and `key` its wire key. The scope is `nodes`, a
+    `group` or a `district`, or every node when none is set.
+    """
+
+    name: str
+    kind: str
+    channel: str
+    key: int
+    unit: str
+    nodes: tuple[str, ...] = ()
+    group: str | None = None
+    district: str | None = None
+    description: str = ""
+    below: float | None = None
+    above: float | None = None
+    clear: float | None = None
+    hold_s: float = 0.0
+    drop_percent: float | None = None
+    rise_percent: float | None = None
+    window_s: float = 0.0
+    after_s: float = 0.0
+    meter: str | None = None
+    loss_percent: float = 0.0
+    hours: int = 1
+    wait_s: float = 900.0
+
+    @property
+    def alarm(self) -> str:
+        """The alarm it raises (on each node in scope; a balance on its `meter`)."""
+        return f"rule:{self.name}"
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     """The whole gateway configuration."""
 
@@ -196,6 +237,7 @@ class Config:
     api: ApiConfig = ApiConfig()
     gateway: GatewaySettings = GatewaySettings()
     dashboard: DashboardConfig = DashboardConfig()
+    rules: tuple[Rule, ...] = ()
 
     @property
     def sink(self) -> SinkConfig:
@@ -497,6 +539,158 @@ _REQUIRED_WHY = {"sink.path": "(the JSONL file accepted readings are appended to
                  "sinks.mqtt.host": "(the upstream broker)"}
 
 
+# ---- [rules.NAME] ---------------------------------------------------------------------------
+
+RULE_KINDS = ("threshold", "rate", "stale", "balance")
+RULE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
+_DURATION_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(s|m|h|d)$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_RULE_DURATION_S = 30 * 86400
+# what a balance compares: meter totals (gateway/sinks/history.py TOTALS)
+BALANCE_CHANNELS = ("water_volume", "gas_volume", "heat_energy")
+
+
+def duration(key: str, value: Any, *, zero: bool = False) -> float:
+    """Seconds of a duration: "90s", "10m", "2h", "1d", or a number of seconds."""
+    seconds = None
+    if type(value) in (int, float):
+        seconds = float(value)
+    elif isinstance(value, str) and _DURATION_RE.match(value):
+        number, unit = _DURATION_RE.match(value).groups()
+        seconds = float(number) * _UNIT_S[unit]
+    low = 0 if zero else 1
+    if seconds is None or not low <= seconds <= MAX_RULE_DURATION_S:
+        raise ConfigError(key, f"must be a duration {'0' if zero else '1s'} to 30d such as "
+                               '"90s", "10m", "2h" (or a number of seconds)', got=show(value))
+    return seconds
+
+
+def _rule_channel(key: str, value: Any, table: ChannelTable) -> tuple[str, int, str]:
+    """(label, wire key, unit) of a channel named `name` or `name:instance`."""
+    if not isinstance(value, str) or not value:
+        raise ConfigError(key, "must be a channel name such as \"water_pressure\" or "
+                               "\"temperature:1\"", got=show(value))
+    name, _, inst = value.partition(":")
+    channel = next((ch for ch in table if ch.name == name), None)
+    if channel is None:
+        raise ConfigError(key, f"is not a channel of the channel table (version "
+                               f"{table.version}; docs/wire-format.md lists them)",
+                          got=show(value))
+    if inst and (not inst.isdigit() or not 0 < int(inst) <= 15):
+        raise ConfigError(key, "has an instance that is not 1-15 (name:instance)",
+                          got=show(value))
+    instance = int(inst) if inst else 0
+    return value, channel.id + 64 * instance, channel.unit
+
+
+def _rule(name: str, raw: Any, table: ChannelTable) -> Rule:
+    where = f"rules.{name}"
+    if not RULE_NAME_RE.match(name):
+        raise ConfigError(where, "must be named 1-40 characters a-z 0-9 _ -, starting with a "
+                                 "letter or digit", got=show(name))
+    if not isinstance(raw, dict):
+        raise ConfigError(where, f"must be a table [{where}]", got=show(raw))
+    kind = raw.get("kind")
+    if kind not in RULE_KINDS:
+        raise ConfigError(f"{where}.kind", f"must be one of {', '.join(RULE_KINDS)}",
+                          got=show(kind) if "kind" in raw else "nothing")
+    own = {"threshold": ("below", "above", "clear", "hold"),
+           "rate": ("drop_percent", "rise_percent", "window"),
+           "stale": ("after",),
+           "balance": ("meter", "loss_percent", "hours", "wait")}[kind]
+    allowed = ("kind", "channel", "description", "nodes", "group", "district", *own)
+    for k in raw:
+        if k not in allowed:
+            raise ConfigError(f"{where}.{k}", f"is not a key of a {kind} rule (its keys: "
+                                              f"{', '.join(allowed)})")
+    if "channel" not in raw:
+        raise ConfigError(f"{where}.channel", "is required (the channel the rule watches)")
+    label, key, unit = _rule_channel(f"{where}.channel", raw["channel"], table)
+    out: dict[str, Any] = {"name": name, "kind": kind, "channel": label, "key": key,
+                           "unit": unit}
+    if "description" in raw:
+        out["description"] = _text()(f"{where}.description", raw["description"], Path())
+    scopes = [k for k in ("nodes", "group", "district") if k in raw]
+    if len(scopes) > 1:
+        raise ConfigError(f"{where}.{scopes[1]}", f"cannot be set together with {scopes[0]} "
+                                                  "(a rule has one scope)")
+    if "nodes" in raw:
+        nodes = raw["nodes"]
+        if not isinstance(nodes, list) or not nodes:
+            raise ConfigError(f"{where}.nodes", "must be a non-empty array of node ids",
+                              got=show(nodes))
+        for i, node in enumerate(nodes):
+            if not isinstance(node, str) or node_id_problem(node):
+                why = node_id_problem(node)[1] if isinstance(node, str) else "not a string"
+                raise ConfigError(f"{where}.nodes[{i}]", f"must be a node id ({why})",
+                                  got=show(node))
+        out["nodes"] = tuple(nodes)
+    for k in ("group", "district"):
+        if k in raw:
+            out[k] = _text()(f"{where}.{k}", raw[k], Path())
+    number = _number(-1e15, 1e15)
+    if kind == "threshold":
+        sides = [k for k in ("below", "above") if k in raw]
+        if len(sides) != 1:
+            raise ConfigError(f"{where}.below", "or above is required, and only one of them"
+                              if not sides else "cannot be set together with above")
+        side = sides[0]
+        level = out[side] = number(f"{where}.{side}", raw[side], Path())
+        if "clear" in raw:
+            clear = out["clear"] = number(f"{where}.clear", raw["clear"], Path())
+            if (side == "below" and clear < level) or (side == "above" and clear > level):
+                raise ConfigError(f"{where}.clear", f"must be {'>=' if side == 'below' else '<='}"
+                                                    f" {side} ({level:g}): the level the value "
+                                                    "returns to before the alarm clears",
+                                  got=show(raw["clear"]))
+        out["hold_s"] = duration(f"{where}.hold", raw.get("hold", 0), zero=True)
+    elif kind == "rate":
+        sides = [k for k in ("drop_percent", "rise_percent") if k in raw]
+        if len(sides) != 1:
+            raise ConfigError(f"{where}.drop_percent", "or rise_percent is required, and only "
+                              "one of them" if not sides else "cannot be set together with "
+                              "rise_percent")
+        high = 100 if sides[0] == "drop_percent" else 100000
+        out[sides[0]] = _number(0.1, high)(f"{where}.{sides[0]}", raw[sides[0]], Path())
+        if "window" not in raw:
+            raise ConfigError(f"{where}.window", "is required (the time the change happens in, "
+                                                 "such as \"2m\")")
+        out["window_s"] = duration(f"{where}.window", raw["window"])
+    elif kind == "stale":
+        if "after" not in raw:
+            raise ConfigError(f"{where}.after", "is required (how long without a value, such "
+                                                "as \"30m\")")
+        out["after_s"] = duration(f"{where}.after", raw["after"])
+    else:
+        if label.partition(":")[0] not in BALANCE_CHANNELS:
+            raise ConfigError(f"{where}.channel", "must be a meter total for a balance "
+                                                  f"({', '.join(BALANCE_CHANNELS)})",
+                              got=show(raw["channel"]))
+        for k, why in (("meter", "the district meter's node id"),
+                       ("district", "the district whose other meters are its customers"),
+                       ("loss_percent", "the share of the district meter's consumption that "
+                                        "may go unaccounted in an hour")):
+            if k not in raw:
+                raise ConfigError(f"{where}.{k}", f"is required ({why})")
+        meter = raw["meter"]
+        if not isinstance(meter, str) or node_id_problem(meter):
+            raise ConfigError(f"{where}.meter", "must be a node id", got=show(meter))
+        out["meter"] = meter
+        out["loss_percent"] = _number(0, 100)(f"{where}.loss_percent", raw["loss_percent"],
+                                              Path())
+        out["hours"] = _integer(1, 168)(f"{where}.hours", raw.get("hours", 1), Path())
+        out["wait_s"] = duration(f"{where}.wait", raw.get("wait", 900), zero=True)
+    return Rule(**out)
+
+
+def parse_rules(raw: Any, table: ChannelTable | None = None) -> tuple[Rule, ...]:
+    """The `[rules.NAME]` tables; ConfigError naming the key at fault."""
+    if not isinstance(raw, dict):
+        raise ConfigError("rules", "must hold tables [rules.NAME]", got=show(raw))
+    table = table if table is not None else default_table()
+    return tuple(_rule(name, body, table) for name, body in raw.items())
+
+
 def _section(name: str, raw: Any, options: Mapping[str, tuple[Checker, Any]], base: Path,
              defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
     if not isinstance(raw, dict):
@@ -521,10 +715,12 @@ def _section(name: str, raw: Any, options: Mapping[str, tuple[Checker, Any]], ba
     return out
 
 
-def parse_config(data: Mapping[str, Any], *, base_dir: str | Path = ".") -> Config:
-    """Checks a parsed TOML document against `SCHEMA` and builds the Config."""
+def parse_config(data: Mapping[str, Any], *, base_dir: str | Path = ".",
+                 table: ChannelTable | None = None) -> Config:
+    """Checks a parsed TOML document against `SCHEMA` and builds the Config (rule channels
+    against `table`, the shipped channel table by default)."""
     base = Path(base_dir)
-    known = [*SCHEMA, "sinks"]
+    known = [*SCHEMA, "sinks", "rules"]
     for section in data:
         if section not in known:
             raise ConfigError(section, f"is not a known section (known: {', '.join(known)})")
@@ -568,10 +764,11 @@ def parse_config(data: Mapping[str, Any], *, base_dir: str | Path = ".") -> Conf
                   outbox=OutboxConfig(**values["outbox"]),
                   ingest=IngestConfig(**values["ingest"]), api=ApiConfig(**values["api"]),
                   gateway=GatewaySettings(**values["gateway"]),
-                  dashboard=DashboardConfig(**values["dashboard"]))
+                  dashboard=DashboardConfig(**values["dashboard"]),
+                  rules=parse_rules(data.get("rules", {}), table))
 
 
-def load_config(path: str | Path) -> Config:
+def load_config(path: str | Path, *, table: ChannelTable | None = None) -> Config:
     """Reads and checks a gateway config file; ConfigError names the file and the key."""
     path = Path(path)
     try:
@@ -590,6 +787,6 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(None, "is not valid TOML: arrays or tables nested too deeply",
                           source=str(path)) from None
     try:
-        return parse_config(data, base_dir=path.resolve().parent)
+        return parse_config(data, base_dir=path.resolve().parent, table=table)
     except ConfigError as exc:
         raise exc.with_source(str(path)) from None

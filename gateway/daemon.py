@@ -31,6 +31,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
+import dataclasses
 import logging
 import signal
 import struct
@@ -43,9 +44,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.batcher import SinkWorker
 from gateway.channels import ChannelTable, default_table
-from gateway.config import Config
+from gateway.config import Config, load_config
 from gateway.downlink import Pending, new_request_id
-from gateway.errors import EXIT_ERROR, EXIT_OK, SinkError
+from gateway.errors import EXIT_ERROR, EXIT_OK, ConfigError, SinkError
 from gateway.ingest import Ingestor, Message, Outcome
 from gateway import mqtt_tls
 from gateway.logfmt import kv
@@ -156,8 +157,12 @@ class Gateway:
 
     def __init__(self, config: Config, *, table: ChannelTable | None = None,
                  clock: Callable[[], float] = time.time,
-                 stats_interval: float = DEFAULT_INTERVAL) -> None:
+                 stats_interval: float = DEFAULT_INTERVAL,
+                 config_path: Any = None) -> None:
         self.config = config
+        # the file `config` came from: `reload_rules` (SIGHUP, POST /api/rules/reload) reads
+        # its [rules] again
+        self.config_path = config_path
         self.table = table if table is not None else default_table()
         self._clock = clock
         self.stats = Stats(clock=clock, extra={"channel_table_version": self.table.version})
@@ -303,6 +308,7 @@ class Gateway:
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGINT, signal.SIGTERM):
                 handlers[signum] = signal.signal(signum, self._on_signal)
+            handlers[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._on_hangup)
         try:
             self.start()
             while not self._stop.wait(1.0):
@@ -318,6 +324,48 @@ class Gateway:
     def _on_signal(self, signum: int, frame: Any) -> None:
         log.info("signal", extra=kv(signal=signal.Signals(signum).name))
         self.stop()
+
+    def _on_hangup(self, signum: int, frame: Any) -> None:
+        """SIGHUP (`systemctl reload`): the rules are read again, off the signal handler."""
+        log.info("signal", extra=kv(signal="SIGHUP", action="reload rules"))
+        threading.Thread(target=self._reload_logged, name="reload", daemon=True).start()
+
+    def _reload_logged(self) -> None:
+        try:
+            self.reload_rules()
+        except ConfigError:
+            pass  # logged and counted by reload_rules
+        except SinkError as exc:
+            log.error("rules_reload_failed", extra=kv(error=str(exc)))
+        except Exception:  # noqa: BLE001 - a bug: loud, the gateway goes on with its rules
+            log.exception("rules_reload_failed")
+
+    def reload_rules(self) -> list[str]:
+        """Reads the config file again and puts its `[rules]` in force, without a restart
+        (the other sections need one: a change to them is logged and not taken). Returns the
+        changes ("added x", "changed y", "removed z"). A file that does not check raises
+        ConfigError naming the key, and the rules in force stay."""
+        if self.config_path is None:
+            raise ConfigError(None, "the gateway was not started from a config file: there "
+                                    "is nothing to read again")
+        try:
+            new = load_config(self.config_path, table=self.table)
+        except ConfigError as exc:
+            self.stats.add(rules_reload_errors=1)
+            log.error("rules_reload_failed", extra=kv(error=str(exc),
+                                                      action="the rules in force stay"))
+            raise
+        others = [f.name for f in dataclasses.fields(new)
+                  if f.name != "rules" and getattr(new, f.name) != getattr(self.config, f.name)]
+        engine = self.ingestor.rules
+        now = self._clock()
+        changes = self.on_ingest_thread(lambda registry: engine.replace(new.rules, now))
+        self.config = dataclasses.replace(self.config, rules=new.rules)
+        self.stats.add(rules_reloads=1)
+        log.info("rules_reloaded", extra=kv(rules=len(new.rules),
+                                            changes="; ".join(changes) or "none",
+                                            restart_needed=",".join(others) or None))
+        return changes
 
     def _summary(self) -> dict[str, Any]:
         snap = self.stats.snapshot()

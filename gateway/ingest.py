@@ -35,6 +35,7 @@ from gateway.errors import RejectedInput, SinkError, TopicError, WireError
 from gateway.logfmt import kv
 from gateway.outbox import Outbox
 from gateway.registry import Registry, is_int64
+from gateway.rules import RuleEngine
 from gateway.stats import Stats
 from gateway.wire import Reading, decode_reading, parse_topic, reading_time_error
 
@@ -115,6 +116,7 @@ class Ingestor:
                                  event_sinks=[s.name for s in config.sinks if s.events],
                                  table=table)
         self.registry.gap_alarms = config.mqtt.shared_group is None
+        self.rules = RuleEngine(config.rules, self.registry)
         self.on_ack = on_ack
         self.prefix = config.mqtt.prefix
         self._topics: dict[str, tuple[str, str]] = {}  # topic -> parse_topic(), valid ones
@@ -160,6 +162,7 @@ class Ingestor:
                             raise _Bug() from exc
                         self.box.rollback_savepoint()
                         self.registry.restore(snap)
+                        self.rules.forget()
                         log.exception("internal_error", extra=kv(
                             topic=msg.topic, payload=bytes(msg.payload[:512]).hex()))
                         outcome = self._reject(msg, "internal", None, "internal error "
@@ -170,9 +173,11 @@ class Ingestor:
                 self.registry.flush()
         except sqlite3.Error as exc:
             self.registry.forget()
+            self.rules.forget()
             raise SinkError(f"outbox {self.box.path}: {exc}") from exc
         except BaseException:
             self.registry.forget()
+            self.rules.forget()
             raise
         finally:
             self.stats = self.registry.stats = self._stats
@@ -294,10 +299,19 @@ class Ingestor:
                 fresh.extend(records[first:end])
             if count > len(fresh):
                 counts.add(duplicates=count - len(fresh))
-        self.registry.reading(node, fresh, reading.base_time(received_at=int(now)), now,
-                              missing_delta=missing, duplicates=count - len(fresh))
+        base = reading.base_time(received_at=int(now))
+        self.registry.reading(node, fresh, base, now, missing_delta=missing,
+                              duplicates=count - len(fresh))
+        if self.rules.rules:
+            self.rules.readings(node, fresh, base, now)
         counts.records += len(fresh)
         return "accepted"
+
+    def replace_rules(self, rules, now: float) -> list[str]:
+        """A reloaded config's rules (its own transaction: clearing a removed rule's alarms
+        writes events). Returns what changed."""
+        with self.box.transaction():
+            return self.rules.replace(rules, now)
 
     def _status(self, node: str, msg: Message) -> Outcome:
         if not msg.payload:
@@ -326,9 +340,11 @@ class Ingestor:
         return "ack"
 
     def periodic(self, now: float) -> None:
-        """Stale-node check and gauges (its own transaction)."""
+        """Stale-node check, the rules' periodic checks and gauges (its own transaction)."""
         with self.box.transaction():
             self.registry.flush()
             self.registry.check_offline(now)
             self.registry.check_stale(now)
+            if self.rules.rules:
+                self.rules.periodic(now)
         self._stats.set_group("gaps_missing", self.box.missing())

@@ -218,10 +218,11 @@ class Registry:
         return self._active.get((node, alarm), False)
 
     def set_alarm(self, node: str, alarm: str, active: bool, now: float,
-                  detail: str = "") -> bool:
+                  detail: str = "", *, readings: list[dict[str, Any]] | None = None) -> bool:
         """Records an alarm state; True (and an event) only when the state changed. A raise
         also opens a row of the alarm's history (`alarm_log`), a clear closes the open one
-        (its acknowledgement, by an operator, is the API's: `Api.acknowledge`)."""
+        (its acknowledgement, by an operator, is the API's: `Api.acknowledge`). `readings`:
+        the values that decided it (SenML records), sent with the event."""
         if self._active.get((node, alarm), False) == active:
             return False
         self._active[(node, alarm)] = active
@@ -231,6 +232,8 @@ class Registry:
             self.alarms.cleared(node, alarm, now)
         event = {"node": node, "alarm": alarm, "active": active, "t": round(now, 3),
                  "detail": detail}
+        if readings:
+            event["readings"] = readings
         if self.event_sinks:
             self.box.add_item("event", node, None, event, now, sinks=self.event_sinks)
         self.stats.add(events=1)

@@ -405,6 +405,19 @@ def make_app(api: Api) -> FastAPI:
     def alarms() -> list[dict[str, Any]]:
         return api.alarms()
 
+    @app.get("/api/rules", tags=["operations"], dependencies=auth,
+             summary="the early-warning rules in force ([rules] of the config), each with the "
+                     "nodes it is raised on")
+    def rules() -> list[dict[str, Any]]:
+        return api.rules()
+
+    @app.post("/api/rules/reload", tags=["operations"], dependencies=auth,
+              summary="read the config file's [rules] again and put them in force (as SIGHUP)",
+              responses={409: {"description": "the file does not check (the key at fault), "
+                                              "or there is no file: the rules in force stay"}})
+    def reload_rules() -> dict[str, Any]:
+        return api.reload_rules()
+
     @app.get("/api/alarms/log", tags=["operations"], dependencies=auth,
              response_model=list[AlarmLogRow],
              summary="the alarms' history, newest first: each raise, when it cleared, who "

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import (DEFAULT_CLIENT_ID, REQUIRED, SAMPLE_PATH, SCHEMA, SINK_COMMON,
-                            SINK_DEFAULTS, SINK_SCHEMAS, Config, MqttConfig, load_config,
-                            parse_config)
+from gateway.config import (DEFAULT_CLIENT_ID, REQUIRED, RULE_KINDS, SAMPLE_PATH, SCHEMA,
+                            SINK_COMMON, SINK_DEFAULTS, SINK_SCHEMAS, Config, MqttConfig,
+                            load_config, parse_config)
 from gateway.errors import ConfigError
 
 
@@ -103,7 +103,7 @@ log_level = "debug"
      'gateway.log_level must be one of DEBUG, INFO, WARNING, ERROR: got "verbose"'),
     ("[gateway]\nstats_file = 3", "gateway.stats_file must be a non-empty path string: got 3"),
     ("[extra]\na = 1", "extra is not a known section (known: mqtt, ingest, outbox, api, gateway, "
-                      "dashboard, sink, sinks)"),
+                      "dashboard, sink, sinks, rules)"),
     ('[dashboard]\nmap_tiles = "https://tile.example/{z}/{x}.png"',
      'dashboard.map_tiles must be an http:// or https:// URL with {z}, {x} and {y} in its path '
      '(also allowed: {s} starting the host, {r}, {-y}), or "" for no tiles: '
@@ -135,7 +135,8 @@ def test_unreadable_and_invalid_files(tmp_path):
 
 def test_sample_documents_every_key_with_its_default(tmp_path):
     text = SAMPLE_PATH.read_text()
-    uncommented = re.sub(r"^# (\[sinks\.[a-z-]+\]|\w+ = )", r"\1", text, flags=re.M)
+    uncommented = re.sub(r"^# (\[(?:sinks|rules)\.[a-z0-9_-]+\]|\w+ = )", r"\1", text,
+                         flags=re.M)
     shown = tomllib.loads(uncommented)
     for section, options in SCHEMA.items():
         if section == "sink":
@@ -157,5 +158,7 @@ def test_sample_documents_every_key_with_its_default(tmp_path):
     assert isinstance(config, Config)
     assert config.mqtt == MqttConfig()
     assert [s.name for s in config.sinks] == ["file"]
-    # and with every key uncommented too
-    assert len(parse_config(shown, base_dir=tmp_path).sinks) == len(SINK_SCHEMAS)
+    # and with every key uncommented too: every sink, and a rule of each kind
+    full = parse_config(shown, base_dir=tmp_path)
+    assert len(full.sinks) == len(SINK_SCHEMAS)
+    assert sorted(r.kind for r in full.rules) == sorted(RULE_KINDS)

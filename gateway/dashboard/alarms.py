@@ -7,7 +7,9 @@
 
 An alarm needs attention while it is active or not acknowledged: a leak that came and went
 overnight is still shown until someone has seen it, and an acknowledged alarm stays until it
-clears. Everything else raised in the last 7 days is listed below it. The rows are the
+clears. Everything else raised in the last 7 days is listed below it, and under that the
+early-warning rules in force (`[rules.NAME]`, `Api.rules`) with the nodes each is raised on,
+as of the page's loading. The rows are the
 gateway's alarm log (`Api.alarm_log`, the same as `GET /api/alarms/log`); the
 acknowledgement is `Api.acknowledge`, so the page and the API record it the same way
 (who: the user name, or `api-token` for a session opened with the API token).
@@ -46,7 +48,8 @@ def mount(app: FastAPI, dash: "Dash") -> None:
     def page(request: Request, session: dict[str, Any], status: int = 200,
              error: Optional[str] = None) -> Response:
         return dash.page(request, "alarms.html", status, session=session, data=data(),
-                         poll_s=POLL_S, note_limit=NOTE_LIMIT, error=error, title="Alarms")
+                         rules=api.rules(), poll_s=POLL_S, note_limit=NOTE_LIMIT, error=error,
+                         title="Alarms")
 
     @app.get("/alarms", **dash.no_schema)
     def alarms_page(request: Request) -> Response:

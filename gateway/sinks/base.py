@@ -16,7 +16,8 @@ batcher's job (`gateway.batcher`), so a sink is only the protocol.
 Items become SenML records (RFC 8428) the same way for every sink (`senml_records`): a reading
 record gives one SenML record per channel value plus the meterlink fields `node`, `seq` and
 `rid`; an alarm event gives one record `{"n": "node:alarm:leak", "vb": true, ...}` with `node`,
-`event` and `rid`. `rid` is the stable record id: `{node}/{seq}/{channel}` for readings,
+`event` and `rid` (and `readings`, the SenML records that decided it, for an early-warning
+rule's alarm). `rid` is the stable record id: `{node}/{seq}/{channel}` for readings,
 `{node}/alarm/{alarm}/{time in ms}/{raised|cleared}` for alarm events.
 
 Those are resolved records (RFC 8428 section 4.6: full name, absolute time), what the `file`
@@ -122,6 +123,8 @@ def senml_records(item: Item) -> list[dict[str, Any]]:
                            "rid": event_id(body)}
     if body.get("detail"):
         rec["vs"] = body["detail"]
+    if body.get("readings"):  # what decided an early-warning rule (gateway/rules.py)
+        rec["readings"] = body["readings"]
     return [_absolute(rec)]
 
 

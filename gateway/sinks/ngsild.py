@@ -189,7 +189,9 @@ ALERTS = {"leak": ("environment", None, "high"),
           "gaps": ("security", None, "low"),
           "offline": ("security", None, "medium"),
           "outbox_full": ("security", None, "high"),
-          "sink_auth": ("security", None, "high")}
+          "sink_auth": ("security", None, "high"),
+          # an operator's early-warning rule (gateway/rules.py): about the city's networks
+          "rule": ("environment", None, "high")}
 ALERT_DEFAULT = ("security", None, "medium")
 
 
@@ -366,7 +368,9 @@ class Converter:
             name={"type": "Property", "value": alarm},
             description={"type": "Property", "value": text + (f": {detail}" if detail else "")},
             data={"type": "Property", "value": {"alarm": alarm, "active": active,
-                                                "detail": detail}},
+                                                "detail": detail,
+                                                **({"readings": b["readings"]}
+                                                   if b.get("readings") else {})}},
             dateIssued=date_time(iso(b["t"])),
             alertSource=relationship(f"urn:ngsi-ld:Device:{node}"))
         return ent

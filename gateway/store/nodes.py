@@ -177,6 +177,12 @@ class NodeTable:
             "SELECT node, district, sensors, last_values FROM nodes WHERE public=1 AND "
             "retired_at IS NULL AND node NOT LIKE '-%' ORDER BY node"))
 
+    def places(self) -> dict[str, tuple[str | None, str | None]]:
+        """node -> (group, district), of the nodes that have either (the rules' scopes)."""
+        return {r[0]: (r[1], r[2]) for r in self._db.execute(
+            "SELECT node, grp, district FROM nodes WHERE grp IS NOT NULL "
+            "OR district IS NOT NULL")}
+
     def in_group(self, group: str) -> list[str]:
         """The nodes of a downlink group, by id."""
         return [r[0] for r in self._db.execute("SELECT node FROM nodes WHERE grp=? "
