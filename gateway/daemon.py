@@ -516,6 +516,7 @@ class Gateway:
                 self._check_outbox_size()  # a few page counts: the limit holds to a batch
                 for worker in self.workers:
                     worker.wake()
+            self.ingestor.close()
         except SinkError as exc:
             self._failed = True
             log.error("outbox_failed", extra=kv(error=str(exc), acknowledged=False,

@@ -117,6 +117,8 @@ class Ingestor:
                                  table=table)
         self.registry.gap_alarms = config.mqtt.shared_group is None
         self.rules = RuleEngine(config.rules, self.registry)
+        with box.transaction():
+            self.registry.recover()  # a journal a crash left
         self.on_ack = on_ack
         self.prefix = config.mqtt.prefix
         self._topics: dict[str, tuple[str, str]] = {}  # topic -> parse_topic(), valid ones
@@ -307,6 +309,12 @@ class Ingestor:
         counts.records += len(fresh)
         return "accepted"
 
+    def close(self) -> None:
+        """A clean stop: the registry's journal written into the node rows."""
+        with self.box.transaction():
+            self.registry.flush()
+            self.registry.compact()
+
     def replace_rules(self, rules, now: float) -> list[str]:
         """A reloaded config's rules (its own transaction: clearing a removed rule's alarms
         writes events). Returns what changed."""
@@ -343,6 +351,7 @@ class Ingestor:
         """Stale-node check, the rules' periodic checks and gauges (its own transaction)."""
         with self.box.transaction():
             self.registry.flush()
+            self.registry.compact(due_only=True)
             self.registry.check_offline(now)
             self.registry.check_stale(now)
             if self.rules.rules:

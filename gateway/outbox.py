@@ -23,6 +23,7 @@ What it holds (schema in `MIGRATIONS`, version in `PRAGMA user_version`):
 and, through the table classes it makes on its connection (gateway/store/, which says why):
 
     nodes, node_log       the registry and each node's status history    `box.nodes`
+    node_journal          the registry's hot state per batch, until it is in `nodes`
     alarms, alarm_log     per node and alarm: active or not; each raise   `box.alarms`
     downlinks             config updates and commands sent, and the acks  `box.downlinks`
 
@@ -166,6 +167,12 @@ MIGRATIONS: list[str] = [
     ALTER TABLE nodes ADD COLUMN lon REAL;
     ALTER TABLE nodes ADD COLUMN district TEXT;
     ALTER TABLE nodes ADD COLUMN public INTEGER NOT NULL DEFAULT 0;
+    """,
+    # 8: the registry's hot state (dedup range, last seen, counts) of the nodes a batch
+    # touched, as one row per batch; written into `nodes` every few seconds (gateway/
+    # registry.py says why), and at start after a crash
+    """
+    CREATE TABLE node_journal(id INTEGER PRIMARY KEY, body TEXT NOT NULL);
     """,
 ]
 

@@ -10,9 +10,18 @@ the alarm events it causes commit together (or not at all). This module decides 
 and when; the rows are written by the outbox's table classes (`box.nodes`, `box.alarms`:
 gateway/store/), and no SQL is run here. The hot fields of a node (last values, battery, RSSI,
 highest seq, counts) are cached here and written once per batch by `flush()`, which the
-ingest path calls before its commit: one UPDATE per node and batch instead of one per
-message (`NodeTable.write_hot`). Only the ingest thread writes those columns; other modules
-read and change the cache through methods (`ensure`, `seen`, `snapshot`, `restore`).
+ingest path calls before its commit. A batch that touched a few nodes (`DIRECT_NODES`) updates
+their rows (`NodeTable.write_hot`); one from many nodes (a backlog from a large fleet) writes
+one row to `node_journal` instead, whatever their number: each node's dedup range, last seen,
+battery, RSSI and counts, in the same transaction as the readings. Every `COMPACT_S` (and at
+a clean stop) `compact()` writes the nodes of the journal into their rows, with their last
+values, and empties it; after a crash the journal is written into the rows at start
+(`recover`). A node row touched by a journal batch lags its node by up to `COMPACT_S` (the
+API's `last_seen`, counts and last values); the dedup state never does: it is in memory and in
+the journal. Writing a row per node and batch cost ingest half its rate with 10 000 nodes in
+a backlog (every row on its own page: the commit writes a page per node). Only the ingest
+thread writes those columns; other modules read and change the cache through methods
+(`ensure`, `seen`, `snapshot`, `restore`).
 
 Alarms (`ALARMS`) are raised once and cleared once: a state change writes the `alarms` row, an
 event item into the outbox for every sink that takes events, a log line and a counter.
@@ -43,6 +52,7 @@ import copy
 import json
 import math
 import logging
+import time
 from typing import Any, Sequence
 
 from gateway.channels import MAX_INSTANCE, ChannelTable, default_table, make_key
@@ -63,6 +73,8 @@ SPECIAL_CHANNELS = ("battery_voltage", "rssi", "alarms")
 STATUS_FIELDS = {"fw": "fw", "boot": "boot", "q": "q", "qd": "qd", "iv": "iv", "cv": "cv",
                  "rssi": "rssi", "bat": "battery_mv"}
 NODE_LOG_KEEP = 500  # node_log rows kept per node (the newest)
+DIRECT_NODES = 32  # a batch that touched more nodes writes them to the journal (above)
+COMPACT_S = 5.0  # how often the journal is written into the node rows
 ALARM_LOG_KEEP = 1000  # cleared alarm_log rows kept per node (the newest; open ones all)
 NODE_EVENTS = ("first_seen", "online", "asleep", "offline", "restarting", "reboot", "firmware",
                "safe_mode", "safe_mode_left", "retired", "reinstated")
@@ -91,6 +103,11 @@ class Registry:
         self.gap_alarms = True
         self._nodes: dict[str, dict[str, Any]] = {}
         self._dirty: set[str] = set()
+        self._journaled: set[str] = set()  # in the journal since the last compaction
+        # after a rolled-back batch: the journal's entries of nodes not in the cache again
+        # yet (`forget`), put back by `ensure`
+        self._overlay: dict[str, list] = {}
+        self._compacted = time.monotonic()
         # retired node -> when: its messages are quarantined as "retired" (`Ingestor._handle`)
         self.retired: dict[str, float] = self.nodes.retired()
 
@@ -109,8 +126,22 @@ class Registry:
                      "rssi": row[2], "min_seq": row[3], "max_seq": row[4], "accepted": 0,
                      "duplicates": 0,
                      "last_seen": now, "last_reading": None, "raw": {},
+                     # counts journaled since the last compaction
+                     "accepted_j": 0, "duplicates_j": 0,
                      # what the status history compares a status with
                      "state": row[5], "fw": row[6], "boot": row[7], "safe": _safe_of(row[8])}
+            entry = self._overlay.pop(node, None)
+            if entry is not None:  # committed in the journal, not in the row yet
+                lo, hi, _, reading, battery, rssi, accepted, duplicates = entry
+                if lo is not None:
+                    state["min_seq"] = lo if state["min_seq"] is None else \
+                        min(lo, state["min_seq"])
+                if hi is not None:
+                    state["max_seq"] = hi if state["max_seq"] is None else \
+                        max(hi, state["max_seq"])
+                state.update(last_reading=reading, battery=battery, rssi=rssi,
+                             accepted_j=accepted, duplicates_j=duplicates)
+                self._journaled.add(node)
             self._nodes[node] = state
             if new or registered:
                 self._log(node, now, "first_seen", "registered before" if registered
@@ -124,18 +155,69 @@ class Registry:
         self._dirty.add(node)
 
     def flush(self) -> None:
-        """Writes the cached state of the nodes changed since the last flush."""
-        write = self.nodes.write_hot
-        for node in self._dirty:
-            st = self._nodes[node]
-            if st["raw"]:
-                self._merge_raw(st)
-            write(node, last_seen=st["last_seen"], last_reading=st["last_reading"],
-                  values=json.dumps(st["values"], separators=(",", ":")),
-                  battery_mv=st["battery"], rssi=st["rssi"], min_seq=st["min_seq"],
-                  max_seq=st["max_seq"], accepted=st["accepted"], duplicates=st["duplicates"])
-            st["accepted"] = st["duplicates"] = 0
+        """Writes the cached state of the nodes changed since the last flush (in the batch's
+        transaction): their rows when they are few, else one journal row (module docstring)."""
+        if len(self._dirty) <= DIRECT_NODES:
+            for node in self._dirty:
+                self._write_row(node)
+        else:
+            entries = {}
+            for node in self._dirty:
+                st = self._nodes[node]
+                entries[node] = [st["min_seq"], st["max_seq"], st["last_seen"],
+                                 st["last_reading"], st["battery"], st["rssi"],
+                                 st["accepted"], st["duplicates"]]
+                st["accepted_j"] += st["accepted"]
+                st["duplicates_j"] += st["duplicates"]
+                st["accepted"] = st["duplicates"] = 0
+            self.nodes.write_journal(entries)
+            self._journaled.update(self._dirty)
         self._dirty.clear()
+
+    def _write_row(self, node: str) -> None:
+        st = self._nodes[node]
+        if st["raw"]:
+            self._merge_raw(st)
+        self.nodes.write_hot(node, last_seen=st["last_seen"], last_reading=st["last_reading"],
+                             values=json.dumps(st["values"], separators=(",", ":")),
+                             battery_mv=st["battery"], rssi=st["rssi"], min_seq=st["min_seq"],
+                             max_seq=st["max_seq"], accepted=st["accepted"],
+                             duplicates=st["duplicates"])
+        st["accepted"] = st["duplicates"] = 0
+
+    def compact(self, *, due_only: bool = False) -> None:
+        """Writes the nodes of the journal into their rows and empties it (in the caller's
+        transaction, between batches); with `due_only`, only once `COMPACT_S` passed."""
+        now = time.monotonic()
+        if due_only and now < self._compacted + COMPACT_S:
+            return
+        self._compacted = now
+        if not self._journaled and not self._overlay:
+            return
+        for node in self._journaled:
+            st = self._nodes.get(node)
+            if st is None:
+                continue
+            st["accepted"] += st["accepted_j"]
+            st["duplicates"] += st["duplicates_j"]
+            st["accepted_j"] = st["duplicates_j"] = 0
+            self._write_row(node)
+        for node, entry in self._overlay.items():
+            self.nodes.write_entry(node, entry)
+        self.nodes.clear_journal()
+        self._journaled.clear()
+        self._overlay.clear()
+
+    def recover(self) -> int:
+        """At start: a journal left by a crash, written into the node rows (in the caller's
+        transaction). Returns how many nodes it held."""
+        entries = self.nodes.journal()
+        for node, entry in entries.items():
+            self.nodes.write_entry(node, entry)
+        if entries:
+            self.nodes.clear_journal()
+            log.info("registry_recovered", extra=kv(nodes=len(entries)))
+        return len(entries)
 
     def snapshot(self, topic: str) -> tuple:
         """The cached state one message can change (its node's hot state, the alarm flags),
@@ -153,9 +235,12 @@ class Registry:
         self._active = active
 
     def forget(self) -> None:
-        """Drops the cache (after a rolled-back transaction); reloaded from the database."""
+        """Drops the cache (after a rolled-back transaction); reloaded from the database, and
+        from the journal for what it holds of a node (`ensure`)."""
         self._nodes.clear()
         self._dirty.clear()
+        self._journaled.clear()
+        self._overlay = self.nodes.journal()
         self.retired = self.nodes.retired()
         self._active = self.alarms.states()
 
@@ -176,6 +261,7 @@ class Registry:
         if self.nodes.retired_at(node) is not None:
             return False
         self.flush()
+        self.compact()
         self.nodes.retire(node, now, note or None)
         self._log(node, now, "retired", note or None, quiet=True)
         for (n, alarm), active in sorted(self._active.items()):
@@ -198,6 +284,8 @@ class Registry:
 
     def delete(self, node: str) -> None:
         """Deletes a node that never sent a reading; ValueError naming why not otherwise."""
+        self.flush()
+        self.compact()
         lo, hi = self.nodes.seq_range(node)
         if hi is not None:
             raise ValueError(f"node {node!r} has sent readings (seq {lo}-{hi}): "
@@ -448,6 +536,9 @@ class Registry:
         """Raises `stale` for nodes that missed `stale_intervals` intervals."""
         n = self.settings.stale_intervals
         for node, last_seen, iv, sleep, state in self.nodes.intervals():
+            cached = self._nodes.get(node)
+            if cached is not None and cached["last_seen"] > last_seen:
+                last_seen = cached["last_seen"]  # its row lags (the journal)
             allowed = n * iv + (sleep or 0 if state == "asleep" else 0)
             if now - last_seen > allowed and not self._active.get((node, "stale"), False):
                 self.set_alarm(node, "stale", True, now,

@@ -145,6 +145,56 @@ def test_sigkill_at_20_random_instants_loses_nothing_and_counts_once(tmp_path, b
     assert "Traceback" not in gw.log()
 
 
+def test_sigkill_while_a_large_fleet_drains_keeps_dedup_from_the_journal(tmp_path, broker):
+    """Bursts from 400 nodes: the gateway's batches touch more nodes than it writes rows for,
+    so their dedup state goes to the registry's journal (gateway/registry.py). Killed at
+    random instants, restarted each time; then every message is sent again. Each record is
+    stored once, and every message of the second round is a duplicate."""
+    rng = random.Random(400)
+    nodes = [f"fleet-{i}" for i in range(400)]
+    gw = GatewayProcess(tmp_path / "gw", broker, "gw-fleet")
+    stream = Stream(broker, nodes=nodes, seed=4)
+    sent: list[tuple[str, bytes]] = []
+    real = stream.client.publish
+
+    def publish(topic, payload, qos):
+        sent.append((topic, payload))
+        return real(topic, payload, qos=qos)
+    stream.client.publish = publish
+    try:
+        wait_for("the gateway to subscribe", lambda: gw.counters().get("subscribed"))
+        for _ in range(8):
+            burst = threading.Thread(target=stream.burst, args=(600,))
+            burst.start()
+            time.sleep(rng.uniform(0.1, 0.6))
+            gw.kill()
+            burst.join(60)
+            gw.start()
+            wait_for("the gateway to subscribe again", lambda: "event=subscribed" in gw.log())
+        wait_for("every record in the file sink",
+                 lambda: {r["rid"] for r in gw.records()} >= stream.sent, 60,
+                 lambda: f"missing {len(stream.sent - {r['rid'] for r in gw.records()})}")
+        # the whole stream again: nothing new may be stored
+        stats = gw.dir / "stats.json"
+        time.sleep(2.5)  # the stats file is written every second
+        before = gw.counters()
+        for topic, payload in list(sent):
+            real(topic, payload, qos=1).wait_for_publish(30)
+        wait_for("the repeats counted", lambda: gw.counters().get("received", 0)
+                 >= before.get("received", 0) + len(sent), 60, stats.read_text)
+        after = gw.counters()
+    finally:
+        stream.close()
+        gw.stop()
+    assert len(stream.sent) > 4000
+    assert after["accepted_records"] == before["accepted_records"], (before, after)
+    lines = Counter(r["rid"] for r in gw.records())
+    assert set(lines) == stream.sent and max(lines.values()) == 1
+    # the dedup state of some batches was in the journal when the gateway died
+    assert "event=registry_recovered" in gw.log()
+    assert "Traceback" not in gw.log()
+
+
 def test_platform_outage_retry_after_timeouts_recovery_and_a_dead_letter(tmp_path, broker):
     with Upstream() as up:
         up.mode, up.retry_after = "503", 1

@@ -78,7 +78,7 @@ def test_migrations_carry_an_old_outbox_forward(tmp_path):
                            "outbox": {"path": "o.db"}}, base_dir=tmp_path)
     gw = Gateway(config)
     gw.open_storage()
-    assert gw.box.schema_version == SCHEMA_VERSION == 7
+    assert gw.box.schema_version == SCHEMA_VERSION == 8
     assert gw.box.query("SELECT min_seq, max_seq FROM nodes") == [{"min_seq": 9,
                                                                    "max_seq": 12}]
     outcomes = [gw.handle_message("m/n1/r", reading(s, {1: 1}), received_at=T0)
@@ -337,3 +337,64 @@ def test_a_node_registered_before_it_was_heard_of_gets_first_seen(tmp_path):
     gw.handle_message("m/n7/r", reading(1, {1: 1}), received_at=T0 + 5)
     assert gw.box.query("SELECT first_seen FROM nodes WHERE node='n7'") == [
         {"first_seen": T0 + 5}]
+
+
+# ---- a batch from many nodes: the registry's journal (gateway/registry.py) ------------------
+
+def fleet_batch(nodes: int, seq: int, prefix: str = "f") -> list[Message]:
+    return [Message(f"m/{prefix}{i}/r", cbor2.dumps([1, seq, T0 + seq, {1: 2000 + i}]),
+                    received_at=T0 + seq) for i in range(nodes)]
+
+
+def node_rows(gw: Gateway) -> dict[str, tuple]:
+    return {r["node"]: (r["max_seq"], r["accepted"]) for r in
+            gw.box.query("SELECT node, max_seq, accepted FROM nodes WHERE node LIKE 'f%'")}
+
+
+def test_a_batch_from_many_nodes_keeps_their_dedup_state_in_one_journal_row(tmp_path):
+    from gateway.registry import DIRECT_NODES
+
+    gw = make_gateway(tmp_path)
+    assert gw.ingestor.handle_batch(fleet_batch(4 * DIRECT_NODES, 7)) == ["accepted"] * 128
+    # one journal row for the 128 nodes; their rows are written at the next compaction
+    assert gw.box.query("SELECT COUNT(*) AS n FROM node_journal") == [{"n": 1}]
+    assert set(node_rows(gw).values()) == {(None, 0)}
+    assert gw.ingestor.handle_batch(fleet_batch(128, 7)) == ["duplicate"] * 128
+    # a crash now (no compaction): the next start writes the journal into the rows
+    path = gw.config.outbox.path
+    gw.box.close()
+    again = make_gateway(tmp_path)
+    assert again.config.outbox.path == path
+    assert set(node_rows(again).values()) == {(7, 1)}
+    assert again.box.query("SELECT COUNT(*) AS n FROM node_journal") == [{"n": 0}]
+    assert again.ingestor.handle_batch(fleet_batch(128, 7)) == ["duplicate"] * 128
+    assert again.ingestor.handle_batch(fleet_batch(128, 8)) == ["accepted"] * 128
+    with again.box.transaction():
+        again.ingestor.registry.compact()
+    assert set(node_rows(again).values()) == {(8, 2)}
+    assert again.box.query("SELECT COUNT(*) AS n FROM node_journal") == [{"n": 0}]
+
+
+def test_a_rolled_back_batch_from_many_nodes_keeps_the_journaled_dedup_state(tmp_path,
+                                                                             monkeypatch):
+    """The first pass of a batch that hits a bug is rolled back and the registry's cache
+    dropped; the rerun must still know the seqs only the journal holds."""
+    from gateway.registry import Registry
+
+    gw = make_gateway(tmp_path)
+    assert gw.ingestor.handle_batch(fleet_batch(100, 3)) == ["accepted"] * 100
+    real = Registry.reading
+
+    def reading(self, node, *args, **kwargs):
+        if node == "boom":
+            raise RuntimeError("injected")
+        return real(self, node, *args, **kwargs)
+
+    monkeypatch.setattr(Registry, "reading", reading)
+    batch = fleet_batch(100, 3) + [Message("m/boom/r", cbor2.dumps([1, 1, T0, {1: 1}]),
+                                           received_at=T0)]
+    assert gw.ingestor.handle_batch(batch) == ["duplicate"] * 100 + ["internal"]
+    assert gw.ingestor.handle_batch(fleet_batch(100, 4)) == ["accepted"] * 100
+    with gw.box.transaction():
+        gw.ingestor.registry.compact()
+    assert set(node_rows(gw).values()) == {(4, 2)}

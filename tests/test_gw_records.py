@@ -164,7 +164,7 @@ def test_schema_3_outbox_with_pending_records_is_delivered_after_the_upgrade(tmp
                            "outbox": {"path": "o.db"}}, base_dir=tmp_path)
     gw = Gateway(config)
     gw.open_storage()
-    assert gw.box.schema_version == len(MIGRATIONS) == 7
+    assert gw.box.schema_version == len(MIGRATIONS) == 8
     assert gw.box.backlog("file")[0] == 1
     assert gw.handle_message("m/n1/r", cbor2.dumps([1, 7, T0, {1: 2150}]),
                              received_at=T0) == "duplicate"

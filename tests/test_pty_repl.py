@@ -5,6 +5,7 @@ raw REPL framing, raw-paste with flow control, Ctrl-C, soft and hard resets, and
 from __future__ import annotations
 
 import hashlib
+import random
 import signal
 import struct
 import subprocess
@@ -120,19 +121,23 @@ def test_ctrl_c_in_the_middle_of_a_garbage_collection_leaves_the_heap_usable(tmp
     # Ctrl-C is SIGINT to the unix port. Raised from inside the signal handler (the port's
     # standard variant) it could cut a garbage collection short and leave the heap locked for
     # good; the virtual board's build raises it between bytecodes, as an ESP32 does.
+    # The script prints "." inside its try before each round of collections, and each Ctrl-C
+    # waits for it: every interrupt lands inside the try (an interrupt in the except clause
+    # would end the script, which says nothing about the heap), most of them in a collection.
     script = tmp_path / "collect.py"
     script.write_text(
-        "import gc\nn = 0\nwhile n < 300:\n    try:\n        while True:\n"
-        "            x = [[n] * 8 for _ in range(20)]\n            gc.collect()\n"
-        "    except KeyboardInterrupt:\n        n += 1\nx = bytearray(1000)\nprint('usable', n)\n")
+        "import gc, sys\nn = 0\nwhile n < 300:\n    try:\n        sys.stdout.write('.')\n"
+        "        while True:\n            x = [[n] * 8 for _ in range(20)]\n"
+        "            gc.collect()\n    except KeyboardInterrupt:\n        n += 1\n"
+        "x = bytearray(1000)\nprint('usable', n)\n")
     proc = subprocess.Popen([toolchain.micropython(), "-X", "heapsize=96K", str(script)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    time.sleep(0.3)
+    rng = random.Random(300)
     sent = 0
-    while proc.poll() is None and sent < 400:
+    while sent < 300 and proc.stdout.read(1) == b".":
+        time.sleep(rng.uniform(0.001, 0.004))  # into the collections
         proc.send_signal(signal.SIGINT)
         sent += 1
-        time.sleep(0.004)
     out = proc.communicate(timeout=30)[0].decode()
     assert proc.returncode == 0 and "usable 300" in out, f"after {sent} Ctrl-C: {out[-500:]}"
 

@@ -33,6 +33,14 @@ _WRITE_HOT = ("UPDATE nodes SET last_seen=MAX(COALESCE(last_seen, 0), ?), "
               "min_seq=?, max_seq=?, accepted=accepted+?, duplicates=duplicates+? "
               "WHERE node=?")
 
+# the dedup range only widens (a newer row may have been written since the entry)
+_WRITE_ENTRY = ("UPDATE nodes SET last_seen=MAX(COALESCE(last_seen, 0), :seen), "
+                "last_reading=COALESCE(:reading, last_reading), battery_mv=:battery, "
+                "rssi=:rssi, min_seq=MIN(COALESCE(min_seq, :lo), COALESCE(:lo, min_seq)), "
+                "max_seq=MAX(COALESCE(max_seq, :hi), COALESCE(:hi, max_seq)), "
+                "accepted=accepted+:accepted, "
+                "duplicates=duplicates+:duplicates WHERE node=:node")
+
 
 class NodeTable:
     """`nodes` and `node_log` on one outbox connection."""
@@ -65,6 +73,39 @@ class NodeTable:
         and `duplicates` are added to the counts, `last_seen` only moves forward."""
         self._db.execute(_WRITE_HOT, (last_seen, last_reading, values, battery_mv, rssi,
                                       min_seq, max_seq, accepted, duplicates, node))
+
+    def write_journal(self, entries: dict[str, list]) -> None:
+        """One batch's hot state of the nodes it touched, `{node: [min_seq, max_seq,
+        last_seen, last_reading, battery_mv, rssi, accepted, duplicates]}` (the last two
+        added to the counts): one row, however many nodes."""
+        self._db.execute("INSERT INTO node_journal(body) VALUES (?)",
+                         (json.dumps(entries, separators=(",", ":")),))
+
+    def journal(self) -> dict[str, list]:
+        """The journal merged, oldest row first: per node its latest values, the counts
+        summed."""
+        out: dict[str, list] = {}
+        for (body,) in self._db.execute("SELECT body FROM node_journal ORDER BY id"):
+            for node, entry in json.loads(body).items():
+                old = out.get(node)
+                if old is not None:
+                    entry[6] += old[6]
+                    entry[7] += old[7]
+                    if entry[3] is None:
+                        entry[3] = old[3]
+                out[node] = entry
+        return out
+
+    def clear_journal(self) -> None:
+        self._db.execute("DELETE FROM node_journal")
+
+    def write_entry(self, node: str, entry: list) -> None:
+        """A journal entry into the node's row (its last values stay as they are)."""
+        lo, hi, seen, reading, battery, rssi, accepted, duplicates = entry
+        self._db.execute(_WRITE_ENTRY, {"seen": seen, "reading": reading, "battery": battery,
+                                        "rssi": rssi, "lo": lo, "hi": hi,
+                                        "accepted": accepted, "duplicates": duplicates,
+                                        "node": node})
 
     def set_status(self, node: str, columns: dict[str, Any]) -> None:
         """A status message's columns (names from the registry's `STATUS_FIELDS` and
