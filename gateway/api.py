@@ -167,9 +167,15 @@ class Api:
 
     # ---- handlers ---------------------------------------------------------------------------
 
-    def nodes(self, *, include_retired: bool = False) -> list[dict[str, Any]]:
+    def nodes(self, *, include_retired: bool = False, limit: int | None = None,
+              after: str | None = None, group: str | None = None, district: str | None = None,
+              state: str | None = None) -> list[dict[str, Any]]:
+        """The node rows by id: all, or a page of `limit` after node id `after`, of one
+        group, district or state."""
         with self.lock:
-            rows = self.box.nodes.rows(include_retired=include_retired)
+            rows = self.box.nodes.rows(include_retired=include_retired, limit=limit,
+                                       after=after, group=group, district=district,
+                                       state=state)
             missing = self.box.missing()
             alarms = self.box.alarms.active_by_node()
         return [node_row(r, missing=missing.get(r["node"], 0), alarms=alarms.get(r["node"]))

@@ -24,6 +24,7 @@ import hmac
 import logging
 import socket
 import threading
+import urllib.parse
 from typing import Annotated, Any, Literal, Optional
 
 from fastapi import Body, Depends, FastAPI, Path, Query, Request
@@ -47,6 +48,9 @@ STOP_S = 5.0  # what stop() waits for requests under way
 # the dashboard's pages, one module each (gateway/dashboard/__init__.py), in routing order
 PAGES = (fleet, public, operations, alarms)
 NODE_ID = r"^[a-z0-9][a-z0-9_-]{0,31}$"  # gateway.wire.node_id_problem's rule
+NODE_STATES = "^(online|asleep|offline|restarting)$"
+NODES_PAGE = 1000  # /api/nodes answers a page: at 100 000 nodes the whole list is 50 MB
+NODES_PAGE_MAX = 10000
 ALARM_NODE = r"^-?[a-z0-9][a-z0-9_-]{0,31}$"  # a node id, or -gateway (daemon.GATEWAY_NODE)
 ALARM_STATES = r"^(open|unacked|attention|recent|all)$"  # api.ALARM_LOG_STATES
 
@@ -323,10 +327,29 @@ def make_app(api: Api) -> FastAPI:
     # ---- registry ------------------------------------------------------------------------
 
     @app.get("/api/nodes", tags=["registry"], dependencies=auth,
-             summary="every node seen or registered, not retired")
-    def nodes(retired: StrictBool = Query(False, description="the retired nodes too")
-              ) -> list[dict[str, Any]]:
-        return api.nodes(include_retired=retired)
+             summary="the nodes seen or registered, not retired, by id, a page at a time "
+                     "(a Link header rel=\"next\" when there are more)")
+    def nodes(request: Request,
+              retired: StrictBool = Query(False, description="the retired nodes too"),
+              limit: int = Query(NODES_PAGE, ge=1, le=NODES_PAGE_MAX,
+                                 description="nodes per page"),
+              after: Optional[str] = Query(None, pattern=NODE_ID,
+                                           description="the page after this node id"),
+              group: Optional[str] = Query(None, min_length=1, max_length=64,
+                                           description="only the nodes of this group"),
+              district: Optional[str] = Query(None, min_length=1, max_length=64,
+                                              description="only the nodes of this district"),
+              state: Optional[str] = Query(None, pattern=NODE_STATES,
+                                           description="only the nodes in this state")
+              ) -> Response:
+        rows = api.nodes(include_retired=retired, limit=limit, after=after, group=group,
+                         district=district, state=state)
+        headers = {}
+        if len(rows) == limit:  # maybe more: the next page starts after the last id
+            query = dict(request.query_params)
+            query["after"] = rows[-1]["node"]
+            headers["Link"] = f'</api/nodes?{urllib.parse.urlencode(query)}>; rel="next"'
+        return JSONResponse(rows, headers=headers)
 
     @app.get("/api/nodes/{node}", tags=["registry"], dependencies=auth,
              summary="one node, with its gap ranges", responses={404: {"description": "unknown"}})

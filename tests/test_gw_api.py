@@ -178,3 +178,52 @@ def test_every_endpoint_but_healthz_wants_the_bearer_token(tmp_path, broker):
     finally:
         gw.stop()
     assert "event=api_unauthorized" in gw.log()
+
+
+def test_the_node_list_comes_a_page_at_a_time_and_filters(tmp_path):
+    """GET /api/nodes answers `limit` nodes by id and a Link rel="next" while there may be
+    more; following the links gives every node once. Filters: group, district, state."""
+    import json
+    import re
+    import urllib.request
+
+    from gateway.config import parse_config
+    from gateway.daemon import Gateway
+    from gateway.webapp import ApiServer
+
+    gw = Gateway(parse_config({"sinks": {"file": {}}, "api": {"port": 0, "token": "t0ken"}},
+                              base_dir=tmp_path))
+    gw.open_storage()
+    with gw.box.transaction():
+        for i in range(25):
+            gw.box.nodes.register(f"n{i:02d}", board="esp32-devkitc", sensors=[],
+                                  interval_s=60, group="pumps" if i % 5 == 0 else None,
+                                  district="Oost" if i < 10 else "Centrum")
+    gw.handle_message("m/n07/s", cbor2.dumps({"on": False}), received_at=1.0)
+    server = ApiServer(gw)
+    server.start()
+    try:
+        def get(path: str):
+            req = urllib.request.Request(f"http://127.0.0.1:{server.port}{path}",
+                                         headers={"Authorization": "Bearer t0ken"})
+            with urllib.request.urlopen(req, timeout=10) as reply:
+                return json.loads(reply.read()), reply.headers.get("Link")
+
+        seen, path, pages = [], "/api/nodes?limit=10", 0
+        while path:
+            rows, link = get(path)
+            seen += [r["node"] for r in rows]
+            pages += 1
+            path = re.match(r'<([^>]+)>; rel="next"', link).group(1) if link else None
+        assert seen == [f"n{i:02d}" for i in range(25)] and pages == 3
+        assert get("/api/nodes?limit=10&after=n19")[0][0]["node"] == "n20"
+        assert [r["node"] for r in get("/api/nodes?group=pumps")[0]] == [
+            "n00", "n05", "n10", "n15", "n20"]
+        rows, link = get("/api/nodes?district=Oost&limit=5")
+        assert [r["node"] for r in rows] == ["n00", "n01", "n02", "n03", "n04"]
+        assert link == '</api/nodes?district=Oost&limit=5&after=n04>; rel="next"'
+        assert [r["node"] for r in get("/api/nodes?state=offline")[0]] == ["n07"]
+        assert get("/api/nodes")[1] is None and len(get("/api/nodes")[0]) == 25
+    finally:
+        server.stop()
+        gw.box.close()

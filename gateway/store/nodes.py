@@ -204,12 +204,28 @@ class NodeTable:
         rows = dicts(self._db.execute(f"{_SELECT} WHERE node=?", (node,)))
         return rows[0] if rows else None
 
-    def rows(self, *, include_retired: bool = False) -> list[dict[str, Any]]:
-        """Every node's `NODE_COLUMNS` by id, but the gateway's own (`-gateway`) and, unless
-        `include_retired`, the retired ones."""
-        retired = "" if include_retired else " AND retired_at IS NULL"
-        return dicts(self._db.execute(f"{_SELECT} WHERE node NOT LIKE '-%'{retired} "
-                                      "ORDER BY node"))
+    def rows(self, *, include_retired: bool = False, limit: int | None = None,
+             after: str | None = None, group: str | None = None, district: str | None = None,
+             state: str | None = None) -> list[dict[str, Any]]:
+        """The nodes' `NODE_COLUMNS` by id, but the gateway's own (`-gateway`) and, unless
+        `include_retired`, the retired ones: all, or `limit` of them after node id `after`
+        (a page), of one `group`, `district` or `state`."""
+        where, args = ["node NOT LIKE '-%'"], []
+        if not include_retired:
+            where.append("retired_at IS NULL")
+        for column, value in (("grp", group), ("district", district), ("state", state)):
+            if value is not None:
+                where.append(f"{column}=?")
+                args.append(value)
+        if after is not None:
+            where.append("node>?")
+            args.append(after)
+        tail = ""
+        if limit is not None:
+            tail = " LIMIT ?"
+            args.append(limit)
+        return dicts(self._db.execute(f"{_SELECT} WHERE {' AND '.join(where)} "
+                                      f"ORDER BY node{tail}", args))
 
     def public_rows(self) -> list[dict[str, Any]]:
         """node, district, sensors and last_values (JSON text) of the nodes registered as
