@@ -27,13 +27,14 @@ import base64
 import hashlib
 import hmac
 import json
-import os
 import re
 import secrets
 import threading
 import time
 from pathlib import Path
 from typing import Any, Optional
+
+from meterlink_common import write_atomic
 
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2 ** 15, 8, 1
 SCRYPT_MAXMEM = 64 << 20
@@ -186,17 +187,8 @@ class Users:
         self._write(users)
 
     def _write(self, users: dict[str, dict[str, Any]]) -> None:
-        """Replaces the file atomically, mode 0600 from its creation."""
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump({"users": users}, f, indent=1, sort_keys=True)
-                f.write("\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        """Replaces the file atomically, mode 0600 from its creation, flushed to the disk."""
+        text = json.dumps({"users": users}, indent=1, sort_keys=True) + "\n"
+        write_atomic(self.path, text.encode("utf-8"), mode=0o600, durable=True)
         with self._lock:
             self._seen = None

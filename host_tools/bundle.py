@@ -39,11 +39,6 @@ HELP = "build an app bundle (the node's code as .mpy) for `meterlink gateway ota
 NOT_IN_BUNDLE = {"boot.py", "main.py", "appslot.py"}
 
 
-def firmware_version() -> str:
-    text = (toolchain.FIRMWARE_DIR / "node.py").read_text()
-    return re.search(r'^FIRMWARE_VERSION = "([^"]+)"', text, re.M).group(1)
-
-
 def mpy_version() -> list[int]:
     out = subprocess.run([firmware_build.mpy_cross(), "--version"], capture_output=True,
                          text=True, check=True).stdout
@@ -64,7 +59,7 @@ def chips_for(arch: str) -> list[str]:
 
 def build(arch: str, *, version: str | None = None, sources: list[Path] | None = None) -> bytes:
     """The bundle's bytes: `sources` (default: firmware/ and drivers/) compiled for `arch`."""
-    version = version or firmware_version()
+    version = version or firmware_build.firmware_version()
     if not re.fullmatch(r"\d+\.\d+\.\d+", version):
         raise UserError(f"bundle: version must be a.b.c: got {version!r}", exit_code=EXIT_INPUT)
     files: list[tuple[str, bytes]] = []

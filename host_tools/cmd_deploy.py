@@ -35,11 +35,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import re
 import sys
 import time
 
-from host_tools import device, firmware_build, toolchain
+from host_tools import device, firmware_build
 from host_tools.device import Device, DeviceError, no_space, prepare_files, say, write_file
 from meterlink_common import UserError
 
@@ -76,12 +75,6 @@ def _remote_state(dev: Device, names: list[str]) -> tuple[list, str, int]:
     """(sha256 hex or None per name, the manifest text, free bytes) from the node (after
     _prepare(dev))."""
     return dev.eval(f"([_h(n) for n in {names!r}], _man(), _free())")
-
-
-def local_version() -> str:
-    m = re.search(r'^FIRMWARE_VERSION = "([^"]+)"', (toolchain.FIRMWARE_DIR / "node.py").read_text(),
-                  re.M)
-    return m.group(1) if m else "?"
 
 
 def build_parser(parser: argparse.ArgumentParser) -> None:
@@ -144,8 +137,9 @@ def run(args: argparse.Namespace) -> int:
         if image:
             say(f"{board.name} ({board.chip}) on {port}: the meterlink image, firmware {image} "
                 f"frozen in; boot.py and main.py on its filesystem")
-            if image != local_version():
-                say(f"  note: this checkout's firmware is {local_version()}: to put it on the node, "
+            local = firmware_build.firmware_version()
+            if image != local:
+                say(f"  note: this checkout's firmware is {local}: to put it on the node, "
                     f"`make image BOARD={board.name}` and `meterlink flash --board {board.name}`")
         else:
             say(f"{board.name} ({board.chip}, {board.mpy_arch}) on {port}: a stock MicroPython "

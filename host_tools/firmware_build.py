@@ -28,6 +28,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -39,6 +40,13 @@ from host_tools import device, image, toolchain
 ARCHES = ("xtensawin", "rv32imc")
 KEEP_SOURCE = {"boot.py", "main.py"}
 CACHE_DIR = toolchain.CACHE_DIR / "firmware"
+
+
+def firmware_version() -> str:
+    """FIRMWARE_VERSION of this checkout's firmware (firmware/node.py), "?" when it has none."""
+    m = re.search(r'^FIRMWARE_VERSION = "([^"]+)"',
+                  (toolchain.FIRMWARE_DIR / "node.py").read_text(), re.M)
+    return m.group(1) if m else "?"
 
 
 def mpy_cross() -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from host_tools import cli, cmd_deploy, device
+from host_tools import cli, cmd_deploy, device, toolchain
 from host_tools.vboard.node import default_board
 from host_tools.vboard.pty_repl import PtyBoard
 
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 BOARD = "esp32-devkitc"
 MPREMOTE = str(Path(sys.executable).with_name("mpremote"))
 VERSION = re.search(r'FIRMWARE_VERSION = "([^"]+)"',
-                    (cmd_deploy.toolchain.FIRMWARE_DIR / "node.py").read_text()).group(1)
+                    (toolchain.FIRMWARE_DIR / "node.py").read_text()).group(1)
 
 
 @pytest.fixture
@@ -114,7 +114,7 @@ def test_on_the_meterlink_image_deploy_writes_boot_and_main_and_removes_frozen_c
     assert sorted(p.name for p in board.flash.iterdir()) == [
         ".deploy.json", "app0", "boot.py", "config.json", "main.py"]
     for name in ("boot.py", "main.py"):
-        assert (board.flash / name).read_bytes() == (cmd_deploy.toolchain.FIRMWARE_DIR / name).read_bytes()
+        assert (board.flash / name).read_bytes() == (toolchain.FIRMWARE_DIR / name).read_bytes()
     assert json.loads((board.flash / ".deploy.json").read_text()) == ["boot.py", "main.py"]
 
     rc, out, err = deploy(capsys, board.port)

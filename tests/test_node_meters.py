@@ -272,7 +272,13 @@ def test_battery_pulse_node_wakes_on_pulses_and_bills_each_once(tmp_path, broker
     assert totals == sorted(totals) and sorted(set(totals)) == expect, totals
     assert totals[-1] == expect[-1] == 0.05, "5 pulses x 10 L"
     assert len(totals) >= wakeups, "a reading at every wake-up that ran to its sleep"
-    assert node.console().count("deep sleep for") == wakeups
+    # every wake-up that ran to its sleep logged it; the run `node.stop()` ended may have
+    # logged its sleep too, just before it would have exited
+    console = node.console()
+    logged = console.count("deep sleep for")
+    assert logged == wakeups or (logged == wakeups + 1 and
+                                 console.rstrip().endswith("deep sleep for 60000 ms")), \
+        (logged, wakeups, console[-500:])
     assert (node.flash / "boots.dat").read_text() == "1", "wake-ups are not boots"
     assert not errors(node), node.console()[-3000:]
 

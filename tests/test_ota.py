@@ -30,7 +30,7 @@ from host_tools.vboard.node import VirtualNode
 
 pytestmark = pytest.mark.slow
 
-RUNNING = bundles.firmware_version()
+RUNNING = firmware_build.firmware_version()
 
 
 def newer(version: str = RUNNING, step: int = 1) -> str:
