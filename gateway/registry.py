@@ -11,7 +11,7 @@ and when; the rows are written by the outbox's table classes (`box.nodes`, `box.
 gateway/store/), and no SQL is run here. The hot fields of a node (last values, battery, RSSI,
 highest seq, counts) are cached here and written once per batch by `flush()`, which the
 ingest path calls before its commit. A batch that touched a few nodes (`DIRECT_NODES`) updates
-their rows (`NodeTable.write_hot`); one from many nodes (a backlog from a large fleet) writes
+their rows (`NodeTable.write_hot_many`); one from many nodes (a backlog from a large fleet) writes
 one row to `node_journal` instead, whatever their number: each node's dedup range, last seen,
 battery, RSSI and counts, in the same transaction as the readings. Every `COMPACT_S` (and at
 a clean stop) `compact()` writes the nodes of the journal into their rows, with their last
@@ -122,7 +122,7 @@ class Registry:
         if state is None:
             # a node registered before it was first heard of (provision) is first seen now
             new, registered, row = self.nodes.first_sight(node, now)
-            state = {"values": json.loads(row[0]) if row[0] else {}, "battery": row[1],
+            state = {"values": _values_in(row[0]), "battery": row[1],
                      "rssi": row[2], "min_seq": row[3], "max_seq": row[4], "accepted": 0,
                      "duplicates": 0,
                      "last_seen": now, "last_reading": None, "raw": {},
@@ -158,8 +158,7 @@ class Registry:
         """Writes the cached state of the nodes changed since the last flush (in the batch's
         transaction): their rows when they are few, else one journal row (module docstring)."""
         if len(self._dirty) <= DIRECT_NODES:
-            for node in self._dirty:
-                self._write_row(node)
+            self.nodes.write_hot_many([self._row(node) for node in self._dirty])
         else:
             entries = {}
             for node in self._dirty:
@@ -174,16 +173,17 @@ class Registry:
             self._journaled.update(self._dirty)
         self._dirty.clear()
 
-    def _write_row(self, node: str) -> None:
+    def _row(self, node: str) -> tuple:
+        """The node's cached hot state as `NodeTable.write_hot_many` takes it; its counts
+        are then taken (reset)."""
         st = self._nodes[node]
         if st["raw"]:
             self._merge_raw(st)
-        self.nodes.write_hot(node, last_seen=st["last_seen"], last_reading=st["last_reading"],
-                             values=json.dumps(st["values"], separators=(",", ":")),
-                             battery_mv=st["battery"], rssi=st["rssi"], min_seq=st["min_seq"],
-                             max_seq=st["max_seq"], accepted=st["accepted"],
-                             duplicates=st["duplicates"])
+        row = (st["last_seen"], st["last_reading"], _values_out(st["values"]), st["battery"],
+               st["rssi"], st["min_seq"], st["max_seq"], st["accepted"], st["duplicates"],
+               node)
         st["accepted"] = st["duplicates"] = 0
+        return row
 
     def compact(self, *, due_only: bool = False) -> None:
         """Writes the nodes of the journal into their rows and empties it (in the caller's
@@ -194,6 +194,7 @@ class Registry:
         self._compacted = now
         if not self._journaled and not self._overlay:
             return
+        rows = []
         for node in self._journaled:
             st = self._nodes.get(node)
             if st is None:
@@ -201,7 +202,8 @@ class Registry:
             st["accepted"] += st["accepted_j"]
             st["duplicates"] += st["duplicates_j"]
             st["accepted_j"] = st["duplicates_j"] = 0
-            self._write_row(node)
+            rows.append(self._row(node))
+        self.nodes.write_hot_many(rows)
         for node, entry in self._overlay.items():
             self.nodes.write_entry(node, entry)
         self.nodes.clear_journal()
@@ -350,8 +352,8 @@ class Registry:
         for key, (raw, t) in st["raw"].items():
             label, _, _, scale = self._key(key)
             old = values.get(label)
-            if old is None or old["t"] <= t:
-                values[label] = {"v": senml_value(raw, scale), "t": t}
+            if old is None or old[1] <= t:
+                values[label] = (senml_value(raw, scale), t)
         st["raw"].clear()
 
     def reading(self, node: str, records: Sequence[tuple[int, dict[int, int]]], base: int,
@@ -375,9 +377,9 @@ class Registry:
                     label, name, inst, scale = self._key(key)
                     values = st["values"]
                     old = values.get(label)
-                    if old is None or old["t"] <= t:
+                    if old is None or old[1] <= t:
                         v = senml_value(value, scale)
-                        values[label] = {"v": v, "t": t}
+                        values[label] = (v, t)
                         if name == "battery_voltage":
                             st["battery"] = int(round(v * 1000))
                         elif name == "rssi":
@@ -543,6 +545,23 @@ class Registry:
             if now - last_seen > allowed and not self._active.get((node, "stale"), False):
                 self.set_alarm(node, "stale", True, now,
                                f"nothing for {int(now - last_seen)} s (interval {iv} s)")
+
+
+def _values_in(text: str | None) -> dict[str, tuple[Any, Any]]:
+    """`last_values` JSON ({label: {"v", "t"}}) as the cache keeps it: label -> (v, t), a
+    tuple being a third of a dict's size (the cache holds every node of the fleet)."""
+    out = {}
+    if text:
+        for label, vt in json.loads(text).items():
+            if isinstance(vt, dict):
+                out[label] = (vt.get("v"), vt.get("t"))
+    return out
+
+
+def _values_out(values: dict[str, tuple[Any, Any]]) -> str:
+    """The cache's last values as `last_values` JSON text."""
+    return json.dumps({label: {"v": v, "t": t} for label, (v, t) in values.items()},
+                      separators=(",", ":"))
 
 
 def is_int64(value: Any) -> bool:

@@ -1,7 +1,7 @@
 """The registry's tables: `nodes` (one row per node) and `node_log` (its status history).
 
     box.nodes.first_sight(node, now)    # the row made on first sight, its hot columns
-    box.nodes.write_hot(node, ...)      # once per node and batch (Registry.flush)
+    box.nodes.write_hot_many(rows)      # the registry's hot state (Registry.flush, compact)
     box.nodes.register(node, board=..., sensors=[...], interval_s=60)
 
 What is kept in them and when is the registry's business (gateway/registry.py); this class
@@ -66,13 +66,12 @@ class NodeTable:
                          "state, fw, boot, status FROM nodes WHERE node=?", (node,)).fetchone()
         return bool(new), bool(registered), row
 
-    def write_hot(self, node: str, *, last_seen: float, last_reading: float | None,
-                  values: str, battery_mv: int | None, rssi: int | None, min_seq: int | None,
-                  max_seq: int | None, accepted: int, duplicates: int) -> None:
-        """The registry's cached hot state of one node (`values` as JSON text); `accepted`
-        and `duplicates` are added to the counts, `last_seen` only moves forward."""
-        self._db.execute(_WRITE_HOT, (last_seen, last_reading, values, battery_mv, rssi,
-                                      min_seq, max_seq, accepted, duplicates, node))
+    def write_hot_many(self, rows: list[tuple]) -> None:
+        """The registry's cached hot state of nodes, one call: (last_seen, last_reading,
+        values (JSON text), battery_mv, rssi, min_seq, max_seq, accepted, duplicates, node)
+        each; `accepted` and `duplicates` are added to the counts, `last_seen` only moves
+        forward."""
+        self._db.executemany(_WRITE_HOT, rows)
 
     def write_journal(self, entries: dict[str, list]) -> None:
         """One batch's hot state of the nodes it touched, `{node: [min_seq, max_seq,
