@@ -61,6 +61,20 @@ def wait_for(predicate, timeout: float, what: str, on_fail=lambda: "", poll: flo
         time.sleep(poll)
 
 
+def break_readings_of(monkeypatch, node: str, broken=lambda: True) -> None:
+    """A bug on the ingest path: `Registry.reading` raises for `node` (while `broken()`)."""
+    from gateway.registry import Registry
+
+    real = Registry.reading
+
+    def reading(self, name, *args, **kwargs):
+        if name == node and broken():
+            raise RuntimeError("injected")
+        return real(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(Registry, "reading", reading)
+
+
 def publish(broker, messages: Iterable[tuple[str, bytes]], client_id: str = "test-publisher",
             timeout: float = 30.0) -> None:
     """Publishes each (topic, payload) at QoS 1, in order, as one client of `broker` (TLS when

@@ -379,18 +379,11 @@ def test_a_rolled_back_batch_from_many_nodes_keeps_the_journaled_dedup_state(tmp
                                                                              monkeypatch):
     """The first pass of a batch that hits a bug is rolled back and the registry's cache
     dropped; the rerun must still know the seqs only the journal holds."""
-    from gateway.registry import Registry
+    from gateway_support import break_readings_of
 
     gw = make_gateway(tmp_path)
     assert gw.ingestor.handle_batch(fleet_batch(100, 3)) == ["accepted"] * 100
-    real = Registry.reading
-
-    def reading(self, node, *args, **kwargs):
-        if node == "boom":
-            raise RuntimeError("injected")
-        return real(self, node, *args, **kwargs)
-
-    monkeypatch.setattr(Registry, "reading", reading)
+    break_readings_of(monkeypatch, "boom")
     batch = fleet_batch(100, 3) + [Message("m/boom/r", cbor2.dumps([1, 1, T0, {1: 1}]),
                                            received_at=T0)]
     assert gw.ingestor.handle_batch(batch) == ["duplicate"] * 100 + ["internal"]

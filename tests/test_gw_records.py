@@ -264,20 +264,13 @@ def test_a_bug_on_the_hot_path_quarantines_only_its_message(tmp_path, monkeypatc
     """A message that raises after it was queued for the batch insert is rolled back alone
     (the rerun with a savepoint per message); the messages around it are stored."""
     from gateway.ingest import Message
-    from gateway.registry import Registry
+    from gateway_support import break_readings_of
 
     config = parse_config({"sinks": {"file": {}}, "api": {"enabled": False}},
                           base_dir=tmp_path)
     gw = Gateway(config)
     gw.open_storage()
-    real = Registry.reading
-
-    def reading(self, node, *args, **kwargs):
-        if node == "boom":
-            raise RuntimeError("injected")
-        return real(self, node, *args, **kwargs)
-
-    monkeypatch.setattr(Registry, "reading", reading)
+    break_readings_of(monkeypatch, "boom")
     msg = lambda node, seq: Message(f"m/{node}/r", cbor2.dumps([1, seq, T0, {1: seq}]),
                                     received_at=T0)
     outcomes = gw.ingestor.handle_batch([msg("n1", 1), msg("boom", 1), msg("n1", 2)])
@@ -293,21 +286,14 @@ def test_a_rolled_back_message_leaves_no_trace_in_dedup(tmp_path, monkeypatch):
     node sends the same seq again (a retry after the fix), it is stored, not dropped as a
     duplicate of something never stored."""
     from gateway.ingest import Message
-    from gateway.registry import Registry
+    from gateway_support import break_readings_of
 
     config = parse_config({"sinks": {"file": {}}, "api": {"enabled": False}},
                           base_dir=tmp_path)
     gw = Gateway(config)
     gw.open_storage()
-    real = Registry.reading
     broken = [True]
-
-    def reading(self, node, *args, **kwargs):
-        if broken[0] and node == "n2":
-            raise RuntimeError("injected")
-        return real(self, node, *args, **kwargs)
-
-    monkeypatch.setattr(Registry, "reading", reading)
+    break_readings_of(monkeypatch, "n2", lambda: broken[0])
     msg = lambda node, seq: Message(f"m/{node}/r", cbor2.dumps([1, seq, T0, {1: seq}]),
                                     received_at=T0)
     assert gw.ingestor.handle_batch([msg("n1", 1), msg("n2", 7)]) == ["accepted", "internal"]

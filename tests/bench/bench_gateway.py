@@ -652,30 +652,29 @@ def main(argv: list[str]) -> int:
             print(f"  gateway http sink            {ours:9.0f} records/s")
             print(f"  ratio gateway / bare         {ours / bare_post:9.2f}")
         if "bridge" in parts:
-            relays, ours = bridge_rates(work)
-            ratios = [o / b for o, b in zip(ours, relays)]
-            print(f"mqtt bridge end to end, first publish to last arrival upstream ({READINGS} "
-                  f"QoS 1 readings of {SENML_PER_MESSAGE} values, two real Mosquittos, median "
-                  f"of {BRIDGE_ROUNDS} rounds):")
-            print(f"  bare paho relay              {statistics.median(relays):9.0f} readings/s"
-                  "   rounds " + " ".join(f"{x:.0f}" for x in relays))
-            print(f"  gateway mqtt sink            {statistics.median(ours):9.0f} readings/s"
-                  "   rounds " + " ".join(f"{x:.0f}" for x in ours))
-            print(f"  ratio gateway / relay        {statistics.median(ratios):9.2f}   rounds "
-                  + " ".join(f"{x:.2f}" for x in ratios))
+            print_end_to_end(f"mqtt bridge end to end, first publish to last arrival upstream "
+                             f"({READINGS} QoS 1 readings of {SENML_PER_MESSAGE} values, two "
+                             f"real Mosquittos, median of {BRIDGE_ROUNDS} rounds):",
+                             "bare paho relay", "gateway mqtt sink", *bridge_rates(work))
         if "http" in parts:
-            relays, ours = http_rates(work)
-            ratios = [o / b for o, b in zip(ours, relays)]
-            print(f"http sink end to end, first publish to last arrival at a local HTTP server "
-                  f"({READINGS} QoS 1 readings of {SENML_PER_MESSAGE} values, real Mosquitto, "
-                  f"median of {BRIDGE_ROUNDS} rounds):")
-            print(f"  bare relay (paho -> POST)    {statistics.median(relays):9.0f} readings/s"
-                  "   rounds " + " ".join(f"{x:.0f}" for x in relays))
-            print(f"  gateway http sink            {statistics.median(ours):9.0f} readings/s"
-                  "   rounds " + " ".join(f"{x:.0f}" for x in ours))
-            print(f"  ratio gateway / relay        {statistics.median(ratios):9.2f}   rounds "
-                  + " ".join(f"{x:.2f}" for x in ratios))
+            print_end_to_end(f"http sink end to end, first publish to last arrival at a local "
+                             f"HTTP server ({READINGS} QoS 1 readings of {SENML_PER_MESSAGE} "
+                             f"values, real Mosquitto, median of {BRIDGE_ROUNDS} rounds):",
+                             "bare relay (paho -> POST)", "gateway http sink", *http_rates(work))
     return 0
+
+
+def print_end_to_end(title: str, bare_name: str, ours_name: str, relays: list[float],
+                     ours: list[float]) -> None:
+    """The rates of an end-to-end part and the median of its rounds' ratios."""
+    ratios = [o / b for o, b in zip(ours, relays)]
+    print(title)
+    print(f"  {bare_name:28s} {statistics.median(relays):9.0f} readings/s   rounds "
+          + " ".join(f"{x:.0f}" for x in relays))
+    print(f"  {ours_name:28s} {statistics.median(ours):9.0f} readings/s   rounds "
+          + " ".join(f"{x:.0f}" for x in ours))
+    print(f"  ratio gateway / relay        {statistics.median(ratios):9.2f}   rounds "
+          + " ".join(f"{x:.2f}" for x in ratios))
 
 
 if __name__ == "__main__":
