@@ -35,7 +35,7 @@ MAX_PAYLOAD = 4096
 MAX_RECORDS = 64
 MAX_SEQ = 2**32 - 1
 VALUE_LIMIT = 2**53  # |value| must be below: exact in a JSON (IEEE double) number
-# Record times the gateway takes (see `time_problem`): SenML (RFC 8428 4.5.3) reads a time
+# Record times the gateway takes (see `reading_time_error`): SenML (RFC 8428 4.5.3) reads a time
 # below 2^28 as relative to now, so no absolute time may be that small; by default nothing
 # before 2020-01-01 (the configured `[ingest] time_min`) and nothing more than a day ahead.
 SENML_RELATIVE_LIMIT = 2**28
@@ -300,7 +300,7 @@ def decode_reading(payload: bytes, table: ChannelTable | None = None) -> Reading
     try:
         reading, encoded = _parse(msg, table)
     except _Fault as fault:
-        raise fault_error(payload, fault) from None
+        raise _fault_error(payload, fault) from None
     except _Odd:
         _locate(payload, None)
         raise WireError("cbor", 0, "payload does not decode as a reading message") from None
@@ -338,7 +338,7 @@ def _partial(payload: bytes) -> list[Any] | None:
     return items + [_MISSING] * (count - len(items))
 
 
-def fault_error(payload: bytes, fault: _Fault) -> WireError:
+def _fault_error(payload: bytes, fault: _Fault) -> WireError:
     """The WireError of `fault` at its item's offset (or the fault `_locate` meets first)."""
     return WireError(fault.reason, _locate(payload, fault.path), fault.detail)
 

@@ -24,8 +24,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import cbor2
-
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
@@ -34,16 +32,13 @@ from gateway.daemon import Gateway  # noqa: E402
 from gateway.ingest import Message  # noqa: E402
 from gateway.logfmt import configure_logging  # noqa: E402
 
-T0 = 1796428800
+from bench_fleet import stream as fleet_stream  # noqa: E402  (the same messages, from NODES)
+
 NODES = 200
 MESSAGES = 40_000
 BATCH = 256
 ROUNDS = 5
 CHANNELS = ("temperature", "humidity", "pressure")
-
-
-def payload(seq: int, t: int) -> bytes:
-    return cbor2.dumps([1, seq, t, {1: 2153, 2: 4523, 3: 101325, 7: 3712}, {0: 60, 1: 3}])
 
 
 def rules() -> dict[str, dict]:
@@ -71,20 +66,6 @@ def rules() -> dict[str, dict]:
     return out
 
 
-def batches() -> list[list[Message]]:
-    seqs = [0] * NODES
-    out = []
-    for b in range(MESSAGES // BATCH):
-        msgs = []
-        for i in range(BATCH):
-            n = (b * BATCH + i) % NODES
-            msgs.append(Message(f"m/n{n}/r", payload(seqs[n], T0 + 120 * seqs[n]),
-                                received_at=T0 + 120 * seqs[n] + 1))
-            seqs[n] += 2
-        out.append(msgs)
-    return out
-
-
 def rate(work: Path, with_rules: bool, stream: list[list[Message]]) -> tuple[float, int]:
     data = {"sinks": {"file": {}}, "api": {"enabled": False}}
     if with_rules:
@@ -108,7 +89,7 @@ def rate(work: Path, with_rules: bool, stream: list[list[Message]]) -> tuple[flo
 
 def main() -> int:
     configure_logging("ERROR")
-    stream = batches()
+    stream = fleet_stream(NODES, MESSAGES)
     bare, ruled, ratios = [], [], []
     evaluations = 0
     with tempfile.TemporaryDirectory(prefix="bench-rules-") as tmp:
