@@ -18,10 +18,19 @@ PH = const(12)  # 0.01 pH
 CONDUCTIVITY = const(13)  # uS/cm
 FREE_CHLORINE = const(14)  # 0.01 mg/L
 WATER_PRESSURE = const(15)  # hPa
-ALARMS = const(16)  # bits: 1 leak, 2 backflow, 4 tamper, 8 sensor fault
+ALARMS = const(16)  # bits: 1 leak, 2 backflow, 4 tamper, 8 sensor fault, 16 gas, 32 flood
 NIGHT_FLOW = const(17)  # uL/s
 TURBIDITY = const(18)  # 0.01 NTU
 HEAT_ENERGY = const(19)  # kJ
+METHANE = const(20)  # 0.1 % LEL
+CARBON_MONOXIDE = const(21)  # ppm
+WATER_LEVEL = const(22)  # mm
+RAIN_TOTAL = const(23)  # um
+RAINFALL = const(24)  # um
+RAIN_INTENSITY = const(25)  # nm/s
+NOISE_LAEQ = const(26)  # 0.1 dB(A)
+NOISE_LAMAX = const(27)  # 0.1 dB(A)
+RELAY = const(28)  # 1 on, 0 off
 
 INSTANCE_STRIDE = const(64)
 

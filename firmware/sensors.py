@@ -54,14 +54,16 @@ _ADAPTERS, a _v_<name>() in its cfg_ module, create() in its driver module.
 
 # Every `driver` name accepted in `sensors[i].driver`.
 DRIVERS = ("bme280", "pulse", "sht4x", "battery", "pressure", "rssi", "modbus", "ds18b20",
-           "mbus", "pms5003")
+           "mbus", "pms5003", "current_loop")
 # driver -> module in drivers/ with its check(c, entry, path, spec, out) for the config
 _CHECKS = {"bme280": "cfg_i2c", "sht4x": "cfg_i2c", "pulse": "cfg_pulse", "battery": "cfg_gpio",
            "pressure": "cfg_gpio", "rssi": "cfg_gpio", "ds18b20": "cfg_gpio",
+           "current_loop": "cfg_gpio",
            "modbus": "cfg_serial", "mbus": "cfg_serial", "pms5003": "cfg_serial"}
 # driver -> module in drivers/ with its create(spec, hw)
 _ADAPTERS = {"bme280": "bme280", "sht4x": "sht4x", "pulse": "pulsenode", "battery": "analog",
-             "pressure": "analog", "rssi": "analog", "modbus": "modbus", "ds18b20": "ds18b20",
+             "pressure": "analog", "rssi": "analog", "current_loop": "analog",
+             "modbus": "modbus", "ds18b20": "ds18b20",
              "mbus": "mbus", "pms5003": "pms5003"}
 
 
