@@ -1,6 +1,6 @@
 # meterlink entry points. Every target installs what it needs first (`setup` is idempotent).
 #
-#   make demo [DURATION=20]   the product on one machine: broker, gateway, five virtual nodes
+#   make demo [DURATION=20]   the product on one machine: broker, gateway, six virtual nodes
 #   make test                 the whole suite (MicroPython side, gateway, end to end)
 #   make firmware             .mpy builds of firmware/ + drivers/ for xtensawin and rv32imc
 #   make image BOARD=NAME     the node's MicroPython image, firmware frozen in: build/image/NAME/

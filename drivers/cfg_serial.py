@@ -4,24 +4,21 @@ dropped from memory after the config is validated (the code is needed only while
 checked). One small module per driver family, so a node loads only the checks (and message
 strings) of the drivers it has."""
 
+from channels import id_of
+
 
 def check(c, s, p, spec, out):
     globals()["_v_" + spec["driver"]](c, s, p, spec, out)
 
 
 _KINDS = ("u16", "s16", "u32", "s32", "f32")
+_REG_KEYS = ("reg", "fn", "type", "order", "channel", "mul", "div", "mask", "instance", "name")
 
 
 def _uart(c, s, p, spec, out, example):
     spec["bus"] = c.get(s, "uart", p, str, "must name a configured UART such as \"%s\"" % example,
                         check=lambda v: v[:4] == "uart" and v[4:] in out.get("uart", {}))
 
-
-def _channel_id(name):
-    import channels
-
-    v = getattr(channels, str(name).upper(), None)
-    return v if isinstance(v, int) and 1 <= v <= 63 else None
 
 
 def _v_modbus(c, s, p, spec, out):
@@ -32,14 +29,51 @@ def _v_modbus(c, s, p, spec, out):
                                default=200, required=False, check=lambda v: 20 <= v <= 5000)
     spec["retries"] = c.get(s, "retries", p, int, "must be an integer 0-5", default=2,
                             required=False, check=lambda v: 0 <= v <= 5)
-    regs = c.get(s, "registers", p, list, "must be a non-empty list of registers",
-                 check=lambda v: len(v) > 0)
-    spec["registers"] = []
-    for i, r in enumerate(regs or ()):
+    profiles = out.get("modbus_profiles") or {}
+    if "profile" in s:  # a product's register map, by name: the top-level modbus_profiles
+        if "registers" in s:
+            c.fail(p, "needs registers or a profile, not both", s["profile"])
+        name = c.get(s, "profile", p, str, "must name a profile of modbus_profiles (%s)"
+                     % (", ".join(sorted(profiles)) or "none defined"),
+                     check=lambda v: v in profiles)
+        regs, q = (profiles[name] if name else ()), "modbus_profiles.%s" % name
+    else:
+        regs = c.get(s, "registers", p, list, "must be a non-empty list of registers (or "
+                     "name a profile)", check=lambda v: len(v) > 0)
+        q = p
+    spec["registers"] = _registers(c, regs or (), q, spec["instance"])
+
+
+def profiles(c, cfg):
+    """The top-level "modbus_profiles": {name: {"registers": [...]}}, each register checked
+    once here, under its own path (modbus_profiles.gas_lel.registers[0].reg)."""
+    raw = c.get(cfg, "modbus_profiles", "", dict, "must be an object of profile name -> "
+                "{\"registers\": [...]}", default={}, required=False)
+    out = {}
+    for name in raw:
+        q = "modbus_profiles." + name
+        prof = raw[name]
+        if not isinstance(prof, dict) or not isinstance(prof.get("registers"), list) \
+                or not prof["registers"]:
+            c.fail(q, "must be an object with a non-empty list of registers", prof)
+            continue
+        c.unknown(prof, ("registers", "product", "manual"), q)
+        out[name] = prof["registers"]
+    return out
+
+
+def _registers(c, regs, p, instance):
+    """A register map checked: each entry with its defaults, and the maps that cannot be
+    read (a 32-bit value past the last register, an error mask on a value that is not a
+    16-bit word, two registers for one channel) named by their key."""
+    out = []
+    seen = {}
+    for i, r in enumerate(regs):
         q = "%s.registers[%d]" % (p, i)
         if not isinstance(r, dict):
             c.fail(q, "must be an object", r)
             continue
+        c.unknown(r, _REG_KEYS, q)
         e = {
             "reg": c.get(r, "reg", q, int, "must be a register address 0-65535",
                          check=lambda v: 0 <= v <= 65535),
@@ -51,7 +85,7 @@ def _v_modbus(c, s, p, spec, out):
                            required=False, check=lambda v: v in ("hl", "lh")),
             "channel": c.get(r, "channel", q, str, "must be a channel name of the channel "
                              "table (docs/wire-format.md)",
-                             check=lambda v: _channel_id(v) is not None),
+                             check=lambda v: id_of(v) is not None),
             "mul": c.get(r, "mul", q, int, "must be a non-zero integer", default=1,
                          required=False, check=lambda v: v != 0),
             "div": c.get(r, "div", q, int, "must be a positive integer", default=1,
@@ -60,11 +94,25 @@ def _v_modbus(c, s, p, spec, out):
                           "sensor-fault alarm)", default=None, required=False,
                           check=lambda v: 1 <= v <= 65535),
             "instance": c.get(r, "instance", q, int, "must be an integer 0-15",
-                              default=spec["instance"], required=False,
+                              default=instance, required=False,
                               check=lambda v: 0 <= v <= 15),
         }
-        e["id"] = _channel_id(e["channel"])
-        spec["registers"].append(e)
+        wide = e["type"] not in ("u16", "s16")
+        if wide and e["reg"] == 65535:
+            c.fail(q + ".reg", "must be 0-65534: a %s value takes two registers" % e["type"],
+                   e["reg"])
+        if e["mask"] is not None and wide:
+            c.fail(q + ".mask", "needs a 16-bit register (type u16 or s16), not %s"
+                   % e["type"], e["mask"])
+        e["id"] = id_of(e["channel"])
+        if e["id"] is not None and e["mask"] is None:
+            k = (e["id"], e["instance"])
+            if k in seen:
+                c.fail(q + ".channel", "is already read from %s (one register per channel "
+                       "and instance)" % seen[k], e["channel"])
+            seen[k] = q
+        out.append(e)
+    return out
 
 
 def _v_mbus(c, s, p, spec, out):

@@ -1,15 +1,17 @@
-"""Pulse-output water and gas meters: debounced, direction-aware counting and a total that
-survives resets, deep sleep, power loss and firmware updates; leak, backflow, tamper alarms."""
+"""Pulse-output water and gas meters and tipping-bucket rain gauges: debounced,
+direction-aware counting and a total that survives resets, deep sleep, power loss and firmware
+updates; leak, backflow, tamper alarms; rainfall and intensity per reading."""
 
 # Pulse-output water and gas meters: a debounced, direction-aware pulse count, persisted so
 # the meter total survives resets, deep sleep, power loss and firmware updates, plus the leak,
-# backflow and tamper alarms of docs/wire-format.md.
+# backflow and tamper alarms of docs/wire-format.md. Tipping-bucket rain gauges (kind "rain")
+# are counted by the same machinery; see "Rain gauges" below.
 #
 #     from pulse import PulseMeter
 #     m = PulseMeter(kind="water", pin_a=25, pin_b=26, tamper_pin=27, litres_per_pulse=10,
 #                    slot=0)
 #     m.poll()            # hour bookkeeping, alarms; call at least hourly (the adapter's sample())
-#     m.total_l           # the meter total in litres (water L, gas 0.001 m3 = 1 L)
+#     m.total_l           # the meter total in litres (water L, gas 0.001 m3 = 1 L; rain: um)
 #     m.save()            # before deep sleep or reset: RTC memory, and the flash journal
 #     m.wake_pins()       # ((gpio, level), ...) that must wake the node from deep sleep
 #
@@ -58,6 +60,29 @@ survives resets, deep sleep, power loss and firmware updates; leak, backflow, ta
 #   a contact that is closed while the saved state says open is a new pulse; woken by pin A
 #   (EXT0) with the contact already open again (a pulse shorter than the boot) also counts one.
 #
+# Rain gauges (kind="rain", litres_per_pulse = um of rain per tip, e.g. 200 for 0.2 mm): a
+# magnet on the tipping bucket closes a reed contact to GND once per tip, so a tip is a pulse
+# of contact A (no pin_b, no tamper loop, no hour history or alarms: poll() is not used).
+#     m = PulseMeter(kind="rain", pin_a=25, litres_per_pulse=200, debounce_ms=50)
+#     total, um, nm_s = m.rain()  # at each reading: the total (um), the rain since the
+#                       # previous reading (um) and its mean intensity (nm/s, rounded; over at
+#                       # least 1 s, the clock's resolution; None with rain if the clock went back)
+# Debounce 50 ms (cfg_pulse's default for rain): a tip swings the bucket over in 100-500 ms and
+# the reed closes once while the magnet passes, bouncing for a few ms at each transition (up to
+# ~5 ms, as for meters above). The fastest real tips are far apart: a 0.1 mm bucket at 500 mm/h
+# (more than the heaviest hour of rain on record) tips every 0.72 s, 0.2 mm every 1.44 s. 50 ms
+# is ten times the bounce and a fourteenth of the shortest time between tips, and leaves room
+# for soft IRQs delayed by a flash write or garbage collection.
+# The previous reading's count and time are the gauge's persisted state: `rev` (unused by a
+# one-contact gauge) holds the count at the previous reading and `hour` its Unix time, so both
+# are in the RTC slot and `rev` also in every journal record. rain() sets them to this reading
+# and journals before it returns, so the rainfall of consecutive readings sums exactly to the
+# change of the total, through deep sleep and resets, and through a power loss too (the
+# journal's last record pairs the total with the count at the last reading; only the time is
+# lost then, and the next intensity is taken over the time since the boot). A gauge's RTC slot
+# and journal records have their own magic ("R1", "RJ" instead of "P1", "PJ"), so a gauge
+# never takes over a water or gas meter's count on the same pin, nor the reverse.
+#
 # Alarms (bits of the `alarms` channel, docs/wire-format.md):
 # - leak (1): every one of the last 24 completed hours had flow; clears with an hour of no flow.
 # - backflow (2): a reverse pulse was counted; clears after 3600 s without reverse pulses.
@@ -96,8 +121,8 @@ TAMPER = const(4)
 _RTC_BASE = const(64)
 _RTC_SLOT = const(96)
 _RTC_END = const(256)
-_RTC_MAGIC = const(0x3150)
-_J_MAGIC = const(0x4A50)
+_RTC_MAGIC = const(0x3150)  # "P1"; a rain gauge's: + 2, "R1"
+_J_MAGIC = const(0x4A50)  # "PJ"; a rain gauge's: + 2, "RJ"
 _VERSION = const(1)
 _J_SIZE = const(24)
 _J_PER_FILE = const(170)
@@ -122,7 +147,7 @@ def _save_rtc(m):
     m.seq += 1
     flags = m._closed | (2 if m._b is not None and not m._b.value() else 0) | \
         (4 if m._counted else 0)
-    body = struct.pack(_RTC_FMT, _RTC_MAGIC, _VERSION, m._pin_no & 0xFF, m.seq,
+    body = struct.pack(_RTC_FMT, _RTC_MAGIC + m._mg, _VERSION, m._pin_no & 0xFF, m.seq,
                        m.net, m.rev, m.hour, m.hour_start, flags, m.hist_n,
                        m.last_alarms, 0, *m.hist, m.last_reverse)
     rtc = machine.RTC()
@@ -141,7 +166,7 @@ def _journal(m):
     import os
 
     m.seq += 1
-    body = struct.pack(_J_FMT, _J_MAGIC, _VERSION, m._pin_no & 0xFF, m.seq,
+    body = struct.pack(_J_FMT, _J_MAGIC + m._mg, _VERSION, m._pin_no & 0xFF, m.seq,
                        m.net, m.rev)
     rec = body + struct.pack("<I", _crc32(body))
     if m._jcount >= _J_PER_FILE:
@@ -190,7 +215,7 @@ def _read_journal(m):
                     damaged = True
                     continue
                 magic, ver, pin, seq, net, rev = struct.unpack_from(_J_FMT, buf)
-                if magic != _J_MAGIC or ver != _VERSION or pin != m._pin_no & 0xFF:
+                if magic != _J_MAGIC + m._mg or ver != _VERSION or pin != m._pin_no & 0xFF:
                     damaged = True
                     continue
                 if best is None or seq > best[0]:
@@ -212,7 +237,7 @@ def _read_rtc(m, machine):
     if _crc32(body) != struct.unpack_from("<I", mem, off + size)[0]:
         return None
     v = struct.unpack_from(_RTC_FMT, mem, off)
-    if v[0] != _RTC_MAGIC or v[1] != _VERSION or v[2] != m._pin_no & 0xFF:
+    if v[0] != _RTC_MAGIC + m._mg or v[1] != _VERSION or v[2] != m._pin_no & 0xFF:
         return None
     return v
 
@@ -255,9 +280,10 @@ class PulseMeter:
                  ticks_ms=None, clock=None, journal_dir=""):
         import machine
 
-        if kind not in ("water", "gas"):
-            raise ValueError("kind must be water or gas: got %r" % (kind,))
+        if kind not in ("water", "gas", "rain"):
+            raise ValueError("kind must be water, gas or rain: got %r" % (kind,))
         self.kind = kind
+        self._mg = 2 if kind == "rain" else 0  # added to the magics: a gauge's own records
         self.lpp = litres_per_pulse
         self._deb = debounce_ms
         self._ticks = ticks_ms or time.ticks_ms
@@ -305,8 +331,8 @@ class PulseMeter:
         if self._t is not None:
             self._t.irq(self._tamper_edge, machine.Pin.IRQ_RISING)
         self._rev_seen = self.rev
-        if not self.hour:
-            self.hour = self._clock() // 3600
+        if not self.hour:  # rain: the start of the first reading
+            self.hour = self._clock() // (1 if self._mg else 3600)
             self.hour_start = self.moves()
 
     # ------------------------------------------------------------------ counting (IRQ)
@@ -413,6 +439,30 @@ class PulseMeter:
             _journal(self)
         _save_rtc(self)  # cheap, no flash wear: a crash reset loses nothing counted
         return alarms
+
+    def rain(self):
+        """Rain gauges, at each reading: (total um, um of rain since the previous reading, its
+        mean intensity in nm/s rounded, or None when the clock went back), all from one count.
+        That count and the time become the next reading's start (`rev`, `hour`), journaled
+        and in RTC memory before the figures are returned; unchanged if the journal fails."""
+        if self._pcnt is not None:
+            self._pcnt_fold()
+        now = self._clock()
+        net = self.net  # a tip counted from here on is the next reading's
+        prev = self.rev, self.hour
+        self.rev, self.hour = net, now
+        try:
+            _journal(self)
+        except Exception:
+            self.rev, self.hour = prev
+            raise
+        _save_rtc(self)
+        um = (net - prev[0]) * self.lpp
+        dt = now - prev[1]
+        if dt < 0:  # the clock was set back: no time to divide by
+            return net * self.lpp, um, None if um else 0
+        dt = dt or 1  # two readings in one second (a tip woke the node): the clock's resolution
+        return net * self.lpp, um, (um * 1000 + dt // 2) // dt
 
     def night_flow_ul_s(self):
         """Smallest hourly volume of the last 24 h as uL/s, or None before 24 h of history."""

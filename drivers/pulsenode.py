@@ -1,6 +1,6 @@
-"""The node side of pulse meters: create() with the adapter for firmware/sensors.py, and
-arm_wake() for deep sleep. The meter and the persistence of its count are drivers/pulse.py;
-this module imports it, never the reverse."""
+"""The node side of pulse meters and rain gauges: create() with the adapter for
+firmware/sensors.py, and arm_wake() for deep sleep. The meter and the persistence of its count
+are drivers/pulse.py; this module imports it, never the reverse."""
 
 import pulse
 
@@ -29,20 +29,31 @@ class PulseSensor:
         self.counter = counter
         self.label = "pulse@gpio%d" % spec["pin"]
         self.interval_s = spec["interval_s"]
+        rain = spec["kind"] == "rain"  # a tipping-bucket rain gauge: one tip, one pulse
         self.meter = pulse.PulseMeter(
             kind=spec["kind"], pin_a=spec["pin"], pin_b=spec["pin_b"],
-            tamper_pin=spec["tamper_pin"], litres_per_pulse=spec["litres_per_pulse"],
+            tamper_pin=spec["tamper_pin"],
+            litres_per_pulse=spec["um_per_tip"] if rain else spec["litres_per_pulse"],
             debounce_ms=spec["debounce_ms"], counter=counter, slot=spec["slot"],
             ticks_ms=hw.ticks_ms, clock=hw.clock)
         inst = spec["instance"]
         water = spec["kind"] == "water"
-        self.k_total = channels.key(channels.WATER_VOLUME if water else channels.GAS_VOLUME, inst)
+        self.k_total = channels.key(channels.RAIN_TOTAL if rain else channels.WATER_VOLUME
+                                    if water else channels.GAS_VOLUME, inst)
+        self.k_rain = (channels.key(channels.RAINFALL, inst),
+                       channels.key(channels.RAIN_INTENSITY, inst)) if rain else None
         self.k_flow = channels.key(channels.WATER_FLOW, inst) if water else None
         self.k_night = channels.key(channels.NIGHT_FLOW, inst) if water else None
         self.k_alarms = channels.key(channels.ALARMS, inst)
 
     async def sample(self):
         m = self.meter
+        if self.k_rain is not None:  # total, rainfall and intensity; no hours, no alarms
+            total, um, nm_s = m.rain()  # journals the count before it is reported
+            values = {self.k_total: total, self.k_rain[0]: um}
+            if nm_s is not None:
+                values[self.k_rain[1]] = nm_s
+            return values
         alarms = m.poll(report=True)  # journals a changed total before it is reported
         values = {self.k_total: m.total_l}
         if self.k_flow is not None:

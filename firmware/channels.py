@@ -37,3 +37,9 @@ INSTANCE_STRIDE = const(64)
 
 def key(channel_id, instance=0):
     return channel_id + INSTANCE_STRIDE * instance
+
+
+def id_of(name):
+    """The id of a channel name ("water_level" -> 22), or None: the config checks' one lookup."""
+    v = globals().get(str(name).upper())
+    return v if isinstance(v, int) and 1 <= v <= 63 else None

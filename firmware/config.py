@@ -113,7 +113,7 @@ class _Checker:
 
 
 _TOP = ("node_id", "prefix", "version", "wifi", "broker", "power", "queue", "time",
-        "watchdog_s", "safe_mode_after", "i2c", "sensors")
+        "watchdog_s", "safe_mode_after", "i2c", "sensors", "modbus_profiles", "relay")
 MAX_FILE = 8192
 
 

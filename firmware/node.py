@@ -11,6 +11,13 @@ interval once the time is known), and every reading is appended to the flash que
 logged, counted per sensor and retried with backoff (1, 2, 4 ... s, at most its interval)
 without delaying the others.
 
+Alarms: a sensor with an `alarm` threshold in its config (drivers/cfg_alarm.py) is also read
+every `poll_s` (default 1 s) between its readings; its reading is queued when due, and at once
+when its alarm bits change (the threshold's gas or flood bit, or a driver's own bits: a
+detector fault, a meter's tamper). Such an urgent reading is queued like any other and also
+sent at once ahead of the queue (_send_urgent). The `relay` output follows the threshold bits
+its config lists (never a sensor fault), and its state rides in the sensor's readings.
+
 Sending: the publisher batches queued records into as few `r` messages as the payload limit
 allows and keeps up to WINDOW of them in flight; a record leaves the queue only when the
 broker's PUBACK for its message arrived (and every earlier one). The MQTT session is
@@ -35,8 +42,8 @@ handed the running Node and uses its attributes and methods (`firmware`, `tls_co
 on an import cycle among firmware/ and drivers/).
 
 Sensor slots: Node.sensors holds one list per sensor, read with the indices _SPEC, _LABEL,
-_ADAPTER, _LOCK and _FAILS (and Node.inflight one list per message in flight: _PID, _FIRST,
-_LAST, _PAYLOAD). They are const(): inlined when the module is compiled, so a name costs no
+_ADAPTER, _LOCK, _FAILS, _THRESH and _BITS (and Node.inflight one list per message in flight:
+_PID, _FIRST, _LAST, _PAYLOAD). They are const(): inlined when the module is compiled, so a name costs no
 global, no lookup and no heap. A namedtuple (MicroPython 1.25 has collections.namedtuple)
 cannot change in place, and a slot must (the adapter is made, dropped after a failure and made
 again; the failures are counted); an object per sensor would cost its own dict (MicroPython
@@ -76,11 +83,17 @@ _LABEL = const(1)  # sensors.label(spec), for logs, `err` and `diag`
 _ADAPTER = const(2)  # the driver's adapter, or None until made (and after a failure)
 _LOCK = const(3)  # an asyncio.Lock: one reading of the part at a time
 _FAILS = const(4)  # failed readings in a row (the retry backoff)
+_THRESH = const(5)  # the alarm bit its threshold (`alarm` in its config) holds raised, or 0
+_BITS = const(6)  # the `alarms` value it last reported: a change makes a reading urgent
 # An `r` message in flight in Node.inflight (a re-send changes its packet id in place)
 _PID = const(0)  # its MQTT packet id
 _FIRST = const(1)  # the first and last sequence numbers it carries
 _LAST = const(2)
 _PAYLOAD = const(3)  # the bytes sent, sent again byte for byte after a reconnect
+
+_ALARMS = const(16)  # channel ids (firmware/channels.py) and the instance stride of a key
+_RELAY = const(28)
+_STRIDE = const(64)
 
 _current = None  # the running Node, for diagnostics() at the REPL
 
@@ -124,9 +137,16 @@ class Node:
         if self.q.truncated:
             log.warn("queue", "recovered: cut a torn record of %d bytes", self.q.truncated)
         self.hw = sensors.Hardware(cfg)  # reads board.json when a driver first asks
-        self.sensors = []  # one slot per sensor: [_SPEC, _LABEL, _ADAPTER, _LOCK, _FAILS]
-        for spec in cfg["sensors"]:
-            self.sensors.append([spec, sensors.label(spec), None, asyncio.Lock(), 0])
+        self.sensors = []  # one slot per sensor: [_SPEC, _LABEL, _ADAPTER, _LOCK, _FAILS,
+        for spec in cfg["sensors"]:  # _THRESH, _BITS]
+            self.sensors.append([spec, sensors.label(spec), None, asyncio.Lock(), 0, 0, 0])
+        self.urgent = []  # seqs of alarm readings to send at once, ahead of the queue
+        self.relay = None  # [Pin, alarm bits that switch it, active level, state] (`relay`)
+        r = cfg.get("relay")
+        if r is not None:
+            import machine
+
+            self.relay = [machine.Pin(r[0], machine.Pin.OUT, value=1 - r[2]), r[1], r[2], 0]
         self.errors = {}  # sensor label -> failed readings since boot
         self.last = {}  # sensor label -> last values
         self.enc = cbor.Encoder(_MAX_PAYLOAD)
@@ -152,8 +172,9 @@ class Node:
         _current = self
 
     # ------------------------------------------------------------------ readings
-    def record(self, values):
-        """Queues one reading record durably; returns its sequence number."""
+    def record(self, values, urgent=False):
+        """Queues one reading record durably; returns its sequence number. An urgent one (its
+        alarm bits changed) is also sent at once, ahead of the queue (_send_urgent)."""
         t = clock.unix()
         enc = self.renc
         enc.reset()
@@ -176,11 +197,14 @@ class Node:
         if self.q.dropped != dropped:
             log.warn("queue", "full: dropped the oldest %d readings (%d dropped in all)",
                      self.q.dropped - dropped, self.q.dropped)
+        if urgent and len(self.urgent) < 4:
+            self.urgent.append(seq)
         self.wake.set()
         return seq
 
-    async def read_sensor(self, s):
-        """Reads one sensor now; returns its values, or None when it failed (logged, counted)."""
+    async def read_sensor(self, s, due=True):
+        """Reads one sensor now and queues its values when `due`, or at once when its alarm bits
+        changed; returns the values, or None when it failed (logged, counted)."""
         label, adapter = s[_LABEL], s[_ADAPTER]
         async with s[_LOCK]:
             try:
@@ -197,9 +221,41 @@ class Node:
                 return None
         s[_FAILS] = 0
         if values:
-            self.last[label] = values
-            self.record(values)
+            urgent = self._alarm(s, values)
+            if due or urgent:
+                self.last[label] = values
+                self.record(values, urgent)
         return values
+
+    def _alarm(self, s, values):
+        """Applies the sensor's threshold to `values` (its bit into the `alarms` channel, the
+        relay's state beside it) and returns True when the sensor's alarm bits changed."""
+        spec = s[_SPEC]
+        ka = _ALARMS + _STRIDE * spec["instance"]
+        a = spec.get("alarm")
+        if a is not None:
+            key, sign, level, clear, bit = a  # raised at `level`, held until past `clear`
+            v = values.get(key)
+            if v is not None:
+                s[_THRESH] = bit if sign * v >= sign * (clear if s[_THRESH] else level) else 0
+            values[ka] = values.get(ka, 0) | s[_THRESH]
+            r = self.relay
+            if r is not None:
+                bits = 0
+                for x in self.sensors:
+                    bits |= x[_THRESH]
+                on = 1 if bits & r[1] else 0
+                if on != r[3]:
+                    r[0].value(on if r[2] else 1 - on)
+                    r[3] = on
+                    log.warn("relay", "output %s (alarm bits %d)", "ON" if on else "off", bits)
+                values[_RELAY] = on
+        bits = values.get(ka)
+        if bits is None or bits == s[_BITS]:
+            return False
+        s[_BITS] = bits
+        log.warn("alarm", "%s: alarm bits %d", s[_LABEL], bits)
+        return True
 
     async def read_all(self):
         first = self.seq.peek()
@@ -208,25 +264,34 @@ class Node:
         return first
 
     async def sensor_task(self, s):
+        """Reads the sensor on its interval; one with an alarm is also read every `poll_s`
+        between (its reading queued only when due, or when its alarm bits changed)."""
+        due = time.ticks_ms()
         while True:
             try:
-                values = await self.read_sensor(s)
-                interval = s[_SPEC]["interval_s"]
+                spec = s[_SPEC]
+                interval = spec["interval_s"]
+                poll = spec.get("poll_s") or interval
+                is_due = time.ticks_diff(time.ticks_ms(), due) >= 0
+                values = await self.read_sensor(s, is_due)
                 if values is None:  # failed: retry with backoff, 1 2 4 ... s, at most the interval
                     delay = min(interval, 1 << min(s[_FAILS] - 1, 10)) * 1000
                 else:
-                    t = clock.unix()
-                    delay = interval * 1000 if t is None else (interval - t % interval) * 1000
+                    if is_due:
+                        t = clock.unix()
+                        due = time.ticks_add(time.ticks_ms(), interval * 1000 if t is None
+                                             else (interval - t % interval) * 1000)
+                    delay = min(poll * 1000, max(0, time.ticks_diff(due, time.ticks_ms())))
             except Exception as exc:  # MemoryError in the queue or the log: the task lives on
                 log.error("sensor", "%s: %r", s[_LABEL], exc)
                 delay = 1000
             await asyncio.sleep_ms(delay)
 
     # ------------------------------------------------------------------ publishing
-    def _records(self, after):
+    def _records(self, after, limit=wire.MAX_RECORDS):
         """The next run of queued records after seq `after` that fits one message: consecutive
         seqs and one kind of time. Returns (first seq, [(time, values)], now or None)."""
-        rows = self.q.peek(wire.MAX_RECORDS, _MAX_PAYLOAD, after=after)
+        rows = self.q.peek(limit, _MAX_PAYLOAD, after=after)
         if not rows:
             return None
         out = []
@@ -244,7 +309,7 @@ class Node:
                 log.error("queue", "seq=%d unreadable (%r): skipped", seq, exc)
                 if i == 0:
                     self.q.ack(seq)
-                    return self._records(after)
+                    return self._records(after, limit)
                 break
             is_rel = len(item) == 3
             if is_rel:
@@ -276,6 +341,17 @@ class Node:
         self.inflight.append([pid, seq, seq + n - 1, payload])
         return True
 
+    async def _send_urgent(self, seq):
+        """A copy of the alarm reading `seq`, ahead of the queue: QoS 0, since the original
+        stays queued and follows in order with QoS 1; the gateway keeps one of the two by
+        (node, seq), so the reading arrives exactly once either way."""
+        batch = self._records(seq - 1, 1)
+        if batch is None or batch[0] != seq:  # acknowledged meanwhile
+            return
+        if wire.encode_reading(self.enc, seq, batch[1], now_uptime=batch[2]):
+            await self.client.send(self.topic_r, bytes(self.enc.view()), 0)
+            log.info("pub", "seq=%d sent at once (alarm)", seq)
+
     async def _resend_inflight(self):
         for m in self.inflight:
             m[_PID] = await self.client.send(self.topic_r, m[_PAYLOAD], 1, dup=True, pid=m[_PID])
@@ -285,6 +361,8 @@ class Node:
     async def pump(self):
         """Sends queued records until the queue is empty; raises OSError when the link fails."""
         while True:
+            while self.urgent:
+                await self._send_urgent(self.urgent.pop(0))
             while len(self.inflight) < _WINDOW and await self._send_next():
                 pass
             if not self.inflight:

@@ -95,6 +95,8 @@ def validate_hw(c, cfg, out):
     out["uart"] = {}
     if "uart" in cfg:  # UART lines are checked with the UART drivers' config checks
         __import__("cfg_serial").uart_buses(c, cfg, out)
+    if "modbus_profiles" in cfg:  # product register maps, named by modbus sensors
+        out["modbus_profiles"] = __import__("cfg_serial").profiles(c, cfg)
     sensors = c.get(cfg, "sensors", "", list, "must be a list", default=[], required=False)
     out["sensors"] = []
     for i, s in enumerate(sensors):
@@ -112,8 +114,12 @@ def validate_hw(c, cfg, out):
         }
         if spec["driver"] is not None:
             __import__(_CHECKS[spec["driver"]]).check(c, s, p, spec, out)
+        if "alarm" in s or "poll_s" in s:  # a threshold the node watches (drivers/cfg_alarm.py)
+            __import__("cfg_alarm").sensor(c, s, p, spec)
         out["sensors"].append(spec)
-    for m in _CHECKS.values():  # needed only while checking: free their code
+    out.pop("modbus_profiles", None)  # copied into the sensors that name them
+    out["relay"] = __import__("cfg_alarm").relay(c, cfg) if "relay" in cfg else None
+    for m in tuple(_CHECKS.values()) + ("cfg_alarm",):  # needed only while checking: free
         if m not in kept:
             sys.modules.pop(m, None)
 

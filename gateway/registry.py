@@ -29,7 +29,7 @@ Repeating the same state does nothing.
 
 | alarm | raised | cleared |
 |---|---|---|
-| `leak`, `backflow`, `tamper`, `sensor` | the bit is set in the `alarms` channel (instance n > 0: `leak:n`) | the bit is clear |
+| `leak`, `backflow`, `tamper`, `sensor`, `gas`, `flood` | the bit (`ALARM_BITS`: 1, 2, 4, 8, 16, 32) is set in the `alarms` channel (instance n > 0: `leak:n`) | the bit is clear |
 | `low_battery` | battery below `[gateway] low_battery_mv` (channel `battery_voltage` or status `bat`) | battery at or above the threshold + 100 mV |
 | `stale` | no message for `stale_intervals` x `iv` (plus `sleep` for a sleeping node) | any message |
 | `queue_overflow` | status `qd` higher than the last status | a status with `qd` unchanged |
@@ -64,9 +64,10 @@ from gateway.wire import senml_value
 
 log = logging.getLogger("meterlink.gateway.registry")
 
-ALARM_BITS = ((1, "leak"), (2, "backflow"), (4, "tamper"), (8, "sensor"))
-ALARMS = ("leak", "backflow", "tamper", "sensor", "low_battery", "stale", "queue_overflow",
-          "gaps", "offline")
+ALARM_BITS = ((1, "leak"), (2, "backflow"), (4, "tamper"), (8, "sensor"), (16, "gas"),
+              (32, "flood"))
+ALARMS = ("leak", "backflow", "tamper", "sensor", "gas", "flood", "low_battery", "stale",
+          "queue_overflow", "gaps", "offline")
 BATTERY_HYSTERESIS_MV = 100
 # channels that drive alarms or registry columns, not only `last_values`
 SPECIAL_CHANNELS = ("battery_voltage", "rssi", "alarms")

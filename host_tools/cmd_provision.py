@@ -172,7 +172,23 @@ def build_config(board: device.Board, current: dict | None, args: argparse.Names
         for s in cfg.get("sensors") or []:
             if isinstance(s, dict):
                 s["interval_s"] = args.interval
+    add_modbus_profiles(cfg)
     return cfg
+
+
+def add_modbus_profiles(cfg: dict) -> None:
+    """Copies the product profiles the config's Modbus sensors name (`"profile": "gas_lel"`)
+    from boards/modbus/profiles.json into its `modbus_profiles`, unless it defines them itself;
+    a name in neither is left for the validation to report."""
+    names = {s.get("profile") for s in cfg.get("sensors") or []
+             if isinstance(s, dict) and s.get("driver") == "modbus"} - {None}
+    own = cfg.get("modbus_profiles")
+    if not names or not isinstance(own, (dict, type(None))):
+        return
+    library = json.loads(device.MODBUS_PROFILES.read_text())["profiles"]
+    for name in sorted(names):
+        if name in library and name not in (own or {}):
+            cfg.setdefault("modbus_profiles", {})[name] = library[name]
 
 
 def _ask(prompt: str) -> str:

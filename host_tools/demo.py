@@ -1,13 +1,17 @@
 """`make demo`: the whole product on one machine.
 
 Starts a private Mosquitto on a free loopback port (config in a temp folder), the gateway
-writing to `demo-out/readings.jsonl`, and five virtual nodes running the real firmware in the
+writing to `demo-out/readings.jsonl`, and six virtual nodes running the real firmware in the
 MicroPython unix port, each on a virtual board with models of its parts:
 
 - three weather stations (BME280) whose weather drifts slowly;
 - an air-quality station (PMS5003 and BME280) whose particulates drift and now and then rise;
 - a household's pulse water meter with a leak: the water never stops, and the node raises its
-  leak alarm (the comment "The leak" below says how it gets there in seconds, not a day).
+  leak alarm (the comment "The leak" below says how it gets there in seconds, not a day);
+- a gas regulating station playing the `gas-leak` rehearsal scenario (host_tools/scenarios/)
+  over and over: its methane detector (Modbus) passes the alarm level 7 s in, the node
+  switches its shut-off relay and sends the alarm at once, the gateway raises `gas`; then
+  ventilation clears it, and a detector fault 38 s in raises `sensor` without the relay.
 
 Once the gateway's API listens, the demo registers every node with a location, a district and
 whether the public page shows it (in a thread: the readings do not wait for it). Prints a line
@@ -33,14 +37,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from host_tools import gwapi, process, toolchain
+from host_tools import gwapi, process, scenarios, toolchain
 from host_tools.broker import Mosquitto
 from host_tools.pki import Pki
 from host_tools.vboard import VirtualNode, default_board, default_config
 from host_tools.vboard.node import FORMS
 from meterlink_common import UserError
 
-WEATHER, AIR, WATER = "weather", "air", "water"
+WEATHER, AIR, WATER, GAS = "weather", "air", "water", "gas"
 BOARD = "esp32-devkitc"
 
 
@@ -49,7 +53,7 @@ class Site:
     """A demo node: what it measures, where it stands, and the local values its parts start
     from (the weather; PM2.5 for an air-quality station)."""
     node_id: str
-    kind: str  # WEATHER, AIR or WATER
+    kind: str  # WEATHER, AIR, WATER or GAS
     district: str
     lat: float
     lon: float
@@ -60,8 +64,9 @@ class Site:
 
     @property
     def public(self) -> bool:
-        """Weather and air quality go on the public page; a household's meter never does."""
-        return self.kind != WATER
+        """Weather and air quality go on the public page; a household's meter and a gas
+        station never do."""
+        return self.kind in (WEATHER, AIR)
 
 
 # One city (Amsterdam, around the Centrum / Oost line), the nodes 300-600 m apart.
@@ -71,7 +76,15 @@ SITES = (
     Site("pumpstation-03", WEATHER, "Oost", 52.3622, 4.9183, 8.1, 88.0, 99_800.0),
     Site("household-04", WATER, "Oost", 52.3607, 4.9221),
     Site("airquality-05", AIR, "Oost", 52.3598, 4.9152, 11.4, 66.0, 101_150.0, pm2_5_ug_m3=9.0),
+    Site("gasstation-06", GAS, "Oost", 52.3641, 4.9235),
 )
+
+# The gas station plays this scenario from the demo's start, again every `duration_s`; the
+# alarms it raises, with the scenario second by which each must have been raised (the
+# methane crosses 20 % LEL at 6.6 s, the detector's fault starts at 38 s; host_tools/
+# scenarios/gas-leak.toml).
+GAS_SCENARIO = scenarios.load("gas-leak")
+GAS_ALARMS = {"gas": 10.0, "sensor": 41.0}
 
 # The household's meter: one reed contact on GPIO 25 (boards/esp32-devkitc.json "pulse"),
 # 1 L a pulse, and a pulse every 4 s that never stops (0.25 L/s: a tap left running). The node
@@ -116,7 +129,15 @@ machine.reset()
 """
 
 # the alarms the demo raises on purpose, `node:alarm`
-EXPECTED_ALARMS = {f"{s.node_id}:leak" for s in SITES if s.kind == WATER}
+EXPECTED_ALARMS = {f"{s.node_id}:leak" for s in SITES if s.kind == WATER} | {
+    f"{s.node_id}:{a}" for s in SITES if s.kind == GAS for a in GAS_ALARMS}
+
+
+def due_alarms(elapsed: float) -> set[str]:
+    """The expected alarms a demo that ran `elapsed` seconds must have raised."""
+    due = {a for a in EXPECTED_ALARMS if a.endswith(":leak")}
+    return due | {f"{s.node_id}:{a}" for s in SITES if s.kind == GAS
+                  for a, by in GAS_ALARMS.items() if elapsed >= by + 2.0}
 
 GATEWAY_TOML = """\
 [mqtt]
@@ -169,6 +190,8 @@ def environment(site: Site, t: float, pulses_before: int) -> dict:
     is to have made (those of the day before plus one every PULSE_EVERY_S)."""
     if site.kind == WATER:
         return {"meters": {str(METER_PIN): {"forward": pulses_before + int(t // PULSE_EVERY_S)}}}
+    if site.kind == GAS:
+        return GAS_SCENARIO.environment("gs-01", t % GAS_SCENARIO.duration_s)
     env = weather(site, t)
     if site.kind == AIR:
         env.update(particulates(site, t))
@@ -176,13 +199,19 @@ def environment(site: Site, t: float, pulses_before: int) -> dict:
 
 
 def interval_of(site: Site, interval_s: int) -> int:
-    """The node's reading interval: the demo's, and at least METER_INTERVAL_S for the meter."""
+    """The node's reading interval: the demo's, at least METER_INTERVAL_S for the meter, the
+    scenario's for the gas station."""
+    if site.kind == GAS:
+        return GAS_SCENARIO.nodes["gs-01"][1]
     return max(interval_s, METER_INTERVAL_S) if site.kind == WATER else interval_s
 
 
 def hardware(site: Site, interval_s: int, host: str, port: int) -> tuple[dict, dict]:
     """The node's board.json (its parts) and config.json (its sensors), as in
     tests/bench/node_combos.py and docs/drivers.md."""
+    if site.kind == GAS:  # the scenario's station: detector, relay; its own interval
+        return scenarios.station_hardware("gas", site.node_id, host, port,
+                                          GAS_SCENARIO.nodes["gs-01"][1])
     board = default_board()  # a BME280 on I2C bus 0
     config = default_config(site.node_id, host, port, interval_s=interval_s)
     if site.kind == WATER:
@@ -240,9 +269,10 @@ class JsonlTail:
         return [json.loads(line) for line in complete if line.strip()]
 
 
-# SenML units shown in the unit people read them in: particulates (9e-09 kg/m3 is 9 ug/m3)
-# and flows (0.00025 m3/s is 0.25 l/s)
-SHOWN_AS = {"kg/m3": ("ug/m3", 1e9), "m3/s": ("l/s", 1e3)}
+# SenML units shown in the unit people read them in: particulates (9e-09 kg/m3 is 9 ug/m3),
+# flows (0.00025 m3/s is 0.25 l/s), methane's % as % LEL, ppm, dB
+SHOWN_AS = {"kg/m3": ("ug/m3", 1e9), "m3/s": ("l/s", 1e3), "%": ("% LEL", 1),
+            "/": ("ppm", 1e6), "Bspl": ("dB", 10)}
 
 
 class SinkTail:
@@ -413,7 +443,7 @@ def run(duration: float, out: Path, interval_s: int) -> int:
             signal.signal(s, handler)
     for key in tail.poll():
         print(tail.describe(key))
-    return summarize(tail, nodes, stats_path, gateway, out, work)
+    return summarize(tail, nodes, stats_path, gateway, out, work, time.monotonic() - started)
 
 
 def wait_subscribed(stats_path: Path, gateway: subprocess.Popen, stop: dict,
@@ -474,7 +504,7 @@ def raised_alarms(events: Path) -> list[dict]:
 
 
 def summarize(tail: SinkTail, nodes: list[VirtualNode], stats_path: Path,
-              gateway: subprocess.Popen | None, out: Path, work: Path) -> int:
+              gateway: subprocess.Popen | None, out: Path, work: Path, elapsed: float) -> int:
     seen = sorted({node for node, _ in tail.readings})
     try:
         stats = json.loads(stats_path.read_text())
@@ -491,8 +521,8 @@ def summarize(tail: SinkTail, nodes: list[VirtualNode], stats_path: Path,
     raised = raised_alarms(out / "events.jsonl")
     alarms = [alarm_text(e) for e in raised]
     unexpected = [alarm_text(e) for e in raised if alarm_name(e) not in EXPECTED_ALARMS]
-    # the demo's leak is missing only if its node delivered readings and none carried it
-    missing = sorted(a for a in EXPECTED_ALARMS - {alarm_name(e) for e in raised}
+    # an expected alarm is missing only if it was due by now and its node delivered readings
+    missing = sorted(a for a in due_alarms(elapsed) - {alarm_name(e) for e in raised}
                      if a.split(":", 1)[0] in seen)
     print()
     print("demo summary")
@@ -505,7 +535,8 @@ def summarize(tail: SinkTail, nodes: list[VirtualNode], stats_path: Path,
     print(f"  node errors     {sum(node_errors.values())}" +
           (f" {node_errors}" if any(node_errors.values()) else ""))
     print(f"  alarms raised   {len(alarms)}" + (f": {'; '.join(alarms)}" if alarms else ""))
-    print(f"    expected      {', '.join(sorted(EXPECTED_ALARMS))} (the household's leak)" +
+    print(f"    expected      {', '.join(sorted(EXPECTED_ALARMS))} (the household's leak, "
+          f"the gas station's scenario)" +
           (f"; not raised: {', '.join(missing)}" if missing else "") +
           (f"; unexpected: {'; '.join(unexpected)}" if unexpected else ""))
     ok = len(seen) == len(SITES) and not rejected and not any(node_errors.values()) \
@@ -515,7 +546,7 @@ def summarize(tail: SinkTail, nodes: list[VirtualNode], stats_path: Path,
     return 0 if ok else 1
 
 
-HELP = "run a broker, the gateway and five virtual nodes on this machine"
+HELP = "run a broker, the gateway and six virtual nodes on this machine"
 
 
 def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:

@@ -36,6 +36,7 @@ from host_tools import toolchain
 from meterlink_common import EXIT_INPUT, UserError
 
 BOARDS_DIR = toolchain.ROOT / "boards"
+MODBUS_PROFILES = BOARDS_DIR / "modbus" / "profiles.json"  # product register maps by name
 REPL_TIMEOUT = 5.0  # seconds for a board to show its raw REPL prompt
 # A port is locked (exclusive open) for a moment after another program let it go, or while a
 # process forked by one that had it open has not yet started its own program: "busy" is

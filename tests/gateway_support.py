@@ -14,6 +14,9 @@ clients and HTTP servers around it.
     with Upstream() as up:   # a real local HTTP server standing in for the city platform
         up.url, up.records() (deduplicated by Idempotency-Key), up.requests, up.mode = ...
 
+    link = NodeLink(broker)   # a node's network path to the broker: link.port, link.cut(),
+                              # link.restore() (the node's uplink fails; the gateway's does not)
+
     publish(broker, [(topic, payload), ...])   # as one MQTT client, QoS 1, all acknowledged
     sub = subscriber(broker, lambda topic, pack: got.append(pack))   # a platform on city/#
     sub.loop_stop()
@@ -73,6 +76,79 @@ def break_readings_of(monkeypatch, node: str, broken=lambda: True) -> None:
         return real(self, name, *args, **kwargs)
 
     monkeypatch.setattr(Registry, "reading", reading)
+
+
+class NodeLink:
+    """A TCP relay between nodes and the broker: the nodes connect to `port`, and cut() takes
+    their network away (every connection through it is closed, new ones are closed as soon as
+    they arrive) while the broker and the gateway stay up; restore() gives it back. Bytes pass
+    unchanged, TLS included."""
+
+    def __init__(self, broker) -> None:
+        import socket
+
+        self.target = (broker.host, broker.port)
+        self.host = "127.0.0.1"
+        self.listener = socket.create_server((self.host, 0))
+        self.port = self.listener.getsockname()[1]
+        self.down = False
+        self.conns: list = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if self.down:
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(self.target)
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src, dst) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.close()
+            except OSError:
+                pass
+
+    def cut(self) -> None:
+        import socket
+
+        self.down = True
+        with self.lock:
+            conns, self.conns = self.conns, []
+        for s in conns:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+                s.close()
+            except OSError:
+                pass
+
+    def restore(self) -> None:
+        self.down = False
+
+    def close(self) -> None:
+        self.cut()
+        self.listener.close()
 
 
 def publish(broker, messages: Iterable[tuple[str, bytes]], client_id: str = "test-publisher",

@@ -15,7 +15,8 @@ import time
 import paho.mqtt.client as paho
 import pytest
 
-from host_tools import cli, cmd_provision
+from host_tools import cli, cmd_provision, device
+from meterlink_common import UserError
 from host_tools.broker import Mosquitto
 from host_tools.pki import fleet_acl
 from host_tools.vboard.pty_repl import PtyBoard
@@ -393,3 +394,29 @@ def test_status_says_connected_only_when_the_node_is(board, tmp_path, capsys):
             rc, d = status_json(capsys, board.port)
             return d.get("on") is True
         wait_for(connected, 60, "the node's MQTT session", poll=2)
+
+
+def test_a_modbus_sensor_gets_its_product_profile_from_the_library(tmp_path):
+    library = json.loads(device.MODBUS_PROFILES.read_text())["profiles"]
+    cfg = {"node_id": "gas-1", "broker": {"host": "192.0.2.1"},
+           "uart": {"2": {"tx": 17, "rx": 16}},
+           "sensors": [{"driver": "modbus", "uart": "uart2", "address": 3, "profile": "gas_lel",
+                        "poll_s": 1, "alarm": {"channel": "methane", "above": 200,
+                                               "kind": "gas"}},
+                       {"driver": "modbus", "uart": "uart2", "address": 4, "profile": "own"}],
+           "modbus_profiles": {"own": {"registers": [{"reg": 7, "channel": "water_level"}]}},
+           "relay": {"pin": 26, "on": ["gas"]}}
+    cmd_provision.add_modbus_profiles(cfg)
+    assert cfg["modbus_profiles"] == {"own": {"registers": [{"reg": 7, "channel": "water_level"}]},
+                                      "gas_lel": library["gas_lel"]}
+    out = cmd_provision.validate(cfg)  # the firmware's own rules, in MicroPython
+    assert [(r["reg"], r["channel"]) for r in out["sensors"][0]["registers"]] == \
+        [(0, "methane"), (1, "alarms")]
+    assert out["sensors"][1]["registers"][0]["reg"] == 7
+    assert out["relay"] == [26, 16, 1]  # GPIO 26, the gas bit, high when on
+    cfg["sensors"][1]["profile"] = "gas_xyz"  # in neither the library nor the config
+    cmd_provision.add_modbus_profiles(cfg)
+    with pytest.raises(UserError) as err:
+        cmd_provision.validate(cfg)
+    assert 'sensors[1].profile must name a profile of modbus_profiles (gas_lel, own): ' \
+           'got "gas_xyz"' in str(err.value)

@@ -1,7 +1,8 @@
 """`make demo` as a newcomer runs it: `meterlink demo --duration N` exits 0 with readings from
-all five nodes in readings.jsonl (the air-quality station's particulates among them), the
-household meter's leak alarm raised, every node registered with the gateway with where it
-stands and whether the public page shows it; and Ctrl-C stops everything with no stray
+all six nodes in readings.jsonl (the air-quality station's particulates among them), the
+household meter's leak alarm raised, the gas station's methane leak (the gas-leak scenario)
+raising its alarm and switching its relay, every node registered with the gateway with where
+it stands and whether the public page shows it; and Ctrl-C stops everything with no stray
 process."""
 
 from __future__ import annotations
@@ -42,8 +43,10 @@ def processes_mentioning(text: str) -> list[str]:
     return found
 
 
-NODES = {"park-01", "school-02", "pumpstation-03", "household-04", "airquality-05"}
-PUBLIC = NODES - {"household-04"}  # a household's water meter is nobody else's business
+NODES = {"park-01", "school-02", "pumpstation-03", "household-04", "airquality-05",
+         "gasstation-06"}
+# a household's water meter is nobody else's business, a gas station's state neither
+PUBLIC = NODES - {"household-04", "gasstation-06"}
 
 
 def api_nodes(api: str, token_file: str) -> dict[str, dict]:
@@ -102,7 +105,7 @@ def test_demo_with_duration_exits_0_with_every_node(tmp_path, browser):
     assert api, stdout
     records = [json.loads(line) for line in (out / "readings.jsonl").read_text().splitlines()]
     assert {r["node"] for r in records} == NODES
-    assert "nodes seen      5 of 5" in stdout and "result          ok" in stdout, stdout
+    assert "nodes seen      6 of 6" in stdout and "result          ok" in stdout, stdout
     # a live line per reading, e.g. "08:41:07  school-02       seq=3    temperature 21.73 Cel ..."
     live = [line for line in lines if " seq=" in line]
     readings = {(r["node"], r["seq"]) for r in records}
@@ -117,10 +120,21 @@ def test_demo_with_duration_exits_0_with_every_node(tmp_path, browser):
     assert any(r["n"] == "household-04:water_volume" and r["u"] == "m3" for r in water), water
     assert any(r["n"] == "household-04:alarms" and int(r["v"]) & 1 for r in water), water
     events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
-    raised = [e["n"] for e in events if e.get("event") == "alarm" and e.get("vb")]
-    assert raised == ["household-04:alarm:leak"], events
+    raised = sorted(e["n"] for e in events if e.get("event") == "alarm" and e.get("vb"))
+    assert raised == ["gasstation-06:alarm:gas", "household-04:alarm:leak"], events
     assert "demo: alarm raised: household-04:leak" in stdout, stdout
-    assert "alarms raised   1: household-04:leak" in stdout, stdout
+    assert "demo: alarm raised: gasstation-06:gas" in stdout, stdout
+    assert "alarms raised   2: " in stdout, stdout
+
+    # the gas station (the gas-leak scenario: methane past 20 % LEL 7 s in): the reading
+    # that raised it carries the methane over the level, the gas bit and the relay on
+    gas = [r for r in records if r["node"] == "gasstation-06"]
+    by_seq: dict[int, dict] = {}
+    for r in gas:
+        by_seq.setdefault(r["seq"], {})[r["n"].split(":", 1)[1]] = r
+    alarm = [v for v in by_seq.values() if "alarms" in v and int(v["alarms"]["v"]) & 16]
+    assert alarm and alarm[0]["methane"]["u"] == "%" and alarm[0]["methane"]["v"] >= 20.0, gas
+    assert alarm[0]["relay"]["v"] == 1, gas
 
     # the air-quality station's particulates reached the sink (SenML: kg/m3), besides its weather
     air = {r["n"].split(":", 1)[1]: r for r in records if r["node"] == "airquality-05"}

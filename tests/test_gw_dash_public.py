@@ -338,7 +338,7 @@ def test_the_allow_list_holds_channels_of_the_table_and_no_meter_or_node_interna
     assert listed <= names
     assert not listed & {"water_volume", "water_flow", "gas_volume", "heat_energy",
                          "night_flow", "water_pressure", "battery_voltage", "rssi", "alarms"}
-    assert [th.key for th in THEMES] == ["air", "weather", "water"]  # no noise channel yet
+    assert [th.key for th in THEMES] == ["air", "weather", "water"]  # noise: not an arithmetic mean
 
 
 # ---- in a browser --------------------------------------------------------------------------

@@ -188,6 +188,26 @@ def test_alarm_bits_battery_and_queue_overflow_raise_and_clear_once(tmp_path):
     assert node == {"state": "offline", "fw": "1.2.0", "qd": 7, "q": 10, "battery_mv": 3350}
 
 
+def test_the_gas_and_flood_bits_raise_and_clear_once_per_instance(tmp_path):
+    gw = make_gateway(tmp_path)
+    h = gw.handle_message
+    h("m/n1/r", reading(1, {16: 16}), received_at=T0)                 # gas
+    h("m/n1/r", reading(2, {16: 48}, {16: 0}), received_at=T0 + 1)   # + flood; held (delta 0)
+    h("m/n1/r", reading(4, {16: 32}), received_at=T0 + 2)             # gas clears
+    h("m/n1/r", reading(5, {16: 0, 80: 32}), received_at=T0 + 3)      # flood clears; flood:1
+    h("m/n1/r", reading(6, {80: 32}), received_at=T0 + 4)             # flood:1 held
+    h("m/n1/r", reading(7, {80: 0}), received_at=T0 + 5)              # flood:1 clears
+    events = [json.loads(r["body"]) for r in
+              gw.box.query("SELECT body FROM items WHERE kind='event' ORDER BY id")]
+    assert [(e["alarm"], e["active"], e["t"]) for e in events] == [
+        ("gas", True, T0), ("flood", True, T0 + 1), ("gas", False, T0 + 2),
+        ("flood", False, T0 + 3), ("flood:1", True, T0 + 3), ("flood:1", False, T0 + 5)]
+    assert [e["detail"] for e in events[:2]] == ["alarms channel = 16", "alarms channel = 48"]
+    log = gw.box.query("SELECT alarm, raised_at, cleared_at FROM alarm_log ORDER BY id")
+    assert [tuple(r.values()) for r in log] == [
+        ("gas", T0, T0 + 2), ("flood", T0 + 1, T0 + 3), ("flood:1", T0 + 3, T0 + 5)]
+
+
 def test_stale_nodes_raise_once_and_clear_on_the_next_message(tmp_path):
     gw = make_gateway(tmp_path, stale_intervals=3)
     gw.handle_message("m/n1/s", status(on=True, iv=60), received_at=T0)

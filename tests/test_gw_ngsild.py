@@ -30,12 +30,15 @@ from gateway.errors import ConfigError, Unconvertible
 from gateway.outbox import Outbox
 from gateway.registry import ALARMS
 from gateway.sinks import make_sink
+from gateway.wire import senml_value
 from gateway_support import Recorder
 
 T0 = 1763712000  # 2025-11-21T08:00:00Z
 SDM = Path(__file__).parent / "data" / "sdm"
 SCHEMAS = {"WeatherObserved": "dataModel.Weather/WeatherObserved/schema.json",
            "AirQualityObserved": "dataModel.Environment/AirQualityObserved/schema.json",
+           "NoiseLevelObserved": "dataModel.Environment/NoiseLevelObserved/schema.json",
+           "WaterObserved": "dataModel.Environment/WaterObserved/schema.json",
            "WaterQualityObserved": "dataModel.WaterQuality/WaterQualityObserved/schema.json",
            "WaterConsumptionObserved":
                "dataModel.WaterConsumption/WaterConsumptionObserved/schema.json",
@@ -169,6 +172,7 @@ def test_the_checker_catches_what_the_old_entities_got_wrong():
 # ---- a batch with every channel and every alarm ------------------------------------------------
 
 UNIT = {ch.name: ch.unit for ch in default_table()}
+SCALE = {ch.name: ch.scale for ch in default_table()}
 
 
 def rec(node: str, channel: str, v, t: float = T0, inst: int = 0) -> dict:
@@ -177,6 +181,11 @@ def rec(node: str, channel: str, v, t: float = T0, inst: int = 0) -> dict:
     if not r["u"]:
         del r["u"]  # as the gateway writes the unitless alarm bits
     return r
+
+
+def wire(node: str, channel: str, n: int, t: float = T0, inst: int = 0) -> dict:
+    """The record the gateway resolves from the wire integer `n` (value * 10^scale)."""
+    return rec(node, channel, senml_value(n, SCALE[channel]), t, inst)
 
 
 # one reading item is one sensor's sample (firmware/node.py), so these are the sensors
@@ -198,10 +207,25 @@ READINGS = [
     ("h1", [rec("h1", "heat_energy", 123456000), rec("h1", "water_volume", 3.2),
             rec("h1", "water_flow", 0.00025), rec("h1", "temperature", 65.5),
             rec("h1", "temperature", 42.25, inst=1), rec("h1", "alarms", 8)]),  # M-Bus heat
+    # a gas detector: 0.1 % LEL, 1 ppm, 0.01 degC; alarm bit 16 gas; its alarm output
+    ("gas1", [wire("gas1", "methane", 125), wire("gas1", "carbon_monoxide", 35),
+              wire("gas1", "temperature", 2350), wire("gas1", "alarms", 16)]),
+    ("gas1", [wire("gas1", "relay", 1)]),
+    # a sound level meter, two readings 5 min apart (0.1 dB(A): Bspl at scale -2)
+    ("n1", [wire("n1", "noise_laeq", 653), wire("n1", "noise_lamax", 812)]),
+    ("n1", [wire("n1", "noise_laeq", 587, T0 + 300), wire("n1", "noise_lamax", 701, T0 + 300)]),
+    # a submersible level probe (1 mm) with its water temperature and the flood bit 32
+    ("lvl1", [wire("lvl1", "water_level", 1234), wire("lvl1", "temperature", 1150),
+              wire("lvl1", "alarms", 32)]),
+    # a tipping-bucket rain gauge: 1 um, 1 nm/s (2.4 mm in 15 min: 2667 nm/s)
+    ("rain1", [wire("rain1", "rain_total", 1234567), wire("rain1", "rainfall", 2400),
+               wire("rain1", "rain_intensity", 2667)]),
 ]
 EVENTS = [{"node": "w1", "alarm": alarm, "active": alarm != "backflow", "t": T0 + 61.5,
            "detail": f"{alarm} detail"} for alarm in ALARMS] + [
     {"node": "w1", "alarm": "leak:1", "active": True, "t": T0 + 62, "detail": ""},
+    {"node": "lvl1", "alarm": "flood:1", "active": True, "t": T0 + 62,
+     "detail": "alarms channel = 32"},
     {"node": "-gateway", "alarm": "outbox_full", "active": True, "t": T0 + 63,
      "detail": "outbox 1000 bytes, limit 1000"},
     {"node": "-gateway", "alarm": "sink_auth:ngsi-ld", "active": True, "t": T0 + 64,
@@ -285,12 +309,55 @@ def test_every_entity_sent_validates_against_its_smart_data_model(tmp_path):
     heat = "urn:ngsi-ld:SmartMeteringObservation:h1:heat"
     assert (value(heat, "meterType"), value(heat, "totalConsumption"),
             unit(heat, "totalConsumption")) == ("Heat", 34.293333, "KWH")
+    # carbon monoxide: wire 35, scale -6 -> 3.5e-05 (the ratio "/") -> 35 ppm; the detector's
+    # temperature (wire 2350, -2) is the air's
+    gas = "urn:ngsi-ld:AirQualityObserved:gas1"
+    assert (value(gas, "co"), unit(gas, "co")) == (35, "59")
+    assert (value(gas, "temperature"), unit(gas, "temperature")) == (23.5, "CEL")
+    # noise: wire 587 and 701, scale -2 -> 5.87 and 7.01 Bspl -> 58.7 and 70.1 dB(A); the
+    # interval from the sensor's previous reading (T0) to this one (T0 + 300 s)
+    noise = "urn:ngsi-ld:NoiseLevelObserved:n1"
+    assert (value(noise, "LAeq"), value(noise, "LAmax"), unit(noise, "LAeq"),
+            unit(noise, "LAmax")) == (58.7, 70.1, "2N", "2N")
+    assert (value(noise, "dateObservedFrom")["@value"], value(noise, "dateObservedTo")["@value"]
+            ) == ("2025-11-21T08:00:00Z", "2025-11-21T08:05:00Z")
+    assert ents[noise]["LAeq"]["observedAt"] == "2025-11-21T08:05:00Z"
+    # water level: wire 1234, scale -3 -> 1.234 m
+    level = "urn:ngsi-ld:WaterObserved:lvl1"
+    assert (value(level, "waterLevel"), unit(level, "waterLevel")) == (1.234, "MTR")
+    assert value(level, "dateObserved")["@value"] == "2025-11-21T08:00:00Z"
+    # rainfall since the previous reading: wire 2400, scale -6 -> 0.0024 m -> 2.4 mm (L/m2)
+    rain = "urn:ngsi-ld:WeatherObserved:rain1"
+    assert (value(rain, "precipitation"), unit(rain, "precipitation")) == (2.4, "MMT")
     # what no model has an attribute for is the node's DeviceMeasurement, in the SenML unit
     dm = "urn:ngsi-ld:DeviceMeasurement:"
     assert {eid[len(dm):] for eid in ents if eid.startswith(dm)} == {
         "w1:water_flow", "w1:night_flow", "w1:water_pressure", "w1:battery_voltage",
         "g1:alarms", "h1:water_volume", "h1:water_flow", "h1:temperature", "h1:temperature:1",
-        "h1:alarms"}
+        "h1:alarms", "gas1:methane", "gas1:alarms", "gas1:relay", "lvl1:temperature",
+        "lvl1:alarms", "rain1:rain_total", "rain1:rain_intensity",
+        # the sound level meter's first reading: no earlier one, so no interval start
+        "n1:noise_laeq", "n1:noise_lamax"}
+    # methane: wire 125, scale -1 -> 12.5 % (of the lower explosive limit), P1
+    methane = dm + "gas1:methane"
+    assert (value(methane, "numValue"), unit(methane, "numValue"),
+            value(methane, "controlledProperty")) == (12.5, "P1", "airPollution")
+    assert "lower explosive limit" in value(methane, "description")
+    # the first noise reading in dB (2N): wire 653 -> 6.53 Bspl -> 65.3 dB
+    assert (value(dm + "n1:noise_laeq", "numValue"), unit(dm + "n1:noise_laeq", "numValue"),
+            value(dm + "n1:noise_lamax", "numValue")) == (65.3, "2N", 81.2)
+    # rain total: wire 1234567, scale -6 -> 1.234567 m; intensity: wire 2667 -> 2.667e-06 m/s
+    assert (value(dm + "rain1:rain_total", "numValue"), unit(dm + "rain1:rain_total", "numValue"),
+            value(dm + "rain1:rain_total", "controlledProperty")) == (1.234567, "MTR",
+                                                                        "precipitation")
+    assert (value(dm + "rain1:rain_intensity", "numValue"),
+            unit(dm + "rain1:rain_intensity", "numValue")) == (2.667e-06, "MTS")
+    # the water's temperature is not the weather's; the relay and alarm bits have no unit
+    assert value(dm + "lvl1:temperature", "numValue") == 11.5
+    assert (value(dm + "gas1:relay", "numValue"), unit(dm + "gas1:relay", "numValue")
+            ) == (1, None)
+    assert (value(dm + "gas1:alarms", "numValue"), value(dm + "lvl1:alarms", "numValue")
+            ) == (16, 32)
     battery = dm + "w1:battery_voltage"
     assert (value(battery, "numValue"), unit(battery, "numValue"), value(battery, "unit"),
             value(battery, "controlledProperty")) == (3.712, "VLT", "VLT", "batterySupply")
@@ -301,6 +368,9 @@ def test_every_entity_sent_validates_against_its_smart_data_model(tmp_path):
     assert value(device, "controlledProperty") == ["batterySupply", "pressure",
                                                    "waterConsumption", "waterFlow"]
     assert value(device, "dateLastValueReported")["@value"] == "2025-11-21T08:00:00Z"
+    assert [value(f"urn:ngsi-ld:Device:{n}", "controlledProperty") for n in (
+        "gas1", "n1", "lvl1", "rain1")] == [["airPollution", "temperature"], ["noiseLevel"],
+                                           ["temperature", "waterLevel"], ["precipitation"]]
     # every link points at the node's Device, which the same upsert carries for readings
     for e in sent:
         node = e["id"].split(":")[3]
@@ -328,6 +398,9 @@ def test_alarms_are_alerts_of_the_models_categories_naming_the_meterlink_alarm(t
     assert alert("w1", "leak") == ("environment", None, "high")
     assert alert("w1", "backflow") == ("environment", "waterPollution", "informational")
     assert alert("w1", "tamper") == ("security", "suspiciousAction", "high")
+    assert alert("w1", "gas") == ("environment", "airPollution", "critical")
+    assert alert("w1", "flood") == ("naturalDisaster", "flood", "high")
+    assert alert("lvl1", "flood:1") == ("naturalDisaster", "flood", "high")
     assert alert("w1", "offline") == ("security", None, "medium")
     assert alert("-gateway", "sink_auth:ngsi-ld") == ("security", None, "high")
     leak = ents["urn:ngsi-ld:Alert:w1:leak"]
@@ -347,11 +420,18 @@ def test_without_a_location_the_models_that_require_one_become_device_measuremen
     sent = s.entities(batch(tmp_path))
     assert [p for e in sent for p in problems(e)] == []
     types = {e["type"] for e in sent}
-    assert not types & {"WeatherObserved", "AirQualityObserved", "WaterQualityObserved"}
+    assert not types & {"WeatherObserved", "AirQualityObserved", "WaterQualityObserved",
+                        "NoiseLevelObserved", "WaterObserved"}
     ents = {e["id"]: e for e in sent}
     assert ents["urn:ngsi-ld:DeviceMeasurement:env1:humidity"]["numValue"] == {
         "type": "Property", "value": 45.67, "observedAt": "2025-11-21T08:00:00Z",
         "unitCode": "P1"}
+    # in the unit of their code: the ratio as ppm (59), Bspl as decibel (2N); metres as they are
+    dm = "urn:ngsi-ld:DeviceMeasurement:"
+    assert [(ents[dm + eid]["numValue"]["value"], ents[dm + eid]["numValue"]["unitCode"])
+            for eid in ("gas1:carbon_monoxide", "n1:noise_laeq", "n1:noise_lamax",
+                        "lvl1:water_level", "rain1:rainfall")] == [
+        (35, "59"), (58.7, "2N"), (70.1, "2N"), (1.234, "MTR"), (0.0024, "MTR")]
     assert "urn:ngsi-ld:DeviceMeasurement:wq1:free_chlorine" in ents
     assert all("location" not in e for e in sent if not e["id"].split(":")[3] == "w1")
     water = ents["urn:ngsi-ld:WaterConsumptionObserved:w1"]
@@ -359,9 +439,73 @@ def test_without_a_location_the_models_that_require_one_become_device_measuremen
     def warnings():
         return sum(r.getMessage() == "ngsi_ld_no_location" for r in caplog.records)
 
-    assert warnings() == 3, "once per node: env1, air1, wq1"
+    assert warnings() == 7, "once per node: env1, air1, wq1, gas1, n1, lvl1, rain1"
     s.entities(batch(tmp_path))
-    assert warnings() == 3
+    assert warnings() == 7
+
+
+def test_a_noise_level_covers_the_interval_since_the_sensors_previous_reading(tmp_path, caplog):
+    caplog.set_level(logging.INFO, "meterlink.gateway.sink.ngsild")
+    # three readings 15 min apart, the newest first (the order does not matter in a batch)
+    readings = [("n1", [wire("n1", "noise_laeq", 640 + i, T0 + 900 * i),
+                        wire("n1", "noise_lamax", 700 + i, T0 + 900 * i)]) for i in (2, 0, 1)]
+    readings.append(("n1", [wire("n1", "noise_laeq", 500, T0 + 900, inst=1)]))  # another meter
+    rec_ = Recorder()
+    try:
+        rec_.reply = (201, b"", {})
+        s = sink(tmp_path, rec_.url, locations={"*": BRUSSELS})
+        first = s.entities(batch(tmp_path, readings, []))
+        assert s.entities(batch(tmp_path / "retry", readings, [])) == first, "converted alike"
+        assert [p for e in first for p in problems(e)] == []
+        ents = {e["id"]: e for e in first}
+        noise = ents["urn:ngsi-ld:NoiseLevelObserved:n1"]
+        # wire 642 and 702 -> 6.42 and 7.02 Bspl -> 64.2 and 70.2 dB(A), 08:15 to 08:30
+        assert (noise["dateObservedFrom"]["value"]["@value"],
+                noise["dateObservedTo"]["value"]["@value"], noise["LAeq"]["value"],
+                noise["LAmax"]["value"]) == ("2025-11-21T08:15:00Z", "2025-11-21T08:30:00Z",
+                                             64.2, 70.2)
+        # a sensor's first reading since the start has no known start: DeviceMeasurements
+        dm = "urn:ngsi-ld:DeviceMeasurement:"
+        assert ents[dm + "n1:noise_lamax"]["numValue"]["value"] == 70, "the reading at T0"
+        assert ents[dm + "n1:noise_laeq:1"]["numValue"]["value"] == 50
+        assert "urn:ngsi-ld:NoiseLevelObserved:n1:1" not in ents
+        assert [r.getMessage() for r in caplog.records] == ["ngsi_ld_no_period"]
+
+        s.deliver(batch(tmp_path / "sent", readings, []))
+        # delivered: the next reading's interval starts at the newest one sent; a late one
+        # (a gap filled, older than a reading sent) has no known start
+        later = [("n1", [wire("n1", "noise_laeq", 610, T0 + 2700)]),
+                 ("n1", [wire("n1", "noise_laeq", 620, T0 + 1200)]),
+                 ("n1", [wire("n1", "noise_laeq", 520, T0 + 2700, inst=1)])]
+        ents = {e["id"]: e for e in s.entities(batch(tmp_path / "later", later, []))}
+    finally:
+        rec_.close()
+    noise = ents["urn:ngsi-ld:NoiseLevelObserved:n1"]
+    assert (noise["dateObservedFrom"]["value"]["@value"],
+            noise["dateObservedTo"]["value"]["@value"], noise["LAeq"]["value"]) == (
+        "2025-11-21T08:30:00Z", "2025-11-21T08:45:00Z", 61)
+    assert ents["urn:ngsi-ld:DeviceMeasurement:n1:noise_laeq"]["numValue"] == {
+        "type": "Property", "value": 62, "observedAt": "2025-11-21T08:20:00Z", "unitCode": "2N"}
+    meter2 = ents["urn:ngsi-ld:NoiseLevelObserved:n1:1"]
+    assert (meter2["dateObservedFrom"]["value"]["@value"], meter2["LAeq"]["value"]) == (
+        "2025-11-21T08:15:00Z", 52)
+
+
+def test_a_value_below_the_models_minimum_is_a_device_measurement(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, "meterlink.gateway.sink.ngsild")
+    s = sink(tmp_path, locations={"*": BRUSSELS})
+    readings = [("lvl1", [wire("lvl1", "water_level", -15)]),  # 15 mm below the datum
+                ("lvl1", [wire("lvl1", "water_level", -12, T0 + 60)])]
+    ents = {e["id"]: e for e in s.entities(batch(tmp_path, readings, []))}
+    assert [p for e in ents.values() for p in problems(e)] == []
+    assert "urn:ngsi-ld:WaterObserved:lvl1" not in ents
+    assert ents["urn:ngsi-ld:DeviceMeasurement:lvl1:water_level"]["numValue"] == {
+        "type": "Property", "value": -0.012, "observedAt": "2025-11-21T08:01:00Z",
+        "unitCode": "MTR"}
+    assert [r.getMessage() for r in caplog.records] == ["ngsi_ld_below_minimum"]
+    ents = {e["id"]: e for e in s.entities(batch(tmp_path / "b", [
+        ("lvl1", [wire("lvl1", "water_level", 0, T0 + 120)])], []))}
+    assert ents["urn:ngsi-ld:WaterObserved:lvl1"]["waterLevel"]["value"] == 0
 
 
 def test_an_upsert_carries_the_latest_value_of_each_attribute(tmp_path):

@@ -106,8 +106,13 @@ HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:;
 SHOWN_UNITS = {"Cel": ("°C", 1), "%RH": ("%RH", 1), "Pa": ("hPa", 0.01), "m3": ("m³", 1),
                "m3/s": ("L/s", 1e3), "V": ("V", 1), "dBm": ("dBm", 1),
                "kg/m3": ("µg/m³", 1e9), "S/m": ("µS/cm", 1e4), "J": ("kWh", 1 / 3.6e6),
-               "pH": ("pH", 1), "NTU": ("NTU", 1)}
-SHOWN_CHANNELS = {"free_chlorine": ("mg/L", 1e3), "pressure": ("hPa", 0.01)}
+               "pH": ("pH", 1), "NTU": ("NTU", 1), "%": ("%", 1), "/": ("ppm", 1e6),
+               "m": ("mm", 1e3), "m/s": ("mm/h", 3.6e6), "Bspl": ("dB", 10)}
+# methane is % of the lower explosive limit, not of the volume; the noise channels are
+# A-weighted
+SHOWN_CHANNELS = {"free_chlorine": ("mg/L", 1e3), "pressure": ("hPa", 0.01),
+                  "methane": ("% LEL", 1), "noise_laeq": ("dB(A)", 10),
+                  "noise_lamax": ("dB(A)", 10)}
 
 
 def uplot_dir() -> Optional[Path]:

@@ -11,8 +11,10 @@ anyone, read-only, without a login.
     weather        temperature, humidity, pressure
     water quality  free_chlorine, ph, turbidity, conductivity, water temperature
 
-The channel table (gateway/channels.json) has no sound level and no rain channel, so there is
-no noise theme and no rain; a new channel becomes public by a row here, never by itself.
+Noise (`noise_laeq`, `noise_lamax`) and rain are not shown yet: a district's noise level is
+an energy mean (10 lg of the mean of 10^(L/10)), not the arithmetic mean the page takes, and
+a rain figure is a sum over time, not a latest value. A new channel becomes public by a row
+here, never by itself.
 Every channel of the allow-list but `temperature` names one quantity wherever it comes from.
 `temperature` does not: it is the weather, a water-quality probe's water, or an M-Bus heat or
 water meter's flow (docs/drivers.md), and the history keeps no record of which channels

@@ -119,3 +119,89 @@ def test_register_map_errors_name_the_field():
                  'sensors[0].registers[0].type must be one of u16, s16, u32, s32, f32: got "u8"',
                  'sensors[0].registers[0].channel must be a channel name'):
         assert want in text, (want, text)
+
+
+# Product profiles: the register map is data in the config's modbus_profiles, named by the
+# sensor; the maps below are the shipped boards/modbus/profiles.json entries' registers.
+_GAS_LEL = {"registers": [{"reg": 0, "fn": 3, "channel": "methane"},
+                          {"reg": 1, "fn": 3, "channel": "alarms", "mask": 8}]}
+_NOISE = {"registers": [{"reg": 0, "channel": "noise_laeq"}, {"reg": 1, "channel": "noise_lamax"},
+                        {"reg": 2, "channel": "alarms", "mask": 1}]}
+_LEVEL = {"registers": [{"reg": 0, "channel": "water_level"},
+                        {"reg": 2, "channel": "alarms", "mask": 1}]}
+
+
+def _profiled(address, profile, instance=0):
+    return adapter({"address": address, "profile": profile, "instance": instance},
+                   {"driver": "modbus", "uart": "uart2"}, uart=_UART,
+                   modbus_profiles={"gas_lel": _GAS_LEL, "noise": _NOISE, "level": _LEVEL})
+
+
+def test_gas_detector_level_and_noise_by_profile():
+    _board(address=3, profile="gas_lel")
+    attach(2, ModbusSlave(address=4, profile="noise"))
+    attach(2, ModbusSlave(address=5, profile="level"))
+    machine.vboard_set_env(methane_lel=23.4, laeq_db=63.7, lamax_db=78.2, level_m=1.234)
+    gas, noise, level = _profiled(3, "gas_lel"), _profiled(4, "noise"), _profiled(5, "level", 1)
+    # channel units: methane 0.1 % LEL, noise 0.1 dB(A), level mm; key = id + 64 * instance
+    assert _sample(gas) == {20: 234, 16: 0}
+    assert _sample(noise) == {26: 637, 27: 782, 16: 0}
+    assert _sample(level) == {22 + 64: 1234, 16 + 64: 0}
+    machine.vboard_set_env(methane_lel=0.0, gas_fault=1)  # the detector's fault bit
+    assert _sample(gas) == {20: 0, 16: 8}
+
+
+def _errors(cfg):
+    c = config._Checker()
+    sensors.validate_hw(c, cfg, {})
+    return c.errors
+
+
+def _has(errors, *wants):
+    text = "; ".join(errors)
+    for want in wants:
+        assert want in text, (want, text)
+
+
+def test_impossible_profiles_and_unknown_profile_are_one_line_errors_naming_the_key():
+    errs = _errors({"uart": _UART, "modbus_profiles": {
+        "bad": {"registers": [{"reg": 65535, "type": "u32", "channel": "water_volume"},
+                              {"reg": 3, "type": "f32", "channel": "alarms", "mask": 1},
+                              {"reg": 4, "channel": "ph"}, {"reg": 5, "channel": "ph"},
+                              {"reg": 6, "channel": "ph", "scale": 2}]},
+        "empty": {"registers": []}},
+        "sensors": [{"driver": "modbus", "uart": "uart2", "address": 1, "profile": "bad"},
+                    {"driver": "modbus", "uart": "uart2", "address": 2, "profile": "gas"}]})
+    _has(errs, "modbus_profiles.bad.registers[0].reg must be 0-65534: a u32 value takes two "
+               "registers: got 65535",
+         "modbus_profiles.bad.registers[1].mask needs a 16-bit register (type u16 or s16), "
+         "not f32: got 1",
+         'modbus_profiles.bad.registers[3].channel is already read from '
+         'modbus_profiles.bad.registers[2] (one register per channel and instance): got "ph"',
+         "modbus_profiles.bad.registers[4].scale is not a known setting",
+         "modbus_profiles.empty must be an object with a non-empty list of registers",
+         'sensors[1].profile must name a profile of modbus_profiles (bad): got "gas"')
+    for e in errs:
+        assert "\n" not in e and len(e) < 240, e
+
+
+def test_alarm_and_relay_config_errors_name_the_key():
+    errs = _errors({"uart": _UART, "modbus_profiles": {"gas_lel": _GAS_LEL},
+                    "relay": {"pin": 26, "on": ["gas", "sensor"]},
+                    "sensors": [
+        {"driver": "modbus", "uart": "uart2", "address": 3, "profile": "gas_lel",
+         "alarm": {"channel": "metane", "above": 200, "kind": "gas"}},
+        {"driver": "modbus", "uart": "uart2", "address": 4, "profile": "gas_lel",
+         "alarm": {"channel": "methane", "above": 200, "clear": 250, "kind": "smoke"}},
+        {"driver": "modbus", "uart": "uart2", "address": 5, "profile": "gas_lel",
+         "alarm": {"channel": "methane", "above": 200, "below": 10, "kind": "gas"}},
+        {"driver": "modbus", "uart": "uart2", "address": 6, "profile": "gas_lel", "poll_s": 0}]})
+    _has(errs, 'sensors[0].alarm.channel must be a channel name of the channel table '
+               '(docs/wire-format.md): got "metane"',
+         "sensors[1].alarm.kind must be one of flood, gas (the alarm bit it sets): got \"smoke\"",
+         "sensors[1].alarm.clear must be an integer <= 200 (the level the alarm clears at): "
+         "got 250",
+         "sensors[2].alarm needs exactly one of above or below",
+         "sensors[3].poll_s must be an integer 1-3600 (s): how often the alarm is watched: got 0",
+         'relay.on must list the alarms that switch it on: flood and/or gas (never a sensor '
+         'fault): got ["gas", "sensor"]')

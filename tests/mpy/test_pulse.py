@@ -143,7 +143,7 @@ def test_config_errors_name_the_field():
     errs = _errors({"driver": "pulse"})
     assert any("sensors[0].pin is required" in e for e in errs), errs
     errs = _errors({"driver": "pulse", "pin": 25, "kind": "steam"})
-    assert any("sensors[0].kind must be water or gas" in e for e in errs), errs
+    assert any("sensors[0].kind must be water, gas or rain" in e for e in errs), errs
     errs = _errors({"driver": "pulse", "pin": 25, "kind": "gas", "pin_b": 26})
     assert any("sensors[0].pin_b is for water meters" in e for e in errs), errs
     errs = _errors({"driver": "pulse", "pin": 25, "counter": "pcnt"})

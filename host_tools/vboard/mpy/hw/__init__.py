@@ -52,6 +52,8 @@ thin ESP32-port faces on top of this; the files and the in-process API are descr
 #                       as it resets or sleeps, consumed by the next boot (absent: power-on).
 #     deepsleep.json    {"ms": int or null, "ext0": ..., "ext1": ...}: written by deepsleep().
 #     meters.json       {"25": {"forward": n, "reverse": n}}: the pulses each pulse meter made.
+#     relay.json        [[level, host time ms], ...]: every change of the coil of the relay
+#                       module of board.json "relay": {"pin": 26} (hw/pin.py relay()).
 #
 # "meters" in board.json: [{"a": 25, "b": 26, "tamper": 27}], pulse meters on GPIOs driven by
 # env.json "meters": {"25": {"forward": n, "reverse": n, "tamper": false}} (hw/meter.py
@@ -126,6 +128,10 @@ def _wire(b):
         from hw.meter import env_meters
 
         b.meters = env_meters(b)
+    if b.spec.get("relay"):
+        from hw.pin import relay
+
+        relay(b)
 
 
 def vboard_path():

@@ -1,4 +1,5 @@
-"""Pulse-output water and gas meters (reed contacts with bounce, quadrature, tamper loop)."""
+"""Pulse-output water and gas meters (reed contacts with bounce, quadrature, tamper loop) and
+tipping-bucket rain gauges."""
 
 # A reed or open-collector pulse output is a switch to GND: closed drives the GPIO low, open
 # releases it (the input's pull-up reads 1). The model owns a virtual clock (microseconds) and
@@ -116,12 +117,47 @@ class PulseMeter:
         self._drive(self.tamper_pin, None if opened else 0)
 
 
+# A tipping-bucket rain gauge: two buckets on a pivot under the funnel; when the upper one holds
+# its volume of rain (0.2 mm over the funnel, say) it tips over, and a magnet on the bucket
+# passes a reed contact, which closes once per tip for `closed_ms` (default 100) and bounces
+# like the meters' contacts (`bounce_ms`, default 5) as it closes and as it opens. One contact
+# (`a`), no direction: each tip is a forward pulse, so `tips` is `forward`.
+#
+#     g = RainGauge(a=25, seed=1)
+#     g.rain(12, gap_ms=2000)            # 12 tips, 2 s apart (a 0.2 mm bucket at 360 mm/h)
+#     g.step_ms(600 * 1000)              # ten dry minutes
+class RainGauge(PulseMeter):
+    def __init__(self, a, closed_ms=100, bounce_ms=5, seed=1, t0=_T0):
+        super().__init__(a, None, None, bounce_ms, seed, t0)
+        self.closed_ms = closed_ms
+
+    @property
+    def tips(self):
+        return self.forward
+
+    def pulse(self, reverse=False, period_ms=None):
+        """One tip: the contact closes for `closed_ms`, then opens (a gauge has no reverse)."""
+        start = self.t_us
+        self._set(self.a, True)
+        self.t_us = max(self.t_us, start + self.closed_ms * 1000)
+        self._set(self.a, False)
+        self.forward += 1
+
+    def rain(self, n, gap_ms=1000):
+        """`n` tips, one every `gap_ms` (from one closing to the next)."""
+        for _ in range(n):
+            start = self.t_us
+            self.pulse()
+            self.t_us = max(self.t_us, start + gap_ms * 1000)
+
+
 # ---------------------------------------------------------------------------------- env-driven
 # A meter wired to a node that runs as its own process (VirtualNode), driven by the test through
 # env.json instead of in-process calls:
 #
 #     board.json  "meters": [{"a": 25, "b": 26, "tamper": 27, "bounce_ms": 5}]   (b, tamper
-#                 optional)
+#                 optional); a rain gauge: {"a": 25, "model": "rain_gauge"} (closed_ms,
+#                 bounce_ms optional), its tips are its forward pulses
 #     env.json    "meters": {"25": {"forward": 120, "reverse": 2, "tamper": false,
 #                                   "period_ms": 100}}
 #     meters.json {"25": {"forward": 118, "reverse": 2}}: the pulses the meter has made so far
@@ -135,11 +171,22 @@ class PulseMeter:
 # which a healthy node does every second). Forward pulses first, then reverse. "tamper": true
 # opens the loop. A meter without meters.json starts at the env.json count (its history).
 # While the node sleeps, the launcher (VirtualNode) makes the next pulse itself when contact A
-# is armed for wake-up: it counts it in meters.json and wakes the node by EXT0.
+# is armed for wake-up: it counts it in meters.json and wakes the node by EXT0. A rain gauge
+# makes one tip where a meter makes a pulse ("reverse" is ignored): its edges, bounce included,
+# follow each other at once in real time (the 100 ms closure is on the model's own clock), and
+# `period_ms` keeps tips apart by more than the driver's 50 ms debounce.
 class EnvMeter:
-    def __init__(self, board, counts, a, b=None, tamper=None, bounce_ms=5):
+    def __init__(self, board, counts, a, b=None, tamper=None, bounce_ms=5, model="meter",
+                 closed_ms=100):
         self.key = str(a)
-        self.meter = PulseMeter(a, b, tamper, bounce_ms=bounce_ms)
+        if model == "rain_gauge":
+            if b is not None or tamper is not None:
+                raise ValueError("a rain gauge has one contact: no b, no tamper")
+            self.meter = RainGauge(a, closed_ms=closed_ms, bounce_ms=bounce_ms)
+        elif model == "meter":
+            self.meter = PulseMeter(a, b, tamper, bounce_ms=bounce_ms)
+        else:
+            raise ValueError("model must be meter or rain_gauge: got %r" % (model,))
         self._path = board.file("meters.json")
         self._counts = counts  # meters.json, shared by the board's meters
         self._ver = -1
@@ -162,7 +209,8 @@ class EnvMeter:
             return
         self._ver = e.version
         m = (e.data.get("meters") or {}).get(self.key) or {}
-        self._want = (int(m.get("forward", 0)), int(m.get("reverse", 0)))
+        rev = 0 if isinstance(self.meter, RainGauge) else int(m.get("reverse", 0))
+        self._want = (int(m.get("forward", 0)), rev)
         self._period = int(m.get("period_ms", 100))
         if self.meter.tamper_pin is not None:
             opened = bool(m.get("tamper"))

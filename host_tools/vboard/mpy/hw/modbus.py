@@ -1,5 +1,6 @@
 """A Modbus RTU slave on a serial line (Modbus over Serial Line V1.02 and the Modbus Application
-Protocol V1.1b3): a water-quality probe or an ultrasonic flow meter, by register map."""
+Protocol V1.1b3): a water-quality probe, an ultrasonic flow meter, a combustible-gas or CO
+detector, a water level sensor or a sound level meter, by register map."""
 
 # ModbusSlave(address=1, profile="water_quality" | "flow", baudrate=9600, parity=None, stop=1,
 #             registers=None): answers function 03 (read holding registers) and 04 (read input
@@ -17,6 +18,19 @@ Protocol V1.1b3): a water-quality probe or an ultrasonic flow meter, by register
 #   flow: 0-1 flow rate m3/h as an IEEE 754 float, high word first ("flow_m3_h", 3.6), 2-3
 #     total m3 x1000 (litres) as an unsigned 32-bit integer, high word first ("total_l",
 #     123456), 4 error flags (bit 0: no signal, "flow_error" 0)
+#   gas_lel: a fixed combustible-gas (methane) transmitter: 0 concentration in 0.1 % LEL
+#     ("methane_lel", 0.0), 1 status word (bit 0 alarm 1, bit 1 alarm 2 at the detector's own
+#     set points 20 / 40 % LEL, bit 3 fault: "gas_fault" 0); the layout of the concentration
+#     and status registers of fixed detectors such as Pemtech's PT495 (40001 concentration in
+#     tenths, 40002 status) and IGD's TOC-635 (status bit 3 fault)
+#   gas_co: the same for carbon monoxide: 0 ppm ("co_ppm", 0), 1 status (set points 30 / 150
+#     ppm, bit 3 fault "gas_fault")
+#   level: an ultrasonic / radar level sensor: 0 level in mm ("level_m", 0.5), 1 distance from
+#     the sensor face to the water in mm ("mount_m" 3.0 minus the level), 2 status (bit 0: no
+#     echo, "level_fault" 0)
+#   noise: a class 2 sound level meter module: 0 LAeq over its interval in 0.1 dB(A)
+#     ("laeq_db", 45.0), 1 LAmax (fast) in 0.1 dB(A) ("lamax_db", 52.0), 2 status (bit 0:
+#     microphone fault, "noise_fault" 0)
 # `registers` ({reg: value}) overrides single registers.
 # Test hook: `requests` counts the valid requests addressed to this slave.
 
@@ -31,6 +45,9 @@ _MAPS = {
 }
 
 
+_PROFILES = ("water_quality", "flow", "gas_lel", "gas_co", "level", "noise")
+
+
 def crc16(data):
     c = 0xFFFF
     for b in data:
@@ -43,8 +60,9 @@ def crc16(data):
 class ModbusSlave:
     def __init__(self, address=1, profile="water_quality", baudrate=9600, parity=None, stop=1,
                  registers=None):
-        if profile not in ("water_quality", "flow"):
-            raise ValueError("profile must be water_quality or flow: got %r" % (profile,))
+        if profile not in _PROFILES:
+            raise ValueError("profile must be one of %s: got %r" % (", ".join(_PROFILES),
+                                                                   profile))
         self.address = address
         self.fault_key = address
         self.profile = profile
@@ -63,6 +81,23 @@ class ModbusSlave:
                             int(e.data.get("total_l", 123456)), int(e.data.get("flow_error", 0)))
             for i in range(5):
                 regs[i] = (w[2 * i] << 8) | w[2 * i + 1]
+        elif self.profile in ("gas_lel", "gas_co"):
+            lel = self.profile == "gas_lel"
+            v = float(e.data.get("methane_lel" if lel else "co_ppm", 0.0))
+            code = int(round(v * 10 if lel else v))
+            al1, al2 = (200, 400) if lel else (30, 150)
+            regs[0] = max(0, min(code, 0xFFFF))
+            regs[1] = (1 if code >= al1 else 0) | (2 if code >= al2 else 0) \
+                | (8 if e.data.get("gas_fault") else 0)
+        elif self.profile == "level":
+            level = float(e.data.get("level_m", 0.5))
+            regs[0] = max(0, int(round(level * 1000)))
+            regs[1] = max(0, int(round((float(e.data.get("mount_m", 3.0)) - level) * 1000)))
+            regs[2] = 1 if e.data.get("level_fault") else 0
+        elif self.profile == "noise":
+            regs[0] = int(round(float(e.data.get("laeq_db", 45.0)) * 10))
+            regs[1] = int(round(float(e.data.get("lamax_db", 52.0)) * 10))
+            regs[2] = 1 if e.data.get("noise_fault") else 0
         else:
             for i, (key, default, mul, _signed) in enumerate(_MAPS[self.profile]):
                 v = int(round(float(e.data.get(key, default)) * mul))

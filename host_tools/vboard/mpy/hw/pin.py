@@ -157,3 +157,20 @@ def drive(pin, level):
 
 
 _ONE = (0,)
+
+
+def relay(b):
+    """board.json "relay": {"pin": 26}: a relay module whose coil is driven by that GPIO (high
+    energises it). Each change of the line's level is appended to relay.json in the board's
+    folder as [level, host time in ms], so a test sees the output switch, and when."""
+    import time
+
+    path = hw._join(b.dir, "relay.json")
+    log = hw.read_json(path) or []  # kept across restarts of the process, as the coil is
+
+    def changed(level):
+        log.append([level, time.time_ns() // 1000000])
+        if path is not None:
+            hw.write_json(path, log)
+
+    watch(b.spec["relay"]["pin"], changed)
