@@ -11,8 +11,15 @@ never replaces NTP of the same power cycle.
     clock.init(rtc_state)
     clock.unix()           # Unix seconds, or None
     clock.set(t, clock.NTP)
+
+Send slots (docs/node-runtime.md, "When a node sends"): readings are taken at wall-clock
+multiples of their interval, and a node sends them `send_offset()` seconds into each interval,
+a fixed offset from its id, so that a fleet's messages spread over the interval instead of
+arriving in the same second. These two functions are plain Python: the fleet load generator
+(host_tools/loadgen.py) schedules its simulated nodes with them.
 """
 
+import binascii
 import time
 
 NONE = 0
@@ -84,3 +91,15 @@ async def ntp(host, port=123, timeout_ms=3000):
         raise OSError("NTP: no answer from %s:%d" % (host, port))
     finally:
         s.close()
+
+
+def send_offset(node_id, spread_s):
+    """The node's send offset into each interval, in seconds: 0 <= offset < spread_s."""
+    if spread_s <= 1:
+        return 0
+    return (binascii.crc32(node_id.encode()) & 0xFFFFFFFF) % spread_s
+
+
+def send_slot(t, interval_s, offset_s):
+    """When a reading taken at Unix second `t` is sent: its interval's start plus the offset."""
+    return t - t % interval_s + offset_s

@@ -18,7 +18,9 @@ without reading code. `load()` raises ConfigError listing all problems found.
     }
 
 Runtime sections (all optional, defaults shown in `validate`): `power` (mode mains/battery,
-send_every, awake_max_s), `queue` (max_kb of flash for unsent readings), `time` (NTP server),
+send_every, awake_max_s), `queue` (max_kb of flash for unsent readings), `send` (spread_s: the
+part of the interval the node's send slot lies in; max_msgs_s: the drain rate of a backlog),
+`time` (NTP server),
 `watchdog_s`, `safe_mode_after` (crash boots before safe mode), `version` (set by the gateway's
 configuration updates). Unknown keys are errors. The hardware part (buses, `sensors`) is
 checked by `sensors.validate_hw`.
@@ -112,7 +114,7 @@ class _Checker:
         return v
 
 
-_TOP = ("node_id", "prefix", "version", "wifi", "broker", "power", "queue", "time",
+_TOP = ("node_id", "prefix", "version", "wifi", "broker", "power", "queue", "send", "time",
         "watchdog_s", "safe_mode_after", "i2c", "sensors", "modbus_profiles", "relay")
 MAX_FILE = 8192
 
@@ -170,6 +172,16 @@ def validate(cfg):
     out["queue"] = {
         "max_kb": c.get(queue, "max_kb", "queue", int, "must be an integer 2-4096 (KiB of flash)",
                         default=64, required=False, check=lambda v: 2 <= v <= 4096),
+    }
+    send = c.get(cfg, "send", "", dict, "must be an object", default={}, required=False)
+    c.unknown(send, ("spread_s", "max_msgs_s"), "send")
+    out["send"] = {
+        "spread_s": c.get(send, "spread_s", "send", int, "must be an integer 0-3600 (s; 0: send "
+                          "each reading when taken)", default=None, required=False,
+                          check=lambda v: 0 <= v <= 3600),
+        "max_msgs_s": c.get(send, "max_msgs_s", "send", int, "must be an integer 1-50 "
+                            "(messages a second while a backlog drains)", default=4,
+                            required=False, check=lambda v: 1 <= v <= 50),
     }
     tm = c.get(cfg, "time", "", dict, "must be an object", default={}, required=False)
     c.unknown(tm, ("ntp", "ntp_port"), "time")

@@ -149,6 +149,7 @@ async def command(node, msg, rid):
         err = "safe mode (%s): only diag, reboot, time, ota and config" % node.safe
     elif cmd == "read":
         body["seq"] = await node.read_all()
+        node.flush = True  # asked for: sent now, not at the node's slot
     elif cmd == "interval":
         err = _interval(node, msg)
         if not err:

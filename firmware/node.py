@@ -158,7 +158,9 @@ class Node:
         self.inflight = []  # [_PID, _FIRST, _LAST, _PAYLOAD], oldest first
         self.sent = 0
         self.rejected = 0  # downlink messages rejected
-        self.flush = False
+        self.flush = False  # send what is queued now, not at the slot (`read`, `flush`)
+        self.hold = time.ticks_ms()  # queued readings wait for this moment: the send slot
+        self.next_msg = self.hold  # the earliest moment for the next `r` message
         self.started = time.ticks_ms()
         self.heap_peak = 0
         self.connect_failures = 0
@@ -192,7 +194,10 @@ class Node:
             enc.int(self.rtc.power_cycle)
         seq = self.seq.next()
         dropped = self.q.dropped
+        waiting = len(self.q)
         self.q.append(seq, enc.view())
+        if not waiting and t is not None and self.sent:  # goes at its slot (the first at once)
+            self.hold = self._slot(t)
         log.info("queue", "queued seq=%d (%d waiting)", seq, len(self.q))
         if self.q.dropped != dropped:
             log.warn("queue", "full: dropped the oldest %d readings (%d dropped in all)",
@@ -330,6 +335,11 @@ class Node:
         batch = self._records(after)
         if batch is None:
             return False
+        wait = time.ticks_diff(self.next_msg, time.ticks_ms())
+        if wait > 0:  # a backlog drains at send.max_msgs_s messages a second at most
+            await asyncio.sleep_ms(wait)
+            return True  # (the queue is looked at again: it may have moved meanwhile)
+        self.next_msg = time.ticks_add(time.ticks_ms(), 1000 // self.cfg["send"]["max_msgs_s"])
         seq, records, now = batch
         n = wire.encode_reading(self.enc, seq, records, now_uptime=now)
         if n == 0:
@@ -358,12 +368,13 @@ class Node:
         if self.inflight:
             log.info("pub", "re-sent %d unacknowledged message(s) with DUP", len(self.inflight))
 
-    async def pump(self):
-        """Sends queued records until the queue is empty; raises OSError when the link fails."""
+    async def pump(self, queued=True):
+        """Sends the urgent copies and (`queued`) the queued records until the queue is empty,
+        and waits for what is in flight; raises OSError when the link fails."""
         while True:
             while self.urgent:
                 await self._send_urgent(self.urgent.pop(0))
-            while len(self.inflight) < _WINDOW and await self._send_next():
+            while queued and len(self.inflight) < _WINDOW and await self._send_next():
                 pass
             if not self.inflight:
                 return
@@ -470,12 +481,33 @@ class Node:
                     self.connect_failures, exc)):
             _reset()  # the last good configuration is back in config.json: start on it
 
+    def _spread(self):
+        """(interval, spread) in s: the send slot lies in the first `spread` seconds of each
+        interval (config send.spread_s; by default the whole interval, at most an hour)."""
+        iv = self.interval() or 60
+        sp = self.cfg["send"]["spread_s"]
+        return iv, min(iv, 3600 if sp is None else sp)
+
+    def _slot(self, t):
+        """ticks_ms of the send slot of a reading taken at Unix second `t`: its interval's
+        start plus the node's offset (clock.send_slot); send.spread_s 0: now."""
+        iv, sp = self._spread()
+        wait = clock.send_slot(t, iv, clock.send_offset(self.node_id, sp)) - t if sp else 0
+        return time.ticks_add(time.ticks_ms(), max(0, wait) * 1000)
+
     async def publisher(self):
+        """Connects, and sends: urgent copies at once, queued readings at the node's send slot
+        (the first ones after a boot, after a `read` or `flush` command, at once; after an
+        outage, at a random moment of the spread, so that a fleet coming back does not send
+        its backlogs together)."""
         backoff = 1
         while True:
             if not self.client.connected:
                 try:
                     await self.connect()
+                    if backoff > 1:  # back after an outage
+                        self.hold = time.ticks_add(time.ticks_ms(),
+                                                   _jitter_ms(self._spread()[1] * 1000 + 1))
                     backoff = 1
                 except Exception as exc:  # OSError, MQTTError: keep the node alive
                     await self.client.close()
@@ -485,16 +517,20 @@ class Node:
                     await asyncio.sleep_ms(delay)
                     backoff = min(backoff * 2, _BACKOFF_MAX_S)
                     continue
+            due = self.flush or time.ticks_diff(time.ticks_ms(), self.hold) >= 0
             try:
-                await self.pump()
+                await self.pump(due)
             except Exception as exc:
                 log.warn("mqtt", "link lost while sending (%r); %d message(s) to re-send",
                          exc, len(self.inflight))
                 await self.client.close()
                 continue
+            if due:
+                self.flush = False
             self.wake.clear()
+            wait = time.ticks_diff(self.hold, time.ticks_ms())
             try:
-                await asyncio.wait_for_ms(self.wake.wait(), 1000)
+                await asyncio.wait_for_ms(self.wake.wait(), max(1, min(1000, wait)))
             except asyncio.TimeoutError:
                 pass
 

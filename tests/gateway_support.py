@@ -14,8 +14,8 @@ clients and HTTP servers around it.
     with Upstream() as up:   # a real local HTTP server standing in for the city platform
         up.url, up.records() (deduplicated by Idempotency-Key), up.requests, up.mode = ...
 
-    link = NodeLink(broker)   # a node's network path to the broker: link.port, link.cut(),
-                              # link.restore() (the node's uplink fails; the gateway's does not)
+    link = Link(broker)       # a node's network path to the broker (VirtualNode(broker=link)):
+                              # link.down(), link.up(): the node's uplink fails, not the gateway's
 
     publish(broker, [(topic, payload), ...])   # as one MQTT client, QoS 1, all acknowledged
     sub = subscriber(broker, lambda topic, pack: got.append(pack))   # a platform on city/#
@@ -30,6 +30,7 @@ from __future__ import annotations
 import gzip
 import json
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -44,6 +45,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from host_tools.broker import free_port
 from host_tools.process import stop
 
 MELINK = str(Path(sys.executable).with_name("meterlink"))
@@ -78,77 +80,75 @@ def break_readings_of(monkeypatch, node: str, broken=lambda: True) -> None:
     monkeypatch.setattr(Registry, "reading", reading)
 
 
-class NodeLink:
-    """A TCP relay between nodes and the broker: the nodes connect to `port`, and cut() takes
-    their network away (every connection through it is closed, new ones are closed as soon as
-    they arrive) while the broker and the gateway stay up; restore() gives it back. Bytes pass
-    unchanged, TLS included."""
+class Link:
+    """The node's network path to the broker: a TCP relay on its own port. `down()` makes the
+    broker unreachable for the node only (connections refused, open ones cut), `up()` restores
+    it; the gateway stays connected to the broker throughout."""
 
-    def __init__(self, broker) -> None:
-        import socket
-
+    def __init__(self, broker):
         self.target = (broker.host, broker.port)
+        # nodes behind the relay speak TLS to the broker itself, with its settings and files
+        self.node_tls, self.node_files = broker.node_tls, broker.node_files
+        self.port = free_port()
         self.host = "127.0.0.1"
-        self.listener = socket.create_server((self.host, 0))
-        self.port = self.listener.getsockname()[1]
-        self.down = False
-        self.conns: list = []
-        self.lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
+        self._srv = None
+        self._conns: list[socket.socket] = []
+        self.swallow = False  # True: broker -> node bytes are dropped (PUBACKs never arrive)
+        self.up()
 
-    def _accept(self) -> None:
-        import socket
+    def up(self):
+        if self._srv is None:
+            srv = socket.socket()
+            srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            srv.bind((self.host, self.port))
+            srv.listen(8)
+            self._srv = srv
+            threading.Thread(target=self._accept, args=(srv,), daemon=True).start()
 
+    def down(self):
+        srv, self._srv = self._srv, None
+        if srv is not None:
+            try:
+                srv.shutdown(socket.SHUT_RDWR)  # wakes the accept() blocked on it (Linux)
+            except OSError:
+                pass
+            srv.close()
+        for c in self._conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            c.close()
+        self._conns.clear()
+
+    def _accept(self, srv):
         while True:
             try:
-                client, _ = self.listener.accept()
+                a, _ = srv.accept()
             except OSError:
                 return
-            if self.down:
-                client.close()
-                continue
             try:
-                upstream = socket.create_connection(self.target)
+                b = socket.create_connection(self.target)
             except OSError:
-                client.close()
+                a.close()
                 continue
-            with self.lock:
-                self.conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+            self._conns += [a, b]
+            for x, y, down in ((a, b, False), (b, a, True)):
+                threading.Thread(target=self._pipe, args=(x, y, down), daemon=True).start()
 
-    @staticmethod
-    def _pump(src, dst) -> None:
+    def _pipe(self, src, dst, downstream):
         try:
-            while data := src.recv(65536):
-                dst.sendall(data)
+            while data := src.recv(4096):
+                if not (downstream and self.swallow):
+                    dst.sendall(data)
         except OSError:
             pass
-        for s in (src, dst):
-            try:
-                s.close()
-            except OSError:
-                pass
-
-    def cut(self) -> None:
-        import socket
-
-        self.down = True
-        with self.lock:
-            conns, self.conns = self.conns, []
-        for s in conns:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-                s.close()
-            except OSError:
-                pass
-
-    def restore(self) -> None:
-        self.down = False
-
-    def close(self) -> None:
-        self.cut()
-        self.listener.close()
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
 
 def publish(broker, messages: Iterable[tuple[str, bytes]], client_id: str = "test-publisher",

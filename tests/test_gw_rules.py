@@ -75,9 +75,9 @@ def events(gw: Gateway, alarm: str) -> list[dict]:
     ('kind = "threshold"\nchannel = "free_chlorine"\nbelow = 0.0002\nclear = 0.0001',
      'rules.r1.clear must be >= below (0.0002): the level the value returns to before the '
      'alarm clears: got 0.0001'),
-    ('kind = "stale"\nchannel = "water_level"\nafter = "30m"',
+    ('kind = "stale"\nchannel = "river_stage"\nafter = "30m"',
      'rules.r1.channel is not a channel of the channel table (version 1; docs/wire-format.md '
-     'lists them): got "water_level"'),
+     'lists them): got "river_stage"'),
     ('kind = "stale"\nchannel = "water_pressure:16"\nafter = "30m"',
      'rules.r1.channel has an instance that is not 1-15 (name:instance): got '
      '"water_pressure:16"'),

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway_support import GatewayProcess, NodeLink, wait_for
+from gateway_support import GatewayProcess, Link, wait_for
 from host_tools.device import MODBUS_PROFILES
 from host_tools.vboard import VirtualNode
 from host_tools.vboard.node import default_board, default_config
@@ -35,15 +35,14 @@ QUEUED = re.compile(r" I queue: queued seq=(\d+) ")
 URGENT_S = 2.0  # the issue's limit: crossing -> node alarm, relay and gateway event
 
 
-def gas_station(root: Path, broker, *, port: int | None = None,
-                interval_s: int = 60) -> VirtualNode:
-    """The station; `port`: the node's way to the broker (a NodeLink's) if not direct."""
+def gas_station(root: Path, broker, *, interval_s: int = 60) -> VirtualNode:
+    """The station on `broker` (or on a Link to it)."""
     board = default_board()
     board["i2c"] = {}
     board["uart"] = {"2": {"tx": 17, "rx": 16, "devices": [
         {"model": "modbus_slave", "address": 3, "profile": "gas_lel"}]}}
     board["relay"] = {"pin": RELAY_GPIO}
-    cfg = default_config(NODE, broker.host, port or broker.port)
+    cfg = default_config(NODE, broker.host, broker.port)
     cfg.pop("i2c")
     cfg["time"] = {"ntp": ""}
     cfg["uart"] = {"2": {"tx": 17, "rx": 16, "baudrate": 9600}}
@@ -150,9 +149,9 @@ def test_an_alarm_goes_ahead_of_a_backlog_and_survives_a_kill_exactly_once(tmp_p
     the next alarm reading, before its queued original was acknowledged: after the restart
     every reading is stored once."""
     gw = GatewayProcess(tmp_path / "gw", broker).wait_subscribed()
-    link = NodeLink(broker)
+    link = Link(broker)
     # a reading every 2 s: a backlog while the link is down
-    node = gas_station(tmp_path / "node", broker, port=link.port, interval_s=2)
+    node = gas_station(tmp_path / "node", link, interval_s=2)
     node.set_environment(methane_lel=1.0)
     node.start()
 
@@ -161,13 +160,13 @@ def test_an_alarm_goes_ahead_of_a_backlog_and_survives_a_kill_exactly_once(tmp_p
 
     try:
         wait_for(lambda: series(gw, "methane"), 60, "the first reading", debug)
-        link.cut()
+        link.down()
         time.sleep(7)  # three or four readings queue on the node
         node.set_environment(methane_lel=24.0)
         found = wait_for(lambda: re.search(r"alarm bits 16\n.* queued seq=(\d+) ",
                                            node.console()), 10, "the node's alarm", debug)
         alarm_seq = int(found.group(1))
-        link.restore()
+        link.up()
         wait_for(lambda: events(gw, "gas"), 60, "the gas event after the outage", debug)
         wait_for(lambda: {r["seq"] for r in gw.records()} >= set(range(alarm_seq + 1)), 30,
                  "the backlog", debug)
@@ -187,7 +186,7 @@ def test_an_alarm_goes_ahead_of_a_backlog_and_survives_a_kill_exactly_once(tmp_p
         time.sleep(5)  # the restarted node's readings
     finally:
         node.stop()
-        link.close()
+        link.down()
         gw.stop()
     recs = [r for r in gw.records() if r["node"] == NODE]
     dup = Counter((r["seq"], r["n"]) for r in recs)

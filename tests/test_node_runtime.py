@@ -14,14 +14,14 @@ import re
 import socket
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import cbor2
 import paho.mqtt.client as paho
 import pytest
 
-from gateway_support import GatewayProcess, wait_for
-from host_tools.broker import free_port
+from gateway_support import GatewayProcess, Link, wait_for
 from host_tools.vboard import VirtualNode
 from host_tools.vboard.node import default_board, default_config
 
@@ -88,77 +88,6 @@ def assert_exactly_once(gw: GatewayProcess, node: VirtualNode, want: set[int]):
     assert not missing, f"{len(missing)} queued readings never arrived: {missing[:20]}"
     doubled = {s: n for s, n in counts.items() if n != 3}
     assert not doubled, f"readings with other than one record (3 SenML lines): {doubled}"
-
-
-class Link:
-    """The node's network path to the broker: a TCP relay on its own port. `down()` makes the
-    broker unreachable for the node only (connections refused, open ones cut), `up()` restores
-    it; the gateway stays connected to the broker throughout."""
-
-    def __init__(self, broker):
-        self.target = (broker.host, broker.port)
-        # nodes behind the relay speak TLS to the broker itself, with its settings and files
-        self.node_tls, self.node_files = broker.node_tls, broker.node_files
-        self.port = free_port()
-        self.host = "127.0.0.1"
-        self._srv = None
-        self._conns: list[socket.socket] = []
-        self.swallow = False  # True: broker -> node bytes are dropped (PUBACKs never arrive)
-        self.up()
-
-    def up(self):
-        if self._srv is None:
-            srv = socket.socket()
-            srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            srv.bind((self.host, self.port))
-            srv.listen(8)
-            self._srv = srv
-            threading.Thread(target=self._accept, args=(srv,), daemon=True).start()
-
-    def down(self):
-        srv, self._srv = self._srv, None
-        if srv is not None:
-            try:
-                srv.shutdown(socket.SHUT_RDWR)  # wakes the accept() blocked on it (Linux)
-            except OSError:
-                pass
-            srv.close()
-        for c in self._conns:
-            try:
-                c.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            c.close()
-        self._conns.clear()
-
-    def _accept(self, srv):
-        while True:
-            try:
-                a, _ = srv.accept()
-            except OSError:
-                return
-            try:
-                b = socket.create_connection(self.target)
-            except OSError:
-                a.close()
-                continue
-            self._conns += [a, b]
-            for x, y, down in ((a, b, False), (b, a, True)):
-                threading.Thread(target=self._pipe, args=(x, y, down), daemon=True).start()
-
-    def _pipe(self, src, dst, downstream):
-        try:
-            while data := src.recv(4096):
-                if not (downstream and self.swallow):
-                    dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
 
 class Control:
@@ -451,6 +380,72 @@ def test_ntp_sets_the_clock_and_readings_align_to_the_interval(tmp_path, broker)
     finally:
         ntp.close()
         node.stop()
+        gw.stop()
+
+
+def node_with_offset(offset: int, spread: int) -> str:
+    """A node id whose send offset is `offset` s in a `spread` of seconds: docs/node-runtime.md
+    says the offset is the CRC-32 (zlib's) of the id modulo the spread."""
+    return next(f"slot-{i}" for i in range(1000) if zlib.crc32(f"slot-{i}".encode()) % spread
+                == offset)
+
+
+def send_delays(node: VirtualNode) -> list[int]:
+    """ms from each reading's `queued seq=N` to the `seq=N..` acknowledgement, by the node's
+    console clock (one-reading messages)."""
+    text = node.console()
+    at = {int(m.group(2)): int(m.group(1)) for m in
+          re.finditer(r"^(\d+) I queue: queued seq=(\d+) ", text, re.M)}
+    return [int(m.group(1)) - at[int(m.group(2))] for m in
+            re.finditer(r"^(\d+) I pub: seq=(\d+)\.\.\2 acked", text, re.M)
+            if int(m.group(2)) in at]
+
+
+def test_readings_stay_aligned_and_each_node_sends_at_its_own_slot(tmp_path, broker):
+    """With the time known, a node reads on the interval's boundaries and sends its readings
+    at a fixed offset into the interval from its id (here 6 s of 10), so a fleet's messages do
+    not arrive in the same second; with send.spread_s 0 it sends each reading at once. A
+    battery node (offset 8 s) reads on the boundary and deep-sleeps until its slot to send."""
+    ntp = Sntp(offset=0)
+    gw = GatewayProcess(tmp_path / "gw", broker).wait_subscribed()
+    spread_id, battery_id = node_with_offset(6, 10), node_with_offset(8, 10)
+    nodes = []
+    for nid, extra in ((spread_id, {}), ("at-once", {"send": {"spread_s": 0}}),
+                       (battery_id, {"power": {"mode": "battery"}})):
+        n = fast_node(tmp_path / nid, nid, broker, entries=1, **extra,
+                      time={"ntp": "127.0.0.1", "ntp_port": ntp.port})
+        cfg = json.loads((n.flash / "config.json").read_text())
+        cfg["sensors"][0]["interval_s"] = 10
+        (n.flash / "config.json").write_text(json.dumps(cfg))
+        nodes.append(n.start())
+    spread, at_once, battery = nodes
+    try:
+        for n in (spread, at_once):
+            wait_for(lambda: len(send_delays(n)) >= 5, 90, "five readings sent",
+                     debug(n, gw))
+        wait_for(lambda: battery.console().count(", send slot)") >= 2
+                 and len(reading_times(gw, battery_id)) >= 3, 60,
+                 "two sends at the battery node's slot", debug(battery, gw))
+        # the first reading after boot goes at once, and so may the next (taken before the
+        # clock was known, it is not on a boundary); the others 6 s after they were taken
+        # (the slot is a whole second: up to a second either way)
+        later = send_delays(spread)[2:]
+        assert all(5000 <= d <= 7500 for d in later), later
+        assert all(d < 1500 for d in send_delays(at_once)), send_delays(at_once)
+        # readings from the third on are on the 10 s boundaries (the first two were taken
+        # before the clock was known; a loaded machine may delay one past a second boundary)
+        times = [t for seq, t in reading_times(gw, spread_id).items() if seq >= 2]
+        assert [t % 10 for t in times].count(0) * 3 >= len(times) * 2, times
+        # the battery node: woken on the boundary, it slept about 8 s less its boot to send
+        slot_sleeps = [int(ms) for ms in re.findall(r"deep sleep for (\d+) ms \(until the "
+                                                     r"send slot\)", battery.console())]
+        assert slot_sleeps and all(5000 <= ms <= 8500 for ms in slot_sleeps), slot_sleeps
+        times = [t for seq, t in reading_times(gw, battery_id).items() if seq >= 1]
+        assert times and [t % 10 for t in times].count(0) * 3 >= len(times) * 2, times
+    finally:
+        ntp.close()
+        for n in nodes:
+            n.stop()
         gw.stop()
 
 
