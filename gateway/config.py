@@ -64,6 +64,9 @@ class MqttConfig:
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
+    # False when the readings come from JetStream ([jetstream]): MQTT then carries the status,
+    # acknowledgements and downlink only
+    readings: bool = True
 
     @property
     def subscription(self) -> str:
@@ -78,7 +81,8 @@ class MqttConfig:
         Status and acks are never shared: every instance keeps the whole registry, and
         Mosquitto does not send retained messages to shared subscriptions.
         """
-        return [self.subscription, f"{self.prefix}/+/s", f"{self.prefix}/+/a"]
+        return ([self.subscription] if self.readings else []) + [f"{self.prefix}/+/s",
+                                                                  f"{self.prefix}/+/a"]
 
     def __repr__(self) -> str:
         password = None if self.password is None else "***"
@@ -88,6 +92,19 @@ class MqttConfig:
                 f"keepalive={self.keepalive}, qos={self.qos}, "
                 f"shared_group={self.shared_group!r}, tls={self.tls}, "
                 f"ca_file={self.ca_file}, cert_file={self.cert_file})")
+
+
+@dataclass(frozen=True, kw_only=True)
+class JetStreamConfig:
+    """`[jetstream]`: readings from a NATS JetStream stream (a NATS cluster's MQTT listeners
+    put the nodes' `r` messages there) through one durable pull consumer shared by every
+    gateway instance. No `servers`: readings come over MQTT."""
+
+    servers: tuple[str, ...] = ()
+    stream: str = "READINGS"
+    durable: str = "meterlink-gateway"
+    replicas: int = 3
+    ack_wait_s: int = 30
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -238,6 +255,7 @@ class Config:
     gateway: GatewaySettings = GatewaySettings()
     dashboard: DashboardConfig = DashboardConfig()
     rules: tuple[Rule, ...] = ()
+    jetstream: JetStreamConfig = JetStreamConfig()
 
     @property
     def sink(self) -> SinkConfig:
@@ -331,6 +349,22 @@ def _url(key: str, value: Any, base: Path) -> str:
     return value.rstrip("/")
 
 
+def _nats_servers(key: str, value: Any, base: Path) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value or not all(
+            isinstance(v, str) and v.startswith(("nats://", "tls://")) and len(v) > 7
+            for v in value):
+        raise ConfigError(key, "must be a non-empty list of nats:// or tls:// server URLs",
+                          got=show(value))
+    return tuple(value)
+
+
+def _name(key: str, value: Any, base: Path) -> str:
+    if not isinstance(value, str) or not re.match(r"^[A-Za-z0-9_-]{1,64}$", value):
+        raise ConfigError(key, "must be 1-64 characters A-Z a-z 0-9 _ - (a JetStream name)",
+                          got=show(value))
+    return value
+
+
 def _group(key: str, value: Any, base: Path) -> str:
     if not isinstance(value, str) or not PREFIX_RE.match(value):
         raise ConfigError(key, "must be 1-16 characters a-z 0-9 _ - (MQTT share group)",
@@ -421,6 +455,13 @@ SCHEMA: dict[str, dict[str, tuple[Checker, Any]]] = {
         "ca_file": (_path, None),
         "cert_file": (_path, None),
         "key_file": (_path, None),
+    },
+    "jetstream": {
+        "servers": (_nats_servers, None),
+        "stream": (_name, "READINGS"),
+        "durable": (_name, "meterlink-gateway"),
+        "replicas": (_integer(1, 5), 3),
+        "ack_wait_s": (_integer(5, 3600), 30),
     },
     "ingest": {
         "max_payload_bytes": (_integer(16, 1 << 20), 4096),
@@ -760,12 +801,14 @@ def parse_config(data: Mapping[str, Any], *, base_dir: str | Path = ".",
         if ("cert_file" in opts) and (opts["cert_file"] is None) != (opts["key_file"] is None):
             raise ConfigError(f"{where}.cert_file", "needs key_file too (and the other way round)",
                               got=show(str(opts["cert_file"] or opts["key_file"])))
-    return Config(mqtt=MqttConfig(**values["mqtt"]), sinks=tuple(sinks),
-                  outbox=OutboxConfig(**values["outbox"]),
+    jetstream = JetStreamConfig(**{**values["jetstream"],
+                                   "servers": values["jetstream"]["servers"] or ()})
+    return Config(mqtt=MqttConfig(**values["mqtt"], readings=not jetstream.servers),
+                  sinks=tuple(sinks), outbox=OutboxConfig(**values["outbox"]),
                   ingest=IngestConfig(**values["ingest"]), api=ApiConfig(**values["api"]),
                   gateway=GatewaySettings(**values["gateway"]),
                   dashboard=DashboardConfig(**values["dashboard"]),
-                  rules=parse_rules(data.get("rules", {}), table))
+                  rules=parse_rules(data.get("rules", {}), table), jetstream=jetstream)
 
 
 def load_config(path: str | Path, *, table: ChannelTable | None = None) -> Config:

@@ -193,6 +193,7 @@ class Gateway:
         self._warn_after = 0.0
         self._ingested_at = 0.0  # monotonic time ingest last handled a batch
         self.client = self._make_client()
+        self.source = None  # the JetStream source of the readings ([jetstream]), or None
 
     def __repr__(self) -> str:
         m = self.config.mqtt
@@ -261,6 +262,13 @@ class Gateway:
         self._ingest_thread = threading.Thread(target=self._ingest_loop, name="ingest",
                                                daemon=True)
         self._ingest_thread.start()
+        if self.config.jetstream.servers:
+            from gateway.jetstream import JetStreamSource
+
+            self.source = JetStreamSource(self.config.jetstream, self.config.mqtt.prefix,
+                                          deliver=self._deliver, clock=self._clock,
+                                          stats=self.stats)
+            self.source.start()
         cfg = self.config.mqtt
         log.info("starting", extra=kv(host=cfg.host, port=cfg.port, client_id=cfg.client_id,
                                       subscriptions=",".join(cfg.subscriptions),
@@ -283,10 +291,14 @@ class Gateway:
             return
         self._started = False
         self._stop.set()
+        if self.source is not None:
+            self.source.request_stop()  # no more pulls; what is in hand is still acknowledged
         self.client.disconnect()
         self.client.loop_stop()
         if self._ingest_thread is not None:
             self._ingest_thread.join(10)
+        if self.source is not None:  # after ingest: the batch in hand is acknowledged
+            self.source.stop()
         for worker in self.workers:
             worker.stop()
         if self.api is not None:
@@ -530,9 +542,11 @@ class Gateway:
     def _ack(self, batch: Sequence[Message]) -> None:
         """Acknowledges committed messages to the broker: the PUBACKs of a batch go out as
         one write (`_Client.puback_all`); QoS 2 messages take `client.ack()` (PUBCOMP)."""
-        mids = [m.mid for m in batch if m.qos == 1 and m.mid]
+        mids = [m.mid for m in batch if m.qos == 1 and m.mid > 0]
         if mids:
             self.client.puback_all(mids)
+        if self.source is not None:  # JetStream's messages carry negative mids
+            self.source.ack(batch)
         for m in batch:
             if m.qos == 2:
                 self.client.ack(m.mid, 2)
@@ -587,6 +601,14 @@ class Gateway:
             topic = message._topic.decode("utf-8", "replace")
         self._inbox.append(Message(topic, message.payload, message.mid, message.qos,
                                    self._clock(), bool(message.retain)))
+        if self._idle:
+            self._arrived.set()
+
+    def _deliver(self, messages: list[Message]) -> None:
+        """Messages from the JetStream source's thread into the inbox."""
+        if self._failed:
+            return  # the outbox failed: nothing more is taken (JetStream redelivers)
+        self._inbox.extend(messages)
         if self._idle:
             self._arrived.set()
 

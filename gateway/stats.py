@@ -22,6 +22,8 @@ Keys of the stats file (JSON object):
     retired_ignored     status and acknowledgements of retired nodes, not processed
     events              alarm events raised or cleared
     rules_reloads       times the [rules] were read again and put in force (SIGHUP, API)
+    jetstream_redelivered  readings JetStream delivered again (not acknowledged in time by an
+                        instance: this one or another; dedup keeps one) ([jetstream] only)
     rules_reload_errors times reading them again failed (the rules in force stayed)
     gaps_missing        {node: missing seq count} (only nodes with gaps)
     outbox_bytes        bytes of data in the outbox (pages in use: what max_bytes bounds)
@@ -55,7 +57,7 @@ log = logging.getLogger("meterlink.gateway.stats")
 
 COUNTERS = ("received", "accepted_messages", "accepted_records", "duplicates", "senml_records",
             "rejected", "connects", "status_messages", "ack_messages", "events",
-            "retired_ignored", "rules_reloads", "rules_reload_errors")
+            "retired_ignored", "rules_reloads", "rules_reload_errors", "jetstream_redelivered")
 DEFAULT_INTERVAL = 1.0
 
 

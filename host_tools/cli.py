@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 
 from gateway import cli as cmd_gateway
 from host_tools import (bundle, cmd_check, cmd_decode, cmd_deploy, cmd_flash, cmd_monitor, cmd_ports,
-                        cmd_loadgen, cmd_pki, cmd_provision, cmd_reboot, cmd_simulate, cmd_status,
+                        cmd_loadgen, cmd_nats, cmd_pki, cmd_provision, cmd_reboot, cmd_simulate, cmd_status,
                         cmd_vboard, demo)
 from meterlink_common import EXIT_INPUT, EXIT_INTERRUPTED, UserError
 
@@ -45,6 +45,7 @@ COMMANDS: dict[str, tuple[Handler, ParserBuilder, str]] = {
     "check": (cmd_check.run, cmd_check.build_parser, cmd_check.HELP),
     "simulate": (cmd_simulate.run, cmd_simulate.build_parser, cmd_simulate.HELP),
     "loadgen": (cmd_loadgen.run, cmd_loadgen.build_parser, cmd_loadgen.HELP),
+    "nats-config": (cmd_nats.run, cmd_nats.build_parser, cmd_nats.HELP),
     "vboard": (cmd_vboard.run, cmd_vboard.build_parser, cmd_vboard.HELP),
     "pki": (cmd_pki.run, cmd_pki.build_parser, cmd_pki.HELP),
     "bundle": (bundle.run, bundle.build_parser, bundle.HELP),

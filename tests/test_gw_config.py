@@ -102,7 +102,7 @@ log_level = "debug"
     ('[gateway]\nlog_level = "verbose"',
      'gateway.log_level must be one of DEBUG, INFO, WARNING, ERROR: got "verbose"'),
     ("[gateway]\nstats_file = 3", "gateway.stats_file must be a non-empty path string: got 3"),
-    ("[extra]\na = 1", "extra is not a known section (known: mqtt, ingest, outbox, api, gateway, "
+    ("[extra]\na = 1", "extra is not a known section (known: mqtt, jetstream, ingest, outbox, api, gateway, "
                       "dashboard, sink, sinks, rules)"),
     ('[dashboard]\nmap_tiles = "https://tile.example/{z}/{x}.png"',
      'dashboard.map_tiles must be an http:// or https:// URL with {z}, {x} and {y} in its path '

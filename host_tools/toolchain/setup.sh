@@ -2,7 +2,7 @@
 # Installs everything meterlink needs on a fresh Debian machine with Python 3.11, and nothing
 # twice: `make setup` runs it, and `make test` / `make demo` run `make setup` first.
 #
-#   - Debian packages: mosquitto (if `mosquitto` is missing), and the compiler bits the
+#   - Debian packages: mosquitto and nats-server (each if missing), and the compiler bits the
 #     MicroPython unix port needs when it has to be built (gcc, gcc-multilib, make, pkg-config).
 #   - The MicroPython unix port of the release in versions.env, built from Debian's source
 #     package (trixie) into .cache/ with a private apt sources list and state dir, so the
@@ -62,6 +62,10 @@ fi
 have_mosquitto() { command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ]; }
 have_mosquitto || apt_install mosquitto
 have_mosquitto || die "mosquitto is still missing after installing the Debian package"
+# the clustered deployment's engine (host_tools/nats.py; the tests start their own servers)
+have_nats() { command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ]; }
+have_nats || apt_install nats-server
+have_nats || die "nats-server is still missing after installing the Debian package"
 
 "$PYTHON" -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null \
     || die "$PYTHON must be Python 3.11 or newer (set PYTHON=...)"

@@ -1,0 +1,207 @@
+"""Readings from a NATS JetStream stream, for the clustered deployment (docs/gateway.md, "Past
+one machine"): the nodes publish `r` over MQTT to any server of a NATS cluster, the servers
+keep the messages in a stream replicated on three of them (subjects `{prefix}.*.r`, what an
+MQTT topic `m/<node>/r` becomes), and every gateway instance reads it through one durable pull
+consumer: a work queue, each message to one instance.
+
+    source = JetStreamSource(config.jetstream, "m", deliver=inbox.extend, clock=time.time,
+                             stats=stats)
+    source.start()                 # its own thread and asyncio loop (nats-py)
+    source.ack(messages)           # after the outbox transaction holding them committed
+    source.stop()
+
+Delivery is the MQTT path's: a fetched message becomes an ingest `Message` (topic `m/<node>/r`,
+`mid` a negative token that names it here) and is acknowledged to JetStream only after the
+outbox committed it. A message not acknowledged within the consumer's `ack_wait_s` (this
+instance died, or was cut off) is delivered again, to this instance or another; the outbox's
+dedup by (node, seq) keeps one. At most `MAX_UNACKED` messages are out at once, so a slow
+outbox never lets them run past `ack_wait_s` in the inbox.
+
+Why a thread with its own loop: the gateway's ingest, sinks and paho are threads; nats-py is
+asyncio only. The loop is private to this module: fetch, ack and reconnect run there, and
+`ack` hands it the tokens with `call_soon_threadsafe`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from typing import Any, Callable, Sequence
+
+from gateway.config import JetStreamConfig
+from gateway.ingest import Message
+from gateway.logfmt import kv
+
+log = logging.getLogger("meterlink.gateway.jetstream")
+
+FETCH = 256  # messages a pull asks for
+MAX_UNACKED = 2048  # fetched, not yet acknowledged: past it, no pull until acks come back
+PULL_WAIT_S = 1.0  # how long a pull waits for messages when the stream is empty
+
+
+async def ensure_stream(nc: Any, *, stream: str, subjects: list[str], replicas: int) -> None:
+    """The readings stream on a connected nats-py client: file storage, `replicas` copies,
+    work-queue retention (a message leaves once acknowledged). An existing one is kept."""
+    from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+    from nats.js.errors import NotFoundError
+
+    js = nc.jetstream()
+    try:
+        await js.stream_info(stream)
+    except NotFoundError:
+        await js.add_stream(StreamConfig(name=stream, subjects=subjects,
+                                         retention=RetentionPolicy.WORK_QUEUE,
+                                         storage=StorageType.FILE, num_replicas=replicas))
+
+
+class JetStreamSource:
+    def __init__(self, cfg: JetStreamConfig, prefix: str, *,
+                 deliver: Callable[[list[Message]], None], clock: Callable[[], float],
+                 stats: Any) -> None:
+        self.cfg = cfg
+        self.prefix = prefix
+        self.deliver = deliver
+        self.clock = clock
+        self.stats = stats
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.thread: threading.Thread | None = None
+        self._stopping = False
+        self._unacked: dict[int, Any] = {}  # token -> nats Msg
+        self._next = 0
+        self._room = threading.Event()
+        self._room.set()
+
+    def __repr__(self) -> str:
+        return (f"JetStreamSource(servers={len(self.cfg.servers)}, stream={self.cfg.stream!r}, "
+                f"durable={self.cfg.durable!r}, unacked={len(self._unacked)})")
+
+    def start(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self._run, name="jetstream", daemon=True)
+        self.thread.start()
+
+    def request_stop(self) -> None:
+        """No more pulls (the acknowledgements of what is in hand still go out)."""
+        self._stopping = True
+        self._room.set()
+
+    def stop(self) -> None:
+        """Stops pulling, drains the connection (queued acknowledgements go out), joins."""
+        self.request_stop()
+        if self.thread is not None:
+            self.thread.join(10)
+
+    def ack(self, batch: Sequence[Message]) -> None:
+        """Acknowledges the JetStream messages of a committed batch (mid < 0)."""
+        tokens = [-m.mid for m in batch if m.mid < 0]
+        if tokens and self.loop is not None:
+            try:
+                self.loop.call_soon_threadsafe(self._ack_now, tokens)
+            except RuntimeError:  # stopped: not acknowledged, so delivered again (dedup)
+                pass
+
+    # ---- the source's own thread ------------------------------------------------------------
+
+    def _ack_now(self, tokens: list[int]) -> None:
+        for t in tokens:
+            msg = self._unacked.pop(t, None)
+            if msg is not None:
+                self.loop.create_task(self._ack_one(msg))
+        if len(self._unacked) < MAX_UNACKED:
+            self._room.set()
+
+    async def _ack_one(self, msg: Any) -> None:
+        try:
+            await msg.ack()
+        except Exception as exc:  # noqa: BLE001 - the connection is gone: JetStream redelivers
+            log.warning("jetstream_ack_failed", extra=kv(error=str(exc) or type(exc).__name__,
+                                                         action="redelivered after ack_wait"))
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(self._consume())
+        finally:
+            self.loop.close()
+
+    async def _consume(self) -> None:
+        import nats
+        from nats.js.api import AckPolicy, ConsumerConfig
+
+        cfg = self.cfg
+        subject = f"{self.prefix}.*.r"
+
+        async def on_disconnect():
+            self.stats.set_state(subscribed=False)
+            log.warning("jetstream_disconnected", extra=kv(reconnect="automatic"))
+
+        async def on_reconnect():
+            log.info("jetstream_reconnected", extra=kv(server=str(nc.connected_url.netloc)))
+
+        async def on_error(exc):
+            log.warning("jetstream_error", extra=kv(error=str(exc) or type(exc).__name__))
+
+        while not self._stopping:
+            try:
+                nc = await nats.connect(servers=list(cfg.servers), max_reconnect_attempts=-1,
+                                        reconnect_time_wait=1, connect_timeout=5,
+                                        disconnected_cb=on_disconnect,
+                                        reconnected_cb=on_reconnect, error_cb=on_error,
+                                        allow_reconnect=True)
+                break
+            except Exception as exc:  # noqa: BLE001 - no server reachable yet: try again
+                log.warning("jetstream_connect_failed", extra=kv(
+                    servers=",".join(cfg.servers), error=str(exc) or type(exc).__name__,
+                    reconnect="in 2 s"))
+                await asyncio.sleep(2)
+        else:
+            return
+        js = nc.jetstream()
+        sub = None
+        while not self._stopping and sub is None:
+            try:
+                await ensure_stream(nc, stream=cfg.stream, subjects=[subject],
+                                    replicas=cfg.replicas)
+                sub = await js.pull_subscribe(
+                    subject, durable=cfg.durable, stream=cfg.stream,
+                    config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT,
+                                          ack_wait=cfg.ack_wait_s,
+                                          max_ack_pending=4 * MAX_UNACKED))
+            except Exception as exc:  # noqa: BLE001 - the cluster is electing: try again
+                log.warning("jetstream_subscribe_failed", extra=kv(
+                    stream=cfg.stream, error=str(exc) or type(exc).__name__,
+                    retry="in 1 s"))
+                await asyncio.sleep(1)
+        if sub is not None:
+            self.stats.set_state(connected=True, subscribed=True)
+            log.info("jetstream_subscribed", extra=kv(stream=cfg.stream, durable=cfg.durable,
+                                                      subject=subject))
+        while sub is not None and not self._stopping:
+            if len(self._unacked) >= MAX_UNACKED:
+                self._room.clear()
+                await self.loop.run_in_executor(None, self._room.wait, 1.0)
+                continue
+            try:
+                msgs = await sub.fetch(FETCH, timeout=PULL_WAIT_S)
+            except nats.errors.TimeoutError:
+                continue
+            except Exception as exc:  # noqa: BLE001 - a server went away: the client reconnects
+                log.warning("jetstream_fetch_failed", extra=kv(error=str(exc) or
+                                                               type(exc).__name__))
+                await asyncio.sleep(0.5)
+                continue
+            self.stats.set_state(subscribed=True)
+            now = self.clock()
+            out = []
+            for msg in msgs:
+                self._next += 1
+                self._unacked[self._next] = msg
+                meta = msg.metadata
+                if meta.num_delivered > 1:
+                    self.stats.add(jetstream_redelivered=1)
+                out.append(Message(msg.subject.replace(".", "/"), msg.data, -self._next, 1,
+                                   now))
+            if out:
+                self.deliver(out)
+        await nc.drain()

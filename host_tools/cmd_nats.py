@@ -1,0 +1,75 @@
+"""`meterlink nats-config`: the config files of a NATS Server cluster for the clustered
+deployment (docs/gateway.md, "Past one machine"), one per server.
+
+    meterlink nats-config --servers 10.0.0.11,10.0.0.12,10.0.0.13 --out nats/
+                          [--store /var/lib/nats] [--mqtt-port 1883] [--max-store 50G]
+                          [--tls-cert F --tls-key F --tls-ca F]
+
+Writes `nats/server-1.conf` ... : server name `ml-N`, the client port 4222, cluster routes on
+6222 to every other server, JetStream with its store (`--store`, at most `--max-store`), the
+monitoring port 8222 (health: `/healthz`), and an MQTT listener for the nodes (1883, or with
+`--tls-*` 8883 with the fleet CA verifying their client certificates, as the Mosquitto broker
+does: docs/security.md). Copy each to its server as /etc/nats-server.conf (Debian's
+nats-server unit reads it) and start them; the gateway's [jetstream] `servers` lists the
+`nats://ADDRESS:4222` of all of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+from pathlib import Path
+
+from host_tools.device import say
+from host_tools.nats import server_config
+from meterlink_common import EXIT_INPUT, UserError, write_atomic
+
+HELP = "write the config files of a NATS cluster (JetStream R3, MQTT for the nodes)"
+
+
+def build_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--servers", required=True, metavar="A,B,C",
+                        help="the servers' addresses (3 or 5), as the others reach them")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR")
+    parser.add_argument("--store", default="/var/lib/nats", metavar="DIR",
+                        help="JetStream's store on each server (default: /var/lib/nats)")
+    parser.add_argument("--max-store", default="50G", metavar="SIZE",
+                        help="JetStream's file store limit (default: 50G)")
+    parser.add_argument("--mqtt-port", type=int, metavar="PORT",
+                        help="the nodes' MQTT port (default: 1883, 8883 with TLS)")
+    parser.add_argument("--tls-cert", metavar="FILE", help="the server's certificate (PEM)")
+    parser.add_argument("--tls-key", metavar="FILE", help="its key (PEM)")
+    parser.add_argument("--tls-ca", metavar="FILE",
+                        help="the fleet CA: nodes must present a certificate it issued")
+
+
+def run(args: argparse.Namespace) -> int:
+    servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    if len(servers) not in (3, 5) or len(set(servers)) != len(servers):
+        raise UserError(f"--servers must name 3 or 5 different servers (JetStream's quorum): "
+                        f"got {args.servers!r}", exit_code=EXIT_INPUT)
+    for s in servers:
+        try:
+            ipaddress.ip_address(s)
+        except ValueError:
+            if not s.replace("-", "").replace(".", "").isalnum():
+                raise UserError(f"--servers: {s!r} is not an address or a host name",
+                                exit_code=EXIT_INPUT) from None
+    tls = [args.tls_cert, args.tls_key, args.tls_ca]
+    if any(tls) and not all(tls):
+        raise UserError("--tls-cert, --tls-key and --tls-ca go together", exit_code=EXIT_INPUT)
+    port = args.mqtt_port or (8883 if all(tls) else 1883)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for i, host in enumerate(servers):
+        text = server_config(f"ml-{i + 1}", host="0.0.0.0", client_port=4222,
+                             cluster_port=6222, mqtt_port=port, http_port=8222,
+                             routes=[f"nats-route://{h}:6222" for h in servers if h != host],
+                             store_dir=args.store, max_file_store=args.max_store,
+                             tls=tuple(tls) if all(tls) else None)
+        path = args.out / f"server-{i + 1}.conf"
+        write_atomic(path, text.encode())
+        say(f"{path}: for {host} (ml-{i + 1})")
+    say(f"gateway.toml: [jetstream] servers = "
+        f"[{', '.join(repr(f'nats://{h}:4222') for h in servers)}]".replace("'", '"'))
+    say(f"nodes: broker host = any of {', '.join(servers)}, port {port}")
+    return 0

@@ -1,0 +1,161 @@
+"""A NATS Server cluster for the clustered deployment (docs/gateway.md, "Past one machine"):
+the configs `meterlink nats-config` writes for production, and a local cluster on loopback
+ports for tests and benches, started from Debian's `nats-server` (2.9).
+
+    cluster = NatsCluster(tmp / "nats", size=3).start()   # three servers, JetStream R3, MQTT
+    cluster.mqtt[0]            # (host, port) of server 1's MQTT listener: nodes connect there
+    cluster.urls               # nats://... of every server: the gateway's JetStream client
+    cluster.kill(1); cluster.start_server(1)               # kill -9 one server, bring it back
+    cluster.stop()
+
+Each server: client port, cluster routes to the others, JetStream with its own store, an MQTT
+listener (MQTT 3.1.1 for the nodes; their sessions and QoS 1 messages live in JetStream,
+replicated), the monitoring port for health (`/healthz`). The readings
+stream (`READINGS`, subjects `m.*.r`: what an MQTT publish to `m/<node>/r` becomes, three
+replicas, work-queue retention: a message leaves once a gateway acknowledged it) is created by
+the gateway's JetStream source at start (gateway/jetstream.py `ensure_stream`).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+from host_tools.broker import free_port
+from host_tools.process import stop as stop_process
+
+CLUSTER = "meterlink"
+
+
+def nats_server() -> str:
+    path = shutil.which("nats-server") or "/usr/sbin/nats-server"
+    if not Path(path).exists():
+        raise RuntimeError("nats-server is not installed (Debian package nats-server; "
+                           "`make setup` installs it)")
+    return path
+
+
+def server_config(name: str, *, host: str, client_port: int, cluster_port: int,
+                  mqtt_port: int, http_port: int, routes: list[str], store_dir: str,
+                  max_file_store: str = "10G",
+                  tls: tuple[str, str, str] | None = None) -> str:
+    """One server's config (NATS config syntax; strings JSON-quoted). `tls`: (certificate,
+    key, CA) files for the MQTT listener, which then verifies the nodes' certificates."""
+    q = json.dumps
+    lines = [
+        f"server_name: {q(name)}",
+        f"listen: {q(f'{host}:{client_port}')}",
+        f"http: {q(f'{host}:{http_port}')}",
+        "jetstream {",
+        f"  store_dir: {q(store_dir)}",
+        f"  max_file_store: {max_file_store}",
+        "}",
+        "cluster {",
+        f"  name: {q(CLUSTER)}",
+        f"  listen: {q(f'{host}:{cluster_port}')}",
+        "  routes: [" + ", ".join(q(r) for r in routes) + "]",
+        "}",
+        "mqtt {",
+        f"  listen: {q(f'{host}:{mqtt_port}')}",
+        *([f"  tls {{ cert_file: {q(tls[0])}, key_file: {q(tls[1])}, ca_file: {q(tls[2])}, "
+           "verify: true }"] if tls else []),
+        "  # QoS 1 messages to a subscriber are redelivered after ack_wait without a PUBACK",
+        "  ack_wait: \"30s\"",
+        "}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+class NatsCluster:
+    """`size` nats-server processes on free loopback ports, clustered, in `workdir`."""
+
+    def __init__(self, workdir: str | Path, size: int = 3, host: str = "127.0.0.1") -> None:
+        self.dir = Path(workdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.size = size
+        self.host = host
+        self.client_ports = [free_port() for _ in range(size)]
+        self.cluster_ports = [free_port() for _ in range(size)]
+        self.mqtt_ports = [free_port() for _ in range(size)]
+        self.http_ports = [free_port() for _ in range(size)]
+        self.procs: list[subprocess.Popen | None] = [None] * size
+        for i in range(size):
+            routes = [f"nats-route://{host}:{p}" for j, p in enumerate(self.cluster_ports)
+                      if j != i]
+            self.conf(i).write_text(server_config(
+                f"ml-{i + 1}", host=host, client_port=self.client_ports[i],
+                cluster_port=self.cluster_ports[i], mqtt_port=self.mqtt_ports[i],
+                http_port=self.http_ports[i], routes=routes,
+                store_dir=str(self.dir / f"js-{i + 1}")))
+
+    def conf(self, i: int) -> Path:
+        return self.dir / f"server-{i + 1}.conf"
+
+    @property
+    def urls(self) -> list[str]:
+        return [f"nats://{self.host}:{p}" for p in self.client_ports]
+
+    @property
+    def mqtt(self) -> list[tuple[str, int]]:
+        return [(self.host, p) for p in self.mqtt_ports]
+
+    def start_server(self, i: int) -> None:
+        log = open(self.dir / f"server-{i + 1}.log", "ab")
+        self.procs[i] = subprocess.Popen([nats_server(), "-c", str(self.conf(i))],
+                                         stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+
+    def start(self, timeout: float = 30.0) -> "NatsCluster":
+        for i in range(self.size):
+            self.start_server(i)
+        self.wait_healthy(timeout)
+        return self
+
+    def healthy(self, i: int) -> bool:
+        """Server i serves JetStream: /healthz is 200 once its meta group has a leader and the
+        server is current with it."""
+        url = f"http://{self.host}:{self.http_ports[i]}/healthz"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as reply:
+                return reply.status == 200
+        except OSError:
+            return False
+
+    def wait_healthy(self, timeout: float = 30.0, servers: list[int] | None = None) -> None:
+        deadline = time.monotonic() + timeout
+        want = range(self.size) if servers is None else servers
+        while not all(self.healthy(i) for i in want):
+            for i in want:
+                p = self.procs[i]
+                if p is not None and p.poll() is not None:
+                    raise RuntimeError(f"nats-server {i + 1} exited ({p.returncode}): "
+                                       + self.log(i)[-1500:])
+            if time.monotonic() > deadline:
+                raise RuntimeError("the NATS cluster is not healthy after "
+                                   f"{timeout:.0f} s:\n" + "\n".join(self.log(i)[-800:]
+                                                                     for i in want))
+            time.sleep(0.2)
+
+    def log(self, i: int) -> str:
+        p = self.dir / f"server-{i + 1}.log"
+        return p.read_text(errors="replace") if p.exists() else ""
+
+    def kill(self, i: int) -> None:
+        """kill -9 server i."""
+        p = self.procs[i]
+        if p is not None and p.poll() is None:
+            p.send_signal(signal.SIGKILL)
+            p.wait()
+        self.procs[i] = None
+
+    def stop(self) -> None:
+        for i, p in enumerate(self.procs):
+            if p is not None:
+                stop_process(p, 10)
+                self.procs[i] = None
+
