@@ -142,7 +142,8 @@ def validate(cfg):
                            default=15, required=False, check=lambda v: 1 <= v <= 120),
     }
     broker = c.get(cfg, "broker", "", dict, "must be an object", default={})
-    c.unknown(broker, ("host", "port", "user", "password", "keepalive", "tls"), "broker")
+    c.unknown(broker, ("host", "port", "user", "password", "keepalive", "tls", "fallback"),
+              "broker")
     tls = _tls(c, broker)
     out["broker"] = {
         "host": c.get(broker, "host", "broker", str, "must be a host name or address",
@@ -155,7 +156,19 @@ def validate(cfg):
         "password": c.get(broker, "password", "broker", str, "must be a string", required=False),
         "keepalive": c.get(broker, "keepalive", "broker", int, "must be an integer 5-3600 (s)",
                            default=60, required=False, check=lambda v: 5 <= v <= 3600),
+        # the other servers of a broker cluster, tried in turn when one cannot be reached
+        "fallback": [],
     }
+    fb = c.get(broker, "fallback", "broker", list, "must be a list of up to 4 \"host\" or "
+               "\"host:port\" (the cluster's other servers)", default=[], required=False,
+               check=lambda v: len(v) <= 4)
+    for i, hp in enumerate(fb or ()):
+        host, _, port = hp.rpartition(":") if isinstance(hp, str) and ":" in hp else (hp, "", "")
+        if not isinstance(host, str) or not 0 < len(host) <= 253 or \
+                (port and not (port.isdigit() and 1 <= int(port) <= 65535)):
+            c.fail("broker.fallback[%d]" % i, "must be \"host\" or \"host:port\"", hp)
+            continue
+        out["broker"]["fallback"].append((host, int(port) if port else out["broker"]["port"]))
     power = c.get(cfg, "power", "", dict, "must be an object", default={}, required=False)
     c.unknown(power, ("mode", "send_every", "awake_max_s"), "power")
     out["power"] = {

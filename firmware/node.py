@@ -130,6 +130,8 @@ class Node:
             will=(self.topic_s, cbor.encode({"on": False}), 1, True),
             server_hostname=b["tls"] and b["tls"]["server_name"])
         self.client.on_message = self._on_message
+        self.brokers = [(b["host"], b["port"])] + b["fallback"]  # tried in turn on failure
+        self.broker_i = 0
         self.client.on_oversized = self._on_oversized
         self.seq = seqno.SeqAllocator("seq.dat", rtc=self.rtc)
         qbytes = cfg["queue"]["max_kb"] * 1024
@@ -476,6 +478,14 @@ class Node:
     async def _connect_failed(self, exc):
         self.connect_failures += 1
         log.warn("mqtt", "connect failed (%r), %d in a row", exc, self.connect_failures)
+        if len(self.brokers) > 1:  # the next server of the cluster (broker.fallback)
+            self.broker_i = (self.broker_i + 1) % len(self.brokers)
+            c = self.client
+            c.host, c.port = self.brokers[self.broker_i]
+            t = self.cfg["broker"]["tls"]
+            if not (t and t["server_name"]):
+                c.server_hostname = c.host
+            log.warn("mqtt", "next broker: %s:%d", c.host, c.port)
         if self.connect_failures >= _REVERT_AFTER and await self._session(
                 "revert_config", "could not connect %d times in a row (%r)" % (
                     self.connect_failures, exc)):

@@ -45,7 +45,7 @@ async def run(node):
     if send and not pending and not node.safe and not node.app_trial and len(node.q):
         t = clock.unix()
         wait = 0 if t is None else time.ticks_diff(node._slot(t), time.ticks_ms())
-        if wait >= 5000:  # worth a sleep: the slot is later in the interval
+        if wait >= 3000:  # worth a sleep: the slot is later in the interval
             rtc.flags |= 4
             rtc.save()
             await sleep(node, wait, " (until the send slot)")

@@ -403,19 +403,19 @@ def send_delays(node: VirtualNode) -> list[int]:
 
 def test_readings_stay_aligned_and_each_node_sends_at_its_own_slot(tmp_path, broker):
     """With the time known, a node reads on the interval's boundaries and sends its readings
-    at a fixed offset into the interval from its id (here 6 s of 10), so a fleet's messages do
+    at a fixed offset into the interval from its id (here 4 s of 6), so a fleet's messages do
     not arrive in the same second; with send.spread_s 0 it sends each reading at once. A
-    battery node (offset 8 s) reads on the boundary and deep-sleeps until its slot to send."""
+    battery node (offset 5 s) reads on the boundary and deep-sleeps until its slot to send."""
     ntp = Sntp(offset=0)
     gw = GatewayProcess(tmp_path / "gw", broker).wait_subscribed()
-    spread_id, battery_id = node_with_offset(6, 10), node_with_offset(8, 10)
+    spread_id, battery_id = node_with_offset(4, 6), node_with_offset(5, 6)
     nodes = []
     for nid, extra in ((spread_id, {}), ("at-once", {"send": {"spread_s": 0}}),
                        (battery_id, {"power": {"mode": "battery"}})):
         n = fast_node(tmp_path / nid, nid, broker, entries=1, **extra,
                       time={"ntp": "127.0.0.1", "ntp_port": ntp.port})
         cfg = json.loads((n.flash / "config.json").read_text())
-        cfg["sensors"][0]["interval_s"] = 10
+        cfg["sensors"][0]["interval_s"] = 6
         (n.flash / "config.json").write_text(json.dumps(cfg))
         nodes.append(n.start())
     spread, at_once, battery = nodes
@@ -424,24 +424,24 @@ def test_readings_stay_aligned_and_each_node_sends_at_its_own_slot(tmp_path, bro
             wait_for(lambda: len(send_delays(n)) >= 5, 90, "five readings sent",
                      debug(n, gw))
         wait_for(lambda: battery.console().count(", send slot)") >= 2
-                 and len(reading_times(gw, battery_id)) >= 3, 60,
+                 and len(reading_times(gw, battery_id)) >= 4, 60,
                  "two sends at the battery node's slot", debug(battery, gw))
         # the first reading after boot goes at once, and so may the next (taken before the
-        # clock was known, it is not on a boundary); the others 6 s after they were taken
+        # clock was known, it is not on a boundary); the others 4 s after they were taken
         # (the slot is a whole second: up to a second either way)
         later = send_delays(spread)[2:]
-        assert all(5000 <= d <= 7500 for d in later), later
+        assert all(3000 <= d <= 5500 for d in later), later
         assert all(d < 1500 for d in send_delays(at_once)), send_delays(at_once)
-        # readings from the third on are on the 10 s boundaries (the first two were taken
+        # readings from the third on are on the 6 s boundaries (the first two were taken
         # before the clock was known; a loaded machine may delay one past a second boundary)
         times = [t for seq, t in reading_times(gw, spread_id).items() if seq >= 2]
-        assert [t % 10 for t in times].count(0) * 3 >= len(times) * 2, times
-        # the battery node: woken on the boundary, it slept about 8 s less its boot to send
+        assert [t % 6 for t in times].count(0) * 3 >= len(times) * 2, times
+        # the battery node: woken on the boundary, it slept about 5 s less its boot to send
         slot_sleeps = [int(ms) for ms in re.findall(r"deep sleep for (\d+) ms \(until the "
                                                      r"send slot\)", battery.console())]
-        assert slot_sleeps and all(5000 <= ms <= 8500 for ms in slot_sleeps), slot_sleeps
-        times = [t for seq, t in reading_times(gw, battery_id).items() if seq >= 1]
-        assert times and [t % 10 for t in times].count(0) * 3 >= len(times) * 2, times
+        assert slot_sleeps and all(3000 <= ms <= 5500 for ms in slot_sleeps), slot_sleeps
+        times = [t for seq, t in reading_times(gw, battery_id).items() if seq >= 2]
+        assert times and [t % 6 for t in times].count(0) * 3 >= len(times) * 2, times
     finally:
         ntp.close()
         for n in nodes:
