@@ -3,6 +3,7 @@ clients and HTTP servers around it.
 
     gw = GatewayProcess(tmp_path / "gw", broker)   # writes its config, starts `meterlink gateway`
     gw.records()          # SenML records delivered to the file sink so far (dicts with node, seq)
+    gw.events("gas")      # alarm events it wrote (events.jsonl), of one alarm
     gw.readings()         # {(node, seq), ...} of those records
     gw.wait_subscribed()  # before starting nodes on a fresh broker
     gw.kill(); gw.start() # SIGKILL and restart on the same state
@@ -272,16 +273,14 @@ class GatewayProcess:
         return status, (json.loads(raw) if "json" in (ctype or "") else raw.decode())
 
     def records(self) -> list[dict]:
-        if not self.sink.exists():
-            return []
-        out = []
-        for line in self.sink.read_text().splitlines():
-            if line.strip():
-                try:
-                    out.append(json.loads(line))
-                except ValueError:
-                    break  # a line being written right now
-        return out
+        return _jsonl(self.sink)
+
+    def events(self, alarm: str | None = None, node: str | None = None) -> list[dict]:
+        """The alarm events the file sink wrote (events.jsonl beside the readings), of the
+        alarm `alarm` ("gas", "rule:burst-ps3") and node `node` when given."""
+        return [e for e in _jsonl(self.dir / "events.jsonl")
+                if (alarm is None or e["n"].endswith(f":alarm:{alarm}"))
+                and (node is None or e["n"].startswith(f"{node}:"))]
 
     def readings(self) -> set[tuple[str, int]]:
         return {(r["node"], r["seq"]) for r in self.records()}
@@ -295,6 +294,20 @@ class GatewayProcess:
 
 SENML_RELATIVE_LIMIT = 2**28  # RFC 8428 4.5.3: a resolved time below it is relative to now
 BASE_FIELDS = ("bver", "bn", "bt", "bu", "bv", "bs")
+
+
+def _jsonl(path: Path) -> list[dict]:
+    """The complete lines of a JSON-lines file a process is appending to."""
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                break  # a line being written right now
+    return out
 
 
 def resolve_senml(pack: list[dict]) -> list[dict]:

@@ -61,18 +61,11 @@ def relay_log(node: VirtualNode) -> list[list]:
 
 
 def events(gw: GatewayProcess, name: str) -> list[dict]:
-    p = gw.dir / "events.jsonl"
-    if not p.exists():
-        return []
-    out = []
-    for line in p.read_text().splitlines():
-        try:
-            e = json.loads(line)
-        except ValueError:
-            break  # being written
-        if e["n"] == f"{NODE}:alarm:{name}":
-            out.append(e)
-    return out
+    return gw.events(name, node=NODE)
+
+
+def debug_of(node: VirtualNode, gw: GatewayProcess):
+    return lambda: f"--- node ---\n{node.console()[-3000:]}\n--- gateway ---\n{gw.log()[-2000:]}"
 
 
 def series(gw: GatewayProcess, channel: str) -> list:
@@ -85,9 +78,7 @@ def test_methane_leak_raises_node_alarm_relay_and_gateway_event_within_2_s(tmp_p
     node = gas_station(tmp_path / "node", broker)
     node.set_environment(methane_lel=0.0)
     node.start()
-
-    def debug():
-        return (f"--- node ---\n{node.console()[-3000:]}\n--- gateway ---\n{gw.log()[-2000:]}")
+    debug = debug_of(node, gw)
 
     try:
         wait_for(lambda: series(gw, "methane"), 60, "the first reading", debug)
@@ -154,9 +145,7 @@ def test_an_alarm_goes_ahead_of_a_backlog_and_survives_a_kill_exactly_once(tmp_p
     node = gas_station(tmp_path / "node", link, interval_s=2)
     node.set_environment(methane_lel=1.0)
     node.start()
-
-    def debug():
-        return (f"--- node ---\n{node.console()[-3000:]}\n--- gateway ---\n{gw.log()[-2000:]}")
+    debug = debug_of(node, gw)
 
     try:
         wait_for(lambda: series(gw, "methane"), 60, "the first reading", debug)

@@ -10,7 +10,6 @@ table (docs/wire-format.md), never the code under test."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
@@ -27,21 +26,6 @@ from meterlink_common import UserError
 
 MELINK = str(Path(sys.executable).with_name("meterlink"))
 KEY = {ch.name: ch.id for ch in default_table()}
-
-
-def event_lines(gw: GatewayProcess, name: str) -> list[dict]:
-    p = gw.dir / "events.jsonl"
-    if not p.exists():
-        return []
-    out = []
-    for line in p.read_text().splitlines():
-        try:
-            e = json.loads(line)
-        except ValueError:
-            break  # being written
-        if e["n"].endswith(f":alarm:{name}"):
-            out.append(e)
-    return out
 
 
 @pytest.mark.parametrize("name", scenarios.names())
@@ -106,7 +90,7 @@ def test_pipe_burst_scenario_raises_the_rate_rule_exactly_once(tmp_path, broker)
         # the ADC's noise moves a reading by a few hPa)
         assert abs(pressure[0][1] - 400_000) <= 1_000 and abs(pressure[-1][1] - 220_000) <= 1_000
         assert [s for s, _ in pressure] == list(range(len(pressure)))  # once each, no gap
-        (raised,) = event_lines(gw, "rule:burst-ps3")  # raised once, never again
+        (raised,) = gw.events("rule:burst-ps3")  # raised once, never again
         assert raised["node"] == "ps-03" and raised["vb"] is True
         assert raised["vs"].startswith("pipe burst at pump station 3: water_pressure dropped")
         assert raised["readings"][0]["v"] >= 390_000 and raised["readings"][-1]["v"] <= 240_000
@@ -143,10 +127,10 @@ def test_a_district_with_a_leaking_main_shows_the_loss_in_its_water_balance(tmp_
                     [1, step, t0 + 900 * step, {KEY["water_volume"]: total}])))
         time.sleep(1.5)  # the registrations reach the rules (within a second)
         publish(broker, messages)
-        wait_for(lambda: event_lines(gw, "rule:balance-centrum"), 30, "the balance alarm",
+        wait_for(lambda: gw.events("rule:balance-centrum"), 30, "the balance alarm",
                  lambda: gw.log()[-3000:])
         time.sleep(1.5)  # anything more would have arrived by now
-        (raised,) = event_lines(gw, "rule:balance-centrum")
+        (raised,) = gw.events("rule:balance-centrum")
         # hours 1 and 2: 400 L in, 400 L used; hour 3: 600 L in, 400 L used: 200 L lost
         assert raised["node"] == "dm-centrum" and raised["vb"] is True
         assert raised["vs"].endswith(f"hour from {t0 + 7200}: 0.6 m3 in, 0.4 m3 through 3 "
