@@ -150,7 +150,7 @@ def test_an_alarm_goes_ahead_of_a_backlog_and_survives_a_kill_exactly_once(tmp_p
     try:
         wait_for(lambda: series(gw, "methane"), 60, "the first reading", debug)
         link.down()
-        time.sleep(7)  # three or four readings queue on the node
+        time.sleep(5)  # two or three readings queue on the node
         node.set_environment(methane_lel=24.0)
         found = wait_for(lambda: re.search(r"alarm bits 16\n.* queued seq=(\d+) ",
                                            node.console()), 10, "the node's alarm", debug)
@@ -172,7 +172,7 @@ def test_an_alarm_goes_ahead_of_a_backlog_and_survives_a_kill_exactly_once(tmp_p
         node.kill()  # a power cut, before the original's PUBACK unless that was quicker
         node.start()
         wait_for(lambda: len(events(gw, "gas")) == 2, 30, "the clear", debug)
-        time.sleep(5)  # the restarted node's readings
+        time.sleep(3)  # the restarted node's readings
     finally:
         node.stop()
         link.down()

@@ -421,7 +421,7 @@ def test_readings_stay_aligned_and_each_node_sends_at_its_own_slot(tmp_path, bro
     spread, at_once, battery = nodes
     try:
         for n in (spread, at_once):
-            wait_for(lambda: len(send_delays(n)) >= 5, 90, "five readings sent",
+            wait_for(lambda: len(send_delays(n)) >= 4, 90, "four readings sent",
                      debug(n, gw))
         wait_for(lambda: battery.console().count(", send slot)") >= 2
                  and len(reading_times(gw, battery_id)) >= 4, 60,
@@ -430,7 +430,7 @@ def test_readings_stay_aligned_and_each_node_sends_at_its_own_slot(tmp_path, bro
         # clock was known, it is not on a boundary); the others 4 s after they were taken
         # (the slot is a whole second: up to a second either way)
         later = send_delays(spread)[2:]
-        assert all(3000 <= d <= 5500 for d in later), later
+        assert later and all(3000 <= d <= 5500 for d in later), later
         assert all(d < 1500 for d in send_delays(at_once)), send_delays(at_once)
         # readings from the third on are on the 6 s boundaries (the first two were taken
         # before the clock was known; a loaded machine may delay one past a second boundary)
