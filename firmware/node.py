@@ -515,9 +515,12 @@ class Node:
             if not self.client.connected:
                 try:
                     await self.connect()
-                    if backoff > 1:  # back after an outage
-                        self.hold = time.ticks_add(time.ticks_ms(),
-                                                   _jitter_ms(self._spread()[1] * 1000 + 1))
+                    # back after an outage: the backlog at a random moment of the spread,
+                    # unless the queue is half full (spreading must never cost a reading)
+                    if backoff > 1:
+                        room = self.q.bytes_used() * 2 < self.q.max_bytes
+                        self.hold = time.ticks_add(time.ticks_ms(), _jitter_ms(
+                            self._spread()[1] * 1000 + 1) if room else 0)
                     backoff = 1
                 except Exception as exc:  # OSError, MQTTError: keep the node alive
                     await self.client.close()
