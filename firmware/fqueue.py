@@ -5,9 +5,12 @@ Layout, in folder `q/` of the node's filesystem:
 
     q/00000007 ...    segments, append-only, at most `seg_bytes` each (default 4096, one flash
                       sector), named by an increasing number; the highest is being appended to
-    q/ack             "<acked> <dropped> <crc>": every record with seq < acked has been
-                      acknowledged; dropped counts the records ever dropped because the queue
-                      was full (replaced atomically: write q/ack.tmp, then rename)
+    q/ack             "<acked> <dropped> <crc> [<pending> <pend_hi> <crc>]": every record with
+                      seq < acked has been acknowledged; dropped counts the records ever
+                      dropped because the queue was full; pending counts those dropped from
+                      flash while in flight, up to seq pend_hi (replaced atomically: write
+                      q/ack.tmp, then rename; a reader of the first three fields alone, an
+                      older app after a rollback, still reads it)
 
 A record is one frame:
 
@@ -23,7 +26,10 @@ skipped by searching for the next valid frame, and counted in `corrupt`.
 
 Bounded: when the segments exceed `max_bytes`, the oldest segment is deleted; the records in it
 that were not yet acknowledged are added to the persisted drop counter (reported in the node's
-status as `qd`), so the count of lost readings is exact. Wear: appends only, one small `q/ack`
+status as `qd`), so the count of lost readings is exact. Records the caller holds in a message
+in flight (seq <= `held`, kept in RAM and sent again until acknowledged) are not lost with
+their segment: they are counted `pending` until an acknowledgement covers them, and added to
+`dropped` only if the node restarts first (the RAM copy is gone). Wear: appends only, one small `q/ack`
 write per acknowledged message, a segment deleted when all of it is acknowledged; nothing is
 ever rewritten in place.
 
@@ -34,6 +40,7 @@ bytes of bytecode that allocates only the record being read or written.
     q.append(seq, body)                 # durable when it returns
     for seq, body in q.peek(64, 480):   # oldest unacknowledged records, up to 64 / 480 bytes
         ...
+    q.held = last_seq                   # records up to last_seq are in a message in flight
     q.ack(last_seq)                     # all records <= last_seq are acknowledged
 """
 
@@ -69,7 +76,14 @@ class FlashQueue:
             os.mkdir(root)
         except OSError:
             pass
-        self.acked, self.dropped = self._load_state()
+        self.held = -1  # the last seq the caller holds in RAM in a message in flight
+        self.acked, self.dropped, pending, _ = self._load_state()
+        # dropped from flash while in flight, and the RAM copy died with the restart: lost
+        self.pend_hi = -1
+        self.pending = 0
+        if pending:
+            self.dropped += pending
+            self._save_state()
         # per segment number: [first seq, last seq, unacked records, size]
         self.segs = {}
         names = []
@@ -92,21 +106,28 @@ class FlashQueue:
         for p in (self.root + "/ack", self.root + "/ack.tmp"):
             try:
                 with open(p) as f:
-                    parts = f.read().split()
-                acked, dropped, crc = int(parts[0]), int(parts[1]), int(parts[2])
+                    parts = [int(x) for x in f.read().split()]
+                acked, dropped, crc = parts[0], parts[1], parts[2]
             except (OSError, ValueError, IndexError):
                 continue
             if _crc(b"%d %d" % (acked, dropped)) != crc:
                 continue
+            pend = (0, -1)
+            if len(parts) == 6 and _crc(b"%d %d" % (parts[3], parts[4])) == parts[5]:
+                pend = (parts[3], parts[4])
             if best is None or acked > best[0]:
-                best = (acked, dropped)
-        return best or (0, 0)
+                best = (acked, dropped) + pend
+        return best or (0, 0, 0, -1)
 
     def _save_state(self):
         tmp = self.root + "/ack.tmp"
         line = b"%d %d" % (self.acked, self.dropped)
         with open(tmp, "wb") as f:
-            f.write(line + b" %d\n" % _crc(line))
+            f.write(line + b" %d" % _crc(line))
+            if self.pending:
+                line = b"%d %d" % (self.pending, self.pend_hi)
+                f.write(b" " + line + b" %d" % _crc(line))
+            f.write(b"\n")
         os.rename(tmp, self.root + "/ack")
 
     # ------------------------------------------------------------------ reading frames
@@ -255,9 +276,22 @@ class FlashQueue:
     def _enforce_bound(self):
         while self.bytes_used() > self.max_bytes and len(self._order) > 1:
             n = self._order.pop(0)
-            lost = self.segs.pop(n)[2]
+            info = self.segs[n]
+            lost = info[2]
             if lost:
-                self.dropped += lost
+                held = 0  # of them in a message in flight: not lost while it is
+                if info[1] <= self.held:
+                    held = lost
+                elif info[0] <= self.held:
+                    for seq, _, _ in self._frames(n, 0, self.acked):
+                        if self.acked <= seq <= self.held:
+                            held += 1
+                if held:
+                    self.pending += held
+                    self.pend_hi = max(self.pend_hi, self.held)
+                self.dropped += lost - held
+            del self.segs[n]
+            if lost:
                 self._save_state()
             os.remove(self._path(n))
 
@@ -285,6 +319,8 @@ class FlashQueue:
         if seq + 1 <= self.acked:
             return
         self.acked = seq + 1
+        if self.pending and seq >= self.pend_hi:  # the messages that held them were delivered
+            self.pending = 0
         for n in self._order:
             info = self.segs[n]
             if info[2] and info[0] is not None:

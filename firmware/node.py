@@ -351,6 +351,7 @@ class Node:
         payload = bytes(self.enc.view())
         pid = await self.client.send(self.topic_r, payload, 1)
         self.inflight.append([pid, seq, seq + n - 1, payload])
+        self.q.held = seq + n - 1  # in RAM until acknowledged, even if the queue drops them
         return True
 
     async def _send_urgent(self, seq):
