@@ -6,6 +6,8 @@ ports for tests and benches, started from Debian's `nats-server` (2.9).
     cluster.mqtt[0]            # (host, port) of server 1's MQTT listener: nodes connect there
     cluster.urls               # nats://... of every server: the gateway's JetStream client
     cluster.kill(1); cluster.start_server(1)               # kill -9 one server, bring it back
+    cluster.partition(2); cluster.heal()                   # cut server 3's routes, restore them
+    cluster.stream_leader("READINGS")                      # index of the server leading it
     cluster.stop()
 
 Each server: client port, cluster routes to the others, JetStream with its own store, an MQTT
@@ -88,14 +90,85 @@ class NatsCluster:
         self.mqtt_ports = [free_port() for _ in range(size)]
         self.http_ports = [free_port() for _ in range(size)]
         self.procs: list[subprocess.Popen | None] = [None] * size
-        for i in range(size):
-            routes = [f"nats-route://{host}:{p}" for j, p in enumerate(self.cluster_ports)
-                      if j != i]
+        self._write_configs(cut=None)
+
+    def _write_configs(self, cut: int | None) -> None:
+        """Every server's config; with `cut`, that server has no routes and no other server
+        has a route to it."""
+        for i in range(self.size):
+            routes = [f"nats-route://{self.host}:{p}" for j, p in enumerate(self.cluster_ports)
+                      if j != i and cut not in (i, j)]
             self.conf(i).write_text(server_config(
-                f"ml-{i + 1}", host=host, client_port=self.client_ports[i],
+                f"ml-{i + 1}", host=self.host, client_port=self.client_ports[i],
                 cluster_port=self.cluster_ports[i], mqtt_port=self.mqtt_ports[i],
                 http_port=self.http_ports[i], routes=routes,
                 store_dir=str(self.dir / f"js-{i + 1}")))
+
+    def _reload(self) -> None:
+        for p in self.procs:
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGHUP)  # nats-server reloads its config, routes included
+
+    def routes(self, i: int) -> int:
+        """The route connections server i has now (its /routez)."""
+        url = f"http://{self.host}:{self.http_ports[i]}/routez"
+        with urllib.request.urlopen(url, timeout=2) as reply:
+            return len(json.load(reply).get("routes") or [])
+
+    def stream_leader(self, stream: str, timeout: float = 30.0) -> int:
+        """The index of the server leading `stream` now (its JetStream stream info)."""
+        import asyncio
+
+        import nats
+
+        async def ask() -> str | None:
+            for url in self.urls:
+                try:
+                    nc = await nats.connect(url, connect_timeout=2, max_reconnect_attempts=0,
+                                            allow_reconnect=False)
+                except Exception:  # noqa: BLE001 - that server is down: ask the next one
+                    continue
+                try:
+                    info = await nc.jetstream().stream_info(stream)
+                    return info.cluster.leader if info.cluster else None
+                except Exception:  # noqa: BLE001 - no leader yet
+                    continue
+                finally:
+                    await nc.close()
+            return None
+
+        deadline = time.monotonic() + timeout
+        while True:
+            name = asyncio.run(ask())
+            if name:
+                return int(name.rsplit("-", 1)[1]) - 1  # "ml-2" -> 1
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"stream {stream} has no leader after {timeout:.0f} s")
+            time.sleep(0.2)
+
+    def partition(self, i: int, timeout: float = 15.0) -> None:
+        """Cuts server i away from the others, as a network partition would: the configs
+        lose every route to and from it and are reloaded (SIGHUP); returns when server i has
+        no route left. Its clients stay connected to it; it has no JetStream quorum."""
+        self._write_configs(cut=i)
+        self._reload()
+        deadline = time.monotonic() + timeout
+        while self.routes(i):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server {i + 1} still has routes after {timeout:.0f} s")
+            time.sleep(0.2)
+
+    def heal(self, timeout: float = 60.0) -> None:
+        """Restores every route and waits until each server has all of them and serves
+        JetStream again."""
+        self._write_configs(cut=None)
+        self._reload()
+        deadline = time.monotonic() + timeout
+        while not all(self.routes(i) >= self.size - 1 for i in range(self.size)):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the cluster's routes are not back after {timeout:.0f} s")
+            time.sleep(0.2)
+        self.wait_healthy(max(1.0, deadline - time.monotonic()))
 
     def conf(self, i: int) -> Path:
         return self.dir / f"server-{i + 1}.conf"
