@@ -15,6 +15,10 @@ VENV      := .venv
 PY        := $(VENV)/bin/python
 DURATION  ?= 0
 PYTEST_ARGS ?=
+# The suite waits on real processes most of its time (a serial run uses a quarter of one of
+# the two cores): three workers, each taking whole test files (module fixtures run once).
+# TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 3
 FUZZ_RUNS ?= 1000000
 # setup.sh installs the package with its `test` extra; the `fuzz` extra (atheris) is added
 # here, again only when pyproject.toml changed since
@@ -31,7 +35,7 @@ setup:
 
 test: setup
 	@bash host_tools/toolchain/setup.sh browser
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 demo: setup
 	$(VENV)/bin/meterlink demo --duration $(DURATION)
