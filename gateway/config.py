@@ -105,6 +105,7 @@ class JetStreamConfig:
     durable: str = "meterlink-gateway"
     replicas: int = 3
     ack_wait_s: int = 30
+    instances: int = 1  # gateway instances sharing the durable: past 1, no `gaps` alarm
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -462,6 +463,7 @@ SCHEMA: dict[str, dict[str, tuple[Checker, Any]]] = {
         "durable": (_name, "meterlink-gateway"),
         "replicas": (_integer(1, 5), 3),
         "ack_wait_s": (_integer(5, 3600), 30),
+        "instances": (_integer(1, 64), 1),
     },
     "ingest": {
         "max_payload_bytes": (_integer(16, 1 << 20), 4096),

@@ -115,7 +115,9 @@ class Ingestor:
         self.registry = Registry(box, config.gateway, stats=stats,
                                  event_sinks=[s.name for s in config.sinks if s.events],
                                  table=table)
-        self.registry.gap_alarms = config.mqtt.shared_group is None
+        # several instances each see part of every node's messages: gaps are per instance
+        self.registry.gap_alarms = (config.mqtt.shared_group is None
+                                    and config.jetstream.instances == 1)
         self.rules = RuleEngine(config.rules, self.registry)
         with box.transaction():
             self.registry.recover()  # a journal a crash left

@@ -92,6 +92,7 @@ log_level = "debug"
     ("[mqtt]\nhots = 1", "mqtt.hots is not a known key of [mqtt] (known: host, port, client_id, "
                          "prefix, username, password, keepalive, qos, shared_group, tls, ca_file, "
                          "cert_file, key_file)"),
+    ("[jetstream]\ninstances = 0", "jetstream.instances must be an integer 1-64: got 0"),
     ("[gateway]\nrequire_registration = 1",
      "gateway.require_registration must be true or false: got 1"),
     ('[sinks.http]\nurl = "http://h.example"\nbackoff_initial_s = "1s"',

@@ -167,6 +167,22 @@ def test_gaps_are_tracked_and_the_gaps_alarm_raised_and_cleared_once(tmp_path):
     assert got == [("gaps", True), ("gaps", False)]
 
 
+@pytest.mark.parametrize("shared", [{"mqtt": {"shared_group": "meters"}},
+                                    {"jetstream": {"servers": ["nats://127.0.0.1:4222"],
+                                                   "instances": 2}}])
+def test_instances_sharing_the_readings_track_gaps_but_raise_no_gaps_alarm(tmp_path, shared):
+    # each instance sees only part of every node's messages: its gaps are not the node's
+    config = parse_config({"sinks": {"file": {}}, "api": {"enabled": False}, **shared},
+                          base_dir=tmp_path)
+    gw = Gateway(config)
+    gw.open_storage()
+    for seq in (1, 2, 6):
+        gw.handle_message("m/n1/r", reading(seq, {1: 1}), received_at=T0 + seq)
+    assert gw.box.gaps("n1") == [("n1", 3, 5)]
+    assert not gw.box.query("SELECT body FROM items WHERE kind='event'")
+    assert not gw.box.alarms.active()
+
+
 def test_alarm_bits_battery_and_queue_overflow_raise_and_clear_once(tmp_path):
     gw = make_gateway(tmp_path, low_battery_mv=3300, offline_grace_s=0)
     h = gw.handle_message

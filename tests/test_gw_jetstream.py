@@ -37,10 +37,12 @@ def cluster(tmp_path):
     c.stop()
 
 
-def gateway(tmp_path: Path, cluster: NatsCluster, name: str, server: int = 0) -> GatewayProcess:
+def gateway(tmp_path: Path, cluster: NatsCluster, name: str, server: int = 0,
+            instances: int = 1) -> GatewayProcess:
     host, port = cluster.mqtt[server]
     gw = GatewayProcess(tmp_path / name, SimpleNamespace(host=host, port=port), client_id=name,
                         extra=f"[jetstream]\nservers = {json.dumps(cluster.urls)}\n"
+                              f"instances = {instances}\n"
                               "ack_wait_s = 5\n")  # what a killed instance held: back in 5 s
     wait_for(lambda: "event=jetstream_subscribed" in gw.log(), 60, f"{name}'s consumer",
              lambda: gw.log()[-3000:])
@@ -180,6 +182,8 @@ def test_readings_lost_while_the_stream_elects_a_leader_are_each_reported_missin
             assert (n.node_id, n.count - 1) in got, f"{n.node_id}'s last reading"
             never = {s for s in range(n.count) if (n.node_id, s) not in got}
             assert never == gaps[n.node_id], (n.node_id, sorted(never), sorted(gaps[n.node_id]))
+            if never:  # one instance: its gaps are the node's, and the operator is told
+                assert "gaps" in gw.api(f"/api/nodes/{n.node_id}")[1]["alarms"]
         assert dups == 0
         print(f"lost while the stream had no leader: {lost}, every one reported missing")
     finally:
@@ -191,8 +195,8 @@ def test_a_gateway_instance_killed_under_load_loses_no_reading(tmp_path, cluster
     started again on its outbox. What it held unacknowledged is delivered again after
     ack_wait (to either instance); across both sinks each reading is there, and after dedup
     by (node, seq) once (the platform's dedup: the SenML records' `rid`)."""
-    a = gateway(tmp_path, cluster, "gw-a", server=0)
-    b = gateway(tmp_path, cluster, "gw-b", server=2)
+    a = gateway(tmp_path, cluster, "gw-a", server=0, instances=2)
+    b = gateway(tmp_path, cluster, "gw-b", server=2, instances=2)
     nodes = [Node(f"n{i}", cluster, first=i) for i in range(3)]
     try:
         for n in nodes:
@@ -227,10 +231,10 @@ def test_a_server_cut_from_its_routes_for_a_minute_loses_no_reading(tmp_path, cl
     drops its MQTT clients and takes no new session, so its node fails over to another
     server; what an instance fetched and acknowledged through the cut server comes again after
     ack_wait. When the routes are back, every reading is stored, none twice after dedup."""
-    a = gateway(tmp_path, cluster, "gw-a", server=0)
+    a = gateway(tmp_path, cluster, "gw-a", server=0, instances=2)
     # a server that does not lead the readings stream (on the leader's, the test above)
     cut = (cluster.stream_leader("READINGS") + 1) % 3
-    b = gateway(tmp_path, cluster, "gw-b", server=cut)
+    b = gateway(tmp_path, cluster, "gw-b", server=cut, instances=2)
     nodes = [Node(f"n{i}", cluster, first=i, gap_s=0.25, count=300) for i in range(3)]
     try:
         for n in nodes:
