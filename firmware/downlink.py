@@ -158,6 +158,14 @@ async def command(node, msg, rid):
         body["q"] = len(node.q)
         node.flush = True
         node.wake.set()
+    elif cmd == "replay":
+        lo, hi = msg.get("from"), msg.get("to")
+        if not (isinstance(lo, int) and isinstance(hi, int) and 0 <= lo <= hi < 1 << 32):
+            err = "from and to must be seqs, from <= to"
+        else:
+            node.replay = [lo, hi]
+            body["kept"] = node.q.oldest()  # nothing below it can come again
+            node.wake.set()
     elif cmd == "reboot":
         node.rtc.clear_crashes()  # the operator asks for a normal start
     elif cmd == "diag":

@@ -30,8 +30,12 @@ status as `qd`), so the count of lost readings is exact. Records the caller hold
 in flight (seq <= `held`, kept in RAM and sent again until acknowledged) are not lost with
 their segment: they are counted `pending` until an acknowledgement covers them, and added to
 `dropped` only if the node restarts first (the RAM copy is gone). Wear: appends only, one small `q/ack`
-write per acknowledged message, a segment deleted when all of it is acknowledged; nothing is
-ever rewritten in place.
+write per acknowledged message, a segment deleted when all of it is acknowledged and `keep`
+newer ones are too; nothing is ever rewritten in place.
+
+Kept: the newest `keep` (2) whole segments of acknowledged records stay on flash until space is
+needed, so that the node can send a range again when the gateway finds it missing (a broker
+that acknowledged a message it then lost: docs/node-runtime.md, "Sending a range again").
 
 Why our own: there is no flash-queue library for MicroPython, and this one is a few hundred
 bytes of bytecode that allocates only the record being read or written.
@@ -65,8 +69,9 @@ def _frame_crc(head, body):
 
 
 class FlashQueue:
-    def __init__(self, root="q", max_bytes=65536, seg_bytes=4096):
+    def __init__(self, root="q", max_bytes=65536, seg_bytes=4096, keep=2):
         self.root = root
+        self.keep = keep  # acknowledged segments kept for `peek(.., kept=True)` (a replay)
         self.max_bytes = max(max_bytes, 2 * seg_bytes)
         self.seg_bytes = seg_bytes
         self.corrupt = 0  # bad frames skipped (not torn tails) since boot
@@ -233,6 +238,17 @@ class FlashQueue:
     def bytes_used(self):
         return sum(info[3] for info in self.segs.values())
 
+    def bytes_waiting(self):
+        """Bytes of the segments holding unacknowledged records."""
+        return sum(info[3] for info in self.segs.values() if info[2])
+
+    def oldest(self):
+        """The lowest seq still on flash, acknowledged or not (None: empty)."""
+        for n in self._order:
+            if self.segs[n][0] is not None:
+                return self.segs[n][0]
+        return None
+
     def append(self, seq, body):
         """Appends a record durably (flushed when this returns)."""
         blen = len(body)
@@ -295,15 +311,16 @@ class FlashQueue:
                 self._save_state()
             os.remove(self._path(n))
 
-    def peek(self, max_records, max_bytes, after=None):
+    def peek(self, max_records, max_bytes, after=None, kept=False):
         """The oldest unacknowledged records (seq > `after` if given) as [(seq, body)], at most
-        `max_records` of them and `max_bytes` of bodies together (always at least one)."""
+        `max_records` of them and `max_bytes` of bodies together (always at least one). With
+        `kept`, acknowledged records still on flash count too (a replay: seq > `after`)."""
         out = []
         total = 0
-        floor = self.acked if after is None else max(self.acked, after + 1)
+        floor = self.acked if after is None else after + 1 if kept else max(self.acked, after + 1)
         for n in self._order:
             info = self.segs[n]
-            if not info[2] or info[1] is None or info[1] < floor:
+            if info[1] is None or info[1] < floor or not (info[2] or kept):
                 continue
             for seq, body, _ in self._frames(n, 0, floor):
                 if seq < floor:
@@ -332,14 +349,18 @@ class FlashQueue:
         self._drop_acked_segments()
 
     def _drop_acked_segments(self):
-        # Whole segments whose records are all acknowledged; never the one being appended to.
-        while len(self._order) > 1:
-            n = self._order[0]
+        # Whole segments whose records are all acknowledged, but the newest `keep` of them
+        # (a replay reads them); never the one being appended to.
+        done = 0
+        for n in self._order[:-1]:
             if self.segs[n][2]:
                 break
-            self._order.pop(0)
+            done += 1
+        while done > self.keep:
+            n = self._order.pop(0)
             del self.segs[n]
             os.remove(self._path(n))
+            done -= 1
 
     def close(self):
         self._close_tail()

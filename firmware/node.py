@@ -143,6 +143,7 @@ class Node:
         for spec in cfg["sensors"]:  # _THRESH, _BITS]
             self.sensors.append([spec, sensors.label(spec), None, asyncio.Lock(), 0, 0, 0])
         self.urgent = []  # seqs of alarm readings to send at once, ahead of the queue
+        self.replay = None  # [from, to]: acknowledged records to send again (`replay` command)
         self.relay = None  # [Pin, alarm bits that switch it, active level, state] (`relay`)
         r = cfg.get("relay")
         if r is not None:
@@ -295,10 +296,11 @@ class Node:
             await asyncio.sleep_ms(delay)
 
     # ------------------------------------------------------------------ publishing
-    def _records(self, after, limit=wire.MAX_RECORDS):
+    def _records(self, after, limit=wire.MAX_RECORDS, kept=False):
         """The next run of queued records after seq `after` that fits one message: consecutive
-        seqs and one kind of time. Returns (first seq, [(time, values)], now or None)."""
-        rows = self.q.peek(limit, _MAX_PAYLOAD, after=after)
+        seqs and one kind of time. Returns (first seq, [(time, values)], now or None). With
+        `kept`, acknowledged records still on flash too (a replay)."""
+        rows = self.q.peek(limit, _MAX_PAYLOAD, after=after, kept=kept)
         if not rows:
             return None
         out = []
@@ -314,6 +316,8 @@ class Node:
                 t, values = item[0], item[1]
             except (ValueError, IndexError, TypeError) as exc:  # CRC-valid but undecodable
                 log.error("queue", "seq=%d unreadable (%r): skipped", seq, exc)
+                if i == 0 and kept:
+                    return first, out, None
                 if i == 0:
                     self.q.ack(seq)
                     return self._records(after, limit)
@@ -365,6 +369,25 @@ class Node:
             await self.client.send(self.topic_r, bytes(self.enc.view()), 0)
             log.info("pub", "seq=%d sent at once (alarm)", seq)
 
+    async def _send_replay(self):
+        """The next message of the range the gateway asked for again (`replay`): records
+        already acknowledged, still on flash; sent at QoS 1 as they were, the gateway keeps
+        one of each by (node, seq). Seqs never given to a reading (a power cut skips some)
+        and records no longer kept are not sent."""
+        lo, hi = self.replay
+        batch = self._records(lo - 1, kept=True) if lo <= hi else None
+        if batch is None or batch[0] > hi:
+            self.replay = None
+            log.info("pub", "replay done")
+            return
+        first, records, now = batch
+        n = wire.encode_reading(self.enc, first, records[:hi - first + 1], now_uptime=now)
+        if n:
+            pid = await self.client.send(self.topic_r, bytes(self.enc.view()), 1)
+            await self.client.wait_ack(pid)
+            log.info("pub", "seq=%d..%d sent again (replay)", first, first + n - 1)
+        self.replay[0] = first + max(n, 1)
+
     async def _resend_inflight(self):
         for m in self.inflight:
             m[_PID] = await self.client.send(self.topic_r, m[_PAYLOAD], 1, dup=True, pid=m[_PID])
@@ -377,6 +400,8 @@ class Node:
         while True:
             while self.urgent:
                 await self._send_urgent(self.urgent.pop(0))
+            while self.replay:
+                await self._send_replay()
             while queued and len(self.inflight) < _WINDOW and await self._send_next():
                 pass
             if not self.inflight:
@@ -519,7 +544,7 @@ class Node:
                     # back after an outage: the backlog at a random moment of the spread,
                     # unless the queue is half full (spreading must never cost a reading)
                     if backoff > 1:
-                        room = self.q.bytes_used() * 2 < self.q.max_bytes
+                        room = self.q.bytes_waiting() * 2 < self.q.max_bytes
                         self.hold = time.ticks_add(time.ticks_ms(), _jitter_ms(
                             self._spread()[1] * 1000 + 1) if room else 0)
                     backoff = 1

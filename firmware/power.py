@@ -61,7 +61,7 @@ async def run(node):
 async def _send_all(node):
     await node.connect()
     await asyncio.sleep_ms(300)  # queued downlink arrives right after the subscription
-    while node.inbox or node.inflight or len(node.q):
+    while node.inbox or node.inflight or len(node.q) or node.replay:
         await node.pump()
         while node.inbox:
             await asyncio.sleep_ms(50)

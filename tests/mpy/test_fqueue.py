@@ -72,6 +72,36 @@ def test_segments_roll_and_fully_acked_ones_are_deleted():
     assert seqs(fqueue.FlashQueue("qc", seg_bytes=256)) == list(range(80, 100))
 
 
+def test_the_newest_acknowledged_segments_are_kept_for_a_replay():
+    q = fresh("qr", seg_bytes=256, max_bytes=1 << 20)
+    for s in range(100):
+        q.append(s, body(s))
+    q.ack(79)
+    assert seqs(q) == list(range(80, 100)) and len(q) == 20
+    # two whole segments of acknowledged records stay, the older ones go
+    kept = [s for s, _ in q.peek(1000, 1 << 20, after=-1, kept=True)]
+    assert kept[-1] == 99 and kept == list(range(kept[0], 100)), kept
+    assert 0 < kept[0] < 80 and q.oldest() == kept[0]
+    files = len([n for n in os.listdir("qr") if n.isdigit()])
+    # a range of them, read again as they were; the acknowledged state is untouched
+    got = q.peek(5, 1 << 20, after=kept[0] + 2, kept=True)
+    assert [s for s, _ in got] == list(range(kept[0] + 3, kept[0] + 8))
+    assert all(b == body(s) for s, b in got)
+    assert q.acked == 80 and seqs(q) == list(range(80, 100))
+    q.close()
+    q = fqueue.FlashQueue("qr", seg_bytes=256)  # and after a restart
+    assert q.oldest() == kept[0] and seqs(q) == list(range(80, 100))
+    # bytes_waiting counts only segments with unacknowledged records
+    assert q.bytes_waiting() < q.bytes_used()
+    # none kept: two segments fewer, and nothing acknowledged before the segment holding 80
+    q = fresh("qr", seg_bytes=256, max_bytes=1 << 20, keep=0)
+    for s in range(100):
+        q.append(s, body(s))
+    q.ack(79)
+    assert len([n for n in os.listdir("qr") if n.isdigit()]) == files - 2
+    assert kept[0] < q.oldest() <= 80, (kept[0], q.oldest())
+
+
 def test_full_queue_drops_oldest_and_counts_exactly():
     q = fresh("qd", seg_bytes=256, max_bytes=1024)
     for s in range(200):
