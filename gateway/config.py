@@ -184,6 +184,7 @@ class GatewaySettings:
     stale_intervals: int = 3
     ack_timeout_s: float = 60.0
     offline_grace_s: float = 120.0
+    replay_after_s: int = 10  # a gap this old is asked of its node again (0: never)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -494,6 +495,7 @@ SCHEMA: dict[str, dict[str, tuple[Checker, Any]]] = {
         "stale_intervals": (_integer(1, 1000), 3),
         "ack_timeout_s": (_number(1, 86400), 60.0),
         "offline_grace_s": (_number(0, 86400), 120.0),
+        "replay_after_s": (_integer(0, 86400), 10),
     },
     "dashboard": {
         "map_tiles": (_tiles, DEFAULT_MAP_TILES),

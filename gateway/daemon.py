@@ -45,7 +45,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from gateway.batcher import SinkWorker
 from gateway.channels import ChannelTable, default_table
 from gateway.config import Config, load_config
-from gateway.downlink import Pending, new_request_id
+from gateway.downlink import Pending, command_message, new_request_id
+from gateway.replay import Replayer
 from gateway.errors import EXIT_ERROR, EXIT_OK, ConfigError, SinkError
 from gateway.ingest import Ingestor, Message, Outcome
 from gateway import mqtt_tls
@@ -194,6 +195,11 @@ class Gateway:
         self._ingested_at = 0.0  # monotonic time ingest last handled a batch
         self.client = self._make_client()
         self.source = None  # the JetStream source of the readings ([jetstream]), or None
+        # gaps asked of their nodes again (gateway/replay.py): one instance only, since several
+        # each see part of every node's messages
+        after = self.config.gateway.replay_after_s
+        self.replayer = (Replayer(after) if after and self.config.mqtt.shared_group is None
+                         and self.config.jetstream.instances == 1 else None)
 
     def __repr__(self) -> str:
         m = self.config.mqtt
@@ -513,6 +519,7 @@ class Gateway:
                     self._check_sinks()
                     self.ingestor.periodic(self._clock())
                     self._expire_pending()
+                    self._ask_replays()
                 if self._outbox_full:
                     if self._stop.wait(PERIODIC_S):
                         break
@@ -538,6 +545,18 @@ class Gateway:
             self._failed = True
             log.exception("ingest_crashed", extra=kv(action="stopping"))
             self.stop(EXIT_ERROR)
+
+    def _ask_replays(self) -> None:
+        """Asks nodes for the readings of their gaps again (gateway/replay.py)."""
+        if self.replayer is None or not self.client.is_connected():
+            return
+        for node, first, last in self.replayer.due(self.box.gaps(), self._clock()):
+            args = {"from": first, "to": last}
+            self.send(self.box, [node], "command",
+                      lambda rid, args=args: command_message("replay", args, request_id=rid),
+                      timeout=self.config.gateway.ack_timeout_s, wait=False)
+            self.stats.add(replay_requests=1)
+            log.info("replay_asked", extra=kv(node=node, first=first, last=last))
 
     def _ack(self, batch: Sequence[Message]) -> None:
         """Acknowledges committed messages to the broker: the PUBACKs of a batch go out as
@@ -622,6 +641,8 @@ class Gateway:
     # ---- downlink ---------------------------------------------------------------------------
 
     def _on_node_ack(self, node: str, ack: dict) -> None:
+        if self.replayer is not None:
+            self.replayer.on_ack(node, ack)
         with self._pending_lock:
             p = self._pending.pop((node, str(ack.get("id"))), None)
         if p is not None:

@@ -28,7 +28,7 @@ from gateway.wire import cbor_loads
 
 CONTROL_LIMIT = 1024
 STATUS_LIMIT = 512
-COMMANDS = ("read", "interval", "flush", "reboot", "diag", "time", "cred")
+COMMANDS = ("read", "interval", "flush", "reboot", "diag", "time", "cred", "replay")
 
 
 def new_request_id() -> str:

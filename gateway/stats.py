@@ -25,6 +25,7 @@ Keys of the stats file (JSON object):
     jetstream_redelivered  readings JetStream delivered again (not acknowledged in time by an
                         instance: this one or another; dedup keeps one) ([jetstream] only)
     rules_reload_errors times reading them again failed (the rules in force stayed)
+    replay_requests     `replay` commands sent for the readings of a gap (gateway/replay.py)
     gaps_missing        {node: missing seq count} (only nodes with gaps)
     outbox_bytes        bytes of data in the outbox (pages in use: what max_bytes bounds)
     sink_batches, sink_items, sink_records   {sink: count} delivered
@@ -57,7 +58,8 @@ log = logging.getLogger("meterlink.gateway.stats")
 
 COUNTERS = ("received", "accepted_messages", "accepted_records", "duplicates", "senml_records",
             "rejected", "connects", "status_messages", "ack_messages", "events",
-            "retired_ignored", "rules_reloads", "rules_reload_errors", "jetstream_redelivered")
+            "retired_ignored", "rules_reloads", "rules_reload_errors", "jetstream_redelivered",
+            "replay_requests")
 DEFAULT_INTERVAL = 1.0
 
 

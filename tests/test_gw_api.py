@@ -124,7 +124,7 @@ def test_registry_status_downlink_and_operations_endpoints(tmp_path, broker):
         assert status == 200 and result["ok"] and result["results"][0]["result"] == "ok"
         assert gw.api("/api/send", "POST", {"node": "n1", "cmd": "explode"}) == (
             400, {"error": "unknown command 'explode' (known: read, interval, flush, reboot, "
-                           "diag, time, cred)"})
+                           "diag, time, cred, replay)"})
 
         # the Last Will: offline, and the offline alarm raised once
         node.status(on=False)

@@ -296,7 +296,7 @@ def test_the_command_form_names_the_field_of_each_problem(site):
         ({"cmd": "interval", "args": '{"s": 1.5}'}, "args",
          "args: arguments.s: floats are not allowed on the wire (use scaled integers)"),
         ({"cmd": "selfdestruct"}, "cmd", "cmd: unknown command 'selfdestruct' (known: read, "
-                                         "interval, flush, reboot, diag, time, cred)"),
+                                         "interval, flush, reboot, diag, time, cred, replay)"),
         ({"node": "n9"}, "node", "node: 'n9' is not in the registry"),
         ({"node": ""}, "node", "node: choose a node"),
         ({"to": "nodes"}, "nodes", "nodes: choose at least one node"),

@@ -680,3 +680,129 @@ def test_hung_driver_trips_the_watchdog_then_safe_mode_keeps_mqtt(tmp_path, brok
     finally:
         ctl.close()
         node.stop()
+
+
+def _mqtt_packet(buf: bytes) -> tuple[int, int] | None:
+    """(fixed header length, remaining length) of the first MQTT packet in `buf`, or None
+    while it is incomplete."""
+    size, mult = 0, 1
+    for i in range(1, min(len(buf), 5)):
+        size += (buf[i] & 0x7F) * mult
+        if not buf[i] & 0x80:
+            return (i + 1, size) if i + 1 + size <= len(buf) else None
+        mult *= 128
+    return None
+
+
+class AckAndLose:
+    """A broker that acknowledges a reading and loses it, as a NATS server does while its
+    readings stream elects a leader (docs/gateway.md, "Known limit"): a relay between the node
+    and a plain Mosquitto that reads the node's MQTT packets; while `lose` is set, each QoS 1
+    PUBLISH on `m/<node>/r` is answered here with its PUBACK and never reaches the broker."""
+
+    def __init__(self, broker):
+        self.target = (broker.host, broker.port)
+        self.host, self.port = "127.0.0.1", 0
+        self.lose = False
+        self.lost = 0  # readings messages acknowledged and dropped
+        srv = socket.socket()
+        srv.bind((self.host, 0))
+        srv.listen(4)
+        self.port = srv.getsockname()[1]
+        self._srv = srv
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def node_tls(self, node_id=None):
+        return None  # plain MQTT: the relay reads the packets
+
+    def _accept(self):
+        while True:
+            try:
+                a, _ = self._srv.accept()
+                b = socket.create_connection(self.target)
+            except OSError:
+                return
+            lock = threading.Lock()
+            threading.Thread(target=self._down, args=(b, a, lock), daemon=True).start()
+            threading.Thread(target=self._up, args=(a, b, lock), daemon=True).start()
+
+    @staticmethod
+    def _down(src, dst, lock):
+        try:
+            while data := src.recv(4096):
+                with lock:
+                    dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            dst.close()
+
+    def _up(self, src, dst, lock):
+        buf = b""
+        try:
+            while data := src.recv(4096):
+                buf += data
+                while whole := _mqtt_packet(buf):  # fixed header, remaining length, body
+                    head, size = whole
+                    packet, buf = buf[:head + size], buf[head + size:]
+                    if self.lose and packet[0] & 0xF6 == 0x32:  # PUBLISH, QoS 1
+                        tlen = int.from_bytes(packet[head:head + 2], "big")
+                        topic = packet[head + 2:head + 2 + tlen]
+                        if topic.endswith(b"/r"):
+                            pid = packet[head + 2 + tlen:head + 4 + tlen]
+                            with lock:
+                                src.sendall(b"\x40\x02" + pid)
+                            self.lost += 1
+                            continue
+                    dst.sendall(packet)
+        except OSError:
+            pass
+        finally:
+            dst.close()
+
+    def close(self):
+        self._srv.close()
+
+
+def test_readings_the_broker_acknowledged_and_lost_are_asked_again_and_arrive_once(tmp_path):
+    """A broker acknowledges reading messages and loses them for 3 s: the node deleted them
+    from its queue as delivered, and the gateway sees the gap. The gateway asks the node for
+    the gap's range (`replay`, once the gap is `replay_after_s` old); the node sends it again
+    from the acknowledged records it keeps on flash. Every reading it queued is then stored
+    once, and the gap is closed."""
+    from host_tools.broker import Mosquitto
+
+    with Mosquitto(tmp_path / "broker") as broker:
+        gw = GatewayProcess(tmp_path / "gw", broker,
+                            gateway_extra="replay_after_s = 2\n").wait_subscribed()
+        relay = AckAndLose(broker)
+        node = fast_node(tmp_path / "n12", "n12", relay, entries=2)
+        try:
+            node.start()
+            wait_for(lambda: len(delivered(gw, "n12")) >= 6, 30, "readings flowing",
+                     debug(node, gw))
+            relay.lose = True
+            time.sleep(3)
+            relay.lose = False
+            assert relay.lost >= 2
+            lost = wait_for(lambda: re.findall(r"event=replay_asked node=n12 first=(\d+) "
+                                               r"last=(\d+)", gw.log()), 30,
+                            "the gateway to ask for the gap", debug(node, gw))
+            lo, hi = map(int, lost[0])
+            assert hi - lo + 1 >= relay.lost  # a message holds one reading or more
+            want = set(queued(node))
+            wait_for(lambda: want <= set(delivered(gw, "n12")), 30, "every queued reading",
+                     debug(node, gw))
+            status, row = gw.api("/api/nodes/n12")
+            assert status == 200 and row["gaps"] == [] and "gaps" not in row["alarms"], row
+            assert f"seq={lo}.." in node.console().split("sent again (replay)")[0][-200:]
+            per_reading = sink_lines_per_reading(gw, "n12")
+            assert set(per_reading.values()) == {3}, per_reading  # no channel stored twice
+            wait_for(lambda: gw.counters().get("replay_requests", 0) >= 1, 10,  # once a second
+                     "the replay_requests counter")
+            print(f"lost at the broker {relay.lost} messages, seqs {lo}..{hi}: asked for and "
+                  "sent again")
+        finally:
+            node.stop()
+            relay.close()
+            gw.stop()
