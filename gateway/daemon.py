@@ -61,6 +61,7 @@ mqtt_log = logging.getLogger("meterlink.gateway.mqtt")
 RECONNECT_MIN_DELAY = 1
 RECONNECT_MAX_DELAY = 30
 PERIODIC_S = 1.0
+REPLAY_CHECK_S = 2.0  # how often the gaps are looked at for `replay` (gateway/replay.py)
 WARN_EVERY_S = 60.0  # outbox_filling is logged at most this often
 GATEWAY_NODE = "-gateway"  # registry/alarm key for gateway-level alarms (outbox_full)
 _PUBACK = 0x40020000  # PUBACK fixed header (type 4, remaining length 2) above a 16-bit id
@@ -198,6 +199,7 @@ class Gateway:
         # gaps asked of their nodes again (gateway/replay.py): one instance only, since several
         # each see part of every node's messages
         after = self.config.gateway.replay_after_s
+        self._replay_at = 0.0
         self.replayer = (Replayer(after) if after and self.config.mqtt.shared_group is None
                          and self.config.jetstream.instances == 1 else None)
 
@@ -548,8 +550,10 @@ class Gateway:
 
     def _ask_replays(self) -> None:
         """Asks nodes for the readings of their gaps again (gateway/replay.py)."""
-        if self.replayer is None or not self.client.is_connected():
+        now = time.monotonic()
+        if self.replayer is None or now < self._replay_at or not self.client.is_connected():
             return
+        self._replay_at = now + REPLAY_CHECK_S  # every gap row is read: not every second
         for node, first, last in self.replayer.due(self.box.gaps(), self._clock()):
             args = {"from": first, "to": last}
             self.send(self.box, [node], "command",
