@@ -232,8 +232,12 @@ def test_a_server_cut_from_its_routes_for_a_minute_loses_no_reading(tmp_path, cl
     server; what an instance fetched and acknowledged through the cut server comes again after
     ack_wait. When the routes are back, every reading is stored, none twice after dedup."""
     a = gateway(tmp_path, cluster, "gw-a", server=0, instances=2)
-    # a server that does not lead the readings stream (on the leader's, the test above)
-    cut = (cluster.stream_leader("READINGS") + 1) % 3
+    # a server that leads neither the readings stream (on the leader's, the test above) nor
+    # the consumer (cut away with its server, NATS 2.9 elected no new one for the minute:
+    # delivery paused, nothing lost; docs/gateway.md)
+    leaders = {cluster.stream_leader("READINGS"),
+               cluster.stream_leader("READINGS", consumer="meterlink-gateway")}
+    cut = min(set(range(3)) - leaders)
     b = gateway(tmp_path, cluster, "gw-b", server=cut, instances=2)
     nodes = [Node(f"n{i}", cluster, first=i, gap_s=0.25, count=300) for i in range(3)]
     try:
