@@ -440,8 +440,10 @@ def test_readings_stay_aligned_and_each_node_sends_at_its_own_slot(tmp_path, bro
         slot_sleeps = [int(ms) for ms in re.findall(r"deep sleep for (\d+) ms \(until the "
                                                      r"send slot\)", battery.console())]
         assert slot_sleeps and all(3000 <= ms <= 5500 for ms in slot_sleeps), slot_sleeps
+        # each wake-up starts the node anew (a MicroPython process here), which on a loaded
+        # machine can take it past the boundary's second before it reads
         times = [t for seq, t in reading_times(gw, battery_id).items() if seq >= 2]
-        assert times and [t % 6 for t in times].count(0) * 3 >= len(times) * 2, times
+        assert times and all(t % 6 in (0, 1) for t in times), times
     finally:
         ntp.close()
         for n in nodes:
