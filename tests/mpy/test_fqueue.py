@@ -121,15 +121,20 @@ def test_full_queue_drops_oldest_and_counts_exactly():
     assert q.dropped == 200 - len(kept), q.dropped
 
 
-def test_records_in_flight_are_counted_dropped_only_if_a_restart_loses_them():
-    # A message with seq 0..9 is in flight (the node holds it in RAM and sends it again until
-    # its PUBACK) when the full queue deletes the segments holding them: not lost yet.
+def overflowed_with_0_to_9_in_flight():
     q = fresh("qh", seg_bytes=256, max_bytes=1024)
     for s in range(20):
         q.append(s, body(s))
-    q.held = 9
+    q.held = 9  # the node sent 0..9 in one message, not acknowledged yet
     for s in range(20, 200):
         q.append(s, body(s))
+    return q
+
+
+def test_records_in_flight_are_counted_dropped_only_if_a_restart_loses_them():
+    # A message with seq 0..9 is in flight (the node holds it in RAM and sends it again until
+    # its PUBACK) when the full queue deletes the segments holding them: not lost yet.
+    q = overflowed_with_0_to_9_in_flight()
     gone = seqs(q)[0]
     assert gone > 10, gone  # the first segment and the one after it, with 8 and 9, went
     assert (q.dropped, q.pending) == (gone - 10, 10), (q.dropped, q.pending, gone)
@@ -138,12 +143,7 @@ def test_records_in_flight_are_counted_dropped_only_if_a_restart_loses_them():
     q.close()
     assert fqueue.FlashQueue("qh", seg_bytes=256, max_bytes=1024).dropped == gone - 10
     # the same, but the node restarts before the PUBACK: the RAM copy is gone, so are they
-    q = fresh("qh", seg_bytes=256, max_bytes=1024)
-    for s in range(20):
-        q.append(s, body(s))
-    q.held = 9
-    for s in range(20, 200):
-        q.append(s, body(s))
+    q = overflowed_with_0_to_9_in_flight()
     assert q.pending == 10
     q.close()
     for _ in range(2):  # counted once, however often it restarts
