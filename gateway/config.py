@@ -105,7 +105,15 @@ class JetStreamConfig:
     durable: str = "meterlink-gateway"
     replicas: int = 3
     ack_wait_s: int = 30
-    instances: int = 1  # gateway instances sharing the durable: past 1, no `gaps` alarm
+    instances: int = 1  # gateway instances sharing the durable
+    # this instance's name among them (instances > 1): names its durable consumer of the
+    # other instances' seen-seq summaries (gateway/seen.py)
+    instance: str | None = None
+
+    @property
+    def exchanges_seen(self) -> bool:
+        """Instances tell each other the seqs they took, so each knows the nodes' gaps."""
+        return bool(self.servers) and self.instances > 1
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -258,6 +266,15 @@ class Config:
     dashboard: DashboardConfig = DashboardConfig()
     rules: tuple[Rule, ...] = ()
     jetstream: JetStreamConfig = JetStreamConfig()
+
+    @property
+    def knows_node_gaps(self) -> bool:
+        """Whether this instance's gaps are its nodes' gaps: true with one instance, and with
+        several on JetStream (they exchange what they took); false in an MQTT shared group,
+        where each instance sees only part of every node's seqs (no `gaps` alarm, no
+        `replay`)."""
+        return self.mqtt.shared_group is None and (self.jetstream.instances == 1
+                                                   or self.jetstream.exchanges_seen)
 
     @property
     def sink(self) -> SinkConfig:
@@ -465,6 +482,7 @@ SCHEMA: dict[str, dict[str, tuple[Checker, Any]]] = {
         "replicas": (_integer(1, 5), 3),
         "ack_wait_s": (_integer(5, 3600), 30),
         "instances": (_integer(1, 64), 1),
+        "instance": (_name, None),
     },
     "ingest": {
         "max_payload_bytes": (_integer(16, 1 << 20), 4096),
@@ -807,6 +825,10 @@ def parse_config(data: Mapping[str, Any], *, base_dir: str | Path = ".",
                               got=show(str(opts["cert_file"] or opts["key_file"])))
     jetstream = JetStreamConfig(**{**values["jetstream"],
                                    "servers": values["jetstream"]["servers"] or ()})
+    if jetstream.exchanges_seen and jetstream.instance is None:
+        raise ConfigError("jetstream.instance", "must name this instance (unique among the "
+                                                f"{jetstream.instances} instances, e.g. "
+                                                "\"gw-a\") when instances is above 1")
     return Config(mqtt=MqttConfig(**values["mqtt"], readings=not jetstream.servers),
                   sinks=tuple(sinks), outbox=OutboxConfig(**values["outbox"]),
                   ingest=IngestConfig(**values["ingest"]), api=ApiConfig(**values["api"]),

@@ -196,12 +196,10 @@ class Gateway:
         self._ingested_at = 0.0  # monotonic time ingest last handled a batch
         self.client = self._make_client()
         self.source = None  # the JetStream source of the readings ([jetstream]), or None
-        # gaps asked of their nodes again (gateway/replay.py): one instance only, since several
-        # each see part of every node's messages
+        # gaps asked of their nodes again (gateway/replay.py), where this instance knows them
         after = self.config.gateway.replay_after_s
         self._replay_at = 0.0
-        self.replayer = (Replayer(after) if after and self.config.mqtt.shared_group is None
-                         and self.config.jetstream.instances == 1 else None)
+        self.replayer = Replayer(after) if after and self.config.knows_node_gaps else None
 
     def __repr__(self) -> str:
         m = self.config.mqtt
@@ -553,6 +551,8 @@ class Gateway:
         now = time.monotonic()
         if self.replayer is None or now < self._replay_at or not self.client.is_connected():
             return
+        if self.source is not None and not self.source.asks_replays():
+            return  # another instance asks (gateway/seen.py)
         self._replay_at = now + REPLAY_CHECK_S  # every gap row is read: not every second
         for node, first, last in self.replayer.due(self.box.gaps(), self._clock()):
             args = {"from": first, "to": last}
@@ -569,7 +569,8 @@ class Gateway:
         if mids:
             self.client.puback_all(mids)
         if self.source is not None:  # JetStream's messages carry negative mids
-            self.source.ack(batch)
+            took = self.ingestor.took
+            self.source.ack(batch, took.payload() if took else None)
         for m in batch:
             if m.qos == 2:
                 self.client.ack(m.mid, 2)

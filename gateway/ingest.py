@@ -18,6 +18,10 @@ Per message, by topic kind:
     s  status map -> registry (online/offline/asleep, fw, boot, q, qd, ...)
     a  acknowledgement -> downlinks table (and any waiter in the daemon)
 
+With several instances on JetStream, the seqs each batch took are summarised in `took` (the
+source publishes them to the other instances), and `$seen/<instance>` messages, the other
+instances' summaries, mark seqs taken in the dedup state (gateway/seen.py).
+
 Every rejection is counted by reason and stored in the quarantine table with the raw bytes,
 topic, byte offset and detail; nothing on the wire can make the gateway stop.
 """
@@ -36,6 +40,8 @@ from gateway.logfmt import kv
 from gateway.outbox import Outbox
 from gateway.registry import Registry, is_int64
 from gateway.rules import RuleEngine
+from gateway.seen import Took
+from gateway.seen import decode as decode_seen
 from gateway.stats import Stats
 from gateway.wire import Reading, decode_reading, parse_topic, reading_time_error
 
@@ -45,8 +51,11 @@ log = logging.getLogger("meterlink.gateway")
 QUARANTINE_BYTES = 65536
 QUARANTINE_TOPIC = 1024
 TOPIC_CACHE = 100_000  # parsed topics kept (three per node)
+# With instances that exchange what they took, a gap raises `gaps` once open this long: until
+# the other instance's summary comes (about a second), its seqs show as missing here.
+GAP_ALARM_AFTER_S = 30.0
 
-Outcome = Literal["accepted", "duplicate", "rejected", "internal", "status", "ack"]
+Outcome = Literal["accepted", "duplicate", "rejected", "internal", "status", "ack", "seen"]
 
 
 class Message(NamedTuple):
@@ -115,9 +124,11 @@ class Ingestor:
         self.registry = Registry(box, config.gateway, stats=stats,
                                  event_sinks=[s.name for s in config.sinks if s.events],
                                  table=table)
-        # several instances each see part of every node's messages: gaps are per instance
-        self.registry.gap_alarms = (config.mqtt.shared_group is None
-                                    and config.jetstream.instances == 1)
+        self.registry.gap_alarms = config.knows_node_gaps
+        # the seqs the last batch took, for the other instances (None: no exchange)
+        self.took: Took | None = Took() if config.jetstream.exchanges_seen else None
+        if self.took is not None:
+            self.registry.gap_alarm_after_s = GAP_ALARM_AFTER_S
         self.rules = RuleEngine(config.rules, self.registry)
         with box.transaction():
             self.registry.recover()  # a journal a crash left
@@ -144,6 +155,8 @@ class Ingestor:
     def _run(self, messages: Sequence[Message], *, careful: bool) -> list[Outcome]:
         outcomes: list[Outcome] = []
         acks: list[tuple[str, dict]] = []
+        if self.took is not None:
+            self.took = Took()
         self.stats = counts = _Counts()
         self.registry.stats = counts
         try:
@@ -207,6 +220,8 @@ class Ingestor:
         self.stats.received += 1
         limits = self.config.ingest
         try:
+            if msg.topic[:1] == "$":  # only the JetStream source makes these
+                return self._seen(msg)
             if len(msg.topic) > limits.max_topic_length:
                 raise Rejected("topic_length", f"topic is {len(msg.topic)} characters, over "
                                                f"{limits.max_topic_length}")
@@ -295,6 +310,8 @@ class Ingestor:
             if not runs:
                 self.registry.duplicate_only(node, count, now)
                 counts.add(duplicates=count)
+                if self.took is not None:
+                    self.took.add(node, seq, seq + count - 1)
                 return "duplicate"
             fresh = []
             for first, end in runs:
@@ -309,7 +326,30 @@ class Ingestor:
         if self.rules.rules:
             self.rules.readings(node, fresh, base, now)
         counts.records += len(fresh)
+        if self.took is not None:  # last: a message rolled back alone took nothing
+            self.took.add(node, seq, seq + count - 1)
         return "accepted"
+
+    def _seen(self, msg: Message) -> Outcome:
+        """Another instance's summary of the seqs it took (gateway/seen.py): they join this
+        instance's dedup state and gaps, without readings."""
+        if self.took is None or not msg.topic.startswith("$seen/"):
+            raise TopicError(msg.topic, 0, "only the JetStream source's $seen/ summaries start "
+                                           "with $, with [jetstream] instances above 1")
+        box, registry = self.box, self.registry
+        now = msg.received_at
+        changed: dict[str, int] = {}
+        for node, first, last in decode_seen(bytes(msg.payload)):
+            if node in registry.retired:
+                continue
+            state = registry.ensure(node, now)
+            state["min_seq"], state["max_seq"], delta = box.take_range(
+                node, first, last, state["min_seq"], state["max_seq"])
+            changed[node] = changed.get(node, 0) + delta
+        for node, delta in changed.items():
+            registry.taken_elsewhere(node, delta, now)
+        self.stats.add(seen_summaries=1)
+        return "seen"
 
     def close(self) -> None:
         """A clean stop: the registry's journal written into the node rows."""
@@ -356,6 +396,7 @@ class Ingestor:
             self.registry.compact(due_only=True)
             self.registry.check_offline(now)
             self.registry.check_stale(now)
+            self.registry.check_gaps(now)
             if self.rules.rules:
                 self.rules.periodic(now)
         self._stats.set_group("gaps_missing", self.box.missing())

@@ -17,6 +17,13 @@ instance died, or was cut off) is delivered again, to this instance or another; 
 dedup by (node, seq) keeps one. At most `MAX_UNACKED` messages are out at once, so a slow
 outbox never lets them run past `ack_wait_s` in the inbox.
 
+Several instances (`instances` above 1) tell each other what they took (gateway/seen.py): the
+batch's summary is published to the `{stream}_SEEN` stream before its readings are
+acknowledged, and the other instances' summaries come in through this instance's own durable
+consumer of that stream (`{durable}-seen-{instance}`) as `$seen/<instance>` messages,
+acknowledged after the commit like readings. An idle instance publishes an empty summary every
+`HEARTBEAT_S`, so the others know it is up (`asks_replays`).
+
 Why a thread with its own loop: the gateway's ingest, sinks and paho are threads; nats-py is
 asyncio only. The loop is private to this module: fetch, ack and reconnect run there, and
 `ack` hands it the tokens with `call_soon_threadsafe`.
@@ -27,17 +34,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from typing import Any, Callable, Sequence
+
+import nats
+import nats.errors
 
 from gateway.config import JetStreamConfig
 from gateway.ingest import Message
 from gateway.logfmt import kv
+from gateway.seen import asker
 
 log = logging.getLogger("meterlink.gateway.jetstream")
 
 FETCH = 256  # messages a pull asks for
 MAX_UNACKED = 2048  # fetched, not yet acknowledged: past it, no pull until acks come back
 PULL_WAIT_S = 1.0  # how long a pull waits for messages when the stream is empty
+SEEN_MAX_AGE_S = 86400  # summaries kept: an instance down for up to a day catches up
+HEARTBEAT_S = 15.0  # an idle instance's empty summary, this often
+LIVE_S = 60.0  # an instance not heard from for this long no longer asks for gaps
+EMPTY = b"\xa0"  # the empty summary (a CBOR empty map)
 
 
 async def ensure_stream(nc: Any, *, stream: str, subjects: list[str], replicas: int) -> None:
@@ -71,6 +87,11 @@ class JetStreamSource:
         self._next = 0
         self._room = threading.Event()
         self._room.set()
+        self.instance = cfg.instance or ""
+        self.seen_subject = f"meterlink.seen.{cfg.stream}.{self.instance}"
+        self._published_at = 0.0  # monotonic time of this instance's last summary
+        self.heard: dict[str, float] = {}  # instance -> monotonic time of its last summary
+        self.js: Any = None  # the nats-py JetStream context, on the source's thread
 
     def __repr__(self) -> str:
         return (f"JetStreamSource(servers={len(self.cfg.servers)}, stream={self.cfg.stream!r}, "
@@ -92,24 +113,112 @@ class JetStreamSource:
         if self.thread is not None:
             self.thread.join(10)
 
-    def ack(self, batch: Sequence[Message]) -> None:
-        """Acknowledges the JetStream messages of a committed batch (mid < 0)."""
+    def ack(self, batch: Sequence[Message], took: bytes | None = None) -> None:
+        """Acknowledges the JetStream messages of a committed batch (mid < 0), after
+        publishing `took`, the summary of the seqs it took, when there is one."""
         tokens = [-m.mid for m in batch if m.mid < 0]
         if tokens and self.loop is not None:
             try:
-                self.loop.call_soon_threadsafe(self._ack_now, tokens)
+                self.loop.call_soon_threadsafe(self._ack_now, tokens, took)
             except RuntimeError:  # stopped: not acknowledged, so delivered again (dedup)
                 pass
 
+    def asks_replays(self) -> bool:
+        """Whether this instance is the one that asks nodes for their gaps (gateway/seen.py)."""
+        return not self.cfg.exchanges_seen or asker(self.instance, self.heard,
+                                                    time.monotonic(), LIVE_S)
+
     # ---- the source's own thread ------------------------------------------------------------
 
-    def _ack_now(self, tokens: list[int]) -> None:
-        for t in tokens:
-            msg = self._unacked.pop(t, None)
-            if msg is not None:
+    def _ack_now(self, tokens: list[int], took: bytes | None = None) -> None:
+        msgs = [m for m in map(self._unacked.pop, tokens, [None] * len(tokens))
+                if m is not None]
+        if took:
+            self.loop.create_task(self._publish_then_ack(took, msgs))
+        else:
+            for msg in msgs:
                 self.loop.create_task(self._ack_one(msg))
         if len(self._unacked) < MAX_UNACKED:
             self._room.set()
+
+    async def _publish_then_ack(self, took: bytes, msgs: list[Any]) -> None:
+        """The summary first, confirmed by the stream: an instance that dies before it has
+        not acknowledged the readings either (gateway/seen.py)."""
+        if not await self._publish_seen(took):
+            return  # stopping: not acknowledged, so delivered again (dedup)
+        for msg in msgs:
+            await self._ack_one(msg)
+
+    async def _publish_seen(self, payload: bytes) -> bool:
+        """Publishes a summary, again every second until the stream takes it (a heartbeat:
+        once). False: not published (stopping)."""
+        while True:
+            try:
+                await self.js.publish(self.seen_subject, payload, timeout=2)
+                self._published_at = time.monotonic()
+                return True
+            except Exception as exc:  # noqa: BLE001 - no stream leader for now: again
+                log.warning("seen_publish_failed", extra=kv(
+                    error=str(exc) or type(exc).__name__,
+                    retry="at the next heartbeat" if payload is EMPTY else "in 1 s"))
+                if self._stopping or payload is EMPTY:
+                    return False
+                await asyncio.sleep(1)
+
+    async def _seen_loop(self, nc: Any) -> None:
+        """The other instances' summaries into the inbox; this one's and empty ones are
+        acknowledged at once. An idle instance publishes an empty one every HEARTBEAT_S."""
+        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, \
+            StreamConfig
+        from nats.js.errors import NotFoundError
+
+        cfg = self.cfg
+        stream = f"{cfg.stream}_SEEN"
+        subjects = [f"meterlink.seen.{cfg.stream}.*"]
+        sub = None
+        while sub is None and not self._stopping:
+            try:
+                try:
+                    await self.js.stream_info(stream)
+                except NotFoundError:
+                    await self.js.add_stream(StreamConfig(
+                        name=stream, subjects=subjects, storage=StorageType.FILE,
+                        num_replicas=cfg.replicas, max_age=SEEN_MAX_AGE_S))
+                sub = await self.js.pull_subscribe(
+                    subjects[0], durable=f"{cfg.durable}-seen-{self.instance}", stream=stream,
+                    config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT,
+                                          deliver_policy=DeliverPolicy.ALL,
+                                          ack_wait=cfg.ack_wait_s, max_ack_pending=4096))
+            except Exception as exc:  # noqa: BLE001 - the cluster is electing: try again
+                log.warning("jetstream_subscribe_failed", extra=kv(
+                    stream=stream, error=str(exc) or type(exc).__name__, retry="in 1 s"))
+                await asyncio.sleep(1)
+        while sub is not None and not self._stopping:
+            if time.monotonic() - self._published_at >= HEARTBEAT_S:
+                self._published_at = time.monotonic()  # one heartbeat in flight at a time
+                self.loop.create_task(self._publish_seen(EMPTY))
+            try:
+                msgs = await sub.fetch(64, timeout=PULL_WAIT_S)
+            except nats.errors.TimeoutError:
+                continue
+            except Exception as exc:  # noqa: BLE001 - a server went away: the client reconnects
+                log.warning("jetstream_fetch_failed", extra=kv(stream=stream, error=str(exc) or
+                                                               type(exc).__name__))
+                await asyncio.sleep(0.5)
+                continue
+            now = self.clock()
+            out = []
+            for msg in msgs:
+                name = msg.subject.rsplit(".", 1)[-1]
+                self.heard[name] = time.monotonic()
+                if name == self.instance or msg.data == EMPTY:
+                    self.loop.create_task(self._ack_one(msg))
+                    continue
+                self._next += 1
+                self._unacked[self._next] = msg
+                out.append(Message(f"$seen/{name}", msg.data, -self._next, 1, now))
+            if out:
+                self.deliver(out)
 
     async def _ack_one(self, msg: Any) -> None:
         try:
@@ -126,7 +235,6 @@ class JetStreamSource:
             self.loop.close()
 
     async def _consume(self) -> None:
-        import nats
         from nats.js.api import AckPolicy, ConsumerConfig
 
         cfg = self.cfg
@@ -157,7 +265,8 @@ class JetStreamSource:
                 await asyncio.sleep(2)
         else:
             return
-        js = nc.jetstream()
+        js = self.js = nc.jetstream()
+        seen = self.loop.create_task(self._seen_loop(nc)) if cfg.exchanges_seen else None
         sub = None
         while not self._stopping and sub is None:
             try:
@@ -204,4 +313,6 @@ class JetStreamSource:
                                    now))
             if out:
                 self.deliver(out)
+        if seen is not None:
+            await asyncio.wait([seen], timeout=PULL_WAIT_S + 1)
         await nc.drain()

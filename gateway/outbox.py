@@ -448,6 +448,31 @@ class Outbox:
             self.db.execute("INSERT INTO gaps VALUES (?, ?, ?)", (node, seq + 1, last))
         return True, lo, hi, -1
 
+    def take_range(self, node: str, first: int, last: int, lo: int | None,
+                   hi: int | None) -> tuple[int, int, int]:
+        """Seqs `first`..`last` of `node` were taken by another gateway instance
+        (gateway/seen.py): `accept_seq` for a whole range, without readings. Returns `(lo, hi,
+        change in the count of missing seqs)`."""
+        if hi is None or lo is None:
+            return first, last, 0
+        delta = 0
+        if first > hi + 1:
+            self.db.execute(_GAP_SQL, (node, hi + 1, first - 1))
+            delta += first - hi - 1
+        if last < lo - 1:
+            self.db.execute(_GAP_SQL, (node, last + 1, lo - 1))
+            delta += lo - last - 1
+        if first <= hi and last >= lo:  # inside the range so far: fills what it overlaps
+            for a, b in self.db.execute("SELECT first, last FROM gaps WHERE node=? AND "
+                                        "first<=? AND last>=?", (node, last, first)).fetchall():
+                self.db.execute("DELETE FROM gaps WHERE node=? AND first=?", (node, a))
+                if a < first:
+                    self.db.execute(_GAP_SQL, (node, a, first - 1))
+                if b > last:
+                    self.db.execute(_GAP_SQL, (node, last + 1, b))
+                delta -= min(b, last) - max(a, first) + 1
+        return min(lo, first), max(hi, last), delta
+
     def add_gap(self, node: str, first: int, last: int) -> None:
         """Seqs `first`..`last` of `node` are missing (ingest: a message past the node's
         highest seq, its dedup state kept in memory)."""

@@ -33,7 +33,7 @@ Repeating the same state does nothing.
 | `low_battery` | battery below `[gateway] low_battery_mv` (channel `battery_voltage` or status `bat`) | battery at or above the threshold + 100 mV |
 | `stale` | no message for `stale_intervals` x `iv` (plus `sleep` for a sleeping node) | any message |
 | `queue_overflow` | status `qd` higher than the last status | a status with `qd` unchanged |
-| `gaps` | the node has missing sequence numbers (not with a shared subscription) | every gap filled |
+| `gaps` | the node has missing sequence numbers (not with a shared subscription; with instances that exchange what they took, a gap open `gap_alarm_after_s`) | every gap filled |
 | `offline` | status `on: false` without `sleep` (the Last Will, or a restart announced with `bye`) and nothing better for `[gateway] offline_grace_s` | status `on: true` (or asleep) |
 
 A node's status history (`node_log`, read by `box.nodes.events`) gets a row when something an
@@ -102,6 +102,11 @@ class Registry:
         # With a shared subscription each instance sees only part of a node's messages, so
         # its gaps say nothing about the node: no gaps alarm then (gaps are still tracked).
         self.gap_alarms = True
+        # 0: `gaps` raised as soon as a seq is missing. Above 0 (instances that exchange what
+        # they took: gateway/seen.py), only for a gap open that long (`check_gaps`): a seq the
+        # other instance took shows as missing here until its summary comes, a second or so.
+        self.gap_alarm_after_s = 0.0
+        self._gap_since: dict[tuple[str, int], float] = {}  # (node, first) -> first noticed
         self._nodes: dict[str, dict[str, Any]] = {}
         self._dirty: set[str] = set()
         self._journaled: set[str] = set()  # in the journal since the last compaction
@@ -225,13 +230,17 @@ class Registry:
     def snapshot(self, topic: str) -> tuple:
         """The cached state one message can change (its node's hot state, the alarm flags),
         to put back if that message is rolled back alone (see Ingestor's careful rerun)."""
+        if topic[:1] == "$":  # another instance's summary (gateway/seen.py): many nodes
+            return "$", copy.deepcopy(self._nodes), dict(self._active)
         parts = topic.split("/")
         node = parts[1] if len(parts) == 3 else None
         return node, copy.deepcopy(self._nodes.get(node)), dict(self._active)
 
     def restore(self, snap: tuple) -> None:
         node, state, active = snap
-        if state is None:
+        if node == "$":
+            self._nodes = state
+        elif state is None:
             self._nodes.pop(node, None)
         else:
             self._nodes[node] = state
@@ -406,10 +415,39 @@ class Registry:
             self._battery(node, st["battery"], now)
         if self._active.get((node, "stale"), False):
             self.set_alarm(node, "stale", False, now)
-        if missing_delta and self.gap_alarms:
+        if missing_delta:
+            self._gaps_changed(node, now)
+
+    def taken_elsewhere(self, node: str, missing_delta: int, now: float) -> None:
+        """Another gateway instance took seqs of `node` (gateway/seen.py); ingest has put
+        them in the cached state's seq range and the gaps."""
+        self._dirty.add(node)
+        if missing_delta:
+            self._gaps_changed(node, now)
+
+    def _gaps_changed(self, node: str, now: float) -> None:
+        if self.gap_alarms:
             missing = self.box.missing_of(node)
+            if missing and self.gap_alarm_after_s:
+                return  # raised by check_gaps once a gap is old enough
             self.set_alarm(node, "gaps", missing > 0, now,
                            f"{missing} sequence numbers missing" if missing else "")
+
+    def check_gaps(self, now: float) -> None:
+        """With `gap_alarm_after_s`: raises `gaps` for the nodes with a gap open at least that
+        long (a gap narrowed from either end keeps its age only if its first seq stays)."""
+        if not (self.gap_alarms and self.gap_alarm_after_s):
+            return
+        current, due = {}, set()
+        for node, first, _last in self.box.gaps():
+            since = current[(node, first)] = self._gap_since.get((node, first), now)
+            if now - since >= self.gap_alarm_after_s:
+                due.add(node)
+        self._gap_since = current
+        for node in due:
+            if not self._active.get((node, "gaps"), False):
+                missing = self.box.missing_of(node)
+                self.set_alarm(node, "gaps", True, now, f"{missing} sequence numbers missing")
 
     def duplicate_only(self, node: str, duplicates: int, now: float) -> None:
         st = self.ensure(node, now)

@@ -16,7 +16,8 @@ Keys of the stats file (JSON object):
     rejected            messages rejected (malformed topic or payload, or an internal error)
     rejected_by_reason  {reason: count}; reasons are gateway.wire.REASONS, "topic", "internal",
                         "too_large" (payload over [ingest] max_payload_bytes), "topic_length",
-                        "unregistered", "retired", "status", "ack", "outbox_full"
+                        "unregistered", "retired", "status", "ack", "outbox_full",
+                        "seen_invalid" (another instance's summary, gateway/seen.py)
     status_messages     status (`s`) messages processed
     ack_messages        acknowledgements (`a`) processed
     retired_ignored     status and acknowledgements of retired nodes, not processed
@@ -26,6 +27,7 @@ Keys of the stats file (JSON object):
                         instance: this one or another; dedup keeps one) ([jetstream] only)
     rules_reload_errors times reading them again failed (the rules in force stayed)
     replay_requests     `replay` commands sent for the readings of a gap (gateway/replay.py)
+    seen_summaries      other instances' summaries of the seqs they took (gateway/seen.py)
     gaps_missing        {node: missing seq count} (only nodes with gaps)
     outbox_bytes        bytes of data in the outbox (pages in use: what max_bytes bounds)
     sink_batches, sink_items, sink_records   {sink: count} delivered
@@ -59,7 +61,7 @@ log = logging.getLogger("meterlink.gateway.stats")
 COUNTERS = ("received", "accepted_messages", "accepted_records", "duplicates", "senml_records",
             "rejected", "connects", "status_messages", "ack_messages", "events",
             "retired_ignored", "rules_reloads", "rules_reload_errors", "jetstream_redelivered",
-            "replay_requests")
+            "replay_requests", "seen_summaries")
 DEFAULT_INTERVAL = 1.0
 
 

@@ -93,6 +93,12 @@ log_level = "debug"
                          "prefix, username, password, keepalive, qos, shared_group, tls, ca_file, "
                          "cert_file, key_file)"),
     ("[jetstream]\ninstances = 0", "jetstream.instances must be an integer 1-64: got 0"),
+    ('[jetstream]\nservers = ["nats://10.0.0.11:4222"]\ninstances = 2',
+     'jetstream.instance must name this instance (unique among the 2 instances, e.g. "gw-a") '
+     'when instances is above 1'),
+    ('[jetstream]\ninstance = "gw a"',
+     'jetstream.instance must be 1-64 characters A-Z a-z 0-9 _ - (a JetStream name): '
+     'got "gw a"'),
     ("[gateway]\nrequire_registration = 1",
      "gateway.require_registration must be true or false: got 1"),
     ('[sinks.http]\nurl = "http://h.example"\nbackoff_initial_s = "1s"',

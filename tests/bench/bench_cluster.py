@@ -13,7 +13,9 @@ acknowledgement to an empty stream (the consumers' start is not timed).
   acknowledging each message; it stores nothing.
 - **gateway x1 / x2**: one or two `meterlink gateway` processes with `[jetstream]` on the same
   durable (the deployment's work queue) and their file sink running; a message is acknowledged
-  only after the outbox transaction holding it committed.
+  only after the outbox transaction holding it committed. The two are configured as the
+  deployment is (`instances = 2`, each its `instance` name): each batch's summary of the seqs
+  it took is published to the other before its messages are acknowledged (gateway/seen.py).
 
 Three rounds, each bare, x1, x2 in turn; the ratios are the medians of the rounds' ratios.
 
@@ -146,7 +148,8 @@ def start_gateways(cluster: NatsCluster, work: Path, count: int):
         gws.append(GatewayProcess(
             work / f"gw-{i}", SimpleNamespace(host=host, port=port), client_id=f"bench-gw-{i}",
             extra=f"[jetstream]\nservers = {json.dumps(cluster.urls)}\n"
-                  f'durable = "{DURABLE}"\n'))
+                  f'durable = "{DURABLE}"\n'
+                  + (f'instances = {count}\ninstance = "gw-{i}"\n' if count > 1 else "")))
 
     def stop():
         for gw in gws:
