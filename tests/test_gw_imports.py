@@ -23,6 +23,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+from import_cycles import cycles
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "gateway"
 
@@ -74,62 +76,6 @@ def import_graph() -> dict[str, set[str]]:
     mods = modules()
     known = set(mods)
     return {name: imports_of(name, path, known) for name, path in mods.items()}
-
-
-def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
-    """One cycle per strongly connected component of more than one module (Tarjan), each
-    written out as a path `a -> b -> ... -> a` through the component."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on_stack: set[str] = set()
-    components: list[list[str]] = []
-
-    def connect(v: str) -> None:
-        index[v] = low[v] = len(index)
-        stack.append(v)
-        on_stack.add(v)
-        for w in sorted(graph[v]):
-            if w not in index:
-                connect(w)
-                low[v] = min(low[v], low[w])
-            elif w in on_stack:
-                low[v] = min(low[v], index[w])
-        if low[v] == index[v]:
-            component = []
-            while True:
-                w = stack.pop()
-                on_stack.discard(w)
-                component.append(w)
-                if w == v:
-                    break
-            if len(component) > 1:
-                components.append(sorted(component))
-
-    for v in sorted(graph):
-        if v not in index:
-            connect(v)
-    return [_path_in(graph, set(c), c[0]) for c in components]
-
-
-def _path_in(graph: dict[str, set[str]], members: set[str], start: str) -> list[str]:
-    """A shortest cycle through `start` inside one component (breadth first)."""
-    previous: dict[str, str] = {}
-    frontier = [start]
-    while frontier:
-        following = []
-        for v in frontier:
-            for w in sorted(graph[v] & members):
-                if w == start:
-                    path = [v]
-                    while path[-1] != start:
-                        path.append(previous[path[-1]])
-                    return [start, *reversed(path[:-1]), start]
-                if w not in previous:
-                    previous[w] = v
-                    following.append(w)
-        frontier = following
-    raise AssertionError(f"{start} is in no cycle")
 
 
 def test_the_graph_sees_the_package() -> None:

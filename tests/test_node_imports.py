@@ -14,6 +14,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+from import_cycles import components
+
 ROOT = Path(__file__).resolve().parent.parent
 FOLDERS = ("firmware", "drivers")
 
@@ -52,60 +54,9 @@ def graph() -> dict[str, set[str]]:
 
 
 def cycles(g: dict[str, set[str]]) -> list[str]:
-    """Every strongly connected component of more than one module (Tarjan), each as one cycle
-    through it, "a -> b -> a", and the component's other modules: "(and c, d)"."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on: set[str] = set()
-    found: list[str] = []
-
-    def visit(v: str) -> None:
-        index[v] = low[v] = len(index)
-        stack.append(v)
-        on.add(v)
-        for w in sorted(g[v]):
-            if w not in index:
-                visit(w)
-                low[v] = min(low[v], low[w])
-            elif w in on:
-                low[v] = min(low[v], index[w])
-        if low[v] == index[v]:
-            comp = []
-            while True:
-                w = stack.pop()
-                on.discard(w)
-                comp.append(w)
-                if w == v:
-                    break
-            if len(comp) > 1:
-                cycle = _path_through(g, set(comp))
-                rest = sorted(set(comp) - set(cycle))
-                found.append(" -> ".join(cycle) + (" (and %s)" % ", ".join(rest) if rest else ""))
-
-    for v in sorted(g):
-        if v not in index:
-            visit(v)
-    return found
-
-
-def _path_through(g: dict[str, set[str]], comp: set[str]) -> list[str]:
-    """A cycle inside the component, from its first module back to it (breadth first)."""
-    start = min(comp)
-    prev: dict[str, str] = {}
-    todo = [start]
-    while todo:
-        v = todo.pop(0)
-        for w in sorted(g[v] & comp):
-            if w == start:
-                path = [v]
-                while path[-1] != start:
-                    path.append(prev[path[-1]])
-                return [start] + path[::-1][1:] + [start]
-            if w not in prev:
-                prev[w] = v
-                todo.append(w)
-    return sorted(comp)
+    """Every import cycle, "a -> b -> a", with the component's other modules: "(and c, d)"."""
+    return [" -> ".join(cycle) + (" (and %s)" % ", ".join(rest) if rest else "")
+            for cycle, rest in components(g)]
 
 
 def test_the_graph_sees_the_imports_the_firmware_makes():
