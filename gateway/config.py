@@ -16,7 +16,7 @@ import json
 import math
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, time, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -105,6 +105,9 @@ class JetStreamConfig:
     durable: str = "meterlink-gateway"
     replicas: int = 3
     ack_wait_s: int = 30
+    # the gateway user of the cluster's `authorization` (host_tools/nats.py); None: no user
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
     instances: int = 1  # gateway instances sharing the durable
     # this instance's name among them (instances > 1): names its durable consumer of the
     # other instances' seen-seq summaries (gateway/seen.py)
@@ -481,6 +484,8 @@ SCHEMA: dict[str, dict[str, tuple[Checker, Any]]] = {
         "durable": (_name, "meterlink-gateway"),
         "replicas": (_integer(1, 5), 3),
         "ack_wait_s": (_integer(5, 3600), 30),
+        "user": (_text(), None),
+        "password": (_text(allow_empty=True), None),
         "instances": (_integer(1, 64), 1),
         "instance": (_name, None),
     },

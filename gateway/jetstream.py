@@ -252,7 +252,8 @@ class JetStreamSource:
 
         while not self._stopping:
             try:
-                nc = await nats.connect(servers=list(cfg.servers), max_reconnect_attempts=-1,
+                nc = await nats.connect(servers=list(cfg.servers), user=cfg.user,
+                                        password=cfg.password, max_reconnect_attempts=-1,
                                         reconnect_time_wait=1, connect_timeout=5,
                                         disconnected_cb=on_disconnect,
                                         reconnected_cb=on_reconnect, error_cb=on_error,

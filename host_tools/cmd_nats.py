@@ -12,16 +12,23 @@ monitoring port 8222 (health: `/healthz`), and an MQTT listener for the nodes (1
 does: docs/security.md). Copy each to its server as /etc/nats-server.conf (Debian's
 nats-server unit reads it) and start them; the gateway's [jetstream] `servers` lists the
 `nats://ADDRESS:4222` of all of them.
+
+Every server has the same `authorization` (host_tools/nats.py): the gateway's user
+`meterlink-gateway`, whose new random password goes to `nats/gateway.password` (mode 0600;
+an existing one is kept, so writing the configs again does not lock the gateways out), and
+the nodes' user, which may publish only `{prefix}/<node>/r|s|a` (`--prefix`, m). The password
+is in the configs as well: keep them readable by nats-server only.
 """
 
 from __future__ import annotations
 
 import argparse
 import ipaddress
+import secrets
 from pathlib import Path
 
 from host_tools.device import say
-from host_tools.nats import server_config
+from host_tools.nats import GATEWAY_USER, server_config
 from meterlink_common import EXIT_INPUT, UserError, write_atomic
 
 HELP = "write the config files of a NATS cluster (JetStream R3, MQTT for the nodes)"
@@ -37,6 +44,8 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
                         help="JetStream's file store limit (default: 50G)")
     parser.add_argument("--mqtt-port", type=int, metavar="PORT",
                         help="the nodes' MQTT port (default: 1883, 8883 with TLS)")
+    parser.add_argument("--prefix", default="m", metavar="P",
+                        help="the nodes' topic prefix, as [mqtt] prefix (default: m)")
     parser.add_argument("--tls-cert", metavar="FILE", help="the server's certificate (PEM)")
     parser.add_argument("--tls-key", metavar="FILE", help="its key (PEM)")
     parser.add_argument("--tls-ca", metavar="FILE",
@@ -60,16 +69,25 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--tls-cert, --tls-key and --tls-ca go together", exit_code=EXIT_INPUT)
     port = args.mqtt_port or (8883 if all(tls) else 1883)
     args.out.mkdir(parents=True, exist_ok=True)
+    secret = args.out / "gateway.password"
+    if secret.exists():
+        password = secret.read_text().strip()
+    else:
+        password = secrets.token_urlsafe(24)
+        write_atomic(secret, (password + "\n").encode(), mode=0o600)
     for i, host in enumerate(servers):
         text = server_config(f"ml-{i + 1}", host="0.0.0.0", client_port=4222,
                              cluster_port=6222, mqtt_port=port, http_port=8222,
                              routes=[f"nats-route://{h}:6222" for h in servers if h != host],
                              store_dir=args.store, max_file_store=args.max_store,
+                             gateway_password=password, prefix=args.prefix,
                              tls=tuple(tls) if all(tls) else None)
         path = args.out / f"server-{i + 1}.conf"
-        write_atomic(path, text.encode())
+        write_atomic(path, text.encode(), mode=0o600)  # it holds the gateway's password
         say(f"{path}: for {host} (ml-{i + 1})")
     say(f"gateway.toml: [jetstream] servers = "
         f"[{', '.join(repr(f'nats://{h}:4222') for h in servers)}]".replace("'", '"'))
+    say(f"gateway.toml: [jetstream] and [mqtt]: user(name) = \"{GATEWAY_USER}\", password = "
+        f"the one line of {secret}")
     say(f"nodes: broker host = any of {', '.join(servers)}, port {port}")
     return 0

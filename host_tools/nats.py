@@ -10,6 +10,15 @@ ports for tests and benches, started from Debian's `nats-server` (2.9).
     cluster.stream_leader("READINGS")                      # index of the server leading it
     cluster.stop()
 
+Who may do what (`authorization`): the gateway's user (`GATEWAY_USER`, with the password the
+cluster or `meterlink nats-config` made) may do everything, on the NATS port and on MQTT (its
+`[mqtt]` link); an MQTT client without a user name (a node: its certificate is what the MQTT
+listener verifies, with `--tls-*`) is `NODE_USER`, which may publish only a node's `r`, `s` and
+`a` topics and subscribe only to `c` and `k` (and `$MQTT.sub.>`, where NATS delivers QoS 1
+subscriptions), so no node can publish a downlink, a gateway instance's summary or a
+JetStream API request (`$JS/API/...`). A node can still name another node's topics: NATS 2.9
+with a static config has no per-client subject template, unlike Mosquitto's ACL.
+
 Each server: client port, cluster routes to the others, JetStream with its own store, an MQTT
 listener (MQTT 3.1.1 for the nodes; their sessions and QoS 1 messages live in JetStream,
 replicated), the monitoring port for health (`/healthz`). The readings
@@ -21,6 +30,7 @@ the gateway's JetStream source at start (gateway/jetstream.py `ensure_stream`).
 from __future__ import annotations
 
 import json
+import secrets
 import shutil
 import signal
 import subprocess
@@ -32,6 +42,8 @@ from host_tools.broker import free_port
 from host_tools.process import stop as stop_process
 
 CLUSTER = "meterlink"
+GATEWAY_USER = "meterlink-gateway"
+NODE_USER = "meterlink-node"
 
 
 def nats_server() -> str:
@@ -44,12 +56,22 @@ def nats_server() -> str:
 
 def server_config(name: str, *, host: str, client_port: int, cluster_port: int,
                   mqtt_port: int, http_port: int, routes: list[str], store_dir: str,
-                  max_file_store: str = "10G",
+                  gateway_password: str, prefix: str = "m", max_file_store: str = "10G",
                   tls: tuple[str, str, str] | None = None) -> str:
     """One server's config (NATS config syntax; strings JSON-quoted). `tls`: (certificate,
-    key, CA) files for the MQTT listener, which then verifies the nodes' certificates."""
+    key, CA) files for the MQTT listener, which then verifies the nodes' certificates.
+    `gateway_password`: `GATEWAY_USER`'s; `prefix`: the nodes' topic prefix ([mqtt] prefix)."""
     q = json.dumps
+    node_pub = [f"{prefix}.*.{kind}" for kind in "rsa"]
+    node_sub = [f"{prefix}.*.{kind}" for kind in "ck"] + ["$MQTT.sub.>"]
     lines = [
+        "authorization {",
+        "  users: [",
+        f"    {{user: {q(GATEWAY_USER)}, password: {q(gateway_password)}}}",
+        f"    {{user: {q(NODE_USER)}, permissions: {{publish: {{allow: {q(node_pub)}}}, "
+        f"subscribe: {{allow: {q(node_sub)}}}}}}}",
+        "  ]",
+        "}",
         f"server_name: {q(name)}",
         f"listen: {q(f'{host}:{client_port}')}",
         f"http: {q(f'{host}:{http_port}')}",
@@ -64,6 +86,8 @@ def server_config(name: str, *, host: str, client_port: int, cluster_port: int,
         "}",
         "mqtt {",
         f"  listen: {q(f'{host}:{mqtt_port}')}",
+        "  # a client that gives no user name (a node) has the node user's permissions",
+        f"  no_auth_user: {q(NODE_USER)}",
         "  # the MQTT sessions, retained messages and QoS 1 deliveries on every server: losing",
         "  # one leaves a quorum (the automatic choice can be fewer while servers join)",
         f"  stream_replicas: {min(3, len(routes) + 1)}",
@@ -90,6 +114,8 @@ class NatsCluster:
         self.mqtt_ports = [free_port() for _ in range(size)]
         self.http_ports = [free_port() for _ in range(size)]
         self.procs: list[subprocess.Popen | None] = [None] * size
+        self.gateway_user = GATEWAY_USER
+        self.gateway_password = secrets.token_urlsafe(18)
         self._write_configs(cut=None)
 
     def _write_configs(self, cut: int | None) -> None:
@@ -102,7 +128,8 @@ class NatsCluster:
                 f"ml-{i + 1}", host=self.host, client_port=self.client_ports[i],
                 cluster_port=self.cluster_ports[i], mqtt_port=self.mqtt_ports[i],
                 http_port=self.http_ports[i], routes=routes,
-                store_dir=str(self.dir / f"js-{i + 1}")))
+                store_dir=str(self.dir / f"js-{i + 1}"),
+                gateway_password=self.gateway_password))
 
     def _reload(self) -> None:
         for p in self.procs:
@@ -127,7 +154,7 @@ class NatsCluster:
             for url in self.urls:
                 try:
                     nc = await nats.connect(url, connect_timeout=2, max_reconnect_attempts=0,
-                                            allow_reconnect=False)
+                                            allow_reconnect=False, **self.credentials)
                 except Exception:  # noqa: BLE001 - that server is down: ask the next one
                     continue
                 try:
@@ -176,6 +203,11 @@ class NatsCluster:
 
     def conf(self, i: int) -> Path:
         return self.dir / f"server-{i + 1}.conf"
+
+    @property
+    def credentials(self) -> dict[str, str]:
+        """The gateway user's, as `nats.connect` takes them."""
+        return {"user": self.gateway_user, "password": self.gateway_password}
 
     @property
     def urls(self) -> list[str]:

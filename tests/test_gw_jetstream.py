@@ -37,14 +37,25 @@ def cluster(tmp_path):
     c.stop()
 
 
+def gateway_process(tmp_path: Path, cluster: NatsCluster, name: str, server: int = 0,
+                    jetstream: str = "", gateway_extra: str = "") -> GatewayProcess:
+    """A gateway on the cluster as its user (host_tools/nats.py: the nodes' user may not
+    publish downlinks): `[mqtt]` on server `server`'s MQTT listener, `[jetstream]` on all."""
+    host, port = cluster.mqtt[server]
+    user = f'"{cluster.gateway_user}"'
+    password = f'"{cluster.gateway_password}"'
+    return GatewayProcess(tmp_path / name, SimpleNamespace(host=host, port=port),
+                          client_id=name, gateway_extra=gateway_extra,
+                          mqtt_extra=f"username = {user}\npassword = {password}\n",
+                          extra=f"[jetstream]\nservers = {json.dumps(cluster.urls)}\n"
+                                f"user = {user}\npassword = {password}\n{jetstream}")
+
+
 def gateway(tmp_path: Path, cluster: NatsCluster, name: str, server: int = 0,
             instances: int = 1, gateway_extra: str = "") -> GatewayProcess:
-    host, port = cluster.mqtt[server]
-    gw = GatewayProcess(tmp_path / name, SimpleNamespace(host=host, port=port), client_id=name,
-                        gateway_extra=gateway_extra,
-                        extra=f"[jetstream]\nservers = {json.dumps(cluster.urls)}\n"
-                              f"instances = {instances}\ninstance = \"{name}\"\n"
-                              "ack_wait_s = 5\n")  # what a killed instance held: back in 5 s
+    gw = gateway_process(tmp_path, cluster, name, server, gateway_extra=gateway_extra,
+                         jetstream=f"instances = {instances}\ninstance = \"{name}\"\n"
+                                   "ack_wait_s = 5\n")  # what a killed one held: back in 5 s
     wait_for(lambda: "event=jetstream_subscribed" in gw.log(), 60, f"{name}'s consumer",
              lambda: gw.log()[-3000:])
     return gw
@@ -316,6 +327,55 @@ def test_a_server_cut_from_its_routes_for_a_minute_loses_only_what_an_election_d
         b.stop()
 
 
+def test_a_node_may_publish_only_its_readings_status_and_acknowledgements(tmp_path, cluster):
+    """The cluster's authorization (host_tools/nats.py): an MQTT client without a user name is
+    a node. Its `r` reaches the stream; a downlink, a gateway instance's summary and a
+    JetStream API request it publishes reach no one (NATS still acknowledges them), and the
+    stream is there after a request to delete it. A wrong password is refused."""
+    import asyncio
+
+    import nats
+
+    gw = gateway(tmp_path, cluster, "gw-a")  # creates READINGS
+    seen: list[str] = []
+    node = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="n1", protocol=mqtt.MQTTv311)
+    node.connect(*cluster.mqtt[1])
+    node.loop_start()
+
+    async def watch() -> None:
+        nc = await nats.connect(cluster.urls[2], **cluster.credentials)
+
+        async def got(msg) -> None:
+            seen.append(msg.subject)
+        for subject in ("m.>", "meterlink.>", "$JS.API.STREAM.DELETE.>"):
+            await nc.subscribe(subject, cb=got)
+        await nc.flush()
+        for topic in ("m/n1/c", "meterlink/seen/READINGS/gw-x",
+                      "$JS/API/STREAM/DELETE/READINGS", "m/n1/r"):
+            payload = cbor2.dumps([1, 1, T0, {1: 1}]) if topic == "m/n1/r" else b"\xa0"
+            node.publish(topic, payload, qos=1).wait_for_publish(5)
+        await asyncio.sleep(1.5)
+        assert (await nc.jetstream().stream_info("READINGS")).config.name == "READINGS"
+        await nc.close()
+    try:
+        asyncio.run(watch())
+        assert seen == ["m.n1.r"], seen
+        wait_for(lambda: ("n1", 1) in gw.readings(), 30, "the node's reading", gw.log)
+        intruder = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="x", protocol=mqtt.MQTTv311)
+        intruder.username_pw_set(cluster.gateway_user, "guess")
+        answers = []
+        intruder.on_connect = lambda client, userdata, flags, reason, props: answers.append(
+            reason)
+        intruder.connect(*cluster.mqtt[1])
+        intruder.loop_start()
+        wait_for(lambda: answers, 10, "the answer to a wrong password")
+        intruder.loop_stop()
+        assert answers[0].is_failure, answers
+    finally:
+        node.loop_stop()
+        gw.stop()
+
+
 def test_nats_config_writes_a_cluster_nats_server_accepts(tmp_path, pki, capsys):
     from host_tools import cli
     from host_tools.nats import nats_server
@@ -329,14 +389,24 @@ def test_nats_config_writes_a_cluster_nats_server_accepts(tmp_path, pki, capsys)
     out = capsys.readouterr().out
     assert 'servers = ["nats://10.0.0.11:4222", "nats://10.0.0.12:4222", ' \
            '"nats://10.0.0.13:4222"]' in out and "port 8883" in out
+    secret = tmp_path / "cfg" / "gateway.password"
+    password = secret.read_text().strip()
+    assert len(password) >= 32 and secret.stat().st_mode & 0o777 == 0o600
     for i in (1, 2, 3):
         conf = tmp_path / "cfg" / f"server-{i}.conf"
         text = conf.read_text()
         assert f'server_name: "ml-{i}"' in text and "verify: true" in text
+        assert f'password: "{password}"' in text and conf.stat().st_mode & 0o777 == 0o600
+        assert 'no_auth_user: "meterlink-node"' in text
         assert text.count("nats-route://") == 2 and f"10.0.0.1{i}:6222" not in text
         done = subprocess.run([nats_server(), "-c", str(conf), "-t"], capture_output=True,
                               text=True, timeout=30)
         assert done.returncode == 0 and "is valid" in done.stdout + done.stderr, done
+    # written again: the gateways' password stays
+    assert cli.main(["nats-config", "--servers", "10.0.0.11,10.0.0.12,10.0.0.13", "--out",
+                     str(tmp_path / "cfg")]) == 0
+    assert secret.read_text().strip() == password
+    assert f'password: "{password}"' in (tmp_path / "cfg" / "server-1.conf").read_text()
     assert cli.main(["nats-config", "--servers", "10.0.0.11,10.0.0.12", "--out",
                      str(tmp_path / "x")]) == 2
     assert "--servers must name 3 or 5 different servers" in capsys.readouterr().err

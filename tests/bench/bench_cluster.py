@@ -84,13 +84,13 @@ def drain_rate(cluster: NatsCluster, start, n: int, timeout: float = 300.0) -> f
     """Fills the stream with n messages, calls `start()` (the consumers), and returns the
     messages acknowledged a second from the first acknowledgement to an empty stream;
     `start` returns a function that stops what it started."""
-    asyncio.run(_forget_consumers(cluster.urls[0]))
-    asyncio.run(_fill(cluster.urls[0], n))
+    asyncio.run(_forget_consumers(auth_url(cluster)))
+    asyncio.run(_fill(auth_url(cluster), n))
 
     async def watch():
         import nats
 
-        nc = await nats.connect(cluster.urls[0])
+        nc = await nats.connect(auth_url(cluster))
         if await _left(nc) != n:
             raise RuntimeError(f"the stream holds {await _left(nc)} messages, not {n}")
         stopper = start()
@@ -136,8 +136,14 @@ def bare_consumer_child(url: str) -> None:
     asyncio.run(run())
 
 
+def auth_url(cluster: NatsCluster) -> str:
+    """Server 1's URL with the gateway user's credentials in it (nats-py reads them there)."""
+    return cluster.urls[0].replace("nats://", f"nats://{cluster.gateway_user}:"
+                                              f"{cluster.gateway_password}@")
+
+
 def start_bare(cluster: NatsCluster):
-    proc = subprocess.Popen([sys.executable, __file__, "--bare-consumer", cluster.urls[0]])
+    proc = subprocess.Popen([sys.executable, __file__, "--bare-consumer", auth_url(cluster)])
     return lambda: (proc.kill(), proc.wait())
 
 
@@ -147,7 +153,10 @@ def start_gateways(cluster: NatsCluster, work: Path, count: int):
         host, port = cluster.mqtt[i]
         gws.append(GatewayProcess(
             work / f"gw-{i}", SimpleNamespace(host=host, port=port), client_id=f"bench-gw-{i}",
+            mqtt_extra=f'username = "{cluster.gateway_user}"\n'
+                       f'password = "{cluster.gateway_password}"\n',
             extra=f"[jetstream]\nservers = {json.dumps(cluster.urls)}\n"
+                  f'user = "{cluster.gateway_user}"\npassword = "{cluster.gateway_password}"\n'
                   f'durable = "{DURABLE}"\n'
                   + (f'instances = {count}\ninstance = "gw-{i}"\n' if count > 1 else "")))
 
