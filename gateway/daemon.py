@@ -569,8 +569,7 @@ class Gateway:
         if mids:
             self.client.puback_all(mids)
         if self.source is not None:  # JetStream's messages carry negative mids
-            took = self.ingestor.took
-            self.source.ack(batch, took.payload() if took else None)
+            self.source.ack(batch, self.ingestor.took)
         for m in batch:
             if m.qos == 2:
                 self.client.ack(m.mid, 2)

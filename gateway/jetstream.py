@@ -18,8 +18,8 @@ dedup by (node, seq) keeps one. At most `MAX_UNACKED` messages are out at once, 
 outbox never lets them run past `ack_wait_s` in the inbox.
 
 Several instances (`instances` above 1) tell each other what they took (gateway/seen.py): the
-batch's summary is published to the `{stream}_SEEN` stream before its readings are
-acknowledged, and the other instances' summaries come in through this instance's own durable
+batch's summary (those of the batches committed within `SEEN_FLUSH_S`, as one) is published
+to the `{stream}_SEEN` stream before its readings are acknowledged, and the other instances' summaries come in through this instance's own durable
 consumer of that stream (`{durable}-seen-{instance}`) as `$seen/<instance>` messages,
 acknowledged after the commit like readings. An idle instance publishes an empty summary every
 `HEARTBEAT_S`, so the others know it is up (`asks_replays`).
@@ -43,7 +43,7 @@ import nats.errors
 from gateway.config import JetStreamConfig
 from gateway.ingest import Message
 from gateway.logfmt import kv
-from gateway.seen import asker
+from gateway.seen import Took, asker
 
 log = logging.getLogger("meterlink.gateway.jetstream")
 
@@ -54,6 +54,9 @@ SEEN_MAX_AGE_S = 86400  # summaries kept: an instance down for up to a day catch
 HEARTBEAT_S = 15.0  # an idle instance's empty summary, this often
 LIVE_S = 60.0  # an instance not heard from for this long no longer asks for gaps
 EMPTY = b"\xa0"  # the empty summary (a CBOR empty map)
+SEEN_FLUSH_S = 0.1  # batches committed within this go out as one summary
+SEEN_WAIT_S = 5.0  # the longest a batch's acknowledgement waits for its summary
+SEEN_MAX_BYTES = 1 << 30  # the summaries stream's bound (the oldest go first)
 
 
 async def ensure_stream(nc: Any, *, stream: str, subjects: list[str], replicas: int) -> None:
@@ -92,6 +95,7 @@ class JetStreamSource:
         self._published_at = 0.0  # monotonic time of this instance's last summary
         self.heard: dict[str, float] = {}  # instance -> monotonic time of its last summary
         self.js: Any = None  # the nats-py JetStream context, on the source's thread
+        self._held: list[tuple[Took, list[Any]]] = []  # committed, summary not yet published
 
     def __repr__(self) -> str:
         return (f"JetStreamSource(servers={len(self.cfg.servers)}, stream={self.cfg.stream!r}, "
@@ -113,9 +117,10 @@ class JetStreamSource:
         if self.thread is not None:
             self.thread.join(10)
 
-    def ack(self, batch: Sequence[Message], took: bytes | None = None) -> None:
+    def ack(self, batch: Sequence[Message], took: Took | None = None) -> None:
         """Acknowledges the JetStream messages of a committed batch (mid < 0), after
-        publishing `took`, the summary of the seqs it took, when there is one."""
+        publishing `took`, the seqs it took, when there are any (the source's own from then
+        on: the ingest makes a new one per batch)."""
         tokens = [-m.mid for m in batch if m.mid < 0]
         if tokens and self.loop is not None:
             try:
@@ -130,22 +135,43 @@ class JetStreamSource:
 
     # ---- the source's own thread ------------------------------------------------------------
 
-    def _ack_now(self, tokens: list[int], took: bytes | None = None) -> None:
+    def _ack_now(self, tokens: list[int], took: Took | None = None) -> None:
         msgs = [m for m in map(self._unacked.pop, tokens, [None] * len(tokens))
                 if m is not None]
         if took:
-            self.loop.create_task(self._publish_then_ack(took, msgs))
+            # one summary for the batches of SEEN_FLUSH_S: a trickle of readings (a batch
+            # a message) would otherwise double the cluster's messages
+            self._held.append((took, msgs))
+            if len(self._held) == 1:
+                self.loop.call_later(SEEN_FLUSH_S, self._flush_seen)
         else:
             for msg in msgs:
                 self.loop.create_task(self._ack_one(msg))
         if len(self._unacked) < MAX_UNACKED:
             self._room.set()
 
-    async def _publish_then_ack(self, took: bytes, msgs: list[Any]) -> None:
+    def _flush_seen(self) -> asyncio.Task | None:
+        held, self._held = self._held, []
+        if not held:
+            return None
+        merged = Took()
+        for took, _msgs in held:
+            merged.merge(took)
+        return self.loop.create_task(self._publish_then_ack(
+            merged.payload(), [m for _t, msgs in held for m in msgs]))
+
+    async def _publish_then_ack(self, summary: bytes, msgs: list[Any]) -> None:
         """The summary first, confirmed by the stream: an instance that dies before it has
-        not acknowledged the readings either (gateway/seen.py)."""
-        if not await self._publish_seen(took):
+        not acknowledged the readings either (gateway/seen.py). A summaries stream that takes
+        nothing for SEEN_WAIT_S (no leader: an election, a partition) does not hold the
+        readings back: they are acknowledged, and the summary goes out once it can (the
+        other instances show those seqs as missing meanwhile)."""
+        publish = asyncio.ensure_future(self._publish_seen(summary))
+        done, _ = await asyncio.wait([publish], timeout=SEEN_WAIT_S)
+        if done and not publish.result():
             return  # stopping: not acknowledged, so delivered again (dedup)
+        if not done:
+            self.stats.add(seen_late=1)
         for msg in msgs:
             await self._ack_one(msg)
 
@@ -168,8 +194,8 @@ class JetStreamSource:
     async def _seen_loop(self, nc: Any) -> None:
         """The other instances' summaries into the inbox; this one's and empty ones are
         acknowledged at once. An idle instance publishes an empty one every HEARTBEAT_S."""
-        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, \
-            StreamConfig
+        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, DiscardPolicy, \
+            StorageType, StreamConfig
         from nats.js.errors import NotFoundError
 
         cfg = self.cfg
@@ -183,7 +209,8 @@ class JetStreamSource:
                 except NotFoundError:
                     await self.js.add_stream(StreamConfig(
                         name=stream, subjects=subjects, storage=StorageType.FILE,
-                        num_replicas=cfg.replicas, max_age=SEEN_MAX_AGE_S))
+                        num_replicas=cfg.replicas, max_age=SEEN_MAX_AGE_S,
+                        max_bytes=SEEN_MAX_BYTES, discard=DiscardPolicy.OLD))
                 sub = await self.js.pull_subscribe(
                     subjects[0], durable=f"{cfg.durable}-seen-{self.instance}", stream=stream,
                     config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT,
@@ -316,4 +343,7 @@ class JetStreamSource:
                 self.deliver(out)
         if seen is not None:
             await asyncio.wait([seen], timeout=PULL_WAIT_S + 1)
+        last = self._flush_seen()  # a clean stop leaves nothing to deliver again
+        if last is not None:
+            await asyncio.wait([last], timeout=3)
         await nc.drain()

@@ -4,7 +4,7 @@ on JetStream").
 Instances that share the JetStream consumer each get part of every node's messages, so on its
 own no instance can tell a reading the broker lost (a gap in the node's seqs) from one another
 instance took. After each committed batch, an instance publishes the seqs it took, stored or
-dropped as duplicates, to the `{stream}_SEEN` stream; every other instance reads that stream
+dropped as duplicates, to the `{stream}_SEEN` stream (the batches of 0.1 s as one summary); every other instance reads that stream
 through its own durable consumer and marks those seqs taken in its dedup state, without their
 readings. Each instance then has every node's true gaps: the `gaps` alarm holds, the lowest
 named live instance asks the nodes for them (`replay`), and a reading another instance already
@@ -36,7 +36,7 @@ MAX_NODES = 100_000  # nodes in one summary (a batch is at most [ingest] batch_m
 
 
 class Took:
-    """The seqs one batch took, per node."""
+    """The seqs one batch (or several, merged) took, per node."""
 
     def __init__(self) -> None:
         self.ranges: dict[str, list[int]] = {}
@@ -56,6 +56,12 @@ class Took:
         else:
             r.append(first)
             r.append(last)
+
+    def merge(self, other: "Took") -> None:
+        """Adds another batch's ranges."""
+        for node, flat in other.ranges.items():
+            for i in range(0, len(flat), 2):
+                self.add(node, flat[i], flat[i + 1])
 
     def payload(self) -> bytes:
         return cbor2.dumps(self.ranges)

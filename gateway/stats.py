@@ -28,6 +28,8 @@ Keys of the stats file (JSON object):
     rules_reload_errors times reading them again failed (the rules in force stayed)
     replay_requests     `replay` commands sent for the readings of a gap (gateway/replay.py)
     seen_summaries      other instances' summaries of the seqs they took (gateway/seen.py)
+    seen_late           batches acknowledged before their summary went out (no stream
+                        leader for 5 s; it goes out later)
     gaps_missing        {node: missing seq count} (only nodes with gaps)
     outbox_bytes        bytes of data in the outbox (pages in use: what max_bytes bounds)
     sink_batches, sink_items, sink_records   {sink: count} delivered
@@ -61,7 +63,7 @@ log = logging.getLogger("meterlink.gateway.stats")
 COUNTERS = ("received", "accepted_messages", "accepted_records", "duplicates", "senml_records",
             "rejected", "connects", "status_messages", "ack_messages", "events",
             "retired_ignored", "rules_reloads", "rules_reload_errors", "jetstream_redelivered",
-            "replay_requests", "seen_summaries")
+            "replay_requests", "seen_summaries", "seen_late")
 DEFAULT_INTERVAL = 1.0
 
 

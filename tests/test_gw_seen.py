@@ -207,3 +207,15 @@ def test_a_message_a_bug_rolls_back_is_not_reported_taken_nor_its_summary_applie
     monkeypatch.undo()
     assert batch(gw, ("m/n1/r", reading(5)), ("m/n2/r", reading(4))) == ["accepted"] * 2
     assert gw.box.gaps() == [("n1", 4, 4), ("n2", 2, 3)]
+
+
+def test_the_summaries_of_several_batches_merge_into_one():
+    a, b = Took(), Took()
+    a.add("n1", 5, 6)
+    a.add("n2", 1, 1)
+    b.add("n1", 7, 7)
+    b.add("n1", 9, 9)
+    merged = Took()
+    merged.merge(a)
+    merged.merge(b)
+    assert merged.ranges == {"n1": [5, 7, 9, 9], "n2": [1, 1]}
