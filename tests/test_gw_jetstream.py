@@ -128,6 +128,34 @@ def gaps_of(gw: GatewayProcess, nodes: list[Node]) -> dict[str, set[int]]:
     return out
 
 
+def firmware_nodes(tmp_path: Path, cluster: NatsCluster, servers: list[int]) -> list:
+    """Virtual nodes (the real firmware) reading every second, node k on server servers[k]
+    with the other servers as its `broker.fallback`; not started."""
+    from host_tools.vboard import VirtualNode
+    from host_tools.vboard.node import default_config
+
+    host = cluster.mqtt[0][0]
+    nodes = []
+    for k, server in enumerate(servers):
+        node_id = f"fw-{k}"
+        port = cluster.mqtt[server][1]
+        cfg = default_config(node_id, host, port, interval_s=1)
+        cfg["broker"]["fallback"] = [f"{host}:{p}" for i, (_, p) in enumerate(cluster.mqtt)
+                                     if i != server]
+        cfg["time"] = {"ntp": ""}
+        nodes.append(VirtualNode(tmp_path / node_id, node_id=node_id, broker=(host, port),
+                                 config=cfg))
+    return nodes
+
+
+def readings_of(gws: list[GatewayProcess]) -> set[tuple[str, int]]:
+    return set().union(*(gw.readings() for gw in gws))
+
+
+def logs_of(gws: list[GatewayProcess]) -> str:
+    return "\n".join(gw.log()[-2000:] for gw in gws)
+
+
 def report(nodes: list[Node], got: Counter) -> tuple[int, int]:
     want = {(n.node_id, s) for n in nodes for s in range(n.count)}
     lost = len(want - set(got))
@@ -351,30 +379,19 @@ def test_real_nodes_lose_nothing_when_a_server_is_cut_from_its_routes_for_a_minu
     import re
 
     from gateway.replay import RETRY_S
-    from host_tools.vboard import VirtualNode
-    from host_tools.vboard.node import default_config
 
     gws = [gateway(tmp_path, cluster, f"gw-{k}", server=i, instances=2,
                    gateway_extra="replay_after_s = 2\n") for i, k in enumerate("ab")]
     leaders = {cluster.stream_leader("READINGS"),
                cluster.stream_leader("READINGS", consumer="meterlink-gateway")}
     cut = min(set(range(3)) - leaders)
-    host, _ = cluster.mqtt[0]
-    nodes = []
-    for k in range(3):
-        node_id = f"fw-{k}"
-        cfg = default_config(node_id, host, cluster.mqtt[k][1], interval_s=1)
-        cfg["broker"]["fallback"] = [f"{host}:{p}" for i, (_, p) in enumerate(cluster.mqtt)
-                                     if i != k]
-        cfg["time"] = {"ntp": ""}
-        nodes.append(VirtualNode(tmp_path / node_id, node_id=node_id,
-                                 broker=(host, cluster.mqtt[k][1]), config=cfg))
+    nodes = firmware_nodes(tmp_path, cluster, [0, 1, 2])
 
     def readings() -> set[tuple[str, int]]:
-        return set().union(*(gw.readings() for gw in gws))
+        return readings_of(gws)
 
     def logs() -> str:
-        return "\n".join(gw.log()[-2000:] for gw in gws)
+        return logs_of(gws)
     try:
         for node in nodes:
             node.start()
@@ -506,18 +523,10 @@ def test_the_real_firmware_fails_over_to_another_server_and_loses_nothing(tmp_pa
     and every reading it queued is stored once."""
     import re
 
-    from host_tools.vboard import VirtualNode
-    from host_tools.vboard.node import default_config
-
     gw = gateway(tmp_path, cluster, "gw-1", server=0)
     # its server does not lead the readings stream (see the test of the leader's above)
     victim = (cluster.stream_leader("READINGS") + 1) % 3
-    host, port = cluster.mqtt[victim]
-    cfg = default_config("fw-1", host, port, interval_s=1)
-    cfg["broker"]["fallback"] = [f"{h}:{p}" for i, (h, p) in enumerate(cluster.mqtt)
-                                 if i != victim]
-    cfg["time"] = {"ntp": ""}
-    node = VirtualNode(tmp_path / "fw-1", node_id="fw-1", broker=(host, port), config=cfg)
+    node = firmware_nodes(tmp_path, cluster, [victim])[0]
     node.start()
     try:
         wait_for(lambda: len(gw.readings()) >= 5, 60, "the node's readings",
@@ -530,7 +539,7 @@ def test_the_real_firmware_fails_over_to_another_server_and_loses_nothing(tmp_pa
         # every reading queued so far reaches the gateway while the node runs on (stopped
         # right after a reading was queued, that one would wait on its flash)
         queued = {int(s) for s in re.findall(r"queued seq=(\d+) ", node.console())}
-        wait_for(lambda: {s for n, s in gw.readings() if n == "fw-1"} >= queued, 60,
+        wait_for(lambda: {s for n, s in gw.readings() if n == node.node_id} >= queued, 60,
                  "every queued reading stored", lambda: node.console()[-2000:])
         node.stop()
         got = Counter((r["node"], r["seq"], r["n"]) for r in gw.records())  # per channel
@@ -552,29 +561,16 @@ def test_real_nodes_get_back_what_a_stream_leader_election_lost(tmp_path, cluste
     one of them asks (the lowest named one that is up)."""
     import re
 
-    from host_tools.vboard import VirtualNode
-    from host_tools.vboard.node import default_config
-
-    host, _ = cluster.mqtt[0]
     gws = [gateway(tmp_path, cluster, f"gw-{k}", server=i, instances=instances,
                    gateway_extra="replay_after_s = 2\n") for i, k in enumerate("ab"[:instances])]
     leader = cluster.stream_leader("READINGS")
-    others = [i for i in range(3) if i != leader]
-    nodes = []
-    for k, server in enumerate(others):
-        node_id = f"fw-{k}"
-        cfg = default_config(node_id, host, cluster.mqtt[server][1], interval_s=1)
-        cfg["broker"]["fallback"] = [f"{host}:{p}" for i, (_, p) in enumerate(cluster.mqtt)
-                                     if i != server]
-        cfg["time"] = {"ntp": ""}
-        nodes.append(VirtualNode(tmp_path / node_id, node_id=node_id,
-                                 broker=(host, cluster.mqtt[server][1]), config=cfg))
+    nodes = firmware_nodes(tmp_path, cluster, [i for i in range(3) if i != leader])
 
     def readings() -> set[tuple[str, int]]:
-        return set().union(*(gw.readings() for gw in gws))
+        return readings_of(gws)
 
     def logs() -> str:
-        return "\n".join(gw.log()[-2000:] for gw in gws)
+        return logs_of(gws)
     try:
         for node in nodes:
             node.start()
