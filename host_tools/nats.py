@@ -109,10 +109,7 @@ class NatsCluster:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.size = size
         self.host = host
-        self.client_ports = [free_port() for _ in range(size)]
-        self.cluster_ports = [free_port() for _ in range(size)]
-        self.mqtt_ports = [free_port() for _ in range(size)]
-        self.http_ports = [free_port() for _ in range(size)]
+        self._pick_ports()
         self.procs: list[subprocess.Popen | None] = [None] * size
         self.gateway_user = GATEWAY_USER
         self.gateway_password = secrets.token_urlsafe(18)
@@ -223,10 +220,27 @@ class NatsCluster:
                                          stdout=log, stderr=subprocess.STDOUT)
         log.close()
 
+    def _pick_ports(self) -> None:
+        self.client_ports = [free_port() for _ in range(self.size)]
+        self.cluster_ports = [free_port() for _ in range(self.size)]
+        self.mqtt_ports = [free_port() for _ in range(self.size)]
+        self.http_ports = [free_port() for _ in range(self.size)]
+
     def start(self, timeout: float = 30.0) -> "NatsCluster":
-        for i in range(self.size):
-            self.start_server(i)
-        self.wait_healthy(timeout)
+        """Starts every server. A free port another process took between `free_port` and
+        the server's bind (tests run side by side) costs a new set of ports, up to 3 times."""
+        for attempt in range(3):
+            for i in range(self.size):
+                self.start_server(i)
+            try:
+                self.wait_healthy(timeout)
+                return self
+            except RuntimeError as exc:
+                if "address already in use" not in str(exc) or attempt == 2:
+                    raise
+            self.stop()
+            self._pick_ports()
+            self._write_configs(cut=None)
         return self
 
     def healthy(self, i: int) -> bool:
