@@ -279,7 +279,7 @@ class Ingestor:
         seqs per outbox item, go to the outbox and the registry."""
         box = self.box
         state = self.registry.ensure(node, now)
-        lo, hi = state["min_seq"], state["max_seq"]
+        lo, hi = state.min_seq, state.max_seq
         seq, records = reading.seq, reading.records
         count = len(records)
         missing = 0
@@ -289,7 +289,7 @@ class Ingestor:
             if seq > hi + 1:
                 missing = seq - hi - 1
                 box.add_gap(node, hi + 1, seq - 1)
-            state["max_seq"] = seq + count - 1
+            state.max_seq = seq + count - 1
             fresh = records
             counts.values += box.add_reading(node, seq, payload, records, now)
         else:
@@ -306,7 +306,7 @@ class Ingestor:
                     start = -1
             if start >= 0:
                 runs.append((start, count))
-            state["min_seq"], state["max_seq"] = lo, hi
+            state.min_seq, state.max_seq = lo, hi
             if not runs:
                 self.registry.duplicate_only(node, count, now)
                 counts.add(duplicates=count)
@@ -343,8 +343,8 @@ class Ingestor:
             if node in registry.retired:
                 continue
             state = registry.ensure(node, now)
-            state["min_seq"], state["max_seq"], delta = box.take_range(
-                node, first, last, state["min_seq"], state["max_seq"])
+            state.min_seq, state.max_seq, delta = box.take_range(
+                node, first, last, state.min_seq, state.max_seq)
             changed[node] = changed.get(node, 0) + delta
         for node, delta in changed.items():
             registry.taken_elsewhere(node, delta, now)

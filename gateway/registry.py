@@ -81,6 +81,40 @@ NODE_EVENTS = ("first_seen", "online", "asleep", "offline", "restarting", "reboo
                "safe_mode", "safe_mode_left", "retired", "reinstated")
 
 
+class NodeState:
+    """A node's cached hot state (one per node of the fleet: slots, not a dict, for its size
+    and for the ingest path's speed with a large fleet, where each message touches another
+    node's state)."""
+
+    __slots__ = ("values", "raw", "battery", "rssi", "min_seq", "max_seq", "accepted",
+                 "duplicates", "accepted_j", "duplicates_j", "last_seen", "last_reading",
+                 "state", "fw", "boot", "safe")
+
+    def __init__(self, row: tuple, now: float) -> None:
+        """From the node's row (`NodeTable.first_sight`: its `HOT_COLUMNS`)."""
+        # label -> (value, time) as in `last_values`; wire key -> (wire value, time) kept by
+        # `Registry.reading` until the next write of the row (`_merge_raw`)
+        self.values: dict[str, tuple[Any, Any]] = _values_in(row[0])
+        self.raw: dict[int, tuple[int, Any]] = {}
+        self.battery: int | None = row[1]
+        self.rssi: int | None = row[2]
+        self.min_seq: int | None = row[3]
+        self.max_seq: int | None = row[4]
+        # counts not written yet, and those journaled since the last compaction
+        self.accepted = self.duplicates = self.accepted_j = self.duplicates_j = 0
+        self.last_seen: float = now
+        self.last_reading: float | None = None
+        # what the status history compares a status with
+        self.state: str | None = row[5]
+        self.fw: str | None = row[6]
+        self.boot: int | None = row[7]
+        self.safe: str | None = _safe_of(row[8])
+
+    def __repr__(self) -> str:
+        return (f"NodeState(seqs={self.min_seq}..{self.max_seq}, last_seen={self.last_seen}, "
+                f"state={self.state})")
+
+
 class Registry:
     """Registry and alarm bookkeeping on one outbox connection (the ingest thread's)."""
 
@@ -107,7 +141,7 @@ class Registry:
         # other instance took shows as missing here until its summary comes, a second or so.
         self.gap_alarm_after_s = 0.0
         self._gap_since: dict[tuple[str, int], float] = {}  # (node, first) -> first noticed
-        self._nodes: dict[str, dict[str, Any]] = {}
+        self._nodes: dict[str, NodeState] = {}
         self._dirty: set[str] = set()
         self._journaled: set[str] = set()  # in the journal since the last compaction
         # after a rolled-back batch: the journal's entries of nodes not in the cache again
@@ -122,31 +156,22 @@ class Registry:
 
     # ---- rows -------------------------------------------------------------------------------
 
-    def ensure(self, node: str, now: float) -> dict[str, Any]:
+    def ensure(self, node: str, now: float) -> NodeState:
         """The node's cached hot state, creating its registry row on first sight."""
         state = self._nodes.get(node)
         if state is None:
             # a node registered before it was first heard of (provision) is first seen now
             new, registered, row = self.nodes.first_sight(node, now)
-            state = {"values": _values_in(row[0]), "battery": row[1],
-                     "rssi": row[2], "min_seq": row[3], "max_seq": row[4], "accepted": 0,
-                     "duplicates": 0,
-                     "last_seen": now, "last_reading": None, "raw": {},
-                     # counts journaled since the last compaction
-                     "accepted_j": 0, "duplicates_j": 0,
-                     # what the status history compares a status with
-                     "state": row[5], "fw": row[6], "boot": row[7], "safe": _safe_of(row[8])}
+            state = NodeState(row, now)
             entry = self._overlay.pop(node, None)
             if entry is not None:  # committed in the journal, not in the row yet
                 lo, hi, _, reading, battery, rssi, accepted, duplicates = entry
                 if lo is not None:
-                    state["min_seq"] = lo if state["min_seq"] is None else \
-                        min(lo, state["min_seq"])
+                    state.min_seq = lo if state.min_seq is None else min(lo, state.min_seq)
                 if hi is not None:
-                    state["max_seq"] = hi if state["max_seq"] is None else \
-                        max(hi, state["max_seq"])
-                state.update(last_reading=reading, battery=battery, rssi=rssi,
-                             accepted_j=accepted, duplicates_j=duplicates)
+                    state.max_seq = hi if state.max_seq is None else max(hi, state.max_seq)
+                state.last_reading, state.battery, state.rssi = reading, battery, rssi
+                state.accepted_j, state.duplicates_j = accepted, duplicates
                 self._journaled.add(node)
             self._nodes[node] = state
             if new or registered:
@@ -157,7 +182,7 @@ class Registry:
     def seen(self, node: str, now: float) -> None:
         """A message of `node` other than a reading or status (an acknowledgement): its
         `last_seen`, written with the batch."""
-        self.ensure(node, now)["last_seen"] = now
+        self.ensure(node, now).last_seen = now
         self._dirty.add(node)
 
     def flush(self) -> None:
@@ -169,12 +194,11 @@ class Registry:
             entries = {}
             for node in self._dirty:
                 st = self._nodes[node]
-                entries[node] = [st["min_seq"], st["max_seq"], st["last_seen"],
-                                 st["last_reading"], st["battery"], st["rssi"],
-                                 st["accepted"], st["duplicates"]]
-                st["accepted_j"] += st["accepted"]
-                st["duplicates_j"] += st["duplicates"]
-                st["accepted"] = st["duplicates"] = 0
+                entries[node] = (st.min_seq, st.max_seq, st.last_seen, st.last_reading,
+                                 st.battery, st.rssi, st.accepted, st.duplicates)
+                st.accepted_j += st.accepted
+                st.duplicates_j += st.duplicates
+                st.accepted = st.duplicates = 0
             self.nodes.write_journal(entries)
             self._journaled.update(self._dirty)
         self._dirty.clear()
@@ -183,12 +207,12 @@ class Registry:
         """The node's cached hot state as `NodeTable.write_hot_many` takes it; its counts
         are then taken (reset)."""
         st = self._nodes[node]
-        if st["raw"]:
+        if st.raw:
             self._merge_raw(st)
-        row = (st["last_seen"], st["last_reading"], _values_out(st["values"]), st["battery"],
-               st["rssi"], st["min_seq"], st["max_seq"], st["accepted"], st["duplicates"],
+        row = (st.last_seen, st.last_reading, _values_out(st.values), st.battery,
+               st.rssi, st.min_seq, st.max_seq, st.accepted, st.duplicates,
                node)
-        st["accepted"] = st["duplicates"] = 0
+        st.accepted = st.duplicates = 0
         return row
 
     def compact(self, *, due_only: bool = False) -> None:
@@ -205,9 +229,9 @@ class Registry:
             st = self._nodes.get(node)
             if st is None:
                 continue
-            st["accepted"] += st["accepted_j"]
-            st["duplicates"] += st["duplicates_j"]
-            st["accepted_j"] = st["duplicates_j"] = 0
+            st.accepted += st.accepted_j
+            st.duplicates += st.duplicates_j
+            st.accepted_j = st.duplicates_j = 0
             rows.append(self._row(node))
         self.nodes.write_hot_many(rows)
         for node, entry in self._overlay.items():
@@ -356,15 +380,15 @@ class Registry:
                                       channel.scale)
         return info
 
-    def _merge_raw(self, st: dict[str, Any]) -> None:
+    def _merge_raw(self, st: NodeState) -> None:
         """Moves the wire values `reading_values` kept into `values` (newest time wins)."""
-        values = st["values"]
-        for key, (raw, t) in st["raw"].items():
+        values = st.values
+        for key, (raw, t) in st.raw.items():
             label, _, _, scale = self._key(key)
             old = values.get(label)
             if old is None or old[1] <= t:
                 values[label] = (senml_value(raw, scale), t)
-        st["raw"].clear()
+        st.raw.clear()
 
     def reading(self, node: str, records: Sequence[tuple[int, dict[int, int]]], base: int,
                 now: float, *, missing_delta: int, duplicates: int = 0) -> None:
@@ -377,7 +401,7 @@ class Registry:
         drive alarms.
         """
         st = self.ensure(node, now)
-        raw = st["raw"]
+        raw = st.raw
         special = self._special
         alarm_bits: dict[str, int] | None = None
         for elapsed, vals in records:
@@ -385,15 +409,15 @@ class Registry:
             for key, value in vals.items():
                 if key in special:
                     label, name, inst, scale = self._key(key)
-                    values = st["values"]
+                    values = st.values
                     old = values.get(label)
                     if old is None or old[1] <= t:
                         v = senml_value(value, scale)
                         values[label] = (v, t)
                         if name == "battery_voltage":
-                            st["battery"] = int(round(v * 1000))
+                            st.battery = int(round(v * 1000))
                         elif name == "rssi":
-                            st["rssi"] = int(v)
+                            st.rssi = int(v)
                         else:
                             if alarm_bits is None:
                                 alarm_bits = {}
@@ -402,17 +426,17 @@ class Registry:
                 old = raw.get(key)
                 if old is None or old[1] <= t:
                     raw[key] = (value, t)
-        st["last_seen"] = st["last_reading"] = now
-        st["accepted"] += len(records)
-        st["duplicates"] += duplicates
+        st.last_seen = st.last_reading = now
+        st.accepted += len(records)
+        st.duplicates += duplicates
         self._dirty.add(node)
         if alarm_bits:
             for inst, bits in alarm_bits.items():
                 for bit, name in ALARM_BITS:
                     self.set_alarm(node, f"{name}:{inst}" if inst else name, bool(bits & bit),
                                    now, f"alarms channel = {bits}")
-        if st["battery"] is not None:
-            self._battery(node, st["battery"], now)
+        if st.battery is not None:
+            self._battery(node, st.battery, now)
         if self._active.get((node, "stale"), False):
             self.set_alarm(node, "stale", False, now)
         if missing_delta:
@@ -451,8 +475,8 @@ class Registry:
 
     def duplicate_only(self, node: str, duplicates: int, now: float) -> None:
         st = self.ensure(node, now)
-        st["last_seen"] = now
-        st["duplicates"] += duplicates
+        st.last_seen = now
+        st.duplicates += duplicates
         self._dirty.add(node)
         self.set_alarm(node, "stale", False, now)
 
@@ -488,11 +512,11 @@ class Registry:
         self._status_history(node, hot, status, sets, now)
         st = self._nodes.get(node)
         if st is not None:  # keep the cache in step with what this UPDATE wrote
-            st["last_seen"] = now
+            st.last_seen = now
             if "battery_mv" in sets:
-                st["battery"] = sets["battery_mv"]
+                st.battery = sets["battery_mv"]
             if "rssi" in sets:
-                st["rssi"] = sets["rssi"]
+                st.rssi = sets["rssi"]
         if state in ("online", "asleep"):
             self.set_alarm(node, "offline", False, now)
             self.set_alarm(node, "stale", False, now)
@@ -518,34 +542,34 @@ class Registry:
         if not quiet:
             log.info("node_event", extra=kv(node=node, event=event, detail=detail))
 
-    def _status_history(self, node: str, hot: dict[str, Any], status: dict[str, Any],
+    def _status_history(self, node: str, hot: NodeState, status: dict[str, Any],
                         sets: dict[str, Any], now: float) -> None:
         """Rows for what a status changed against the cached state (`hot`), which it updates:
         a reboot, a firmware version, safe mode, then the state (read newest first: the state
         the node came back in, above the reboot that led to it)."""
         boot, fw = sets.get("boot"), sets.get("fw")
         if boot is not None:
-            if hot["boot"] is not None and boot != hot["boot"]:
+            if hot.boot is not None and boot != hot.boot:
                 rst = status.get("rst")
-                self._log(node, now, "reboot", f"boot {hot['boot']} -> {boot}" +
+                self._log(node, now, "reboot", f"boot {hot.boot} -> {boot}" +
                           (f", reset cause {rst}" if isinstance(rst, str) else ""))
-            hot["boot"] = boot
+            hot.boot = boot
         if fw is not None:
-            if hot["fw"] is not None and fw != hot["fw"]:
-                self._log(node, now, "firmware", f"{hot['fw']} -> {fw}")
-            hot["fw"] = fw
+            if hot.fw is not None and fw != hot.fw:
+                self._log(node, now, "firmware", f"{hot.fw} -> {fw}")
+            hot.fw = fw
             # safe mode only from the node's own report: the Last Will and `bye` carry no fw
             safe = status.get("safe") if isinstance(status.get("safe"), str) else None
-            if safe != hot["safe"]:
+            if safe != hot.safe:
                 if safe:
                     self._log(node, now, "safe_mode", safe)
                 else:
                     self._log(node, now, "safe_mode_left", None)
-                hot["safe"] = safe
-        old, state = hot["state"], sets["state"]
+                hot.safe = safe
+        old, state = hot.state, sets["state"]
         if state == old:
             return
-        hot["state"] = state
+        hot.state = state
         if {old, state} == {"online", "asleep"}:
             return  # a battery node's wake cycle
         was = f"was {old}" if old else None
@@ -578,8 +602,8 @@ class Registry:
         n = self.settings.stale_intervals
         for node, last_seen, iv, sleep, state in self.nodes.intervals():
             cached = self._nodes.get(node)
-            if cached is not None and cached["last_seen"] > last_seen:
-                last_seen = cached["last_seen"]  # its row lags (the journal)
+            if cached is not None and cached.last_seen > last_seen:
+                last_seen = cached.last_seen  # its row lags (the journal)
             allowed = n * iv + (sleep or 0 if state == "asleep" else 0)
             if now - last_seen > allowed and not self._active.get((node, "stale"), False):
                 self.set_alarm(node, "stale", True, now,
@@ -598,9 +622,27 @@ def _values_in(text: str | None) -> dict[str, tuple[Any, Any]]:
 
 
 def _values_out(values: dict[str, tuple[Any, Any]]) -> str:
-    """The cache's last values as `last_values` JSON text."""
-    return json.dumps({label: {"v": v, "t": t} for label, (v, t) in values.items()},
-                      separators=(",", ":"))
+    """The cache's last values as `last_values` JSON text, `{label: {"v": v, "t": t}}`.
+
+    Written for every node a batch or a compaction touches (10 000 rows a compaction with a
+    large fleet), so numbers are formatted here: `repr` of an int or a finite float is its
+    JSON text, which `json.dumps` takes 2.5 times as long to produce through the dicts it
+    needs. Anything else (a value read back from an older row) goes through `json.dumps`.
+    """
+    parts = []
+    for label, (v, t) in values.items():
+        name = _LABELS.get(label)
+        if name is None:
+            name = _LABELS[label] = json.dumps(label)
+        if type(v) is not int and (type(v) is not float or not math.isfinite(v)) or \
+                type(t) is not int and (type(t) is not float or not math.isfinite(t)):
+            return json.dumps({label: {"v": v, "t": t} for label, (v, t) in values.items()},
+                              separators=(",", ":"))
+        parts.append(f'{name}:{{"v":{v!r},"t":{t!r}}}')
+    return "{" + ",".join(parts) + "}"
+
+
+_LABELS: dict[str, str] = {}  # channel label -> as JSON text (few: the channel tables')
 
 
 def is_int64(value: Any) -> bool:

@@ -408,6 +408,51 @@ def test_a_batch_from_many_nodes_keeps_their_dedup_state_in_one_journal_row(tmp_
     assert again.box.query("SELECT COUNT(*) AS n FROM node_journal") == [{"n": 0}]
 
 
+def test_the_journal_of_a_crash_is_read_after_an_upgrade_and_a_bad_row_does_not_stop_the_start(
+        tmp_path, caplog):
+    """Journal rows are marshal bytes; one left as JSON text by an older version (a crash,
+    then an upgrade) is still written into the rows at start, and a row that cannot be read
+    is skipped with an error naming it, not a gateway that cannot start."""
+    gw = make_gateway(tmp_path)
+    assert gw.ingestor.handle_batch(fleet_batch(64, 7)) == ["accepted"] * 64
+    with gw.box.transaction():
+        gw.box.db.execute("INSERT INTO node_journal(body) VALUES (?)", (json.dumps(
+            {"f3": [None, 9, T0 + 9, T0 + 9, 3600, -70, 1, 0]}),))
+        gw.box.db.execute("INSERT INTO node_journal(body) VALUES (?)", (b"\x00garbage",))
+        gw.box.db.execute("INSERT INTO node_journal(body) VALUES (?)", (json.dumps(
+            {"f4": [None, "9", None, None, None, None, 1, 0]}),))
+    gw.box.close()
+    again = make_gateway(tmp_path)
+    rows = node_rows(again)
+    assert rows["f3"] == (9, 2)  # the old row's seq 9 and its count on top of the batch's
+    assert rows["f4"] == (7, 1) and rows["f5"] == (7, 1)
+    assert again.box.query("SELECT COUNT(*) AS n FROM node_journal") == [{"n": 0}]
+    unreadable = [str(r.__dict__) for r in caplog.records
+                  if r.getMessage() == "journal_row_unreadable"]
+    assert len(unreadable) == 2, unreadable
+    assert "entry of node 'f4' is not 8 numbers" in " ".join(unreadable)
+    assert again.ingestor.handle_batch(fleet_batch(64, 8)) == ["accepted"] * 64
+
+
+def test_last_values_are_json_whatever_the_values():
+    """A node row's `last_values` is written by the registry's own formatter; it must read
+    back as what the cache held, with `json.dumps`'s answer for anything not a plain
+    number."""
+    from gateway.registry import _values_out
+
+    cases = [{}, {"temperature": (21.53, T0)}, {"flow:2": (-4, T0 + 0.5)},
+             {"battery_voltage": (3.712, T0), "pressure": (101325, T0), "rssi": (-71, T0)},
+             {'odd"label\\': (1e-7, 2**60)}, {"x": (None, T0)}, {"x": (1, None)},
+             {"x": (True, T0)}, {"x": ("text", T0)}, {"x": (10**30, T0)}]
+    for values in cases:
+        text = _values_out(values)
+        assert json.loads(text) == {label: {"v": v, "t": t} for label, (v, t) in
+                                    values.items()}, text
+    assert _values_out({"x": (float("nan"), T0)}) == json.dumps({"x": {"v": float("nan"),
+                                                                       "t": T0}},
+                                                                separators=(",", ":"))
+
+
 def test_a_rolled_back_batch_from_many_nodes_keeps_the_journaled_dedup_state(tmp_path,
                                                                              monkeypatch):
     """The first pass of a batch that hits a bug is rolled back and the registry's cache
