@@ -61,7 +61,6 @@ mqtt_log = logging.getLogger("meterlink.gateway.mqtt")
 RECONNECT_MIN_DELAY = 1
 RECONNECT_MAX_DELAY = 30
 PERIODIC_S = 1.0
-REPLAY_CHECK_S = 2.0  # how often the gaps are looked at for `replay` (gateway/replay.py)
 WARN_EVERY_S = 60.0  # outbox_filling is logged at most this often
 GATEWAY_NODE = "-gateway"  # registry/alarm key for gateway-level alarms (outbox_full)
 _PUBACK = 0x40020000  # PUBACK fixed header (type 4, remaining length 2) above a 16-bit id
@@ -198,8 +197,8 @@ class Gateway:
         self.source = None  # the JetStream source of the readings ([jetstream]), or None
         # gaps asked of their nodes again (gateway/replay.py), where this instance knows them
         after = self.config.gateway.replay_after_s
-        self._replay_at = 0.0
-        self.replayer = Replayer(after) if after and self.config.knows_node_gaps else None
+        self.replayer = Replayer(after, self.config.gateway.ack_timeout_s) \
+            if after and self.config.knows_node_gaps else None
 
     def __repr__(self) -> str:
         m = self.config.mqtt
@@ -517,9 +516,9 @@ class Gateway:
                     next_periodic = now + PERIODIC_S
                     self._check_outbox_size()
                     self._check_sinks()
-                    self.ingestor.periodic(self._clock())
+                    gaps = self.ingestor.periodic(self._clock())
                     self._expire_pending()
-                    self._ask_replays()
+                    self._ask_replays(gaps)
                 if self._outbox_full:
                     if self._stop.wait(PERIODIC_S):
                         break
@@ -546,21 +545,25 @@ class Gateway:
             log.exception("ingest_crashed", extra=kv(action="stopping"))
             self.stop(EXIT_ERROR)
 
-    def _ask_replays(self) -> None:
-        """Asks nodes for the readings of their gaps again (gateway/replay.py)."""
-        now = time.monotonic()
-        if self.replayer is None or now < self._replay_at or not self.client.is_connected():
+    def _ask_replays(self, gaps: Sequence[tuple[str, int, int]]) -> None:
+        """Asks nodes for the readings of their `gaps` again (gateway/replay.py): at QoS 1 to
+        a node not online (its session keeps the command until it wakes), at QoS 0 to one
+        online, which gets it now or is asked again when it does not answer. (After a NATS
+        partition healed, the JetStream consumers behind the nodes' QoS 1 subscriptions were
+        seen stalled for over 3 minutes, while QoS 0 goes over the plain routes.)"""
+        if self.replayer is None or not self.client.is_connected():
             return
         if self.source is not None and not self.source.asks_replays():
             return  # another instance asks (gateway/seen.py)
-        self._replay_at = now + REPLAY_CHECK_S  # every gap row is read: not every second
-        for node, first, last in self.replayer.due(self.box.gaps(), self._clock()):
+        registry = self.ingestor.registry
+        for node, first, last in self.replayer.due(gaps, self._clock(), registry.is_online):
             args = {"from": first, "to": last}
+            qos = 0 if registry.is_online(node) else 1
             self.send(self.box, [node], "command",
                       lambda rid, args=args: command_message("replay", args, request_id=rid),
-                      timeout=self.config.gateway.ack_timeout_s, wait=False)
+                      timeout=self.config.gateway.ack_timeout_s, wait=False, qos=qos)
             self.stats.add(replay_requests=1)
-            log.info("replay_asked", extra=kv(node=node, first=first, last=last))
+            log.info("replay_asked", extra=kv(node=node, first=first, last=last, qos=qos))
 
     def _ack(self, batch: Sequence[Message]) -> None:
         """Acknowledges committed messages to the broker: the PUBACKs of a batch go out as
@@ -661,9 +664,10 @@ class Gateway:
 
     def send(self, box: Outbox, nodes: list[str], kind: str,
              build: Callable[[str], bytes], *, timeout: float,
-             wait: bool = True, lock: Any = None) -> list[dict[str, Any]]:
+             wait: bool = True, lock: Any = None, qos: int = 1) -> list[dict[str, Any]]:
         """Publishes a config (`kind` "config", retained on `c`) or command (`k`) to each
-        node, records it in `downlinks`, and waits up to `timeout` for the acknowledgements."""
+        node, records it in `downlinks`, and waits up to `timeout` for the acknowledgements.
+        `qos` 0 only for a command whose sender asks again when it is not answered."""
         prefix = self.config.mqtt.prefix
         topic_kind = "c" if kind == "config" else "k"
         now = self._clock()
@@ -676,7 +680,7 @@ class Gateway:
                 self._pending[(node, rid)] = p
             with lock or contextlib.nullcontext(), box.transaction():
                 box.downlinks.sent(node, kind, rid, payload.hex(), now, now + timeout)
-            self.client.publish(f"{prefix}/{node}/{topic_kind}", payload, qos=1,
+            self.client.publish(f"{prefix}/{node}/{topic_kind}", payload, qos=qos,
                                 retain=(kind == "config"))
             log.info("downlink_sent", extra=kv(node=node, kind=kind, id=rid,
                                                bytes=len(payload)))

@@ -389,14 +389,21 @@ class Ingestor:
                                  err=ack.get("err")))
         return "ack"
 
-    def periodic(self, now: float) -> None:
-        """Stale-node check, the rules' periodic checks and gauges (its own transaction)."""
+    def periodic(self, now: float) -> list[tuple[str, int, int]]:
+        """Stale-node check, the rules' periodic checks and gauges (its own transaction).
+        Returns the gaps table as it read it (node, first, last): the one read of it a period,
+        for the gauge, the `gaps` alarm and the replayer (gateway/replay.py)."""
         with self.box.transaction():
             self.registry.flush()
             self.registry.compact(due_only=True)
             self.registry.check_offline(now)
             self.registry.check_stale(now)
-            self.registry.check_gaps(now)
+            gaps = self.box.gaps()
+            self.registry.check_gaps(now, gaps)
             if self.rules.rules:
                 self.rules.periodic(now)
-        self._stats.set_group("gaps_missing", self.box.missing())
+        missing: dict[str, int] = {}
+        for node, first, last in gaps:
+            missing[node] = missing.get(node, 0) + last - first + 1
+        self._stats.set_group("gaps_missing", missing)
+        return gaps

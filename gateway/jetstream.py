@@ -35,7 +35,7 @@ import asyncio
 import logging
 import threading
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
 import nats
 import nats.errors
@@ -191,7 +191,40 @@ class JetStreamSource:
                     return False
                 await asyncio.sleep(1)
 
-    async def _seen_loop(self, nc: Any) -> None:
+    async def _pull(self, stream: str, subject: str, durable: str, config: Any,
+                    prepare: Callable[[], Awaitable[None]], size: int, *,
+                    subscribed: Callable[[], None] = lambda: None
+                    ) -> AsyncIterator[list[Any]]:
+        """Subscribes the durable pull consumer `durable` to `subject` on `stream` (`prepare`
+        first: making the stream), again every second while the cluster cannot answer (an
+        election), and calls `subscribed`; then yields each fetch of up to `size` messages,
+        and [] when none came within PULL_WAIT_S, until the source stops."""
+        sub = None
+        while sub is None:
+            if self._stopping:
+                return
+            try:
+                await prepare()
+                sub = await self.js.pull_subscribe(subject, durable=durable, stream=stream,
+                                                   config=config)
+            except Exception as exc:  # noqa: BLE001 - the cluster is electing: try again
+                log.warning("jetstream_subscribe_failed", extra=kv(
+                    stream=stream, error=str(exc) or type(exc).__name__, retry="in 1 s"))
+                await asyncio.sleep(1)
+        subscribed()
+        log.info("jetstream_subscribed", extra=kv(stream=stream, durable=durable,
+                                                  subject=subject))
+        while not self._stopping:
+            try:
+                yield await sub.fetch(size, timeout=PULL_WAIT_S)
+            except nats.errors.TimeoutError:
+                yield []
+            except Exception as exc:  # noqa: BLE001 - a server went away: the client reconnects
+                log.warning("jetstream_fetch_failed", extra=kv(
+                    stream=stream, error=str(exc) or type(exc).__name__))
+                await asyncio.sleep(0.5)
+
+    async def _seen_loop(self) -> None:
         """The other instances' summaries into the inbox; this one's and empty ones are
         acknowledged at once. An idle instance publishes an empty one every HEARTBEAT_S."""
         from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, DiscardPolicy, \
@@ -200,39 +233,21 @@ class JetStreamSource:
 
         cfg = self.cfg
         stream = f"{cfg.stream}_SEEN"
-        subjects = [f"meterlink.seen.{cfg.stream}.*"]
-        sub = None
-        while sub is None and not self._stopping:
+        subject = f"meterlink.seen.{cfg.stream}.*"
+
+        async def make_stream() -> None:
             try:
-                try:
-                    await self.js.stream_info(stream)
-                except NotFoundError:
-                    await self.js.add_stream(StreamConfig(
-                        name=stream, subjects=subjects, storage=StorageType.FILE,
-                        num_replicas=cfg.replicas, max_age=SEEN_MAX_AGE_S,
-                        max_bytes=SEEN_MAX_BYTES, discard=DiscardPolicy.OLD))
-                sub = await self.js.pull_subscribe(
-                    subjects[0], durable=f"{cfg.durable}-seen-{self.instance}", stream=stream,
-                    config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT,
-                                          deliver_policy=DeliverPolicy.ALL,
-                                          ack_wait=cfg.ack_wait_s, max_ack_pending=4096))
-            except Exception as exc:  # noqa: BLE001 - the cluster is electing: try again
-                log.warning("jetstream_subscribe_failed", extra=kv(
-                    stream=stream, error=str(exc) or type(exc).__name__, retry="in 1 s"))
-                await asyncio.sleep(1)
-        while sub is not None and not self._stopping:
-            if time.monotonic() - self._published_at >= HEARTBEAT_S:
-                self._published_at = time.monotonic()  # one heartbeat in flight at a time
-                self.loop.create_task(self._publish_seen(EMPTY))
-            try:
-                msgs = await sub.fetch(64, timeout=PULL_WAIT_S)
-            except nats.errors.TimeoutError:
-                continue
-            except Exception as exc:  # noqa: BLE001 - a server went away: the client reconnects
-                log.warning("jetstream_fetch_failed", extra=kv(stream=stream, error=str(exc) or
-                                                               type(exc).__name__))
-                await asyncio.sleep(0.5)
-                continue
+                await self.js.stream_info(stream)
+            except NotFoundError:
+                await self.js.add_stream(StreamConfig(
+                    name=stream, subjects=[subject], storage=StorageType.FILE,
+                    num_replicas=cfg.replicas, max_age=SEEN_MAX_AGE_S,
+                    max_bytes=SEEN_MAX_BYTES, discard=DiscardPolicy.OLD))
+
+        config = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
+                                ack_wait=cfg.ack_wait_s, max_ack_pending=4096)
+        async for msgs in self._pull(stream, subject, f"{cfg.durable}-seen-{self.instance}",
+                                     config, make_stream, 64):
             now = self.clock()
             out = []
             for msg in msgs:
@@ -246,6 +261,9 @@ class JetStreamSource:
                 out.append(Message(f"$seen/{name}", msg.data, -self._next, 1, now))
             if out:
                 self.deliver(out)
+            if time.monotonic() - self._published_at >= HEARTBEAT_S:
+                self._published_at = time.monotonic()  # one heartbeat in flight at a time
+                self.loop.create_task(self._publish_seen(EMPTY))
 
     async def _ack_one(self, msg: Any) -> None:
         try:
@@ -293,42 +311,22 @@ class JetStreamSource:
                 await asyncio.sleep(2)
         else:
             return
-        js = self.js = nc.jetstream()
-        seen = self.loop.create_task(self._seen_loop(nc)) if cfg.exchanges_seen else None
-        sub = None
-        while not self._stopping and sub is None:
-            try:
-                await ensure_stream(nc, stream=cfg.stream, subjects=[subject],
-                                    replicas=cfg.replicas)
-                sub = await js.pull_subscribe(
-                    subject, durable=cfg.durable, stream=cfg.stream,
-                    config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT,
-                                          ack_wait=cfg.ack_wait_s,
-                                          max_ack_pending=4 * MAX_UNACKED))
-            except Exception as exc:  # noqa: BLE001 - the cluster is electing: try again
-                log.warning("jetstream_subscribe_failed", extra=kv(
-                    stream=cfg.stream, error=str(exc) or type(exc).__name__,
-                    retry="in 1 s"))
-                await asyncio.sleep(1)
-        if sub is not None:
+        self.js = nc.jetstream()
+        seen = self.loop.create_task(self._seen_loop()) if cfg.exchanges_seen else None
+
+        async def make_stream() -> None:
+            await ensure_stream(nc, stream=cfg.stream, subjects=[subject], replicas=cfg.replicas)
+
+        config = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=cfg.ack_wait_s,
+                                max_ack_pending=4 * MAX_UNACKED)
+
+        def subscribed() -> None:
             self.stats.set_state(connected=True, subscribed=True)
-            log.info("jetstream_subscribed", extra=kv(stream=cfg.stream, durable=cfg.durable,
-                                                      subject=subject))
-        while sub is not None and not self._stopping:
-            if len(self._unacked) >= MAX_UNACKED:
-                self._room.clear()
-                await self.loop.run_in_executor(None, self._room.wait, 1.0)
-                continue
-            try:
-                msgs = await sub.fetch(FETCH, timeout=PULL_WAIT_S)
-            except nats.errors.TimeoutError:
-                continue
-            except Exception as exc:  # noqa: BLE001 - a server went away: the client reconnects
-                log.warning("jetstream_fetch_failed", extra=kv(error=str(exc) or
-                                                               type(exc).__name__))
-                await asyncio.sleep(0.5)
-                continue
-            self.stats.set_state(subscribed=True)
+
+        async for msgs in self._pull(cfg.stream, subject, cfg.durable, config, make_stream,
+                                     FETCH, subscribed=subscribed):
+            if msgs:
+                self.stats.set_state(connected=True, subscribed=True)
             now = self.clock()
             out = []
             for msg in msgs:
@@ -341,6 +339,9 @@ class JetStreamSource:
                                    now))
             if out:
                 self.deliver(out)
+            while len(self._unacked) >= MAX_UNACKED and not self._stopping:
+                self._room.clear()
+                await self.loop.run_in_executor(None, self._room.wait, 1.0)
         if seen is not None:
             await asyncio.wait([seen], timeout=PULL_WAIT_S + 1)
         last = self._flush_seen()  # a clean stop leaves nothing to deliver again

@@ -280,6 +280,11 @@ class Registry:
         self.retired = self.nodes.retired()
         self._active = self.alarms.states()
 
+    def is_online(self, node: str) -> bool:
+        """The node's last status said it is online (not asleep, not gone)."""
+        st = self._nodes.get(node)
+        return st is not None and st.state == "online"
+
     def is_registered(self, node: str) -> bool:
         return self.nodes.is_registered(node)
 
@@ -457,13 +462,14 @@ class Registry:
             self.set_alarm(node, "gaps", missing > 0, now,
                            f"{missing} sequence numbers missing" if missing else "")
 
-    def check_gaps(self, now: float) -> None:
+    def check_gaps(self, now: float, gaps: Sequence[tuple[str, int, int]]) -> None:
         """With `gap_alarm_after_s`: raises `gaps` for the nodes with a gap open at least that
-        long (a gap narrowed from either end keeps its age only if its first seq stays)."""
+        long (a gap narrowed from either end keeps its age only if its first seq stays), out
+        of the gaps table (`gaps`: node, first, last)."""
         if not (self.gap_alarms and self.gap_alarm_after_s):
             return
         current, due = {}, set()
-        for node, first, _last in self.box.gaps():
+        for node, first, _last in gaps:
             since = current[(node, first)] = self._gap_since.get((node, first), now)
             if now - since >= self.gap_alarm_after_s:
                 due.add(node)

@@ -9,6 +9,7 @@ prints lost, duplicates after dedup and the raw redeliveries."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import threading
 import time
@@ -56,7 +57,8 @@ def gateway(tmp_path: Path, cluster: NatsCluster, name: str, server: int = 0,
     gw = gateway_process(tmp_path, cluster, name, server, gateway_extra=gateway_extra,
                          jetstream=f"instances = {instances}\ninstance = \"{name}\"\n"
                                    "ack_wait_s = 5\n")  # what a killed one held: back in 5 s
-    wait_for(lambda: "event=jetstream_subscribed" in gw.log(), 60, f"{name}'s consumer",
+    wait_for(lambda: "event=jetstream_subscribed stream=READINGS " in gw.log(), 60,
+             f"{name}'s consumer",
              lambda: gw.log()[-3000:])
     return gw
 
@@ -154,6 +156,40 @@ def readings_of(gws: list[GatewayProcess]) -> set[tuple[str, int]]:
 
 def logs_of(gws: list[GatewayProcess]) -> str:
     return "\n".join(gw.log()[-2000:] for gw in gws)
+
+
+# gaps asked of the nodes after 2 s, an unanswered ask sent again after 10 s (gateway/replay.py)
+REPLAY_SOON = "replay_after_s = 2\nack_timeout_s = 10\n"
+
+
+def run_firmware_nodes(nodes: list, gws: list[GatewayProcess]) -> None:
+    """Starts the virtual nodes and waits until 5 readings of each are stored."""
+    for node in nodes:
+        node.start()
+    wait_for(lambda: all(len([1 for n, _ in readings_of(gws) if n == node.node_id]) >= 5
+                         for node in nodes), 60, "every node's readings",
+             lambda: logs_of(gws) + "\n" + nodes[0].console()[-1500:])
+
+
+def check_queued_stored(nodes: list, gws: list[GatewayProcess], timeout: float,
+                        show: int = 0) -> set[tuple[str, int]]:
+    """Waits until every reading the virtual nodes queued so far (their consoles' `queued
+    seq=N`) is stored by an instance, and checks that none is stored twice within an instance
+    (its outbox dedups). Returns those readings; on a timeout, shows node `show`'s console."""
+    want = {(node.node_id, int(s)) for node in nodes
+            for s in re.findall(r"queued seq=(\d+) ", node.console())}
+    wait_for(lambda: readings_of(gws) >= want, timeout, "every queued reading stored",
+             lambda: logs_of(gws) + "\n" + nodes[show].console()[-1500:])
+    for gw in gws:
+        got = Counter((r["node"], r["seq"], r["n"]) for r in gw.records())  # per channel
+        assert max(got.values()) == 1, gw.dir.name
+    return want
+
+
+def replays_asked(gws: list[GatewayProcess]) -> list[list[tuple[str, str, str]]]:
+    """Per instance, the (node, first, last) of each `replay` it asked for."""
+    return [re.findall(r"event=replay_asked node=(\S+) first=(\d+) last=(\d+)", gw.log())
+            for gw in gws]
 
 
 def report(nodes: list[Node], got: Counter) -> tuple[int, int]:
@@ -366,7 +402,7 @@ def test_a_server_cut_from_its_routes_for_a_minute_loses_nothing_unreported(tmp_
         b.stop()
 
 
-@pytest.mark.timeout(600)  # a lost `replay` command is asked again after 5 minutes
+@pytest.mark.timeout(480)
 def test_real_nodes_lose_nothing_when_a_server_is_cut_from_its_routes_for_a_minute(tmp_path,
                                                                                   cluster):
     """The partition with the real firmware: three virtual nodes reading every second, one
@@ -376,46 +412,23 @@ def test_real_nodes_lose_nothing_when_a_server_is_cut_from_its_routes_for_a_minu
     the node for it (`replay`): every reading every node queued is stored, none twice within
     an instance. Prints lost = 0, the readings stored by both instances (the platform keeps
     one by `rid`) and the raw redeliveries."""
-    import re
-
-    from gateway.replay import RETRY_S
-
     gws = [gateway(tmp_path, cluster, f"gw-{k}", server=i, instances=2,
-                   gateway_extra="replay_after_s = 2\n") for i, k in enumerate("ab")]
+                   gateway_extra=REPLAY_SOON) for i, k in enumerate("ab")]
     leaders = {cluster.stream_leader("READINGS"),
                cluster.stream_leader("READINGS", consumer="meterlink-gateway")}
     cut = min(set(range(3)) - leaders)
     nodes = firmware_nodes(tmp_path, cluster, [0, 1, 2])
-
-    def readings() -> set[tuple[str, int]]:
-        return readings_of(gws)
-
-    def logs() -> str:
-        return logs_of(gws)
     try:
-        for node in nodes:
-            node.start()
-        wait_for(lambda: all(len([1 for n, _ in readings() if n == node.node_id]) >= 5
-                             for node in nodes), 60, "every node's readings", logs)
+        run_firmware_nodes(nodes, gws)
         cluster.partition(cut)
         time.sleep(60)
         cluster.heal()
         time.sleep(10)  # the nodes read on after it
-
-        def queued(node):
-            return {int(s) for s in re.findall(r"queued seq=(\d+) ", node.console())}
-        want = {(node.node_id, s) for node in nodes for s in queued(node)}
         # a `replay` command can itself be lost in an election (a downlink is an MQTT QoS 1
-        # publish too): the gateway asks again after RETRY_S, which this wait covers
-        wait_for(lambda: readings() >= want, RETRY_S + 120, "every queued reading stored",
-                 lambda: logs() + "\n" + nodes[cut].console()[-1500:])
-        for gw in gws:  # within an instance never twice (its outbox dedups)
-            got = Counter((r["node"], r["seq"], r["n"]) for r in gw.records())  # per channel
-            assert max(got.values()) == 1
+        # publish too): unanswered by an online node for ack_timeout_s, it is sent again
+        want = check_queued_stored(nodes, gws, 180, show=cut)
         twice = len(gws[0].readings() & gws[1].readings())
-        asked = [re.findall(r"event=replay_asked node=(\S+) first=(\d+) last=(\d+)",
-                            gw.log()) for gw in gws]
-        asked = asked[0] + asked[1]
+        asked = sum(replays_asked(gws), [])
         again = sum(node.console().count("sent again (replay)") for node in nodes)
         print(f"readings {len(want)}, lost = 0, stored by both instances {twice}; JetStream "
               f"redeliveries {gws[0].counters().get('jetstream_redelivered', 0)} + "
@@ -521,16 +534,12 @@ def test_the_real_firmware_fails_over_to_another_server_and_loses_nothing(tmp_pa
     connected to one server's MQTT listener with the other two as `broker.fallback`: that
     server (not the readings stream's leader) is killed with SIGKILL; the node connects to the next server, resends what was in flight,
     and every reading it queued is stored once."""
-    import re
-
     gw = gateway(tmp_path, cluster, "gw-1", server=0)
     # its server does not lead the readings stream (see the test of the leader's above)
     victim = (cluster.stream_leader("READINGS") + 1) % 3
     node = firmware_nodes(tmp_path, cluster, [victim])[0]
-    node.start()
     try:
-        wait_for(lambda: len(gw.readings()) >= 5, 60, "the node's readings",
-                 lambda: node.console()[-2000:] + gw.log()[-1500:])
+        run_firmware_nodes([node], [gw])
         cluster.kill(victim)
         wait_for(lambda: "next broker" in node.console() and " acked " in
                  node.console().split("next broker")[-1], 60, "readings through another server",
@@ -538,12 +547,8 @@ def test_the_real_firmware_fails_over_to_another_server_and_loses_nothing(tmp_pa
         time.sleep(3)
         # every reading queued so far reaches the gateway while the node runs on (stopped
         # right after a reading was queued, that one would wait on its flash)
-        queued = {int(s) for s in re.findall(r"queued seq=(\d+) ", node.console())}
-        wait_for(lambda: {s for n, s in gw.readings() if n == node.node_id} >= queued, 60,
-                 "every queued reading stored", lambda: node.console()[-2000:])
+        queued = check_queued_stored([node], [gw], 60)
         node.stop()
-        got = Counter((r["node"], r["seq"], r["n"]) for r in gw.records())  # per channel
-        assert max(got.values()) == 1
         print(f"readings {len(queued)}, lost = 0, duplicates stored = 0, "
               f"{gw.counters().get('duplicates', 0)} dropped by dedup")
     finally:
@@ -559,39 +564,19 @@ def test_real_nodes_get_back_what_a_stream_leader_election_lost(tmp_path, cluste
     them (`replay`), they send them again from their flash, and every reading they queued is
     stored. With two instances, each knows the gaps from what the other tells it it took, and
     one of them asks (the lowest named one that is up)."""
-    import re
-
     gws = [gateway(tmp_path, cluster, f"gw-{k}", server=i, instances=instances,
-                   gateway_extra="replay_after_s = 2\n") for i, k in enumerate("ab"[:instances])]
+                   gateway_extra=REPLAY_SOON) for i, k in enumerate("ab"[:instances])]
     leader = cluster.stream_leader("READINGS")
     nodes = firmware_nodes(tmp_path, cluster, [i for i in range(3) if i != leader])
-
-    def readings() -> set[tuple[str, int]]:
-        return readings_of(gws)
-
-    def logs() -> str:
-        return logs_of(gws)
     try:
-        for node in nodes:
-            node.start()
-        wait_for(lambda: all(len([1 for n, _ in readings() if n == node.node_id]) >= 5
-                             for node in nodes), 60, "both nodes' readings", logs)
+        run_firmware_nodes(nodes, gws)
         cluster.kill(leader)
         time.sleep(3)
         cluster.start_server(leader)
         time.sleep(8)  # the nodes read on through the election and after it
-
-        def queued(node):
-            return {int(s) for s in re.findall(r"queued seq=(\d+) ", node.console())}
-        want = {(node.node_id, s) for node in nodes for s in queued(node)}
-        wait_for(lambda: readings() >= want, 90, "every queued reading stored",
-                 lambda: logs() + "\n" + nodes[0].console()[-1500:])
-        for gw in gws:  # within an instance never twice (its outbox dedups)
-            got = Counter((r["node"], r["seq"], r["n"]) for r in gw.records())  # per channel
-            assert max(got.values()) == 1
+        want = check_queued_stored(nodes, gws, 90)
         twice = len(gws[0].readings() & gws[-1].readings()) if instances > 1 else 0
-        asked = [re.findall(r"event=replay_asked node=(\S+) first=(\d+) last=(\d+)", gw.log())
-                 for gw in gws]
+        asked = replays_asked(gws)
         if instances > 1:
             assert not asked[1], f"gw-b asked too: {asked[1]}"  # gw-a is up: it asks
             assert all(gw.readings() for gw in gws), "both instances took readings"
