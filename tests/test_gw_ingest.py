@@ -434,6 +434,36 @@ def test_the_journal_of_a_crash_is_read_after_an_upgrade_and_a_bad_row_does_not_
     assert again.ingestor.handle_batch(fleet_batch(64, 8)) == ["accepted"] * 64
 
 
+def test_last_values_keep_the_newest_value_of_each_channel(tmp_path):
+    """Between writes of the node row the registry keeps each channel's newest wire value:
+    within a batch and across batches, messages with other channels, a record sent late
+    with an older time, and the largest value the wire takes (pressure, scale 0) land in
+    `last_values` as the newest of each channel, never one for another."""
+    gw = make_gateway(tmp_path)
+
+    def msg(seq: int, t: int, values: dict) -> Message:
+        return Message("m/lv/r", reading(seq, values, t=t), received_at=T0 + 600)
+
+    def last() -> dict:
+        text = gw.box.query("SELECT last_values FROM nodes WHERE node='lv'")[0]["last_values"]
+        return {label: (vt["v"], vt["t"]) for label, vt in json.loads(text).items()}
+
+    huge = 2**53 - 1  # gateway/wire.py VALUE_LIMIT
+    assert gw.ingestor.handle_batch([
+        msg(1, T0, {1: 2000, 2: 5000}),
+        msg(2, T0 + 60, {1: 2100}),
+        msg(3, T0 - 120, {1: 1, 2: 1, 3: 7}),  # late: older than what came before
+        msg(4, T0 + 30, {3: huge}),
+    ]) == ["accepted"] * 4
+    assert last() == {"temperature": (21, T0 + 60), "humidity": (50, T0),
+                      "pressure": (huge, T0 + 30)}
+    assert gw.ingestor.handle_batch([msg(5, T0 + 120, {3: 5}), msg(6, T0 + 90, {3: huge - 1,
+                                                                             2: 4999})]) \
+        == ["accepted"] * 2
+    assert last() == {"temperature": (21, T0 + 60), "humidity": (49.99, T0 + 90),
+                      "pressure": (5, T0 + 120)}
+
+
 def test_last_values_are_json_whatever_the_values():
     """A node row's `last_values` is written by the registry's own formatter; it must read
     back as what the cache held, with `json.dumps`'s answer for anything not a plain
