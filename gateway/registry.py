@@ -88,9 +88,9 @@ class NodeState:
     and for the ingest path's speed with a large fleet, where each message touches another
     node's state)."""
 
-    __slots__ = ("values", "raw_v", "raw_t", "raw_dirty", "battery", "rssi", "min_seq", "max_seq", "accepted",
-                 "duplicates", "accepted_j", "duplicates_j", "last_seen", "last_reading",
-                 "state", "fw", "boot", "safe")
+    __slots__ = ("values", "raw_v", "raw_t", "raw_dirty", "battery", "rssi", "min_seq",
+                 "max_seq", "accepted", "duplicates", "accepted_j", "duplicates_j", "last_seen",
+                 "last_reading", "state", "fw", "boot", "safe")
 
     def __init__(self, row: tuple, now: float) -> None:
         """From the node's row (`NodeTable.first_sight`: its `HOT_COLUMNS`)."""
