@@ -37,7 +37,7 @@ from gateway.config import Config
 from gateway.downlink import CONTROL_LIMIT, STATUS_LIMIT, decode_control, parse_ack
 from gateway.errors import RejectedInput, SinkError, TopicError, WireError
 from gateway.logfmt import kv
-from gateway.outbox import Outbox
+from gateway.outbox import Outbox, missing_per_node
 from gateway.registry import Registry, is_int64
 from gateway.rules import RuleEngine
 from gateway.seen import Took
@@ -402,8 +402,5 @@ class Ingestor:
             self.registry.check_gaps(now, gaps)
             if self.rules.rules:
                 self.rules.periodic(now)
-        missing: dict[str, int] = {}
-        for node, first, last in gaps:
-            missing[node] = missing.get(node, 0) + last - first + 1
-        self._stats.set_group("gaps_missing", missing)
+        self._stats.set_group("gaps_missing", missing_per_node(gaps))
         return gaps

@@ -55,7 +55,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple, Sequence
+from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 
 
 from gateway.channels import ChannelTable, default_table
@@ -672,7 +672,8 @@ class Outbox:
                                (node,)).fetchall()
 
     def missing(self) -> dict[str, int]:
-        return dict(self.db.execute("SELECT node, SUM(last-first+1) FROM gaps GROUP BY node"))
+        """How many seqs of each node with gaps are missing."""
+        return missing_per_node(self.gaps())
 
     def missing_of(self, node: str) -> int:
         """How many seqs of `node` are missing (in its gaps)."""
@@ -726,3 +727,10 @@ class Outbox:
                                               "ORDER BY id", values)]
 
 
+def missing_per_node(gaps: Iterable[tuple[str, int, int]]) -> dict[str, int]:
+    """How many seqs of each node are missing, out of gaps rows (node, first, last) as
+    `Outbox.gaps` reads them."""
+    out: dict[str, int] = {}
+    for node, first, last in gaps:
+        out[node] = out.get(node, 0) + last - first + 1
+    return out
