@@ -260,7 +260,7 @@ class Ingestor:
         except RejectedInput as exc:
             return self._reject(msg, exc.reason, getattr(exc, "offset", None),
                                 getattr(exc, "detail", str(exc)))
-        return self._store(node, reading, payload, msg.received_at)
+        return self._store(node, reading, msg.received_at)
 
     def _retired(self, node: str, kind: str, msg: Message) -> Outcome:
         """A message from a retired node: a reading is quarantined (bytes kept, nothing
@@ -273,7 +273,7 @@ class Ingestor:
                                   f"{self.registry.retired[node]:.0f}); reinstate it to take "
                                   "its readings: POST /api/nodes/{node}/reinstate")
 
-    def _store(self, node: str, reading: Reading, payload: bytes, now: float) -> Outcome:
+    def _store(self, node: str, reading: Reading, now: float) -> Outcome:
         """Dedup and gap tracking per record (in memory: `state` is the registry's cached
         state of the node, written with the batch); the new records, a run of consecutive
         seqs per outbox item, go to the outbox and the registry."""
@@ -291,7 +291,7 @@ class Ingestor:
                 box.add_gap(node, hi + 1, seq - 1)
             state.max_seq = seq + count - 1
             fresh = records
-            counts.values += box.add_reading(node, seq, payload, records, now)
+            counts.values += box.add_reading(node, seq, reading.time, records, now)
         else:
             runs = []  # (first, end) indexes of the runs of new records
             start = -1
@@ -315,7 +315,7 @@ class Ingestor:
                 return "duplicate"
             fresh = []
             for first, end in runs:
-                counts.values += box.add_reading(node, seq + first, payload,
+                counts.values += box.add_reading(node, seq + first, reading.time,
                                                  records[first:end], now)
                 fresh.extend(records[first:end])
             if count > len(fresh):

@@ -4,8 +4,9 @@
   puts a record decades back is quarantined as "time" at the time item's offset, on the hot
   path and on the careful one; the messages around it are stored.
 - Every sink (file, http, ngsi-ld, mqtt, against real upstreams) with an item it cannot convert
-  in the middle of a batch: that item goes to dead letters with the reason, the rest of the
-  batch is delivered in the same pass.
+  in the middle of a batch (a value JSON cannot hold, a time past 9999, a stored reading the
+  disk damaged): that item goes to dead letters with the reason, the rest of the batch is
+  delivered in the same pass.
 - HTTP 401/403 pauses the sink: nothing is dead-lettered, the `sink_auth:http` alarm is raised,
   the platform is not hammered, the other sinks flow on, and writing the new token into the
   token file resumes delivery within seconds. A refused MQTT credential pauses the `mqtt` sink
@@ -30,6 +31,7 @@ from gateway.daemon import Gateway
 from gateway.outbox import Outbox
 from gateway.sinks import make_sink
 from gateway.stats import Stats
+from gateway.wire import Record
 from gateway_support import MELINK, GatewayProcess, Recorder, publish, subscriber, wait_for
 from host_tools.broker import Mosquitto
 
@@ -112,15 +114,24 @@ def test_the_window_is_configurable(tmp_path):
 GOOD = [{"n": "w1:water_volume", "u": "m3", "v": 12.345, "t": T0}]
 NAN = '[{"n":"w1:temperature","u":"Cel","v":NaN,"t":%d}]' % T0
 YEAR_10000 = [{"n": "w1:water_volume", "u": "m3", "v": 12.5, "t": 253402300800}]
+DAMAGED = b"\x00garbage"  # a stored reading whose body the disk damaged
+UNREADABLE = "(records) cannot be read: ValueError: bad marshal data"
 
 
 def poisoned_outbox(path, sink: str, poison_bodies: list) -> Outbox:
     """Items w1 seq 1 (good), seq 2.. (poison, one per body; a str body is stored as raw JSON
-    text, the way an outbox written by an older gateway can hold it), then w2 (good)."""
+    text, the way an outbox written by an older gateway can hold it; a bytes body replaces
+    the stored body of a reading ingest stored), then w2 (good)."""
     box = Outbox(path, sinks=[sink])
     with box.transaction():
         box.add_item("reading", "w1", 1, GOOD, T0)
         for i, body in enumerate(poison_bodies):
+            if isinstance(body, bytes):
+                box.add_reading("w1", 2 + i, T0, [Record(0, {1: 2150})], T0)
+                box.flush_messages()
+                box.db.execute("UPDATE items SET body=? WHERE id=(SELECT MAX(id) FROM items)",
+                               (body,))
+                continue
             item = box.add_item("reading", "w1", 2 + i, [] if isinstance(body, str) else body, T0)
             if isinstance(body, str):
                 box.db.execute("UPDATE items SET body=? WHERE id=?", (body, item))
@@ -164,8 +175,9 @@ def test_file_sink_dead_letters_the_poison_and_writes_the_rest(tmp_path):
     path = tmp_path / "readings.jsonl"
     read = lambda: sorted({json.loads(line)["seq"] for line in path.read_text().splitlines()}) \
         if path.exists() else []
-    box = run_worker(tmp_path, "file", {"path": str(path)}, [NAN], read)
-    assert_poison_letters(box, "file", [(2, "w1:temperature: v nan is not a finite number")])
+    box = run_worker(tmp_path, "file", {"path": str(path)}, [NAN, DAMAGED], read)
+    assert_poison_letters(box, "file", [(2, "w1:temperature: v nan is not a finite number"),
+                                        (3, "stored item 3 " + UNREADABLE)])
 
 
 def test_http_sink_dead_letters_the_poison_and_posts_the_rest_in_one_request(tmp_path):
@@ -176,9 +188,10 @@ def test_http_sink_dead_letters_the_poison_and_posts_the_rest_in_one_request(tmp
             for _, _, body in rec.requests:
                 out += [r["seq"] for r in json.loads(gzip.decompress(body))]
             return sorted(out)
-        box = run_worker(tmp_path, "http", {"url": rec.url}, [NAN], seqs)
+        box = run_worker(tmp_path, "http", {"url": rec.url}, [DAMAGED, NAN], seqs)
         assert len(rec.requests) == 1, "the rest of the batch went in the same pass"
-        assert_poison_letters(box, "http", [(2, "w1:temperature: v nan is not a finite number")])
+        assert_poison_letters(box, "http", [(2, "stored item 2 " + UNREADABLE),
+                                            (3, "w1:temperature: v nan is not a finite number")])
     finally:
         rec.close()
 
@@ -194,12 +207,15 @@ def test_ngsild_sink_dead_letters_a_time_past_9999_and_upserts_the_rest(tmp_path
                 for ent in json.loads(body):
                     if ent["type"] == "WaterConsumptionObserved":
                         out.add({"urn:ngsi-ld:WaterConsumptionObserved:w1": 1,
-                                 "urn:ngsi-ld:WaterConsumptionObserved:w2": 4}[ent["id"]])
+                                 "urn:ngsi-ld:WaterConsumptionObserved:w2": 5}[ent["id"]])
             return sorted(out)
-        box = run_worker(tmp_path, "ngsi-ld", {"url": rec.url}, [YEAR_10000, NAN], seqs)
+        box = run_worker(tmp_path, "ngsi-ld", {"url": rec.url}, [YEAR_10000, NAN, DAMAGED],
+                         seqs)
         assert len(rec.requests) == 1, "the rest of the batch went in the same pass"
-        assert_poison_letters(box, "ngsi-ld", [(2, "w1:water_volume: t 253402300800 is outside years 1-9999"),
-                                               (3, "w1:temperature: v nan is not a finite number")])
+        assert_poison_letters(box, "ngsi-ld", [
+            (2, "w1:water_volume: t 253402300800 is outside years 1-9999"),
+            (3, "w1:temperature: v nan is not a finite number"),
+            (4, "stored item 4 " + UNREADABLE)])
     finally:
         rec.close()
 
@@ -211,8 +227,9 @@ def test_mqtt_sink_dead_letters_the_poison_and_republishes_the_rest(tmp_path, br
         box = run_worker(tmp_path, "mqtt", {"host": broker.host, "port": broker.port,
                                             "topic_prefix": "city", "tls": True,
                                             "ca_file": str(broker.tls.ca_crt)},
-                         [NAN], lambda: sorted(got))
-        assert_poison_letters(box, "mqtt", [(2, "w1:temperature: v nan is not a finite number")])
+                         [NAN, DAMAGED], lambda: sorted(got))
+        assert_poison_letters(box, "mqtt", [(2, "w1:temperature: v nan is not a finite number"),
+                                            (3, "stored item 3 " + UNREADABLE)])
     finally:
         sub.loop_stop()
 

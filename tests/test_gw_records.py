@@ -3,8 +3,9 @@
 `wire.decode_reading` is the gateway's only decoder: these tests hold it to encodings the
 vectors do not spell out (non-shortest heads, repeated keys, tags ...) and to mutations of the
 vectors against a reference built from cbor2's plain decode; what ingest stores resolves to the
-vectors' SenML; a partly duplicate message stores its new records only; an outbox of schema 3
-(per-record SenML items) is carried forward and delivered.
+vectors' SenML; a partly duplicate message stores its new records only; outboxes of schema 3
+(per-record SenML items) and 8 (messages as their CBOR bytes) are carried forward and
+delivered.
 """
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ def test_stored_records_resolve_to_the_vectors_senml(tmp_path):
         assert gw.handle_message(f"m/{node}/r", payload, received_at=received) == "accepted"
         want += [{**r, "n": node + r["n"][len(vector["node_id"]):]} for r in vector["senml"]]
     kinds = {k for (k,) in gw.box.db.execute("SELECT kind FROM items")}
-    assert kinds == {"message"}  # kept as they came
+    assert kinds == {"records"}  # the decoded records, not SenML
     got = [r for _, _, body in outbox_items(Outbox(config.outbox.path), "file") for r in body]
     assert json.dumps(got) == json.dumps(want)  # same values, same types (21.53, not 21.5300)
 
@@ -164,7 +165,7 @@ def test_schema_3_outbox_with_pending_records_is_delivered_after_the_upgrade(tmp
                            "outbox": {"path": "o.db"}}, base_dir=tmp_path)
     gw = Gateway(config)
     gw.open_storage()
-    assert gw.box.schema_version == len(MIGRATIONS) == 8
+    assert gw.box.schema_version == len(MIGRATIONS) == 9
     assert gw.box.backlog("file")[0] == 1
     assert gw.handle_message("m/n1/r", cbor2.dumps([1, 7, T0, {1: 2150}]),
                              received_at=T0) == "duplicate"
@@ -301,4 +302,44 @@ def test_a_rolled_back_message_leaves_no_trace_in_dedup(tmp_path, monkeypatch):
     assert gw.ingestor.handle_batch([msg("n2", 7)]) == ["accepted"]
     assert gw.box.db.execute("SELECT node, seq FROM items ORDER BY id").fetchall() == [
         ("n1", 1), ("n2", 7)]
+
+
+
+def test_schema_8_outbox_of_cbor_messages_is_delivered_after_the_upgrade(tmp_path):
+    """Gateways before schema 9 stored each message's CBOR bytes (kind "message", with the
+    first new seq and the count of new records): after the upgrade those items resolve to
+    the vectors' SenML, a run of a partly duplicate message included, and new messages are
+    stored as records beside them."""
+    path = tmp_path / "o.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    for number, script in enumerate(MIGRATIONS[:8]):
+        db.executescript(script)
+        db.execute(f"PRAGMA user_version={number + 1}")
+    want = []
+    for item, vector in enumerate(vectors(), 1):
+        payload = bytes.fromhex(vector["hex"])
+        reading = decode_reading(payload, TABLE)
+        received = vector.get("received_at", T0)
+        seq, count, senml = reading.seq, len(reading.records), vector["senml"]
+        if count > 1:  # the run of its last records only, as a partly duplicate message was
+            seq, count = seq + 1, count - 1
+            senml = senml[len(reading.records[0].values):]  # (the pack is in record order)
+        db.execute("INSERT INTO items(id, kind, node, seq, created, body) "
+                   "VALUES (?, 'message', ?, ?, ?, ?)",
+                   (item, vector["node_id"], seq, received, payload))
+        db.execute("INSERT INTO pending(sink, item, batch, bytes, created, records) VALUES "
+                   "('file', ?, NULL, 100, ?, ?)", (item, received, count))
+        want += senml
+    db.close()
+    config = parse_config({"sinks": {"file": {}}, "api": {"enabled": False},
+                           "outbox": {"path": "o.db"}}, base_dir=tmp_path)
+    gw = Gateway(config)
+    gw.open_storage()
+    assert gw.box.schema_version == 9
+    assert gw.handle_message("m/n9/r", cbor2.dumps([1, 3, T0, {1: 2150}]),
+                             received_at=T0) == "accepted"
+    got = [r for _, _, body in outbox_items(gw.box, "file") for r in body]
+    assert json.dumps(got) == json.dumps(want + [{"n": "n9:temperature", "u": "Cel",
+                                                  "v": 21.5, "t": T0}])
+    assert any(len(v["senml"]) > 1 for v in vectors())  # (a run was checked)
 

@@ -65,7 +65,7 @@ def test_what_another_instance_took_fills_the_gaps_and_is_a_duplicate_here(tmp_p
     assert batch(gw, ("m/n2/r", reading(6)), ("m/n2/r", reading(8))) == ["duplicate",
                                                                          "accepted"]
     assert gw.stats.snapshot()["seen_summaries"] == 2
-    assert [r["seq"] for r in gw.box.query("SELECT seq FROM items WHERE kind='message' "
+    assert [r["seq"] for r in gw.box.query("SELECT seq FROM items WHERE kind='records' "
                                            "AND node='n2'")] == [8]
 
 

@@ -265,6 +265,8 @@ def _reading_json(item: Item) -> str | None:
 def item_problem(item: Item) -> str | None:
     """The field at fault in an item a sink could not convert, named for the dead letter:
     `w1:temperature: v nan is not a finite number`, `...: t 253402300800 is past 9999`."""
+    if isinstance(item.body, dict) and "unreadable" in item.body:  # see Outbox._resolve
+        return str(item.body["unreadable"])
     records = item.body if item.kind == "reading" else [item.body]
     if not isinstance(records, list):
         return f"body is {type(records).__name__}, not a list of records"
