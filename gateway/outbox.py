@@ -13,8 +13,9 @@ What it holds (schema in `MIGRATIONS`, version in `PRAGMA user_version`):
                  the message's CBOR bytes, from gateways before 2026-12), an alarm event
                  ("event"), or resolved SenML records queued again from a dead letter
                  ("reading")
-    pending      one row per (sink, item) not yet confirmed by that sink; `batch` once claimed
+    pending      one row per (sink, item) not yet confirmed by that sink
     batches      claimed batches with their idempotency key (a retry reuses key and content)
+                 and their range of the sink's pending items, `first`..`last`
     gaps         per node, the missing sequence ranges between the lowest and highest seq
                  accepted (`nodes.min_seq`, `nodes.max_seq`): together they are the dedup
                  index, which survives restarts and grows with gaps, not with readings
@@ -182,6 +183,20 @@ MIGRATIONS: list[str] = [
     # in the tables: the version tells an older gateway, which cannot read such items, to
     # stop instead of failing on each batch
     "",
+    # 10: a claimed batch is the range `first`..`last` of its sink's pending items (the head
+    # of the sink's backlog when it was claimed; no item joins that range later), no longer a
+    # `batch` mark on each pending row: claiming wrote every row of the batch and an index
+    # that each stored message also paid for. (`pending.batch` stays, unused.)
+    """
+    ALTER TABLE batches ADD COLUMN first INTEGER;
+    ALTER TABLE batches ADD COLUMN last INTEGER;
+    UPDATE batches SET
+        first = (SELECT MIN(item) FROM pending p WHERE p.sink = batches.sink
+                 AND p.batch = batches.id),
+        last = (SELECT MAX(item) FROM pending p WHERE p.sink = batches.sink
+                AND p.batch = batches.id);
+    DROP INDEX pending_batch;
+    """,
 ]
 
 
@@ -193,11 +208,11 @@ SENML_BYTES = 48
 _encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 _new = tuple.__new__  # a NamedTuple made without its Python-level __new__ (per record)
 _GAP_SQL = "INSERT INTO gaps(node, first, last) VALUES (?, ?, ?)"
-_PENDING_SQL = "INSERT INTO pending(sink, item, batch, bytes, created) VALUES (?, ?, NULL, ?, ?)"
+_PENDING_SQL = "INSERT INTO pending(sink, item, bytes, created) VALUES (?, ?, ?, ?)"
 _MESSAGE_SQL = "INSERT INTO items(id, kind, node, seq, created, body) VALUES "
 _MESSAGE_ROW = "(?, 'records', ?, ?, ?, ?)"
-_MESSAGE_PENDING_SQL = "INSERT INTO pending(sink, item, batch, bytes, created, records) VALUES "
-_MESSAGE_PENDING_ROW = "(?, ?, NULL, ?, ?, ?)"
+_MESSAGE_PENDING_SQL = "INSERT INTO pending(sink, item, bytes, created, records) VALUES "
+_MESSAGE_PENDING_ROW = "(?, ?, ?, ?, ?)"
 _CHUNKS = (64, 16, 4, 1)
 _MARSHAL = 4  # marshal's format version 4 (Python 3.4 on): every later Python reads it  # rows per INSERT statement: few distinct statements to prepare
 
@@ -507,12 +522,11 @@ class Outbox:
     def claim_batch(self, sink: str, *, max_records: int, max_bytes: int) -> Batch | None:
         """The sink's open batch (a retry: same key, same items), else a new one, else None."""
         with self.transaction():
-            row = self.db.execute("SELECT id, key, created, attempts FROM batches WHERE sink=? "
-                                  "ORDER BY id LIMIT 1", (sink,)).fetchone()
+            row = self.db.execute("SELECT id, key, created, attempts, first, last FROM batches "
+                                  "WHERE sink=? ORDER BY id LIMIT 1", (sink,)).fetchone()
             if row is None:
                 rows = self.db.execute("SELECT item, bytes, records FROM pending WHERE sink=? "
-                                       "AND batch IS NULL ORDER BY item LIMIT ?",
-                                       (sink, max_records)).fetchall()
+                                       "ORDER BY item LIMIT ?", (sink, max_records)).fetchall()
                 if not rows:
                     return None
                 chosen, total, count = [], 0, 0
@@ -524,24 +538,16 @@ class Outbox:
                     count += records
                 now = self._clock()
                 key = uuid.uuid4().hex
-                cur = self.db.execute("INSERT INTO batches(sink, key, created) VALUES (?, ?, ?)",
-                                      (sink, key, now))
-                row = (cur.lastrowid, key, now, 0)
-                # `chosen` is the head of the sink's unclaimed items in item order: one
-                # statement claims them (no per-row step, see `_insert_rows`)
-                self.db.execute("UPDATE pending SET batch=? WHERE sink=? AND batch IS NULL "
-                                "AND item<=?", (row[0], sink, chosen[-1]))
-                first, last = chosen[0], chosen[-1]
-            else:
-                first, last = self.db.execute("SELECT MIN(item), MAX(item) FROM pending "
-                                              "WHERE sink=? AND batch=?", (sink, row[0])).fetchone()
-            # by the batch's item range: `p.batch=?` alone is answered by a scan of all the
-            # sink's pending rows (SQLite picks the primary key), a cost that grew with the
-            # backlog, 0.8 ms a batch at 100 000 records
+                # `chosen` is the head of the sink's pending items in item order (no other
+                # batch is open): the batch is their range
+                cur = self.db.execute("INSERT INTO batches(sink, key, created, first, last) "
+                                      "VALUES (?, ?, ?, ?, ?)",
+                                      (sink, key, now, chosen[0], chosen[-1]))
+                row = (cur.lastrowid, key, now, 0, chosen[0], chosen[-1])
             items = self.db.execute(
                 "SELECT i.id, i.kind, i.node, i.seq, i.created, i.body, p.records FROM pending p "
                 "JOIN items i ON i.id = p.item WHERE p.sink=? AND p.item BETWEEN ? AND ? "
-                "AND p.batch=? ORDER BY p.item", (sink, first, last, row[0])).fetchall()
+                "ORDER BY p.item", (sink, row[4], row[5])).fetchall()
         out: list[Item] = []
         for r in items:
             if r[1] == "records" or r[1] == "message":
@@ -583,7 +589,9 @@ class Outbox:
                 for i, body in enumerate(senml)]
 
     def _release(self, batch: Batch) -> None:
-        self.db.execute("DELETE FROM pending WHERE sink=? AND batch=?", (batch.sink, batch.id))
+        self.db.execute("DELETE FROM pending WHERE sink=? AND item BETWEEN "
+                        "(SELECT first FROM batches WHERE id=?) AND "
+                        "(SELECT last FROM batches WHERE id=?)", (batch.sink, batch.id, batch.id))
         self.db.execute("DELETE FROM batches WHERE id=?", (batch.id,))
         ids = list(dict.fromkeys(it.id for it in batch.items))
         for at in range(0, len(ids), 500):
@@ -672,8 +680,9 @@ class Outbox:
         else:
             row = self.db.execute(
                 "SELECT COALESCE(SUM(records), 0), COALESCE(SUM(bytes), 0), MIN(created) "
-                "FROM (SELECT records, bytes, created FROM pending WHERE sink=? "
-                "AND batch IS NULL ORDER BY item LIMIT ?)", (sink, head)).fetchone()
+                "FROM (SELECT records, bytes, created FROM pending WHERE sink=? AND item > "
+                "(SELECT COALESCE(MAX(last), 0) FROM batches WHERE sink=?) ORDER BY item "
+                "LIMIT ?)", (sink, sink, head)).fetchone()
         return row[0], row[1], row[2]
 
     # ---- inspection -------------------------------------------------------------------------

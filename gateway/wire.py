@@ -536,6 +536,18 @@ def senml_name(node_id: str, channel_name: str, instance: int) -> str:
     return f"{name}:{instance}" if instance else name
 
 
+class Resolved(list):
+    """The SenML records `Resolver.records` made for one reading record: a list of `{n, u,
+    v, t}` dicts (`{n, v, t}` for a unitless channel), typed so that a sink can tell them
+    from records of any other origin (a dead letter queued again, an old outbox). They hold
+    what the resolver guarantees: the name `{node}:{channel}[:{instance}]`, the channel's
+    unit, a finite number and an integer absolute time; so the sinks format them to JSON
+    straight away (`gateway.sinks.pack_json`, the file sink's lines), without checking
+    each value. Nothing changes them once made."""
+
+    __slots__ = ()
+
+
 class Resolver:
     """Turns readings into SenML records: the one place the gateway does it, for every sink
     and for `meterlink decode`. Remembers each node's names, units and scales (bounded)."""
@@ -548,7 +560,7 @@ class Resolver:
         self._names: dict[str, dict[int, tuple[str, str, int]]] = {}
 
     def records(self, node_id: str, reading: Reading, *,
-                received_at: int) -> list[list[dict[str, Any]]]:
+                received_at: int) -> list[Resolved]:
         """The SenML records `{n, u, v, t}` of each record of `reading`, in record order
         (`u` left out for a unitless channel: the alarm bits). `t` is absolute Unix seconds
         (`Reading.base_time`)."""
@@ -561,7 +573,7 @@ class Resolver:
         out = []
         for elapsed, values in reading.records:
             t = base + elapsed
-            senml = []
+            senml = Resolved()
             for key, value in values.items():
                 how = names.get(key)
                 if how is None:

@@ -78,7 +78,7 @@ def test_migrations_carry_an_old_outbox_forward(tmp_path):
                            "outbox": {"path": "o.db"}}, base_dir=tmp_path)
     gw = Gateway(config)
     gw.open_storage()
-    assert gw.box.schema_version == SCHEMA_VERSION == 9
+    assert gw.box.schema_version == SCHEMA_VERSION == 10
     assert gw.box.query("SELECT min_seq, max_seq FROM nodes") == [{"min_seq": 9,
                                                                    "max_seq": 12}]
     outcomes = [gw.handle_message("m/n1/r", reading(s, {1: 1}), received_at=T0)

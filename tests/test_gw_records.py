@@ -23,7 +23,7 @@ from gateway.config import parse_config
 from gateway.daemon import Gateway
 from gateway.errors import WireError
 from gateway.outbox import MIGRATIONS, Outbox
-from gateway.wire import MAX_PAYLOAD, Resolver, decode_reading
+from gateway.wire import MAX_PAYLOAD, decode_reading
 
 VECTORS = Path(__file__).parent / "vectors"
 TABLE = default_table()
@@ -165,7 +165,7 @@ def test_schema_3_outbox_with_pending_records_is_delivered_after_the_upgrade(tmp
                            "outbox": {"path": "o.db"}}, base_dir=tmp_path)
     gw = Gateway(config)
     gw.open_storage()
-    assert gw.box.schema_version == len(MIGRATIONS) == 9
+    assert gw.box.schema_version == len(MIGRATIONS) == 10
     assert gw.box.backlog("file")[0] == 1
     assert gw.handle_message("m/n1/r", cbor2.dumps([1, 7, T0, {1: 2150}]),
                              received_at=T0) == "duplicate"
@@ -236,31 +236,6 @@ def test_acknowledged_messages_are_not_delivered_again(tmp_path, broker):
     assert got == ["m/a9/r"]
 
 
-def test_file_sink_lines_are_the_general_encoding_byte_for_byte():
-    from gateway.outbox import Item
-    from gateway.sinks import senml_records
-    from gateway.sinks.file import encode_line, reading_lines
-
-    items = []
-    for i, payload in enumerate(valid_payloads()):
-        node = f"node-{i}"
-        reading = decode_reading(payload, TABLE)
-        for i, senml in enumerate(Resolver(TABLE).records(node, reading, received_at=T0)):
-            items.append(Item(1, "reading", node, reading.seq + i, T0, senml))
-    odd = [{"n": "x1:temperature", "u": "Cel", "v": 1.5e300, "t": T0},
-           {"n": "x1:temperature", "v": -0.0, "t": T0, "u": "Cel"},      # other key order
-           {"n": "x1:alarms:2", "v": 3, "t": T0},
-           {"n": "x1:temperature", "u": "\u00b0C\"", "v": 2, "t": T0},  # escapes in u
-           {"n": "x1:temperature", "u": "Cel", "v": True, "t": T0},     # bool, not number
-           {"n": "x1:temperature", "u": "Cel", "v": 2, "t": T0 + 1.5},  # float time
-           {"n": "x1:rssi", "u": "dBm", "v": -61, "t": T0},              # a secondary unit
-           {"n": "other:temperature", "u": "Cel", "v": 2, "t": T0}]     # another node's name
-    items.append(Item(2, "reading", "x1", 5, T0, odd))
-    assert len(items) >= 30
-    for item in items:
-        assert reading_lines(item) == [encode_line(r) for r in senml_records(item)]
-
-
 def test_a_bug_on_the_hot_path_quarantines_only_its_message(tmp_path, monkeypatch):
     """A message that raises after it was queued for the batch insert is rolled back alone
     (the rerun with a savepoint per message); the messages around it are stored."""
@@ -307,9 +282,10 @@ def test_a_rolled_back_message_leaves_no_trace_in_dedup(tmp_path, monkeypatch):
 
 def test_schema_8_outbox_of_cbor_messages_is_delivered_after_the_upgrade(tmp_path):
     """Gateways before schema 9 stored each message's CBOR bytes (kind "message", with the
-    first new seq and the count of new records): after the upgrade those items resolve to
-    the vectors' SenML, a run of a partly duplicate message included, and new messages are
-    stored as records beside them."""
+    first new seq and the count of new records), and marked a claimed batch on its pending
+    rows: after the upgrade the open batch is handed out again with its key and its items
+    only, those items resolve to the vectors' SenML, a run of a partly duplicate message
+    included, and new messages are stored as records beside them."""
     path = tmp_path / "o.db"
     db = sqlite3.connect(path, isolation_level=None)
     for number, script in enumerate(MIGRATIONS[:8]):
@@ -330,15 +306,22 @@ def test_schema_8_outbox_of_cbor_messages_is_delivered_after_the_upgrade(tmp_pat
         db.execute("INSERT INTO pending(sink, item, batch, bytes, created, records) VALUES "
                    "('file', ?, NULL, 100, ?, ?)", (item, received, count))
         want += senml
+    db.execute("INSERT INTO batches(id, sink, key, created) VALUES (4, 'file', 'k-open', ?)",
+               (T0,))
+    db.execute("UPDATE pending SET batch=4 WHERE item<=2")
     db.close()
     config = parse_config({"sinks": {"file": {}}, "api": {"enabled": False},
                            "outbox": {"path": "o.db"}}, base_dir=tmp_path)
     gw = Gateway(config)
     gw.open_storage()
-    assert gw.box.schema_version == 9
+    assert gw.box.schema_version == 10
     assert gw.handle_message("m/n9/r", cbor2.dumps([1, 3, T0, {1: 2150}]),
                              received_at=T0) == "accepted"
-    got = [r for _, _, body in outbox_items(gw.box, "file") for r in body]
+    retry = gw.box.claim_batch("file", max_records=10_000, max_bytes=1 << 30)
+    assert retry.key == "k-open" and {it.id for it in retry.items} == {1, 2}
+    gw.box.confirm(retry)
+    got = [r for it in retry.items for r in it.body]
+    got += [r for _, _, body in outbox_items(gw.box, "file") for r in body]
     assert json.dumps(got) == json.dumps(want + [{"n": "n9:temperature", "u": "Cel",
                                                   "v": 21.5, "t": T0}])
     assert any(len(v["senml"]) > 1 for v in vectors())  # (a run was checked)

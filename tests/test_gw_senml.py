@@ -146,48 +146,61 @@ def test_an_absolute_time_below_2_28_is_never_sent(tmp_path, sink):
 
 # ---- the packs as sent: formatted straight from the records, bounded for MQTT ---------------
 
-def test_pack_json_is_the_encoded_pack_byte_for_byte():
-    """The http and mqtt sinks format a usual reading's JSON themselves (`pack_json`); every
-    shape, value and name gives exactly the bytes (or the error) of encoding `senml_pack`."""
-    import itertools
-    import math
-
+def test_resolved_records_are_formatted_as_the_general_encoder_writes_them_byte_for_byte():
+    """The http and mqtt sinks (`pack_json`) and the file sink (`reading_lines`) format the
+    records the resolver made (`wire.Resolved`, what the outbox hands out for every stored
+    reading) straight from their values. For every key of the channel table (every unit, the
+    secondary unit dBm, the unitless alarm bits, every instance), values of every scale, sign
+    and size the wire takes, in records with one time and with two, that is exactly the bytes
+    of the general encoder; names and units JSON escapes, and a time SenML would read as
+    relative, go to the general encoder, which writes them or raises what it raises."""
+    from gateway.channels import default_table
     from gateway.outbox import Item
-    from gateway.sinks.base import CONVERSION_ERRORS, _encode, pack_json, senml_pack
+    from gateway.sinks.base import CONVERSION_ERRORS, _encode, _resolved_json, pack_json, \
+        senml_pack, senml_records
+    from gateway.sinks.file import encode_line, reading_lines
+    from gateway.wire import Reading, Record, Resolved, Resolver
 
-    def encoded(item):
+    def general(item):
         try:
-            return _encode(senml_pack(item))[1:-1]
+            return _encode(senml_pack(item))[1:-1], [encode_line(r) for r in senml_records(item)]
         except CONVERSION_ERRORS as exc:
             return type(exc)
 
     def formatted(item):
         try:
-            return pack_json(item)
+            return pack_json(item), reading_lines(item)
         except CONVERSION_ERRORS as exc:
             return type(exc)
 
-    values = [0, -61, 21.53, -0.0, 1e22, 3.0, 2**53 - 1, math.nan, math.inf, True, None, "1"]
-    times = [T0, T0 + 0.5, EVENT_T, 86400, math.nan, None]
-    units = ["Cel", "dBm", "m3", 'a"b', "µS", None]
-    names = ["w1:temperature", "w1:temperature:2", "w2:rssi", 'w1:x"y', "w1:ü", "rssi"]
-    fast = checked = 0
-    for v, t, u, n in itertools.product(values, times, units, names):
-        for body in ([{"n": n, "u": u, "v": v, "t": t}], [{"n": n, "v": v, "t": t}],
-                     [{"n": "w1:water_volume", "u": "m3", "v": 1.5, "t": T0},
-                      {"n": n, "u": u, "v": v, "t": t}],
-                     [{"n": n, "t": t, "u": u, "v": v}]):
-            for node, seq in (("w1", 7), ("w1", None), ('w"1', 7)):
-                item = Item(1, "reading", node, seq, T0, body)
-                want = encoded(item)
-                assert formatted(item) == want, item
-                checked += 1
-                fast += isinstance(want, str) and node == "w1" and seq == 7 and \
-                    n.startswith("w1:")
-    assert checked > 10000 and fast > 500
-    event = Item(2, "event", "w1", None, T0, {"node": "w1", "alarm": "leak", "active": True,
-                                               "t": EVENT_T, "detail": 'alarms "1"'})
-    assert pack_json(event) == _encode(senml_pack(event))[1:-1]
+    table = default_table()
+    resolver = Resolver(table)
+    values = [0, 1, -1, 7, 2153, -61, 101325, 10**15 + 7, 2**53 - 1, -(2**53 - 1)]
+    fast = 0
+    units = set()
+    for key in sorted(table.keys):
+        channel, _ = table.lookup(key)
+        units.add(channel.unit)
+        other = 1 if key != 1 else 2
+        for v in values:
+            reading = Reading(40, T0, [Record(0, {key: v, other: 3}), Record(60, {key: -v})])
+            for i, senml in enumerate(resolver.records("w1-7", reading, received_at=T0)):
+                assert type(senml) is Resolved
+                item = Item(1, "reading", "w1-7", 40 + i, T0, senml)
+                assert formatted(item) == general(item), item
+                fast += _resolved_json(item.node, item.seq, senml) is not None
+    assert fast == 2 * len(values) * len(table.keys)
+    assert {"", "dBm", "Cel", "m3"} <= units  # (unitless, secondary and primary units met)
+    odd = [[{"n": "w1:temperature", "u": 'a"b', "v": 2, "t": T0}],        # escapes in u
+           [{"n": "w1:temperature", "u": "\u00b5S", "v": 2, "t": T0}],   # non-ASCII u
+           [{"n": "w1:x\"y", "v": 2, "t": T0}],                         # escapes in n
+           [{"n": "other:temperature", "u": "Cel", "v": 2, "t": T0}],    # another node's name
+           [{"n": "w1:temperature", "u": "Cel", "v": 2, "t": T0},
+            {"n": "w1:temperature", "u": "Cel", "v": 2, "t": 86400}]]     # relative in SenML
+    for body in odd:
+        item = Item(1, "reading", "w1", 7, T0, Resolved(body))
+        assert formatted(item) == general(item), item
+        assert _resolved_json("w1", 7, item.body) is None
 
 
 def test_the_mqtt_packs_fit_pack_max_bytes_and_resolve_to_the_batch(tmp_path):

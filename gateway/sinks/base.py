@@ -35,12 +35,12 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from gateway.config import SinkConfig
 from gateway.errors import Unconvertible
 from gateway.outbox import Batch, Item
-from gateway.wire import SENML_RELATIVE_LIMIT
+from gateway.wire import SENML_RELATIVE_LIMIT, Resolved
 
 # What converting a malformed value raises (json: ValueError for NaN, datetime: ValueError or
 # OverflowError past year 9999, a missing or mistyped field: KeyError, TypeError, ...).
@@ -150,11 +150,8 @@ def senml_pack(item: Item) -> list[dict[str, Any]]:
     return out
 
 
-# the shapes of a stored reading record `pack_json` and the file sink format themselves
-FULL = ("n", "u", "v", "t")
-UNITLESS = ("n", "v", "t")
-# node -> SenML n -> its channel, or "" (see `channel_of`); unit -> `_unit(unit)`
-_channels: dict[str, dict[str, str]] = {}
+# SenML name of a resolved record -> `Head` (see `resolved_head`); unit -> `_unit(unit)`
+_heads: dict[str, "Head | None"] = {}
 _units: dict[str, tuple[str, int]] = {}
 _NOT_PLAIN = ("", 0)
 _CACHE_LIMIT = 100_000
@@ -165,34 +162,50 @@ def _plain(text: str) -> bool:
     return _encode(text)[1:-1] == text
 
 
-def channel_of(node: str, name: Any) -> str:
-    """The channel of SenML name `name` (`{node}:{channel}`, as the resolver builds it), or
-    "" when the name is not that or JSON escapes something in it: then the sink's general
-    encoder writes the record. Remembered per node (bounded): the fast formatters of the
-    `http`, `mqtt` and `file` sinks ask for every value."""
-    names = _channels.get(node)
-    if names is None:
-        if type(node) is not str or ":" in node or not _plain(node):
-            return ""
-        if len(_channels) >= _CACHE_LIMIT:
-            _channels.clear()
-        names = _channels[node] = {}
-    channel = names.get(name)
-    if channel is None:
-        if type(name) is not str:
-            return ""
-        if len(names) >= _CACHE_LIMIT:
-            names.clear()
-        prefix = node + ":"
-        channel = name[len(prefix):]
-        channel = names[name] = channel if name.startswith(prefix) and _plain(channel) else ""
-    return channel
-
-
 def _unit(unit: str) -> tuple[str, int]:
     """(the unit sent, the offset added to the value) for a stored unit (`PRIMARY_UNIT`)."""
     sent, offset = PRIMARY_UNIT.get(unit, (unit, 0))
     return (sent, offset) if _plain(sent) else _NOT_PLAIN
+
+
+class Head(NamedTuple):
+    """The JSON text around the value of one resolved SenML name, made once per name."""
+
+    unit: str | None  # the unit as resolved (None: a unitless channel)
+    channel: str      # the name less its `{node}:` prefix
+    pack: str         # `"n":"{channel}","u":"{sent unit}","v":` in a pack (base name set)
+    line: str         # `{"n":"{name}","u":"{sent unit}","v":` a file sink line begins with
+    offset: int       # added to the value (a secondary unit sent as its primary, dBm -> dBW)
+
+
+def resolved_head(node: str, name: str, unit: str | None) -> Head | None:
+    """The `Head` of the records of `node` named `name` in `unit`; None when JSON would escape
+    something in them (then the sink's general encoder writes the item). Remembered per
+    name (bounded): the sinks ask for every value."""
+    head = _heads.get(name)
+    if head is not None and head.unit == unit:
+        return head
+    prefix = f"{node}:"
+    channel = name[len(prefix):]
+    if not name.startswith(prefix) or not _plain(name):
+        return None
+    if unit is None:
+        head = Head(None, channel, f'"n":"{channel}","v":', f'{{"n":"{name}","v":', 0)
+    else:
+        how = _units.get(unit)
+        if how is None:
+            if len(_units) >= _CACHE_LIMIT:
+                _units.clear()
+            how = _units[unit] = _unit(unit)
+        sent, offset = how
+        if not sent:
+            return None
+        head = Head(unit, channel, f'"n":"{channel}","u":"{sent}","v":',
+                    f'{{"n":"{name}","u":"{sent}","v":', offset)
+    if len(_heads) >= _CACHE_LIMIT:
+        _heads.clear()
+    _heads[name] = head
+    return head
 
 
 def pack_json(item: Item) -> str:
@@ -201,64 +214,44 @@ def pack_json(item: Item) -> str:
     `_encode(senml_pack(item))[1:-1]` (tests/test_gw_senml.py checks it), and it raises what
     that raises (an unconvertible item).
 
-    A reading of the usual shape (records `{n, u, v, t}` or `{n, v, t}` named `{node}:...`,
-    finite numbers, nothing JSON escapes) is formatted straight from its stored records, as
-    the file sink writes its lines: building the pack's dicts and encoding them cost three
-    times as much, and this runs for every value sent. Anything else is encoded."""
-    if item.kind == "reading":
-        text = _reading_json(item)
+    The records the resolver made (`wire.Resolved`: every reading the outbox hands out) are
+    formatted straight from their values with each name's `resolved_head`: building the
+    pack's dicts and encoding them, or checking each value, cost two to three times as much,
+    and this runs for every value sent. Anything else is encoded."""
+    body = item.body
+    if type(body) is Resolved and type(item.seq) is int and item.kind == "reading":
+        text = _resolved_json(item.node, item.seq, body)
         if text is not None:
             return text
     return _encode(senml_pack(item))[1:-1]
 
 
-def _reading_json(item: Item) -> str | None:
-    """`pack_json` of a reading of the usual shape; None when it is not."""
-    node, seq = item.node, item.seq
-    if type(seq) is not int:
-        return None
+def _resolved_json(node: str, seq: int, body: Resolved) -> str | None:
+    """`pack_json` of a reading record the resolver made; None when a name or unit is one
+    JSON escapes."""
     tail = f',"node":"{node}","seq":{seq},"rid":"{node}/{seq}/'
     parts = []
     bt = None
-    isfinite = math.isfinite
-    for r in item.body:
-        if type(r) is not dict:
-            return None
-        shape = tuple(r)
-        full = shape == FULL
-        if not full and shape != UNITLESS:
-            return None
-        v, t = r["v"], r["t"]
-        channel = channel_of(node, r["n"])
-        if not channel:
-            return None
-        tv, tt = type(v), type(t)
-        if not (tv is int or (tv is float and isfinite(v))) \
-                or not (tt is int or (tt is float and isfinite(t))) or t < SENML_RELATIVE_LIMIT:
-            return None
-        if full:
-            u = r["u"]
-            how = _units.get(u) if type(u) is str else _NOT_PLAIN
-            if how is None:
-                if len(_units) >= _CACHE_LIMIT:
-                    _units.clear()
-                how = _units[u] = _unit(u)
-            sent, offset = how
-            if not sent:
+    for r in body:
+        name, unit = r["n"], r.get("u")
+        head = _heads.get(name)
+        if head is None or head.unit != unit:
+            head = resolved_head(node, name, unit)
+            if head is None:
                 return None
-            if offset:
-                v += offset
-            values = f'"n":"{channel}","u":"{sent}","v":{v!r}'
-        else:
-            values = f'"n":"{channel}","v":{v!r}'
+        v, t = r["v"], r["t"]
+        if t < SENML_RELATIVE_LIMIT:  # (ingest never takes one; the encoder names it)
+            return None
+        if head.offset:
+            v += head.offset
         if bt is None:
             bt = t
-            parts.append(f'{{"bn":"{node}:","bt":{t!r},{values}{tail}{channel}"}}')
+            parts.append(f'{{"bn":"{node}:","bt":{t!r},{head.pack}{v!r}{tail}{head.channel}"}}')
         elif t != bt:
             bt = t
-            parts.append(f'{{"bt":{t!r},{values}{tail}{channel}"}}')
+            parts.append(f'{{"bt":{t!r},{head.pack}{v!r}{tail}{head.channel}"}}')
         else:
-            parts.append(f'{{{values}{tail}{channel}"}}')
+            parts.append(f'{{{head.pack}{v!r}{tail}{head.channel}"}}')
     return ",".join(parts)
 
 

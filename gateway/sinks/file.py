@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -26,9 +25,8 @@ from typing import Any
 from gateway.errors import DeliveryFailed, SinkError
 from gateway.logfmt import kv
 from gateway.outbox import Batch, Item
-from gateway.sinks.base import (FULL, PRIMARY_UNIT, UNITLESS, Sink, channel_of, convert_each,
-                                senml_records)
-from gateway.wire import SENML_RELATIVE_LIMIT
+from gateway.sinks.base import Sink, convert_each, resolved_head, senml_records
+from gateway.wire import SENML_RELATIVE_LIMIT, Resolved
 
 log = logging.getLogger("meterlink.gateway.sink.file")
 
@@ -42,40 +40,26 @@ def encode_line(record: dict[str, Any]) -> bytes:
     return (_encode(record) + "\n").encode()
 
 
-_SHAPES = (FULL, UNITLESS)
-_units: dict[str, str] = {}  # unit -> its JSON
-_CACHE_LIMIT = 100_000
-
-
 def reading_lines(item: Item) -> list[bytes]:
-    """The JSONL lines of a reading item: `encode_line` of each `senml_records` record,
-    byte for byte, formatted straight from the SenML record (this is most of the sink's
-    work per reading). A record of any other shape goes through `encode_line`."""
-    node, seq = item.node, item.seq
-    tail = f'"node":"{node}","seq":{seq},"rid":"{node}/{seq}/'
-    out = []
-    for r in item.body:
-        channel = channel_of(node, r.get("n"))
-        v, t = r.get("v"), r.get("t")
-        shape = tuple(r)
-        if not channel or shape not in _SHAPES or type(t) is not int \
-                or t < SENML_RELATIVE_LIMIT or r.get("u") in PRIMARY_UNIT \
-                or not (type(v) is int or (type(v) is float and math.isfinite(v))):
-            out.extend(encode_line(rec) for rec in senml_records(
-                Item(item.id, item.kind, node, seq, item.created, [r])))
-            continue
-        if len(shape) == 4:
-            u = r["u"]
-            ju = _units.get(u) if type(u) is str else None
-            if ju is None:
-                ju = _encode(u)
-                if type(u) is str and len(_units) < _CACHE_LIMIT:
-                    _units[u] = ju
-            line = f'{{"n":"{node}:{channel}","u":{ju},"v":{v!r},"t":{t},{tail}{channel}"}}\n'
+    """The JSONL lines of a reading item: `encode_line` of each `senml_records` record, byte
+    for byte. The records the resolver made (`wire.Resolved`) are formatted straight from
+    their values with each name's `resolved_head` (this is most of the sink's work per
+    reading); anything else goes through `encode_line`."""
+    node, seq, body = item.node, item.seq, item.body
+    if type(body) is Resolved and type(seq) is int:
+        tail = f',"node":"{node}","seq":{seq},"rid":"{node}/{seq}/'
+        out = []
+        for r in body:
+            name, unit = r["n"], r.get("u")
+            head = resolved_head(node, name, unit)
+            t = r["t"]
+            if head is None or t < SENML_RELATIVE_LIMIT:
+                break
+            v = r["v"] + head.offset if head.offset else r["v"]
+            out.append(f'{head.line}{v!r},"t":{t!r}{tail}{head.channel}"}}\n'.encode())
         else:
-            line = f'{{"n":"{node}:{channel}","v":{v!r},"t":{t},{tail}{channel}"}}\n'
-        out.append(line.encode())
-    return out
+            return out
+    return [encode_line(r) for r in senml_records(item)]
 
 
 class JsonlFile:

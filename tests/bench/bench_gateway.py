@@ -75,6 +75,7 @@ ROUNDS = 5
 RECORDS_PER_MESSAGE = 2
 SENML_PER_MESSAGE = 5  # the two reading records carry 4 + 1 channel values
 BACKLOG_RECORDS = 100_000
+DRAIN_ROUNDS = 5
 READINGS = 20_000
 BRIDGE_ROUNDS = 3
 PARTS = ("ingest", "latency", "drain", "bridge", "http")
@@ -252,46 +253,55 @@ class Platform:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/senml"
 
 
-def drain_rates(work: Path) -> tuple[float, float, int]:
-    plat = Platform()
-    config = parse_config({"sinks": {"http": {"url": plat.url, "batch_max_records": 500,
-                                              "batch_max_bytes": 1 << 22}},
-                           "api": {"enabled": False}}, base_dir=work / "drain")
-    gw = Gateway(config)
-    gw.open_storage()
-    records = 0
-    seq = 0
-    while records < BACKLOG_RECORDS:  # SenML records: 4 + 1 channel values per message
-        msgs = [Message(f"m/d{i % 50}/r", payload(seq + 2 * (i // 50)), received_at=T0)
-                for i in range(500)]
-        gw.ingestor.handle_batch(msgs)
-        seq += 20
-        records += 500 * 5
-    cfg = config.sinks[0]
-    worker = SinkWorker(make_sink(cfg), cfg, config.outbox.path, gw.stats)
-    t0 = time.perf_counter()
-    worker.start()
-    while plat.records < records:
-        time.sleep(0.01)
-    ours = records / (time.perf_counter() - t0)
-    worker.stop()
-
-    # baseline: the same number of packs of the same size, prebuilt, posted in a bare loop
+def drain_rates(work: Path) -> tuple[list[float], list[float], int]:
+    """Rounds of: a backlog of `BACKLOG_RECORDS` SenML records drained by the http sink to a
+    local server, then the same number of records POSTed by a bare loop of prebuilt bodies
+    of the same size to the same server. The two runs of a round are back to back, so a busy
+    moment of the machine weighs on both; returns (ours, bare, records) per round."""
     import http.client
+
+    plat = Platform()
     pack = [{"n": "d1:temperature", "u": "Cel", "v": 21.53, "t": T0, "node": "d1", "seq": i,
              "rid": f"d1/{i}/temperature"} for i in range(500 * 5 // 2)]
     body = gzip.compress(json.dumps(pack, separators=(",", ":")).encode(), 5)
     host, port = plat.server.server_address
-    plat.records = 0
-    t0 = time.perf_counter()
-    conn = http.client.HTTPConnection(host, port, timeout=10)
-    while plat.records < records:
-        conn.request("POST", "/senml", body=body, headers={
-            "Content-Type": "application/senml+json", "Content-Encoding": "gzip",
-            "Content-Length": str(len(body))})
-        conn.getresponse().read()
-    bare = records / (time.perf_counter() - t0)
-    conn.close()
+    ours, bare = [], []
+    for r in range(DRAIN_ROUNDS):
+        config = parse_config({"sinks": {"http": {"url": plat.url, "batch_max_records": 500,
+                                                  "batch_max_bytes": 1 << 22}},
+                               "api": {"enabled": False}}, base_dir=work / f"drain{r}")
+        gw = Gateway(config)
+        gw.open_storage()
+        records = 0
+        seq = 0
+        while records < BACKLOG_RECORDS:  # SenML records: 4 + 1 channel values per message
+            msgs = [Message(f"m/d{i % 50}/r", payload(seq + 2 * (i // 50)), received_at=T0)
+                    for i in range(500)]
+            gw.ingestor.handle_batch(msgs)
+            seq += 20
+            records += 500 * 5
+        cfg = config.sinks[0]
+        worker = SinkWorker(make_sink(cfg), cfg, config.outbox.path, gw.stats)
+        plat.records = 0
+        t0 = time.perf_counter()
+        worker.start()
+        while plat.records < records:
+            time.sleep(0.002)
+        ours.append(records / (time.perf_counter() - t0))
+        worker.stop()
+        gw.box.close()
+
+        # baseline: the same number of packs of the same size, prebuilt, in a bare loop
+        plat.records = 0
+        t0 = time.perf_counter()
+        conn = http.client.HTTPConnection(host, port, timeout=10)
+        while plat.records < records:
+            conn.request("POST", "/senml", body=body, headers={
+                "Content-Type": "application/senml+json", "Content-Encoding": "gzip",
+                "Content-Length": str(len(body))})
+            conn.getresponse().read()
+        bare.append(records / (time.perf_counter() - t0))
+        conn.close()
     plat.server.shutdown()
     return ours, bare, records
 
@@ -316,7 +326,7 @@ def ingest(work: Path) -> None:
           + " ".join(f"{x:.0f}" for x in gws)
           + f"   ({gw_msgs * RECORDS_PER_MESSAGE:.0f} records/s)")
     print(f"  ratio gateway / bare         {statistics.median(ratios):9.2f}   rounds "
-          + " ".join(f"{x:.2f}" for x in ratios) + "   (target >= 0.70)")
+          + " ".join(f"{x:.2f}" for x in ratios) + "   (target >= 0.9)")
     print(f"  through the file sink too    {end:9.0f} msg/s   rounds "
           + " ".join(f"{x:.0f}" for x in ends)
           + f"   (ratio {statistics.median(e / b for e, b in zip(ends, bares)):.2f}: every "
@@ -646,11 +656,16 @@ def main(argv: list[str]) -> int:
                       f"{base * 1000:8.2f} ms   ratio {ours / base:6.2f}")
         if "drain" in parts:
             ours, bare_post, records = drain_rates(work)
+            ratios = [o / b for o, b in zip(ours, bare_post)]
             print(f"upstream drain of a {records} record backlog, http sink (SenML, gzip, "
-                  "Idempotency-Key) to a local server, keep-alive both:")
-            print(f"  bare http.client POST loop   {bare_post:9.0f} records/s")
-            print(f"  gateway http sink            {ours:9.0f} records/s")
-            print(f"  ratio gateway / bare         {ours / bare_post:9.2f}")
+                  "Idempotency-Key) to a local server, keep-alive both, median of "
+                  f"{DRAIN_ROUNDS} rounds:")
+            print(f"  bare http.client POST loop   {statistics.median(bare_post):9.0f} "
+                  "records/s   rounds " + " ".join(f"{x:.0f}" for x in bare_post))
+            print(f"  gateway http sink            {statistics.median(ours):9.0f} "
+                  "records/s   rounds " + " ".join(f"{x:.0f}" for x in ours))
+            print(f"  ratio gateway / bare         {statistics.median(ratios):9.2f}   "
+                  "rounds " + " ".join(f"{x:.2f}" for x in ratios) + "   (target >= 0.3)")
         if "bridge" in parts:
             print_end_to_end(f"mqtt bridge end to end, first publish to last arrival upstream "
                              f"({READINGS} QoS 1 readings of {SENML_PER_MESSAGE} values, two "
