@@ -16,9 +16,12 @@ one row to `node_journal` instead, whatever their number: each node's dedup rang
 battery, RSSI and counts, in the same transaction as the readings. Every `COMPACT_S` (and at
 a clean stop) `compact()` writes the nodes of the journal into their rows, with their last
 values, and empties it; after a crash the journal is written into the rows at start
-(`recover`). A node row touched by a journal batch lags its node by up to `COMPACT_S` (the
-API's `last_seen`, counts and last values); the dedup state never does: it is in memory and in
-the journal. Writing a row per node and batch cost ingest half its rate with 10 000 nodes in
+(`recover`). That write takes about 10 us a node (0.1 s with 10 000 nodes in the journal,
+1.4 s with 100 000), so the next one waits at least 20 times as long as the last took
+(`COMPACT_SHARE`, up to `COMPACT_MAX_S`): with 100 000 nodes in a backlog, every 5 s would be a
+quarter of the ingest thread's time. A node row touched by a journal batch lags its node by
+up to that period (the API's `last_seen`, counts and last values); the dedup state never
+does: it is in memory and in the journal. Writing a row per node and batch cost ingest half its rate with 10 000 nodes in
 a backlog (every row on its own page: the commit writes a page per node). Only the ingest
 thread writes those columns; other modules read and change the cache through methods
 (`ensure`, `seen`, `snapshot`, `restore`).
@@ -52,6 +55,7 @@ import copy
 import json
 import math
 import logging
+import operator
 import time
 from array import array
 from typing import Any, Sequence
@@ -76,7 +80,9 @@ STATUS_FIELDS = {"fw": "fw", "boot": "boot", "q": "q", "qd": "qd", "iv": "iv", "
                  "rssi": "rssi", "bat": "battery_mv"}
 NODE_LOG_KEEP = 500  # node_log rows kept per node (the newest)
 DIRECT_NODES = 32  # a batch that touched more nodes writes them to the journal (above)
-COMPACT_S = 5.0  # how often the journal is written into the node rows
+COMPACT_S = 5.0  # how often the journal is written into the node rows (at most)
+COMPACT_SHARE = 0.05  # of the ingest thread's time, at most, spent writing the journal's nodes
+COMPACT_MAX_S = 60.0  # the longest wait between two, however long they take
 ALARM_LOG_KEEP = 1000  # cleared alarm_log rows kept per node (the newest; open ones all)
 NONE_T = -2**63  # a raw slot's time when it holds no value (NodeState.raw_t)
 NODE_EVENTS = ("first_seen", "online", "asleep", "offline", "restarting", "reboot", "firmware",
@@ -135,9 +141,10 @@ class Registry:
         self.table = table if table is not None else default_table()
         # wire key -> (channel label as in last_values, base name, instance, scale)
         self._keys: dict[int, tuple[str, str, str, int]] = {}
-        # wire key <-> its slot in every node's raw arrays (NodeState.raw_v, raw_t)
+        # wire key -> its slot in every node's raw arrays (NodeState.raw_v, raw_t); slot ->
+        # (channel label, scale) of its key
         self._slots: dict[int, int] = {}
-        self._slot_keys: list[int] = []
+        self._slot_info: list[tuple[str, int]] = []
         self._special = frozenset(make_key(ch.id, inst) for ch in self.table
                                   if ch.name in SPECIAL_CHANNELS
                                   for inst in range(MAX_INSTANCE + 1))
@@ -160,6 +167,7 @@ class Registry:
         # yet (`forget`), put back by `ensure`
         self._overlay: dict[str, list] = {}
         self._compacted = time.monotonic()
+        self._compact_every = COMPACT_S
         # retired node -> when: its messages are quarantined as "retired" (`Ingestor._handle`)
         self.retired: dict[str, float] = self.nodes.retired()
 
@@ -229,9 +237,10 @@ class Registry:
 
     def compact(self, *, due_only: bool = False) -> None:
         """Writes the nodes of the journal into their rows and empties it (in the caller's
-        transaction, between batches); with `due_only`, only once `COMPACT_S` passed."""
+        transaction, between batches); with `due_only`, only once it is due (module
+        docstring: `COMPACT_S`, or longer after a long one)."""
         now = time.monotonic()
-        if due_only and now < self._compacted + COMPACT_S:
+        if due_only and now < self._compacted + self._compact_every:
             return
         self._compacted = now
         if not self._journaled and not self._overlay:
@@ -245,11 +254,16 @@ class Registry:
             st.duplicates += st.duplicates_j
             st.accepted_j = st.duplicates_j = 0
             rows.append(self._row(node))
+        # in the order of the nodes' index: 100 000 updates in the set's order took 2.7 times
+        # as long (each on a page of its own, at random)
+        rows.sort(key=_by_node)
         self.nodes.write_hot_many(rows)
         for node, entry in self._overlay.items():
             self.nodes.write_entry(node, entry)
         self.nodes.clear_journal()
         self._journaled.clear()
+        took = time.monotonic() - now
+        self._compact_every = min(COMPACT_MAX_S, max(COMPACT_S, took / COMPACT_SHARE))
         self._overlay.clear()
 
     def recover(self) -> int:
@@ -402,23 +416,24 @@ class Registry:
         `st`'s arrays grown to every slot."""
         i = self._slots.get(key)
         if i is None:
-            i = self._slots[key] = len(self._slot_keys)
-            self._slot_keys.append(key)
-        have = len(st.raw_t)
-        if have < len(self._slot_keys):
-            st.raw_v.extend([0] * (len(self._slot_keys) - have))
-            st.raw_t.extend([NONE_T] * (len(self._slot_keys) - have))
+            i = self._slots[key] = len(self._slot_info)
+            label, _, _, scale = self._key(key)
+            self._slot_info.append((label, scale))
+        have, want = len(st.raw_t), len(self._slot_info)
+        if have < want:
+            st.raw_v.extend([0] * (want - have))
+            st.raw_t.extend([NONE_T] * (want - have))
         return i
 
     def _merge_raw(self, st: NodeState) -> None:
         """Moves the wire values `reading` kept into `values` (newest time wins)."""
         values = st.values
         rv, rt = st.raw_v, st.raw_t
-        keys = self._slot_keys
+        info = self._slot_info
         for i, t in enumerate(rt):
             if t == NONE_T:
                 continue
-            label, _, _, scale = self._key(keys[i])
+            label, scale = info[i]
             old = values.get(label)
             if old is None or old[1] <= t:
                 values[label] = (senml_value(rv[i], scale), t)
@@ -683,6 +698,7 @@ def _values_out(values: dict[str, tuple[Any, Any]]) -> str:
     return "{" + ",".join(parts) + "}"
 
 
+_by_node = operator.itemgetter(-1)  # a `_row` tuple's node
 _LABELS: dict[str, str] = {}  # channel label -> as JSON text (few: the channel tables')
 
 

@@ -408,6 +408,60 @@ def test_a_batch_from_many_nodes_keeps_their_dedup_state_in_one_journal_row(tmp_
     assert again.box.query("SELECT COUNT(*) AS n FROM node_journal") == [{"n": 0}]
 
 
+def test_a_long_compaction_makes_the_next_one_wait_longer(tmp_path, monkeypatch):
+    """Writing the journal's nodes into their rows takes about 10 us a node: with a fleet of
+    100 000 in a backlog, doing it every 5 s would take a quarter of the ingest thread. So
+    the next one waits 20 times as long as the last one took (at least 5 s, at most 60 s);
+    the journal keeps the dedup state meanwhile."""
+    import gateway.registry as registry
+
+    class Clock:
+        now = 1000.0
+
+        def monotonic(self):
+            return self.now
+
+    clock = Clock()
+    monkeypatch.setattr(registry, "time", clock)
+    gw = make_gateway(tmp_path)
+    reg = gw.ingestor.registry
+    write = reg.nodes.write_hot_many
+
+    def slow_write(rows):  # as long as 100 000 rows take: 1.5 s
+        clock.now += 1.5
+        write(rows)
+
+    monkeypatch.setattr(reg.nodes, "write_hot_many", slow_write)
+
+    def journal_rows():
+        return gw.box.query("SELECT COUNT(*) AS n FROM node_journal")[0]["n"]
+
+    def compact_due(at):
+        clock.now = at
+        with gw.box.transaction():
+            reg.compact(due_only=True)
+
+    gw.ingestor.handle_batch(fleet_batch(128, 7))
+    compact_due(1004.0)  # not yet 5 s
+    assert journal_rows() == 1
+    compact_due(1005.0)  # due: written, in 1.5 s (until 1006.5)
+    assert journal_rows() == 0 and set(node_rows(gw).values()) == {(7, 1)}
+    gw.ingestor.handle_batch(fleet_batch(128, 8))
+    compact_due(1011.0)  # 6 s after the last began: not due after a 1.5 s one (30 s)
+    assert journal_rows() == 1
+    assert gw.ingestor.handle_batch(fleet_batch(128, 8)) == ["duplicate"] * 128
+    compact_due(1034.9)
+    assert journal_rows() >= 1
+    compact_due(1035.0)
+    assert journal_rows() == 0 and set(node_rows(gw).values()) == {(8, 2)}
+    monkeypatch.setattr(reg.nodes, "write_hot_many", write)  # a quick one: 5 s again
+    gw.ingestor.handle_batch(fleet_batch(128, 9))
+    compact_due(1100.0)  # (due: the last period was 30 s)
+    gw.ingestor.handle_batch(fleet_batch(128, 10))
+    compact_due(1105.0)
+    assert journal_rows() == 0 and set(node_rows(gw).values()) == {(10, 4)}
+
+
 def test_the_journal_of_a_crash_is_read_after_an_upgrade_and_a_bad_row_does_not_stop_the_start(
         tmp_path, caplog):
     """Journal rows are marshal bytes; one left as JSON text by an older version (a crash,
