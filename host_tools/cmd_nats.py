@@ -3,7 +3,7 @@ deployment (docs/gateway.md, "Past one machine"), one per server.
 
     meterlink nats-config --servers 10.0.0.11,10.0.0.12,10.0.0.13 --out nats/
                           [--store /var/lib/nats] [--mqtt-port 1883] [--max-store 50G]
-                          [--tls-cert F --tls-key F --tls-ca F]
+                          [--tls-cert F --tls-key F --tls-ca F [--pki DIR] [--gateways A,B]]
 
 Writes `nats/server-1.conf` ... : server name `ml-N`, the client port 4222, cluster routes on
 6222 to every other server, JetStream with its store (`--store`, at most `--max-store`), the
@@ -18,6 +18,14 @@ Every server has the same `authorization` (host_tools/nats.py): the gateway's us
 an existing one is kept, so writing the configs again does not lock the gateways out), and
 the nodes' user, which may publish only `{prefix}/<node>/r|s|a` (`--prefix`, m). The password
 is in the configs as well: keep them readable by nats-server only.
+
+With `--pki DIR` (the fleet's CA folder, `meterlink pki`; it needs `--tls-*`) every node
+certificate in it is a user of its own, named by its certificate (`CN=<node>`), that may
+publish only its own topics and subscribe only to its own downlinks, as Mosquitto's ACL keeps
+a node; the client certificates named by `--gateways` (default: `gateway`) are the gateway
+instances' MQTT users, with every right; any other certificate is refused. Run it again after
+`meterlink provision` issued a node's certificate or `meterlink pki revoke` revoked one, copy
+the configs, and reload the servers (`systemctl reload nats-server`): NATS 2.9 reads no CRL.
 """
 
 from __future__ import annotations
@@ -50,6 +58,12 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-key", metavar="FILE", help="its key (PEM)")
     parser.add_argument("--tls-ca", metavar="FILE",
                         help="the fleet CA: nodes must present a certificate it issued")
+    parser.add_argument("--pki", type=Path, metavar="DIR",
+                        help="the fleet's CA folder: each node certificate in it may use only "
+                             "its own topics (needs --tls-*)")
+    parser.add_argument("--gateways", default="gateway", metavar="A,B",
+                        help="with --pki: the client certificates of the gateway instances "
+                             "(default: gateway)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,6 +81,25 @@ def run(args: argparse.Namespace) -> int:
     tls = [args.tls_cert, args.tls_key, args.tls_ca]
     if any(tls) and not all(tls):
         raise UserError("--tls-cert, --tls-key and --tls-ca go together", exit_code=EXIT_INPUT)
+    identities = None
+    if args.pki is not None:
+        if not all(tls):
+            raise UserError("--pki needs --tls-cert, --tls-key and --tls-ca: the MQTT listener "
+                            "maps the nodes' certificates to their users", exit_code=EXIT_INPUT)
+        from host_tools.pki import Pki, PkiError
+
+        try:
+            live = [e for e in Pki(args.pki).index() if not e["revoked"]]
+        except PkiError as exc:
+            raise UserError(f"--pki: {exc}", exit_code=EXIT_INPUT) from None
+        wanted = [g.strip() for g in args.gateways.split(",") if g.strip()]
+        gateways = [e["name"] for e in live if e["kind"] == "client" and e["name"] in wanted]
+        missing = sorted(set(wanted) - set(gateways))
+        if missing:
+            raise UserError(f"--gateways: {', '.join(missing)} has no live client certificate "
+                            f"in {args.pki} (`meterlink pki issue --dir {args.pki} client NAME`)",
+                            exit_code=EXIT_INPUT)
+        identities = (gateways, [e["name"] for e in live if e["kind"] == "node"])
     port = args.mqtt_port or (8883 if all(tls) else 1883)
     args.out.mkdir(parents=True, exist_ok=True)
     secret = args.out / "gateway.password"
@@ -81,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
                              routes=[f"nats-route://{h}:6222" for h in servers if h != host],
                              store_dir=args.store, max_file_store=args.max_store,
                              gateway_password=password, prefix=args.prefix,
-                             tls=tuple(tls) if all(tls) else None)
+                             tls=tuple(tls) if all(tls) else None, identities=identities)
         path = args.out / f"server-{i + 1}.conf"
         write_atomic(path, text.encode(), mode=0o600)  # it holds the gateway's password
         say(f"{path}: for {host} (ml-{i + 1})")
@@ -90,4 +123,8 @@ def run(args: argparse.Namespace) -> int:
     say(f"gateway.toml: [jetstream] and [mqtt]: user(name) = \"{GATEWAY_USER}\", password = "
         f"the one line of {secret}")
     say(f"nodes: broker host = any of {', '.join(servers)}, port {port}")
+    if identities is not None:
+        say(f"users: {len(identities[1])} node certificate(s), gateway instance(s) "
+            f"{', '.join(identities[0])} (their [mqtt] cert_file and key_file, no password); "
+            "run this again after issuing or revoking a certificate, then reload the servers")
     return 0

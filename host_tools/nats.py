@@ -16,8 +16,17 @@ cluster or `meterlink nats-config` made) may do everything, on the NATS port and
 listener verifies, with `--tls-*`) is `NODE_USER`, which may publish only a node's `r`, `s` and
 `a` topics and subscribe only to `c` and `k` (and `$MQTT.sub.>`, where NATS delivers QoS 1
 subscriptions), so no node can publish a downlink, a gateway instance's summary or a
-JetStream API request (`$JS/API/...`). A node can still name another node's topics: NATS 2.9
-with a static config has no per-client subject template, unlike Mosquitto's ACL.
+JetStream API request (`$JS/API/...`). `NODE_USER` has no password, so it may connect over MQTT
+only (`allowed_connection_types`), never on the NATS port.
+
+With the fleet's certificates (`identities`: `meterlink nats-config --pki`, or a cluster made
+with `pki`) each certificate is a user of its own (`verify_and_map` on the MQTT listener: the
+user named `CN=<name>`): a node's may publish only its own `r`, `s` and `a` and subscribe only
+to its own `c` and `k`, as Mosquitto's ACL keeps it; a gateway instance's may do everything;
+a certificate of anyone else (a node issued after the configs were written, or revoked
+before) is refused. NATS 2.9 reads no CRL: writing the configs again after `meterlink pki
+revoke`, and reloading the servers, is how a node is shut out. These users, too, connect
+over MQTT only.
 
 Each server: client port, cluster routes to the others, JetStream with its own store, an MQTT
 listener (MQTT 3.1.1 for the nodes; their sessions and QoS 1 messages live in JetStream,
@@ -37,6 +46,7 @@ import subprocess
 import time
 import urllib.request
 from pathlib import Path
+from typing import Sequence
 
 from host_tools.broker import free_port
 from host_tools.process import stop as stop_process
@@ -57,19 +67,27 @@ def nats_server() -> str:
 def server_config(name: str, *, host: str, client_port: int, cluster_port: int,
                   mqtt_port: int, http_port: int, routes: list[str], store_dir: str,
                   gateway_password: str, prefix: str = "m", max_file_store: str = "10G",
-                  tls: tuple[str, str, str] | None = None) -> str:
+                  tls: tuple[str, str, str] | None = None,
+                  identities: tuple[Sequence[str], Sequence[str]] | None = None) -> str:
     """One server's config (NATS config syntax; strings JSON-quoted). `tls`: (certificate,
     key, CA) files for the MQTT listener, which then verifies the nodes' certificates.
-    `gateway_password`: `GATEWAY_USER`'s; `prefix`: the nodes' topic prefix ([mqtt] prefix)."""
+    `gateway_password`: `GATEWAY_USER`'s; `prefix`: the nodes' topic prefix ([mqtt] prefix).
+    `identities`: (gateway instances, nodes), the names (CN) of their certificates: each is
+    then a user of its own (module docstring); it needs `tls`."""
     q = json.dumps
-    node_pub = [f"{prefix}.*.{kind}" for kind in "rsa"]
-    node_sub = [f"{prefix}.*.{kind}" for kind in "ck"] + ["$MQTT.sub.>"]
+    if identities is not None and tls is None:
+        raise ValueError("identities need tls: the MQTT listener maps certificates to users")
+    users = [f"    {{user: {q(GATEWAY_USER)}, password: {q(gateway_password)}}}"]
+    if identities is None:
+        users.append(_node_user(NODE_USER, "*", prefix))
+    else:
+        gateways, nodes = identities
+        users += [f"    {{user: {q(f'CN={name}')}, {MQTT_ONLY}}}" for name in gateways]
+        users += [_node_user(f"CN={name}", name, prefix) for name in nodes]
     lines = [
         "authorization {",
         "  users: [",
-        f"    {{user: {q(GATEWAY_USER)}, password: {q(gateway_password)}}}",
-        f"    {{user: {q(NODE_USER)}, permissions: {{publish: {{allow: {q(node_pub)}}}, "
-        f"subscribe: {{allow: {q(node_sub)}}}}}}}",
+        *users,
         "  ]",
         "}",
         f"server_name: {q(name)}",
@@ -86,14 +104,15 @@ def server_config(name: str, *, host: str, client_port: int, cluster_port: int,
         "}",
         "mqtt {",
         f"  listen: {q(f'{host}:{mqtt_port}')}",
-        "  # a client that gives no user name (a node) has the node user's permissions",
-        f"  no_auth_user: {q(NODE_USER)}",
+        *(["  # a client that gives no user name (a node) has the node user's permissions",
+           f"  no_auth_user: {q(NODE_USER)}"] if identities is None else []),
         "  # the MQTT sessions, retained messages and QoS 1 deliveries on every server: losing",
         "  # one leaves a quorum (the automatic choice can be fewer while servers join)",
         f"  stream_replicas: {min(3, len(routes) + 1)}",
         f"  consumer_replicas: {min(3, len(routes) + 1)}",
         *([f"  tls {{ cert_file: {q(tls[0])}, key_file: {q(tls[1])}, ca_file: {q(tls[2])}, "
-           "verify: true }"] if tls else []),
+           + ("verify_and_map: true }" if identities is not None else "verify: true }")]
+          if tls else []),
         "  # QoS 1 messages to a subscriber are redelivered after ack_wait without a PUBACK",
         "  ack_wait: \"30s\"",
         "}",
@@ -101,14 +120,42 @@ def server_config(name: str, *, host: str, client_port: int, cluster_port: int,
     return "\n".join(lines) + "\n"
 
 
-class NatsCluster:
-    """`size` nats-server processes on free loopback ports, clustered, in `workdir`."""
+MQTT_ONLY = 'allowed_connection_types: ["MQTT"]'  # a user without a password: not on the NATS port
 
-    def __init__(self, workdir: str | Path, size: int = 3, host: str = "127.0.0.1") -> None:
+
+def _node_user(user: str, node: str, prefix: str) -> str:
+    """The users entry of a node (`node` "*": any node), over MQTT only: it may publish its
+    `r`, `s` and `a` topics and subscribe to its `c` and `k` (and `$MQTT.sub.>`, where NATS
+    delivers QoS 1 subscriptions)."""
+    q = json.dumps
+    pub = [f"{prefix}.{node}.{kind}" for kind in "rsa"]
+    sub = [f"{prefix}.{node}.{kind}" for kind in "ck"] + ["$MQTT.sub.>"]
+    return (f"    {{user: {q(user)}, {MQTT_ONLY}, permissions: {{publish: {{allow: {q(pub)}}}, "
+            f"subscribe: {{allow: {q(sub)}}}}}}}")
+
+
+class NatsCluster:
+    """`size` nats-server processes on free loopback ports, clustered, in `workdir`. With
+    `pki` (a `host_tools.pki.Pki`), the MQTT listeners speak TLS with a certificate of that
+    CA and map each client certificate to its user: its nodes' and the `gateways` named
+    (module docstring); `reload()` takes the certificates issued or revoked since."""
+
+    def __init__(self, workdir: str | Path, size: int = 3, host: str = "127.0.0.1", *,
+                 pki=None, gateways: Sequence[str] = ()) -> None:
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.size = size
         self.host = host
+        self.pki = pki
+        self.gateways = tuple(gateways)
+        self.tls: tuple[str, str, str] | None = None
+        if pki is not None:
+            name = "nats-loopback"
+            if not any(e["kind"] == "broker" and e["name"] == name and not e["revoked"]
+                       for e in pki.index()):
+                pki.issue("broker", name, hosts=["localhost"], ips=[host])
+            self.tls = (str(pki.cert_path("broker", name)), str(pki.key_path("broker", name)),
+                        str(pki.ca_crt))
         self._pick_ports()
         self.procs: list[subprocess.Popen | None] = [None] * size
         self.gateway_user = GATEWAY_USER
@@ -126,7 +173,22 @@ class NatsCluster:
                 cluster_port=self.cluster_ports[i], mqtt_port=self.mqtt_ports[i],
                 http_port=self.http_ports[i], routes=routes,
                 store_dir=str(self.dir / f"js-{i + 1}"),
-                gateway_password=self.gateway_password))
+                gateway_password=self.gateway_password, tls=self.tls,
+                identities=self.identities()))
+
+    def identities(self) -> tuple[list[str], list[str]] | None:
+        """(gateway instances, nodes) with a live certificate of the cluster's `pki`."""
+        if self.pki is None:
+            return None
+        live = [e for e in self.pki.index() if not e["revoked"]]
+        return ([e["name"] for e in live if e["kind"] == "client" and e["name"] in self.gateways],
+                [e["name"] for e in live if e["kind"] == "node"])
+
+    def reload(self) -> None:
+        """Writes the configs again (the certificates issued or revoked since) and has every
+        server read its own (SIGHUP), as an operator does after `meterlink nats-config`."""
+        self._write_configs(cut=None)
+        self._reload()
 
     def _reload(self) -> None:
         for p in self.procs:

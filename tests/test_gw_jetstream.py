@@ -488,9 +488,91 @@ def test_a_node_may_publish_only_its_readings_status_and_acknowledgements(tmp_pa
         wait_for(lambda: answers, 10, "the answer to a wrong password")
         intruder.loop_stop()
         assert answers[0].is_failure, answers
+
+        async def as_node_on_the_nats_port() -> None:  # the node user has no password
+            with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+                await nats.connect(cluster.urls[0], user="meterlink-node", password="",
+                                   allow_reconnect=False, max_reconnect_attempts=0)
+        asyncio.run(as_node_on_the_nats_port())
     finally:
         node.loop_stop()
         gw.stop()
+
+
+def test_with_the_fleet_certificates_a_node_may_use_only_its_own_topics(tmp_path, pki):
+    """The cluster made with the fleet's CA (host_tools/nats.py `identities`): each node's
+    certificate is a user allowed only its own topics, as Mosquitto's ACL keeps a node. A
+    reading published under another node's name reaches no one (NATS acknowledges it and
+    logs the violation), while the node's own readings and the gateway's link (its own
+    certificate) work; a certificate issued after the configs were written is refused until
+    they are written again and reloaded, and a revoked node is shut out that way."""
+    for name in ("ids-n1", "ids-n2", "ids-gw"):
+        pki.issue("client" if name == "ids-gw" else "node", name)
+    cluster = NatsCluster(tmp_path / "nats", size=3, pki=pki, gateways=["ids-gw"]).start(60)
+    cert, key = pki.cert_path("client", "ids-gw"), pki.key_path("client", "ids-gw")
+    tls = SimpleNamespace(host=cluster.host, port=cluster.mqtt[0][1], gateway_conf=lambda: (
+        f'ca_file = "{pki.ca_crt}"\ncert_file = "{cert}"\nkey_file = "{key}"\n'))
+    gw = GatewayProcess(tmp_path / "gw", tls, client_id="ids-gw", extra=(
+        f"[jetstream]\nservers = {json.dumps(cluster.urls)}\nuser = \"{cluster.gateway_user}\"\n"
+        f"password = \"{cluster.gateway_password}\"\n"))
+
+    def node(name: str, server: int = 1) -> tuple[mqtt.Client, list]:
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=name, protocol=mqtt.MQTTv311)
+        c.tls_set(ca_certs=str(pki.ca_crt), certfile=str(pki.cert_path("node", name)),
+                  keyfile=str(pki.key_path("node", name)))
+        answers: list = []
+        c.on_connect = lambda client, userdata, flags, reason, props: answers.append(reason)
+        c.connect(*cluster.mqtt[server])
+        c.loop_start()
+        wait_for(lambda: answers, 10, f"the answer to {name}")
+        return c, answers
+
+    def reading(seq: int) -> bytes:
+        return cbor2.dumps([1, seq, T0 + seq, {1: 2000 + seq}])
+
+    clients = []
+    try:
+        wait_for(lambda: "event=jetstream_subscribed stream=READINGS " in gw.log()
+                 and "event=subscribed" in gw.log(), 60, "the gateway's consumer and link",
+                 lambda: gw.log()[-3000:])
+        n1, answers = node("ids-n1")
+        clients.append(n1)
+        assert not answers[0].is_failure, answers
+        n1.publish("m/ids-n2/r", reading(1), qos=1).wait_for_publish(5)  # as another node
+        n1.publish("m/ids-n1/r", reading(1), qos=1).wait_for_publish(5)
+        n1.publish("m/ids-n1/r", reading(2), qos=1).wait_for_publish(5)
+        wait_for(lambda: {("ids-n1", 1), ("ids-n1", 2)} <= gw.readings(), 30,
+                 "the node's own readings", gw.log)
+        n2, answers = node("ids-n2", server=2)
+        clients.append(n2)
+        n2.publish("m/ids-n2/r", reading(5), qos=1).wait_for_publish(5)
+        wait_for(lambda: ("ids-n2", 5) in gw.readings(), 30, "the other node's own", gw.log)
+        assert ("ids-n2", 1) not in gw.readings()
+        logs = "".join((cluster.dir / f"server-{i}.log").read_text() for i in (1, 2, 3))
+        assert 'Publish Violation - User "CN=ids-n1", Subject "m.ids-n2.r"' in logs
+
+        pki.issue("node", "ids-n3")  # issued after the configs were written
+        late, answers = node("ids-n3")
+        clients.append(late)
+        assert answers[0].is_failure, answers
+        late.loop_stop()
+        pki.revoke("ids-n2")
+        cluster.reload()
+
+        def n3_connects() -> bool:
+            c, got = node("ids-n3", server=0)
+            c.loop_stop()
+            c.disconnect()
+            return not got[0].is_failure
+        wait_for(n3_connects, 20, "ids-n3 taken after the reload")
+        revoked, answers = node("ids-n2", server=0)
+        clients.append(revoked)
+        assert answers[0].is_failure, answers  # revoked: shut out
+    finally:
+        for c in clients:
+            c.loop_stop()
+        gw.stop()
+        cluster.stop()
 
 
 def test_nats_config_writes_a_cluster_nats_server_accepts(tmp_path, pki, capsys):
@@ -527,6 +609,30 @@ def test_nats_config_writes_a_cluster_nats_server_accepts(tmp_path, pki, capsys)
     assert cli.main(["nats-config", "--servers", "10.0.0.11,10.0.0.12", "--out",
                      str(tmp_path / "x")]) == 2
     assert "--servers must name 3 or 5 different servers" in capsys.readouterr().err
+
+    # with the fleet's certificates: a user per node, the gateway instances named
+    pki.issue("node", "cfg-n1")
+    pki.issue("client", "cfg-gw")
+    servers = ["--servers", "10.0.0.11,10.0.0.12,10.0.0.13", "--out", str(tmp_path / "ids")]
+    tls_args = ["--tls-cert", tls[0], "--tls-key", tls[1], "--tls-ca", tls[2]]
+    assert cli.main(["nats-config", *servers, *tls_args, "--pki", str(pki.root),
+                     "--gateways", "cfg-gw"]) == 0
+    assert "node certificate(s), gateway instance(s) cfg-gw" in capsys.readouterr().out
+    conf = tmp_path / "ids" / "server-1.conf"
+    text = conf.read_text()
+    assert "verify_and_map: true" in text and "no_auth_user" not in text
+    assert ('{user: "CN=cfg-n1", allowed_connection_types: ["MQTT"], permissions: {publish: '
+            '{allow: ["m.cfg-n1.r", "m.cfg-n1.s", "m.cfg-n1.a"]}, subscribe: {allow: '
+            '["m.cfg-n1.c", "m.cfg-n1.k", "$MQTT.sub.>"]}}}') in text
+    assert '{user: "CN=cfg-gw", allowed_connection_types: ["MQTT"]}' in text
+    done = subprocess.run([nats_server(), "-c", str(conf), "-t"], capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 0 and "is valid" in done.stdout + done.stderr, done
+    assert cli.main(["nats-config", *servers, "--pki", str(pki.root)]) == 2
+    assert "--pki needs --tls-cert" in capsys.readouterr().err
+    assert cli.main(["nats-config", *servers, *tls_args, "--pki", str(pki.root),
+                     "--gateways", "cfg-gw,gw-9"]) == 2
+    assert "--gateways: gw-9 has no live client certificate" in capsys.readouterr().err
 
 
 def test_the_real_firmware_fails_over_to_another_server_and_loses_nothing(tmp_path, cluster):
