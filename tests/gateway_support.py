@@ -32,6 +32,7 @@ import gzip
 import json
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -454,3 +455,15 @@ class Recorder:
     def close(self):
         self.server.shutdown()
         self.server.server_close()
+
+
+def old_outbox(path: Path, version: int) -> sqlite3.Connection:
+    """An outbox database as a gateway of schema `version` left it (its first `version`
+    migrations), open for the test to fill before a current gateway opens it."""
+    from gateway.outbox import MIGRATIONS
+
+    db = sqlite3.connect(path, isolation_level=None)
+    for number, script in enumerate(MIGRATIONS[:version]):
+        db.executescript(script)
+        db.execute(f"PRAGMA user_version={number + 1}")
+    return db

@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import re
-import sqlite3
 import time
 import urllib.error
 import urllib.parse
@@ -28,6 +27,7 @@ from dashboard_support import IMAGES, WAIT_S
 from gateway.config import parse_config
 from gateway.daemon import Gateway
 from gateway.outbox import MIGRATIONS
+from gateway_support import old_outbox
 
 NOW = int(time.time())
 DAY = 86400
@@ -124,10 +124,7 @@ def test_a_flapping_alarm_keeps_a_bounded_log_and_its_open_row(tmp_path, monkeyp
 
 
 def test_a_version_6_outbox_carries_its_alarms_into_the_log(tmp_path):
-    db = sqlite3.connect(tmp_path / "outbox.db", isolation_level=None)
-    for number, script in enumerate(MIGRATIONS[:6]):
-        db.executescript(script)
-        db.execute(f"PRAGMA user_version={number + 1}")
+    db = old_outbox(tmp_path / "outbox.db", 6)
     db.execute("INSERT INTO nodes(node, min_seq, max_seq) VALUES ('n1', 1, 7)")
     db.execute("INSERT INTO alarms VALUES ('n1', 'leak', 1, ?, NULL, 'alarms channel = 1')",
                (NOW - 600,))

@@ -13,6 +13,7 @@ from gateway.errors import SinkError
 from gateway.ingest import Message
 from gateway.outbox import SCHEMA_VERSION, Outbox
 from gateway.sinks import make_sink
+from gateway_support import old_outbox
 
 T0 = 1763712000
 
@@ -65,11 +66,7 @@ def test_schema_is_versioned_and_a_newer_one_is_refused(tmp_path):
 def test_migrations_carry_an_old_outbox_forward(tmp_path):
     """A version-2 outbox (dedup by one `seen` row per record) becomes the current version
     (3: dedup by ranges)."""
-    from gateway.outbox import MIGRATIONS
-    db = sqlite3.connect(tmp_path / "o.db", isolation_level=None)
-    for number, script in enumerate(MIGRATIONS[:2]):
-        db.executescript(script)
-        db.execute(f"PRAGMA user_version={number + 1}")
+    db = old_outbox(tmp_path / "o.db", 2)
     db.execute("INSERT INTO nodes(node, max_seq) VALUES ('n1', 12)")
     db.executemany("INSERT INTO seen VALUES ('n1', ?, 0)", [(s,) for s in (9, 10, 12)])
     db.execute("INSERT INTO gaps VALUES ('n1', 11, 11)")

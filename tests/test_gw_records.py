@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import random
-import sqlite3
 from pathlib import Path
 
 import cbor2
@@ -24,6 +23,7 @@ from gateway.daemon import Gateway
 from gateway.errors import WireError
 from gateway.outbox import MIGRATIONS, Outbox
 from gateway.wire import MAX_PAYLOAD, decode_reading
+from gateway_support import old_outbox
 
 VECTORS = Path(__file__).parent / "vectors"
 TABLE = default_table()
@@ -150,10 +150,7 @@ def test_partly_duplicate_message_stores_only_new_records(tmp_path):
 
 def test_schema_3_outbox_with_pending_records_is_delivered_after_the_upgrade(tmp_path):
     path = tmp_path / "o.db"
-    db = sqlite3.connect(path, isolation_level=None)
-    for number, script in enumerate(MIGRATIONS[:3]):
-        db.executescript(script)
-        db.execute(f"PRAGMA user_version={number + 1}")
+    db = old_outbox(path, 3)
     body = json.dumps([{"n": "n1:temperature", "u": "Cel", "v": 21.5, "t": T0}])
     db.execute("INSERT INTO items(id, kind, node, seq, created, body) "
                "VALUES (1, 'reading', 'n1', 7, ?, ?)", (T0, body))
@@ -287,10 +284,7 @@ def test_schema_8_outbox_of_cbor_messages_is_delivered_after_the_upgrade(tmp_pat
     only, those items resolve to the vectors' SenML, a run of a partly duplicate message
     included, and new messages are stored as records beside them."""
     path = tmp_path / "o.db"
-    db = sqlite3.connect(path, isolation_level=None)
-    for number, script in enumerate(MIGRATIONS[:8]):
-        db.executescript(script)
-        db.execute(f"PRAGMA user_version={number + 1}")
+    db = old_outbox(path, 8)
     want = []
     for item, vector in enumerate(vectors(), 1):
         payload = bytes.fromhex(vector["hex"])
@@ -326,3 +320,22 @@ def test_schema_8_outbox_of_cbor_messages_is_delivered_after_the_upgrade(tmp_pat
                                                   "v": 21.5, "t": T0}])
     assert any(len(v["senml"]) > 1 for v in vectors())  # (a run was checked)
 
+
+
+def test_a_stored_body_of_the_wrong_type_is_named_not_a_crash(tmp_path):
+    """A body a damaged file turned into text is set apart like any unreadable one (the
+    batcher dead-letters it, tests/test_gw_poison.py), named with what it holds; the
+    reading beside it resolves."""
+    config = parse_config({"sinks": {"file": {}}, "api": {"enabled": False}},
+                          base_dir=tmp_path)
+    gw = Gateway(config)
+    gw.open_storage()
+    for seq in (1, 2):
+        assert gw.handle_message("m/n1/r", cbor2.dumps([1, seq, T0, {1: 2150 + seq}]),
+                                 received_at=T0) == "accepted"
+    gw.box.db.execute("UPDATE items SET body='{oops' WHERE seq=1")
+    bad, good = gw.box.claim_batch("file", max_records=10, max_bytes=1 << 20).items
+    assert bad.body == {"unreadable": "stored item 1 (records) cannot be read: TypeError: "
+                                      "a bytes-like object is required, not 'str'",
+                        "stored": "'{oops'"}
+    assert (good.seq, [r["v"] for r in good.body]) == (2, [21.52])
