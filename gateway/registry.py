@@ -21,8 +21,8 @@ values, and empties it; after a crash the journal is written into the rows at st
 (`COMPACT_SHARE`, up to `COMPACT_MAX_S`): with 100 000 nodes in a backlog, every 5 s would be a
 quarter of the ingest thread's time. A node row touched by a journal batch lags its node by
 up to that period (the API's `last_seen`, counts and last values); the dedup state never
-does: it is in memory and in the journal. Writing a row per node and batch cost ingest half its rate with 10 000 nodes in
-a backlog (every row on its own page: the commit writes a page per node). Only the ingest
+does: it is in memory and in the journal. Writing a row per node and batch cost ingest half
+its rate with 10 000 nodes in a backlog (every row on its own page: the commit writes a page per node). Only the ingest
 thread writes those columns; other modules read and change the cache through methods
 (`ensure`, `seen`, `snapshot`, `restore`).
 

@@ -36,7 +36,7 @@ import secrets
 from pathlib import Path
 
 from host_tools.device import say
-from host_tools.nats import GATEWAY_USER, server_config
+from host_tools.nats import GATEWAY_USER, pki_identities, server_config
 from meterlink_common import EXIT_INPUT, UserError, write_atomic
 
 HELP = "write the config files of a NATS cluster (JetStream R3, MQTT for the nodes)"
@@ -88,18 +88,16 @@ def run(args: argparse.Namespace) -> int:
                             "maps the nodes' certificates to their users", exit_code=EXIT_INPUT)
         from host_tools.pki import Pki, PkiError
 
+        wanted = [g.strip() for g in args.gateways.split(",") if g.strip()]
         try:
-            live = [e for e in Pki(args.pki).index() if not e["revoked"]]
+            identities = pki_identities(Pki(args.pki), wanted)
         except PkiError as exc:
             raise UserError(f"--pki: {exc}", exit_code=EXIT_INPUT) from None
-        wanted = [g.strip() for g in args.gateways.split(",") if g.strip()]
-        gateways = [e["name"] for e in live if e["kind"] == "client" and e["name"] in wanted]
-        missing = sorted(set(wanted) - set(gateways))
+        missing = sorted(set(wanted) - set(identities[0]))
         if missing:
             raise UserError(f"--gateways: {', '.join(missing)} has no live client certificate "
                             f"in {args.pki} (`meterlink pki issue --dir {args.pki} client NAME`)",
                             exit_code=EXIT_INPUT)
-        identities = (gateways, [e["name"] for e in live if e["kind"] == "node"])
     port = args.mqtt_port or (8883 if all(tls) else 1883)
     args.out.mkdir(parents=True, exist_ok=True)
     secret = args.out / "gateway.password"

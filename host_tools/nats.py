@@ -134,6 +134,14 @@ def _node_user(user: str, node: str, prefix: str) -> str:
             f"subscribe: {{allow: {q(sub)}}}}}}}")
 
 
+def pki_identities(pki, gateways: Sequence[str]) -> tuple[list[str], list[str]]:
+    """`server_config`'s `identities` from the fleet's CA (a `host_tools.pki.Pki`): the
+    names among `gateways` with a live client certificate, and every node with a live one."""
+    live = [e for e in pki.index() if not e["revoked"]]
+    return ([e["name"] for e in live if e["kind"] == "client" and e["name"] in gateways],
+            [e["name"] for e in live if e["kind"] == "node"])
+
+
 class NatsCluster:
     """`size` nats-server processes on free loopback ports, clustered, in `workdir`. With
     `pki` (a `host_tools.pki.Pki`), the MQTT listeners speak TLS with a certificate of that
@@ -178,11 +186,7 @@ class NatsCluster:
 
     def identities(self) -> tuple[list[str], list[str]] | None:
         """(gateway instances, nodes) with a live certificate of the cluster's `pki`."""
-        if self.pki is None:
-            return None
-        live = [e for e in self.pki.index() if not e["revoked"]]
-        return ([e["name"] for e in live if e["kind"] == "client" and e["name"] in self.gateways],
-                [e["name"] for e in live if e["kind"] == "node"])
+        return None if self.pki is None else pki_identities(self.pki, self.gateways)
 
     def reload(self) -> None:
         """Writes the configs again (the certificates issued or revoked since) and has every

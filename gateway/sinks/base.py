@@ -151,7 +151,7 @@ def senml_pack(item: Item) -> list[dict[str, Any]]:
 
 
 # SenML name of a resolved record -> `Head` (see `resolved_head`); unit -> `_unit(unit)`
-_heads: dict[str, "Head | None"] = {}
+_heads: dict[str, "Head"] = {}
 _units: dict[str, tuple[str, int]] = {}
 _NOT_PLAIN = ("", 0)
 _CACHE_LIMIT = 100_000
@@ -233,12 +233,9 @@ def _resolved_json(node: str, seq: int, body: Resolved) -> str | None:
     parts = []
     bt = None
     for r in body:
-        name, unit = r["n"], r.get("u")
-        head = _heads.get(name)
-        if head is None or head.unit != unit:
-            head = resolved_head(node, name, unit)
-            if head is None:
-                return None
+        head = resolved_head(node, r["n"], r.get("u"))
+        if head is None:
+            return None
         v, t = r["v"], r["t"]
         if t < SENML_RELATIVE_LIMIT:  # (ingest never takes one; the encoder names it)
             return None

@@ -50,8 +50,7 @@ def reading_lines(item: Item) -> list[bytes]:
         tail = f',"node":"{node}","seq":{seq},"rid":"{node}/{seq}/'
         out = []
         for r in body:
-            name, unit = r["n"], r.get("u")
-            head = resolved_head(node, name, unit)
+            head = resolved_head(node, r["n"], r.get("u"))
             t = r["t"]
             if head is None or t < SENML_RELATIVE_LIMIT:
                 break
