@@ -60,7 +60,7 @@ import time
 from array import array
 from typing import Any, Sequence
 
-from gateway.channels import MAX_INSTANCE, ChannelTable, default_table, make_key
+from gateway.channels import ChannelTable, default_table
 from gateway.config import GatewaySettings
 from gateway.logfmt import kv
 from gateway.outbox import Outbox
@@ -74,8 +74,9 @@ ALARM_BITS = ((1, "leak"), (2, "backflow"), (4, "tamper"), (8, "sensor"), (16, "
 ALARMS = ("leak", "backflow", "tamper", "sensor", "gas", "flood", "low_battery", "stale",
           "queue_overflow", "gaps", "offline")
 BATTERY_HYSTERESIS_MV = 100
-# channels that drive alarms or registry columns, not only `last_values`
-SPECIAL_CHANNELS = ("battery_voltage", "rssi", "alarms")
+# channels that drive alarms or registry columns, not only `last_values` (a raw slot's kind)
+_BATTERY, _RSSI, _ALARMS = 1, 2, 3
+SPECIAL_CHANNELS = {"battery_voltage": _BATTERY, "rssi": _RSSI, "alarms": _ALARMS}
 STATUS_FIELDS = {"fw": "fw", "boot": "boot", "q": "q", "qd": "qd", "iv": "iv", "cv": "cv",
                  "rssi": "rssi", "bat": "battery_mv"}
 NODE_LOG_KEEP = 500  # node_log rows kept per node (the newest)
@@ -84,7 +85,7 @@ COMPACT_S = 5.0  # how often the journal is written into the node rows (at most)
 COMPACT_SHARE = 0.05  # of the ingest thread's time, at most, spent writing the journal's nodes
 COMPACT_MAX_S = 60.0  # the longest wait between two, however long they take
 ALARM_LOG_KEEP = 1000  # cleared alarm_log rows kept per node (the newest; open ones all)
-NONE_T = -2**63  # a raw slot's time when it holds no value (NodeState.raw_t)
+NONE_T = -2**63  # a raw slot's time when it holds no value (NodeState.raw)
 NODE_EVENTS = ("first_seen", "online", "asleep", "offline", "restarting", "reboot", "firmware",
                "safe_mode", "safe_mode_left", "retired", "reinstated")
 
@@ -94,7 +95,7 @@ class NodeState:
     and for the ingest path's speed with a large fleet, where each message touches another
     node's state)."""
 
-    __slots__ = ("values", "raw_v", "raw_t", "raw_dirty", "battery", "rssi", "min_seq",
+    __slots__ = ("values", "raw", "raw_dirty", "battery", "rssi", "min_seq",
                  "max_seq", "accepted", "duplicates", "accepted_j", "duplicates_j", "last_seen",
                  "last_reading", "state", "fw", "boot", "safe")
 
@@ -102,14 +103,17 @@ class NodeState:
         """From the node's row (`NodeTable.first_sight`: its `HOT_COLUMNS`)."""
         # label -> (value, time) as in `last_values`
         self.values: dict[str, tuple[Any, Any]] = _values_in(row[0])
-        # the newest wire value and its time per channel since the row was last written
-        # (`Registry.reading`, `_merge_raw`), unboxed in the registry's slot of the channel's
-        # wire key: a message overwrites them in place and frees nothing (tuples and ints
-        # left by the node's previous message were out of the CPU caches with a large fleet:
-        # 0.08 of the ingest rate with 10 000 nodes). Time NONE_T: no value. The decoder
-        # takes only values below 2^53 (gateway/wire.py VALUE_LIMIT) and times of int64.
-        self.raw_v = array("q")
-        self.raw_t = array("q")
+        # the newest wire value and its time per channel, unboxed in one array, value then
+        # time, in the registry's slot of the channel's wire key (`Registry.reading`; moved
+        # into `values` by `_merge_raw`): a message overwrites them in place, allocates and
+        # frees nothing, and touches no other object of the node. With a large fleet each
+        # message touches another node's state, out of the CPU caches: tuples in `values`
+        # per message cost 0.08 of the ingest rate with 10 000 nodes, and two arrays plus
+        # `values` for the battery (the bench's readings carry it) another 0.07 (0.84 -> 0.91
+        # of the rate with 10 nodes, bench_fleet.py). Time NONE_T: no value since the row was
+        # read; a slot's time only grows. The decoder takes only values below 2^53
+        # (gateway/wire.py VALUE_LIMIT) and times of int64.
+        self.raw = array("q")
         self.raw_dirty = False
         self.battery: int | None = row[1]
         self.rssi: int | None = row[2]
@@ -141,13 +145,12 @@ class Registry:
         self.table = table if table is not None else default_table()
         # wire key -> (channel label as in last_values, base name, instance, scale)
         self._keys: dict[int, tuple[str, str, str, int]] = {}
-        # wire key -> its slot in every node's raw arrays (NodeState.raw_v, raw_t); slot ->
-        # (channel label, scale) of its key
+        # wire key -> its slot in every node's raw array (NodeState.raw); slot -> (channel
+        # label, scale, what else it drives: 0 nothing, else its SPECIAL_CHANNELS kind, instance) of
+        # its key
         self._slots: dict[int, int] = {}
-        self._slot_info: list[tuple[str, int]] = []
-        self._special = frozenset(make_key(ch.id, inst) for ch in self.table
-                                  if ch.name in SPECIAL_CHANNELS
-                                  for inst in range(MAX_INSTANCE + 1))
+        self._slot_info: list[tuple[str, int, int, str]] = []
+        self._kinds: list[int] = []  # slot -> the third field of its _slot_info
         self.settings = settings
         self.event_sinks = list(event_sinks)
         self.stats = stats
@@ -413,31 +416,34 @@ class Registry:
 
     def _slot(self, key: int, st: NodeState) -> int:
         """The slot of wire key `key` in the nodes' raw arrays, made on its first sight;
-        `st`'s arrays grown to every slot."""
+        `st`'s array grown to every slot."""
         i = self._slots.get(key)
         if i is None:
             i = self._slots[key] = len(self._slot_info)
-            label, _, _, scale = self._key(key)
-            self._slot_info.append((label, scale))
-        have, want = len(st.raw_t), len(self._slot_info)
+            label, name, inst, scale = self._key(key)
+            kind = SPECIAL_CHANNELS.get(name, 0)
+            self._slot_info.append((label, scale, kind, inst))
+            self._kinds.append(kind)
+        have, want = len(st.raw) // 2, len(self._slot_info)
         if have < want:
-            st.raw_v.extend([0] * (want - have))
-            st.raw_t.extend([NONE_T] * (want - have))
+            st.raw.extend([0, NONE_T] * (want - have))
         return i
 
     def _merge_raw(self, st: NodeState) -> None:
         """Moves the wire values `reading` kept into `values` (newest time wins)."""
         values = st.values
-        rv, rt = st.raw_v, st.raw_t
+        raw = st.raw
         info = self._slot_info
-        for i, t in enumerate(rt):
+        for i in range(0, len(raw), 2):
+            t = raw[i + 1]
             if t == NONE_T:
                 continue
-            label, scale = info[i]
+            label, scale, _, _ = info[i >> 1]
             old = values.get(label)
             if old is None or old[1] <= t:
-                values[label] = (senml_value(rv[i], scale), t)
-            rt[i] = NONE_T
+                v = senml_value(raw[i], scale)
+                if old is None or old[1] < t or old[0] != v:  # else merged before
+                    values[label] = (v, t)
         st.raw_dirty = False
 
     def reading(self, node: str, records: Sequence[tuple[int, dict[int, int]]], base: int,
@@ -446,40 +452,41 @@ class Registry:
         value})` in the record shape (gateway/wire.py), at times `base + elapsed`;
         `duplicates` records of the message were dropped.
 
-        Plain channel values stay as wire integers until `flush` (the newest per channel
-        wins, by time); battery, RSSI and the alarm bits are resolved at once because they
-        drive alarms.
+        Values stay as wire integers in the node's raw slots until `flush` (the newest per
+        channel wins, by time); battery, RSSI and the alarm bits also set what they drive at
+        once (the battery and RSSI columns, alarms).
         """
         st = self.ensure(node, now)
-        rv, rt = st.raw_v, st.raw_t
+        raw = st.raw
         slots = self._slots
-        special = self._special
+        kinds = self._kinds
         alarm_bits: dict[str, int] | None = None
         for elapsed, vals in records:
             t = base + elapsed
             for key, value in vals.items():
-                if key in special:
-                    label, name, inst, scale = self._key(key)
-                    values = st.values
-                    old = values.get(label)
-                    if old is None or old[1] <= t:
-                        v = senml_value(value, scale)
-                        values[label] = (v, t)
-                        if name == "battery_voltage":
-                            st.battery = int(round(v * 1000))
-                        elif name == "rssi":
-                            st.rssi = int(v)
-                        else:
-                            if alarm_bits is None:
-                                alarm_bits = {}
-                            alarm_bits[inst] = int(v)
-                    continue
                 i = slots.get(key)
-                if i is None or i >= len(rt):
+                if i is None or i + i >= len(raw):
                     i = self._slot(key, st)
-                if rt[i] <= t:
-                    rv[i] = value
-                    rt[i] = t
+                j = i + i
+                if raw[j + 1] > t:
+                    continue  # an older value
+                if kinds[i]:
+                    label, scale, kind, inst = self._slot_info[i]
+                    if raw[j + 1] == NONE_T:  # the first since the row was read
+                        old = st.values.get(label)
+                        if old is not None and old[1] > t:
+                            continue
+                    v = senml_value(value, scale)
+                    if kind == _BATTERY:
+                        st.battery = int(round(v * 1000))
+                    elif kind == _RSSI:
+                        st.rssi = int(v)
+                    else:
+                        if alarm_bits is None:
+                            alarm_bits = {}
+                        alarm_bits[inst] = int(v)
+                raw[j] = value
+                raw[j + 1] = t
         st.raw_dirty = True
         st.last_seen = st.last_reading = now
         st.accepted += len(records)

@@ -515,6 +515,50 @@ def test_last_values_keep_the_newest_value_of_each_channel(tmp_path):
                       "pressure": (5, T0 + 120)}
 
 
+def test_battery_rssi_and_alarm_bits_take_the_newest_value_also_after_a_restart(tmp_path):
+    """The channels that drive registry columns and alarms follow the same newest-wins rule
+    as `last_values`: a record sent late with an older time changes neither the battery and
+    RSSI columns nor the alarm bits, in the same batch, in a later one, and after a restart
+    (the cache read back from the node row)."""
+    gw = make_gateway(tmp_path, low_battery_mv=3300)
+
+    def msg(seq: int, t: int, values: dict) -> Message:
+        return Message("m/bt/r", reading(seq, values, t=t), received_at=T0 + 600)
+
+    def row() -> dict:
+        return gw.box.query("SELECT battery_mv, rssi FROM nodes WHERE node='bt'")[0]
+
+    def alarms() -> list:
+        return [(e["alarm"], e["active"]) for e in
+                (json.loads(r["body"]) for r in
+                 gw.box.query("SELECT body FROM items WHERE kind='event' ORDER BY id"))]
+
+    assert gw.ingestor.handle_batch([
+        msg(1, T0, {7: 3600, 8: -70, 16: 0}),
+        msg(2, T0 - 60, {7: 3100, 8: -90, 16: 1}),  # late: older, low battery, a leak
+    ]) == ["accepted"] * 2
+    assert row() == {"battery_mv": 3600, "rssi": -70}
+    assert alarms() == []
+    assert gw.ingestor.handle_batch([msg(3, T0 - 30, {7: 3000, 16: 1})]) == ["accepted"]
+    assert row() == {"battery_mv": 3600, "rssi": -70}
+    assert alarms() == []
+    gw.box.close()
+
+    gw = make_gateway(tmp_path, low_battery_mv=3300)  # a restart: the cache from the row
+    assert gw.ingestor.handle_batch([msg(4, T0 - 10, {7: 3000, 8: -95, 16: 1})]) \
+        == ["accepted"]
+    assert row() == {"battery_mv": 3600, "rssi": -70}
+    assert alarms() == []
+    assert gw.ingestor.handle_batch([msg(5, T0 + 60, {7: 3200, 8: -80, 16: 1})]) \
+        == ["accepted"]
+    assert row() == {"battery_mv": 3200, "rssi": -80}
+    assert alarms() == [("leak", True), ("low_battery", True)]
+    values = json.loads(gw.box.query("SELECT last_values FROM nodes WHERE node='bt'")[0]
+                        ["last_values"])
+    assert values == {"battery_voltage": {"v": 3.2, "t": T0 + 60},
+                      "rssi": {"v": -80, "t": T0 + 60}, "alarms": {"v": 1, "t": T0 + 60}}
+
+
 def test_last_values_are_json_whatever_the_values():
     """A node row's `last_values` is written by the registry's own formatter; it must read
     back as what the cache held, with `json.dumps`'s answer for anything not a plain
