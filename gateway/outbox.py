@@ -69,7 +69,7 @@ from gateway.store.alarms import AlarmTable
 from gateway.store.downlinks import DownlinkTable
 from gateway.store.nodes import NodeTable
 from gateway.errors import WireError
-from gateway.wire import Reading, Record, Resolver, decode_reading
+from gateway.wire import Reading, Record, Resolved, Resolver, decode_reading
 
 log = logging.getLogger("meterlink.gateway.outbox")
 
@@ -633,7 +633,8 @@ class Outbox:
                 reply: str) -> None:
         if not items:
             return
-        body = json.dumps([{"kind": it.kind, "node": it.node, "seq": it.seq, "body": it.body}
+        body = json.dumps([{"kind": it.kind, "node": it.node, "seq": it.seq,
+                            "body": it.body.records() if type(it.body) is Resolved else it.body}
                            for it in items], separators=(",", ":"))
         self.db.execute("INSERT INTO deadletters(at, sink, batch_key, status, reply, body, "
                         "reason) VALUES (?, ?, ?, ?, ?, ?, ?)",

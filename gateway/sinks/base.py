@@ -40,7 +40,7 @@ from typing import Any, Callable, NamedTuple
 from gateway.config import SinkConfig
 from gateway.errors import Unconvertible
 from gateway.outbox import Batch, Item
-from gateway.wire import SENML_RELATIVE_LIMIT, Resolved
+from gateway.wire import SENML_RELATIVE_LIMIT, Resolved, senml_value
 
 # What converting a malformed value raises (json: ValueError for NaN, datetime: ValueError or
 # OverflowError past year 9999, a missing or mistyped field: KeyError, TypeError, ...).
@@ -150,8 +150,9 @@ def senml_pack(item: Item) -> list[dict[str, Any]]:
     return out
 
 
-# SenML name of a resolved record -> `Head` (see `resolved_head`); unit -> `_unit(unit)`
-_heads: dict[str, "Head"] = {}
+# a resolved channel (`Resolved.names` entry) -> `Format` (see `resolved_format`); unit ->
+# `_unit(unit)`
+_formats: dict[tuple[str, str, int], "Format"] = {}
 _units: dict[str, tuple[str, int]] = {}
 _NOT_PLAIN = ("", 0)
 _CACHE_LIMIT = 100_000
@@ -168,44 +169,47 @@ def _unit(unit: str) -> tuple[str, int]:
     return (sent, offset) if _plain(sent) else _NOT_PLAIN
 
 
-class Head(NamedTuple):
-    """The JSON text around the value of one resolved SenML name, made once per name."""
+class Format(NamedTuple):
+    """The JSON text around the values of one resolved channel of a node, made once."""
 
-    unit: str | None  # the unit as resolved (None: a unitless channel)
-    channel: str      # the name less its `{node}:` prefix
-    pack: str         # `"n":"{channel}","u":"{sent unit}","v":` in a pack (base name set)
-    line: str         # `{"n":"{name}","u":"{sent unit}","v":` a file sink line begins with
-    offset: int       # added to the value (a secondary unit sent as its primary, dBm -> dBW)
+    node: str
+    channel: str  # the SenML name less its `{node}:` prefix
+    pack: str     # `"n":"{channel}","u":"{sent unit}","v":` in a pack (base name set)
+    line: str     # `{"n":"{name}","u":"{sent unit}","v":` a file sink line begins with
+    offset: int   # added to the value (a secondary unit sent as its primary, dBm -> dBW)
+    scale: int    # the channel's decimal scale (`wire.senml_value`)
 
 
-def resolved_head(node: str, name: str, unit: str | None) -> Head | None:
-    """The `Head` of the records of `node` named `name` in `unit`; None when JSON would escape
-    something in them (then the sink's general encoder writes the item). Remembered per
-    name (bounded): the sinks ask for every value."""
-    head = _heads.get(name)
-    if head is not None and head.unit == unit:
-        return head
+def resolved_format(node: str, how: tuple[str, str, int]) -> Format | None:
+    """The `Format` of `node`'s records of resolved name, unit and scale `how` (a
+    `Resolved.names` entry; unit "" for a unitless channel); None when JSON would escape
+    something in them (the sink's general encoder writes the item then). Remembered per
+    `how` (bounded): the sinks ask for every value."""
+    fmt = _formats.get(how)
+    if fmt is not None and fmt.node == node:
+        return fmt
+    name, unit, scale = how
     prefix = f"{node}:"
     channel = name[len(prefix):]
     if not name.startswith(prefix) or not _plain(name):
         return None
-    if unit is None:
-        head = Head(None, channel, f'"n":"{channel}","v":', f'{{"n":"{name}","v":', 0)
+    if not unit:
+        fmt = Format(node, channel, f'"n":"{channel}","v":', f'{{"n":"{name}","v":', 0, scale)
     else:
-        how = _units.get(unit)
-        if how is None:
+        sent_offset = _units.get(unit)
+        if sent_offset is None:
             if len(_units) >= _CACHE_LIMIT:
                 _units.clear()
-            how = _units[unit] = _unit(unit)
-        sent, offset = how
+            sent_offset = _units[unit] = _unit(unit)
+        sent, offset = sent_offset
         if not sent:
             return None
-        head = Head(unit, channel, f'"n":"{channel}","u":"{sent}","v":',
-                    f'{{"n":"{name}","u":"{sent}","v":', offset)
-    if len(_heads) >= _CACHE_LIMIT:
-        _heads.clear()
-    _heads[name] = head
-    return head
+        fmt = Format(node, channel, f'"n":"{channel}","u":"{sent}","v":',
+                     f'{{"n":"{name}","u":"{sent}","v":', offset, scale)
+    if len(_formats) >= _CACHE_LIMIT:
+        _formats.clear()
+    _formats[how] = fmt
+    return fmt
 
 
 def pack_json(item: Item) -> str:
@@ -215,9 +219,9 @@ def pack_json(item: Item) -> str:
     that raises (an unconvertible item).
 
     The records the resolver made (`wire.Resolved`: every reading the outbox hands out) are
-    formatted straight from their values with each name's `resolved_head`: building the
-    pack's dicts and encoding them, or checking each value, cost two to three times as much,
-    and this runs for every value sent. Anything else is encoded."""
+    formatted straight from their wire values with each channel's `resolved_format`: building
+    the pack's dicts and encoding them, or checking each value, cost two to three times as
+    much, and this runs for every value sent. Anything else is encoded."""
     body = item.body
     if type(body) is Resolved and type(item.seq) is int and item.kind == "reading":
         text = _resolved_json(item.node, item.seq, body)
@@ -229,26 +233,26 @@ def pack_json(item: Item) -> str:
 def _resolved_json(node: str, seq: int, body: Resolved) -> str | None:
     """`pack_json` of a reading record the resolver made; None when a name or unit is one
     JSON escapes."""
+    t = body.t
+    if t < SENML_RELATIVE_LIMIT:  # (ingest never takes one; the encoder names it)
+        return None
+    names = body.names
+    formats = _formats
     tail = f',"node":"{node}","seq":{seq},"rid":"{node}/{seq}/'
+    lead = f'{{"bn":"{node}:","bt":{t!r},'
     parts = []
-    bt = None
-    for r in body:
-        head = resolved_head(node, r["n"], r.get("u"))
-        if head is None:
-            return None
-        v, t = r["v"], r["t"]
-        if t < SENML_RELATIVE_LIMIT:  # (ingest never takes one; the encoder names it)
-            return None
-        if head.offset:
-            v += head.offset
-        if bt is None:
-            bt = t
-            parts.append(f'{{"bn":"{node}:","bt":{t!r},{head.pack}{v!r}{tail}{head.channel}"}}')
-        elif t != bt:
-            bt = t
-            parts.append(f'{{"bt":{t!r},{head.pack}{v!r}{tail}{head.channel}"}}')
-        else:
-            parts.append(f'{{{head.pack}{v!r}{tail}{head.channel}"}}')
+    for key, value in body.values.items():
+        how = names[key]
+        f = formats.get(how)
+        if f is None or f.node != node:
+            f = resolved_format(node, how)
+            if f is None:
+                return None
+        v = senml_value(value, f.scale)
+        if f.offset:
+            v += f.offset
+        parts.append(f'{lead}{f.pack}{v!r}{tail}{f.channel}"}}')
+        lead = "{"
     return ",".join(parts)
 
 
@@ -258,7 +262,7 @@ def item_problem(item: Item) -> str | None:
     if isinstance(item.body, dict) and "unreadable" in item.body:  # see Outbox._resolve
         return str(item.body["unreadable"])
     records = item.body if item.kind == "reading" else [item.body]
-    if not isinstance(records, list):
+    if not isinstance(records, (list, Resolved)):
         return f"body is {type(records).__name__}, not a list of records"
     for i, rec in enumerate(records):
         if not isinstance(rec, dict):

@@ -25,8 +25,8 @@ from typing import Any
 from gateway.errors import DeliveryFailed, SinkError
 from gateway.logfmt import kv
 from gateway.outbox import Batch, Item
-from gateway.sinks.base import Sink, convert_each, resolved_head, senml_records
-from gateway.wire import SENML_RELATIVE_LIMIT, Resolved
+from gateway.sinks.base import Sink, convert_each, resolved_format, senml_records
+from gateway.wire import SENML_RELATIVE_LIMIT, Resolved, senml_value
 
 log = logging.getLogger("meterlink.gateway.sink.file")
 
@@ -43,19 +43,21 @@ def encode_line(record: dict[str, Any]) -> bytes:
 def reading_lines(item: Item) -> list[bytes]:
     """The JSONL lines of a reading item: `encode_line` of each `senml_records` record, byte
     for byte. The records the resolver made (`wire.Resolved`) are formatted straight from
-    their values with each name's `resolved_head` (this is most of the sink's work per
+    their wire values with each channel's `resolved_format` (this is most of the sink's work per
     reading); anything else goes through `encode_line`."""
     node, seq, body = item.node, item.seq, item.body
-    if type(body) is Resolved and type(seq) is int:
-        tail = f',"node":"{node}","seq":{seq},"rid":"{node}/{seq}/'
+    if type(body) is Resolved and type(seq) is int and body.t >= SENML_RELATIVE_LIMIT:
+        tail = f',"t":{body.t!r},"node":"{node}","seq":{seq},"rid":"{node}/{seq}/'
+        names = body.names
         out = []
-        for r in body:
-            head = resolved_head(node, r["n"], r.get("u"))
-            t = r["t"]
-            if head is None or t < SENML_RELATIVE_LIMIT:
+        for key, value in body.values.items():
+            f = resolved_format(node, names[key])
+            if f is None:
                 break
-            v = r["v"] + head.offset if head.offset else r["v"]
-            out.append(f'{head.line}{v!r},"t":{t!r}{tail}{head.channel}"}}\n'.encode())
+            v = senml_value(value, f.scale)
+            if f.offset:
+                v += f.offset
+            out.append(f'{f.line}{v!r}{tail}{f.channel}"}}\n'.encode())
         else:
             return out
     return [encode_line(r) for r in senml_records(item)]

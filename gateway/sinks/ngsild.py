@@ -84,6 +84,7 @@ from gateway.logfmt import kv
 from gateway.outbox import Batch, Item
 from gateway.sinks.base import Sink, convert_each
 from gateway.sinks.http import HttpPoster
+from gateway.wire import Resolved
 
 log = logging.getLogger("meterlink.gateway.sink.ngsild")
 
@@ -299,7 +300,7 @@ def noise_times(items: Iterable[Item]) -> dict[str, list[float]]:
     sorted. Skips what is malformed (converting the item names its fault)."""
     out: dict[str, set[float]] = {}
     for item in items:
-        if item.kind != "reading" or not isinstance(item.body, list):
+        if item.kind != "reading" or not isinstance(item.body, (list, Resolved)):
             continue
         for rec in item.body:
             name, t = (rec.get("n"), rec.get("t")) if isinstance(rec, dict) else (None, None)
