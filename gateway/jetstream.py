@@ -297,12 +297,15 @@ class JetStreamSource:
 
         while not self._stopping:
             try:
+                # the servers in the order listed, not shuffled: an operator places each
+                # instance (docs/gateway.md, "Several instances on JetStream")
                 nc = await nats.connect(servers=list(cfg.servers), user=cfg.user,
                                         password=cfg.password, max_reconnect_attempts=-1,
                                         reconnect_time_wait=1, connect_timeout=5,
                                         disconnected_cb=on_disconnect,
                                         reconnected_cb=on_reconnect, error_cb=on_error,
-                                        allow_reconnect=True)
+                                        allow_reconnect=True, dont_randomize=True)
+                log.info("jetstream_connected", extra=kv(server=str(nc.connected_url.netloc)))
                 break
             except Exception as exc:  # noqa: BLE001 - no server reachable yet: try again
                 log.warning("jetstream_connect_failed", extra=kv(
