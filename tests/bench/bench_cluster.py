@@ -151,11 +151,14 @@ def start_gateways(cluster: NatsCluster, work: Path, count: int):
     gws = []
     for i in range(count):
         host, port = cluster.mqtt[i]
+        # each instance's own server first, as docs/gateway.md advises (tried in that order):
+        # one instance reads through server 1, as the bare consumer does
+        servers = cluster.urls[i:] + cluster.urls[:i]
         gws.append(GatewayProcess(
             work / f"gw-{i}", SimpleNamespace(host=host, port=port), client_id=f"bench-gw-{i}",
             mqtt_extra=f'username = "{cluster.gateway_user}"\n'
                        f'password = "{cluster.gateway_password}"\n',
-            extra=f"[jetstream]\nservers = {json.dumps(cluster.urls)}\n"
+            extra=f"[jetstream]\nservers = {json.dumps(servers)}\n"
                   f'user = "{cluster.gateway_user}"\npassword = "{cluster.gateway_password}"\n'
                   f'durable = "{DURABLE}"\n'
                   + (f'instances = {count}\ninstance = "gw-{i}"\n' if count > 1 else "")))
