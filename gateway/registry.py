@@ -146,11 +146,12 @@ class Registry:
         # wire key -> (channel label as in last_values, base name, instance, scale)
         self._keys: dict[int, tuple[str, str, str, int]] = {}
         # wire key -> its slot in every node's raw array (NodeState.raw); slot -> (channel
-        # label, scale, what else it drives: 0 nothing, else its SPECIAL_CHANNELS kind, instance) of
-        # its key
+        # label, scale, kind, instance) of its key, the kind being what else the channel
+        # drives (its SPECIAL_CHANNELS value; 0: nothing), also alone in `_kinds` (read for
+        # every value)
         self._slots: dict[int, int] = {}
         self._slot_info: list[tuple[str, int, int, str]] = []
-        self._kinds: list[int] = []  # slot -> the third field of its _slot_info
+        self._kinds: list[int] = []
         self.settings = settings
         self.event_sinks = list(event_sinks)
         self.stats = stats
