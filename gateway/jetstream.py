@@ -39,6 +39,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
 import nats
 import nats.errors
+from nats.js.errors import NotFoundError
 
 from gateway.config import JetStreamConfig
 from gateway.ingest import Message
@@ -57,6 +58,13 @@ EMPTY = b"\xa0"  # the empty summary (a CBOR empty map)
 SEEN_FLUSH_S = 0.1  # batches committed within this go out as one summary
 SEEN_WAIT_S = 5.0  # the longest a batch's acknowledgement waits for its summary
 SEEN_MAX_BYTES = 1 << 30  # the summaries stream's bound (the oldest go first)
+# A server cut from the rest of its cluster stays up without a JetStream quorum and does not
+# tell its clients: when no reading came for QUORUM_PROBE_S, the readings stream is asked
+# for its state, and after QUORUM_MISSES asks in a row without an answer or with no leader
+# in it (the cut server answers from what it last knew) the instance moves to the next
+# server of its list (`_quorum_watch`): 20-30 s after the cut.
+QUORUM_PROBE_S = 10.0
+QUORUM_MISSES = 2
 
 
 async def ensure_stream(nc: Any, *, stream: str, subjects: list[str], replicas: int) -> None:
@@ -96,6 +104,7 @@ class JetStreamSource:
         self.heard: dict[str, float] = {}  # instance -> monotonic time of its last summary
         self.js: Any = None  # the nats-py JetStream context, on the source's thread
         self._held: list[tuple[Took, list[Any]]] = []  # committed, summary not yet published
+        self._fetched_at = 0.0  # monotonic time of the last fetch that brought readings
 
     def __repr__(self) -> str:
         return (f"JetStreamSource(servers={len(self.cfg.servers)}, stream={self.cfg.stream!r}, "
@@ -190,6 +199,38 @@ class JetStreamSource:
                 if self._stopping or payload is EMPTY:
                     return False
                 await asyncio.sleep(1)
+
+    async def _quorum_watch(self, nc: Any) -> None:
+        """Moves to the next server when this one has lost its cluster (see QUORUM_PROBE_S).
+        nats-py has no call for that; it switches servers itself when a connection goes
+        stale, and `_process_op_err` is how it does it (nats-py is pinned in make setup)."""
+        misses = 0
+        while not self._stopping:
+            await asyncio.sleep(QUORUM_PROBE_S)
+            if time.monotonic() - self._fetched_at < QUORUM_PROBE_S or not nc.is_connected:
+                misses = 0
+                continue
+            try:
+                info = await asyncio.wait_for(self.js.stream_info(self.cfg.stream),
+                                              QUORUM_PROBE_S / 2)
+                if info.cluster is None or info.cluster.leader:
+                    misses = 0
+                    continue
+                # a server cut off answers from what it last knew: the stream, no leader
+                misses += 1
+                error = "the readings stream has no leader here"
+            except NotFoundError:  # an answer: the cluster is there (the pull makes the stream)
+                misses = 0
+                continue
+            except Exception as exc:  # noqa: BLE001 - no answer: no quorum here either
+                misses += 1
+                error = str(exc) or type(exc).__name__
+            if misses >= QUORUM_MISSES and not self._stopping:
+                misses = 0
+                log.warning("jetstream_no_quorum", extra=kv(
+                    server=str(nc.connected_url.netloc), error=error,
+                    action="connect to the next server"))
+                await nc._process_op_err(nats.errors.StaleConnectionError())
 
     async def _pull(self, stream: str, subject: str, durable: str, config: Any,
                     prepare: Callable[[], Awaitable[None]], size: int, *,
@@ -316,6 +357,7 @@ class JetStreamSource:
             return
         self.js = nc.jetstream()
         seen = self.loop.create_task(self._seen_loop()) if cfg.exchanges_seen else None
+        watch = self.loop.create_task(self._quorum_watch(nc))
 
         async def make_stream() -> None:
             await ensure_stream(nc, stream=cfg.stream, subjects=[subject], replicas=cfg.replicas)
@@ -329,6 +371,7 @@ class JetStreamSource:
         async for msgs in self._pull(cfg.stream, subject, cfg.durable, config, make_stream,
                                      FETCH, subscribed=subscribed):
             if msgs:
+                self._fetched_at = time.monotonic()
                 self.stats.set_state(connected=True, subscribed=True)
             now = self.clock()
             out = []
@@ -345,6 +388,7 @@ class JetStreamSource:
             while len(self._unacked) >= MAX_UNACKED and not self._stopping:
                 self._room.clear()
                 await self.loop.run_in_executor(None, self._room.wait, 1.0)
+        watch.cancel()
         if seen is not None:
             await asyncio.wait([seen], timeout=PULL_WAIT_S + 1)
         last = self._flush_seen()  # a clean stop leaves nothing to deliver again
