@@ -545,7 +545,7 @@ class Resolved(Sequence):
     (iterating, indexing, comparing), once. The sinks that format JSON (`gateway.sinks.
     pack_json`, the file sink's lines) read the wire values and names directly and make no
     dict at all: claiming and formatting a batch of 1 250 values (the drain bench's) took
-    2.6-3.0 ms with the dicts made at the claim, and takes 2.2-2.4 ms so (same hour, claim
+    2.6-3.2 ms with the dicts made at the claim, and takes 2.2-2.4 ms so (same hour, claim
     and format alone). What the resolver guarantees, they rely on: the name
     `{node}:{channel}[:{instance}]`, the channel's unit, a wire integer below 2^53 and an
     integer absolute time. Typed, so that a sink tells them from records of any other origin

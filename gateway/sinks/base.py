@@ -237,17 +237,13 @@ def _resolved_json(node: str, seq: int, body: Resolved) -> str | None:
     if t < SENML_RELATIVE_LIMIT:  # (ingest never takes one; the encoder names it)
         return None
     names = body.names
-    formats = _formats
     tail = f',"node":"{node}","seq":{seq},"rid":"{node}/{seq}/'
     lead = f'{{"bn":"{node}:","bt":{t!r},'
     parts = []
     for key, value in body.values.items():
-        how = names[key]
-        f = formats.get(how)
-        if f is None or f.node != node:
-            f = resolved_format(node, how)
-            if f is None:
-                return None
+        f = resolved_format(node, names[key])
+        if f is None:
+            return None
         v = senml_value(value, f.scale)
         if f.offset:
             v += f.offset
