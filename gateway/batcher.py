@@ -167,15 +167,15 @@ class SinkWorker:
 
         Decided from the head of the backlog (one batch's worth); the whole backlog is
         summed for the gauges at most every GAUGE_S, as that costs a scan of every row."""
-        if box.has_open_batch(self.name):
-            return 0.0
         now = time.monotonic()
-        if now >= self._gauged + GAUGE_S:
+        if now >= self._gauged + GAUGE_S:  # also while a drain keeps a batch open
             self._gauged = now
             total, _, first = box.backlog(self.name)
             self.stats.gauge("sink_backlog", self.name, total)
             self.stats.gauge("sink_backlog_age_seconds", self.name,
                              0.0 if first is None else max(0.0, self._clock() - first))
+        if box.has_open_batch(self.name):
+            return 0.0
         count, size, oldest = box.backlog(self.name, head=self.config.batch_max_records)
         if not count:
             self.stats.gauge("sink_backlog", self.name, 0)
@@ -269,7 +269,8 @@ class SinkWorker:
             self._backoff(delay)
             return
         latency = time.monotonic() - started
-        box.confirm(batch, poison)
+        box.confirm(batch, poison,
+                    then_cut=(self.config.batch_max_records, self.config.batch_max_bytes))
         self._count_poison(poison)
         self.delivered = True
         if self.auth_problem is not None:

@@ -251,6 +251,35 @@ def test_a_retried_batch_keeps_its_key_and_items_and_rejects_go_to_dead_letters(
                      "batch_key": first.key}]
 
 
+def test_a_confirm_cuts_the_next_full_batch_in_its_commit_which_a_restart_keeps(tmp_path):
+    """A draining sink commits once a batch, not twice: the confirm also cuts the next batch
+    when the backlog fills one. That batch is handed out as cut, also after a restart before
+    it was sent (same key, no attempt counted); a partial tail is not cut early; an item
+    leaves the outbox once every sink took it."""
+    box = Outbox(tmp_path / "o.db", sinks=["a", "b"])
+    with box.transaction():
+        for seq in range(8):
+            box.add_item("reading", "n1", seq, [{"n": "n1:x", "v": seq, "t": T0}], T0)
+    limits = {"max_records": 3, "max_bytes": 1 << 20}
+    first = box.claim_batch("a", **limits)
+    box.confirm(first, then_cut=(3, 1 << 20))
+    assert box.has_open_batch("a") and not box.has_open_batch("b")
+    box.close()
+    box = Outbox(tmp_path / "o.db", sinks=["a", "b"])
+    second = box.claim_batch("a", **limits)
+    assert [i.seq for i in second.items] == [3, 4, 5] and second.attempts == 0
+    assert second.key != first.key and box.claim_batch("a", **limits).key == second.key
+    box.confirm(second, then_cut=(3, 1 << 20))
+    assert not box.has_open_batch("a")  # 6 and 7 wait for more or for the batch age
+    last = box.claim_batch("a", **limits)
+    assert [i.seq for i in last.items] == [6, 7]
+    box.confirm(last, then_cut=(3, 1 << 20))
+    assert box.backlog("a")[0] == 0 and box.item_count() == 8  # b has them all still
+    while (batch := box.claim_batch("b", max_records=5, max_bytes=1 << 20)) is not None:
+        box.confirm(batch, then_cut=(5, 1 << 20))
+    assert box.backlog("b")[0] == 0 and box.item_count() == 0
+
+
 def test_file_sink_writes_a_batch_cut_by_a_crash_exactly_once(tmp_path):
     gw = make_gateway(tmp_path)
     for seq in range(1, 4):
