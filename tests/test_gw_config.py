@@ -103,6 +103,8 @@ log_level = "debug"
      "gateway.require_registration must be true or false: got 1"),
     ('[sinks.http]\nurl = "http://h.example"\nbackoff_initial_s = "1s"',
      'sinks.http.backoff_initial_s must be a number 0.01-3600: got "1s"'),
+    ('[sinks.http]\nurl = "http://h.example"\ngzip_level = 0',
+     "sinks.http.gzip_level must be an integer 1-9: got 0"),
     ('[sinks.kafka]\nurl = 1',
      "sinks.kafka is not a known sink (known: file, http, ngsi-ld, mqtt, history)"),
     ('[sinks.mqtt]\nport = 1', "sinks.mqtt.host is required (the upstream broker)"),

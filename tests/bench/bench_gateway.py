@@ -16,7 +16,8 @@ in the same run on the same machine.
    plain SQLite insert of the same rows (same synchronous=FULL, same batch size).
 3. Upstream drain: a backlog of 100 000 records in the outbox, delivered by the `http` sink
    (SenML, gzip, Idempotency-Key) to a local HTTP/1.1 server. Baseline: the same server
-   receiving the same packs from a bare loop of `http.client` POSTs (prebuilt gzip bodies).
+   receiving the same packs from a bare loop of `http.client` POSTs (prebuilt gzip bodies, at
+   the sink's level).
    Both keep their connection open between requests.
 4. The `mqtt` bridge end to end: READINGS QoS 1 reading messages published to a real Mosquitto
    (by a child process, the nodes), received by the gateway (ingest, outbox, the `mqtt` sink
@@ -75,7 +76,7 @@ ROUNDS = 5
 RECORDS_PER_MESSAGE = 2
 SENML_PER_MESSAGE = 5  # the two reading records carry 4 + 1 channel values
 BACKLOG_RECORDS = 100_000
-DRAIN_ROUNDS = 5
+DRAIN_ROUNDS = 9
 READINGS = 20_000
 BRIDGE_ROUNDS = 3
 PARTS = ("ingest", "latency", "drain", "bridge", "http")
@@ -222,35 +223,77 @@ def commit_latency(work: Path) -> list[tuple[int, float, float]]:
     return out
 
 
+def drain_platform_child() -> None:
+    """(A child process: the platform of the drain, which is never in the gateway's process.)
+    An HTTP/1.1 keep-alive server on a free loopback port that reads, gunzips and parses
+    every pack and counts its records; prints "ready PORT". For each line "expect N" on
+    stdin it counts from 0 again (printing "ok"), and prints "done" once N records came."""
+    state = {"records": 0, "target": None}
+    lock = threading.Lock()
+
+    class H(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *a):
+            pass
+
+        def do_POST(self):  # noqa: N802
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            if self.headers.get("Content-Encoding") == "gzip":
+                body = gzip.decompress(body)
+            n = len(json.loads(body))
+            with lock:
+                state["records"] += n
+                if state["target"] is not None and state["records"] >= state["target"]:
+                    state["target"] = None
+                    print("done", flush=True)
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    print(f"ready {server.server_address[1]}", flush=True)
+    for line in sys.stdin:
+        with lock:
+            state["records"], state["target"] = 0, int(line.split()[1])
+        print("ok", flush=True)
+    server.shutdown()
+
+
 class Platform:
-    """A local HTTP server that reads, gunzips and parses every pack and counts records."""
+    """`drain_platform_child`, from the bench's side."""
 
     def __init__(self) -> None:
-        self.records = 0
-        self.lock = threading.Lock()
-        plat = self
+        self.child = subprocess.Popen(
+            [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+             "import bench_gateway; bench_gateway.drain_platform_child()"],
+            text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        line = self.child.stdout.readline().split()
+        if not line or line[0] != "ready":
+            self.child.kill()
+            raise RuntimeError("bench child drain_platform_child did not start")
+        self.port = int(line[1])
+        self.url = f"http://127.0.0.1:{self.port}/senml"
 
-        class H(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"  # keep-alive, as a platform's server
+    def _line(self, want: str) -> None:
+        got = self.child.stdout.readline().strip()  # blocks without polling
+        if got != want:
+            raise RuntimeError(f"the drain platform said {got!r}, not {want!r}")
 
-            def log_message(self, *a):
-                pass
+    def expect(self, records: int) -> None:
+        """Counts from 0 again; `wait` returns once `records` have arrived."""
+        self.child.stdin.write(f"expect {records}\n")
+        self.child.stdin.flush()
+        self._line("ok")
 
-            def do_POST(self):  # noqa: N802
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                if self.headers.get("Content-Encoding") == "gzip":
-                    body = gzip.decompress(body)
-                n = len(json.loads(body))
-                with plat.lock:
-                    plat.records += n
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
+    def wait(self) -> None:
+        self._line("done")
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/senml"
+    def close(self) -> None:
+        self.child.kill()
+        self.child.wait()
 
 
 def drain_rates(work: Path) -> tuple[list[float], list[float], int]:
@@ -263,8 +306,7 @@ def drain_rates(work: Path) -> tuple[list[float], list[float], int]:
     plat = Platform()
     pack = [{"n": "d1:temperature", "u": "Cel", "v": 21.53, "t": T0, "node": "d1", "seq": i,
              "rid": f"d1/{i}/temperature"} for i in range(500 * 5 // 2)]
-    body = gzip.compress(json.dumps(pack, separators=(",", ":")).encode(), 5)
-    host, port = plat.server.server_address
+    text = json.dumps(pack, separators=(",", ":")).encode()
     ours, bare = [], []
     for r in range(DRAIN_ROUNDS):
         config = parse_config({"sinks": {"http": {"url": plat.url, "batch_max_records": 500,
@@ -281,28 +323,29 @@ def drain_rates(work: Path) -> tuple[list[float], list[float], int]:
             seq += 20
             records += 500 * 5
         cfg = config.sinks[0]
+        body = gzip.compress(text, cfg.options.get("gzip_level", 5))  # the server gunzips the same
         worker = SinkWorker(make_sink(cfg), cfg, config.outbox.path, gw.stats)
-        plat.records = 0
+        plat.expect(records)
         t0 = time.perf_counter()
         worker.start()
-        while plat.records < records:
-            time.sleep(0.002)
+        plat.wait()
         ours.append(records / (time.perf_counter() - t0))
         worker.stop()
         gw.box.close()
 
         # baseline: the same number of packs of the same size, prebuilt, in a bare loop
-        plat.records = 0
+        plat.expect(records)
         t0 = time.perf_counter()
-        conn = http.client.HTTPConnection(host, port, timeout=10)
-        while plat.records < records:
+        conn = http.client.HTTPConnection("127.0.0.1", plat.port, timeout=10)
+        for _ in range(-(-records // len(pack))):
             conn.request("POST", "/senml", body=body, headers={
                 "Content-Type": "application/senml+json", "Content-Encoding": "gzip",
                 "Content-Length": str(len(body))})
             conn.getresponse().read()
         bare.append(records / (time.perf_counter() - t0))
+        plat.wait()
         conn.close()
-    plat.server.shutdown()
+    plat.close()
     return ours, bare, records
 
 
