@@ -21,6 +21,14 @@ its oldest item is `batch_max_age_s` old. Delivery is at least once:
   probes again every `AUTH_PROBE_S`, or at once when its token file changes (the operator put
   in a new token). The first delivery that goes through clears the alarm.
 
+A pipelined sink (`Sink.pipelined`: the `http` sink) draining a backlog claims and prepares
+its next batch while the upstream answers the one before: the claim, the formatting and the
+compression overlap the round trip, instead of following it. The next batch is claimed only
+when the backlog fills it, and only one ahead; when the batch in flight fails, the prepared one
+is put back (it stays claimed, with its key) and the failed one goes again first, so batches
+reach the upstream in order. A kill in between leaves both claimed, and both go after the
+restart, each with its key.
+
 A sink may call `resume()` when its upstream is back (the `mqtt` sink does on reconnect):
 a backoff sleep then ends at once, so recovery does not wait out a long backoff.
 
@@ -92,6 +100,9 @@ class SinkWorker:
         sink.resume = self.resume
         self._thread: threading.Thread | None = None
         self.box: Outbox | None = None
+        # a pipelined sink's next batch, claimed and prepared while the upstream answered
+        # the one before: (batch, poison, prepared or None when every item was poison)
+        self._next: tuple[Batch, list, object] | None = None
 
     def __repr__(self) -> str:
         return f"SinkWorker({self.name!r})"
@@ -145,13 +156,15 @@ class SinkWorker:
 
     def _deliver(self, batch: Batch, poison: list) -> None:
         """Delivers `batch` less the items the sink cannot convert (added to `poison`)."""
+        self._convert(batch, poison, self.sink.deliver)
+
+    def _convert(self, batch: Batch, poison: list, convert: Callable[[Batch], object]):
+        """`convert(batch)` (the sink's `deliver` or `prepare`) less the items the sink cannot
+        convert (added to `poison`); None when no item is left."""
         view = batch
-        while True:
-            if not view.items:
-                return
+        while view.items:
             try:
-                self.sink.deliver(view)
-                return
+                return convert(view)
             except Unconvertible as exc:
                 poison.extend(exc.items)
                 bad = {id(item) for item, _ in exc.items}
@@ -161,6 +174,36 @@ class SinkWorker:
                     log.error("item_unconvertible", extra=kv(
                         sink=self.name, node=item.node, seq=item.seq, kind=item.kind,
                         error=reason, action="dead-letter"))
+        return None
+
+    def _claim(self, box: Outbox, after: Batch | None = None):
+        """(batch, poison, prepared) of the sink's next batch (`Outbox.claim_batch`), or None;
+        `prepared` is the pipelined sink's, else None."""
+        batch = box.claim_batch(self.name, max_records=self.config.batch_max_records,
+                                max_bytes=self.config.batch_max_bytes,
+                                after=None if after is None else after.id)
+        if batch is None:
+            return None
+        poison: list = []
+        prepared = self._convert(batch, poison, self.sink.prepare) if self.sink.pipelined \
+            else None
+        return batch, poison, prepared
+
+    def _pipelined(self, box: Outbox, batch: Batch, prepared) -> float:
+        """Sends `prepared`, claims and prepares the next batch while the upstream answers
+        (when the backlog fills one: `Outbox.claim_batch(after=...)`), then waits for the
+        answer; returns the seconds the next batch took. That batch's claim is in the
+        outbox: should preparing it fail, the answer is still read, and the batch is claimed
+        again in turn."""
+        answer = self.sink.send(prepared)
+        started = time.monotonic()
+        try:
+            self._next = self._claim(box, after=batch)
+        except Exception:  # noqa: BLE001 - that batch's own problem; this one's answer first
+            log.exception("sink_worker_error", extra=kv(sink=self.name, stage="next batch"))
+        spent = time.monotonic() - started
+        answer()
+        return spent
 
     def _due(self, box: Outbox) -> float:
         """0 when a batch should be cut now, else seconds until it should (at most the poll).
@@ -210,6 +253,7 @@ class SinkWorker:
                         continue
                     self._one(box)
             except Exception:  # noqa: BLE001 - a bug or a locked database: loud, then go on
+                self._next = None
                 log.exception("sink_worker_error", extra=kv(sink=self.name,
                                                             retry_in=CRASH_PAUSE_S))
                 self.stats.labeled("sink_errors", f"{self.name}:internal", 1)
@@ -227,14 +271,16 @@ class SinkWorker:
         return QUIET_S - quiet
 
     def _one(self, box: Outbox) -> None:
-        batch = box.claim_batch(self.name, max_records=self.config.batch_max_records,
-                                max_bytes=self.config.batch_max_bytes)
-        if batch is None:
+        claimed, self._next = self._next or self._claim(box), None
+        if claimed is None:
             return
+        batch, poison, prepared = claimed
         started = time.monotonic()
-        poison: list = []
         try:
-            self._deliver(batch, poison)
+            if not self.sink.pipelined:
+                self._deliver(batch, poison)
+            elif prepared is not None:
+                started += self._pipelined(box, batch, prepared)  # not this batch's latency
         except DeliveryRejected as exc:
             box.dead_letter(batch, exc.status, exc.reply, poison)
             self._count_poison(poison)
@@ -245,6 +291,7 @@ class SinkWorker:
                                                  error=str(exc), action="dead-letter"))
             return
         except DeliveryUnauthorized as exc:
+            self._next = None  # this batch goes again first
             box.failed(batch, str(exc))
             self.stats.labeled("sink_errors", f"{self.name}:unauthorized", 1)
             if self.auth_problem is None:
@@ -255,6 +302,7 @@ class SinkWorker:
             self._paused(self.auth_probe_s)
             return
         except (DeliveryFailed, MeterlinkError, OSError) as exc:
+            self._next = None  # this batch goes again first
             retry_after = getattr(exc, "retry_after", None)
             box.failed(batch, str(exc))
             attempts = batch.attempts + 1

@@ -519,14 +519,21 @@ class Outbox:
 
     # ---- sink side --------------------------------------------------------------------------
 
-    def claim_batch(self, sink: str, *, max_records: int, max_bytes: int) -> Batch | None:
-        """The sink's open batch (a retry: same key, same items; or the one `confirm` cut),
-        else a new one, else None."""
+    def claim_batch(self, sink: str, *, max_records: int, max_bytes: int,
+                    after: int | None = None) -> Batch | None:
+        """The sink's oldest open batch (a retry: same key, same items; or one cut ahead),
+        else a new one, else None.
+
+        With `after` (the id of a batch in flight): the oldest open batch newer than it, else
+        a new one cut behind every open batch, only when the backlog fills it (a partial
+        batch waits for its age as usual). A sink claims its next batch so while the
+        upstream answers the one before (`gateway.batcher`)."""
         with self.transaction():
             row = self.db.execute("SELECT id, key, created, attempts, first, last FROM batches "
-                                  "WHERE sink=? ORDER BY id LIMIT 1", (sink,)).fetchone()
+                                  "WHERE sink=? AND id>? ORDER BY id LIMIT 1",
+                                  (sink, after or 0)).fetchone()
             if row is None:
-                row = self._cut(sink, max_records, max_bytes)
+                row = self._cut(sink, max_records, max_bytes, full_only=after is not None)
                 if row is None:
                     return None
             items = self.db.execute(
@@ -545,11 +552,15 @@ class Outbox:
 
     def _cut(self, sink: str, max_records: int, max_bytes: int, *,
              full_only: bool = False) -> tuple | None:
-        """Opens the sink's next batch: the head of its pending items, in item order, up to
-        either limit (at least one item). With `full_only`, only when that head reaches a
-        limit. Returns the batch row (id, key, created, attempts, first, last) or None."""
-        rows = self.db.execute("SELECT item, bytes, records FROM pending WHERE sink=? "
-                               "ORDER BY item LIMIT ?", (sink, max_records))
+        """Opens the sink's next batch: the head of its pending items behind its open
+        batches, in item order, up to either limit (at least one item). With `full_only`, only
+        when that head reaches a limit. Returns the batch row (id, key, created, attempts,
+        first, last) or None."""
+        # every pending item up to the last open batch's `last` is in an open batch: items
+        # only join the outbox at its end (ids grow), and leave it by whole batches
+        rows = self.db.execute("SELECT item, bytes, records FROM pending WHERE sink=? AND item>"
+                               "(SELECT COALESCE(MAX(last), 0) FROM batches WHERE sink=?) "
+                               "ORDER BY item LIMIT ?", (sink, sink, max_records))
         chosen, total, count = [], 0, 0
         full = False
         for item, size, records in rows:  # stepped as read: a batch's items, not the limit's
@@ -565,8 +576,8 @@ class Outbox:
             return None
         now = self._clock()
         key = uuid.uuid4().hex
-        # `chosen` is the head of the sink's pending items in item order (no other batch is
-        # open): the batch is their range
+        # `chosen` is the head of the sink's pending items behind its open batches, in item
+        # order: the batch is their range
         cur = self.db.execute("INSERT INTO batches(sink, key, created, first, last) "
                               "VALUES (?, ?, ?, ?, ?)", (sink, key, now, chosen[0], chosen[-1]))
         return cur.lastrowid, key, now, 0, chosen[0], chosen[-1]

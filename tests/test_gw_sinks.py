@@ -392,6 +392,61 @@ def test_http_sink_reconnects_without_losing_or_doubling_a_record(tmp_path, plan
         assert platform.connections > len(dropped)
 
 
+def test_http_sink_prepares_the_next_batch_in_flight_and_sends_a_failed_one_first(tmp_path):
+    """Draining a backlog, the http sink claims and formats its next batch while the platform
+    answers the one before (that work overlaps the round trip). A batch the platform fails
+    (503) goes again, with its key, before the batch prepared behind it; the platform gets
+    every record once and in order."""
+    import sqlite3
+    import threading
+
+    from gateway.batcher import SinkWorker
+    from gateway.stats import Stats
+    from gateway_support import Upstream, wait_for
+
+    box, rids = readings_outbox(tmp_path / "o.db", "http", range(1, 41))
+    seen = sqlite3.connect(tmp_path / "o.db", check_same_thread=False)
+    lock, count, open_in_flight = threading.Lock(), [0], []
+
+    def platform(records):
+        with lock:
+            n = count[0]
+            count[0] += 1
+        if n == 0:  # the first batch is at the platform: is the next one claimed already?
+            end = time.monotonic() + 5
+            while time.monotonic() < end:
+                opened = seen.execute("SELECT COUNT(*) FROM batches").fetchone()[0]
+                if opened >= 2:
+                    break
+                time.sleep(0.01)
+            open_in_flight.append(opened)
+        return (503, "busy") if n == 2 else (200, "{}")
+
+    config = sink_config(tmp_path, "http", batch_max_records=8, batch_max_age_s=0,
+                         backoff_initial_s=0.05, backoff_max_s=0.2, url="http://127.0.0.1:9")
+    with Upstream() as up:
+        up.mode = platform
+        config.options["url"] = up.url
+        worker = SinkWorker(make_sink(config), config, tmp_path / "o.db", Stats())
+        worker.start()
+        try:
+            wait_for(lambda: box.backlog("http")[0] == 0, 30, "the backlog delivered")
+        finally:
+            worker.stop()
+        requests = list(up.requests)
+        accepted = up.records()
+    assert open_in_flight == [2], "the next batch was claimed while the first was in flight"
+    keys = [key for _, key, _, _ in requests]
+    assert (len(set(keys)), len(keys)) == (5, 6)  # 40 readings in batches of 8, one again
+    assert [status for *_, status in requests].count(503) == 1
+    failed = keys[2]
+    assert keys[3] == failed, "the failed batch went again before the one prepared behind it"
+    assert [r for _, key, r, _ in requests if key == failed][0] == \
+        [r for _, key, r, _ in requests if key == failed][1], "the same records under its key"
+    assert sorted(r["rid"] for r in accepted) == rids
+    assert [r["seq"] for r in accepted] == sorted(r["seq"] for r in accepted), "in order"
+
+
 @pytest.mark.slow
 def test_mqtt_bridge_packs_fit_and_every_record_arrives_once_across_an_upstream_restart(
         tmp_path, broker):

@@ -68,6 +68,19 @@ class Sink:
     def deliver(self, batch: Batch) -> None:
         raise NotImplementedError
 
+    # A pipelined sink splits `deliver` in two: `prepare` converts the batch (raising
+    # `Unconvertible` as `deliver` does, before anything is sent) and `send` puts it on its
+    # way, returning the function that waits for the upstream's answer (raising what
+    # `deliver` raises). The batcher claims and prepares the next batch in between, so that
+    # work overlaps the round trip to the upstream.
+    pipelined = False
+
+    def prepare(self, batch: Batch) -> Any:
+        raise NotImplementedError
+
+    def send(self, prepared: Any) -> Callable[[], object]:
+        raise NotImplementedError
+
     def close(self) -> None:
         """Releases what `open` took."""
 

@@ -38,7 +38,7 @@ import socket
 import ssl
 import time
 import urllib.parse
-from typing import Any
+from typing import Any, Callable
 
 from gateway.errors import DeliveryFailed, DeliveryRejected, DeliveryUnauthorized
 from gateway.outbox import Batch
@@ -134,21 +134,55 @@ class HttpPoster:
     def post(self, body: bytes, headers: dict[str, str], *,
              path: str | None = None) -> tuple[int, str]:
         """Sends one request; returns (2xx status, reply) or raises DeliveryFailed/Rejected."""
+        return self.start(*self.encode(body, headers), path=path)()
+
+    def encode(self, body: bytes, headers: dict[str, str]) -> tuple[bytes, dict[str, str]]:
+        """`body` as sent (gzipped when on) and its headers, for `start`."""
         headers = {"User-Agent": USER_AGENT, **headers}
-        if self.token_file is not None:
-            self._read_token()
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
         if self.gzip:
             body = gzip.compress(body, compresslevel=self.gzip_level)
             headers["Content-Encoding"] = "gzip"
         headers["Content-Length"] = str(len(body))
-        for attempt in (1, 2):
-            reused = self._conn is not None and self._conn.sock is not None
+        return body, headers
+
+    def start(self, body: bytes, headers: dict[str, str], *,
+              path: str | None = None) -> Callable[[], tuple[int, str]]:
+        """Sends one request (`encode`d) and returns the function that reads its reply:
+        (2xx status, reply), or DeliveryFailed/Rejected/Unauthorized. The caller may do other
+        work in between: the request is on its way."""
+        if self.token_file is not None:
+            self._read_token()
+        if self.token:
+            headers = {**headers, "Authorization": f"Bearer {self.token}"}
+        path = path or self.base_path
+        reused = self._conn is not None and self._conn.sock is not None
+        sent = self._send(path, body, headers, again=reused)
+        # a kept connection the platform closed while idle fails here or at the reply: then
+        # the request goes again, once, on a new connection
+        return lambda: self._reply(path, body, headers, sent=sent, again=reused and sent)
+
+    def _send(self, path: str, body: bytes, headers: dict[str, str], *, again: bool) -> bool:
+        """True when the request went; False when it failed on a kept connection (`again`)."""
+        try:
             conn = self._conn = self._conn or self._connect()
+            conn.request("POST", path, body=body, headers=headers)
+            return True
+        except (socket.timeout, TimeoutError) as exc:
+            self.close()
+            raise DeliveryFailed(f"{self.url}: timed out after {self.timeout:g}s") from exc
+        except (OSError, http.client.HTTPException) as exc:
+            self.close()
+            if again:
+                return False
+            raise DeliveryFailed(f"{self.url}: {type(exc).__name__}: {exc}") from exc
+
+    def _reply(self, path: str, body: bytes, headers: dict[str, str], *, sent: bool,
+               again: bool) -> tuple[int, str]:
+        while True:
+            if not sent:
+                self._send(path, body, headers, again=False)
             try:
-                conn.request("POST", path or self.base_path, body=body, headers=headers)
-                reply = conn.getresponse()
+                reply = self._conn.getresponse()
                 text = reply.read(REPLY_LIMIT).decode("utf-8", "replace")
                 status = reply.status
                 retry_after = parse_retry_after(reply.getheader("Retry-After"))
@@ -157,8 +191,9 @@ class HttpPoster:
                 raise DeliveryFailed(f"{self.url}: timed out after {self.timeout:g}s") from exc
             except (OSError, http.client.HTTPException) as exc:
                 self.close()
-                if reused and attempt == 1:
-                    continue  # most likely closed by the platform while idle: again, anew
+                if again:
+                    sent = again = False
+                    continue
                 raise DeliveryFailed(f"{self.url}: {type(exc).__name__}: {exc}") from exc
             if not reply.isclosed():  # a reply longer than REPLY_LIMIT: not read to its end
                 self.close()
@@ -199,11 +234,20 @@ class HttpSink(Sink):
     def credential_changed(self) -> bool:
         return self.poster.credential_changed()
 
+    pipelined = True
+
     def deliver(self, batch: Batch) -> None:
+        self.send(self.prepare(batch))()
+
+    def prepare(self, batch: Batch) -> tuple[bytes, dict[str, str]]:
+        """The batch's pack as sent: body and headers."""
         parts = convert_each(batch, self.convert)
         body = ("[" + ",".join(p for p in parts if p) + "]").encode()
-        self.poster.post(body, {"Content-Type": "application/senml+json",
-                                "Idempotency-Key": batch.key})
+        return self.poster.encode(body, {"Content-Type": "application/senml+json",
+                                         "Idempotency-Key": batch.key})
+
+    def send(self, prepared: tuple[bytes, dict[str, str]]) -> Callable[[], object]:
+        return self.poster.start(*prepared)
 
     def close(self) -> None:
         self.poster.close()
