@@ -167,13 +167,18 @@ class HttpPoster:
             conn = self._conn = self._conn or self._connect()
             conn.request("POST", path, body=body, headers=headers)
             return True
-        except (socket.timeout, TimeoutError) as exc:
-            self.close()
-            raise DeliveryFailed(f"{self.url}: timed out after {self.timeout:g}s") from exc
         except (OSError, http.client.HTTPException) as exc:
-            self.close()
-            if again:
-                return False
+            self._again_or_raise(exc, again)
+            return False
+
+    def _again_or_raise(self, exc: Exception, again: bool) -> None:
+        """After a connection error: closes the connection, then returns when the request
+        may go again on a new one (`again`, and not a timeout), else raises its
+        DeliveryFailed."""
+        self.close()
+        if isinstance(exc, (socket.timeout, TimeoutError)):
+            raise DeliveryFailed(f"{self.url}: timed out after {self.timeout:g}s") from exc
+        if not again:
             raise DeliveryFailed(f"{self.url}: {type(exc).__name__}: {exc}") from exc
 
     def _reply(self, path: str, body: bytes, headers: dict[str, str], *, sent: bool,
@@ -186,15 +191,10 @@ class HttpPoster:
                 text = reply.read(REPLY_LIMIT).decode("utf-8", "replace")
                 status = reply.status
                 retry_after = parse_retry_after(reply.getheader("Retry-After"))
-            except (socket.timeout, TimeoutError) as exc:
-                self.close()
-                raise DeliveryFailed(f"{self.url}: timed out after {self.timeout:g}s") from exc
             except (OSError, http.client.HTTPException) as exc:
-                self.close()
-                if again:
-                    sent = again = False
-                    continue
-                raise DeliveryFailed(f"{self.url}: {type(exc).__name__}: {exc}") from exc
+                self._again_or_raise(exc, again)
+                sent = again = False
+                continue
             if not reply.isclosed():  # a reply longer than REPLY_LIMIT: not read to its end
                 self.close()
             break

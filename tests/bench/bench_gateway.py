@@ -54,6 +54,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any, Callable
 
 import cbor2
 import paho.mqtt.client as mqtt
@@ -223,13 +224,10 @@ def commit_latency(work: Path) -> list[tuple[int, float, float]]:
     return out
 
 
-def drain_platform_child() -> None:
-    """(A child process: the platform of the drain, which is never in the gateway's process.)
-    An HTTP/1.1 keep-alive server on a free loopback port that reads, gunzips and parses
-    every pack and counts its records; prints "ready PORT". For each line "expect N" on
-    stdin it counts from 0 again (printing "ok"), and prints "done" once N records came."""
-    state = {"records": 0, "target": None}
-    lock = threading.Lock()
+def serve_posts(took: Callable[[Any, bytes], None]) -> ThreadingHTTPServer:
+    """(In a platform child.) An HTTP/1.1 keep-alive server on a free loopback port, as a
+    platform's: each POST's body is read (gunzipped when so sent), given to `took(headers,
+    body)`, and answered 200. Prints "ready PORT"."""
 
     class H(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -241,12 +239,7 @@ def drain_platform_child() -> None:
             body = self.rfile.read(int(self.headers["Content-Length"]))
             if self.headers.get("Content-Encoding") == "gzip":
                 body = gzip.decompress(body)
-            n = len(json.loads(body))
-            with lock:
-                state["records"] += n
-                if state["target"] is not None and state["records"] >= state["target"]:
-                    state["target"] = None
-                    print("done", flush=True)
+            took(self.headers, body)
             self.send_response(200)
             self.send_header("Content-Length", "0")
             self.end_headers()
@@ -255,6 +248,25 @@ def drain_platform_child() -> None:
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     print(f"ready {server.server_address[1]}", flush=True)
+    return server
+
+
+def drain_platform_child() -> None:
+    """(A child process: the platform of the drain, which is never in the gateway's process.)
+    `serve_posts`, counting the records of every pack. For each line "expect N" on stdin it
+    counts from 0 again (printing "ok"), and prints "done" once N records came."""
+    state = {"records": 0, "target": None}
+    lock = threading.Lock()
+
+    def took(headers, body: bytes) -> None:
+        n = len(json.loads(body))
+        with lock:
+            state["records"] += n
+            if state["target"] is not None and state["records"] >= state["target"]:
+                state["target"] = None
+                print("done", flush=True)
+
+    server = serve_posts(took)
     for line in sys.stdin:
         with lock:
             state["records"], state["target"] = 0, int(line.split()[1])
@@ -509,42 +521,26 @@ def bridge_rate(source: Mosquitto, upstream: Mosquitto, work: Path, n: int, r: i
 
 
 def http_platform_child(want: str) -> None:
-    """(A child process: the platform.) An HTTP/1.1 server on a free loopback port; prints
-    "ready PORT", then the monotonic time of the POST that completes `want`: SenML packs are
-    gunzipped and their reading records counted (distinct `{node}/{seq}` of the rids), a
-    relay's raw bodies count the messages in their X-Messages header."""
+    """(A child process: the platform.) `serve_posts`; prints the monotonic time of the POST
+    that completes `want`: SenML packs' reading records are counted (distinct `{node}/{seq}`
+    of the rids), a relay's raw bodies count the messages in their X-Messages header."""
     want_n = int(want)
     seen: set[bytes] = set()
     got = [0]
     done = threading.Event()
 
-    class H(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+    def took(headers, body: bytes) -> None:
+        if headers.get("X-Messages"):
+            got[0] += int(headers["X-Messages"])
+        else:
+            for rec in json.loads(body):  # a reading is node/seq, its values share it
+                seen.add(rec["rid"].rsplit("/", 1)[0].encode())
+            got[0] = len(seen)
+        if got[0] >= want_n and not done.is_set():
+            print(time.monotonic(), flush=True)
+            done.set()
 
-        def log_message(self, *a):
-            pass
-
-        def do_POST(self):  # noqa: N802
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            if self.headers.get("X-Messages"):
-                got[0] += int(self.headers["X-Messages"])
-            else:
-                if self.headers.get("Content-Encoding") == "gzip":
-                    body = gzip.decompress(body)
-                for rec in json.loads(body):  # a reading is node/seq, its values share it
-                    seen.add(rec["rid"].rsplit("/", 1)[0].encode())
-                got[0] = len(seen)
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            if got[0] >= want_n and not done.is_set():
-                print(time.monotonic(), flush=True)
-                done.set()
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), H)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    print(f"ready {server.server_address[1]}", flush=True)
+    server = serve_posts(took)
     done.wait(300)
     server.shutdown()
 
