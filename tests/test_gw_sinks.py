@@ -447,6 +447,34 @@ def test_http_sink_prepares_the_next_batch_in_flight_and_sends_a_failed_one_firs
     assert [r["seq"] for r in accepted] == sorted(r["seq"] for r in accepted), "in order"
 
 
+def test_the_backlog_gauge_falls_while_a_slow_platform_drains_it(tmp_path):
+    """An operator watches `sink_backlog` shrink during a long drain: the gauge is brought up
+    to date every second also while the sink always has its next batch claimed."""
+    from gateway.batcher import SinkWorker
+    from gateway.stats import Stats
+    from gateway_support import Upstream, wait_for
+
+    box, _ = readings_outbox(tmp_path / "o.db", "http", range(1, 41))
+    stats = Stats()
+    config = sink_config(tmp_path, "http", batch_max_records=4, batch_max_age_s=0,
+                         url="http://127.0.0.1:9")
+    with Upstream() as up:
+        up.mode, up.delay = "timeout", 0.25  # each answer after 0.25 s: a 2.5 s drain
+        config.options["url"] = up.url
+        worker = SinkWorker(make_sink(config), config, tmp_path / "o.db", stats)
+        worker.start()
+        try:
+            wait_for(lambda: len(up.requests) >= 1, 10, "the first batch")
+            first = stats.snapshot()["sink_backlog"]["http"]
+            time.sleep(1.3)
+            during = stats.snapshot()["sink_backlog"]["http"]
+            assert box.backlog("http")[0] > 0, "the drain was still running"
+            wait_for(lambda: box.backlog("http")[0] == 0, 30, "the backlog delivered")
+        finally:
+            worker.stop()
+    assert first == 40 and 0 < during < 40
+
+
 @pytest.mark.slow
 def test_mqtt_bridge_packs_fit_and_every_record_arrives_once_across_an_upstream_restart(
         tmp_path, broker):
