@@ -154,10 +154,6 @@ class SinkWorker:
             if self._resume.wait(min(1.0, max(0.0, end - time.monotonic()))):
                 return
 
-    def _deliver(self, batch: Batch, poison: list) -> None:
-        """Delivers `batch` less the items the sink cannot convert (added to `poison`)."""
-        self._convert(batch, poison, self.sink.deliver)
-
     def _convert(self, batch: Batch, poison: list, convert: Callable[[Batch], object]):
         """`convert(batch)` (the sink's `deliver` or `prepare`) less the items the sink cannot
         convert (added to `poison`); None when no item is left."""
@@ -278,7 +274,7 @@ class SinkWorker:
         started = time.monotonic()
         try:
             if not self.sink.pipelined:
-                self._deliver(batch, poison)
+                self._convert(batch, poison, self.sink.deliver)
             elif prepared is not None:
                 started += self._pipelined(box, batch, prepared)  # not this batch's latency
         except DeliveryRejected as exc:

@@ -422,11 +422,10 @@ def test_http_sink_prepares_the_next_batch_in_flight_and_sends_a_failed_one_firs
             open_in_flight.append(opened)
         return (503, "busy") if n == 2 else (200, "{}")
 
-    config = sink_config(tmp_path, "http", batch_max_records=8, batch_max_age_s=0,
-                         backoff_initial_s=0.05, backoff_max_s=0.2, url="http://127.0.0.1:9")
     with Upstream() as up:
         up.mode = platform
-        config.options["url"] = up.url
+        config = sink_config(tmp_path, "http", url=up.url, batch_max_records=8,
+                             batch_max_age_s=0, backoff_initial_s=0.05, backoff_max_s=0.2)
         worker = SinkWorker(make_sink(config), config, tmp_path / "o.db", Stats())
         worker.start()
         try:
@@ -456,11 +455,10 @@ def test_the_backlog_gauge_falls_while_a_slow_platform_drains_it(tmp_path):
 
     box, _ = readings_outbox(tmp_path / "o.db", "http", range(1, 41))
     stats = Stats()
-    config = sink_config(tmp_path, "http", batch_max_records=4, batch_max_age_s=0,
-                         url="http://127.0.0.1:9")
     with Upstream() as up:
         up.mode, up.delay = "timeout", 0.25  # each answer after 0.25 s: a 2.5 s drain
-        config.options["url"] = up.url
+        config = sink_config(tmp_path, "http", url=up.url, batch_max_records=4,
+                             batch_max_age_s=0)
         worker = SinkWorker(make_sink(config), config, tmp_path / "o.db", stats)
         worker.start()
         try:

@@ -96,7 +96,7 @@ class HttpPoster:
         self.gzip = gzip_body
         # level 1 (nginx's default too): a third of level 5's CPU for bodies about 11 % larger
         # (a drain bench pack of 120 651 bytes: 0.17 ms and 8 525 bytes against 0.46 ms and
-        # 7 667 bytes); compressing is a fifth of a batch's cost at level 5
+        # 7 667 bytes)
         self.gzip_level = gzip_level
         self.timeout = timeout
         self.context: ssl.SSLContext | None = None
